@@ -1,0 +1,214 @@
+//! The HTTP conventions every mcloud endpoint follows: postcard bodies, JSON errors
+//! `{"error": "..."}` with a 4xx that names the problem, and a client that tells a rejection
+//! (do not retry) from a transport failure (retry).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// An error answer of an endpoint.
+#[derive(Debug, Error)]
+#[error("{status}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&ErrorBody {
+            error: self.message,
+        })
+        .unwrap_or_default();
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    }
+}
+
+/// A postcard-encoded request or response body.
+pub struct Postcard<T>(pub T);
+
+impl<S, T> FromRequest<S> for Postcard<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large(format!(
+                    "request body is larger than the limit of {} bytes",
+                    crate::wire::MAX_BODY_BYTES
+                ))
+            } else {
+                ApiError::bad_request(format!("cannot read request body: {e}"))
+            }
+        })?;
+        decode(&bytes).map(Postcard)
+    }
+}
+
+/// Decodes a postcard body; trailing bytes are an error, so a body cannot smuggle extra data.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(ApiError::bad_request(format!(
+            "malformed body: {} unexpected trailing bytes",
+            rest.len()
+        ))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "malformed body: not a valid {}: {e}",
+            short_type_name::<T>()
+        ))),
+    }
+}
+
+fn short_type_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
+impl<T: Serialize> IntoResponse for Postcard<T> {
+    fn into_response(self) -> Response {
+        match postcard::to_stdvec(&self.0) {
+            Ok(body) => (
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                body,
+            )
+                .into_response(),
+            Err(e) => ApiError::internal(format!("encoding response: {e}")).into_response(),
+        }
+    }
+}
+
+/// Why a call to another mcloud role failed.
+#[derive(Debug, Error)]
+pub enum CallError {
+    /// The peer could not be reached or the connection broke: the call may be retried.
+    #[error("{url}: unreachable: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The peer answered with an error status and said why: retrying will not help, except
+    /// for 503 (see `is_retryable`).
+    #[error("{url}: rejected ({status}): {message}")]
+    Rejected {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{url}: undecodable answer: {message}")]
+    Decode { url: String, message: String },
+    #[error("encoding request: {0}")]
+    Encode(#[from] postcard::Error),
+}
+
+impl CallError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CallError::Transport { .. } => true,
+            CallError::Rejected { status, .. } => *status == 503,
+            _ => false,
+        }
+    }
+}
+
+/// POSTs an already encoded body and decodes a postcard answer.
+pub async fn post_bytes<R: DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+) -> Result<R, CallError> {
+    let response = client
+        .post(url)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .map_err(|source| CallError::Transport {
+            url: url.to_string(),
+            source,
+        })?;
+    read_answer(url, response).await
+}
+
+/// POSTs a postcard body and decodes a postcard answer.
+pub async fn post<Q: Serialize, R: DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+    request: &Q,
+) -> Result<R, CallError> {
+    post_bytes(client, url, postcard::to_stdvec(request)?).await
+}
+
+async fn read_answer<R: DeserializeOwned>(
+    url: &str,
+    response: reqwest::Response,
+) -> Result<R, CallError> {
+    let status = response.status();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|source| CallError::Transport {
+            url: url.to_string(),
+            source,
+        })?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        return Err(CallError::Rejected {
+            url: url.to_string(),
+            status: status.as_u16(),
+            message,
+        });
+    }
+    decode::<R>(&bytes).map_err(|e| CallError::Decode {
+        url: url.to_string(),
+        message: e.message,
+    })
+}

@@ -1,0 +1,71 @@
+//! Serving a role's router over HTTPS.
+
+use crate::tls::NodeIdentity;
+use crate::wire::MAX_BODY_BYTES;
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use std::net::SocketAddr;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// A running HTTPS server; dropping the handle leaves it running, `shutdown` stops it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    handle: axum_server::Handle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Stops accepting, closes connections and waits for the server task.
+    pub async fn shutdown(self) {
+        self.handle.shutdown();
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `addr` (port 0 picks a free port) and serves `router` over TLS.
+pub async fn serve(
+    router: Router,
+    addr: SocketAddr,
+    identity: &NodeIdentity,
+) -> Result<RunningServer, ServeError> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|source| ServeError::Bind {
+        addr,
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(identity.server_config()?);
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp_rustls(listener, config).handle(handle.clone());
+    let app = router.layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    let task = tokio::spawn(async move {
+        if let Err(e) = server.serve(app.into_make_service()).await {
+            tracing::error!(%bound, "server stopped: {e}");
+        }
+    });
+    Ok(RunningServer {
+        addr: bound,
+        handle,
+        task,
+    })
+}

@@ -1,0 +1,187 @@
+//! Messages between sensors, clouds, the catalog and the collector. Bodies are postcard on the
+//! wire (compact, so the per-record cost stays a few dozen bytes); errors are JSON
+//! (see `http`).
+
+use crate::reading::{GroupId, GroupKey, GroupLevel, Metric};
+use crate::share::RecordShares;
+use crate::stats::Partial;
+use crate::window::Window;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Largest batch a cloud accepts, in records.
+pub const MAX_BATCH_RECORDS: usize = 65_536;
+/// Largest request body any endpoint accepts (a full batch is about 4.5 MiB).
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+/// Largest number of flags in one catalog request.
+pub const MAX_FLAGS_PER_REQUEST: usize = 100_000;
+
+/// Identifies one upload batch, and so one flag. Random, so ids from independent sensors
+/// never collide.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BatchId(pub u128);
+
+impl BatchId {
+    pub fn random() -> BatchId {
+        let mut bytes = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        BatchId(u128::from_le_bytes(bytes))
+    }
+}
+
+impl fmt::Display for BatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for BatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for BatchId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        u128::from_str_radix(s, 16)
+            .map(BatchId)
+            .map_err(|_| format!("{s:?} is not a batch id (32 hex digits)"))
+    }
+}
+
+/// One reading's share for one cloud. The key, time and group travel in the clear: they are
+/// metadata the clouds need to aggregate; only the value is secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShareRecord {
+    pub key: u64,
+    pub ts: u64,
+    pub metric: Metric,
+    pub group: GroupKey,
+    pub share: RecordShares,
+}
+
+/// UPLOAD: a batch of shares for cloud `party` of `parties`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UploadBatch {
+    pub batch_id: BatchId,
+    pub party: u16,
+    pub parties: u16,
+    pub records: Vec<ShareRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UploadAck {
+    pub batch_id: BatchId,
+    /// True when the cloud already held this batch (a retry): nothing was stored again.
+    pub duplicate: bool,
+}
+
+/// Advances a cloud's event-time watermark (end of a replay, or a clock tick).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WatermarkRequest {
+    pub ts: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FlagState {
+    False,
+    True,
+    Error,
+}
+
+impl fmt::Display for FlagState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FlagState::False => "FALSE",
+            FlagState::True => "TRUE",
+            FlagState::Error => "ERROR",
+        })
+    }
+}
+
+/// A flag as the catalog holds it. `deadline_ms` is Unix milliseconds on the catalog's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flag {
+    pub state: FlagState,
+    pub deadline_ms: u64,
+}
+
+impl Flag {
+    pub fn is_final(&self) -> bool {
+        self.state != FlagState::False
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreateFlag {
+    pub id: BatchId,
+    pub ttl_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreateFlagsRequest {
+    pub flags: Vec<CreateFlag>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlagIds {
+    pub ids: Vec<BatchId>,
+}
+
+/// Answer to CREATE and SET: the flags after the operation, in request order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlagsResponse {
+    pub flags: Vec<Flag>,
+}
+
+/// Answer to GET: `None` for ids the catalog never saw.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GetFlagsResponse {
+    pub flags: Vec<Option<Flag>>,
+}
+
+/// COMPUTE query parameters: windows whose start lies in [from, to).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ComputeQuery {
+    pub from: u64,
+    pub to: u64,
+    pub level: GroupLevel,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupPartial {
+    pub metric: Metric,
+    pub group: GroupId,
+    pub partial: Partial,
+}
+
+/// One closed window's partial aggregate at one cloud.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowPartial {
+    pub window: Window,
+    /// How many committed batches the window holds, and an order-independent fingerprint
+    /// (XOR) of their ids: the collector checks that every cloud aggregated the same set.
+    pub batches: u64,
+    pub batch_digest: u128,
+    pub groups: Vec<GroupPartial>,
+}
+
+/// A window that exists at a cloud but cannot be computed yet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowPending {
+    pub window: Window,
+    /// False while the watermark has not passed the window's end plus grace.
+    pub closed: bool,
+    /// Batches touching the window whose flag is not final yet.
+    pub pending_batches: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ComputeResponse {
+    pub party: u16,
+    pub ready: Vec<WindowPartial>,
+    pub pending: Vec<WindowPending>,
+}
