@@ -6,6 +6,7 @@ pub mod csv;
 pub mod fixed;
 pub mod http;
 pub mod reading;
+pub mod samples;
 pub mod server;
 pub mod share;
 pub mod stats;

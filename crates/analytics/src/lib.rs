@@ -1,0 +1,1 @@
+//! DEBS 2014 smart-grid analytics.
