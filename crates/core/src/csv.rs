@@ -116,7 +116,10 @@ mod tests {
     #[test]
     fn names_the_problem() {
         let e = parse_line(7, "1,2,3").unwrap_err().to_string();
-        assert!(e.contains("line 7") && e.contains("7 comma-separated"), "{e}");
+        assert!(
+            e.contains("line 7") && e.contains("7 comma-separated"),
+            "{e}"
+        );
         let e = parse_line(3, "1,x,3,1,0,0,0").unwrap_err().to_string();
         assert!(e.contains("timestamp"), "{e}");
         let e = parse_line(3, "1,2,3,4,0,0,0").unwrap_err().to_string();

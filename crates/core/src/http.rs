@@ -113,11 +113,9 @@ fn short_type_name<T>() -> &'static str {
 impl<T: Serialize> IntoResponse for Postcard<T> {
     fn into_response(self) -> Response {
         match postcard::to_stdvec(&self.0) {
-            Ok(body) => (
-                [(header::CONTENT_TYPE, "application/octet-stream")],
-                body,
-            )
-                .into_response(),
+            Ok(body) => {
+                ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
+            }
             Err(e) => ApiError::internal(format!("encoding response: {e}")).into_response(),
         }
     }

@@ -44,10 +44,8 @@ pub async fn serve(
     addr: SocketAddr,
     identity: &NodeIdentity,
 ) -> Result<RunningServer, ServeError> {
-    let listener = std::net::TcpListener::bind(addr).map_err(|source| ServeError::Bind {
-        addr,
-        source,
-    })?;
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
     listener
         .set_nonblocking(true)
         .map_err(|source| ServeError::Bind { addr, source })?;

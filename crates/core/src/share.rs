@@ -134,7 +134,10 @@ mod tests {
                     .iter()
                     .map(|&o| (o as f64 - expected).powi(2) / expected)
                     .sum();
-                assert!(chi2 < 37.7, "value {value}: chi-square {chi2} over {cell:?}");
+                assert!(
+                    chi2 < 37.7,
+                    "value {value}: chi-square {chi2} over {cell:?}"
+                );
             }
         }
     }

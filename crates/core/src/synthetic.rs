@@ -248,7 +248,9 @@ mod tests {
         let readings: Vec<_> = Synthetic::new(config.clone()).collect();
         assert_eq!(readings.len() as u64, config.len());
         assert!(readings.windows(2).all(|w| w[0].ts <= w[1].ts));
-        assert!(readings.iter().any(|r| r.metric == Metric::Load && r.value > 0));
+        assert!(readings
+            .iter()
+            .any(|r| r.metric == Metric::Load && r.value > 0));
         let again: Vec<_> = Synthetic::new(config).collect();
         assert_eq!(readings, again);
     }

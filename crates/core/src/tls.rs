@@ -60,7 +60,9 @@ impl NodeIdentity {
 
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(names.to_vec())?;
-        params.distinguished_name.push(DnType::CommonName, "mcloud node");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "mcloud node");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
         Ok(NodeIdentity {

@@ -1,0 +1,71 @@
+use axum::http::StatusCode;
+use mcloud_core::http::{ApiError, CallError};
+use mcloud_core::wire::{FlagState, MAX_FLAGS_PER_REQUEST};
+use mcloud_core::BatchId;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CatalogError {
+    #[error("unknown flag {0}: it was never created")]
+    Unknown(BatchId),
+    #[error("flag {id} is already {state}: a final flag never changes")]
+    AlreadyFinal { id: BatchId, state: FlagState },
+    #[error("flag {id} missed its deadline ({late_ms} ms late) and is ERROR")]
+    DeadlineMissed { id: BatchId, late_ms: u64 },
+    #[error("ttl_ms {ttl_ms} for flag {id} is out of range 1..={max}")]
+    BadTtl { id: BatchId, ttl_ms: u64, max: u64 },
+    #[error("flag {0} appears twice in one request")]
+    DuplicateId(BatchId),
+    #[error("{0} flags in one request; the limit is {MAX_FLAGS_PER_REQUEST}")]
+    TooMany(usize),
+    #[error("catalog storage: {0}")]
+    Storage(String),
+    #[error(transparent)]
+    Call(#[from] CallError),
+}
+
+impl CatalogError {
+    /// True when the operation may succeed if repeated (the catalog was unreachable).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, CatalogError::Call(e) if e.is_retryable())
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> ApiError {
+        let status = match &e {
+            CatalogError::Unknown(_) => StatusCode::NOT_FOUND,
+            CatalogError::AlreadyFinal { .. } | CatalogError::DeadlineMissed { .. } => {
+                StatusCode::CONFLICT
+            }
+            CatalogError::BadTtl { .. } | CatalogError::DuplicateId(_) => StatusCode::BAD_REQUEST,
+            CatalogError::TooMany(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            CatalogError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CatalogError::Call(_) => StatusCode::BAD_GATEWAY,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<redb::Error> for CatalogError {
+    fn from(e: redb::Error) -> Self {
+        CatalogError::Storage(e.to_string())
+    }
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CatalogError {
+            fn from(e: $t) -> Self {
+                CatalogError::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

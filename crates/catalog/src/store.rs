@@ -1,0 +1,383 @@
+//! The flags table kept durably in redb by one process. Every operation validates all its ids
+//! first and then commits them in one write transaction, so a rejected request changes nothing
+//! and an answered one survives a crash.
+
+use crate::{now_ms, CatalogError, FlagTable};
+use mcloud_core::wire::{CreateFlag, Flag, FlagState, MAX_FLAGS_PER_REQUEST};
+use mcloud_core::BatchId;
+use redb::{Database, ReadableTable, TableDefinition};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const FLAGS: TableDefinition<u128, (u8, u64)> = TableDefinition::new("flags");
+
+/// Longest deadline a sensor may ask for.
+pub const MAX_TTL_MS: u64 = 3_600_000;
+
+fn encode(state: FlagState) -> u8 {
+    match state {
+        FlagState::False => 0,
+        FlagState::True => 1,
+        FlagState::Error => 2,
+    }
+}
+
+fn decode(code: u8) -> Result<FlagState, CatalogError> {
+    match code {
+        0 => Ok(FlagState::False),
+        1 => Ok(FlagState::True),
+        2 => Ok(FlagState::Error),
+        other => Err(CatalogError::Storage(format!("corrupt flag state {other}"))),
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    flags: HashMap<BatchId, Flag>,
+    /// FALSE flags by deadline, for the sweep.
+    open: BTreeSet<(u64, BatchId)>,
+}
+
+impl Table {
+    /// The flag as it is at `now`: FALSE past its deadline is ERROR even before the sweep
+    /// has written it, so no reader ever sees a flag that can still turn TRUE after that.
+    fn effective(&self, id: &BatchId, now: u64) -> Option<Flag> {
+        self.flags.get(id).map(|f| match f.state {
+            FlagState::False if now > f.deadline_ms => Flag {
+                state: FlagState::Error,
+                deadline_ms: f.deadline_ms,
+            },
+            _ => *f,
+        })
+    }
+}
+
+/// Counts by state, for status pages.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct FlagCounts {
+    pub open: u64,
+    pub committed: u64,
+    pub errored: u64,
+}
+
+pub struct FlagStore {
+    db: Database,
+    table: Mutex<Table>,
+}
+
+fn check_request(ids: impl Iterator<Item = BatchId>, len: usize) -> Result<(), CatalogError> {
+    if len > MAX_FLAGS_PER_REQUEST {
+        return Err(CatalogError::TooMany(len));
+    }
+    let mut seen = HashSet::with_capacity(len);
+    for id in ids {
+        if !seen.insert(id) {
+            return Err(CatalogError::DuplicateId(id));
+        }
+    }
+    Ok(())
+}
+
+impl FlagStore {
+    /// Opens (or creates) the table in `dir/flags.redb` and starts the deadline sweep.
+    pub fn open(dir: &Path) -> Result<Arc<FlagStore>, CatalogError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CatalogError::Storage(format!("{}: {e}", dir.display())))?;
+        let db = Database::create(dir.join("flags.redb"))?;
+        let mut table = Table::default();
+        {
+            let txn = db.begin_write()?;
+            txn.open_table(FLAGS)?;
+            txn.commit()?;
+            let txn = db.begin_read()?;
+            let flags = txn.open_table(FLAGS)?;
+            for entry in flags.iter()? {
+                let (id, value) = entry?;
+                let id = BatchId(id.value());
+                let (state, deadline_ms) = value.value();
+                let state = decode(state)?;
+                if state == FlagState::False {
+                    table.open.insert((deadline_ms, id));
+                }
+                table.flags.insert(id, Flag { state, deadline_ms });
+            }
+        }
+        let store = Arc::new(FlagStore {
+            db,
+            table: Mutex::new(table),
+        });
+        let weak = Arc::downgrade(&store);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                let Some(store) = weak.upgrade() else { break };
+                if let Err(e) = tokio::task::block_in_place(|| store.sweep(now_ms())) {
+                    tracing::error!("deadline sweep: {e}");
+                }
+            }
+        });
+        Ok(store)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        // A panic while holding the lock cannot leave the table half-updated: memory is only
+        // changed after the commit succeeded, so the poisoned state is still consistent.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn persist(&self, changes: &[(BatchId, Flag)]) -> Result<(), CatalogError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut flags = txn.open_table(FLAGS)?;
+            for (id, flag) in changes {
+                flags.insert(id.0, (encode(flag.state), flag.deadline_ms))?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn apply(table: &mut Table, changes: &[(BatchId, Flag)]) {
+        for (id, flag) in changes {
+            if let Some(old) = table.flags.insert(*id, *flag) {
+                table.open.remove(&(old.deadline_ms, *id));
+            }
+            if flag.state == FlagState::False {
+                table.open.insert((flag.deadline_ms, *id));
+            }
+        }
+    }
+
+    /// Writes ERROR for every FALSE flag past its deadline; returns how many.
+    pub fn sweep(&self, now: u64) -> Result<usize, CatalogError> {
+        let mut table = self.lock();
+        let expired: Vec<(BatchId, Flag)> = table
+            .open
+            .iter()
+            .take_while(|(deadline, _)| *deadline < now)
+            .map(|&(deadline_ms, id)| {
+                (
+                    id,
+                    Flag {
+                        state: FlagState::Error,
+                        deadline_ms,
+                    },
+                )
+            })
+            .collect();
+        self.persist(&expired)?;
+        Self::apply(&mut table, &expired);
+        Ok(expired.len())
+    }
+
+    pub fn counts(&self) -> FlagCounts {
+        let table = self.lock();
+        let now = now_ms();
+        let mut counts = FlagCounts::default();
+        for id in table.flags.keys() {
+            match table.effective(id, now).map(|f| f.state) {
+                Some(FlagState::False) => counts.open += 1,
+                Some(FlagState::True) => counts.committed += 1,
+                _ => counts.errored += 1,
+            }
+        }
+        counts
+    }
+
+    fn create_now(&self, requests: &[CreateFlag], now: u64) -> Result<Vec<Flag>, CatalogError> {
+        check_request(requests.iter().map(|r| r.id), requests.len())?;
+        let mut table = self.lock();
+        let mut out = Vec::with_capacity(requests.len());
+        let mut changes = Vec::new();
+        for r in requests {
+            if r.ttl_ms == 0 || r.ttl_ms > MAX_TTL_MS {
+                return Err(CatalogError::BadTtl {
+                    id: r.id,
+                    ttl_ms: r.ttl_ms,
+                    max: MAX_TTL_MS,
+                });
+            }
+            match table.effective(&r.id, now) {
+                Some(flag) if flag.state == FlagState::False => out.push(flag),
+                Some(flag) => {
+                    return Err(CatalogError::AlreadyFinal {
+                        id: r.id,
+                        state: flag.state,
+                    })
+                }
+                None => {
+                    let flag = Flag {
+                        state: FlagState::False,
+                        deadline_ms: now + r.ttl_ms,
+                    };
+                    changes.push((r.id, flag));
+                    out.push(flag);
+                }
+            }
+        }
+        self.persist(&changes)?;
+        Self::apply(&mut table, &changes);
+        Ok(out)
+    }
+
+    fn set_now(&self, ids: &[BatchId], now: u64) -> Result<Vec<Flag>, CatalogError> {
+        check_request(ids.iter().copied(), ids.len())?;
+        let mut table = self.lock();
+        let mut out = Vec::with_capacity(ids.len());
+        let mut changes = Vec::new();
+        for id in ids {
+            let flag = table
+                .flags
+                .get(id)
+                .copied()
+                .ok_or(CatalogError::Unknown(*id))?;
+            match flag.state {
+                FlagState::True => out.push(flag),
+                FlagState::Error => {
+                    return Err(CatalogError::AlreadyFinal {
+                        id: *id,
+                        state: FlagState::Error,
+                    })
+                }
+                FlagState::False if now > flag.deadline_ms => {
+                    return Err(CatalogError::DeadlineMissed {
+                        id: *id,
+                        late_ms: now - flag.deadline_ms,
+                    })
+                }
+                FlagState::False => {
+                    let flag = Flag {
+                        state: FlagState::True,
+                        deadline_ms: flag.deadline_ms,
+                    };
+                    changes.push((*id, flag));
+                    out.push(flag);
+                }
+            }
+        }
+        self.persist(&changes)?;
+        Self::apply(&mut table, &changes);
+        Ok(out)
+    }
+
+    fn get_now(&self, ids: &[BatchId], now: u64) -> Result<Vec<Option<Flag>>, CatalogError> {
+        if ids.len() > MAX_FLAGS_PER_REQUEST {
+            return Err(CatalogError::TooMany(ids.len()));
+        }
+        let table = self.lock();
+        Ok(ids.iter().map(|id| table.effective(id, now)).collect())
+    }
+}
+
+// redb commits block on fsync; `block_in_place` keeps that off the async workers' queues
+// without a thread hop per call.
+impl FlagTable for Arc<FlagStore> {
+    async fn create(&self, flags: Vec<CreateFlag>) -> Result<Vec<Flag>, CatalogError> {
+        tokio::task::block_in_place(|| self.create_now(&flags, now_ms()))
+    }
+
+    async fn set(&self, ids: Vec<BatchId>) -> Result<Vec<Flag>, CatalogError> {
+        tokio::task::block_in_place(|| self.set_now(&ids, now_ms()))
+    }
+
+    async fn get(&self, ids: Vec<BatchId>) -> Result<Vec<Option<Flag>>, CatalogError> {
+        self.get_now(&ids, now_ms())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(id: u128, ttl_ms: u64) -> CreateFlag {
+        CreateFlag {
+            id: BatchId(id),
+            ttl_ms,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn false_then_true_or_error_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FlagStore::open(dir.path()).unwrap();
+        let t0 = 1_000_000;
+        store
+            .create_now(&[create(1, 100), create(2, 100)], t0)
+            .unwrap();
+        assert_eq!(
+            store.get_now(&[BatchId(1)], t0).unwrap()[0].unwrap().state,
+            FlagState::False
+        );
+        assert_eq!(
+            store.set_now(&[BatchId(1)], t0 + 50).unwrap()[0].state,
+            FlagState::True
+        );
+        // A replayed SET is idempotent.
+        assert_eq!(
+            store.set_now(&[BatchId(1)], t0 + 60).unwrap()[0].state,
+            FlagState::True
+        );
+        // Past the deadline, flag 2 reads ERROR and can no longer be SET.
+        assert_eq!(
+            store.get_now(&[BatchId(2)], t0 + 101).unwrap()[0]
+                .unwrap()
+                .state,
+            FlagState::Error
+        );
+        let e = store.set_now(&[BatchId(2)], t0 + 101).unwrap_err();
+        assert!(matches!(e, CatalogError::DeadlineMissed { .. }), "{e}");
+        assert_eq!(store.sweep(t0 + 101).unwrap(), 1);
+        let e = store.set_now(&[BatchId(2)], t0 + 102).unwrap_err();
+        assert!(e.to_string().contains("already ERROR"), "{e}");
+        let e = store.create_now(&[create(1, 100)], t0 + 103).unwrap_err();
+        assert!(e.to_string().contains("already TRUE"), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bad_requests_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FlagStore::open(dir.path()).unwrap();
+        let t0 = 5_000;
+        let e = store
+            .create_now(&[create(7, 100), create(8, 0)], t0)
+            .unwrap_err();
+        assert!(matches!(e, CatalogError::BadTtl { .. }), "{e}");
+        assert_eq!(store.get_now(&[BatchId(7)], t0).unwrap(), vec![None]);
+        let e = store
+            .create_now(&[create(9, 100), create(9, 100)], t0)
+            .unwrap_err();
+        assert!(matches!(e, CatalogError::DuplicateId(_)), "{e}");
+        store.create_now(&[create(10, 100)], t0).unwrap();
+        let e = store.set_now(&[BatchId(10), BatchId(11)], t0).unwrap_err();
+        assert!(matches!(e, CatalogError::Unknown(BatchId(11))), "{e}");
+        // The unknown id made the whole SET fail: flag 10 is still FALSE.
+        assert_eq!(
+            store.get_now(&[BatchId(10)], t0).unwrap()[0].unwrap().state,
+            FlagState::False
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn flags_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = now_ms();
+        {
+            let store = FlagStore::open(dir.path()).unwrap();
+            store
+                .create_now(&[create(1, 60_000), create(2, 60_000)], t0)
+                .unwrap();
+            store.set_now(&[BatchId(1)], t0).unwrap();
+        }
+        // The sweep task holds only a weak reference, so the database is closed by now.
+        let store = FlagStore::open(dir.path()).unwrap();
+        let flags = store.get_now(&[BatchId(1), BatchId(2)], t0).unwrap();
+        assert_eq!(flags[0].unwrap().state, FlagState::True);
+        assert_eq!(flags[1].unwrap().state, FlagState::False);
+    }
+}
