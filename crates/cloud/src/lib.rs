@@ -1,1 +1,14 @@
+//! A cloud node: one independent party of an mcloud deployment. It stores its shares of
+//! every upload batch durably (the values table), pre-aggregates them per window and group,
+//! learns from the catalog which batches committed, and answers COMPUTE for closed windows
+//! with its partial aggregate over committed batches only. It never sees another party's
+//! share, so nothing it holds depends on any single reading.
 
+pub mod error;
+pub mod node;
+pub mod service;
+pub mod values;
+pub mod windows;
+
+pub use error::CloudError;
+pub use node::{CloudConfig, CloudNode};

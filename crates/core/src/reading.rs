@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 /// DEBS 2014 property: 0 = accumulated work (kWh), 1 = instantaneous load (W).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Metric {
     Work,
     Load,
@@ -38,6 +39,7 @@ pub struct GroupKey {
 
 /// How finely the collector groups revealed aggregates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum GroupLevel {
     House,
     Household,

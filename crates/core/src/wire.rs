@@ -182,6 +182,11 @@ pub struct WindowPending {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ComputeResponse {
     pub party: u16,
+    pub parties: u16,
+    pub window_secs: u64,
+    /// Every window that ends at or before this is closed: one this cloud does not list
+    /// holds nothing here.
+    pub closed_before: u64,
     pub ready: Vec<WindowPartial>,
     pub pending: Vec<WindowPending>,
 }

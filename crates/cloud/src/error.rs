@@ -1,0 +1,79 @@
+use mcloud_core::http::ApiError;
+use mcloud_core::window::Window;
+use mcloud_core::BatchId;
+use thiserror::Error;
+
+/// Why a cloud refused an upload or a request.
+#[derive(Debug, Error)]
+pub enum CloudError {
+    #[error("empty batch {0}: a batch carries at least one record")]
+    EmptyBatch(BatchId),
+    #[error("batch {id} has {records} records; the limit is {limit}")]
+    TooManyRecords {
+        id: BatchId,
+        records: usize,
+        limit: usize,
+    },
+    #[error("batch {id} is split into {got} shares, but this deployment has {expected} clouds")]
+    WrongShareCount { id: BatchId, got: u16, expected: u16 },
+    #[error("batch {id} carries the share for cloud {got}, but this is cloud {expected}")]
+    WrongParty { id: BatchId, got: u16, expected: u16 },
+    #[error("batch {id}: record key {key} appears twice")]
+    DuplicateRecord { id: BatchId, key: u64 },
+    #[error("batch {id}: record key {key} has timestamp {ts}, more than {max_future_secs} s in the future")]
+    FromTheFuture {
+        id: BatchId,
+        key: u64,
+        ts: u64,
+        max_future_secs: u64,
+    },
+    #[error("batch {id}: a share for window [{}, {}) arrived after the window closed (watermark {watermark})", window.start, window.end)]
+    WindowClosed {
+        id: BatchId,
+        window: Window,
+        watermark: u64,
+    },
+    #[error("batch {0} is being stored by a concurrent request; retry")]
+    InProgress(BatchId),
+    #[error("unknown flag {0}: CREATE it in the catalog before uploading")]
+    UnknownFlag(BatchId),
+    #[error("flag {id} is already {state}: the batch can no longer be uploaded")]
+    FlagFinal { id: BatchId, state: String },
+    #[error("catalog unreachable: {0}")]
+    Catalog(String),
+    #[error("values table: {0}")]
+    Storage(String),
+}
+
+impl From<CloudError> for ApiError {
+    fn from(e: CloudError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            CloudError::TooManyRecords { .. } => ApiError::too_large(message),
+            CloudError::WindowClosed { .. } => ApiError::gone(message),
+            CloudError::UnknownFlag(_) => ApiError::not_found(message),
+            CloudError::FlagFinal { .. } => ApiError::conflict(message),
+            CloudError::InProgress(_) | CloudError::Catalog(_) => ApiError::unavailable(message),
+            CloudError::Storage(_) => ApiError::internal(message),
+            _ => ApiError::bad_request(message),
+        }
+    }
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CloudError {
+            fn from(e: $t) -> Self {
+                CloudError::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

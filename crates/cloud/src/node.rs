@@ -1,0 +1,252 @@
+//! The cloud node: upload validation, durable storage, flag polling and COMPUTE.
+
+use crate::values::ValuesTable;
+use crate::windows::{BatchPartial, Registered, Windows};
+use crate::CloudError;
+use bytes::Bytes;
+use mcloud_catalog::{CatalogClient, FlagTable};
+use mcloud_core::http::{decode, ApiError};
+use mcloud_core::reading::GroupLevel;
+use mcloud_core::wire::{ComputeResponse, FlagState, UploadAck, UploadBatch, MAX_BATCH_RECORDS};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct CloudConfig {
+    /// This cloud's index, 0-based, among `parties`.
+    pub party: u16,
+    pub parties: u16,
+    pub window_secs: u64,
+    /// Event-time seconds a window stays open after its end, for late and reordered batches.
+    pub grace_secs: u64,
+    /// How far past the wall clock a record's timestamp may lie.
+    pub max_future_secs: u64,
+    /// How often undecided flags are read from the catalog.
+    pub poll_interval: Duration,
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        CloudConfig {
+            party: 0,
+            parties: 3,
+            window_secs: 60,
+            grace_secs: 60,
+            max_future_secs: 86_400,
+            poll_interval: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Most flags asked about in one catalog call.
+const POLL_CHUNK: usize = 10_000;
+
+pub struct CloudNode {
+    config: CloudConfig,
+    values: ValuesTable,
+    state: Mutex<Windows>,
+    catalog: CatalogClient,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl CloudNode {
+    /// Opens the values table in `dir`, rebuilds the undecided and committed state from it and
+    /// starts polling the catalog for flags.
+    pub fn open(
+        dir: &Path,
+        config: CloudConfig,
+        catalog: CatalogClient,
+    ) -> Result<Arc<CloudNode>, CloudError> {
+        let (values, recovered) = ValuesTable::open(dir)?;
+        let mut state = Windows::new(
+            config.window_secs,
+            config.grace_secs,
+            recovered.high_ts,
+            recovered.watermark,
+        );
+        let restored = recovered.batches.len();
+        for (id, bytes) in recovered.batches {
+            let batch: UploadBatch = decode(&bytes)
+                .map_err(|e| CloudError::Storage(format!("stored batch {id}: {}", e.message)))?;
+            state.restore(id, BatchPartial::of(&batch.records, config.window_secs));
+        }
+        if restored > 0 {
+            tracing::info!(party = config.party, restored, "recovered batches from the values table");
+        }
+        let node = Arc::new(CloudNode {
+            config,
+            values,
+            state: Mutex::new(state),
+            catalog,
+        });
+        let weak = Arc::downgrade(&node);
+        let interval = node.config.poll_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { break };
+                if let Err(e) = node.poll_flags().await {
+                    tracing::warn!(party = node.config.party, "reading flags: {e}");
+                }
+            }
+        });
+        Ok(node)
+    }
+
+    pub fn config(&self) -> &CloudConfig {
+        &self.config
+    }
+
+    fn state(&self) -> MutexGuard<'_, Windows> {
+        // State is only mutated by short, panic-free sections; a poisoned lock still holds a
+        // consistent value.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn validate(&self, batch: &UploadBatch) -> Result<(), CloudError> {
+        let id = batch.batch_id;
+        if batch.parties != self.config.parties {
+            return Err(CloudError::WrongShareCount {
+                id,
+                got: batch.parties,
+                expected: self.config.parties,
+            });
+        }
+        if batch.party != self.config.party {
+            return Err(CloudError::WrongParty {
+                id,
+                got: batch.party,
+                expected: self.config.party,
+            });
+        }
+        if batch.records.is_empty() {
+            return Err(CloudError::EmptyBatch(id));
+        }
+        if batch.records.len() > MAX_BATCH_RECORDS {
+            return Err(CloudError::TooManyRecords {
+                id,
+                records: batch.records.len(),
+                limit: MAX_BATCH_RECORDS,
+            });
+        }
+        let horizon = now_secs() + self.config.max_future_secs;
+        let mut keys = HashSet::with_capacity(batch.records.len());
+        for r in &batch.records {
+            if !keys.insert(r.key) {
+                return Err(CloudError::DuplicateRecord { id, key: r.key });
+            }
+            if r.ts > horizon {
+                return Err(CloudError::FromTheFuture {
+                    id,
+                    key: r.key,
+                    ts: r.ts,
+                    max_future_secs: self.config.max_future_secs,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// UPLOAD: validates, checks the flag, stores durably, then acknowledges.
+    pub async fn upload(&self, body: Bytes) -> Result<UploadAck, ApiError> {
+        let batch: UploadBatch = decode(&body)?;
+        let id = batch.batch_id;
+        if self.state().is_known(&id) {
+            return Ok(UploadAck {
+                batch_id: id,
+                duplicate: true,
+            });
+        }
+        self.validate(&batch)?;
+        let flag = self
+            .catalog
+            .get(vec![id])
+            .await
+            .map_err(|e| CloudError::Catalog(e.to_string()))?;
+        match flag.first().copied().flatten() {
+            None => return Err(CloudError::UnknownFlag(id).into()),
+            Some(f) if f.state != FlagState::False => {
+                return Err(CloudError::FlagFinal {
+                    id,
+                    state: f.state.to_string(),
+                }
+                .into())
+            }
+            Some(_) => {}
+        }
+        let partial = BatchPartial::of(&batch.records, self.config.window_secs);
+        let max_ts = partial.max_ts;
+        match self.state().register(id, partial)? {
+            Registered::Duplicate => {
+                return Ok(UploadAck {
+                    batch_id: id,
+                    duplicate: true,
+                })
+            }
+            Registered::New => {}
+        }
+        if let Err(e) = self.values.append(id, body, max_ts).await {
+            self.state().abort(id);
+            return Err(e.into());
+        }
+        self.state().stored(id);
+        Ok(UploadAck {
+            batch_id: id,
+            duplicate: false,
+        })
+    }
+
+    /// Moves the event-time watermark forward (never back), durably.
+    pub async fn advance_watermark(&self, ts: u64) -> Result<(), CloudError> {
+        self.values.set_watermark(ts).await?;
+        self.state().advance(ts);
+        Ok(())
+    }
+
+    /// Reads undecided flags from the catalog and applies the final ones.
+    pub async fn poll_flags(&self) -> Result<(), CloudError> {
+        let ids = self.state().undecided_ids();
+        for chunk in ids.chunks(POLL_CHUNK) {
+            let flags = self
+                .catalog
+                .get(chunk.to_vec())
+                .await
+                .map_err(|e| CloudError::Catalog(e.to_string()))?;
+            let mut state = self.state();
+            for (id, flag) in chunk.iter().zip(flags) {
+                match flag.map(|f| f.state) {
+                    Some(FlagState::True) => state.decide(*id, true),
+                    Some(FlagState::Error) => state.decide(*id, false),
+                    Some(FlagState::False) => {}
+                    None => tracing::warn!(%id, "stored batch has no flag in the catalog"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// COMPUTE over windows starting in [from, to).
+    pub fn compute(&self, from: u64, to: u64, level: GroupLevel) -> ComputeResponse {
+        self.state()
+            .compute(self.config.party, self.config.parties, from, to, level)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let mut status = self.state().summary();
+        status["role"] = "cloud".into();
+        status["party"] = self.config.party.into();
+        status["parties"] = self.config.parties.into();
+        status["window_secs"] = self.config.window_secs.into();
+        status
+    }
+}

@@ -1,0 +1,165 @@
+//! The values table: every accepted batch, as received, in redb. A batch is acknowledged only
+//! after the transaction that holds it committed (fsync), so an acknowledged share survives a
+//! crash. One writer thread commits whatever batches are waiting in one transaction (group
+//! commit): concurrent uploads share the fsync instead of queueing for one each.
+
+use crate::CloudError;
+use bytes::Bytes;
+use mcloud_core::BatchId;
+use redb::{Database, ReadableTable, TableDefinition};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+const BATCHES: TableDefinition<u128, &[u8]> = TableDefinition::new("batches");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const HIGH_TS: &str = "high_ts";
+const WATERMARK: &str = "watermark";
+
+/// Most bytes one group commit carries, so one transaction stays short.
+const MAX_GROUP_BYTES: usize = 64 << 20;
+
+enum Job {
+    Batch {
+        id: BatchId,
+        bytes: Bytes,
+        max_ts: u64,
+        done: oneshot::Sender<Result<(), CloudError>>,
+    },
+    Watermark {
+        ts: u64,
+        done: oneshot::Sender<Result<(), CloudError>>,
+    },
+}
+
+/// What a restarted node finds on disk.
+pub struct Recovered {
+    pub batches: Vec<(BatchId, Vec<u8>)>,
+    pub high_ts: u64,
+    pub watermark: u64,
+}
+
+#[derive(Clone)]
+pub struct ValuesTable {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl ValuesTable {
+    pub fn open(dir: &Path) -> Result<(ValuesTable, Recovered), CloudError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CloudError::Storage(format!("{}: {e}", dir.display())))?;
+        let db = Database::create(dir.join("values.redb"))?;
+        let txn = db.begin_write()?;
+        txn.open_table(BATCHES)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        let recovered = {
+            let txn = db.begin_read()?;
+            let batches = txn.open_table(BATCHES)?;
+            let meta = txn.open_table(META)?;
+            let mut out = Vec::new();
+            for entry in batches.iter()? {
+                let (id, bytes) = entry?;
+                out.push((BatchId(id.value()), bytes.value().to_vec()));
+            }
+            let read = |key| -> Result<u64, CloudError> {
+                Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0))
+            };
+            Recovered {
+                batches: out,
+                high_ts: read(HIGH_TS)?,
+                watermark: read(WATERMARK)?,
+            }
+        };
+        let (jobs, queue) = mpsc::channel();
+        let db = Arc::new(db);
+        std::thread::Builder::new()
+            .name("values-writer".into())
+            .spawn(move || writer(db, queue))
+            .map_err(|e| CloudError::Storage(format!("starting writer: {e}")))?;
+        Ok((ValuesTable { jobs }, recovered))
+    }
+
+    async fn submit(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<(), CloudError>>) -> Job,
+    ) -> Result<(), CloudError> {
+        let (done, wait) = oneshot::channel();
+        self.jobs
+            .send(job(done))
+            .map_err(|_| CloudError::Storage("writer stopped".into()))?;
+        wait.await
+            .map_err(|_| CloudError::Storage("writer stopped".into()))?
+    }
+
+    /// Stores a batch durably; returns once it is committed.
+    pub async fn append(&self, id: BatchId, bytes: Bytes, max_ts: u64) -> Result<(), CloudError> {
+        self.submit(|done| Job::Batch {
+            id,
+            bytes,
+            max_ts,
+            done,
+        })
+        .await
+    }
+
+    /// Stores a new explicit watermark durably.
+    pub async fn set_watermark(&self, ts: u64) -> Result<(), CloudError> {
+        self.submit(|done| Job::Watermark { ts, done }).await
+    }
+}
+
+fn writer(db: Arc<Database>, queue: mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        let mut bytes = 0;
+        while bytes < MAX_GROUP_BYTES {
+            match queue.try_recv() {
+                Ok(job) => {
+                    if let Job::Batch { bytes: b, .. } = &job {
+                        bytes += b.len();
+                    }
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = commit(&db, &group);
+        for job in group {
+            let done = match job {
+                Job::Batch { done, .. } | Job::Watermark { done, .. } => done,
+            };
+            let answer = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(CloudError::Storage(e.to_string())),
+            };
+            let _ = done.send(answer);
+        }
+    }
+}
+
+fn commit(db: &Database, group: &[Job]) -> Result<(), CloudError> {
+    let txn = db.begin_write()?;
+    {
+        let mut batches = txn.open_table(BATCHES)?;
+        let mut meta = txn.open_table(META)?;
+        let mut high = meta.get(HIGH_TS)?.map(|v| v.value()).unwrap_or(0);
+        let mut watermark = meta.get(WATERMARK)?.map(|v| v.value()).unwrap_or(0);
+        for job in group {
+            match job {
+                Job::Batch {
+                    id, bytes, max_ts, ..
+                } => {
+                    batches.insert(id.0, bytes.as_ref())?;
+                    high = high.max(*max_ts);
+                }
+                Job::Watermark { ts, .. } => watermark = watermark.max(*ts),
+            }
+        }
+        meta.insert(HIGH_TS, high)?;
+        meta.insert(WATERMARK, watermark)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
