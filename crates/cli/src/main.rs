@@ -1,1 +1,54 @@
-fn main() {}
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use mcloud::{bench, demo, node, query, sensor};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Private statistics over IoT sensor data on several independent clouds: no cloud ever sees
+/// a reading, only the collector sees aggregates.
+#[derive(Parser)]
+#[command(name = "mcloud", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role in one process on loopback and check the result against plaintext.
+    Demo(demo::DemoArgs),
+    /// Run one party's roles (cloud, catalog) as real servers.
+    Node {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Upload a CSV or synthetic stream to a running deployment.
+    Sensor(sensor::SensorArgs),
+    /// Reveal the aggregates of a running deployment.
+    Query(query::QueryArgs),
+    /// Measure private against plaintext throughput.
+    Bench(bench::BenchArgs),
+}
+
+#[tokio::main]
+async fn main() -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let ok = match Cli::parse().command {
+        Command::Demo(args) => demo::run(args).await?,
+        Command::Node { config } => node::run(&config).await.map(|_| true)?,
+        Command::Sensor(args) => sensor::run(args).await?,
+        Command::Query(args) => query::run(args).await.map(|_| true)?,
+        Command::Bench(args) => bench::run(args).await.map(|_| true)?,
+    };
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,1 +1,13 @@
+//! The sensor side of mcloud: split readings into one additive share per cloud and upload them
+//! inside the flags transaction (CREATE flag → UPLOAD shares to every cloud → SET flag), with a
+//! durable outbox so that a sensor that loses its network or crashes loses no reading.
 
+pub mod error;
+pub mod outbox;
+pub mod sensor;
+pub mod transaction;
+
+pub use error::SensorError;
+pub use outbox::{Outbox, PlainBatch};
+pub use sensor::{Report, Sensor, SensorConfig};
+pub use transaction::{Fate, Outcome, Uploader};

@@ -15,9 +15,17 @@ pub enum CloudError {
         limit: usize,
     },
     #[error("batch {id} is split into {got} shares, but this deployment has {expected} clouds")]
-    WrongShareCount { id: BatchId, got: u16, expected: u16 },
+    WrongShareCount {
+        id: BatchId,
+        got: u16,
+        expected: u16,
+    },
     #[error("batch {id} carries the share for cloud {got}, but this is cloud {expected}")]
-    WrongParty { id: BatchId, got: u16, expected: u16 },
+    WrongParty {
+        id: BatchId,
+        got: u16,
+        expected: u16,
+    },
     #[error("batch {id}: record key {key} appears twice")]
     DuplicateRecord { id: BatchId, key: u64 },
     #[error("batch {id}: record key {key} has timestamp {ts}, more than {max_future_secs} s in the future")]

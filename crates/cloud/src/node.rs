@@ -7,7 +7,10 @@ use bytes::Bytes;
 use mcloud_catalog::{CatalogClient, FlagTable};
 use mcloud_core::http::{decode, ApiError};
 use mcloud_core::reading::GroupLevel;
-use mcloud_core::wire::{ComputeResponse, FlagState, UploadAck, UploadBatch, MAX_BATCH_RECORDS};
+use mcloud_core::wire::{
+    ComputeResponse, FlagState, UploadAck, UploadBatch, WatermarkRequest, MAX_BATCH_RECORDS,
+};
+use mcloud_core::Window;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -66,12 +69,7 @@ impl CloudNode {
         catalog: CatalogClient,
     ) -> Result<Arc<CloudNode>, CloudError> {
         let (values, recovered) = ValuesTable::open(dir)?;
-        let mut state = Windows::new(
-            config.window_secs,
-            config.grace_secs,
-            recovered.high_ts,
-            recovered.watermark,
-        );
+        let mut state = Windows::new(config.window_secs, config.grace_secs, recovered.watermark);
         let restored = recovered.batches.len();
         for (id, bytes) in recovered.batches {
             let batch: UploadBatch = decode(&bytes)
@@ -79,7 +77,11 @@ impl CloudNode {
             state.restore(id, BatchPartial::of(&batch.records, config.window_secs));
         }
         if restored > 0 {
-            tracing::info!(party = config.party, restored, "recovered batches from the values table");
+            tracing::info!(
+                party = config.party,
+                restored,
+                "recovered batches from the values table"
+            );
         }
         let node = Arc::new(CloudNode {
             config,
@@ -185,7 +187,6 @@ impl CloudNode {
             Some(_) => {}
         }
         let partial = BatchPartial::of(&batch.records, self.config.window_secs);
-        let max_ts = partial.max_ts;
         match self.state().register(id, partial)? {
             Registered::Duplicate => {
                 return Ok(UploadAck {
@@ -195,7 +196,7 @@ impl CloudNode {
             }
             Registered::New => {}
         }
-        if let Err(e) = self.values.append(id, body, max_ts).await {
+        if let Err(e) = self.values.append(id, body).await {
             self.state().abort(id);
             return Err(e.into());
         }
@@ -206,11 +207,18 @@ impl CloudNode {
         })
     }
 
-    /// Moves the event-time watermark forward (never back), durably.
-    pub async fn advance_watermark(&self, ts: u64) -> Result<(), CloudError> {
-        self.values.set_watermark(ts).await?;
-        self.state().advance(ts);
-        Ok(())
+    /// Moves the watermark forward (never back), durably; returns the new watermark.
+    pub async fn advance_watermark(&self, req: WatermarkRequest) -> Result<u64, CloudError> {
+        let watermark = if req.end_of_stream {
+            let window = Window::containing(req.ts, self.config.window_secs);
+            window.end.saturating_add(self.config.grace_secs)
+        } else {
+            req.ts
+        };
+        self.values.set_watermark(watermark).await?;
+        let mut state = self.state();
+        state.advance(watermark);
+        Ok(state.watermark())
     }
 
     /// Reads undecided flags from the catalog and applies the final ones.

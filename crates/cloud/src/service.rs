@@ -35,9 +35,8 @@ async fn upload(
 async fn watermark(
     State(node): State<Arc<CloudNode>>,
     Postcard(req): Postcard<WatermarkRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    node.advance_watermark(req.ts).await?;
-    Ok(Json(node.status()))
+) -> Result<Postcard<u64>, ApiError> {
+    Ok(Postcard(node.advance_watermark(req).await?))
 }
 
 #[derive(Deserialize)]

@@ -14,7 +14,6 @@ use tokio::sync::oneshot;
 
 const BATCHES: TableDefinition<u128, &[u8]> = TableDefinition::new("batches");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const HIGH_TS: &str = "high_ts";
 const WATERMARK: &str = "watermark";
 
 /// Most bytes one group commit carries, so one transaction stays short.
@@ -24,7 +23,6 @@ enum Job {
     Batch {
         id: BatchId,
         bytes: Bytes,
-        max_ts: u64,
         done: oneshot::Sender<Result<(), CloudError>>,
     },
     Watermark {
@@ -36,7 +34,6 @@ enum Job {
 /// What a restarted node finds on disk.
 pub struct Recovered {
     pub batches: Vec<(BatchId, Vec<u8>)>,
-    pub high_ts: u64,
     pub watermark: u64,
 }
 
@@ -63,13 +60,9 @@ impl ValuesTable {
                 let (id, bytes) = entry?;
                 out.push((BatchId(id.value()), bytes.value().to_vec()));
             }
-            let read = |key| -> Result<u64, CloudError> {
-                Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0))
-            };
             Recovered {
                 batches: out,
-                high_ts: read(HIGH_TS)?,
-                watermark: read(WATERMARK)?,
+                watermark: meta.get(WATERMARK)?.map(|v| v.value()).unwrap_or(0),
             }
         };
         let (jobs, queue) = mpsc::channel();
@@ -94,14 +87,8 @@ impl ValuesTable {
     }
 
     /// Stores a batch durably; returns once it is committed.
-    pub async fn append(&self, id: BatchId, bytes: Bytes, max_ts: u64) -> Result<(), CloudError> {
-        self.submit(|done| Job::Batch {
-            id,
-            bytes,
-            max_ts,
-            done,
-        })
-        .await
+    pub async fn append(&self, id: BatchId, bytes: Bytes) -> Result<(), CloudError> {
+        self.submit(|done| Job::Batch { id, bytes, done }).await
     }
 
     /// Stores a new explicit watermark durably.
@@ -144,20 +131,15 @@ fn commit(db: &Database, group: &[Job]) -> Result<(), CloudError> {
     {
         let mut batches = txn.open_table(BATCHES)?;
         let mut meta = txn.open_table(META)?;
-        let mut high = meta.get(HIGH_TS)?.map(|v| v.value()).unwrap_or(0);
         let mut watermark = meta.get(WATERMARK)?.map(|v| v.value()).unwrap_or(0);
         for job in group {
             match job {
-                Job::Batch {
-                    id, bytes, max_ts, ..
-                } => {
+                Job::Batch { id, bytes, .. } => {
                     batches.insert(id.0, bytes.as_ref())?;
-                    high = high.max(*max_ts);
                 }
                 Job::Watermark { ts, .. } => watermark = watermark.max(*ts),
             }
         }
-        meta.insert(HIGH_TS, high)?;
         meta.insert(WATERMARK, watermark)?;
     }
     txn.commit()?;

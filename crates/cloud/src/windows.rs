@@ -1,14 +1,13 @@
 //! Pre-aggregation per (window, metric, plug) and the rules for when a window may be
 //! computed. A batch is aggregated once, when it arrives, into its own partial; the partial
 //! joins its windows only when the catalog says the batch's flag is TRUE, and is dropped when
-//! it says ERROR. A window is ready when the watermark passed its end plus grace (no new
-//! share may enter it) and no batch touching it is still undecided.
+//! it says ERROR. A window is ready when the watermark (moved only by the sensors' progress
+//! reports, never by the data itself, so that batches in flight cannot close each other's
+//! windows) passed its end plus grace, and no batch touching it is still undecided.
 
 use crate::CloudError;
 use mcloud_core::reading::{GroupKey, GroupLevel, Metric};
-use mcloud_core::wire::{
-    ComputeResponse, GroupPartial, ShareRecord, WindowPartial, WindowPending,
-};
+use mcloud_core::wire::{ComputeResponse, GroupPartial, ShareRecord, WindowPartial, WindowPending};
 use mcloud_core::{BatchId, Partial, Window};
 use std::collections::{BTreeMap, HashMap};
 
@@ -19,20 +18,17 @@ type Cell = (u64, Metric, GroupKey);
 pub struct BatchPartial {
     cells: Vec<(Cell, Partial)>,
     windows: Vec<u64>,
-    pub max_ts: u64,
 }
 
 impl BatchPartial {
     pub fn of(records: &[ShareRecord], window_secs: u64) -> BatchPartial {
         let mut cells: HashMap<Cell, Partial> = HashMap::new();
-        let mut max_ts = 0;
         for r in records {
             let start = Window::containing(r.ts, window_secs).start;
             cells
                 .entry((start, r.metric, r.group))
                 .or_default()
                 .add_shares(&r.share);
-            max_ts = max_ts.max(r.ts);
         }
         let mut windows: Vec<u64> = cells.keys().map(|c| c.0).collect();
         windows.sort_unstable();
@@ -40,7 +36,6 @@ impl BatchPartial {
         BatchPartial {
             cells: cells.into_iter().collect(),
             windows,
-            max_ts,
         }
     }
 }
@@ -71,26 +66,24 @@ pub enum Registered {
 pub struct Windows {
     window_secs: u64,
     grace_secs: u64,
-    high_ts: u64,
-    explicit_watermark: u64,
+    watermark: u64,
     windows: BTreeMap<u64, WindowState>,
     batches: HashMap<BatchId, Stage>,
 }
 
 impl Windows {
-    pub fn new(window_secs: u64, grace_secs: u64, high_ts: u64, watermark: u64) -> Windows {
+    pub fn new(window_secs: u64, grace_secs: u64, watermark: u64) -> Windows {
         Windows {
             window_secs,
             grace_secs,
-            high_ts,
-            explicit_watermark: watermark,
+            watermark,
             windows: BTreeMap::new(),
             batches: HashMap::new(),
         }
     }
 
     pub fn watermark(&self) -> u64 {
-        self.high_ts.max(self.explicit_watermark)
+        self.watermark
     }
 
     /// Windows ending at or before this are closed.
@@ -104,7 +97,11 @@ impl Windows {
 
     /// Claims a new batch for storing, or recognises a retry. Checks and claim happen under
     /// one lock, so a window cannot close between the check and the claim.
-    pub fn register(&mut self, id: BatchId, partial: BatchPartial) -> Result<Registered, CloudError> {
+    pub fn register(
+        &mut self,
+        id: BatchId,
+        partial: BatchPartial,
+    ) -> Result<Registered, CloudError> {
         match self.batches.get(&id) {
             Some(Stage::Storing(_)) => return Err(CloudError::InProgress(id)),
             Some(_) => return Ok(Registered::Duplicate),
@@ -132,11 +129,10 @@ impl Windows {
         Ok(Registered::New)
     }
 
-    /// The batch is durable: it now waits for its flag, and its timestamps move the watermark.
+    /// The batch is durable: it now waits for its flag.
     pub fn stored(&mut self, id: BatchId) {
         if let Some(stage) = self.batches.get_mut(&id) {
             if let Stage::Storing(partial) = std::mem::replace(stage, Stage::Done) {
-                self.high_ts = self.high_ts.max(partial.max_ts);
                 *stage = Stage::Pending(partial);
             }
         }
@@ -161,12 +157,11 @@ impl Windows {
         for &start in &partial.windows {
             self.windows.entry(start).or_default().undecided += 1;
         }
-        self.high_ts = self.high_ts.max(partial.max_ts);
         self.batches.insert(id, Stage::Pending(partial));
     }
 
     pub fn advance(&mut self, ts: u64) {
-        self.explicit_watermark = self.explicit_watermark.max(ts);
+        self.watermark = self.watermark.max(ts);
     }
 
     pub fn undecided_ids(&self) -> Vec<BatchId> {

@@ -91,16 +91,19 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Bytes::from_request(req, state).await.map(RawBody).map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::too_large(format!(
-                    "request body is larger than the limit of {} bytes",
-                    crate::wire::MAX_BODY_BYTES
-                ))
-            } else {
-                ApiError::bad_request(format!("cannot read request body: {e}"))
-            }
-        })
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::too_large(format!(
+                        "request body is larger than the limit of {} bytes",
+                        crate::wire::MAX_BODY_BYTES
+                    ))
+                } else {
+                    ApiError::bad_request(format!("cannot read request body: {e}"))
+                }
+            })
     }
 }
 

@@ -79,10 +79,14 @@ pub struct UploadAck {
     pub duplicate: bool,
 }
 
-/// Advances a cloud's event-time watermark (end of a replay, or a clock tick).
+/// A sensor's progress in event time. `ts`: every reading with a timestamp before `ts` has
+/// been sent. With `end_of_stream` the sender is done: the window holding `ts` closes too.
+/// The watermark is global: it only moves forward, and a window closes once it passes the
+/// window's end plus the grace period.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WatermarkRequest {
     pub ts: u64,
+    pub end_of_stream: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,0 +1,101 @@
+//! Where readings come from: a DEBS 2014 CSV or the synthetic generator.
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
+use mcloud_core::Reading;
+use std::path::PathBuf;
+
+#[derive(Args, Clone, Debug)]
+pub struct InputArgs {
+    /// Replay this DEBS 2014 CSV instead of synthetic data.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Synthetic data: number of houses.
+    #[arg(long, default_value_t = 10)]
+    pub houses: u32,
+    /// Synthetic data: households per house.
+    #[arg(long, default_value_t = 2)]
+    pub households: u32,
+    /// Synthetic data: plugs per household.
+    #[arg(long, default_value_t = 5)]
+    pub plugs: u32,
+    /// Synthetic data: hours of readings.
+    #[arg(long, default_value_t = 1.0)]
+    pub hours: f64,
+    /// Synthetic data: seconds between two readings of a plug.
+    #[arg(long, default_value_t = 1)]
+    pub interval: u64,
+    /// Synthetic data: random seed.
+    #[arg(long, default_value_t = 2014)]
+    pub seed: u64,
+}
+
+impl InputArgs {
+    pub fn synthetic_config(&self) -> SyntheticConfig {
+        SyntheticConfig {
+            houses: self.houses,
+            households_per_house: self.households,
+            plugs_per_household: self.plugs,
+            duration_secs: (self.hours * 3600.0).round().max(1.0) as u64,
+            interval_secs: self.interval.max(1),
+            seed: self.seed,
+            ..SyntheticConfig::default()
+        }
+    }
+
+    /// Loads every reading, in input order, with a description for the summary.
+    pub fn load(&self) -> Result<(Vec<Reading>, String)> {
+        match &self.input {
+            Some(path) => {
+                let readings = mcloud_core::csv::read_file(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Ok((readings, format!("{}", path.display())))
+            }
+            None => {
+                let config = self.synthetic_config();
+                let description = format!(
+                    "synthetic: {} plugs in {} houses, {} h at {} s",
+                    config.plugs(),
+                    config.houses,
+                    self.hours,
+                    config.interval_secs
+                );
+                Ok((Synthetic::new(config).collect(), description))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+pub fn write_output(
+    format: OutputFormat,
+    revealed: &mcloud_collector::RevealedResult,
+) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match format {
+        OutputFormat::Table => mcloud_collector::output::write_table(&mut out, revealed)?,
+        OutputFormat::Csv => mcloud_collector::output::write_csv(&mut out, revealed)?,
+        OutputFormat::Json => mcloud_collector::output::write_json(&mut out, revealed)?,
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr (drawn only on a terminal).
+pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:>10} [{bar:40}] {pos}/{len} readings ({per_sec}, eta {eta})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}

@@ -1,0 +1,10 @@
+//! The `mcloud` command: every role of the system in one binary.
+
+pub mod bench;
+pub mod cluster;
+pub mod config;
+pub mod demo;
+pub mod input;
+pub mod node;
+pub mod query;
+pub mod sensor;

@@ -1,0 +1,100 @@
+//! `mcloud sensor`: uploads a CSV or a synthetic stream to a running deployment.
+
+use crate::config::Deployment;
+use crate::input::{progress, InputArgs};
+use anyhow::Result;
+use clap::Args;
+use mcloud_catalog::CatalogClient;
+use mcloud_client::{Fate, Outbox, Report, Sensor, SensorConfig, Uploader};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Clone, Debug)]
+pub struct SensorArgs {
+    /// The deployment file naming the catalog and the clouds.
+    #[arg(long)]
+    pub deployment: PathBuf,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// The durable outbox; batches left in it by an earlier run are sent first.
+    #[arg(long, default_value = "mcloud-sensor/outbox.redb")]
+    pub outbox: PathBuf,
+    /// Readings per upload batch (one flag each).
+    #[arg(long, default_value_t = 4096)]
+    pub batch_size: usize,
+    /// Upload transactions running at once.
+    #[arg(long, default_value_t = 8)]
+    pub in_flight: usize,
+    /// Flag deadline in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub ttl_ms: u64,
+    /// Seconds to wait for unreachable clouds before giving up (batches stay in the outbox).
+    #[arg(long, default_value_t = 600)]
+    pub wait_secs: u64,
+    /// Do not close the windows the stream covered when it ends.
+    #[arg(long)]
+    pub no_flush: bool,
+}
+
+/// Returns false when some readings did not commit (they are listed on stderr).
+pub async fn run(args: SensorArgs) -> Result<bool> {
+    let deployment = Deployment::load(&args.deployment)?;
+    let http = deployment.client()?;
+    let uploader = Uploader::new(
+        http.clone(),
+        deployment.cloud_urls(),
+        CatalogClient::new(http, deployment.catalog.url.clone()),
+        Duration::from_millis(args.ttl_ms),
+    );
+    let sensor = Sensor::new(
+        uploader,
+        Outbox::open(&args.outbox)?,
+        SensorConfig {
+            batch_size: args.batch_size.max(1),
+            in_flight: args.in_flight.max(1),
+            wait_for_clouds: Duration::from_secs(args.wait_secs),
+            ..SensorConfig::default()
+        },
+    );
+    let resumed = sensor.resume().await?;
+    if resumed.committed_batches > 0 {
+        eprintln!(
+            "outbox: {} batches ({} readings) from an earlier run committed",
+            resumed.committed_batches, resumed.committed_readings
+        );
+    }
+    let (readings, description) = args.input.load()?;
+    eprintln!("input: {description}: {} readings", readings.len());
+    let bar = progress(readings.len() as u64, "uploading");
+    let end = readings.iter().map(|r| r.ts).max();
+    let report = sensor
+        .send(readings, |_| Fate::Complete, |n| bar.inc(n))
+        .await?;
+    bar.finish_and_clear();
+    if let (Some(end), false) = (end, args.no_flush) {
+        sensor.uploader().advance_watermark(end, true).await?;
+    }
+    Ok(print_report(&resumed, &report))
+}
+
+fn print_report(resumed: &Report, report: &Report) -> bool {
+    eprintln!(
+        "sensor: {} batches ({} readings) committed, {} retried under a new flag",
+        report.committed_batches, report.committed_readings, report.retried_batches
+    );
+    let mut clean = true;
+    for r in [resumed, report] {
+        for (what, list) in [("missed its window", &r.missed), ("rejected", &r.rejected)] {
+            for b in list {
+                clean = false;
+                eprintln!(
+                    "batch {} ({} readings) {what}: {}",
+                    b.id,
+                    b.readings.len(),
+                    b.reason
+                );
+            }
+        }
+    }
+    clean
+}

@@ -1,0 +1,33 @@
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum SensorError {
+    #[error("outbox: {0}")]
+    Outbox(String),
+    #[error("encoding shares: {0}")]
+    Encode(#[from] postcard::Error),
+    #[error("gave up after {waited_secs} s: {what} still unreachable ({last_error})")]
+    Unreachable {
+        what: String,
+        waited_secs: u64,
+        last_error: String,
+    },
+}
+
+macro_rules! outbox_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for SensorError {
+            fn from(e: $t) -> Self {
+                SensorError::Outbox(e.to_string())
+            }
+        }
+    )*};
+}
+outbox_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

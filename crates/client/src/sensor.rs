@@ -1,0 +1,275 @@
+//! A sensor (or a gateway for many plugs): batches readings, keeps every batch in the outbox
+//! until its fate is known, runs several transactions at once so the per-record cost is never
+//! a round trip, and retries an expired batch under a new flag while its window is open.
+
+use crate::outbox::{Outbox, PlainBatch};
+use crate::transaction::{Fate, Outcome, Uploader};
+use crate::SensorError;
+use mcloud_core::{BatchId, Reading};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+#[derive(Clone, Debug)]
+pub struct SensorConfig {
+    /// Readings per batch (and so per flag).
+    pub batch_size: usize,
+    /// Transactions running at once.
+    pub in_flight: usize,
+    /// Attempts per readings batch, each under its own flag.
+    pub max_attempts: u32,
+    /// How long to wait for unreachable clouds before giving up (batches stay in the outbox).
+    pub wait_for_clouds: Duration,
+}
+
+impl Default for SensorConfig {
+    fn default() -> Self {
+        SensorConfig {
+            batch_size: 4096,
+            in_flight: 8,
+            max_attempts: 5,
+            wait_for_clouds: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A batch that did not commit, and why.
+#[derive(Clone, Debug)]
+pub struct Unsettled {
+    pub id: BatchId,
+    pub readings: Vec<Reading>,
+    pub reason: String,
+}
+
+/// What a run delivered.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub committed_batches: u64,
+    pub committed_readings: u64,
+    /// Flags that ended ERROR and were retried under a new flag.
+    pub retried_batches: u64,
+    /// Too late for their window: reported, never silently dropped.
+    pub missed: Vec<Unsettled>,
+    /// Refused as invalid, or out of attempts.
+    pub rejected: Vec<Unsettled>,
+    /// Stopped on purpose before SET (fault injection).
+    pub crashed: Vec<Unsettled>,
+}
+
+pub struct Sensor {
+    uploader: Arc<Uploader>,
+    outbox: Arc<Outbox>,
+    config: SensorConfig,
+}
+
+impl Sensor {
+    pub fn new(uploader: Uploader, outbox: Outbox, config: SensorConfig) -> Sensor {
+        Sensor {
+            uploader: Arc::new(uploader),
+            outbox: Arc::new(outbox),
+            config,
+        }
+    }
+
+    pub fn uploader(&self) -> &Uploader {
+        &self.uploader
+    }
+
+    /// Sends every batch left in the outbox by an earlier run.
+    pub async fn resume(&self) -> Result<Report, SensorError> {
+        let pending = self.outbox.pending()?;
+        if !pending.is_empty() {
+            tracing::info!(batches = pending.len(), "resuming batches from the outbox");
+        }
+        // Outbox order is not time order, so these batches report no progress.
+        self.run(
+            pending.into_iter().map(|b| (b, Fate::Complete)),
+            false,
+            |_| {},
+        )
+        .await
+    }
+
+    /// Batches `readings` and sends them; `fate` decides per batch index whether the
+    /// transaction completes (fault injection uses it), `progress` hears of settled readings.
+    /// While the input is in timestamp order the clouds hear the sensor's low watermark, so
+    /// windows close as the stream moves on.
+    pub async fn send(
+        &self,
+        readings: impl IntoIterator<Item = Reading>,
+        mut fate: impl FnMut(usize) -> Fate,
+        progress: impl Fn(u64),
+    ) -> Result<Report, SensorError> {
+        let mut readings = readings.into_iter();
+        let size = self.config.batch_size.max(1);
+        let mut index = 0;
+        let batches = std::iter::from_fn(move || {
+            let chunk: Vec<Reading> = readings.by_ref().take(size).collect();
+            if chunk.is_empty() {
+                return None;
+            }
+            let f = fate(index);
+            index += 1;
+            Some((PlainBatch::new(chunk), f))
+        });
+        self.run(batches, true, progress).await
+    }
+
+    async fn run(
+        &self,
+        batches: impl IntoIterator<Item = (PlainBatch, Fate)>,
+        report_progress: bool,
+        progress: impl Fn(u64),
+    ) -> Result<Report, SensorError> {
+        let mut report = Report::default();
+        let mut tasks: JoinSet<Result<(PlainBatch, Outcome, u32, u64), SensorError>> =
+            JoinSet::new();
+        let mut batches = batches.into_iter();
+        let mut low = LowWatermark::new(report_progress);
+        let mut settled = 0u64;
+        loop {
+            while tasks.len() < self.config.in_flight {
+                let Some((batch, fate)) = batches.next() else {
+                    break;
+                };
+                let min_ts = low.started(&batch);
+                self.outbox.put(&batch, None)?;
+                let (uploader, outbox, config) = (
+                    self.uploader.clone(),
+                    self.outbox.clone(),
+                    self.config.clone(),
+                );
+                tasks.spawn(async move {
+                    let (batch, outcome, attempts) =
+                        deliver(&uploader, &outbox, &config, batch, fate).await?;
+                    Ok((batch, outcome, attempts, min_ts))
+                });
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let (batch, outcome, attempts, min_ts) =
+                joined.map_err(|e| SensorError::Outbox(format!("sensor task failed: {e}")))??;
+            low.settled(min_ts);
+            settled += 1;
+            if settled % PROGRESS_EVERY == 0 {
+                if let Some(ts) = low.value() {
+                    let uploader = self.uploader.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = uploader.advance_watermark(ts, false).await {
+                            tracing::warn!("reporting progress: {e}");
+                        }
+                    });
+                }
+            }
+            report.retried_batches += attempts.saturating_sub(1) as u64;
+            let n = batch.readings.len() as u64;
+            let unsettled = |reason: String| Unsettled {
+                id: batch.id,
+                readings: batch.readings.clone(),
+                reason,
+            };
+            match outcome {
+                Outcome::Committed => {
+                    report.committed_batches += 1;
+                    report.committed_readings += n;
+                }
+                Outcome::Missed(reason) => report.missed.push(unsettled(reason)),
+                Outcome::Expired(reason) | Outcome::Rejected(reason) => {
+                    report.rejected.push(unsettled(reason))
+                }
+                Outcome::Crashed => report
+                    .crashed
+                    .push(unsettled("sensor stopped before SET".into())),
+            }
+            progress(n);
+        }
+        Ok(report)
+    }
+}
+
+/// Settled batches between two progress reports.
+const PROGRESS_EVERY: u64 = 16;
+
+/// The oldest timestamp the sensor may still send: the minimum over unsettled batches, or,
+/// with none in flight, the newest timestamp read so far (later readings are not older while
+/// the input is sorted). Disabled for good once the input turns out not to be sorted.
+struct LowWatermark {
+    enabled: bool,
+    unsettled: std::collections::BTreeMap<u64, usize>,
+    newest: Option<u64>,
+}
+
+impl LowWatermark {
+    fn new(enabled: bool) -> LowWatermark {
+        LowWatermark {
+            enabled,
+            unsettled: Default::default(),
+            newest: None,
+        }
+    }
+
+    /// Registers a batch about to be sent; returns its oldest timestamp.
+    fn started(&mut self, batch: &PlainBatch) -> u64 {
+        let mut min = u64::MAX;
+        for r in &batch.readings {
+            if self.newest.is_some_and(|n| r.ts < n) {
+                self.enabled = false;
+            }
+            self.newest = Some(self.newest.map_or(r.ts, |n| n.max(r.ts)));
+            min = min.min(r.ts);
+        }
+        *self.unsettled.entry(min).or_default() += 1;
+        min
+    }
+
+    fn settled(&mut self, min_ts: u64) {
+        if let Some(n) = self.unsettled.get_mut(&min_ts) {
+            *n -= 1;
+            if *n == 0 {
+                self.unsettled.remove(&min_ts);
+            }
+        }
+    }
+
+    fn value(&self) -> Option<u64> {
+        if !self.enabled {
+            return None;
+        }
+        match self.unsettled.keys().next() {
+            Some(&oldest) => Some(oldest),
+            None => self.newest,
+        }
+    }
+}
+
+/// Runs a batch's transactions until it settles; returns the batch as last sent.
+async fn deliver(
+    uploader: &Uploader,
+    outbox: &Outbox,
+    config: &SensorConfig,
+    mut batch: PlainBatch,
+    fate: Fate,
+) -> Result<(PlainBatch, Outcome, u32), SensorError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        uploader
+            .wait_until_reachable(config.wait_for_clouds)
+            .await?;
+        let outcome = uploader.transact(&batch, fate).await?;
+        match outcome {
+            Outcome::Expired(ref reason) if attempts < config.max_attempts => {
+                tracing::info!(batch = %batch.id, attempts, "flag expired ({reason}); retrying under a new flag");
+                let next = batch.rekeyed();
+                outbox.put(&next, Some(batch.id))?;
+                batch = next;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            outcome => {
+                outbox.remove(batch.id)?;
+                return Ok((batch, outcome, attempts));
+            }
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! One batch's flags transaction: CREATE the flag, UPLOAD one share batch to every cloud, SET
+//! the flag. Every step is idempotent, so any step may be retried after a lost answer.
+
+use crate::outbox::PlainBatch;
+use crate::SensorError;
+use futures::future::join_all;
+use mcloud_catalog::{CatalogClient, CatalogError, FlagTable};
+use mcloud_core::http::{post, post_bytes, CallError};
+use mcloud_core::share::{split_record, ShareStream};
+use mcloud_core::wire::{
+    CreateFlag, FlagState, ShareRecord, UploadAck, UploadBatch, WatermarkRequest,
+};
+use mcloud_core::{Field, RecordShares};
+use prio::field::FieldElement;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// What became of one transaction.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Every cloud holds its share and the flag is TRUE.
+    Committed,
+    /// The flag ended ERROR (deadline passed before every cloud acknowledged): the batch
+    /// counts nowhere and may be retried under a new flag.
+    Expired(String),
+    /// A cloud refused a share because its window had already closed: the readings are
+    /// too late to count and are reported, not retried.
+    Missed(String),
+    /// A cloud or the catalog refused the batch as invalid: retrying will not help.
+    Rejected(String),
+    /// The sensor stopped on purpose before SET (fault injection): the flag will end ERROR.
+    Crashed,
+}
+
+/// How far a transaction runs; `DieAfter(k)` simulates a sensor that dies after `k` clouds
+/// acknowledged their shares and before SET.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fate {
+    Complete,
+    DieAfter(usize),
+}
+
+pub struct Uploader {
+    http: reqwest::Client,
+    clouds: Vec<String>,
+    catalog: CatalogClient,
+    ttl: Duration,
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// Retries `call` on retryable errors until `until`; other errors and the last retryable
+/// one are returned.
+async fn retry<T, E, F, Fut>(
+    until: Instant,
+    retryable: impl Fn(&E) -> bool,
+    mut call: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = BACKOFF_START;
+    loop {
+        match call().await {
+            Err(e) if retryable(&e) && Instant::now() + backoff < until => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            other => return other,
+        }
+    }
+}
+
+impl Uploader {
+    /// `clouds` are the clouds' base URLs in party order.
+    pub fn new(
+        http: reqwest::Client,
+        clouds: Vec<String>,
+        catalog: CatalogClient,
+        ttl: Duration,
+    ) -> Uploader {
+        Uploader {
+            http,
+            clouds: clouds
+                .into_iter()
+                .map(|c| c.trim_end_matches('/').to_string())
+                .collect(),
+            catalog,
+            ttl,
+        }
+    }
+
+    pub fn parties(&self) -> usize {
+        self.clouds.len()
+    }
+
+    /// Waits until the catalog and every cloud answer, so that no flag is created (and its
+    /// deadline started) while the shares could not be delivered anyway.
+    pub async fn wait_until_reachable(&self, give_up: Duration) -> Result<(), SensorError> {
+        let start = Instant::now();
+        let mut backoff = BACKOFF_START;
+        let targets: Vec<String> = std::iter::once(self.catalog.base().to_string())
+            .chain(self.clouds.iter().cloned())
+            .collect();
+        loop {
+            let probes = targets.iter().map(|base| async move {
+                let url = format!("{base}/v1/health");
+                match self.http.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("{url}: {}", r.status())),
+                    Err(e) => Err(format!("{url}: {e}")),
+                }
+            });
+            let failures: Vec<String> = join_all(probes)
+                .await
+                .into_iter()
+                .filter_map(Result::err)
+                .collect();
+            let Some(first) = failures.first() else {
+                return Ok(());
+            };
+            if start.elapsed() >= give_up {
+                return Err(SensorError::Unreachable {
+                    what: format!("{} of {} endpoints", failures.len(), targets.len()),
+                    waited_secs: start.elapsed().as_secs(),
+                    last_error: first.clone(),
+                });
+            }
+            tracing::debug!("waiting for {} endpoints: {first}", failures.len());
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One encoded share batch per cloud. Shares come from the batch's seed, so the bodies are
+    /// the same on every attempt.
+    pub fn encode_shares(&self, batch: &PlainBatch) -> Result<Vec<Vec<u8>>, SensorError> {
+        let parties = self.clouds.len();
+        let mut stream = ShareStream::from_seed(batch.seed);
+        let mut per_party: Vec<Vec<ShareRecord>> = (0..parties)
+            .map(|_| Vec::with_capacity(batch.readings.len()))
+            .collect();
+        let mut shares: Vec<RecordShares> = vec![[Field::zero(); 3]; parties];
+        for r in &batch.readings {
+            split_record(r.value, &mut stream, &mut shares);
+            for (records, share) in per_party.iter_mut().zip(&shares) {
+                records.push(ShareRecord {
+                    key: r.id,
+                    ts: r.ts,
+                    metric: r.metric,
+                    group: r.group,
+                    share: *share,
+                });
+            }
+        }
+        per_party
+            .into_iter()
+            .enumerate()
+            .map(|(party, records)| {
+                Ok(postcard::to_stdvec(&UploadBatch {
+                    batch_id: batch.id,
+                    party: party as u16,
+                    parties: parties as u16,
+                    records,
+                })?)
+            })
+            .collect()
+    }
+
+    /// Runs the transaction for `batch` as far as `fate` allows.
+    pub async fn transact(&self, batch: &PlainBatch, fate: Fate) -> Result<Outcome, SensorError> {
+        let bodies = self.encode_shares(batch)?;
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let create_until = Instant::now() + self.ttl;
+        let created = retry(create_until, CatalogError::is_retryable, || {
+            self.catalog.create(vec![CreateFlag {
+                id: batch.id,
+                ttl_ms,
+            }])
+        })
+        .await;
+        let deadline_ms = match created {
+            Ok(flags) => match flags.first() {
+                Some(flag) => flag.deadline_ms,
+                None => return Ok(Outcome::Rejected("catalog answered no flag".into())),
+            },
+            Err(e) => return Ok(self.settle(batch, e.to_string()).await),
+        };
+        let remaining = Duration::from_millis(deadline_ms.saturating_sub(mcloud_catalog::now_ms()));
+        let upload_until = Instant::now() + remaining;
+        let targets = match fate {
+            Fate::Complete => self.clouds.len(),
+            Fate::DieAfter(k) => k.min(self.clouds.len()),
+        };
+        let uploads = self.clouds[..targets]
+            .iter()
+            .zip(bodies)
+            .map(|(cloud, body)| {
+                let url = format!("{cloud}/v1/upload");
+                async move {
+                    retry(upload_until, CallError::is_retryable, || {
+                        post_bytes::<UploadAck>(&self.http, &url, body.clone())
+                    })
+                    .await
+                }
+            });
+        for result in join_all(uploads).await {
+            match result {
+                Ok(_) => {}
+                Err(CallError::Rejected {
+                    status: 410,
+                    message,
+                    ..
+                }) => return Ok(Outcome::Missed(message)),
+                Err(e) if e.is_retryable() => return Ok(Outcome::Expired(e.to_string())),
+                Err(CallError::Rejected {
+                    status: 409,
+                    message,
+                    ..
+                }) => return Ok(self.settle(batch, message).await),
+                Err(e) => return Ok(Outcome::Rejected(e.to_string())),
+            }
+        }
+        if fate != Fate::Complete {
+            return Ok(Outcome::Crashed);
+        }
+        let set = retry(
+            upload_until + Duration::from_secs(5),
+            CatalogError::is_retryable,
+            || self.catalog.set(vec![batch.id]),
+        )
+        .await;
+        Ok(match set {
+            Ok(flags) if flags.first().map(|f| f.state) == Some(FlagState::True) => {
+                Outcome::Committed
+            }
+            Ok(_) => Outcome::Rejected("catalog did not confirm TRUE".into()),
+            Err(e) => self.settle(batch, e.to_string()).await,
+        })
+    }
+
+    /// After a refusal that concerns the flag, the flag itself says what became of the batch:
+    /// TRUE means an earlier attempt already committed it, ERROR that it expired.
+    async fn settle(&self, batch: &PlainBatch, message: String) -> Outcome {
+        let until = Instant::now() + self.ttl;
+        let flag = retry(until, CatalogError::is_retryable, || {
+            self.catalog.get(vec![batch.id])
+        })
+        .await;
+        match flag
+            .ok()
+            .and_then(|f| f.first().copied().flatten())
+            .map(|f| f.state)
+        {
+            Some(FlagState::True) => Outcome::Committed,
+            Some(FlagState::Error) => Outcome::Expired(message),
+            _ => Outcome::Rejected(message),
+        }
+    }
+
+    /// Reports progress to every cloud: every reading before `ts` has been sent; with
+    /// `end_of_stream`, the window holding `ts` may close too.
+    pub async fn advance_watermark(&self, ts: u64, end_of_stream: bool) -> Result<(), CallError> {
+        for cloud in &self.clouds {
+            let url = format!("{cloud}/v1/watermark");
+            let until = Instant::now() + Duration::from_secs(30);
+            let request = WatermarkRequest { ts, end_of_stream };
+            retry(until, CallError::is_retryable, || {
+                post::<_, u64>(&self.http, &url, &request)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}

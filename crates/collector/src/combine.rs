@@ -1,0 +1,272 @@
+//! Combining the clouds' partial aggregates.
+
+use futures::future::join_all;
+use mcloud_core::http::{decode, CallError};
+use mcloud_core::reading::{GroupId, GroupLevel, Metric};
+use mcloud_core::stats::RevealError;
+use mcloud_core::wire::ComputeResponse;
+use mcloud_core::{Partial, Revealed as Totals, Window};
+use std::collections::{BTreeMap, BTreeSet};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CollectError {
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error("cloud {url} says it is party {party} of {parties}, but the collector knows {expected} clouds")]
+    Topology {
+        url: String,
+        party: u16,
+        parties: u16,
+        expected: usize,
+    },
+    #[error("two clouds claim to be party {0}")]
+    DuplicateParty(u16),
+    #[error("clouds disagree on window [{}, {}): {detail}", window.start, window.end)]
+    Disagreement { window: Window, detail: String },
+    #[error("window [{}, {}): {source}", window.start, window.end)]
+    Reveal {
+        window: Window,
+        #[source]
+        source: RevealError,
+    },
+}
+
+/// What to reveal.
+#[derive(Clone, Debug)]
+pub struct Query {
+    pub from: u64,
+    pub to: u64,
+    pub level: GroupLevel,
+    /// Groups with fewer records are withheld.
+    pub min_count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RevealedGroup {
+    pub metric: Metric,
+    pub group: GroupId,
+    pub totals: Totals,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RevealedWindow {
+    pub window: Window,
+    pub batches: u64,
+    pub groups: Vec<RevealedGroup>,
+    /// Groups held back by the minimum-count policy.
+    pub withheld: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Revealed {
+    pub windows: Vec<RevealedWindow>,
+    /// Windows not computable yet at some cloud, with the reason.
+    pub not_ready: Vec<(Window, String)>,
+}
+
+impl Revealed {
+    pub fn withheld(&self) -> u64 {
+        self.windows.iter().map(|w| w.withheld).sum()
+    }
+}
+
+pub struct Collector {
+    http: reqwest::Client,
+    clouds: Vec<String>,
+}
+
+impl Collector {
+    pub fn new(http: reqwest::Client, clouds: Vec<String>) -> Collector {
+        Collector {
+            http,
+            clouds: clouds
+                .into_iter()
+                .map(|c| c.trim_end_matches('/').to_string())
+                .collect(),
+        }
+    }
+
+    async fn fetch(&self, url: String) -> Result<ComputeResponse, CallError> {
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|source| CallError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| CallError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        if !status.is_success() {
+            return Err(CallError::Rejected {
+                url,
+                status: status.as_u16(),
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        decode(&bytes).map_err(|e| CallError::Decode {
+            url,
+            message: e.message,
+        })
+    }
+
+    /// Asks every cloud for COMPUTE and reveals what all of them can answer.
+    pub async fn collect(&self, query: &Query) -> Result<Revealed, CollectError> {
+        let urls: Vec<String> = self
+            .clouds
+            .iter()
+            .map(|c| {
+                format!(
+                    "{c}/v1/compute?from={}&to={}&level={}",
+                    query.from,
+                    query.to,
+                    query.level.name()
+                )
+            })
+            .collect();
+        let answers = join_all(urls.iter().cloned().map(|u| self.fetch(u))).await;
+        let mut responses = Vec::with_capacity(answers.len());
+        let mut parties = BTreeSet::new();
+        for (url, answer) in urls.iter().zip(answers) {
+            let r = answer?;
+            if r.parties as usize != self.clouds.len() || r.party as usize >= self.clouds.len() {
+                return Err(CollectError::Topology {
+                    url: url.clone(),
+                    party: r.party,
+                    parties: r.parties,
+                    expected: self.clouds.len(),
+                });
+            }
+            if !parties.insert(r.party) {
+                return Err(CollectError::DuplicateParty(r.party));
+            }
+            responses.push(r);
+        }
+        combine(&responses, query.min_count)
+    }
+}
+
+/// Adds the clouds' answers window by window. A window is revealed only when every cloud can
+/// answer for it: either it lists it as ready, or the window is closed there and the cloud
+/// never received a share of it.
+pub fn combine(responses: &[ComputeResponse], min_count: u64) -> Result<Revealed, CollectError> {
+    let mut windows: BTreeSet<Window> = BTreeSet::new();
+    for r in responses {
+        windows.extend(r.ready.iter().map(|w| w.window));
+        windows.extend(r.pending.iter().map(|w| w.window));
+    }
+    let mut out = Revealed::default();
+    'windows: for window in windows {
+        let mut parts = Vec::with_capacity(responses.len());
+        for r in responses {
+            if let Some(p) = r.pending.iter().find(|p| p.window == window) {
+                let reason = if p.closed {
+                    format!("cloud {}: {} batches undecided", r.party, p.pending_batches)
+                } else {
+                    format!("cloud {}: window still open", r.party)
+                };
+                out.not_ready.push((window, reason));
+                continue 'windows;
+            }
+            match r.ready.iter().find(|w| w.window == window) {
+                Some(w) => parts.push(Some(w)),
+                None if window.end <= r.closed_before => parts.push(None),
+                None => {
+                    out.not_ready
+                        .push((window, format!("cloud {}: window still open", r.party)));
+                    continue 'windows;
+                }
+            }
+        }
+        out.windows.push(combine_window(window, &parts, min_count)?);
+    }
+    Ok(out)
+}
+
+fn combine_window(
+    window: Window,
+    parts: &[Option<&mcloud_core::wire::WindowPartial>],
+    min_count: u64,
+) -> Result<RevealedWindow, CollectError> {
+    let fingerprint = |p: &Option<&mcloud_core::wire::WindowPartial>| {
+        p.map(|w| (w.batches, w.batch_digest)).unwrap_or((0, 0))
+    };
+    let first = parts.first().map(fingerprint).unwrap_or((0, 0));
+    for (party, p) in parts.iter().enumerate() {
+        let f = fingerprint(p);
+        if f != first {
+            return Err(CollectError::Disagreement {
+                window,
+                detail: format!(
+                    "cloud 0 aggregated {} batches (digest {:032x}), cloud {party} {} (digest {:032x})",
+                    first.0, first.1, f.0, f.1
+                ),
+            });
+        }
+    }
+    let mut sums: BTreeMap<(Metric, GroupId), (Partial, usize)> = BTreeMap::new();
+    for p in parts.iter().flatten() {
+        for g in &p.groups {
+            let entry = sums.entry((g.metric, g.group)).or_default();
+            entry.0.merge(&g.partial);
+            entry.1 += 1;
+        }
+    }
+    let mut groups = Vec::new();
+    let mut withheld = 0;
+    for ((metric, group), (total, seen_at)) in sums {
+        if seen_at != parts.len() {
+            return Err(CollectError::Disagreement {
+                window,
+                detail: format!(
+                    "group {group:?} ({metric}) is missing at {} clouds",
+                    parts.len() - seen_at
+                ),
+            });
+        }
+        let totals = Totals::from_combined(&total)
+            .map_err(|source| CollectError::Reveal { window, source })?;
+        if totals.count < min_count {
+            withheld += 1;
+            continue;
+        }
+        groups.push(RevealedGroup {
+            metric,
+            group,
+            totals,
+        });
+    }
+    Ok(RevealedWindow {
+        window,
+        batches: first.0,
+        groups,
+        withheld,
+    })
+}
+
+impl Collector {
+    /// Collects until every window in range can be revealed, or `timeout` passes (then the
+    /// windows still pending are listed in `not_ready`).
+    pub async fn collect_when_ready(
+        &self,
+        query: &Query,
+        timeout: std::time::Duration,
+    ) -> Result<Revealed, CollectError> {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let revealed = self.collect(query).await?;
+            if revealed.not_ready.is_empty() || std::time::Instant::now() >= until {
+                return Ok(revealed);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
