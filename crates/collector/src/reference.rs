@@ -29,6 +29,11 @@ impl Reference {
             .add_value(r.value);
     }
 
+    /// Every group's totals, by (window, metric, group).
+    pub fn groups(&self) -> impl Iterator<Item = (&(Window, Metric, GroupId), &Totals)> {
+        self.groups.iter()
+    }
+
     pub fn records(&self) -> u64 {
         self.groups.values().map(|t| t.count).sum()
     }

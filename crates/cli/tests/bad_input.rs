@@ -1,0 +1,390 @@
+//! Every endpoint answers bad input with a 4xx that names the problem, and changes no state:
+//! after all the bad requests, the revealed aggregates still equal the plaintext reference
+//! over the good batches only.
+
+use mcloud::cluster::{ClusterSpec, LocalCluster};
+use mcloud_catalog::FlagTable;
+use mcloud_client::PlainBatch;
+use mcloud_collector::{check, Query, Reference};
+use mcloud_core::reading::GroupLevel;
+use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
+use mcloud_core::wire::{
+    CreateFlag, CreateFlagsRequest, FlagIds, UploadBatch, WatermarkRequest, MAX_BATCH_RECORDS,
+};
+use mcloud_core::{BatchId, Reading};
+use std::time::Duration;
+
+async fn cluster(dir: &std::path::Path) -> LocalCluster {
+    LocalCluster::start(ClusterSpec {
+        parties: 3,
+        window_secs: 60,
+        grace_secs: 0,
+        dir: dir.to_path_buf(),
+    })
+    .await
+    .unwrap()
+}
+
+fn readings(minutes: u64) -> Vec<Reading> {
+    Synthetic::new(SyntheticConfig {
+        houses: 2,
+        households_per_house: 1,
+        plugs_per_household: 2,
+        duration_secs: minutes * 60,
+        interval_secs: 10,
+        ..Default::default()
+    })
+    .collect()
+}
+
+/// POSTs raw bytes; returns status and body text.
+async fn post_raw(http: &reqwest::Client, url: &str, body: Vec<u8>) -> (u16, String) {
+    let r = http.post(url).body(body).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+fn expect(answer: (u16, String), status: u16, words: &str) {
+    assert_eq!(
+        answer.0, status,
+        "expected {status} naming {words:?}, got {answer:?}"
+    );
+    assert!(
+        answer.1.contains(words),
+        "answer {answer:?} does not name the problem ({words:?})"
+    );
+}
+
+async fn status(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(format!("{url}/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_by_name_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path()).await;
+    let http = cluster.http();
+    let clouds = cluster.cloud_urls();
+    let catalog = cluster.catalog_url();
+    let uploader = cluster.uploader(Duration::from_secs(30));
+    let flags = cluster.catalog_client();
+    let data = readings(3);
+    let (first, second) = data.split_at(data.len() / 2);
+
+    // One good batch, fully committed.
+    let good = PlainBatch::new(first.to_vec());
+    let outcome = uploader
+        .transact(&good, mcloud_client::Fate::Complete)
+        .await
+        .unwrap();
+    assert_eq!(outcome, mcloud_client::Outcome::Committed);
+    let before = status(&http, &clouds[0]).await;
+
+    // Malformed bodies.
+    let upload = format!("{}/v1/upload", clouds[0]);
+    expect(
+        post_raw(&http, &upload, b"not postcard".to_vec()).await,
+        400,
+        "malformed body",
+    );
+    expect(
+        post_raw(&http, &format!("{catalog}/v1/flags/create"), vec![0xff; 3]).await,
+        400,
+        "malformed body",
+    );
+    expect(
+        post_raw(&http, &format!("{catalog}/v1/flags/set"), vec![]).await,
+        400,
+        "malformed body",
+    );
+
+    // A batch whose shares do not fit this deployment.
+    let bad = PlainBatch::new(second.to_vec());
+    flags
+        .create(vec![CreateFlag {
+            id: bad.id,
+            ttl_ms: 30_000,
+        }])
+        .await
+        .unwrap();
+    let bodies = uploader.encode_shares(&bad).unwrap();
+    let batch: UploadBatch = postcard::from_bytes(&bodies[0]).unwrap();
+    let mut wrong = batch.clone();
+    wrong.parties = 2;
+    expect(
+        post_raw(&http, &upload, postcard::to_stdvec(&wrong).unwrap()).await,
+        400,
+        "split into 2 shares, but this deployment has 3 clouds",
+    );
+    // cloud 1's share sent to cloud 0
+    expect(
+        post_raw(&http, &upload, bodies[1].clone()).await,
+        400,
+        "carries the share for cloud 1",
+    );
+    let mut empty = batch.clone();
+    empty.records.clear();
+    expect(
+        post_raw(&http, &upload, postcard::to_stdvec(&empty).unwrap()).await,
+        400,
+        "empty batch",
+    );
+    let mut twice = batch.clone();
+    twice.records.push(twice.records[0].clone());
+    expect(
+        post_raw(&http, &upload, postcard::to_stdvec(&twice).unwrap()).await,
+        400,
+        "appears twice",
+    );
+    let mut future = batch.clone();
+    future.records[0].ts = u64::MAX / 2;
+    expect(
+        post_raw(&http, &upload, postcard::to_stdvec(&future).unwrap()).await,
+        400,
+        "in the future",
+    );
+    let mut oversized = batch.clone();
+    let record = oversized.records[0].clone();
+    oversized.records = (0..MAX_BATCH_RECORDS as u64 + 1)
+        .map(|k| mcloud_core::wire::ShareRecord {
+            key: k,
+            ..record.clone()
+        })
+        .collect();
+    let oversized = postcard::to_stdvec(&oversized).unwrap();
+    expect(post_raw(&http, &upload, oversized).await, 413, "limit");
+    expect(
+        post_raw(&http, &upload, vec![0; 9 << 20]).await,
+        413,
+        "larger than the limit",
+    );
+
+    // Unknown flag: shares uploaded without CREATE.
+    let mut unknown = batch.clone();
+    unknown.batch_id = BatchId::random();
+    expect(
+        post_raw(&http, &upload, postcard::to_stdvec(&unknown).unwrap()).await,
+        404,
+        "unknown flag",
+    );
+    expect(
+        post_raw(
+            &http,
+            &format!("{catalog}/v1/flags/set"),
+            postcard::to_stdvec(&FlagIds {
+                ids: vec![unknown.batch_id],
+            })
+            .unwrap(),
+        )
+        .await,
+        404,
+        "unknown flag",
+    );
+    // Out-of-range deadline.
+    expect(
+        post_raw(
+            &http,
+            &format!("{catalog}/v1/flags/create"),
+            postcard::to_stdvec(&CreateFlagsRequest {
+                flags: vec![CreateFlag {
+                    id: BatchId::random(),
+                    ttl_ms: 0,
+                }],
+            })
+            .unwrap(),
+        )
+        .await,
+        400,
+        "is out of range 1..=",
+    );
+
+    // SET after the deadline.
+    let late = PlainBatch::new(second.to_vec());
+    flags
+        .create(vec![CreateFlag {
+            id: late.id,
+            ttl_ms: 1,
+        }])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    expect(
+        post_raw(
+            &http,
+            &format!("{catalog}/v1/flags/set"),
+            postcard::to_stdvec(&FlagIds { ids: vec![late.id] }).unwrap(),
+        )
+        .await,
+        409,
+        "missed its deadline",
+    );
+    // Uploading a batch whose flag already ended ERROR.
+    let late_body = uploader.encode_shares(&late).unwrap().remove(0);
+    expect(
+        post_raw(&http, &upload, late_body).await,
+        409,
+        "already ERROR",
+    );
+
+    // A bad COMPUTE query.
+    let r = http
+        .get(format!("{}/v1/compute?level=street", clouds[0]))
+        .send()
+        .await
+        .unwrap();
+    expect(
+        (r.status().as_u16(), r.text().await.unwrap()),
+        400,
+        "bad COMPUTE query",
+    );
+
+    // Nothing above changed any state.
+    let after = status(&http, &clouds[0]).await;
+    assert_eq!(before["batches"], after["batches"], "{before} vs {after}");
+
+    // A share for a window that already closed.
+    uploader
+        .advance_watermark(first.last().unwrap().ts, true)
+        .await
+        .unwrap();
+    let early: Vec<Reading> = first
+        .iter()
+        .take(5)
+        .map(|r| Reading {
+            id: r.id + 1_000_000,
+            ..*r
+        })
+        .collect();
+    let closed = PlainBatch::new(early);
+    flags
+        .create(vec![CreateFlag {
+            id: closed.id,
+            ttl_ms: 30_000,
+        }])
+        .await
+        .unwrap();
+    let body = uploader.encode_shares(&closed).unwrap().remove(0);
+    expect(
+        post_raw(&http, &upload, body).await,
+        410,
+        "after the window closed",
+    );
+    assert_eq!(after["batches"], status(&http, &clouds[0]).await["batches"]);
+
+    // The good batch alone is revealed, exactly.
+    let query = Query {
+        from: 0,
+        to: u64::MAX,
+        level: GroupLevel::Plug,
+        min_count: 1,
+    };
+    let revealed = cluster
+        .collector()
+        .collect_when_ready(&query, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut reference = Reference::new(60, GroupLevel::Plug);
+    let closed_until = mcloud_core::Window::containing(first.last().unwrap().ts, 60).end;
+    for r in first {
+        reference.add(r);
+    }
+    let revealed_closed = mcloud_collector::RevealedResult {
+        windows: revealed
+            .windows
+            .into_iter()
+            .filter(|w| w.window.end <= closed_until)
+            .collect(),
+        not_ready: vec![],
+    };
+    let report = check(&revealed_closed, &reference, 1);
+    assert!(report.ok(), "{:?}", report.problems);
+    assert!(report.matched > 0);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_duplicates_and_replays_count_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path()).await;
+    let http = cluster.http();
+    let uploader = cluster.uploader(Duration::from_secs(30));
+    let data = readings(2);
+    let batch = PlainBatch::new(data.clone());
+    // The whole transaction twice (a sensor that lost the first answers), then each step again.
+    for _ in 0..2 {
+        assert_eq!(
+            uploader
+                .transact(&batch, mcloud_client::Fate::Complete)
+                .await
+                .unwrap(),
+            mcloud_client::Outcome::Committed
+        );
+    }
+    let bodies = uploader.encode_shares(&batch).unwrap();
+    for (cloud, body) in cluster.cloud_urls().iter().zip(&bodies) {
+        let (code, _) = post_raw(&http, &format!("{cloud}/v1/upload"), body.clone()).await;
+        assert_eq!(code, 200);
+    }
+    // A replayed SET is acknowledged and changes nothing.
+    let replay = post_raw(
+        &http,
+        &format!("{}/v1/flags/set", cluster.catalog_url()),
+        postcard::to_stdvec(&FlagIds {
+            ids: vec![batch.id],
+        })
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(replay.0, 200);
+    // The same batch id with different shares is a duplicate too: the first version stands.
+    let other = PlainBatch {
+        id: batch.id,
+        ..batch.rekeyed()
+    };
+    for (cloud, body) in cluster
+        .cloud_urls()
+        .iter()
+        .zip(uploader.encode_shares(&other).unwrap())
+    {
+        let answer: mcloud_core::wire::UploadAck =
+            mcloud_core::http::post_bytes(&http, &format!("{cloud}/v1/upload"), body)
+                .await
+                .unwrap();
+        assert!(answer.duplicate);
+    }
+    let last = data.iter().map(|r| r.ts).max().unwrap();
+    for cloud in cluster.cloud_urls() {
+        let _: u64 = mcloud_core::http::post(
+            &http,
+            &format!("{cloud}/v1/watermark"),
+            &WatermarkRequest {
+                ts: last,
+                end_of_stream: true,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let query = Query {
+        from: 0,
+        to: u64::MAX,
+        level: GroupLevel::House,
+        min_count: 1,
+    };
+    let revealed = cluster
+        .collector()
+        .collect_when_ready(&query, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut reference = Reference::new(60, GroupLevel::House);
+    data.iter().for_each(|r| reference.add(r));
+    let report = check(&revealed, &reference, 1);
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(revealed.windows.iter().map(|w| w.batches).max(), Some(1));
+    cluster.shutdown().await;
+}
