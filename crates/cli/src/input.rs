@@ -80,12 +80,16 @@ pub fn write_output(
 ) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    match format {
-        OutputFormat::Table => mcloud_collector::output::write_table(&mut out, revealed)?,
-        OutputFormat::Csv => mcloud_collector::output::write_csv(&mut out, revealed)?,
-        OutputFormat::Json => mcloud_collector::output::write_json(&mut out, revealed)?,
+    let written = match format {
+        OutputFormat::Table => mcloud_collector::output::write_table(&mut out, revealed),
+        OutputFormat::Csv => mcloud_collector::output::write_csv(&mut out, revealed),
+        OutputFormat::Json => mcloud_collector::output::write_json(&mut out, revealed),
+    };
+    match written {
+        // A reader that stopped early (`| head`) is not an error of ours.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
-    Ok(())
 }
 
 /// A progress bar on stderr (drawn only on a terminal).
