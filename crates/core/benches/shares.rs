@@ -11,16 +11,20 @@ fn split(c: &mut Criterion) {
     let records = 4096u64;
     group.throughput(Throughput::Elements(records));
     for parties in [1usize, 3] {
-        group.bench_with_input(BenchmarkId::from_parameter(parties), &parties, |b, &parties| {
-            let mut stream = ShareStream::from_seed([7; 32]);
-            let mut shares = vec![[Field::zero(); 3]; parties];
-            b.iter(|| {
-                for value in 0..records {
-                    split_record(black_box(value * 1_237), &mut stream, &mut shares);
-                    black_box(&shares);
-                }
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::from_parameter(parties),
+            &parties,
+            |b, &parties| {
+                let mut stream = ShareStream::from_seed([7; 32]);
+                let mut shares = vec![[Field::zero(); 3]; parties];
+                b.iter(|| {
+                    for value in 0..records {
+                        split_record(black_box(value * 1_237), &mut stream, &mut shares);
+                        black_box(&shares);
+                    }
+                })
+            },
+        );
     }
     group.finish();
 }
