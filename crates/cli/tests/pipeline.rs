@@ -111,3 +111,38 @@ async fn real_debs_samples_match_the_plaintext_reference() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_too_late_for_their_window_are_reported_not_dropped() {
+    use mcloud_client::{Fate, Outbox, Sensor, SensorConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(ClusterSpec {
+        parties: 3,
+        window_secs: 60,
+        grace_secs: 0,
+        dir: dir.path().to_path_buf(),
+    })
+    .await
+    .unwrap();
+    let readings = synthetic(5);
+    let sensor = Sensor::new(
+        cluster.uploader(std::time::Duration::from_secs(10)),
+        Outbox::open(&dir.path().join("outbox.redb")).unwrap(),
+        SensorConfig {
+            batch_size: 100,
+            ..SensorConfig::default()
+        },
+    );
+    // Another sensor already closed every window up to the end of the data.
+    let end = readings.iter().map(|r| r.ts).max().unwrap();
+    sensor.uploader().advance_watermark(end, true).await.unwrap();
+    let report = sensor
+        .send(readings.iter().copied(), |_| Fate::Complete, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.committed_batches, 0);
+    let missed: usize = report.missed.iter().map(|b| b.readings.len()).sum();
+    assert_eq!(missed, readings.len(), "every late reading is reported");
+    assert!(report.missed[0].reason.contains("after the window closed"), "{}", report.missed[0].reason);
+    cluster.shutdown().await;
+}
