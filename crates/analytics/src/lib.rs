@@ -5,18 +5,20 @@
 //! windows, which is what the clouds can reveal as sums of shares. [`reference`] computes
 //! the same queries from raw readings to check them.
 
+pub mod check;
 pub mod csv_out;
 pub mod driver;
-pub mod histogram;
+pub use mcloud_core::histogram;
 pub mod q1;
 pub mod q2;
 pub mod reference;
 pub mod source;
 
+pub use check::q1_mismatches;
 pub use csv_out::{q2_agreement, write_q1, write_q2, Agreement, Q1_HEADER, Q2_HEADER};
 pub use driver::{boundaries, run, run_readings, run_reference, run_windows, Output, RunOptions};
 pub use q1::{Q1Row, Q1, SLICE_MINUTES};
-pub use q2::{Emit, Q2Row, Q2Window, Q2};
+pub use q2::{changes_only, Emit, Q2Row, Q2Window, Q2};
 pub use source::{
     windows_from_readings, AggregateSource, CountSum, MemorySource, PlugWindow, SourceError,
     WINDOW_SECS,

@@ -3,11 +3,13 @@
 
 use crate::cluster::{ClusterSpec, LocalCluster};
 use crate::input::{progress, write_output, InputArgs, OutputFormat};
+use crate::queries::{run_queries, EmitArg, QueryKind};
 use anyhow::{bail, Result};
 use clap::Args;
 use mcloud_client::{Fate, Outbox, Report, Sensor, SensorConfig};
 use mcloud_collector::{check, CheckReport, Query, Reference, RevealedResult};
 use mcloud_core::reading::GroupLevel;
+use mcloud_core::wire::HISTOGRAM_WINDOW_SECS;
 use mcloud_core::Reading;
 use rand::{Rng, SeedableRng};
 use std::collections::HashSet;
@@ -38,6 +40,16 @@ pub struct DemoArgs {
     pub crash_fraction: f64,
     #[arg(long, value_enum, default_value = "table")]
     pub output: OutputFormat,
+    /// Run the DEBS 2014 queries (Q1 load prediction, Q2 outliers) on the private aggregates;
+    /// windows become 30 s.
+    #[arg(long, value_enum)]
+    pub query: Option<QueryKind>,
+    /// Q2 rows: when a house's percentage changes, or at every 30 s boundary.
+    #[arg(long, value_enum, default_value = "changes")]
+    pub emit: EmitArg,
+    /// Write the query rows to DIR/q1.csv and DIR/q2.csv instead of stdout.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
     /// Keep all state here instead of in a temporary directory.
@@ -56,6 +68,12 @@ pub struct PipelineArgs {
     /// Flag deadline in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub ttl_ms: u64,
+    /// Replay at this multiple of real time; default: as fast as possible.
+    #[arg(long)]
+    pub speedup: Option<f64>,
+    /// Share per-plug load histograms too (the queries set this).
+    #[arg(skip)]
+    pub histograms: bool,
 }
 
 /// What one run of the pipeline produced.
@@ -90,6 +108,8 @@ pub async fn run_pipeline(
             batch_size: pipeline.batch_size.max(1),
             in_flight: pipeline.in_flight.max(1),
             wait_for_clouds: Duration::from_secs(30),
+            histograms: pipeline.histograms,
+            speedup: pipeline.speedup,
             ..SensorConfig::default()
         },
     );
@@ -155,9 +175,20 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         .data_dir
         .clone()
         .unwrap_or_else(|| temp.path().to_path_buf());
+    let mut pipeline = args.pipeline.clone();
+    let mut window = args.window;
+    if let Some(kind) = args.query {
+        if window != HISTOGRAM_WINDOW_SECS {
+            eprintln!(
+                "queries run on {HISTOGRAM_WINDOW_SECS} s windows (the DEBS 2014 output period)"
+            );
+            window = HISTOGRAM_WINDOW_SECS;
+        }
+        pipeline.histograms = kind.q2();
+    }
     let cluster = LocalCluster::start(ClusterSpec {
         parties: args.clouds,
-        window_secs: args.window,
+        window_secs: window,
         grace_secs: args.grace,
         dir,
     })
@@ -166,7 +197,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         "mcloud demo: {} clouds, catalog at {}, window {} s, grouped by {}, min count {}",
         args.clouds,
         cluster.catalog_url(),
-        args.window,
+        window,
         args.group.name(),
         args.min_count
     );
@@ -180,17 +211,38 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     let run = run_pipeline(
         &cluster,
         &readings,
-        &args.pipeline,
+        &pipeline,
         &query,
         args.crash_fraction,
         args.input.seed,
         true,
     )
     .await?;
+    let Some(kind) = args.query else {
+        cluster.shutdown().await;
+        write_output(args.output, &run.revealed)?;
+        print_summary(&run, readings.len());
+        return Ok(run.check.ok());
+    };
+    let crashed: HashSet<u64> = run
+        .report
+        .crashed
+        .iter()
+        .flat_map(|b| b.readings.iter().map(|r| r.id))
+        .collect();
+    let committed: Vec<Reading> = readings
+        .iter()
+        .filter(|r| !crashed.contains(&r.id))
+        .copied()
+        .collect();
+    let queries = run_queries(&cluster, &committed, kind, args.emit).await?;
     cluster.shutdown().await;
-    write_output(args.output, &run.revealed)?;
+    if args.out_dir.is_some() || args.output == OutputFormat::Csv {
+        crate::queries::write(&queries, kind, args.out_dir.as_deref())?;
+    }
     print_summary(&run, readings.len());
-    Ok(run.check.ok())
+    crate::queries::print_summary(&queries, kind);
+    Ok(run.check.ok() && queries.q1_problems.is_empty())
 }
 
 pub fn print_summary(run: &PipelineRun, readings: usize) {

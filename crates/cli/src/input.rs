@@ -23,6 +23,9 @@ pub struct InputArgs {
     /// Synthetic data: hours of readings.
     #[arg(long, default_value_t = 1.0)]
     pub hours: f64,
+    /// Synthetic data: days of readings (overrides --hours).
+    #[arg(long)]
+    pub days: Option<f64>,
     /// Synthetic data: seconds between two readings of a plug.
     #[arg(long, default_value_t = 1)]
     pub interval: u64,
@@ -37,11 +40,15 @@ impl InputArgs {
             houses: self.houses,
             households_per_house: self.households,
             plugs_per_household: self.plugs,
-            duration_secs: (self.hours * 3600.0).round().max(1.0) as u64,
+            duration_secs: (self.duration_hours() * 3600.0).round().max(1.0) as u64,
             interval_secs: self.interval.max(1),
             seed: self.seed,
             ..SyntheticConfig::default()
         }
+    }
+
+    pub fn duration_hours(&self) -> f64 {
+        self.days.map(|d| d * 24.0).unwrap_or(self.hours)
     }
 
     /// Loads every reading, in input order, with a description for the summary.
@@ -58,7 +65,7 @@ impl InputArgs {
                     "synthetic: {} plugs in {} houses, {} h at {} s",
                     config.plugs(),
                     config.houses,
-                    self.hours,
+                    self.duration_hours(),
                     config.interval_secs
                 );
                 Ok((Synthetic::new(config).collect(), description))

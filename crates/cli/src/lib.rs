@@ -6,5 +6,6 @@ pub mod config;
 pub mod demo;
 pub mod input;
 pub mod node;
+pub mod queries;
 pub mod query;
 pub mod sensor;

@@ -135,7 +135,11 @@ async fn readings_too_late_for_their_window_are_reported_not_dropped() {
     );
     // Another sensor already closed every window up to the end of the data.
     let end = readings.iter().map(|r| r.ts).max().unwrap();
-    sensor.uploader().advance_watermark(end, true).await.unwrap();
+    sensor
+        .uploader()
+        .advance_watermark(end, true)
+        .await
+        .unwrap();
     let report = sensor
         .send(readings.iter().copied(), |_| Fate::Complete, |_| {})
         .await
@@ -143,6 +147,10 @@ async fn readings_too_late_for_their_window_are_reported_not_dropped() {
     assert_eq!(report.committed_batches, 0);
     let missed: usize = report.missed.iter().map(|b| b.readings.len()).sum();
     assert_eq!(missed, readings.len(), "every late reading is reported");
-    assert!(report.missed[0].reason.contains("after the window closed"), "{}", report.missed[0].reason);
+    assert!(
+        report.missed[0].reason.contains("after the window closed"),
+        "{}",
+        report.missed[0].reason
+    );
     cluster.shutdown().await;
 }

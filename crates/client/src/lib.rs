@@ -3,11 +3,12 @@
 //! durable outbox so that a sensor that loses its network or crashes loses no reading.
 
 pub mod error;
+pub mod histograms;
 pub mod outbox;
 pub mod sensor;
 pub mod transaction;
 
 pub use error::SensorError;
-pub use outbox::{Outbox, PlainBatch};
+pub use outbox::{Outbox, PlainBatch, PlainHistogram};
 pub use sensor::{Report, Sensor, SensorConfig};
 pub use transaction::{Fate, Outcome, Uploader};

@@ -5,34 +5,49 @@
 //! clouds that already hold the batch will not take a second version.
 
 use crate::SensorError;
-use mcloud_core::{BatchId, Reading};
+use mcloud_core::{BatchId, GroupKey, Reading};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 const OUTBOX: TableDefinition<u128, &[u8]> = TableDefinition::new("outbox");
 
-/// Readings travelling as one batch, under one flag.
+/// Readings (and load histograms of completed 30 s windows) travelling as one batch, under
+/// one flag.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlainBatch {
     pub id: BatchId,
     pub seed: [u8; 32],
     pub readings: Vec<Reading>,
+    pub histograms: Vec<PlainHistogram>,
+}
+
+/// A plug's load readings in one 30 s window, counted per bucket of `histogram`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlainHistogram {
+    pub plug: GroupKey,
+    pub window_start: u64,
+    pub counts: Vec<u64>,
 }
 
 impl PlainBatch {
     pub fn new(readings: Vec<Reading>) -> PlainBatch {
+        Self::with_histograms(readings, Vec::new())
+    }
+
+    pub fn with_histograms(readings: Vec<Reading>, histograms: Vec<PlainHistogram>) -> PlainBatch {
         PlainBatch {
             id: BatchId::random(),
             seed: mcloud_core::ShareStream::fresh_seed(),
             readings,
+            histograms,
         }
     }
 
-    /// The same readings under a fresh id and fresh shares, for a retry after the first flag
+    /// The same content under a fresh id and fresh shares, for a retry after the first flag
     /// ended ERROR (an ERROR flag is final, so the batch needs a new one).
     pub fn rekeyed(&self) -> PlainBatch {
-        PlainBatch::new(self.readings.clone())
+        PlainBatch::with_histograms(self.readings.clone(), self.histograms.clone())
     }
 }
 

@@ -2,6 +2,7 @@
 //! until its fate is known, runs several transactions at once so the per-record cost is never
 //! a round trip, and retries an expired batch under a new flag while its window is open.
 
+use crate::histograms::Histograms;
 use crate::outbox::{Outbox, PlainBatch};
 use crate::transaction::{Fate, Outcome, Uploader};
 use crate::SensorError;
@@ -20,6 +21,11 @@ pub struct SensorConfig {
     pub max_attempts: u32,
     /// How long to wait for unreachable clouds before giving up (batches stay in the outbox).
     pub wait_for_clouds: Duration,
+    /// Also share each plug's load histogram per 30 s window (for median-based analytics).
+    pub histograms: bool,
+    /// Replay at this multiple of real time (by the readings' timestamps); `None`: as fast
+    /// as possible.
+    pub speedup: Option<f64>,
 }
 
 impl Default for SensorConfig {
@@ -29,6 +35,8 @@ impl Default for SensorConfig {
             in_flight: 8,
             max_attempts: 5,
             wait_for_clouds: Duration::from_secs(600),
+            histograms: false,
+            speedup: None,
         }
     }
 }
@@ -103,14 +111,23 @@ impl Sensor {
         let mut readings = readings.into_iter();
         let size = self.config.batch_size.max(1);
         let mut index = 0;
+        let mut histograms = self.config.histograms.then(Histograms::default);
         let batches = std::iter::from_fn(move || {
             let chunk: Vec<Reading> = readings.by_ref().take(size).collect();
-            if chunk.is_empty() {
+            let mut done = Vec::new();
+            if let Some(h) = histograms.as_mut() {
+                chunk.iter().for_each(|r| h.add(r));
+                done = match chunk.last() {
+                    Some(last) if chunk.len() == size => h.complete_before(last.ts),
+                    _ => h.drain(),
+                };
+            }
+            if chunk.is_empty() && done.is_empty() {
                 return None;
             }
             let f = fate(index);
             index += 1;
-            Some((PlainBatch::new(chunk), f))
+            Some((PlainBatch::with_histograms(chunk, done), f))
         });
         self.run(batches, true, progress).await
     }
@@ -218,6 +235,10 @@ impl LowWatermark {
             }
             self.newest = Some(self.newest.map_or(r.ts, |n| n.max(r.ts)));
             min = min.min(r.ts);
+        }
+        // A histogram's window must stay open until the histogram arrived.
+        for h in &batch.histograms {
+            min = min.min(h.window_start);
         }
         *self.unsettled.entry(min).or_default() += 1;
         min

@@ -8,7 +8,7 @@ use mcloud_catalog::{CatalogClient, CatalogError, FlagTable};
 use mcloud_core::http::{post, post_bytes, CallError};
 use mcloud_core::share::{split_record, ShareStream};
 use mcloud_core::wire::{
-    CreateFlag, FlagState, ShareRecord, UploadAck, UploadBatch, WatermarkRequest,
+    CreateFlag, FlagState, HistogramShare, ShareRecord, UploadAck, UploadBatch, WatermarkRequest,
 };
 use mcloud_core::{Field, RecordShares};
 use prio::field::FieldElement;
@@ -155,15 +155,39 @@ impl Uploader {
                 });
             }
         }
+        let mut histograms: Vec<Vec<HistogramShare>> = (0..parties)
+            .map(|_| Vec::with_capacity(batch.histograms.len()))
+            .collect();
+        for h in &batch.histograms {
+            let mut counts: Vec<Vec<Field>> = vec![Vec::with_capacity(h.counts.len()); parties];
+            for &count in &h.counts {
+                let mut rest = Field::from(count as u128);
+                for party_counts in counts.iter_mut().take(parties - 1) {
+                    let share = stream.next_element();
+                    rest -= share;
+                    party_counts.push(share);
+                }
+                counts[parties - 1].push(rest);
+            }
+            for (out, counts) in histograms.iter_mut().zip(counts) {
+                out.push(HistogramShare {
+                    plug: h.plug,
+                    window_start: h.window_start,
+                    counts,
+                });
+            }
+        }
         per_party
             .into_iter()
+            .zip(histograms)
             .enumerate()
-            .map(|(party, records)| {
+            .map(|(party, (records, histograms))| {
                 Ok(postcard::to_stdvec(&UploadBatch {
                     batch_id: batch.id,
                     party: party as u16,
                     parties: parties as u16,
                     records,
+                    histograms,
                 })?)
             })
             .collect()

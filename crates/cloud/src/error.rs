@@ -26,6 +26,12 @@ pub enum CloudError {
         got: u16,
         expected: u16,
     },
+    #[error("batch {id}: histogram of plug {plug:?}: {problem}")]
+    BadHistogram {
+        id: BatchId,
+        plug: mcloud_core::GroupKey,
+        problem: String,
+    },
     #[error("batch {id}: record key {key} appears twice")]
     DuplicateRecord { id: BatchId, key: u64 },
     #[error("batch {id}: record key {key} has timestamp {ts}, more than {max_future_secs} s in the future")]

@@ -5,10 +5,12 @@ use crate::windows::{BatchPartial, Registered, Windows};
 use crate::CloudError;
 use bytes::Bytes;
 use mcloud_catalog::{CatalogClient, FlagTable};
+use mcloud_core::histogram;
 use mcloud_core::http::{decode, ApiError};
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::wire::{
-    ComputeResponse, FlagState, UploadAck, UploadBatch, WatermarkRequest, MAX_BATCH_RECORDS,
+    ComputeResponse, FlagState, RangeResponse, UploadAck, UploadBatch, WatermarkRequest,
+    HISTOGRAM_WINDOW_SECS, MAX_BATCH_RECORDS,
 };
 use mcloud_core::Window;
 use std::collections::HashSet;
@@ -28,6 +30,9 @@ pub struct CloudConfig {
     pub max_future_secs: u64,
     /// How often undecided flags are read from the catalog.
     pub poll_interval: Duration,
+    /// Shortest range over which the cloud reveals its share of a plug's load histogram: a
+    /// collector cannot ask for anything finer, whatever it does with the answers.
+    pub min_histogram_range_secs: u64,
 }
 
 impl Default for CloudConfig {
@@ -39,6 +44,7 @@ impl Default for CloudConfig {
             grace_secs: 60,
             max_future_secs: 86_400,
             poll_interval: Duration::from_millis(20),
+            min_histogram_range_secs: 3600,
         }
     }
 }
@@ -74,7 +80,10 @@ impl CloudNode {
         for (id, bytes) in recovered.batches {
             let batch: UploadBatch = decode(&bytes)
                 .map_err(|e| CloudError::Storage(format!("stored batch {id}: {}", e.message)))?;
-            state.restore(id, BatchPartial::of(&batch.records, config.window_secs));
+            state.restore(
+                id,
+                BatchPartial::of(&batch.records, &batch.histograms, config.window_secs),
+            );
         }
         if restored > 0 {
             tracing::info!(
@@ -131,14 +140,39 @@ impl CloudNode {
                 expected: self.config.party,
             });
         }
-        if batch.records.is_empty() {
+        if batch.records.is_empty() && batch.histograms.is_empty() {
             return Err(CloudError::EmptyBatch(id));
         }
-        if batch.records.len() > MAX_BATCH_RECORDS {
+        let items = batch.records.len() + batch.histograms.len();
+        if items > MAX_BATCH_RECORDS {
             return Err(CloudError::TooManyRecords {
                 id,
-                records: batch.records.len(),
+                records: items,
                 limit: MAX_BATCH_RECORDS,
+            });
+        }
+        let mut cells = HashSet::with_capacity(batch.histograms.len());
+        for h in &batch.histograms {
+            let problem = if h.window_start % HISTOGRAM_WINDOW_SECS != 0 {
+                format!(
+                    "window start {} is not a multiple of {HISTOGRAM_WINDOW_SECS} s",
+                    h.window_start
+                )
+            } else if h.counts.len() != histogram::BUCKETS {
+                format!(
+                    "{} buckets, expected {}",
+                    h.counts.len(),
+                    histogram::BUCKETS
+                )
+            } else if !cells.insert((h.plug, h.window_start)) {
+                "appears twice".to_string()
+            } else {
+                continue;
+            };
+            return Err(CloudError::BadHistogram {
+                id,
+                plug: h.plug,
+                problem,
             });
         }
         let horizon = now_secs() + self.config.max_future_secs;
@@ -186,7 +220,7 @@ impl CloudNode {
             }
             Some(_) => {}
         }
-        let partial = BatchPartial::of(&batch.records, self.config.window_secs);
+        let partial = BatchPartial::of(&batch.records, &batch.histograms, self.config.window_secs);
         match self.state().register(id, partial)? {
             Registered::Duplicate => {
                 return Ok(UploadAck {
@@ -247,6 +281,38 @@ impl CloudNode {
     pub fn compute(&self, from: u64, to: u64, level: GroupLevel) -> ComputeResponse {
         self.state()
             .compute(self.config.party, self.config.parties, from, to, level)
+    }
+
+    /// RANGE: per-plug load sums over [from, to), with histograms only for ranges of at least
+    /// `min_histogram_range_secs`.
+    pub fn range(
+        &self,
+        from: u64,
+        to: u64,
+        with_histograms: bool,
+    ) -> Result<RangeResponse, ApiError> {
+        let w = self.config.window_secs;
+        if from >= to || from % w != 0 || to % w != 0 {
+            return Err(ApiError::bad_request(format!(
+                "bad RANGE [{from}, {to}): bounds must be increasing multiples of the {w} s window"
+            )));
+        }
+        if with_histograms && to - from < self.config.min_histogram_range_secs {
+            return Err(ApiError::bad_request(format!(
+                "histograms are revealed over at least {} s; [{from}, {to}) is {} s",
+                self.config.min_histogram_range_secs,
+                to - from
+            )));
+        }
+        self.state()
+            .range(
+                self.config.party,
+                self.config.parties,
+                from,
+                to,
+                with_histograms,
+            )
+            .map_err(|e| ApiError::conflict(e.to_string()))
     }
 
     pub fn status(&self) -> serde_json::Value {

@@ -7,19 +7,21 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use mcloud_core::http::{ApiError, Postcard, RawBody};
 use mcloud_core::reading::GroupLevel;
-use mcloud_core::wire::{ComputeResponse, UploadAck, WatermarkRequest};
+use mcloud_core::wire::{ComputeResponse, RangeResponse, UploadAck, WatermarkRequest};
 use serde::Deserialize;
 use std::sync::Arc;
 
 pub const UPLOAD_PATH: &str = "/v1/upload";
 pub const WATERMARK_PATH: &str = "/v1/watermark";
 pub const COMPUTE_PATH: &str = "/v1/compute";
+pub const RANGE_PATH: &str = "/v1/range";
 
 pub fn router(node: Arc<CloudNode>) -> Router {
     Router::new()
         .route(UPLOAD_PATH, post(upload))
         .route(WATERMARK_PATH, post(watermark))
         .route(COMPUTE_PATH, get(compute))
+        .route(RANGE_PATH, get(range))
         .route("/v1/status", get(status))
         .route("/v1/health", get(|| async { "ok" }))
         .with_state(node)
@@ -66,6 +68,26 @@ async fn compute(
         to,
         p.level.unwrap_or(GroupLevel::Plug),
     )))
+}
+
+#[derive(Deserialize)]
+struct RangeParams {
+    from: u64,
+    to: u64,
+    #[serde(default)]
+    histograms: bool,
+}
+
+async fn range(
+    State(node): State<Arc<CloudNode>>,
+    params: Result<Query<RangeParams>, QueryRejection>,
+) -> Result<Postcard<RangeResponse>, ApiError> {
+    let Query(p) = params.map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad RANGE query ({e}); expected from=<unix s>&to=<unix s>[&histograms=true]"
+        ))
+    })?;
+    node.range(p.from, p.to, p.histograms).map(Postcard)
 }
 
 async fn status(State(node): State<Arc<CloudNode>>) -> Json<serde_json::Value> {

@@ -7,21 +7,31 @@
 
 use crate::CloudError;
 use mcloud_core::reading::{GroupKey, GroupLevel, Metric};
-use mcloud_core::wire::{ComputeResponse, GroupPartial, ShareRecord, WindowPartial, WindowPending};
-use mcloud_core::{BatchId, Partial, Window};
+use mcloud_core::wire::{
+    ComputeResponse, GroupPartial, HistogramShare, PlugRange, RangeResponse, ShareRecord,
+    WindowPartial, WindowPending,
+};
+use mcloud_core::{BatchId, Field, Partial, Window};
 use std::collections::{BTreeMap, HashMap};
 
 type Cell = (u64, Metric, GroupKey);
+/// A histogram's own 30 s window start and plug.
+type HistogramCell = (u64, GroupKey);
 
-/// One batch's shares summed per (window start, metric, plug).
+/// One batch's shares summed per (window start, metric, plug), and its histogram shares.
 #[derive(Clone, Debug, Default)]
 pub struct BatchPartial {
     cells: Vec<(Cell, Partial)>,
+    histograms: Vec<(HistogramCell, Vec<Field>)>,
     windows: Vec<u64>,
 }
 
 impl BatchPartial {
-    pub fn of(records: &[ShareRecord], window_secs: u64) -> BatchPartial {
+    pub fn of(
+        records: &[ShareRecord],
+        histograms: &[HistogramShare],
+        window_secs: u64,
+    ) -> BatchPartial {
         let mut cells: HashMap<Cell, Partial> = HashMap::new();
         for r in records {
             let start = Window::containing(r.ts, window_secs).start;
@@ -31,13 +41,70 @@ impl BatchPartial {
                 .add_shares(&r.share);
         }
         let mut windows: Vec<u64> = cells.keys().map(|c| c.0).collect();
+        windows.extend(
+            histograms
+                .iter()
+                .map(|h| Window::containing(h.window_start, window_secs).start),
+        );
         windows.sort_unstable();
         windows.dedup();
         BatchPartial {
             cells: cells.into_iter().collect(),
+            histograms: histograms
+                .iter()
+                .map(|h| ((h.window_start, h.plug), h.counts.clone()))
+                .collect(),
             windows,
         }
     }
+}
+
+/// Ranges kept for sliding.
+const RANGE_CACHE: usize = 16;
+
+/// Running per-plug sums over a range of windows.
+#[derive(Default)]
+struct RangeSums {
+    from: u64,
+    to: u64,
+    with_histograms: bool,
+    batches: i64,
+    digest: u128,
+    plugs: BTreeMap<GroupKey, PlugSums>,
+}
+
+#[derive(Default)]
+struct PlugSums {
+    /// Windows of the range in which the plug has data: at 0 it left the range.
+    windows: i64,
+    load: Partial,
+    histogram: Vec<Field>,
+}
+
+fn sub_from(total: &mut Vec<Field>, part: &[Field]) {
+    if total.len() < part.len() {
+        total.resize(part.len(), Field::default());
+    }
+    for (t, p) in total.iter_mut().zip(part) {
+        *t -= *p;
+    }
+}
+
+fn add_into(total: &mut Vec<Field>, part: &[Field]) {
+    if total.len() < part.len() {
+        total.resize(part.len(), Field::default());
+    }
+    for (t, p) in total.iter_mut().zip(part) {
+        *t += *p;
+    }
+}
+
+/// Why a RANGE cannot be answered yet.
+#[derive(Debug, thiserror::Error)]
+#[error("window [{}, {}) is not computable yet: {reason}", window.start, window.end)]
+pub struct NotReady {
+    pub window: Window,
+    pub reason: String,
 }
 
 enum Stage {
@@ -53,6 +120,7 @@ enum Stage {
 struct WindowState {
     undecided: u32,
     groups: HashMap<(Metric, GroupKey), Partial>,
+    histograms: HashMap<HistogramCell, Vec<Field>>,
     batches: u64,
     digest: u128,
 }
@@ -69,6 +137,7 @@ pub struct Windows {
     watermark: u64,
     windows: BTreeMap<u64, WindowState>,
     batches: HashMap<BatchId, Stage>,
+    ranges: Vec<RangeSums>,
 }
 
 impl Windows {
@@ -79,6 +148,7 @@ impl Windows {
             watermark,
             windows: BTreeMap::new(),
             batches: HashMap::new(),
+            ranges: Vec::new(),
         }
     }
 
@@ -198,6 +268,158 @@ impl Windows {
                     w.groups.entry((metric, group)).or_default().merge(&p);
                 }
             }
+            for (cell, counts) in partial.histograms {
+                let start = Window::containing(cell.0, self.window_secs).start;
+                if let Some(w) = self.windows.get_mut(&start) {
+                    add_into(w.histograms.entry(cell).or_default(), &counts);
+                }
+            }
+        }
+    }
+
+    /// Per-plug load sums (and histograms, if asked) over the windows in [from, to), which
+    /// must all be closed and decided. Analytics ask for sliding and growing ranges at every
+    /// output boundary, so recent answers are kept and the nearest one is slid to the new
+    /// range (add the windows that enter, subtract those that leave) instead of summing a
+    /// day of windows again.
+    pub fn range(
+        &mut self,
+        party: u16,
+        parties: u16,
+        from: u64,
+        to: u64,
+        with_histograms: bool,
+    ) -> Result<RangeResponse, NotReady> {
+        let closed_before = self.closed_before();
+        if to > closed_before {
+            return Err(NotReady {
+                window: Window::containing(closed_before, self.window_secs),
+                reason: format!(
+                    "the range ends at {to}, windows are closed only up to {closed_before}"
+                ),
+            });
+        }
+        if let Some((&start, w)) = self.windows.range(from..to).find(|(_, w)| w.undecided > 0) {
+            return Err(NotReady {
+                window: Window {
+                    start,
+                    end: start + self.window_secs,
+                },
+                reason: format!("{} batches undecided", w.undecided),
+            });
+        }
+        let step = self.window_secs;
+        let windows_between = |a: u64, b: u64| a.abs_diff(b) / step;
+        let fresh_cost = windows_between(from, to);
+        let nearest = self
+            .ranges
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.with_histograms == with_histograms)
+            .map(|(i, r)| (windows_between(r.from, from) + windows_between(r.to, to), i))
+            .min();
+        let mut sums = match nearest {
+            Some((cost, i)) if cost < fresh_cost => self.ranges.remove(i),
+            _ => RangeSums {
+                from,
+                to: from,
+                with_histograms,
+                ..RangeSums::default()
+            },
+        };
+        self.slide(&mut sums, from, to);
+        let response = RangeResponse {
+            party,
+            parties,
+            from,
+            to,
+            batches: sums.batches as u64,
+            batch_digest: sums.digest,
+            plugs: sums
+                .plugs
+                .iter()
+                .map(|(plug, p)| PlugRange {
+                    plug: *plug,
+                    load: p.load,
+                    histogram: p.histogram.clone(),
+                })
+                .collect(),
+        };
+        self.ranges.push(sums);
+        if self.ranges.len() > RANGE_CACHE {
+            self.ranges.remove(0);
+        }
+        Ok(response)
+    }
+
+    /// Moves `sums` from its range to [from, to).
+    fn slide(&self, sums: &mut RangeSums, from: u64, to: u64) {
+        // Windows only in the old range leave, windows only in the new one enter.
+        let (old_from, old_to) = (sums.from, sums.to);
+        let leave: Vec<u64> = self
+            .windows
+            .range(old_from..old_to)
+            .map(|(s, _)| *s)
+            .filter(|s| !(from..to).contains(s))
+            .collect();
+        let enter: Vec<u64> = self
+            .windows
+            .range(from..to)
+            .map(|(s, _)| *s)
+            .filter(|s| !(old_from..old_to).contains(s))
+            .collect();
+        for start in leave {
+            self.apply_window(sums, start, false);
+        }
+        for start in enter {
+            self.apply_window(sums, start, true);
+        }
+        sums.from = from;
+        sums.to = to;
+    }
+
+    fn apply_window(&self, sums: &mut RangeSums, start: u64, add: bool) {
+        let Some(w) = self.windows.get(&start) else {
+            return;
+        };
+        if add {
+            sums.batches += w.batches as i64;
+        } else {
+            sums.batches -= w.batches as i64;
+        }
+        sums.digest ^= w.digest;
+        let sign = if add { 1 } else { -1 };
+        let mut touched = std::collections::BTreeSet::new();
+        for ((metric, plug), p) in &w.groups {
+            if *metric == Metric::Load {
+                touched.insert(*plug);
+                let entry = &mut sums.plugs.entry(*plug).or_default().load;
+                if add {
+                    entry.merge(p);
+                } else {
+                    entry.unmerge(p);
+                }
+            }
+        }
+        if sums.with_histograms {
+            for ((_, plug), counts) in &w.histograms {
+                touched.insert(*plug);
+                let entry = &mut sums.plugs.entry(*plug).or_default().histogram;
+                if add {
+                    add_into(entry, counts);
+                } else {
+                    sub_from(entry, counts);
+                }
+            }
+        }
+        for plug in touched {
+            let gone = sums.plugs.get_mut(&plug).is_some_and(|p| {
+                p.windows += sign;
+                p.windows == 0
+            });
+            if gone {
+                sums.plugs.remove(&plug);
+            }
         }
     }
 
@@ -271,5 +493,70 @@ impl Windows {
             "batches": self.batches.len(),
             "undecided_batches": undecided,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcloud_core::share::record_values;
+
+    fn record(key: u64, ts: u64, plug: u32, value: u64) -> ShareRecord {
+        ShareRecord {
+            key,
+            ts,
+            metric: Metric::Load,
+            group: GroupKey {
+                house: 0,
+                household: 0,
+                plug,
+            },
+            share: record_values(value),
+        }
+    }
+
+    /// With one party the shares are the values, so sliding sums can be checked exactly
+    /// against sums taken from scratch over any sequence of ranges.
+    #[test]
+    fn sliding_ranges_equal_fresh_sums() {
+        let mut w = Windows::new(30, 0, 0);
+        let mut key = 0;
+        for batch in 0..40u64 {
+            let records: Vec<ShareRecord> = (0..10)
+                .map(|i| {
+                    key += 1;
+                    record(key, batch * 30 + i, (i % 3) as u32, key * 7)
+                })
+                .collect();
+            let id = BatchId(batch as u128 + 1);
+            assert!(matches!(
+                w.register(id, BatchPartial::of(&records, &[], 30)),
+                Ok(Registered::New)
+            ));
+            w.stored(id);
+            w.decide(id, batch % 7 != 3);
+        }
+        w.advance(40 * 30);
+        let ranges = [
+            (0, 300),
+            (30, 330),
+            (60, 360),
+            (0, 600),
+            (300, 1200),
+            (90, 120),
+            (0, 1200),
+            (600, 630),
+        ];
+        for (from, to) in ranges {
+            let slid = w.range(0, 1, from, to, false).unwrap();
+            let mut fresh = Windows::new(30, 0, 40 * 30);
+            std::mem::swap(&mut fresh.windows, &mut w.windows);
+            let expected = fresh.range(0, 1, from, to, false).unwrap();
+            std::mem::swap(&mut fresh.windows, &mut w.windows);
+            assert_eq!(slid, expected, "range [{from}, {to})");
+            let count: u128 = slid.plugs.iter().map(|p| u128::from(p.load.count)).sum();
+            let windows = (from..to).step_by(30).filter(|s| (s / 30) % 7 != 3).count();
+            assert_eq!(count, windows as u128 * 10, "range [{from}, {to})");
+        }
     }
 }

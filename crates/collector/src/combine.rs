@@ -2,10 +2,11 @@
 
 use futures::future::join_all;
 use mcloud_core::http::{decode, CallError};
-use mcloud_core::reading::{GroupId, GroupLevel, Metric};
+use mcloud_core::reading::{GroupId, GroupKey, GroupLevel, Metric};
 use mcloud_core::stats::RevealError;
-use mcloud_core::wire::ComputeResponse;
-use mcloud_core::{Partial, Revealed as Totals, Window};
+use mcloud_core::wire::{ComputeResponse, RangeResponse};
+use mcloud_core::{Field, Partial, Revealed as Totals, Window};
+use prio::field::FieldElement;
 use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 
@@ -87,7 +88,7 @@ impl Collector {
         }
     }
 
-    async fn fetch(&self, url: String) -> Result<ComputeResponse, CallError> {
+    async fn fetch<T: serde::de::DeserializeOwned>(&self, url: String) -> Result<T, CallError> {
         let response = self
             .http
             .get(&url)
@@ -132,25 +133,117 @@ impl Collector {
                 )
             })
             .collect();
-        let answers = join_all(urls.iter().cloned().map(|u| self.fetch(u))).await;
+        let answers = join_all(
+            urls.iter()
+                .cloned()
+                .map(|u| self.fetch::<ComputeResponse>(u)),
+        )
+        .await;
         let mut responses = Vec::with_capacity(answers.len());
         let mut parties = BTreeSet::new();
         for (url, answer) in urls.iter().zip(answers) {
             let r = answer?;
-            if r.parties as usize != self.clouds.len() || r.party as usize >= self.clouds.len() {
-                return Err(CollectError::Topology {
-                    url: url.clone(),
-                    party: r.party,
-                    parties: r.parties,
-                    expected: self.clouds.len(),
-                });
-            }
-            if !parties.insert(r.party) {
-                return Err(CollectError::DuplicateParty(r.party));
-            }
+            self.check_party(url, r.party, r.parties, &mut parties)?;
             responses.push(r);
         }
         combine(&responses, query.min_count)
+    }
+
+    fn check_party(
+        &self,
+        url: &str,
+        party: u16,
+        parties: u16,
+        seen: &mut BTreeSet<u16>,
+    ) -> Result<(), CollectError> {
+        if parties as usize != self.clouds.len() || party as usize >= self.clouds.len() {
+            return Err(CollectError::Topology {
+                url: url.to_string(),
+                party,
+                parties,
+                expected: self.clouds.len(),
+            });
+        }
+        if !seen.insert(party) {
+            return Err(CollectError::DuplicateParty(party));
+        }
+        Ok(())
+    }
+
+    /// RANGE at every cloud: per-plug load totals over [from, to) and, if asked, load
+    /// histograms, after checking that all clouds summed the same batches.
+    pub async fn range(
+        &self,
+        from: u64,
+        to: u64,
+        histograms: bool,
+    ) -> Result<BTreeMap<GroupKey, (Totals, Vec<u64>)>, CollectError> {
+        let urls: Vec<String> = self
+            .clouds
+            .iter()
+            .map(|c| format!("{c}/v1/range?from={from}&to={to}&histograms={histograms}"))
+            .collect();
+        let answers = join_all(urls.iter().cloned().map(|u| self.fetch::<RangeResponse>(u))).await;
+        let window = Window {
+            start: from,
+            end: to,
+        };
+        let mut parties = BTreeSet::new();
+        let mut first: Option<(u64, u128)> = None;
+        let mut sums: BTreeMap<GroupKey, (Partial, Vec<Field>, usize)> = BTreeMap::new();
+        for (url, answer) in urls.iter().zip(answers) {
+            let r = answer?;
+            self.check_party(url, r.party, r.parties, &mut parties)?;
+            let fingerprint = (r.batches, r.batch_digest);
+            if *first.get_or_insert(fingerprint) != fingerprint {
+                return Err(CollectError::Disagreement {
+                    window,
+                    detail: format!(
+                        "cloud {} summed {} batches, another cloud {}",
+                        r.party,
+                        r.batches,
+                        first.map(|f| f.0).unwrap_or(0)
+                    ),
+                });
+            }
+            for p in r.plugs {
+                let entry = sums.entry(p.plug).or_default();
+                entry.0.merge(&p.load);
+                if entry.1.len() < p.histogram.len() {
+                    entry.1.resize(p.histogram.len(), Field::zero());
+                }
+                for (t, c) in entry.1.iter_mut().zip(&p.histogram) {
+                    *t += *c;
+                }
+                entry.2 += 1;
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (plug, (load, histogram, seen_at)) in sums {
+            if seen_at != self.clouds.len() {
+                return Err(CollectError::Disagreement {
+                    window,
+                    detail: format!(
+                        "plug {plug:?} is missing at {} clouds",
+                        self.clouds.len() - seen_at
+                    ),
+                });
+            }
+            let totals = Totals::from_combined(&load)
+                .map_err(|source| CollectError::Reveal { window, source })?;
+            let counts = histogram
+                .iter()
+                .map(|c| {
+                    let n = u128::from(*c);
+                    u64::try_from(n).map_err(|_| CollectError::Reveal {
+                        window,
+                        source: RevealError::new(n),
+                    })
+                })
+                .collect::<Result<Vec<u64>, _>>()?;
+            out.insert(plug, (totals, counts));
+        }
+        Ok(out)
     }
 }
 

@@ -3,10 +3,12 @@
 //! groups that meet the disclosure policy. Also the plaintext reference the demo checks
 //! against, and the output formats.
 
+pub mod analytics;
 pub mod combine;
 pub mod output;
 pub mod reference;
 
+pub use analytics::CloudSource;
 pub use combine::{
     CollectError, Collector, Query, Revealed as RevealedResult, RevealedGroup, RevealedWindow,
 };

@@ -4,6 +4,7 @@
 
 pub mod csv;
 pub mod fixed;
+pub mod histogram;
 pub mod http;
 pub mod reading;
 pub mod samples;

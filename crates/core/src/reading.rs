@@ -37,6 +37,14 @@ pub struct GroupKey {
     pub plug: u32,
 }
 
+impl GroupKey {
+    pub const MIN: GroupKey = GroupKey {
+        house: 0,
+        household: 0,
+        plug: 0,
+    };
+}
+
 /// How finely the collector groups revealed aggregates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

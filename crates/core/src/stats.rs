@@ -37,11 +37,24 @@ impl Partial {
         self.sumsq += other.sumsq;
         self.count += other.count;
     }
+
+    /// Takes `other` back out (shares form a group, so sums can slide).
+    pub fn unmerge(&mut self, other: &Partial) {
+        self.sum -= other.sum;
+        self.sumsq -= other.sumsq;
+        self.count -= other.count;
+    }
 }
 
 #[derive(Debug, Error, PartialEq)]
-#[error("combined count {0} is not a plausible record count: the parties' partial aggregates do not belong together")]
+#[error("combined count {0} is not a plausible count: the parties' partial aggregates do not belong together")]
 pub struct RevealError(u128);
+
+impl RevealError {
+    pub fn new(value: u128) -> RevealError {
+        RevealError(value)
+    }
+}
 
 /// Exact integer totals of one group (fixed-point units), and the statistics derived from them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]

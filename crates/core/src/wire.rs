@@ -63,6 +63,19 @@ pub struct ShareRecord {
     pub share: RecordShares,
 }
 
+/// Histograms cover fixed 30-second windows (the DEBS 2014 output period).
+pub const HISTOGRAM_WINDOW_SECS: u64 = 30;
+
+/// One cloud's share of a plug's load histogram over one 30 s window: the sensor counts its
+/// own readings per bucket (see `histogram`) and shares the counts like any value, so the
+/// clouds can sum histograms and a collector can estimate medians without seeing a reading.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistogramShare {
+    pub plug: GroupKey,
+    pub window_start: u64,
+    pub counts: Vec<crate::Field>,
+}
+
 /// UPLOAD: a batch of shares for cloud `party` of `parties`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UploadBatch {
@@ -70,6 +83,7 @@ pub struct UploadBatch {
     pub party: u16,
     pub parties: u16,
     pub records: Vec<ShareRecord>,
+    pub histograms: Vec<HistogramShare>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -193,4 +207,28 @@ pub struct ComputeResponse {
     pub closed_before: u64,
     pub ready: Vec<WindowPartial>,
     pub pending: Vec<WindowPending>,
+}
+
+/// A plug's partial sums over a range of windows at one cloud.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlugRange {
+    pub plug: GroupKey,
+    /// Shares of the plug's load readings (x, x², 1) summed over the range.
+    pub load: Partial,
+    /// Shares of the plug's load histogram summed over the range (empty unless asked for).
+    pub histogram: Vec<crate::Field>,
+}
+
+/// RANGE: per-plug partial sums over every window in [from, to), all of them closed and decided.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RangeResponse {
+    pub party: u16,
+    pub parties: u16,
+    pub from: u64,
+    pub to: u64,
+    /// Committed batches summed over the range's windows, and the XOR of their fingerprints,
+    /// for the agreement check.
+    pub batches: u64,
+    pub batch_digest: u128,
+    pub plugs: Vec<PlugRange>,
 }

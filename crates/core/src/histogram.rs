@@ -18,7 +18,7 @@
 //! the log scale (≥ [`LOG_END`]) the estimate is the last bucket's lower bound, unbounded
 //! error.
 
-use mcloud_core::SCALE;
+use crate::fixed::SCALE;
 
 /// Where the log-scale buckets start: 0.1 W.
 pub const LOG_START: u64 = SCALE / 10;

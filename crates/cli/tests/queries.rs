@@ -1,0 +1,123 @@
+//! The DEBS 2014 queries on the private pipeline: the clouds' RANGE sums equal the plaintext
+//! windows' sums, Q1 equals the plaintext reference, and Q2 agrees with the exact query.
+
+use mcloud::cluster::{ClusterSpec, LocalCluster};
+use mcloud::demo::{run_pipeline, PipelineArgs};
+use mcloud::queries::{run_queries, EmitArg, QueryKind};
+use mcloud_analytics::{windows_from_readings, AggregateSource, MemorySource};
+use mcloud_collector::{CloudSource, Query};
+use mcloud_core::reading::GroupLevel;
+use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
+use mcloud_core::Reading;
+use std::sync::Arc;
+
+async fn uploaded(readings: &[Reading], dir: &std::path::Path) -> LocalCluster {
+    let cluster = LocalCluster::start(ClusterSpec {
+        parties: 3,
+        window_secs: 30,
+        grace_secs: 60,
+        dir: dir.to_path_buf(),
+    })
+    .await
+    .unwrap();
+    let pipeline = PipelineArgs {
+        batch_size: 300,
+        in_flight: 4,
+        ttl_ms: 2000,
+        speedup: None,
+        histograms: true,
+    };
+    let query = Query {
+        from: 0,
+        to: u64::MAX,
+        level: GroupLevel::Plug,
+        min_count: 1,
+    };
+    let run = run_pipeline(&cluster, readings, &pipeline, &query, 0.0, 1, false)
+        .await
+        .unwrap();
+    assert!(run.check.ok(), "{:?}", run.check.problems);
+    cluster
+}
+
+fn synthetic(hours: u64, interval: u64) -> Vec<Reading> {
+    Synthetic::new(SyntheticConfig {
+        houses: 2,
+        households_per_house: 1,
+        plugs_per_household: 3,
+        duration_secs: hours * 3600,
+        interval_secs: interval,
+        ..Default::default()
+    })
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_ranges_equal_plaintext_window_sums() {
+    let readings = synthetic(3, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = uploaded(&readings, dir.path()).await;
+    let start = readings[0].ts - readings[0].ts % 30;
+    let ranges = [
+        (start, start + 3600),
+        (start + 30, start + 3630),
+        (start + 60, start + 3660),
+        (start, start + 7200),
+        (start + 1800, start + 1860),
+        (start + 3600, start + 3 * 3600),
+    ];
+    let collector = Arc::new(cluster.collector());
+    let runtime = tokio::runtime::Handle::current();
+    let mut memory = MemorySource::new(windows_from_readings(&readings)).unwrap();
+    let (sums, hists) = tokio::task::spawn_blocking(move || {
+        let mut cloud = CloudSource::new(collector, runtime);
+        let mut sums = Vec::new();
+        let mut hists = Vec::new();
+        for (from, to) in ranges {
+            sums.push((
+                cloud.count_sum(from, to).unwrap(),
+                memory.count_sum(from, to).unwrap(),
+            ));
+            if to - from >= 3600 {
+                hists.push((
+                    cloud.histograms(from, to).unwrap(),
+                    memory.histograms(from, to).unwrap(),
+                ));
+            }
+        }
+        (sums, hists)
+    })
+    .await
+    .unwrap();
+    for (i, (cloud, plain)) in sums.iter().enumerate() {
+        assert_eq!(cloud, plain, "count/sum of range {:?}", ranges[i]);
+    }
+    for (cloud, plain) in &hists {
+        assert_eq!(cloud, plain);
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q1_is_exact_and_q2_agrees_on_multi_day_data() {
+    let readings = synthetic(50, 60);
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = uploaded(&readings, dir.path()).await;
+    let run = run_queries(&cluster, &readings, QueryKind::All, EmitArg::Every)
+        .await
+        .unwrap();
+    assert!(
+        run.q1_problems.is_empty(),
+        "{:?}",
+        &run.q1_problems[..run.q1_problems.len().min(5)]
+    );
+    assert!(!run.private.q1.is_empty());
+    println!(
+        "Q2 agreement {}/{} = {:.4}",
+        run.q2_identical,
+        run.q2_total,
+        run.q2_ratio()
+    );
+    assert!(run.q2_ratio() >= 0.99, "Q2 agreement {}", run.q2_ratio());
+    cluster.shutdown().await;
+}
