@@ -19,6 +19,9 @@ pub struct BenchArgs {
     pub clouds: u16,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    /// Benchmark the DEBS 2014 queries (Q1 + Q2) on the private pipeline instead.
+    #[arg(long)]
+    pub debs: bool,
 }
 
 async fn measure(parties: u16, readings: &[Reading], args: &BenchArgs) -> Result<f64> {
@@ -56,6 +59,9 @@ async fn measure(parties: u16, readings: &[Reading], args: &BenchArgs) -> Result
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.debs {
+        return crate::bench_debs::run(args).await;
+    }
     let (readings, description) = args.input.load()?;
     eprintln!(
         "bench: {description}: {} readings, batches of {}, {} in flight, durable clouds over TLS",

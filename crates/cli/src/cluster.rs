@@ -149,6 +149,22 @@ impl LocalCluster {
         Collector::new(self.http.clone(), self.cloud_urls())
     }
 
+    /// Writes a `deployment.toml` for this cluster (URLs and pinned CAs), so separate
+    /// processes (`mcloud sensor`, `query`, `analytics`) can reach it; returns its path.
+    pub fn write_deployment(&self) -> Result<PathBuf> {
+        let dir = &self.spec.dir;
+        let mut text = format!(
+            "catalog = {{ url = \"{}\", ca = \"catalog/tls/ca.pem\" }}\n",
+            self.catalog_url()
+        );
+        for (party, url) in self.cloud_urls().iter().enumerate() {
+            text += &format!("[[clouds]]\nurl = \"{url}\"\nca = \"cloud{party}/tls/ca.pem\"\n");
+        }
+        let path = dir.join("deployment.toml");
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.spec.dir
     }

@@ -238,7 +238,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     let queries = run_queries(&cluster, &committed, kind, args.emit).await?;
     cluster.shutdown().await;
     if args.out_dir.is_some() || args.output == OutputFormat::Csv {
-        crate::queries::write(&queries, kind, args.out_dir.as_deref())?;
+        crate::queries::write(&queries.private, kind, args.out_dir.as_deref())?;
     }
     print_summary(&run, readings.len());
     crate::queries::print_summary(&queries, kind);

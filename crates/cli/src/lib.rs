@@ -1,6 +1,8 @@
 //! The `mcloud` command: every role of the system in one binary.
 
+pub mod analytics;
 pub mod bench;
+pub mod bench_debs;
 pub mod cluster;
 pub mod config;
 pub mod demo;

@@ -1,6 +1,6 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use mcloud::{bench, demo, node, query, sensor};
+use mcloud::{analytics, bench, demo, node, query, sensor};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,6 +26,8 @@ enum Command {
     Sensor(sensor::SensorArgs),
     /// Reveal the aggregates of a running deployment.
     Query(query::QueryArgs),
+    /// Run DEBS 2014 Q1 and Q2 against a running deployment (the collector role).
+    Analytics(analytics::AnalyticsArgs),
     /// Measure private against plaintext throughput.
     Bench(bench::BenchArgs),
 }
@@ -44,6 +46,7 @@ async fn main() -> Result<ExitCode> {
         Command::Node { config } => node::run(&config).await.map(|_| true)?,
         Command::Sensor(args) => sensor::run(args).await?,
         Command::Query(args) => query::run(args).await.map(|_| true)?,
+        Command::Analytics(args) => analytics::run_command(args).await.map(|_| true)?,
         Command::Bench(args) => bench::run(args).await.map(|_| true)?,
     };
     Ok(if ok {

@@ -111,8 +111,7 @@ pub async fn run_queries(
 }
 
 /// Writes `q1.csv` and `q2.csv` into `dir`, or both tables to stdout when `dir` is `None`.
-pub fn write(run: &QueryRun, kind: QueryKind, dir: Option<&Path>) -> Result<()> {
-    let rows = &run.private;
+pub fn write(rows: &Output, kind: QueryKind, dir: Option<&Path>) -> Result<()> {
     match dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

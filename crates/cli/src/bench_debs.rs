@@ -1,0 +1,106 @@
+//! `mcloud bench --debs`: events/s through the private pipeline with Q1 and Q2 (upload,
+//! commit, then the collector's queries over the clouds' range sums), against the plaintext
+//! reference queries over the same readings. The collector runs as its own process
+//! (`mcloud analytics`), so its peak memory is its own.
+
+use crate::bench::BenchArgs;
+use crate::cluster::{ClusterSpec, LocalCluster};
+use crate::demo::run_pipeline;
+use anyhow::{bail, Context, Result};
+use mcloud_analytics::{run_reference, Emit, RunOptions};
+use mcloud_collector::Query;
+use mcloud_core::reading::GroupLevel;
+use mcloud_core::wire::HISTOGRAM_WINDOW_SECS;
+use mcloud_core::Metric;
+use std::time::Instant;
+
+pub async fn run(mut args: BenchArgs) -> Result<()> {
+    if args.input.days.is_none() && args.input.input.is_none() {
+        args.input.days = Some(2.0);
+    }
+    let (readings, description) = args.input.load()?;
+    let loads = || readings.iter().filter(|r| r.metric == Metric::Load).map(|r| r.ts);
+    let (Some(first), Some(last)) = (loads().min(), loads().max()) else {
+        bail!("the input has no load readings");
+    };
+    eprintln!("bench --debs: {description}: {} events", readings.len());
+
+    let temp = tempfile::tempdir()?;
+    let cluster = LocalCluster::start(ClusterSpec {
+        parties: args.clouds,
+        window_secs: HISTOGRAM_WINDOW_SECS,
+        grace_secs: 60,
+        dir: temp.path().to_path_buf(),
+    })
+    .await?;
+    let mut pipeline = args.pipeline.clone();
+    pipeline.histograms = true;
+    let query = Query {
+        from: 0,
+        to: u64::MAX,
+        level: GroupLevel::House,
+        min_count: 1,
+    };
+    let started = Instant::now();
+    let upload = run_pipeline(&cluster, &readings, &pipeline, &query, 0.0, 0, true).await?;
+    if !upload.check.ok() {
+        bail!("upload check failed: {}", upload.check.problems.join("; "));
+    }
+    let uploaded = started.elapsed();
+    let deployment = cluster.write_deployment()?;
+    let out_dir = temp.path().join("queries");
+    let child = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("analytics")
+        .arg("--deployment")
+        .arg(&deployment)
+        .args(["--query", "all", "--emit", "every"])
+        .args(["--from", &first.to_string(), "--to", &last.to_string()])
+        .arg("--out-dir")
+        .arg(&out_dir)
+        .output()
+        .await
+        .context("running the collector process")?;
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    if !child.status.success() {
+        bail!("collector process failed: {stderr}");
+    }
+    let peak_kb: u64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("peak_rss_kb="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    cluster.shutdown().await;
+
+    let started = Instant::now();
+    let reference = run_reference(
+        &readings,
+        RunOptions {
+            q1: true,
+            q2: true,
+            emit: Emit::Every,
+        },
+    );
+    let reference_elapsed = started.elapsed();
+    let private_q1 = std::fs::read_to_string(out_dir.join("q1.csv"))?.lines().count() - 1;
+    if private_q1 != reference.q1.len() {
+        bail!(
+            "private Q1 wrote {private_q1} rows, the reference {}",
+            reference.q1.len()
+        );
+    }
+    let events = readings.len() as f64;
+    let private = events / elapsed.as_secs_f64();
+    let plaintext = events / reference_elapsed.as_secs_f64();
+    eprintln!(
+        "private: upload and commit {:.2} s, queries {:.2} s; plaintext reference {:.2} s",
+        uploaded.as_secs_f64(),
+        (elapsed - uploaded).as_secs_f64(),
+        reference_elapsed.as_secs_f64()
+    );
+    println!("private_events_per_s={private:.0}");
+    println!("plaintext_events_per_s={plaintext:.0}");
+    println!("ratio={:.3}", private / plaintext);
+    println!("collector_peak_rss_mb={:.1}", peak_kb as f64 / 1024.0);
+    Ok(())
+}
