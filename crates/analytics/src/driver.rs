@@ -4,6 +4,7 @@
 use crate::q1::{Q1Row, Q1};
 use crate::q2::{Emit, Q2Row, Q2};
 use crate::reference;
+use crate::source::Wanted;
 use crate::source::{
     windows_from_readings, AggregateSource, MemorySource, PlugWindow, WINDOW_SECS,
 };
@@ -59,6 +60,14 @@ pub fn run<S: AggregateSource + ?Sized>(
     let mut q2 = Q2::new(options.emit);
     let mut output = Output::default();
     for t in boundaries(first_ts, last_ts) {
+        let mut wanted = Wanted::default();
+        if options.q1 {
+            q1.wanted(t, &mut wanted.count_sums);
+        }
+        if options.q2 {
+            Q2::wanted(t, &mut wanted.histograms);
+        }
+        source.prefetch(&wanted)?;
         if options.q1 {
             output.q1.extend(q1.at(source, t)?);
         }

@@ -21,7 +21,7 @@ pub use q1::{Q1Row, Q1, SLICE_MINUTES};
 pub use q2::{changes_only, Emit, Q2Row, Q2Window, Q2};
 pub use source::{
     windows_from_readings, AggregateSource, CountSum, MemorySource, PlugWindow, SourceError,
-    WINDOW_SECS,
+    Wanted, WINDOW_SECS,
 };
 
 use mcloud_core::GroupKey;

@@ -93,6 +93,31 @@ impl Q1 {
         }
     }
 
+    /// The count/sum ranges `at(t)` will ask for: each slice's current part, and the earlier
+    /// days' slices not yet cached.
+    pub fn wanted(&self, t: u64, out: &mut Vec<(u64, u64)>) {
+        if t == 0 || t % WINDOW_SECS != 0 {
+            return;
+        }
+        for minutes in SLICE_MINUTES {
+            let size = minutes * 60;
+            let start = (t - 1) - (t - 1) % size;
+            out.push((start, t));
+            let target = start + 2 * size;
+            for day in 1.. {
+                let Some(earlier) = target.checked_sub(day * DAY) else {
+                    break;
+                };
+                if earlier + size <= self.history_from {
+                    break;
+                }
+                if !self.completed.contains_key(&(size, earlier)) {
+                    out.push((earlier, earlier + size));
+                }
+            }
+        }
+    }
+
     /// Predictions at boundary `t` (a multiple of 30 s), for every slice size, plug and house:
     /// per slice size, each house row followed by its plugs' rows.
     pub fn at<S: AggregateSource + ?Sized>(

@@ -130,6 +130,13 @@ impl Q2 {
         }
     }
 
+    /// The histogram ranges `at(t)` will ask for.
+    pub fn wanted(t: u64, out: &mut Vec<(u64, u64)>) {
+        for window in Q2Window::ALL {
+            out.push((t.saturating_sub(window.secs()), t));
+        }
+    }
+
     /// Rows at boundary `t` (a multiple of 30 s): the 1 h window's houses, then the 24 h
     /// window's, each in house order.
     pub fn at<S: AggregateSource + ?Sized>(

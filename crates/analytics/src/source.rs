@@ -79,7 +79,21 @@ pub enum SourceError {
 /// both multiples of [`WINDOW_SECS`]. Plugs without a reading in the range are left out.
 ///
 /// Methods take `&mut self` so that an implementation may cache or hold connections.
+/// Ranges the operators are about to ask for at one boundary, so that a remote source can
+/// fetch them all in one round trip.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    pub count_sums: Vec<(u64, u64)>,
+    pub histograms: Vec<(u64, u64)>,
+}
+
 pub trait AggregateSource {
+    /// Hint: the next calls will ask for these ranges. The default does nothing; a remote
+    /// source fetches them together and answers the calls from what it fetched.
+    fn prefetch(&mut self, _wanted: &Wanted) -> Result<(), SourceError> {
+        Ok(())
+    }
+
     /// Per-plug number and sum of load readings in `[from, to)`.
     fn count_sum(
         &mut self,

@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use mcloud_core::http::{ApiError, Postcard, RawBody};
 use mcloud_core::reading::GroupLevel;
-use mcloud_core::wire::{ComputeResponse, RangeResponse, UploadAck, WatermarkRequest};
+use mcloud_core::wire::{ComputeResponse, RangeResponse, RangeSpec, UploadAck, WatermarkRequest};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ pub fn router(node: Arc<CloudNode>) -> Router {
         .route(UPLOAD_PATH, post(upload))
         .route(WATERMARK_PATH, post(watermark))
         .route(COMPUTE_PATH, get(compute))
-        .route(RANGE_PATH, get(range))
+        .route(RANGE_PATH, get(range).post(ranges))
         .route("/v1/status", get(status))
         .route("/v1/health", get(|| async { "ok" }))
         .with_state(node)
@@ -89,6 +89,27 @@ async fn range(
     })?;
     node.range(p.from, p.to, p.histograms).map(Postcard)
 }
+
+/// Several ranges in one round trip (the analytics ask for all of a boundary's at once).
+async fn ranges(
+    State(node): State<Arc<CloudNode>>,
+    Postcard(specs): Postcard<Vec<RangeSpec>>,
+) -> Result<Postcard<Vec<RangeResponse>>, ApiError> {
+    if specs.len() > MAX_RANGES_PER_REQUEST {
+        return Err(ApiError::too_large(format!(
+            "{} ranges in one request; the limit is {MAX_RANGES_PER_REQUEST}",
+            specs.len()
+        )));
+    }
+    specs
+        .iter()
+        .map(|s| node.range(s.from, s.to, s.histograms))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Postcard)
+}
+
+/// Ranges one request may ask for.
+const MAX_RANGES_PER_REQUEST: usize = 1024;
 
 async fn status(State(node): State<Arc<CloudNode>>) -> Json<serde_json::Value> {
     Json(node.status())

@@ -4,7 +4,7 @@ use futures::future::join_all;
 use mcloud_core::http::{decode, CallError};
 use mcloud_core::reading::{GroupId, GroupKey, GroupLevel, Metric};
 use mcloud_core::stats::RevealError;
-use mcloud_core::wire::{ComputeResponse, RangeResponse};
+use mcloud_core::wire::{ComputeResponse, RangeResponse, RangeSpec};
 use mcloud_core::{Field, Partial, Revealed as Totals, Window};
 use prio::field::FieldElement;
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +32,9 @@ pub enum CollectError {
         source: RevealError,
     },
 }
+
+/// Per-plug revealed load totals and histogram counts over one range.
+pub type PlugTotals = BTreeMap<GroupKey, (Totals, Vec<u64>)>;
 
 /// What to reveal.
 #[derive(Clone, Debug)]
@@ -172,28 +175,61 @@ impl Collector {
 
     /// RANGE at every cloud: per-plug load totals over [from, to) and, if asked, load
     /// histograms, after checking that all clouds summed the same batches.
-    pub async fn range(
-        &self,
-        from: u64,
-        to: u64,
-        histograms: bool,
-    ) -> Result<BTreeMap<GroupKey, (Totals, Vec<u64>)>, CollectError> {
-        let urls: Vec<String> = self
-            .clouds
-            .iter()
-            .map(|c| format!("{c}/v1/range?from={from}&to={to}&histograms={histograms}"))
-            .collect();
-        let answers = join_all(urls.iter().cloned().map(|u| self.fetch::<RangeResponse>(u))).await;
-        let window = Window {
-            start: from,
-            end: to,
-        };
+    pub async fn range(&self, spec: RangeSpec) -> Result<PlugTotals, CollectError> {
+        let mut all = self.ranges(&[spec]).await?;
+        Ok(all.pop().unwrap_or_default())
+    }
+
+    /// Several ranges in one round trip to every cloud, each combined as `range` does.
+    pub async fn ranges(&self, specs: &[RangeSpec]) -> Result<Vec<PlugTotals>, CollectError> {
+        let body = postcard::to_stdvec(specs).map_err(CallError::from)?;
+        let calls = self.clouds.iter().map(|c| {
+            let url = format!("{c}/v1/range");
+            let body = body.clone();
+            async move {
+                let answer =
+                    mcloud_core::http::post_bytes::<Vec<RangeResponse>>(&self.http, &url, body)
+                        .await;
+                (url, answer)
+            }
+        });
+        let answers = join_all(calls).await;
         let mut parties = BTreeSet::new();
+        let mut per_cloud = Vec::with_capacity(answers.len());
+        for (url, answer) in answers {
+            let answer = answer?;
+            if answer.len() != specs.len() {
+                return Err(CollectError::Disagreement {
+                    window: Window { start: 0, end: 0 },
+                    detail: format!(
+                        "{url} answered {} ranges for {} asked",
+                        answer.len(),
+                        specs.len()
+                    ),
+                });
+            }
+            if let Some(first) = answer.first() {
+                self.check_party(&url, first.party, first.parties, &mut parties)?;
+            }
+            per_cloud.push(answer);
+        }
+        (0..specs.len())
+            .map(|i| self.combine_range(per_cloud.iter().map(|answers| &answers[i])))
+            .collect()
+    }
+
+    fn combine_range<'a>(
+        &self,
+        answers: impl Iterator<Item = &'a RangeResponse>,
+    ) -> Result<PlugTotals, CollectError> {
         let mut first: Option<(u64, u128)> = None;
+        let mut window = Window { start: 0, end: 0 };
         let mut sums: BTreeMap<GroupKey, (Partial, Vec<Field>, usize)> = BTreeMap::new();
-        for (url, answer) in urls.iter().zip(answers) {
-            let r = answer?;
-            self.check_party(url, r.party, r.parties, &mut parties)?;
+        for r in answers {
+            window = Window {
+                start: r.from,
+                end: r.to,
+            };
             let fingerprint = (r.batches, r.batch_digest);
             if *first.get_or_insert(fingerprint) != fingerprint {
                 return Err(CollectError::Disagreement {
@@ -206,7 +242,7 @@ impl Collector {
                     ),
                 });
             }
-            for p in r.plugs {
+            for p in &r.plugs {
                 let entry = sums.entry(p.plug).or_default();
                 entry.0.merge(&p.load);
                 if entry.1.len() < p.histogram.len() {

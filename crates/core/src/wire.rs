@@ -219,6 +219,14 @@ pub struct PlugRange {
     pub histogram: Vec<crate::Field>,
 }
 
+/// One range of a multi-range request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RangeSpec {
+    pub from: u64,
+    pub to: u64,
+    pub histograms: bool,
+}
+
 /// RANGE: per-plug partial sums over every window in [from, to), all of them closed and decided.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RangeResponse {
