@@ -44,14 +44,30 @@ pub async fn serve(
     addr: SocketAddr,
     identity: &NodeIdentity,
 ) -> Result<RunningServer, ServeError> {
+    serve_on(bind(addr)?, router, identity).await
+}
+
+/// Binds `addr` without serving yet, so a node can learn its address before it builds the
+/// router (catalog voters name each other by address).
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
     let listener =
         std::net::TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
     listener
         .set_nonblocking(true)
         .map_err(|source| ServeError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind { addr, source })?;
+    Ok(listener)
+}
+
+/// Serves `router` over TLS on a listener from `bind`.
+pub async fn serve_on(
+    listener: std::net::TcpListener,
+    router: Router,
+    identity: &NodeIdentity,
+) -> Result<RunningServer, ServeError> {
+    let bound = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
     let config = axum_server::tls_rustls::RustlsConfig::from_config(identity.server_config()?);
     let handle = axum_server::Handle::new();
     let server = axum_server::from_tcp_rustls(listener, config).handle(handle.clone());
