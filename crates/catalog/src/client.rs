@@ -5,7 +5,7 @@
 
 use crate::service::{CREATE_PATH, GET_PATH, SET_PATH};
 use crate::{CatalogError, FlagTable};
-use mcloud_core::http::post;
+use mcloud_core::http::{post, CallError};
 use mcloud_core::wire::{
     CreateFlag, CreateFlagsRequest, Flag, FlagIds, FlagsResponse, GetFlagsResponse,
 };
@@ -71,7 +71,12 @@ impl CatalogClient {
                 }
                 Err(e) if e.is_retryable() => {
                     tracing::debug!("catalog node {url}: {e}; trying the next one");
-                    last = Some(e);
+                    // A node that answered says more (no quorum, no leader) than one that
+                    // could not be reached.
+                    let answered = matches!(e, CallError::Rejected { .. });
+                    if answered || !matches!(last, Some(CallError::Rejected { .. })) {
+                        last = Some(e);
+                    }
                 }
                 Err(e) => {
                     self.current.store(i, Ordering::Relaxed);

@@ -29,6 +29,8 @@ pub struct CatalogSpec {
     pub voters: u16,
     /// Raft groups the flags keyspace is split into.
     pub partitions: u32,
+    /// Log entries between snapshots.
+    pub snapshot_every: u64,
 }
 
 impl Default for CatalogSpec {
@@ -36,6 +38,7 @@ impl Default for CatalogSpec {
         CatalogSpec {
             voters: 3,
             partitions: 1,
+            snapshot_every: 5000,
         }
     }
 }
@@ -151,6 +154,7 @@ impl LocalCluster {
             self.catalog_peers(),
         );
         config.partitions = self.catalog_spec.partitions;
+        config.snapshot_every = self.catalog_spec.snapshot_every;
         // A restarted voter's files are released only once its old Raft tasks have finished.
         let started = Instant::now();
         let node = loop {

@@ -127,6 +127,10 @@ pub struct PartitionStatus {
     pub leader: Option<NodeId>,
     pub term: u64,
     pub last_applied: Option<u64>,
+    /// Last log index covered by this node's snapshot.
+    pub snapshot: Option<u64>,
+    /// Last log index removed by compaction.
+    pub purged: Option<u64>,
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
     pub flags: FlagCounts,
@@ -146,7 +150,7 @@ impl CatalogNode {
             election_timeout_min: config.election_timeout_ms.0,
             election_timeout_max: config.election_timeout_ms.1,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: config.snapshot_every.min(1000),
             max_payload_entries: 64,
             ..Default::default()
         }
@@ -257,6 +261,8 @@ impl CatalogNode {
                     leader: m.current_leader,
                     term: m.current_term,
                     last_applied: m.last_applied.map(|l| l.index),
+                    snapshot: m.snapshot.map(|l| l.index),
+                    purged: m.purged.map(|l| l.index),
                     voters: membership.voter_ids().collect(),
                     learners: membership.learner_ids().collect(),
                     flags: read(&p.sm).table.counts(now),
