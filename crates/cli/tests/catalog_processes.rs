@@ -46,11 +46,10 @@ impl Deployment {
             )
         };
         let mut peers = String::new();
-        for p in 0..3 {
+        for (p, port) in catalog_ports.iter().enumerate() {
             peers += &format!(
-                "[[catalog.peers]]\nid = {}\nurl = \"https://127.0.0.1:{}\"\nca = \"n{p}/tls/ca.pem\"\n",
-                p + 1,
-                catalog_ports[p]
+                "[[catalog.peers]]\nid = {}\nurl = \"https://127.0.0.1:{port}\"\nca = \"n{p}/tls/ca.pem\"\n",
+                p + 1
             );
         }
         for party in 0..3 {
