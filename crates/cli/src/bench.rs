@@ -19,6 +19,11 @@ pub struct BenchArgs {
     pub clouds: u16,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    /// Measure the replicated catalog alone (flag transitions per second, commit latency).
+    #[arg(long)]
+    pub catalog: bool,
+    #[command(flatten)]
+    pub catalog_args: crate::catalog_bench::CatalogBenchArgs,
 }
 
 async fn measure(parties: u16, readings: &[Reading], args: &BenchArgs) -> Result<f64> {
@@ -56,6 +61,9 @@ async fn measure(parties: u16, readings: &[Reading], args: &BenchArgs) -> Result
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.catalog {
+        return crate::catalog_bench::run(args.catalog_args).await;
+    }
     let (readings, description) = args.input.load()?;
     eprintln!(
         "bench: {description}: {} readings, batches of {}, {} in flight, durable clouds over TLS",

@@ -1,6 +1,7 @@
 //! The `mcloud` command: every role of the system in one binary.
 
 pub mod bench;
+pub mod catalog_bench;
 pub mod cluster;
 pub mod config;
 pub mod demo;

@@ -19,6 +19,8 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 
+const RPC_TIMEOUT_FLOOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub fn append_path(partition: u32) -> String {
     format!("/v1/raft/{partition}/append")
 }
@@ -135,12 +137,15 @@ impl Connection {
             body,
         };
         let call = post::<_, R>(&http, &url, &request);
-        match tokio::time::timeout(option.hard_ttl(), call).await {
+        // openraft derives the deadline from the heartbeat interval; on a loaded machine a
+        // busy but healthy peer can miss it, and the backoff that follows stalls commits. A
+        // dead peer on the same network is refused at once anyway.
+        let limit = option.hard_ttl().max(RPC_TIMEOUT_FLOOR);
+        match tokio::time::timeout(limit, call).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(call_error(e)),
             Err(_) => Err(RPCError::Unreachable(Unreachable::new(&Failure(format!(
-                "{url}: no answer within {:?}",
-                option.hard_ttl()
+                "{url}: no answer within {limit:?}"
             ))))),
         }
     }
@@ -175,6 +180,11 @@ fn call_error<E: std::error::Error>(e: CallError) -> RPCError<NodeId, Peer, E> {
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
+    /// Retries an unreachable peer soon: a restarted voter should catch up without waiting.
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(std::time::Duration::from_millis(100)))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
