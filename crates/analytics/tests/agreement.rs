@@ -151,3 +151,20 @@ fn q2_agrees_with_exact_medians_on_real_samples() {
         assert!(check_q2(name, &readings) >= 0.99, "{name}");
     }
 }
+
+#[test]
+fn changes_only_equals_the_operators_change_emission() {
+    let readings = synthetic(2, 600);
+    let options = |emit| RunOptions {
+        q1: false,
+        q2: true,
+        emit,
+    };
+    let every =
+        mcloud_analytics::run_readings(&readings, options(mcloud_analytics::Emit::Every)).unwrap();
+    let changes =
+        mcloud_analytics::run_readings(&readings, options(mcloud_analytics::Emit::Changes))
+            .unwrap();
+    assert!(changes.q2.len() < every.q2.len());
+    assert_eq!(mcloud_analytics::changes_only(&every.q2), changes.q2);
+}

@@ -10,7 +10,7 @@ pub enum CatalogError {
     Unknown(BatchId),
     #[error("flag {id} is already {state}: a final flag never changes")]
     AlreadyFinal { id: BatchId, state: FlagState },
-    #[error("flag {id} missed its deadline ({late_ms} ms late) and is ERROR")]
+    #[error("flag {id} missed its deadline ({late_ms} ms late) and is already ERROR: a final flag never changes")]
     DeadlineMissed { id: BatchId, late_ms: u64 },
     #[error("ttl_ms {ttl_ms} for flag {id} is out of range 1..={max}")]
     BadTtl { id: BatchId, ttl_ms: u64, max: u64 },
@@ -20,6 +20,9 @@ pub enum CatalogError {
     TooMany(usize),
     #[error("catalog storage: {0}")]
     Storage(String),
+    /// The catalog cannot decide now (no leader, no quorum); the same request may succeed later.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Call(#[from] CallError),
 }
@@ -27,7 +30,11 @@ pub enum CatalogError {
 impl CatalogError {
     /// True when the operation may succeed if repeated (the catalog was unreachable).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, CatalogError::Call(e) if e.is_retryable())
+        match self {
+            CatalogError::Call(e) => e.is_retryable(),
+            CatalogError::Unavailable(_) => true,
+            _ => false,
+        }
     }
 }
 
@@ -41,6 +48,8 @@ impl From<CatalogError> for ApiError {
             CatalogError::BadTtl { .. } | CatalogError::DuplicateId(_) => StatusCode::BAD_REQUEST,
             CatalogError::TooMany(_) => StatusCode::PAYLOAD_TOO_LARGE,
             CatalogError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CatalogError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CatalogError::Call(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             CatalogError::Call(_) => StatusCode::BAD_GATEWAY,
         };
         ApiError::new(status, e.to_string())

@@ -8,11 +8,14 @@
 
 pub mod client;
 pub mod error;
+pub mod raft;
+pub mod rules;
 pub mod service;
 pub mod store;
 
 pub use client::CatalogClient;
 pub use error::CatalogError;
+pub use raft::{CatalogConfig, CatalogNode, Peer};
 pub use store::FlagStore;
 
 use mcloud_core::wire::{CreateFlag, Flag};

@@ -15,21 +15,26 @@ pub const GET_PATH: &str = "/v1/flags/get";
 
 /// Routes for a catalog backed by `table`.
 pub fn router<T: FlagTable>(table: T, status: Option<Arc<FlagStore>>) -> Router {
+    router_with_status(table, move || {
+        serde_json::json!({
+            "role": "catalog",
+            "flags": status.as_ref().map(|s| s.counts()),
+        })
+    })
+}
+
+/// Routes for a catalog backed by `table`, with `status` answering `/v1/status`.
+pub fn router_with_status<T: FlagTable>(
+    table: T,
+    status: impl Fn() -> serde_json::Value + Clone + Send + Sync + 'static,
+) -> Router {
     let table = Arc::new(table);
     Router::new()
         .route(CREATE_PATH, post(create::<T>))
         .route(SET_PATH, post(set::<T>))
         .route(GET_PATH, post(read::<T>))
         .with_state(table)
-        .route(
-            "/v1/status",
-            get(move || async move {
-                Json(serde_json::json!({
-                    "role": "catalog",
-                    "flags": status.as_ref().map(|s| s.counts()),
-                }))
-            }),
-        )
+        .route("/v1/status", get(move || async move { Json(status()) }))
         .route("/v1/health", get(|| async { "ok" }))
 }
 

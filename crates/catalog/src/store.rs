@@ -2,21 +2,20 @@
 //! first and then commits them in one write transaction, so a rejected request changes nothing
 //! and an answered one survives a crash.
 
+use crate::rules::{check_request, check_ttls, Table};
 use crate::{now_ms, CatalogError, FlagTable};
 use mcloud_core::wire::{CreateFlag, Flag, FlagState, MAX_FLAGS_PER_REQUEST};
 use mcloud_core::BatchId;
 use redb::{Database, ReadableTable, TableDefinition};
-use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use crate::rules::{FlagCounts, MAX_TTL_MS};
+
 const FLAGS: TableDefinition<u128, (u8, u64)> = TableDefinition::new("flags");
 
-/// Longest deadline a sensor may ask for.
-pub const MAX_TTL_MS: u64 = 3_600_000;
-
-fn encode(state: FlagState) -> u8 {
+pub(crate) fn encode(state: FlagState) -> u8 {
     match state {
         FlagState::False => 0,
         FlagState::True => 1,
@@ -24,7 +23,7 @@ fn encode(state: FlagState) -> u8 {
     }
 }
 
-fn decode(code: u8) -> Result<FlagState, CatalogError> {
+pub(crate) fn decode(code: u8) -> Result<FlagState, CatalogError> {
     match code {
         0 => Ok(FlagState::False),
         1 => Ok(FlagState::True),
@@ -33,51 +32,9 @@ fn decode(code: u8) -> Result<FlagState, CatalogError> {
     }
 }
 
-#[derive(Default)]
-struct Table {
-    flags: HashMap<BatchId, Flag>,
-    /// FALSE flags by deadline, for the sweep.
-    open: BTreeSet<(u64, BatchId)>,
-}
-
-impl Table {
-    /// The flag as it is at `now`: FALSE past its deadline is ERROR even before the sweep
-    /// has written it, so no reader ever sees a flag that can still turn TRUE after that.
-    fn effective(&self, id: &BatchId, now: u64) -> Option<Flag> {
-        self.flags.get(id).map(|f| match f.state {
-            FlagState::False if now > f.deadline_ms => Flag {
-                state: FlagState::Error,
-                deadline_ms: f.deadline_ms,
-            },
-            _ => *f,
-        })
-    }
-}
-
-/// Counts by state, for status pages.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
-pub struct FlagCounts {
-    pub open: u64,
-    pub committed: u64,
-    pub errored: u64,
-}
-
 pub struct FlagStore {
     db: Database,
     table: Mutex<Table>,
-}
-
-fn check_request(ids: impl Iterator<Item = BatchId>, len: usize) -> Result<(), CatalogError> {
-    if len > MAX_FLAGS_PER_REQUEST {
-        return Err(CatalogError::TooMany(len));
-    }
-    let mut seen = HashSet::with_capacity(len);
-    for id in ids {
-        if !seen.insert(id) {
-            return Err(CatalogError::DuplicateId(id));
-        }
-    }
-    Ok(())
 }
 
 impl FlagStore {
@@ -93,16 +50,14 @@ impl FlagStore {
             txn.commit()?;
             let txn = db.begin_read()?;
             let flags = txn.open_table(FLAGS)?;
+            let mut loaded = Vec::new();
             for entry in flags.iter()? {
                 let (id, value) = entry?;
-                let id = BatchId(id.value());
                 let (state, deadline_ms) = value.value();
                 let state = decode(state)?;
-                if state == FlagState::False {
-                    table.open.insert((deadline_ms, id));
-                }
-                table.flags.insert(id, Flag { state, deadline_ms });
+                loaded.push((BatchId(id.value()), Flag { state, deadline_ms }));
             }
+            table.apply(&loaded);
         }
         let store = Arc::new(FlagStore {
             db,
@@ -143,126 +98,35 @@ impl FlagStore {
         Ok(())
     }
 
-    fn apply(table: &mut Table, changes: &[(BatchId, Flag)]) {
-        for (id, flag) in changes {
-            if let Some(old) = table.flags.insert(*id, *flag) {
-                table.open.remove(&(old.deadline_ms, *id));
-            }
-            if flag.state == FlagState::False {
-                table.open.insert((flag.deadline_ms, *id));
-            }
-        }
-    }
-
     /// Writes ERROR for every FALSE flag past its deadline; returns how many.
     pub fn sweep(&self, now: u64) -> Result<usize, CatalogError> {
         let mut table = self.lock();
-        let expired: Vec<(BatchId, Flag)> = table
-            .open
-            .iter()
-            .take_while(|(deadline, _)| *deadline < now)
-            .map(|&(deadline_ms, id)| {
-                (
-                    id,
-                    Flag {
-                        state: FlagState::Error,
-                        deadline_ms,
-                    },
-                )
-            })
-            .collect();
+        let expired = table.expired(now);
         self.persist(&expired)?;
-        Self::apply(&mut table, &expired);
+        table.apply(&expired);
         Ok(expired.len())
     }
 
     pub fn counts(&self) -> FlagCounts {
-        let table = self.lock();
-        let now = now_ms();
-        let mut counts = FlagCounts::default();
-        for id in table.flags.keys() {
-            match table.effective(id, now).map(|f| f.state) {
-                Some(FlagState::False) => counts.open += 1,
-                Some(FlagState::True) => counts.committed += 1,
-                _ => counts.errored += 1,
-            }
-        }
-        counts
+        self.lock().counts(now_ms())
     }
 
     fn create_now(&self, requests: &[CreateFlag], now: u64) -> Result<Vec<Flag>, CatalogError> {
         check_request(requests.iter().map(|r| r.id), requests.len())?;
+        check_ttls(requests)?;
         let mut table = self.lock();
-        let mut out = Vec::with_capacity(requests.len());
-        let mut changes = Vec::new();
-        for r in requests {
-            if r.ttl_ms == 0 || r.ttl_ms > MAX_TTL_MS {
-                return Err(CatalogError::BadTtl {
-                    id: r.id,
-                    ttl_ms: r.ttl_ms,
-                    max: MAX_TTL_MS,
-                });
-            }
-            match table.effective(&r.id, now) {
-                Some(flag) if flag.state == FlagState::False => out.push(flag),
-                Some(flag) => {
-                    return Err(CatalogError::AlreadyFinal {
-                        id: r.id,
-                        state: flag.state,
-                    })
-                }
-                None => {
-                    let flag = Flag {
-                        state: FlagState::False,
-                        deadline_ms: now + r.ttl_ms,
-                    };
-                    changes.push((r.id, flag));
-                    out.push(flag);
-                }
-            }
-        }
+        let (out, changes) = table.create(requests, now)?;
         self.persist(&changes)?;
-        Self::apply(&mut table, &changes);
+        table.apply(&changes);
         Ok(out)
     }
 
     fn set_now(&self, ids: &[BatchId], now: u64) -> Result<Vec<Flag>, CatalogError> {
         check_request(ids.iter().copied(), ids.len())?;
         let mut table = self.lock();
-        let mut out = Vec::with_capacity(ids.len());
-        let mut changes = Vec::new();
-        for id in ids {
-            let flag = table
-                .flags
-                .get(id)
-                .copied()
-                .ok_or(CatalogError::Unknown(*id))?;
-            match flag.state {
-                FlagState::True => out.push(flag),
-                FlagState::Error => {
-                    return Err(CatalogError::AlreadyFinal {
-                        id: *id,
-                        state: FlagState::Error,
-                    })
-                }
-                FlagState::False if now > flag.deadline_ms => {
-                    return Err(CatalogError::DeadlineMissed {
-                        id: *id,
-                        late_ms: now - flag.deadline_ms,
-                    })
-                }
-                FlagState::False => {
-                    let flag = Flag {
-                        state: FlagState::True,
-                        deadline_ms: flag.deadline_ms,
-                    };
-                    changes.push((*id, flag));
-                    out.push(flag);
-                }
-            }
-        }
+        let (out, changes) = table.set(ids, now)?;
         self.persist(&changes)?;
-        Self::apply(&mut table, &changes);
+        table.apply(&changes);
         Ok(out)
     }
 

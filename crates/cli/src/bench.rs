@@ -22,6 +22,11 @@ pub struct BenchArgs {
     /// Benchmark the DEBS 2014 queries (Q1 + Q2) on the private pipeline instead.
     #[arg(long)]
     pub debs: bool,
+    /// Measure the replicated catalog alone (flag transitions per second, commit latency).
+    #[arg(long)]
+    pub catalog: bool,
+    #[command(flatten)]
+    pub catalog_args: crate::catalog_bench::CatalogBenchArgs,
 }
 
 async fn measure(parties: u16, readings: &[Reading], args: &BenchArgs) -> Result<f64> {
@@ -61,6 +66,9 @@ async fn measure(parties: u16, readings: &[Reading], args: &BenchArgs) -> Result
 pub async fn run(args: BenchArgs) -> Result<()> {
     if args.debs {
         return crate::bench_debs::run(args).await;
+    }
+    if args.catalog {
+        return crate::catalog_bench::run(args.catalog_args).await;
     }
     let (readings, description) = args.input.load()?;
     eprintln!(

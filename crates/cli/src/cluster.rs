@@ -2,16 +2,17 @@
 //! the demo, the benchmark and the end-to-end tests run the real protocol over real TLS.
 
 use anyhow::{Context, Result};
-use mcloud_catalog::{CatalogClient, FlagStore};
+use mcloud_catalog::{CatalogClient, CatalogConfig, CatalogNode, Peer};
 use mcloud_client::Uploader;
 use mcloud_cloud::{CloudConfig, CloudNode};
 use mcloud_collector::Collector;
-use mcloud_core::server::{serve, RunningServer};
+use mcloud_core::server::{bind, serve, serve_on, RunningServer};
 use mcloud_core::tls::{self, NodeIdentity};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
 pub struct ClusterSpec {
@@ -21,9 +22,38 @@ pub struct ClusterSpec {
     pub dir: PathBuf,
 }
 
+/// The replicated catalog of a local cluster.
+#[derive(Clone, Debug)]
+pub struct CatalogSpec {
+    /// Catalog voters, each in-process behind its own TLS server (ids 1..=voters).
+    pub voters: u16,
+    /// Raft groups the flags keyspace is split into.
+    pub partitions: u32,
+    /// Log entries between snapshots.
+    pub snapshot_every: u64,
+}
+
+impl Default for CatalogSpec {
+    fn default() -> Self {
+        CatalogSpec {
+            voters: 3,
+            partitions: 1,
+            snapshot_every: 5000,
+        }
+    }
+}
+
+struct CatalogVoter {
+    server: RunningServer,
+    node: Arc<CatalogNode>,
+}
+
 pub struct LocalCluster {
     pub spec: ClusterSpec,
-    catalog: RunningServer,
+    catalog_spec: CatalogSpec,
+    catalog: Vec<Option<CatalogVoter>>,
+    catalog_addrs: Vec<SocketAddr>,
+    catalog_identities: Vec<NodeIdentity>,
     clouds: Vec<Option<(RunningServer, Arc<CloudNode>)>>,
     cloud_addrs: Vec<SocketAddr>,
     identities: Vec<NodeIdentity>,
@@ -35,39 +65,171 @@ fn loopback() -> SocketAddr {
 }
 
 impl LocalCluster {
+    /// A cluster with the default catalog: three voters, one partition.
     pub async fn start(spec: ClusterSpec) -> Result<LocalCluster> {
+        Self::start_with(spec, CatalogSpec::default()).await
+    }
+
+    pub async fn start_with(spec: ClusterSpec, catalog_spec: CatalogSpec) -> Result<LocalCluster> {
         let names = tls::default_names();
-        let catalog_identity = NodeIdentity::load_or_create(&spec.dir.join("catalog/tls"), &names)?;
-        let mut identities = vec![catalog_identity.clone()];
+        let mut catalog_identities = Vec::new();
+        for voter in 0..catalog_spec.voters {
+            catalog_identities.push(NodeIdentity::load_or_create(
+                &spec.dir.join(format!("catalog{voter}/tls")),
+                &names,
+            )?);
+        }
+        let mut identities = vec![catalog_identities[0].clone()];
         for party in 0..spec.parties {
             identities.push(NodeIdentity::load_or_create(
                 &spec.dir.join(format!("cloud{party}/tls")),
                 &names,
             )?);
         }
-        let pinned: Vec<String> = identities.iter().map(|i| i.ca_pem.clone()).collect();
+        let pinned: Vec<String> = identities
+            .iter()
+            .chain(&catalog_identities)
+            .map(|i| i.ca_pem.clone())
+            .collect();
         let http = tls::client(&pinned)?;
-        let store = FlagStore::open(&spec.dir.join("catalog"))?;
-        let catalog = serve(
-            mcloud_catalog::service::router(store.clone(), Some(store)),
-            loopback(),
-            &catalog_identity,
-        )
-        .await?;
+        // Every voter names every other by address, so all listeners exist before any node.
+        let listeners = (0..catalog_spec.voters)
+            .map(|_| bind(loopback()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let catalog_addrs = listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<Result<Vec<_>, _>>()?;
         let mut cluster = LocalCluster {
             spec,
-            catalog,
+            catalog_spec,
+            catalog: Vec::new(),
+            catalog_addrs,
+            catalog_identities,
             clouds: Vec::new(),
             cloud_addrs: Vec::new(),
             identities,
             http,
         };
+        for (voter, listener) in listeners.into_iter().enumerate() {
+            let started = cluster.start_catalog_voter(voter as u16, listener).await?;
+            cluster.catalog.push(Some(started));
+        }
+        cluster
+            .wait_for_catalog_leaders(Duration::from_secs(30))
+            .await?;
         for party in 0..cluster.spec.parties {
             let (server, node) = cluster.start_cloud(party, loopback()).await?;
             cluster.cloud_addrs.push(server.addr);
             cluster.clouds.push(Some((server, node)));
         }
         Ok(cluster)
+    }
+
+    fn catalog_peers(&self) -> BTreeMap<u64, Peer> {
+        self.catalog_addrs
+            .iter()
+            .zip(&self.catalog_identities)
+            .enumerate()
+            .map(|(i, (addr, identity))| {
+                (
+                    i as u64 + 1,
+                    Peer {
+                        url: format!("https://{addr}"),
+                        ca_pem: identity.ca_pem.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    async fn start_catalog_voter(
+        &self,
+        voter: u16,
+        listener: std::net::TcpListener,
+    ) -> Result<CatalogVoter> {
+        let mut config = CatalogConfig::new(
+            voter as u64 + 1,
+            self.spec.dir.join(format!("catalog{voter}")),
+            self.catalog_peers(),
+        );
+        config.partitions = self.catalog_spec.partitions;
+        config.snapshot_every = self.catalog_spec.snapshot_every;
+        // A restarted voter's files are released only once its old Raft tasks have finished.
+        let started = Instant::now();
+        let node = loop {
+            match CatalogNode::start(config.clone()).await {
+                Ok(node) => break node,
+                Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                    tracing::debug!("catalog voter {voter} not ready to reopen: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("starting catalog voter {voter}")),
+            }
+        };
+        let server = serve_on(
+            listener,
+            mcloud_catalog::raft::router(node.clone()),
+            &self.catalog_identities[voter as usize],
+        )
+        .await?;
+        Ok(CatalogVoter { server, node })
+    }
+
+    /// Waits until every partition has a leader that the running voters agree on.
+    pub async fn wait_for_catalog_leaders(&self, give_up: Duration) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            if (0..self.catalog_spec.partitions).all(|p| self.catalog_leader(p).is_some()) {
+                return Ok(());
+            }
+            if started.elapsed() > give_up {
+                anyhow::bail!("the catalog elected no leader within {give_up:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The voter (0-based) that leads `partition`, as the running voters see it.
+    pub fn catalog_leader(&self, partition: u32) -> Option<u16> {
+        let mut leader = None;
+        for v in self.catalog.iter().flatten() {
+            let raft = v.node.raft(partition)?;
+            let m = raft.metrics().borrow().clone();
+            if m.state == mcloud_catalog::raft::ServerState::Leader {
+                leader = Some((m.current_leader? - 1) as u16);
+            }
+        }
+        leader
+    }
+
+    /// The running catalog node of voter `voter` (0-based), if it is running.
+    pub fn catalog_node(&self, voter: u16) -> Option<Arc<CatalogNode>> {
+        self.catalog
+            .get(voter as usize)?
+            .as_ref()
+            .map(|v| v.node.clone())
+    }
+
+    pub fn catalog_voters(&self) -> u16 {
+        self.catalog_spec.voters
+    }
+
+    /// Stops catalog voter `voter` (its server and Raft groups; its log and state stay).
+    pub async fn stop_catalog(&mut self, voter: u16) {
+        if let Some(v) = self.catalog[voter as usize].take() {
+            v.server.shutdown().await;
+            v.node.shutdown().await;
+        }
+    }
+
+    /// Restarts catalog voter `voter` on its old address, from its log and state.
+    pub async fn restart_catalog(&mut self, voter: u16) -> Result<()> {
+        self.stop_catalog(voter).await;
+        let listener = bind(self.catalog_addrs[voter as usize])?;
+        let started = self.start_catalog_voter(voter, listener).await?;
+        self.catalog[voter as usize] = Some(started);
+        Ok(())
     }
 
     fn cloud_dir(&self, party: u16) -> PathBuf {
@@ -121,8 +283,16 @@ impl LocalCluster {
         self.http.clone()
     }
 
+    /// The first catalog voter's URL; every voter serves the whole flags API.
     pub fn catalog_url(&self) -> String {
-        self.catalog.url()
+        format!("https://{}", self.catalog_addrs[0])
+    }
+
+    pub fn catalog_urls(&self) -> Vec<String> {
+        self.catalog_addrs
+            .iter()
+            .map(|a| format!("https://{a}"))
+            .collect()
     }
 
     pub fn cloud_urls(&self) -> Vec<String> {
@@ -133,7 +303,7 @@ impl LocalCluster {
     }
 
     pub fn catalog_client(&self) -> CatalogClient {
-        CatalogClient::new(self.http.clone(), self.catalog_url())
+        CatalogClient::with_nodes(self.http.clone(), self.catalog_urls())
     }
 
     pub fn uploader(&self, ttl: Duration) -> Uploader {
@@ -153,9 +323,18 @@ impl LocalCluster {
     /// processes (`mcloud sensor`, `query`, `analytics`) can reach it; returns its path.
     pub fn write_deployment(&self) -> Result<PathBuf> {
         let dir = &self.spec.dir;
+        let catalog = self.catalog_urls();
+        let endpoint = |voter: usize| {
+            format!(
+                "{{ url = \"{}\", ca = \"catalog{voter}/tls/ca.pem\" }}",
+                catalog[voter]
+            )
+        };
+        let others: Vec<String> = (1..catalog.len()).map(endpoint).collect();
         let mut text = format!(
-            "catalog = {{ url = \"{}\", ca = \"catalog/tls/ca.pem\" }}\n",
-            self.catalog_url()
+            "catalog = {}\ncatalog_nodes = [{}]\n",
+            endpoint(0),
+            others.join(", ")
         );
         for (party, url) in self.cloud_urls().iter().enumerate() {
             text += &format!("[[clouds]]\nurl = \"{url}\"\nca = \"cloud{party}/tls/ca.pem\"\n");
@@ -173,6 +352,8 @@ impl LocalCluster {
         for party in 0..self.spec.parties {
             self.stop_cloud(party).await;
         }
-        self.catalog.shutdown().await;
+        for voter in 0..self.catalog_spec.voters {
+            self.stop_catalog(voter).await;
+        }
     }
 }

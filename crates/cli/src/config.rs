@@ -19,10 +19,39 @@ pub struct NodeConfig {
     pub cloud: Option<CloudRole>,
 }
 
+/// A catalog voter. With no `peers` the catalog is this one node; otherwise `peers` lists
+/// every initial voter (this node too) and each partition's voters are chosen among them.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogRole {
     pub listen: SocketAddr,
+    #[serde(default = "default_node_id")]
+    pub node_id: u64,
+    /// Raft groups the flags keyspace is split into; every catalog node must agree.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    #[serde(default)]
+    pub peers: Vec<CatalogPeer>,
+    /// Start without creating any group and wait to be added with `mcloud catalog add-voter`.
+    #[serde(default)]
+    pub join: bool,
+}
+
+/// A catalog voter as its peers see it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogPeer {
+    pub id: u64,
+    pub url: String,
+    pub ca: PathBuf,
+}
+
+fn default_node_id() -> u64 {
+    1
+}
+
+fn default_partitions() -> u32 {
+    1
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +66,9 @@ pub struct CloudRole {
     #[serde(default = "default_window")]
     pub grace_secs: u64,
     pub catalog: Endpoint,
+    /// The other catalog nodes, for failover when `catalog` is down.
+    #[serde(default)]
+    pub catalog_nodes: Vec<Endpoint>,
 }
 
 fn default_window() -> u64 {
@@ -56,6 +88,9 @@ pub struct Endpoint {
 #[serde(deny_unknown_fields)]
 pub struct Deployment {
     pub catalog: Endpoint,
+    /// The other catalog nodes, for failover when `catalog` is down.
+    #[serde(default)]
+    pub catalog_nodes: Vec<Endpoint>,
     /// In party order.
     pub clouds: Vec<Endpoint>,
 }
@@ -81,8 +116,26 @@ impl NodeConfig {
         let mut config: NodeConfig = read_toml(path)?;
         let base = base_of(path);
         resolve(&base, &mut config.data_dir);
+        if let Some(catalog) = &mut config.catalog {
+            for peer in &mut catalog.peers {
+                resolve(&base, &mut peer.ca);
+            }
+            if catalog.partitions == 0 {
+                bail!("{}: catalog partitions must be at least 1", path.display());
+            }
+            if !catalog.peers.is_empty() && !catalog.peers.iter().any(|p| p.id == catalog.node_id) {
+                bail!(
+                    "{}: catalog node_id {} is not in its peers list",
+                    path.display(),
+                    catalog.node_id
+                );
+            }
+        }
         if let Some(cloud) = &mut config.cloud {
             resolve(&base, &mut cloud.catalog.ca);
+            for e in &mut cloud.catalog_nodes {
+                resolve(&base, &mut e.ca);
+            }
             if cloud.parties == 0 || cloud.party >= cloud.parties {
                 bail!(
                     "{}: cloud party {} is out of range for {} parties",
@@ -110,7 +163,7 @@ impl Deployment {
         let mut d: Deployment = read_toml(path)?;
         let base = base_of(path);
         resolve(&base, &mut d.catalog.ca);
-        for c in &mut d.clouds {
+        for c in d.clouds.iter_mut().chain(&mut d.catalog_nodes) {
             resolve(&base, &mut c.ca);
         }
         if d.clouds.is_empty() {
@@ -122,10 +175,21 @@ impl Deployment {
     /// An HTTPS client pinning every CA of the deployment.
     pub fn client(&self) -> Result<reqwest::Client> {
         let mut pems = Vec::new();
-        for e in std::iter::once(&self.catalog).chain(&self.clouds) {
+        for e in std::iter::once(&self.catalog)
+            .chain(&self.catalog_nodes)
+            .chain(&self.clouds)
+        {
             pems.push(wait_for_ca(&e.ca)?);
         }
         Ok(mcloud_core::tls::client(&pems)?)
+    }
+
+    /// Every catalog node's URL, the primary first.
+    pub fn catalog_urls(&self) -> Vec<String> {
+        std::iter::once(&self.catalog)
+            .chain(&self.catalog_nodes)
+            .map(|e| e.url.clone())
+            .collect()
     }
 
     pub fn cloud_urls(&self) -> Vec<String> {

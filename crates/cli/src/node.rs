@@ -2,10 +2,11 @@
 
 use crate::config::{wait_for_ca, NodeConfig};
 use anyhow::{Context, Result};
-use mcloud_catalog::{CatalogClient, FlagStore};
+use mcloud_catalog::{CatalogClient, CatalogConfig, CatalogNode, Peer};
 use mcloud_cloud::{CloudConfig, CloudNode};
-use mcloud_core::server::serve;
+use mcloud_core::server::{bind, serve, serve_on};
 use mcloud_core::tls::{self, NodeIdentity};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 pub async fn run(config_path: &Path) -> Result<()> {
@@ -15,23 +16,66 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let identity = NodeIdentity::load_or_create(&config.data_dir.join("tls"), &names)?;
     let ca_path = config.data_dir.join("tls/ca.pem");
     let mut servers = Vec::new();
+    let mut catalog_node = None;
     if let Some(catalog) = &config.catalog {
-        let store = FlagStore::open(&config.data_dir.join("catalog"))?;
-        let server = serve(
-            mcloud_catalog::service::router(store.clone(), Some(store)),
-            catalog.listen,
+        let listener = bind(catalog.listen)?;
+        let mut peers = BTreeMap::new();
+        for p in &catalog.peers {
+            let ca_pem = if p.id == catalog.node_id {
+                identity.ca_pem.clone()
+            } else {
+                wait_for_ca(&p.ca)?
+            };
+            peers.insert(
+                p.id,
+                Peer {
+                    url: p.url.clone(),
+                    ca_pem,
+                },
+            );
+        }
+        if peers.is_empty() {
+            peers.insert(
+                catalog.node_id,
+                Peer {
+                    url: format!("https://{}", listener.local_addr()?),
+                    ca_pem: identity.ca_pem.clone(),
+                },
+            );
+        }
+        let mut catalog_config =
+            CatalogConfig::new(catalog.node_id, config.data_dir.join("catalog"), peers);
+        catalog_config.partitions = catalog.partitions;
+        catalog_config.join = catalog.join;
+        let node = CatalogNode::start(catalog_config)
+            .await
+            .context("starting the catalog role")?;
+        let server = serve_on(
+            listener,
+            mcloud_catalog::raft::router(node.clone()),
             &identity,
         )
         .await?;
         eprintln!(
-            "catalog listening on {} (peers pin {})",
+            "catalog node {} ({} partition(s)) listening on {} (peers pin {})",
+            catalog.node_id,
+            catalog.partitions,
             server.url(),
             ca_path.display()
         );
         servers.push(server);
+        catalog_node = Some(node);
     }
     if let Some(cloud) = &config.cloud {
-        let http = tls::client(&[wait_for_ca(&cloud.catalog.ca)?])?;
+        let mut pems = vec![wait_for_ca(&cloud.catalog.ca)?];
+        for e in &cloud.catalog_nodes {
+            pems.push(wait_for_ca(&e.ca)?);
+        }
+        let http = tls::client(&pems)?;
+        let catalog_urls = std::iter::once(&cloud.catalog)
+            .chain(&cloud.catalog_nodes)
+            .map(|e| e.url.clone())
+            .collect();
         let node = CloudNode::open(
             &config.data_dir.join("cloud"),
             CloudConfig {
@@ -41,7 +85,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 grace_secs: cloud.grace_secs,
                 ..CloudConfig::default()
             },
-            CatalogClient::new(http, cloud.catalog.url.clone()),
+            CatalogClient::with_nodes(http, catalog_urls),
         )
         .context("opening the cloud role")?;
         let server = serve(mcloud_cloud::service::router(node), cloud.listen, &identity).await?;
@@ -58,6 +102,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
     eprintln!("shutting down");
     for server in servers {
         server.shutdown().await;
+    }
+    if let Some(node) = catalog_node {
+        node.shutdown().await;
     }
     Ok(())
 }

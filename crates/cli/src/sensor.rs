@@ -43,7 +43,7 @@ pub async fn run(args: SensorArgs) -> Result<bool> {
     let uploader = Uploader::new(
         http.clone(),
         deployment.cloud_urls(),
-        CatalogClient::new(http, deployment.catalog.url.clone()),
+        CatalogClient::with_nodes(http, deployment.catalog_urls()),
         Duration::from_millis(args.ttl_ms),
     );
     let sensor = Sensor::new(

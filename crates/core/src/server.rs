@@ -44,18 +44,36 @@ pub async fn serve(
     addr: SocketAddr,
     identity: &NodeIdentity,
 ) -> Result<RunningServer, ServeError> {
+    serve_on(bind(addr)?, router, identity).await
+}
+
+/// Binds `addr` without serving yet, so a node can learn its address before it builds the
+/// router (catalog voters name each other by address).
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
     let listener =
         std::net::TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
     listener
         .set_nonblocking(true)
         .map_err(|source| ServeError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind { addr, source })?;
+    Ok(listener)
+}
+
+/// Serves `router` over TLS on a listener from `bind`.
+pub async fn serve_on(
+    listener: std::net::TcpListener,
+    router: Router,
+    identity: &NodeIdentity,
+) -> Result<RunningServer, ServeError> {
+    let bound = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
     let config = axum_server::tls_rustls::RustlsConfig::from_config(identity.server_config()?);
     let handle = axum_server::Handle::new();
     let server = axum_server::from_tcp_rustls(listener, config).handle(handle.clone());
-    let app = router.layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    let app = router
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_oversized));
     let task = tokio::spawn(async move {
         if let Err(e) = server.serve(app.into_make_service()).await {
             tracing::error!(%bound, "server stopped: {e}");
@@ -66,4 +84,35 @@ pub async fn serve(
         handle,
         task,
     })
+}
+
+/// How much of an oversized body is read (and dropped) before answering, so that the client,
+/// still writing, reads the 413 instead of a reset connection. Beyond this the connection is
+/// simply closed.
+const DRAIN_LIMIT: usize = 4 * MAX_BODY_BYTES;
+
+/// Answers a request whose declared length exceeds the limit with a 413 that names the
+/// limit, after draining what the client sends.
+async fn refuse_oversized(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match declared {
+        Some(length) if length > MAX_BODY_BYTES => {
+            if length <= DRAIN_LIMIT {
+                let _ = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT).await;
+            }
+            crate::http::ApiError::too_large(format!(
+                "request body is larger than the limit of {MAX_BODY_BYTES} bytes ({length} bytes declared)"
+            ))
+            .into_response()
+        }
+        _ => next.run(request).await,
+    }
 }

@@ -1,0 +1,140 @@
+//! The replicated catalog: the flags table as an openraft state machine, one Raft group per
+//! partition of the keyspace, logs and state in redb, RPCs over the nodes' TLS servers.
+
+// openraft fixes the storage error type, and it is large; boxing it would only add copies.
+#![allow(clippy::result_large_err)]
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod placement;
+pub mod proposer;
+pub mod state_machine;
+pub mod types;
+
+pub use network::Faults;
+pub use node::{CatalogConfig, CatalogNode, MembershipChange, PartitionStatus, StartError};
+pub use openraft::ServerState;
+pub use types::{NodeId, Peer};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use mcloud_core::http::{decode, ApiError};
+use network::{Envelope, SnapshotRequest};
+use node::{Forwarded, ForwardedAnswer};
+use openraft::error::{Fatal, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use std::sync::Arc;
+use types::{TypeConfig, WireError};
+
+/// Largest Raft RPC body: a whole partition's snapshot travels in one request.
+pub const MAX_RAFT_BODY_BYTES: usize = 1 << 30;
+
+fn postcard_answer<T: Serialize>(value: &T) -> Response {
+    match postcard::to_stdvec(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response(),
+        Err(e) => ApiError::internal(format!("encoding answer: {e}")).into_response(),
+    }
+}
+
+type Node = State<Arc<CatalogNode>>;
+
+fn raft_of(node: &CatalogNode, partition: u32) -> Result<&types::Raft, ApiError> {
+    node.raft(partition)
+        .ok_or_else(|| ApiError::not_found(format!("no catalog partition {partition}")))
+}
+
+fn check_sender(node: &CatalogNode, from: NodeId) -> Result<(), ApiError> {
+    if node.faults().blocks(from) {
+        return Err(ApiError::unavailable(format!(
+            "node {from} is cut off by the fault switch"
+        )));
+    }
+    Ok(())
+}
+
+async fn append(State(node): Node, Path(p): Path<u32>, body: Bytes) -> Result<Response, ApiError> {
+    let rpc: Envelope<AppendEntriesRequest<TypeConfig>> = decode(&body)?;
+    check_sender(&node, rpc.from)?;
+    let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+        raft_of(&node, p)?.append_entries(rpc.body).await;
+    Ok(postcard_answer(&answer))
+}
+
+async fn vote(State(node): Node, Path(p): Path<u32>, body: Bytes) -> Result<Response, ApiError> {
+    let rpc: Envelope<VoteRequest<NodeId>> = decode(&body)?;
+    check_sender(&node, rpc.from)?;
+    let answer: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
+        raft_of(&node, p)?.vote(rpc.body).await;
+    Ok(postcard_answer(&answer))
+}
+
+async fn snapshot(
+    State(node): Node,
+    Path(p): Path<u32>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let rpc: Envelope<SnapshotRequest> = decode(&body)?;
+    check_sender(&node, rpc.from)?;
+    let req = rpc.body;
+    let snapshot = openraft::Snapshot {
+        meta: req.meta,
+        snapshot: Box::new(std::io::Cursor::new(req.data)),
+    };
+    let answer: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = raft_of(&node, p)?
+        .install_full_snapshot(req.vote, snapshot)
+        .await;
+    Ok(postcard_answer(&answer))
+}
+
+async fn local(State(node): Node, Path(p): Path<u32>, body: Bytes) -> Result<Response, ApiError> {
+    let req: Forwarded = decode(&body)?;
+    let answer: Result<ForwardedAnswer, WireError> = node.run_local(p, req).await;
+    Ok(postcard_answer(&answer))
+}
+
+async fn membership(
+    State(node): Node,
+    Path(p): Path<u32>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let change: MembershipChange = decode(&body)?;
+    let answer: Result<(), WireError> = node
+        .change_membership(p, change)
+        .await
+        .map_err(WireError::from);
+    Ok(postcard_answer(&answer))
+}
+
+/// The node-to-node endpoints: Raft RPCs, forwarded requests and membership changes.
+pub fn internal_router(node: Arc<CatalogNode>) -> Router {
+    Router::new()
+        .route("/v1/raft/{partition}/append", post(append))
+        .route("/v1/raft/{partition}/vote", post(vote))
+        .route("/v1/raft/{partition}/snapshot", post(snapshot))
+        .route("/v1/catalog/{partition}/local", post(local))
+        .route("/v1/catalog/{partition}/membership", post(membership))
+        .with_state(node)
+        // Snapshots and catch-up batches can be larger than any client request.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_RAFT_BODY_BYTES))
+}
+
+/// Everything a catalog node serves: the flags API, the node-to-node endpoints and a status
+/// page that shows every partition's leader and term.
+pub fn router(node: Arc<CatalogNode>) -> Router {
+    let status_node = node.clone();
+    crate::service::router_with_status(node.clone(), move || {
+        serde_json::json!({
+            "role": "catalog",
+            "node_id": status_node.id(),
+            "partitions": status_node.status(),
+        })
+    })
+    .merge(internal_router(node))
+}

@@ -1,0 +1,248 @@
+//! Raft RPCs between catalog nodes: HTTPS POSTs with postcard bodies on each node's own TLS
+//! server, every peer reached with a client that trusts exactly that peer's CA. A fault
+//! switch drops the traffic towards chosen nodes, for partition tests.
+
+use super::types::{NodeId, Peer, SnapshotMeta, TypeConfig, Vote};
+use mcloud_core::http::{post, CallError};
+use openraft::error::{
+    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::OptionalSend;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+
+const RPC_TIMEOUT_FLOOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub fn append_path(partition: u32) -> String {
+    format!("/v1/raft/{partition}/append")
+}
+pub fn vote_path(partition: u32) -> String {
+    format!("/v1/raft/{partition}/vote")
+}
+pub fn snapshot_path(partition: u32) -> String {
+    format!("/v1/raft/{partition}/snapshot")
+}
+
+/// A whole snapshot in one request: the flags table is small enough per partition.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    pub vote: Vote,
+    pub meta: SnapshotMeta,
+    pub data: Vec<u8>,
+}
+
+/// Nodes this node does not talk to, in either direction: requests to them fail as
+/// unreachable, and requests from them are refused by the RPC endpoints.
+#[derive(Clone, Default)]
+pub struct Faults(Arc<RwLock<HashSet<NodeId>>>);
+
+impl Faults {
+    pub fn isolate_from(&self, nodes: impl IntoIterator<Item = NodeId>) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(nodes);
+    }
+
+    pub fn heal(&self) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    pub fn blocks(&self, node: NodeId) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&node)
+    }
+}
+
+/// HTTPS clients by pinned CA, shared by the Raft network and request forwarding.
+#[derive(Clone, Default)]
+pub struct Clients(Arc<Mutex<HashMap<String, reqwest::Client>>>);
+
+impl Clients {
+    pub fn for_peer(&self, peer: &Peer) -> Result<reqwest::Client, mcloud_core::tls::TlsError> {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.get(&peer.ca_pem) {
+            return Ok(c.clone());
+        }
+        let client = mcloud_core::tls::client(std::slice::from_ref(&peer.ca_pem))?;
+        cache.insert(peer.ca_pem.clone(), client.clone());
+        Ok(client)
+    }
+}
+
+pub struct Network {
+    pub partition: u32,
+    /// This node, sent along so the receiver can apply its own fault switch.
+    pub from: NodeId,
+    pub clients: Clients,
+    pub faults: Faults,
+}
+
+/// A Raft RPC as sent: the sender's id and the request.
+#[derive(Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub from: NodeId,
+    pub body: T,
+}
+
+pub struct Connection {
+    partition: u32,
+    from: NodeId,
+    target: NodeId,
+    peer: Peer,
+    http: Result<reqwest::Client, String>,
+    faults: Faults,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Peer) -> Connection {
+        Connection {
+            partition: self.partition,
+            from: self.from,
+            target,
+            peer: node.clone(),
+            http: self.clients.for_peer(node).map_err(|e| e.to_string()),
+            faults: self.faults.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Failure(String);
+
+impl Connection {
+    /// Sends one RPC; `Ok(Err(e))` is the peer's own answer `e`.
+    async fn call<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        path: String,
+        body: Q,
+        option: &RPCOption,
+    ) -> Result<R, RPCError<NodeId, Peer, RaftError<NodeId>>> {
+        let (http, url) = self.target_url(path)?;
+        let request = Envelope {
+            from: self.from,
+            body,
+        };
+        let call = post::<_, R>(&http, &url, &request);
+        // openraft derives the deadline from the heartbeat interval; on a loaded machine a
+        // busy but healthy peer can miss it, and the backoff that follows stalls commits. A
+        // dead peer on the same network is refused at once anyway.
+        let limit = option.hard_ttl().max(RPC_TIMEOUT_FLOOR);
+        match tokio::time::timeout(limit, call).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(call_error(e)),
+            Err(_) => Err(RPCError::Unreachable(Unreachable::new(&Failure(format!(
+                "{url}: no answer within {limit:?}"
+            ))))),
+        }
+    }
+
+    fn target_url(
+        &self,
+        path: String,
+    ) -> Result<(reqwest::Client, String), RPCError<NodeId, Peer, RaftError<NodeId>>> {
+        if self.faults.blocks(self.target) {
+            return Err(RPCError::Unreachable(Unreachable::new(&Failure(format!(
+                "node {} is cut off by the fault switch",
+                self.target
+            )))));
+        }
+        let http = self
+            .http
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&Failure(e))))?;
+        Ok((
+            http,
+            format!("{}{path}", self.peer.url.trim_end_matches('/')),
+        ))
+    }
+}
+
+fn call_error<E: std::error::Error>(e: CallError) -> RPCError<NodeId, Peer, E> {
+    if e.is_retryable() {
+        RPCError::Unreachable(Unreachable::new(&e))
+    } else {
+        RPCError::Network(NetworkError::new(&e))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    /// Retries an unreachable peer soon: a restarted voter should catch up without waiting.
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(std::time::Duration::from_millis(100)))
+    }
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Peer, RaftError<NodeId>>> {
+        let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            self.call(append_path(self.partition), rpc, &option).await?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Peer, RaftError<NodeId>>> {
+        let answer: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
+            self.call(vote_path(self.partition), rpc, &option).await?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let request = SnapshotRequest {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot.into_inner(),
+        };
+        let send = async {
+            let (http, url) = self
+                .target_url(snapshot_path(self.partition))
+                .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+            let envelope = Envelope {
+                from: self.from,
+                body: request,
+            };
+            let answer: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
+                post(&http, &url, &envelope).await.map_err(|e| {
+                    if e.is_retryable() {
+                        StreamingError::Unreachable(Unreachable::new(&e))
+                    } else {
+                        StreamingError::Network(NetworkError::new(&e))
+                    }
+                })?;
+            answer.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
+        };
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = tokio::time::timeout(option.hard_ttl().max(std::time::Duration::from_secs(10)), send) => match r {
+                Ok(r) => r,
+                Err(_) => Err(StreamingError::Unreachable(Unreachable::new(&Failure(
+                    "snapshot not installed in time".into(),
+                )))),
+            },
+        }
+    }
+}

@@ -1,0 +1,611 @@
+//! A catalog node: one Raft instance per partition of the flags keyspace, the batching
+//! proposers in front of them, and the forwarding that lets a client talk to any node.
+
+use super::log_store::LogStore;
+use super::network::{Clients, Faults, Network};
+use super::placement::{partition_of, voters_for};
+use super::proposer::{
+    run_proposer, run_reader, LocalError, OpAnswer, Proposal, ReadAnswer, ReadRequest, Timeouts,
+};
+use super::state_machine::{read, Shared, StateMachine};
+use super::types::{NodeId, Op, Peer, Raft, WireError};
+use crate::rules::{check_request, check_ttls, FlagCounts};
+use crate::{now_ms, CatalogError, FlagTable};
+use mcloud_core::http::post;
+use mcloud_core::wire::{CreateFlag, Flag, MAX_FLAGS_PER_REQUEST};
+use mcloud_core::BatchId;
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// How a catalog node runs.
+#[derive(Clone, Debug)]
+pub struct CatalogConfig {
+    pub node_id: NodeId,
+    /// Where the node keeps each partition's log and state machine.
+    pub dir: PathBuf,
+    /// Number of partitions (Raft groups) of the flags keyspace; every node of a catalog must
+    /// agree on it.
+    pub partitions: u32,
+    /// The catalog's initial voters, this node included: each partition's voters are chosen
+    /// among them by rendezvous hashing, and the first of them creates the group.
+    pub peers: BTreeMap<NodeId, Peer>,
+    /// Voters per partition (at most the number of peers).
+    pub replicas: usize,
+    /// Never create groups: the node waits to be added by an administrator.
+    pub join: bool,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: (u64, u64),
+    /// Log entries between snapshots (after which the log is compacted).
+    pub snapshot_every: u64,
+    /// How long a write or read may wait for a quorum before it fails with 503.
+    pub commit_timeout: Duration,
+}
+
+impl CatalogConfig {
+    pub fn new(node_id: NodeId, dir: PathBuf, peers: BTreeMap<NodeId, Peer>) -> CatalogConfig {
+        CatalogConfig {
+            node_id,
+            dir,
+            partitions: 1,
+            replicas: 3,
+            peers,
+            join: false,
+            heartbeat_ms: 100,
+            election_timeout_ms: (500, 1000),
+            snapshot_every: 5000,
+            commit_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("catalog node {0} is not among its own peers")]
+    NotAPeer(NodeId),
+    #[error("catalog partitions must be at least 1")]
+    NoPartitions,
+    #[error("catalog storage: {0}")]
+    Storage(String),
+    #[error("catalog raft config: {0}")]
+    Config(String),
+}
+
+struct Partition {
+    raft: Raft,
+    sm: Shared,
+    proposals: mpsc::Sender<Proposal>,
+    reads: mpsc::Sender<ReadRequest>,
+}
+
+pub struct CatalogNode {
+    id: NodeId,
+    partitions: Vec<Partition>,
+    clients: Clients,
+    faults: Faults,
+    peers: BTreeMap<NodeId, Peer>,
+}
+
+/// A forwarded operation, run by the receiving node itself (never forwarded again).
+#[derive(Serialize, Deserialize)]
+pub enum Forwarded {
+    Op(Op),
+    Read(Vec<BatchId>),
+}
+
+#[derive(Serialize, Deserialize)]
+pub enum ForwardedAnswer {
+    Flags(Vec<Flag>),
+    Read(Vec<Option<Flag>>),
+}
+
+/// A membership change, as the admin API takes it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum MembershipChange {
+    AddLearner { id: NodeId, peer: Peer },
+    AddVoter { id: NodeId, peer: Peer },
+    Remove { id: NodeId },
+}
+
+pub fn forward_path(partition: u32) -> String {
+    format!("/v1/catalog/{partition}/local")
+}
+
+pub fn membership_path(partition: u32) -> String {
+    format!("/v1/catalog/{partition}/membership")
+}
+
+/// One partition's view, for status pages and tests.
+#[derive(Clone, Debug, Serialize)]
+pub struct PartitionStatus {
+    pub partition: u32,
+    pub state: String,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_applied: Option<u64>,
+    /// Last log index covered by this node's snapshot.
+    pub snapshot: Option<u64>,
+    /// Last log index removed by compaction.
+    pub purged: Option<u64>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub flags: FlagCounts,
+}
+
+impl CatalogNode {
+    pub async fn start(config: CatalogConfig) -> Result<Arc<CatalogNode>, StartError> {
+        if config.partitions == 0 {
+            return Err(StartError::NoPartitions);
+        }
+        if !config.peers.contains_key(&config.node_id) {
+            return Err(StartError::NotAPeer(config.node_id));
+        }
+        let raft_config = openraft::Config {
+            cluster_name: "mcloud-catalog".into(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_ms.0,
+            election_timeout_max: config.election_timeout_ms.1,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: config.snapshot_every.min(1000),
+            max_payload_entries: 64,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let raft_config = Arc::new(raft_config);
+        let clients = Clients::default();
+        let faults = Faults::default();
+        let timeouts = Timeouts {
+            commit: config.commit_timeout,
+        };
+        let mut partitions = Vec::new();
+        for p in 0..config.partitions {
+            let dir = config.dir.join(format!("p{p}"));
+            let log = LogStore::open(&dir).map_err(|e| StartError::Storage(e.to_string()))?;
+            let sm = StateMachine::open(&dir).map_err(|e| StartError::Storage(e.to_string()))?;
+            let shared = sm.shared();
+            let network = Network {
+                partition: p,
+                from: config.node_id,
+                clients: clients.clone(),
+                faults: faults.clone(),
+            };
+            let raft = Raft::new(config.node_id, raft_config.clone(), network, log, sm)
+                .await
+                .map_err(|e| StartError::Storage(e.to_string()))?;
+            let (ptx, prx) = mpsc::channel(4096);
+            let (rtx, rrx) = mpsc::channel(4096);
+            tokio::spawn(run_proposer(p, raft.clone(), timeouts.clone(), prx));
+            tokio::spawn(run_reader(
+                p,
+                raft.clone(),
+                shared.clone(),
+                ptx.clone(),
+                timeouts.clone(),
+                rrx,
+            ));
+            let voters = voters_for(p, config.peers.keys().copied(), config.replicas);
+            if !config.join && voters.first() == Some(&config.node_id) {
+                let initialized = raft
+                    .is_initialized()
+                    .await
+                    .map_err(|e| StartError::Storage(e.to_string()))?;
+                if !initialized {
+                    let members: BTreeMap<NodeId, Peer> = voters
+                        .iter()
+                        .filter_map(|id| config.peers.get(id).map(|p| (*id, p.clone())))
+                        .collect();
+                    if let Err(e) = raft.initialize(members).await {
+                        tracing::warn!(partition = p, "initializing the catalog group: {e}");
+                    }
+                }
+            }
+            partitions.push(Partition {
+                raft,
+                sm: shared,
+                proposals: ptx,
+                reads: rtx,
+            });
+        }
+        let node = Arc::new(CatalogNode {
+            id: config.node_id,
+            partitions,
+            clients,
+            faults,
+            peers: config.peers,
+        });
+        spawn_sweeper(Arc::downgrade(&node));
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions.len() as u32
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    pub fn raft(&self, partition: u32) -> Option<&Raft> {
+        self.partitions.get(partition as usize).map(|p| &p.raft)
+    }
+
+    /// Stops every Raft instance; the node answers 503 afterwards.
+    pub async fn shutdown(&self) {
+        for p in &self.partitions {
+            if let Err(e) = p.raft.shutdown().await {
+                tracing::warn!("stopping a catalog partition: {e}");
+            }
+        }
+    }
+
+    pub fn status(&self) -> Vec<PartitionStatus> {
+        let now = now_ms();
+        self.partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let m = p.raft.metrics().borrow().clone();
+                let membership = m.membership_config.membership();
+                PartitionStatus {
+                    partition: i as u32,
+                    state: format!("{:?}", m.state),
+                    leader: m.current_leader,
+                    term: m.current_term,
+                    last_applied: m.last_applied.map(|l| l.index),
+                    snapshot: m.snapshot.map(|l| l.index),
+                    purged: m.purged.map(|l| l.index),
+                    voters: membership.voter_ids().collect(),
+                    learners: membership.learner_ids().collect(),
+                    flags: read(&p.sm).table.counts(now),
+                }
+            })
+            .collect()
+    }
+
+    fn leader_of(&self, partition: u32) -> Option<(NodeId, Peer)> {
+        let p = self.partitions.get(partition as usize)?;
+        let m = p.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        let peer = m
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()
+            .or_else(|| self.peers.get(&leader).cloned())?;
+        Some((leader, peer))
+    }
+
+    fn unavailable(partition: u32, what: &str) -> CatalogError {
+        CatalogError::Unavailable(format!(
+            "catalog partition {partition} has no leader / no quorum: {what}"
+        ))
+    }
+
+    async fn local_op(&self, partition: u32, op: Option<Op>) -> OpAnswer {
+        let Some(p) = self.partitions.get(partition as usize) else {
+            return Err(LocalError::Failed(WireError::Unavailable(format!(
+                "no catalog partition {partition} on node {}",
+                self.id
+            ))));
+        };
+        let (tx, rx) = oneshot::channel();
+        let gone = || {
+            LocalError::Failed(WireError::Unavailable(format!(
+                "catalog partition {partition} is shutting down"
+            )))
+        };
+        if p.proposals.send(Proposal { op, reply: tx }).await.is_err() {
+            return Err(gone());
+        }
+        rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    async fn local_read(&self, partition: u32, ids: Vec<BatchId>) -> ReadAnswer {
+        let Some(p) = self.partitions.get(partition as usize) else {
+            return Err(LocalError::Failed(WireError::Unavailable(format!(
+                "no catalog partition {partition} on node {}",
+                self.id
+            ))));
+        };
+        let (tx, rx) = oneshot::channel();
+        let gone = || {
+            LocalError::Failed(WireError::Unavailable(format!(
+                "catalog partition {partition} is shutting down"
+            )))
+        };
+        if p.reads.send(ReadRequest { ids, reply: tx }).await.is_err() {
+            return Err(gone());
+        }
+        rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Runs a forwarded request here, without forwarding it again.
+    pub async fn run_local(
+        &self,
+        partition: u32,
+        request: Forwarded,
+    ) -> Result<ForwardedAnswer, WireError> {
+        let answer = match request {
+            Forwarded::Op(op) => self
+                .local_op(partition, Some(op))
+                .await
+                .map(ForwardedAnswer::Flags),
+            Forwarded::Read(ids) => self
+                .local_read(partition, ids)
+                .await
+                .map(ForwardedAnswer::Read),
+        };
+        answer.map_err(|e| match e {
+            LocalError::Failed(w) => w,
+            LocalError::NotLeader(_) => WireError::Unavailable(format!(
+                "catalog partition {partition}: node {} is no longer the leader; retry",
+                self.id
+            )),
+        })
+    }
+
+    /// Runs `request` on the partition's leader: here if this node leads, else forwarded.
+    async fn on_leader(
+        &self,
+        partition: u32,
+        request: Forwarded,
+    ) -> Result<ForwardedAnswer, CatalogError> {
+        let leader = self.leader_of(partition);
+        let target = match leader {
+            Some((id, _)) if id == self.id => {
+                let local = match request {
+                    Forwarded::Op(op) => self
+                        .local_op(partition, Some(op))
+                        .await
+                        .map(ForwardedAnswer::Flags),
+                    Forwarded::Read(ids) => self
+                        .local_read(partition, ids)
+                        .await
+                        .map(ForwardedAnswer::Read),
+                };
+                match local {
+                    Ok(a) => return Ok(a),
+                    Err(LocalError::Failed(w)) => return Err(w.into()),
+                    Err(LocalError::NotLeader(Some((id, peer)))) if id != self.id => {
+                        // Leadership moved while the request waited; the request was not
+                        // committed, so it goes to the new leader instead.
+                        return Err(CatalogError::Unavailable(format!(
+                            "catalog partition {partition}: leadership moved to node {id} ({}); retry",
+                            peer.url
+                        )));
+                    }
+                    Err(LocalError::NotLeader(_)) => {
+                        return Err(Self::unavailable(partition, "leader election in progress"))
+                    }
+                }
+            }
+            Some((_, peer)) => peer,
+            None => return Err(Self::unavailable(partition, "no leader elected")),
+        };
+        let http = self
+            .clients
+            .for_peer(&target)
+            .map_err(|e| CatalogError::Storage(e.to_string()))?;
+        let url = format!(
+            "{}{}",
+            target.url.trim_end_matches('/'),
+            forward_path(partition)
+        );
+        let answer: Result<ForwardedAnswer, WireError> =
+            post(&http, &url, &request).await.map_err(|e| {
+                Self::unavailable(
+                    partition,
+                    &format!("leader {} unreachable: {e}", target.url),
+                )
+            })?;
+        answer.map_err(CatalogError::from)
+    }
+
+    /// Splits ids by partition, keeping each id's position.
+    fn split<T>(
+        &self,
+        items: Vec<T>,
+        id: impl Fn(&T) -> BatchId,
+    ) -> Vec<(u32, Vec<usize>, Vec<T>)> {
+        let n = self.partitions();
+        let mut groups: BTreeMap<u32, (Vec<usize>, Vec<T>)> = BTreeMap::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let g = groups.entry(partition_of(id(&item), n)).or_default();
+            g.0.push(i);
+            g.1.push(item);
+        }
+        groups
+            .into_iter()
+            .map(|(p, (pos, items))| (p, pos, items))
+            .collect()
+    }
+
+    async fn write_split<T: Clone>(
+        &self,
+        items: Vec<T>,
+        id: impl Fn(&T) -> BatchId,
+        make: impl Fn(Vec<T>) -> Op,
+    ) -> Result<Vec<Flag>, CatalogError> {
+        let total = items.len();
+        let groups = self.split(items, id);
+        let calls = groups.into_iter().map(|(p, pos, items)| {
+            let op = make(items);
+            async move { (pos, self.on_leader(p, Forwarded::Op(op)).await) }
+        });
+        let mut out = vec![None; total];
+        for (pos, answer) in futures::future::join_all(calls).await {
+            match answer? {
+                ForwardedAnswer::Flags(flags) => {
+                    for (i, f) in pos.into_iter().zip(flags) {
+                        out[i] = Some(f);
+                    }
+                }
+                ForwardedAnswer::Read(_) => {
+                    return Err(CatalogError::Storage(
+                        "catalog answered a read to a write".into(),
+                    ))
+                }
+            }
+        }
+        out.into_iter()
+            .map(|f| {
+                f.ok_or_else(|| CatalogError::Storage("catalog answered too few flags".into()))
+            })
+            .collect()
+    }
+
+    /// Applies a membership change to one partition, on its leader.
+    pub async fn change_membership(
+        &self,
+        partition: u32,
+        change: MembershipChange,
+    ) -> Result<(), CatalogError> {
+        let Some(p) = self.partitions.get(partition as usize) else {
+            return Err(CatalogError::Storage(format!(
+                "no catalog partition {partition}"
+            )));
+        };
+        match self.leader_of(partition) {
+            Some((id, _)) if id == self.id => {}
+            Some((_, peer)) => {
+                let http = self
+                    .clients
+                    .for_peer(&peer)
+                    .map_err(|e| CatalogError::Storage(e.to_string()))?;
+                let url = format!(
+                    "{}{}",
+                    peer.url.trim_end_matches('/'),
+                    membership_path(partition)
+                );
+                let answer: Result<(), WireError> = post(&http, &url, &change).await?;
+                return answer.map_err(CatalogError::from);
+            }
+            None => {
+                return Err(Self::unavailable(
+                    partition,
+                    "no leader to change membership",
+                ))
+            }
+        }
+        let fail =
+            |e: String| CatalogError::Unavailable(format!("catalog partition {partition}: {e}"));
+        match change {
+            MembershipChange::AddLearner { id, peer } => {
+                p.raft
+                    .add_learner(id, peer, true)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+            MembershipChange::AddVoter { id, peer } => {
+                p.raft
+                    .add_learner(id, peer, true)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+                p.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+            MembershipChange::Remove { id } => {
+                let m = p
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .clone();
+                if m.voter_ids().any(|v| v == id) {
+                    p.raft
+                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(|e| fail(e.to_string()))?;
+                }
+                p.raft
+                    .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_leader(&self, partition: u32) -> bool {
+        self.partitions
+            .get(partition as usize)
+            .is_some_and(|p| p.raft.metrics().borrow().state == ServerState::Leader)
+    }
+}
+
+/// The leader of each partition proposes a sweep entry when some FALSE flag passed its
+/// deadline, so ERROR is decided through the log.
+fn spawn_sweeper(node: std::sync::Weak<CatalogNode>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let Some(node) = node.upgrade() else { break };
+            let now = now_ms();
+            for (i, p) in node.partitions.iter().enumerate() {
+                if node.is_leader(i as u32) && read(&p.sm).table.has_expired(now) {
+                    let (tx, _rx) = oneshot::channel();
+                    // A full queue means entries are being proposed anyway, and each of them
+                    // sweeps too.
+                    let _ = p.proposals.try_send(Proposal {
+                        op: None,
+                        reply: tx,
+                    });
+                }
+            }
+        }
+    });
+}
+
+impl FlagTable for Arc<CatalogNode> {
+    async fn create(&self, flags: Vec<CreateFlag>) -> Result<Vec<Flag>, CatalogError> {
+        check_request(flags.iter().map(|r| r.id), flags.len())?;
+        check_ttls(&flags)?;
+        self.write_split(flags, |r| r.id, Op::Create).await
+    }
+
+    async fn set(&self, ids: Vec<BatchId>) -> Result<Vec<Flag>, CatalogError> {
+        check_request(ids.iter().copied(), ids.len())?;
+        self.write_split(ids, |id| *id, Op::Set).await
+    }
+
+    async fn get(&self, ids: Vec<BatchId>) -> Result<Vec<Option<Flag>>, CatalogError> {
+        if ids.len() > MAX_FLAGS_PER_REQUEST {
+            return Err(CatalogError::TooMany(ids.len()));
+        }
+        let total = ids.len();
+        let groups = self.split(ids, |id| *id);
+        let calls = groups.into_iter().map(|(p, pos, ids)| async move {
+            (pos, self.on_leader(p, Forwarded::Read(ids)).await)
+        });
+        let mut out = vec![None; total];
+        for (pos, answer) in futures::future::join_all(calls).await {
+            match answer? {
+                ForwardedAnswer::Read(flags) => {
+                    for (i, f) in pos.into_iter().zip(flags) {
+                        out[i] = f;
+                    }
+                }
+                ForwardedAnswer::Flags(_) => {
+                    return Err(CatalogError::Storage(
+                        "catalog answered a write to a read".into(),
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+}

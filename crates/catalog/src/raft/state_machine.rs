@@ -1,0 +1,364 @@
+//! The flags table as a Raft state machine in redb. An entry runs its operations with the same
+//! rules as the single-process store at the entry's time (the leader's clock when it proposed
+//! it, never earlier than any entry before), and an entry without operations is the sweep that
+//! turns every FALSE flag past its deadline into ERROR, so every replica reaches the same table
+//! from the same log whatever its own clock says.
+
+use super::types::Op;
+use super::types::{
+    io_error, Batch, BatchResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig, WireError,
+};
+use crate::rules::{check_request, check_ttls, Changes, Table};
+use crate::store::{decode, encode};
+use mcloud_core::wire::Flag;
+use mcloud_core::BatchId;
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+const FLAGS: TableDefinition<u128, (u8, u64)> = TableDefinition::new("flags");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const APPLIED: &str = "applied";
+const MEMBERSHIP: &str = "membership";
+const CLOCK: &str = "clock";
+const SNAPSHOT: &str = "snapshot";
+
+/// How long applied entries may stay only in the page cache: they are in the durable log
+/// anyway, and a crash rolls the state machine back to a consistent earlier point that the
+/// log replays from.
+const SYNC_EVERY: Duration = Duration::from_millis(500);
+
+/// What replicas and readers see of the state machine.
+#[derive(Default)]
+pub struct SmState {
+    pub table: Table,
+    /// The log's time: the largest proposal time applied so far.
+    pub clock: u64,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+pub type Shared = Arc<RwLock<SmState>>;
+
+pub fn read(shared: &Shared) -> std::sync::RwLockReadGuard<'_, SmState> {
+    // Memory is only changed after the redb commit, so a poisoned lock still holds a
+    // consistent state.
+    shared.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write(shared: &Shared) -> std::sync::RwLockWriteGuard<'_, SmState> {
+    shared.write().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    clock: u64,
+    flags: Vec<(u128, u8, u64)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+pub struct StateMachine {
+    db: Arc<Database>,
+    shared: Shared,
+    last_sync: Instant,
+}
+
+fn enc<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>, StorageError> {
+    postcard::to_stdvec(v).map_err(|e| io_error(what, e))
+}
+
+fn dec<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, StorageError> {
+    postcard::from_bytes(b).map_err(|e| io_error(what, e))
+}
+
+impl StateMachine {
+    pub fn open(dir: &Path) -> Result<StateMachine, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(&dir.display().to_string(), e))?;
+        let db = Database::create(dir.join("raft-state.redb")).map_err(|e| io_error("sm", e))?;
+        let txn = db.begin_write().map_err(|e| io_error("sm", e))?;
+        txn.open_table(FLAGS).map_err(|e| io_error("sm", e))?;
+        txn.open_table(META).map_err(|e| io_error("sm", e))?;
+        txn.commit().map_err(|e| io_error("sm", e))?;
+        let mut state = SmState::default();
+        {
+            let txn = db.begin_read().map_err(|e| io_error("sm", e))?;
+            let meta = txn.open_table(META).map_err(|e| io_error("sm", e))?;
+            let get = |key: &str| -> Result<Option<Vec<u8>>, StorageError> {
+                Ok(meta
+                    .get(key)
+                    .map_err(|e| io_error(key, e))?
+                    .map(|v| v.value().to_vec()))
+            };
+            if let Some(b) = get(APPLIED)? {
+                state.last_applied = dec(APPLIED, &b)?;
+            }
+            if let Some(b) = get(MEMBERSHIP)? {
+                state.membership = dec(MEMBERSHIP, &b)?;
+            }
+            if let Some(b) = get(CLOCK)? {
+                state.clock = dec(CLOCK, &b)?;
+            }
+            let flags = txn.open_table(FLAGS).map_err(|e| io_error("sm", e))?;
+            let mut loaded = Vec::new();
+            for item in flags.iter().map_err(|e| io_error("sm", e))? {
+                let (id, v) = item.map_err(|e| io_error("sm", e))?;
+                let (state_code, deadline_ms) = v.value();
+                let flag_state = decode(state_code).map_err(|e| io_error("sm", e))?;
+                loaded.push((
+                    BatchId(id.value()),
+                    Flag {
+                        state: flag_state,
+                        deadline_ms,
+                    },
+                ));
+            }
+            state.table.apply(&loaded);
+        }
+        Ok(StateMachine {
+            db: Arc::new(db),
+            shared: Arc::new(RwLock::new(state)),
+            last_sync: Instant::now(),
+        })
+    }
+
+    pub fn shared(&self) -> Shared {
+        self.shared.clone()
+    }
+
+    /// Runs one entry's operations on `table` at the entry's time, returning the answers and
+    /// the changes (already applied to `table`).
+    fn run_batch(table: &mut Table, clock: &mut u64, batch: &Batch) -> (BatchResult, Changes) {
+        *clock = (*clock).max(batch.now_ms);
+        let now = *clock;
+        // Only the sweep entry writes ERROR; a SET that comes too late is told it missed the
+        // deadline, as with the single-process store.
+        let mut changes = if batch.ops.is_empty() {
+            table.expired(now)
+        } else {
+            Vec::new()
+        };
+        table.apply(&changes);
+        let mut answers = Vec::with_capacity(batch.ops.len());
+        for op in &batch.ops {
+            let result = match op {
+                Op::Create(reqs) => check_request(reqs.iter().map(|r| r.id), reqs.len())
+                    .and_then(|_| check_ttls(reqs))
+                    .and_then(|_| table.create(reqs, now)),
+                Op::Set(ids) => {
+                    check_request(ids.iter().copied(), ids.len()).and_then(|_| table.set(ids, now))
+                }
+            };
+            answers.push(match result {
+                Ok((flags, c)) => {
+                    table.apply(&c);
+                    changes.extend(c);
+                    Ok(flags)
+                }
+                Err(e) => Err(WireError::from(e)),
+            });
+        }
+        (BatchResult(answers), changes)
+    }
+
+    fn persist(
+        &mut self,
+        changes: &[(BatchId, Flag)],
+        state: &SmState,
+        snapshot: Option<&StoredSnapshot>,
+    ) -> Result<(), StorageError> {
+        let mut txn = self.db.begin_write().map_err(|e| io_error("apply", e))?;
+        let durable = snapshot.is_some() || self.last_sync.elapsed() >= SYNC_EVERY;
+        if !durable {
+            txn.set_durability(Durability::None);
+        }
+        {
+            let mut flags = txn.open_table(FLAGS).map_err(|e| io_error("apply", e))?;
+            for (id, flag) in changes {
+                flags
+                    .insert(id.0, (encode(flag.state), flag.deadline_ms))
+                    .map_err(|e| io_error("apply", e))?;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| io_error("apply", e))?;
+            let applied = enc(APPLIED, &state.last_applied)?;
+            let membership = enc(MEMBERSHIP, &state.membership)?;
+            let clock = enc(CLOCK, &state.clock)?;
+            for (k, v) in [(APPLIED, applied), (MEMBERSHIP, membership), (CLOCK, clock)] {
+                meta.insert(k, v.as_slice()).map_err(|e| io_error(k, e))?;
+            }
+            if let Some(s) = snapshot {
+                let bytes = enc(SNAPSHOT, s)?;
+                meta.insert(SNAPSHOT, bytes.as_slice())
+                    .map_err(|e| io_error(SNAPSHOT, e))?;
+            }
+        }
+        txn.commit().map_err(|e| io_error("apply", e))?;
+        if durable {
+            self.last_sync = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn encode_state(state: &SmState) -> Result<Vec<u8>, StorageError> {
+        let flags = state
+            .table
+            .flags
+            .iter()
+            .map(|(id, f)| (id.0, encode(f.state), f.deadline_ms))
+            .collect();
+        enc(
+            SNAPSHOT,
+            &SnapshotData {
+                clock: state.clock,
+                flags,
+            },
+        )
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (meta, data) = {
+            let state = read(&self.shared);
+            let data = Self::encode_state(&state)?;
+            let last = state.last_applied;
+            let meta = SnapshotMeta {
+                last_log_id: last,
+                last_membership: state.membership.clone(),
+                snapshot_id: format!(
+                    "{}-{}",
+                    last.map(|l| l.leader_id.term).unwrap_or(0),
+                    last.map(|l| l.index).unwrap_or(0)
+                ),
+            };
+            (meta, data)
+        };
+        let stored = StoredSnapshot { meta, data };
+        // The snapshot is written together with a durable commit of the state it describes, so
+        // the log may be purged up to it.
+        let shared = self.shared.clone();
+        {
+            let state = read(&shared);
+            self.persist(&[], &state, Some(&stored))?;
+        }
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let state = read(&self.shared);
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let shared = self.shared.clone();
+        // Work on a copy of the metadata and apply to memory only after the commit succeeded.
+        let mut guard = write(&shared);
+        let mut results = Vec::new();
+        let mut all_changes: Changes = Vec::new();
+        let mut clock = guard.clock;
+        let mut last_applied = guard.last_applied;
+        let mut membership = guard.membership.clone();
+        // Applying to a scratch table would cost a copy of the whole table per call; instead the
+        // changes are applied in place and undone by reloading if the commit fails (which stops
+        // the Raft node anyway).
+        for entry in entries {
+            last_applied = Some(entry.log_id);
+            match &entry.payload {
+                EntryPayload::Blank => results.push(BatchResult::default()),
+                EntryPayload::Normal(batch) => {
+                    let (answer, changes) = Self::run_batch(&mut guard.table, &mut clock, batch);
+                    all_changes.extend(changes);
+                    results.push(answer);
+                }
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    results.push(BatchResult::default());
+                }
+            }
+        }
+        guard.clock = clock;
+        guard.last_applied = last_applied;
+        guard.membership = membership;
+        self.persist(&all_changes, &guard, None)?;
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        StateMachine {
+            db: self.db.clone(),
+            shared: self.shared.clone(),
+            last_sync: Instant::now(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let decoded: SnapshotData = dec(SNAPSHOT, &data)?;
+        let mut table = Table::default();
+        let mut flags = Vec::with_capacity(decoded.flags.len());
+        for (id, code, deadline_ms) in decoded.flags {
+            let state = decode(code).map_err(|e| io_error(SNAPSHOT, e))?;
+            flags.push((BatchId(id), Flag { state, deadline_ms }));
+        }
+        table.apply(&flags);
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        // Replace the whole table in one transaction.
+        let txn = self.db.begin_write().map_err(|e| io_error("install", e))?;
+        txn.delete_table(FLAGS)
+            .map_err(|e| io_error("install", e))?;
+        txn.commit().map_err(|e| io_error("install", e))?;
+        let shared = self.shared.clone();
+        let mut guard = write(&shared);
+        guard.table = table;
+        guard.clock = decoded.clock;
+        guard.last_applied = meta.last_log_id;
+        guard.membership = meta.last_membership.clone();
+        self.persist(&flags, &guard, Some(&stored))?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let txn = self.db.begin_read().map_err(|e| io_error("snapshot", e))?;
+        let meta = txn.open_table(META).map_err(|e| io_error("snapshot", e))?;
+        let Some(bytes) = meta.get(SNAPSHOT).map_err(|e| io_error("snapshot", e))? else {
+            return Ok(None);
+        };
+        let stored: StoredSnapshot = dec(SNAPSHOT, bytes.value())?;
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}

@@ -1,0 +1,135 @@
+//! The replicated catalog's types: what a log entry carries, what applying it answers, and
+//! how a catalog node is named in the Raft membership.
+
+use crate::CatalogError;
+use mcloud_core::wire::{CreateFlag, Flag, FlagState};
+use mcloud_core::BatchId;
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+
+/// A catalog voter or learner as the membership records it: where it serves and the CA its
+/// peers pin, so a node added at run time is reachable without reconfiguring anyone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub url: String,
+    pub ca_pem: String,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+/// One client operation inside an entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Op {
+    Create(Vec<CreateFlag>),
+    Set(Vec<BatchId>),
+}
+
+impl Op {
+    pub fn len(&self) -> usize {
+        match self {
+            Op::Create(v) => v.len(),
+            Op::Set(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A log entry's payload: the operations batched by the leader and the leader's clock when it
+/// proposed them. Every replica decides deadlines by this time, never by its own clock, and an
+/// entry with no operations is the deadline sweep.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Batch {
+    pub now_ms: u64,
+    pub ops: Vec<Op>,
+}
+
+/// The answer to each operation of an applied batch, in order.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BatchResult(pub Vec<Result<Vec<Flag>, WireError>>);
+
+/// A `CatalogError` that travels between catalog nodes and through the log, so a forwarded
+/// request fails with the same status it would have had on the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum WireError {
+    Unknown(BatchId),
+    AlreadyFinal { id: BatchId, state: FlagState },
+    DeadlineMissed { id: BatchId, late_ms: u64 },
+    BadTtl { id: BatchId, ttl_ms: u64, max: u64 },
+    DuplicateId(BatchId),
+    TooMany(usize),
+    Storage(String),
+    Unavailable(String),
+}
+
+impl From<CatalogError> for WireError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::Unknown(id) => WireError::Unknown(id),
+            CatalogError::AlreadyFinal { id, state } => WireError::AlreadyFinal { id, state },
+            CatalogError::DeadlineMissed { id, late_ms } => {
+                WireError::DeadlineMissed { id, late_ms }
+            }
+            CatalogError::BadTtl { id, ttl_ms, max } => WireError::BadTtl { id, ttl_ms, max },
+            CatalogError::DuplicateId(id) => WireError::DuplicateId(id),
+            CatalogError::TooMany(n) => WireError::TooMany(n),
+            CatalogError::Storage(m) => WireError::Storage(m),
+            CatalogError::Unavailable(m) => WireError::Unavailable(m),
+            CatalogError::Call(e) if e.is_retryable() => WireError::Unavailable(e.to_string()),
+            CatalogError::Call(e) => WireError::Storage(e.to_string()),
+        }
+    }
+}
+
+impl From<WireError> for CatalogError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Unknown(id) => CatalogError::Unknown(id),
+            WireError::AlreadyFinal { id, state } => CatalogError::AlreadyFinal { id, state },
+            WireError::DeadlineMissed { id, late_ms } => {
+                CatalogError::DeadlineMissed { id, late_ms }
+            }
+            WireError::BadTtl { id, ttl_ms, max } => CatalogError::BadTtl { id, ttl_ms, max },
+            WireError::DuplicateId(id) => CatalogError::DuplicateId(id),
+            WireError::TooMany(n) => CatalogError::TooMany(n),
+            WireError::Storage(m) => CatalogError::Storage(m),
+            WireError::Unavailable(m) => CatalogError::Unavailable(m),
+        }
+    }
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Batch,
+        R = BatchResult,
+        NodeId = u64,
+        Node = Peer,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type NodeId = u64;
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Peer>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Peer>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+
+/// A storage failure in the form openraft wants: reading or writing `what` failed.
+pub fn io_error(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::from_io_error(
+        openraft::ErrorSubject::Store,
+        openraft::ErrorVerb::Write,
+        std::io::Error::other(format!("{what}: {e}")),
+    )
+}

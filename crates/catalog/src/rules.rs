@@ -1,0 +1,196 @@
+//! The flags table's rules, shared by the single-process store and the replicated state
+//! machine: each operation validates every id against the table first and only then returns
+//! the changes, so a rejected request changes nothing.
+
+use crate::CatalogError;
+use mcloud_core::wire::{CreateFlag, Flag, FlagState, MAX_FLAGS_PER_REQUEST};
+use mcloud_core::BatchId;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// Longest deadline a sensor may ask for.
+pub const MAX_TTL_MS: u64 = 3_600_000;
+
+/// Changes an operation wants to write.
+pub type Changes = Vec<(BatchId, Flag)>;
+
+#[derive(Default, Clone)]
+pub struct Table {
+    pub flags: HashMap<BatchId, Flag>,
+    /// FALSE flags by deadline, for the sweep.
+    open: BTreeSet<(u64, BatchId)>,
+}
+
+/// Counts by state, for status pages.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct FlagCounts {
+    pub open: u64,
+    pub committed: u64,
+    pub errored: u64,
+}
+
+/// Rejects oversized requests and repeated ids before anything else is looked at.
+pub fn check_request(ids: impl Iterator<Item = BatchId>, len: usize) -> Result<(), CatalogError> {
+    if len > MAX_FLAGS_PER_REQUEST {
+        return Err(CatalogError::TooMany(len));
+    }
+    let mut seen = HashSet::with_capacity(len);
+    for id in ids {
+        if !seen.insert(id) {
+            return Err(CatalogError::DuplicateId(id));
+        }
+    }
+    Ok(())
+}
+
+/// Validates the ttl of every CREATE, independent of the table.
+pub fn check_ttls(requests: &[CreateFlag]) -> Result<(), CatalogError> {
+    for r in requests {
+        if r.ttl_ms == 0 || r.ttl_ms > MAX_TTL_MS {
+            return Err(CatalogError::BadTtl {
+                id: r.id,
+                ttl_ms: r.ttl_ms,
+                max: MAX_TTL_MS,
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Table {
+    /// The flag as it is at `now`: FALSE past its deadline is ERROR even before the sweep
+    /// has written it, so no reader ever sees a flag that can still turn TRUE after that.
+    pub fn effective(&self, id: &BatchId, now: u64) -> Option<Flag> {
+        self.flags.get(id).map(|f| match f.state {
+            FlagState::False if now > f.deadline_ms => Flag {
+                state: FlagState::Error,
+                deadline_ms: f.deadline_ms,
+            },
+            _ => *f,
+        })
+    }
+
+    /// The stored flag, without looking at the clock.
+    pub fn stored(&self, id: &BatchId) -> Option<Flag> {
+        self.flags.get(id).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.flags.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flags.is_empty()
+    }
+
+    pub fn apply(&mut self, changes: &[(BatchId, Flag)]) {
+        for (id, flag) in changes {
+            if let Some(old) = self.flags.insert(*id, *flag) {
+                self.open.remove(&(old.deadline_ms, *id));
+            }
+            if flag.state == FlagState::False {
+                self.open.insert((flag.deadline_ms, *id));
+            }
+        }
+    }
+
+    /// ERROR for every FALSE flag whose deadline is before `now`.
+    pub fn expired(&self, now: u64) -> Changes {
+        self.open
+            .iter()
+            .take_while(|(deadline, _)| *deadline < now)
+            .map(|&(deadline_ms, id)| {
+                (
+                    id,
+                    Flag {
+                        state: FlagState::Error,
+                        deadline_ms,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// True when some FALSE flag is past its deadline at `now`.
+    pub fn has_expired(&self, now: u64) -> bool {
+        self.open
+            .first()
+            .is_some_and(|(deadline, _)| *deadline < now)
+    }
+
+    pub fn counts(&self, now: u64) -> FlagCounts {
+        let mut counts = FlagCounts::default();
+        for id in self.flags.keys() {
+            match self.effective(id, now).map(|f| f.state) {
+                Some(FlagState::False) => counts.open += 1,
+                Some(FlagState::True) => counts.committed += 1,
+                _ => counts.errored += 1,
+            }
+        }
+        counts
+    }
+
+    /// CREATE at `now`; the request was checked with `check_request` and `check_ttls`.
+    pub fn create(
+        &self,
+        requests: &[CreateFlag],
+        now: u64,
+    ) -> Result<(Vec<Flag>, Changes), CatalogError> {
+        let mut out = Vec::with_capacity(requests.len());
+        let mut changes = Vec::new();
+        for r in requests {
+            match self.effective(&r.id, now) {
+                Some(flag) if flag.state == FlagState::False => out.push(flag),
+                Some(flag) => {
+                    return Err(CatalogError::AlreadyFinal {
+                        id: r.id,
+                        state: flag.state,
+                    })
+                }
+                None => {
+                    let flag = Flag {
+                        state: FlagState::False,
+                        deadline_ms: now + r.ttl_ms,
+                    };
+                    changes.push((r.id, flag));
+                    out.push(flag);
+                }
+            }
+        }
+        Ok((out, changes))
+    }
+
+    /// SET at `now`; the request was checked with `check_request`.
+    pub fn set(&self, ids: &[BatchId], now: u64) -> Result<(Vec<Flag>, Changes), CatalogError> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut changes = Vec::new();
+        for id in ids {
+            let flag = self.stored(id).ok_or(CatalogError::Unknown(*id))?;
+            match flag.state {
+                FlagState::True => out.push(flag),
+                // ERROR only ever comes from a missed deadline, whether or not the sweep has
+                // written it yet, so both answers are the same.
+                FlagState::Error => {
+                    return Err(CatalogError::DeadlineMissed {
+                        id: *id,
+                        late_ms: now.saturating_sub(flag.deadline_ms),
+                    })
+                }
+                FlagState::False if now > flag.deadline_ms => {
+                    return Err(CatalogError::DeadlineMissed {
+                        id: *id,
+                        late_ms: now - flag.deadline_ms,
+                    })
+                }
+                FlagState::False => {
+                    let flag = Flag {
+                        state: FlagState::True,
+                        deadline_ms: flag.deadline_ms,
+                    };
+                    changes.push((*id, flag));
+                    out.push(flag);
+                }
+            }
+        }
+        Ok((out, changes))
+    }
+}

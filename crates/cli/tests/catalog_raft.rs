@@ -1,0 +1,220 @@
+//! The replicated catalog in one process: voters behind their own TLS servers, stopped,
+//! restarted and cut off from each other while clients keep calling.
+
+use mcloud::cluster::{CatalogSpec, ClusterSpec, LocalCluster};
+use mcloud_catalog::{CatalogClient, CatalogError, FlagTable};
+use mcloud_core::wire::{CreateFlag, FlagState};
+use mcloud_core::BatchId;
+use std::time::{Duration, Instant};
+
+async fn cluster(dir: &std::path::Path, catalog: CatalogSpec) -> LocalCluster {
+    LocalCluster::start_with(
+        ClusterSpec {
+            parties: 1,
+            window_secs: 60,
+            grace_secs: 60,
+            dir: dir.to_path_buf(),
+        },
+        catalog,
+    )
+    .await
+    .unwrap()
+}
+
+fn create(id: u128, ttl_ms: u64) -> Vec<CreateFlag> {
+    vec![CreateFlag {
+        id: BatchId(id),
+        ttl_ms,
+    }]
+}
+
+/// Polls `check` until it holds, failing after `secs`.
+async fn eventually(secs: u64, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            Instant::now() < until,
+            "{what} did not happen within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn applied(cluster: &LocalCluster, voter: u16) -> Option<u64> {
+    cluster.catalog_node(voter)?.status()[0].last_applied
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_voter_catches_up_from_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(
+        dir.path(),
+        CatalogSpec {
+            snapshot_every: 20,
+            ..Default::default()
+        },
+    )
+    .await;
+    let leader = cluster.catalog_leader(0).unwrap();
+    let follower = (leader + 1) % 3;
+    cluster.stop_catalog(follower).await;
+    let flags = cluster.catalog_client();
+    for id in 0..120u128 {
+        flags.create(create(id, 60_000)).await.unwrap();
+        if id % 2 == 0 {
+            flags.set(vec![BatchId(id)]).await.unwrap();
+        }
+    }
+    cluster.restart_catalog(follower).await.unwrap();
+    eventually(60, "the restarted voter catching up", async || {
+        applied(&cluster, follower) >= applied(&cluster, leader)
+    })
+    .await;
+    let leader_status = &cluster.catalog_node(leader).unwrap().status()[0];
+    assert!(
+        leader_status.purged.is_some(),
+        "the leader compacted its log: {leader_status:?}"
+    );
+    let status = &cluster.catalog_node(follower).unwrap().status()[0];
+    assert!(
+        status.snapshot.is_some(),
+        "the follower got a snapshot: {status:?}"
+    );
+    let counts = status.flags;
+    assert_eq!((counts.open, counts.committed), (60, 60));
+    // It serves reads (through the leader) and votes again: stopping the leader leaves a
+    // majority that includes it.
+    cluster.stop_catalog(leader).await;
+    let only_follower = CatalogClient::new(
+        cluster.http(),
+        cluster.catalog_urls()[follower as usize].clone(),
+    );
+    eventually(60, "a new leader after the old one stopped", async || {
+        only_follower.create(create(1000, 60_000)).await.is_ok()
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_majority_refuses_with_503_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(dir.path(), CatalogSpec::default()).await;
+    let flags = cluster.catalog_client();
+    flags.create(create(1, 60_000)).await.unwrap();
+    let leader = cluster.catalog_leader(0).unwrap();
+    let survivor = (leader + 1) % 3;
+    for v in 0..3 {
+        if v != survivor {
+            cluster.stop_catalog(v).await;
+        }
+    }
+    let e = flags.create(create(2, 60_000)).await.unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("no leader / no quorum"), "{e}");
+    let e = flags.set(vec![BatchId(1)]).await.unwrap_err();
+    assert!(e.to_string().contains("503"), "{e}");
+    for v in 0..3 {
+        if v != survivor {
+            cluster.restart_catalog(v).await.unwrap();
+        }
+    }
+    eventually(60, "the catalog taking writes again", async || {
+        flags.create(create(2, 60_000)).await.is_ok()
+    })
+    .await;
+    assert_eq!(
+        flags.set(vec![BatchId(1), BatchId(2)]).await.unwrap()[1].state,
+        FlagState::True
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_minority_never_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), CatalogSpec::default()).await;
+    let leader = cluster.catalog_leader(0).unwrap();
+    let others: Vec<u16> = (0..3).filter(|v| *v != leader).collect();
+    let leader_node = cluster.catalog_node(leader).unwrap();
+    leader_node
+        .faults()
+        .isolate_from(others.iter().map(|v| *v as u64 + 1));
+    for v in &others {
+        cluster
+            .catalog_node(*v)
+            .unwrap()
+            .faults()
+            .isolate_from([leader as u64 + 1]);
+    }
+    let minority = CatalogClient::new(
+        cluster.http(),
+        cluster.catalog_urls()[leader as usize].clone(),
+    );
+    let majority = CatalogClient::new(
+        cluster.http(),
+        cluster.catalog_urls()[others[0] as usize].clone(),
+    );
+    // The cut-off leader cannot commit: its write fails, and the majority never sees it.
+    let e: CatalogError = minority.create(create(7, 60_000)).await.unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    eventually(60, "the majority electing a leader", async || {
+        majority.create(create(8, 60_000)).await.is_ok()
+    })
+    .await;
+    assert_eq!(majority.get(vec![BatchId(7)]).await.unwrap(), vec![None]);
+    leader_node.faults().heal();
+    for v in &others {
+        cluster.catalog_node(*v).unwrap().faults().heal();
+    }
+    // After healing, the old leader follows the majority's log: its entry is gone everywhere.
+    eventually(60, "the old leader rejoining", async || {
+        minority
+            .get(vec![BatchId(8)])
+            .await
+            .is_ok_and(|f| f[0].is_some())
+    })
+    .await;
+    assert_eq!(minority.get(vec![BatchId(7)]).await.unwrap(), vec![None]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_partitions_split_requests_and_elect_leaders() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(
+        dir.path(),
+        CatalogSpec {
+            partitions: 4,
+            ..Default::default()
+        },
+    )
+    .await;
+    let flags = cluster.catalog_client();
+    let reqs: Vec<CreateFlag> = (0..400u128)
+        .map(|i| CreateFlag {
+            id: BatchId(i * 1_000_003),
+            ttl_ms: 60_000,
+        })
+        .collect();
+    let ids: Vec<BatchId> = reqs.iter().map(|r| r.id).collect();
+    assert_eq!(flags.create(reqs).await.unwrap().len(), 400);
+    let set = flags.set(ids[..200].to_vec()).await.unwrap();
+    assert!(set.iter().all(|f| f.state == FlagState::True));
+    let got = flags.get(ids.clone()).await.unwrap();
+    assert!(got[..200]
+        .iter()
+        .all(|f| f.unwrap().state == FlagState::True));
+    assert!(got[200..]
+        .iter()
+        .all(|f| f.unwrap().state == FlagState::False));
+    let status = cluster.catalog_node(0).unwrap().status();
+    assert_eq!(status.len(), 4);
+    let total: u64 = status
+        .iter()
+        .map(|p| p.flags.open + p.flags.committed)
+        .sum();
+    assert_eq!(total, 400);
+    assert!(status.iter().all(|p| p.flags.open + p.flags.committed > 0));
+    cluster.shutdown().await;
+}
