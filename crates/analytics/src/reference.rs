@@ -125,40 +125,68 @@ pub fn q1_reference(readings: &[Reading], boundaries: impl IntoIterator<Item = u
     rows
 }
 
-/// The readings of one sliding window, kept sorted per plug and overall.
+/// The readings of one sliding window, as exact multisets per plug and overall.
 struct WindowState {
     length: u64,
     inside: VecDeque<(u64, GroupKey, u64)>,
-    plugs: BTreeMap<GroupKey, Vec<u64>>,
-    all: Vec<u64>,
+    plugs: BTreeMap<GroupKey, Multiset>,
+    all: Multiset,
 }
 
-fn insert_sorted(values: &mut Vec<u64>, value: u64) {
-    let at = values.partition_point(|&v| v < value);
-    values.insert(at, value);
+/// Values with their multiplicities: insert and remove are O(log n) (a sorted `Vec` costs a
+/// memmove of the whole window per reading, quadratic over a 24 h window), and the median is a
+/// walk over the distinct values.
+#[derive(Default)]
+struct Multiset {
+    counts: BTreeMap<u64, u64>,
+    len: u64,
 }
 
-fn remove_sorted(values: &mut Vec<u64>, value: u64) {
-    if let Ok(at) = values.binary_search(&value) {
-        values.remove(at);
+impl Multiset {
+    fn insert(&mut self, value: u64) {
+        *self.counts.entry(value).or_default() += 1;
+        self.len += 1;
     }
-}
 
-/// Twice the median of sorted values, exact.
-fn doubled_median(sorted: &[u64]) -> Option<u128> {
-    let n = sorted.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(2 * u128::from(sorted[n / 2])),
-        _ => Some(u128::from(sorted[n / 2 - 1]) + u128::from(sorted[n / 2])),
+    fn remove(&mut self, value: u64) {
+        if let Some(n) = self.counts.get_mut(&value) {
+            *n -= 1;
+            if *n == 0 {
+                self.counts.remove(&value);
+            }
+            self.len -= 1;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Twice the median, exact: the sum of the values at ranks (n-1)/2 and n/2.
+    fn doubled_median(&self) -> Option<u128> {
+        if self.len == 0 {
+            return None;
+        }
+        let (low, high) = ((self.len - 1) / 2, self.len / 2);
+        let (mut seen, mut low_value) = (0, None);
+        for (&value, &n) in &self.counts {
+            seen += n;
+            if low_value.is_none() && seen > low {
+                low_value = Some(value);
+            }
+            if seen > high {
+                return low_value.map(|l| u128::from(l) + u128::from(value));
+            }
+        }
+        None
     }
 }
 
 impl WindowState {
     fn add(&mut self, ts: u64, plug: GroupKey, value: u64) {
         self.inside.push_back((ts, plug, value));
-        insert_sorted(self.plugs.entry(plug).or_default(), value);
-        insert_sorted(&mut self.all, value);
+        self.plugs.entry(plug).or_default().insert(value);
+        self.all.insert(value);
     }
 
     fn expire(&mut self, before: u64) {
@@ -168,24 +196,24 @@ impl WindowState {
             }
             self.inside.pop_front();
             if let Some(values) = self.plugs.get_mut(&plug) {
-                remove_sorted(values, value);
+                values.remove(value);
                 if values.is_empty() {
                     self.plugs.remove(&plug);
                 }
             }
-            remove_sorted(&mut self.all, value);
+            self.all.remove(value);
         }
     }
 
     fn rows(&self, window: Q2Window, t: u64) -> Vec<Q2Row> {
-        let Some(global) = doubled_median(&self.all) else {
+        let Some(global) = self.all.doubled_median() else {
             return Vec::new();
         };
         let mut houses: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
         for (plug, values) in &self.plugs {
             let (above, plugs) = houses.entry(plug.house).or_default();
             *plugs += 1;
-            if doubled_median(values).is_some_and(|m| m > global) {
+            if values.doubled_median().is_some_and(|m| m > global) {
                 *above += 1;
             }
         }
@@ -222,7 +250,7 @@ pub fn q2_reference(
                 length: w.secs(),
                 inside: VecDeque::new(),
                 plugs: BTreeMap::new(),
-                all: Vec::new(),
+                all: Multiset::default(),
             };
             (w, state, 0)
         })

@@ -34,6 +34,13 @@ pub struct SensorArgs {
     /// Do not close the windows the stream covered when it ends.
     #[arg(long)]
     pub no_flush: bool,
+    /// Also share per-plug load histograms per 30 s window (needed by Q2; clouds must use
+    /// 30 s windows).
+    #[arg(long)]
+    pub histograms: bool,
+    /// Replay at this multiple of real time; default: as fast as possible.
+    #[arg(long)]
+    pub speedup: Option<f64>,
 }
 
 /// Returns false when some readings did not commit (they are listed on stderr).
@@ -53,6 +60,8 @@ pub async fn run(args: SensorArgs) -> Result<bool> {
             batch_size: args.batch_size.max(1),
             in_flight: args.in_flight.max(1),
             wait_for_clouds: Duration::from_secs(args.wait_secs),
+            histograms: args.histograms,
+            speedup: args.speedup,
             ..SensorConfig::default()
         },
     );
