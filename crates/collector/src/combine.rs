@@ -1,7 +1,7 @@
 //! Combining the clouds' partial aggregates.
 
 use futures::future::join_all;
-use mcloud_core::http::{decode, CallError};
+use mcloud_core::http::CallError;
 use mcloud_core::reading::{GroupId, GroupKey, GroupLevel, Metric};
 use mcloud_core::stats::RevealError;
 use mcloud_core::wire::{ComputeResponse, RangeResponse, RangeSpec};
@@ -92,34 +92,7 @@ impl Collector {
     }
 
     async fn fetch<T: serde::de::DeserializeOwned>(&self, url: String) -> Result<T, CallError> {
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|source| CallError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|source| CallError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        if !status.is_success() {
-            return Err(CallError::Rejected {
-                url,
-                status: status.as_u16(),
-                message: String::from_utf8_lossy(&bytes).into_owned(),
-            });
-        }
-        decode(&bytes).map_err(|e| CallError::Decode {
-            url,
-            message: e.message,
-        })
+        mcloud_core::http::get(&self.http, &url).await
     }
 
     /// Asks every cloud for COMPUTE and reveals what all of them can answer.

@@ -200,6 +200,19 @@ pub async fn post<Q: Serialize, R: DeserializeOwned>(
     post_bytes(client, url, postcard::to_stdvec(request)?).await
 }
 
+/// GETs a postcard answer.
+pub async fn get<R: DeserializeOwned>(client: &reqwest::Client, url: &str) -> Result<R, CallError> {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|source| CallError::Transport {
+            url: url.to_string(),
+            source,
+        })?;
+    read_answer(url, response).await
+}
+
 async fn read_answer<R: DeserializeOwned>(
     url: &str,
     response: reqwest::Response,
