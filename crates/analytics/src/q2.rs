@@ -186,6 +186,26 @@ impl Q2 {
     }
 }
 
+/// Reduces rows emitted at every boundary (`Emit::Every`, in boundary order) to the rows
+/// `Emit::Changes` would have written: a house's row when its percentage changed, when it is
+/// new, or when it comes back after a boundary without plugs.
+pub fn changes_only(every: &[Q2Row]) -> Vec<Q2Row> {
+    let mut last: BTreeMap<(Q2Window, u32), Q2Row> = BTreeMap::new();
+    let mut out = Vec::new();
+    for row in every {
+        let key = (row.window, row.house);
+        let keep = match last.get(&key) {
+            Some(prev) => prev.ts_stop + WINDOW_SECS != row.ts_stop || !prev.same_percentage(row),
+            None => true,
+        };
+        if keep {
+            out.push(*row);
+        }
+        last.insert(key, *row);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,24 +253,4 @@ mod tests {
             1
         );
     }
-}
-
-/// Reduces rows emitted at every boundary (`Emit::Every`, in boundary order) to the rows
-/// `Emit::Changes` would have written: a house's row when its percentage changed, when it is
-/// new, or when it comes back after a boundary without plugs.
-pub fn changes_only(every: &[Q2Row]) -> Vec<Q2Row> {
-    let mut last: BTreeMap<(Q2Window, u32), Q2Row> = BTreeMap::new();
-    let mut out = Vec::new();
-    for row in every {
-        let key = (row.window, row.house);
-        let keep = match last.get(&key) {
-            Some(prev) => prev.ts_stop + WINDOW_SECS != row.ts_stop || !prev.same_percentage(row),
-            None => true,
-        };
-        if keep {
-            out.push(*row);
-        }
-        last.insert(key, *row);
-    }
-    out
 }

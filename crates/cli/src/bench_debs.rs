@@ -19,7 +19,12 @@ pub async fn run(mut args: BenchArgs) -> Result<()> {
         args.input.days = Some(2.0);
     }
     let (readings, description) = args.input.load()?;
-    let loads = || readings.iter().filter(|r| r.metric == Metric::Load).map(|r| r.ts);
+    let loads = || {
+        readings
+            .iter()
+            .filter(|r| r.metric == Metric::Load)
+            .map(|r| r.ts)
+    };
     let (Some(first), Some(last)) = (loads().min(), loads().max()) else {
         bail!("the input has no load readings");
     };
@@ -82,7 +87,10 @@ pub async fn run(mut args: BenchArgs) -> Result<()> {
         },
     );
     let reference_elapsed = started.elapsed();
-    let private_q1 = std::fs::read_to_string(out_dir.join("q1.csv"))?.lines().count() - 1;
+    let private_q1 = std::fs::read_to_string(out_dir.join("q1.csv"))?
+        .lines()
+        .count()
+        - 1;
     if private_q1 != reference.q1.len() {
         bail!(
             "private Q1 wrote {private_q1} rows, the reference {}",

@@ -26,6 +26,8 @@ async fn run(
         batch_size: 500,
         in_flight: 4,
         ttl_ms: 1500,
+        speedup: None,
+        histograms: false,
     };
     let query = Query {
         from: 0,

@@ -31,6 +31,7 @@ fn batch() -> UploadBatch {
         party: 0,
         parties: 3,
         records,
+        histograms: Vec::new(),
     }
 }
 
@@ -43,7 +44,7 @@ fn aggregate(c: &mut Criterion) {
         b.iter(|| black_box(postcard::from_bytes::<UploadBatch>(black_box(&body)).ok()))
     });
     group.bench_function("aggregate_batch", |b| {
-        b.iter(|| black_box(BatchPartial::of(black_box(&batch.records), 60)))
+        b.iter(|| black_box(BatchPartial::of(black_box(&batch.records), &[], 60)))
     });
     group.finish();
 }

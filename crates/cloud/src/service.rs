@@ -63,11 +63,9 @@ async fn compute(
             "bad COMPUTE range: from {from} is after to {to}"
         )));
     }
-    Ok(Postcard(node.compute(
-        from,
-        to,
-        p.level.unwrap_or(GroupLevel::Plug),
-    )))
+    node.compute(from, to, p.level.unwrap_or(GroupLevel::Plug))
+        .await
+        .map(Postcard)
 }
 
 #[derive(Deserialize)]
@@ -87,7 +85,7 @@ async fn range(
             "bad RANGE query ({e}); expected from=<unix s>&to=<unix s>[&histograms=true]"
         ))
     })?;
-    node.range(p.from, p.to, p.histograms).map(Postcard)
+    node.range(p.from, p.to, p.histograms).await.map(Postcard)
 }
 
 async fn status(State(node): State<Arc<CloudNode>>) -> Json<serde_json::Value> {
