@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use mcloud_catalog::{CatalogClient, FlagStore};
 use mcloud_client::Uploader;
+use mcloud_cloud::elastic::ElasticConfig;
 use mcloud_cloud::{CloudConfig, CloudNode};
 use mcloud_collector::Collector;
 use mcloud_core::server::{serve, RunningServer};
@@ -28,6 +29,7 @@ pub struct LocalCluster {
     cloud_addrs: Vec<SocketAddr>,
     identities: Vec<NodeIdentity>,
     http: reqwest::Client,
+    elastic: ElasticConfig,
 }
 
 fn loopback() -> SocketAddr {
@@ -36,6 +38,11 @@ fn loopback() -> SocketAddr {
 
 impl LocalCluster {
     pub async fn start(spec: ClusterSpec) -> Result<LocalCluster> {
+        LocalCluster::start_with(spec, ElasticConfig::default()).await
+    }
+
+    /// Starts a cluster whose clouds run their pre-aggregation workers as `elastic` says.
+    pub async fn start_with(spec: ClusterSpec, elastic: ElasticConfig) -> Result<LocalCluster> {
         let names = tls::default_names();
         let catalog_identity = NodeIdentity::load_or_create(&spec.dir.join("catalog/tls"), &names)?;
         let mut identities = vec![catalog_identity.clone()];
@@ -61,6 +68,7 @@ impl LocalCluster {
             cloud_addrs: Vec::new(),
             identities,
             http,
+            elastic,
         };
         for party in 0..cluster.spec.parties {
             let (server, node) = cluster.start_cloud(party, loopback()).await?;
@@ -84,6 +92,7 @@ impl LocalCluster {
             parties: self.spec.parties,
             window_secs: self.spec.window_secs,
             grace_secs: self.spec.grace_secs,
+            elastic: self.elastic.clone(),
             ..CloudConfig::default()
         };
         let node = CloudNode::open(&self.cloud_dir(party), config, self.catalog_client())
@@ -115,6 +124,14 @@ impl LocalCluster {
         let started = self.start_cloud(party, addr).await?;
         self.clouds[party as usize] = Some(started);
         Ok(())
+    }
+
+    /// The running node of cloud `party`, if it is up.
+    pub fn cloud(&self, party: u16) -> Option<Arc<CloudNode>> {
+        self.clouds
+            .get(party as usize)
+            .and_then(|c| c.as_ref())
+            .map(|(_, node)| node.clone())
     }
 
     pub fn http(&self) -> reqwest::Client {

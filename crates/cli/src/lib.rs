@@ -8,6 +8,8 @@ pub mod config;
 pub mod demo;
 pub mod input;
 pub mod node;
+pub mod plot;
 pub mod queries;
 pub mod query;
+pub mod ramp;
 pub mod sensor;

@@ -64,8 +64,33 @@ async fn migrations_and_scaling_keep_sums_exact() {
     let mut key = 0;
     let mut expected: HashMap<(u64, Metric, GroupKey), Partial> = HashMap::new();
     let mut undecided: Vec<(BatchId, bool)> = Vec::new();
-    let mut migrations = 0;
-    for i in 0..300u128 {
+    // Buckets move and workers come and go concurrently with routing and decisions, so
+    // flags are also decided while bucket state is in transit.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut rng = Lcg(99);
+            let mut migrations = 0;
+            let mut round = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || round < 40 {
+                round += 1;
+                if round % 4 == 0 {
+                    let n = 1 + (rng.next() % 5) as usize;
+                    pool.scale_to(n).await.expect("scale");
+                } else {
+                    let workers = pool.workers() as u64 + 4;
+                    let moves = (0..8)
+                        .map(|_| ((rng.next() % 64) as usize, (rng.next() % workers) as u32))
+                        .collect();
+                    migrations += pool.migrate(moves).await.expect("migrate");
+                }
+                tokio::task::yield_now().await;
+            }
+            migrations
+        })
+    };
+    for i in 0..600u128 {
         let b = batch(&mut rng, i + 1, &mut key);
         let committed = rng.next() % 5 != 0;
         if committed {
@@ -85,26 +110,12 @@ async fn migrations_and_scaling_keep_sums_exact() {
             let (id, c) = undecided.swap_remove(at);
             pool.decide(id, c);
         }
-        match i % 10 {
-            3 => {
-                let workers = pool.workers() as u32;
-                let moves = (0..8)
-                    .map(|_| {
-                        (
-                            (rng.next() % 64) as usize,
-                            (rng.next() % u64::from(workers + 4)) as u32,
-                        )
-                    })
-                    .collect();
-                migrations += pool.migrate(moves).await.expect("migrate");
-            }
-            7 => {
-                let n = 1 + (rng.next() % 5) as usize;
-                pool.scale_to(n).await.expect("scale");
-            }
-            _ => {}
+        if i % 4 == 0 {
+            tokio::time::sleep(std::time::Duration::from_micros(200)).await;
         }
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let migrations = churn.await.expect("churn");
     for (id, c) in undecided.drain(..) {
         pool.decide(id, c);
     }

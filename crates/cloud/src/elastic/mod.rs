@@ -111,6 +111,9 @@ struct ControlState {
     last_scaling: Option<Instant>,
     previous: HashMap<WorkerId, (u64, u64, Vec<u64>)>,
     previous_at: Option<Instant>,
+    /// Buckets moved in the last period: its figures describe the old layout, so the next
+    /// decision waits a period.
+    settling: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -179,6 +182,11 @@ impl Pool {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Seconds since the pool started (the clock of [`Decision::at`]).
+    pub fn uptime(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
     }
 
     pub fn config(&self) -> &ElasticConfig {
@@ -490,7 +498,8 @@ impl Pool {
         control.previous = current;
         control.previous_at = Some(now);
         let complete = sample.utilisation.len() == routing.workers.len() && wall.is_some();
-        let action = if complete {
+        let settling = std::mem::take(&mut control.settling);
+        let action = if complete && !settling {
             manager::decide(
                 &sample,
                 &self.config.thresholds,
@@ -549,8 +558,7 @@ impl Pool {
             Action::None | Action::CoolingDown { .. } => {}
         }
         if action != Action::None && !matches!(action, Action::CoolingDown { .. }) {
-            // The period in which buckets moved does not describe the new layout.
-            control.previous_at = None;
+            control.settling = true;
         }
         Ok(action)
     }

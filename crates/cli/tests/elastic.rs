@@ -1,0 +1,140 @@
+//! Exactly once under churn: buckets move between workers and workers come and go in every
+//! cloud while batches arrive and flags are decided, and the revealed aggregates still equal
+//! the plaintext reference to the last unit.
+
+use mcloud::cluster::{ClusterSpec, LocalCluster};
+use mcloud::demo::{finish_pipeline, send_readings, PipelineArgs};
+use mcloud_cloud::elastic::{ElasticConfig, Thresholds};
+use mcloud_cloud::CloudNode;
+use mcloud_collector::Query;
+use mcloud_core::reading::GroupLevel;
+use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BUCKETS: usize = 256;
+
+/// Random migrations and scaling steps on one cloud until told to stop.
+async fn churn(node: Arc<CloudNode>, stop: Arc<AtomicBool>, seed: u64) -> (usize, u64) {
+    let pool = node.pool().clone();
+    let mut x = seed;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut moved = 0;
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        round += 1;
+        if round % 3 == 0 {
+            let n = 1 + (next() % 4) as usize;
+            pool.scale_to(n).await.expect("scaling");
+        } else {
+            let status = pool.status();
+            let workers: Vec<u32> = status["workers"]
+                .as_object()
+                .map(|m| m.keys().filter_map(|k| k.parse().ok()).collect())
+                .unwrap_or_default();
+            let moves = (0..12)
+                .filter_map(|_| {
+                    let to = *workers.get((next() as usize) % workers.len().max(1))?;
+                    Some(((next() as usize) % BUCKETS, to))
+                })
+                .collect();
+            moved += pool.migrate(moves).await.expect("migrating");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let c = pool.counters();
+    (moved, c.scale_out_steps + c.scale_in_steps)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revealed_sums_are_exact_under_migrations_and_scaling() {
+    let dir = tempfile::tempdir().unwrap();
+    let elastic = ElasticConfig {
+        buckets: BUCKETS,
+        workers: 2,
+        period: None,
+        thresholds: Thresholds {
+            max_workers: 4,
+            ..Thresholds::default()
+        },
+        ..ElasticConfig::default()
+    };
+    let cluster = LocalCluster::start_with(
+        ClusterSpec {
+            parties: 3,
+            window_secs: 60,
+            grace_secs: 60,
+            dir: dir.path().to_path_buf(),
+        },
+        elastic,
+    )
+    .await
+    .unwrap();
+    let readings: Vec<_> = Synthetic::new(SyntheticConfig {
+        houses: 4,
+        households_per_house: 2,
+        plugs_per_household: 4,
+        duration_secs: 40 * 60,
+        interval_secs: 2,
+        ..Default::default()
+    })
+    .collect();
+    let pipeline = PipelineArgs {
+        batch_size: 200,
+        in_flight: 4,
+        ttl_ms: 3000,
+        speedup: None,
+        histograms: false,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let churners: Vec<_> = (0..3)
+        .map(|party| {
+            let node = cluster.cloud(party).unwrap();
+            tokio::spawn(churn(node, stop.clone(), 0x9E37 + u64::from(party)))
+        })
+        .collect();
+    let started = Instant::now();
+    // Some batches end ERROR (their sensor dies before SET): migrations carry their pending
+    // partials too, and every cloud must still drop them.
+    let report = send_readings(&cluster, &readings, &pipeline, 0.05, 11, false)
+        .await
+        .unwrap();
+    // Windows are still open and flags may still be pending: keep churning until every cloud
+    // has done enough, then close the windows.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = (0..3).all(|p| {
+            let c = cluster.cloud(p).unwrap().pool().counters();
+            c.migrations >= 100 && c.scale_out_steps + c.scale_in_steps >= 10
+        });
+        if done || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for (party, c) in churners.into_iter().enumerate() {
+        let (moved, steps) = c.await.unwrap();
+        assert!(moved >= 100, "cloud {party}: only {moved} migrations");
+        assert!(steps >= 10, "cloud {party}: only {steps} scaling steps");
+    }
+    let query = Query {
+        from: 0,
+        to: u64::MAX,
+        level: GroupLevel::Plug,
+        min_count: 1,
+    };
+    let run = finish_pipeline(&cluster, &readings, report, &pipeline, &query, started)
+        .await
+        .unwrap();
+    cluster.shutdown().await;
+    assert!(run.check.ok(), "{:?}", run.check.problems);
+    assert!(run.check.matched > 0);
+    assert!(!run.report.crashed.is_empty(), "no batch ended ERROR");
+}
