@@ -22,6 +22,10 @@ pub struct BenchArgs {
     /// Benchmark the DEBS 2014 queries (Q1 + Q2) on the private pipeline instead.
     #[arg(long)]
     pub debs: bool,
+    /// Benchmark the elastic pre-aggregation workers instead: scaling, handover pause,
+    /// reaction to a load step.
+    #[arg(long)]
+    pub elastic: bool,
 }
 
 async fn measure(parties: u16, readings: &[Reading], args: &BenchArgs) -> Result<f64> {
@@ -59,6 +63,9 @@ async fn measure(parties: u16, readings: &[Reading], args: &BenchArgs) -> Result
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.elastic {
+        return crate::bench_elastic::run().await;
+    }
     if args.debs {
         return crate::bench_debs::run(args).await;
     }

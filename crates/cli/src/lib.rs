@@ -3,6 +3,7 @@
 pub mod analytics;
 pub mod bench;
 pub mod bench_debs;
+pub mod bench_elastic;
 pub mod cluster;
 pub mod config;
 pub mod demo;

@@ -109,8 +109,10 @@ pub struct Pool {
 #[derive(Default)]
 struct ControlState {
     last_scaling: Option<Instant>,
-    previous: HashMap<WorkerId, (u64, u64, Vec<u64>)>,
+    previous: HashMap<WorkerId, (u64, Vec<u64>)>,
     previous_at: Option<Instant>,
+    /// All records aggregated up to the previous period, stopped workers included.
+    previous_records: u64,
     /// Buckets moved in the last period: its figures describe the old layout, so the next
     /// decision waits a period.
     settling: bool,
@@ -267,6 +269,18 @@ impl Pool {
                 .values()
                 .map(|w| w.shared.records.load(Ordering::Relaxed))
                 .sum::<u64>()
+    }
+
+    /// Records aggregated by the workers started after the pool's first ones (those the
+    /// manager or an operator provisioned).
+    pub fn records_by_new_workers(&self) -> u64 {
+        let first = self.config.workers as WorkerId;
+        self.routing()
+            .workers
+            .values()
+            .filter(|w| w.id >= first)
+            .map(|w| w.shared.records.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn counters(&self) -> Counters {
@@ -465,14 +479,12 @@ impl Pool {
         let now = Instant::now();
         let routing = self.routing();
         let mut sample = Sample::default();
-        let mut records = 0;
         let mut current = HashMap::new();
         let wall = control
             .previous_at
             .map(|t| now.duration_since(t).as_nanos() as f64);
         for (id, w) in &routing.workers {
             let busy = w.shared.busy_ns.load(Ordering::Relaxed);
-            let recs = w.shared.records.load(Ordering::Relaxed);
             let per_bucket: Vec<u64> = w
                 .shared
                 .bucket_records
@@ -480,10 +492,9 @@ impl Pool {
                 .map(|a| a.load(Ordering::Relaxed))
                 .collect();
             // A worker first seen this period has no baseline yet: it is judged next period.
-            if let (Some(wall), Some((pb, pr, pbk))) = (wall, control.previous.get(id)) {
+            if let (Some(wall), Some((pb, pbk))) = (wall, control.previous.get(id)) {
                 let u = ((busy.saturating_sub(*pb)) as f64 / wall.max(1.0)).clamp(0.0, 1.0);
                 sample.utilisation.insert(*id, u);
-                records += recs.saturating_sub(*pr);
                 let owned: Vec<(usize, u64)> = routing
                     .owners
                     .iter()
@@ -493,10 +504,12 @@ impl Pool {
                     .collect();
                 sample.bucket_load.insert(*id, owned);
             }
-            current.insert(*id, (busy, recs, per_bucket));
+            current.insert(*id, (busy, per_bucket));
         }
         control.previous = current;
         control.previous_at = Some(now);
+        let total = self.records();
+        let records = total.saturating_sub(std::mem::replace(&mut control.previous_records, total));
         let complete = sample.utilisation.len() == routing.workers.len() && wall.is_some();
         let settling = std::mem::take(&mut control.settling);
         let action = if complete && !settling {
