@@ -1,6 +1,6 @@
 //! The cloud node: upload validation, durable storage, flag polling and COMPUTE.
 
-use crate::elastic::{ElasticConfig, InProcess, Pool};
+use crate::elastic::{ElasticConfig, InProcess, Pool, ReplaySource};
 use crate::values::ValuesTable;
 use crate::windows::{BatchPartial, Registered, Windows};
 use crate::CloudError;
@@ -13,7 +13,7 @@ use mcloud_core::wire::{
     ComputeResponse, FlagState, RangeResponse, UploadAck, UploadBatch, WatermarkRequest,
     HISTOGRAM_WINDOW_SECS, MAX_BATCH_RECORDS,
 };
-use mcloud_core::Window;
+use mcloud_core::{BatchId, Window};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -124,6 +124,11 @@ impl CloudNode {
             loop {
                 tick.tick().await;
                 let Some(node) = weak.upgrade() else { break };
+                if node.pool.needs_recovery() {
+                    if let Err(e) = node.pool.recover(node.as_ref()).await {
+                        tracing::error!(party = node.config.party, "recovering workers: {e}");
+                    }
+                }
                 if let Err(e) = node.poll_flags().await {
                     tracing::warn!(party = node.config.party, "reading flags: {e}");
                 }
@@ -319,11 +324,20 @@ impl CloudNode {
             return Ok(());
         }
         let mut sums = self.pool.take(ready.clone()).await?;
-        let mut state = self.state();
-        for start in ready {
-            state.seal(start, sums.remove(&start).unwrap_or_default());
+        {
+            let mut state = self.state();
+            for start in &ready {
+                state.seal(*start, sums.remove(start).unwrap_or_default());
+            }
         }
+        self.pool.forget(ready);
         Ok(())
+    }
+
+    /// Fault injection for tests: kills worker `id` of this node's pool; the node notices and
+    /// rebuilds its buckets from the values table.
+    pub fn crash_worker(&self, id: crate::elastic::WorkerId) -> bool {
+        self.pool.crash_worker(id)
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
@@ -384,5 +398,26 @@ impl CloudNode {
         status["window_secs"] = self.config.window_secs.into();
         status["elastic"] = self.pool.status();
         status
+    }
+}
+
+impl ReplaySource for CloudNode {
+    fn batches(&self, ids: &[BatchId]) -> Result<Vec<UploadBatch>, CloudError> {
+        self.values
+            .read(ids)?
+            .into_iter()
+            .map(|(id, bytes)| {
+                decode(&bytes)
+                    .map_err(|e| CloudError::Storage(format!("stored batch {id}: {}", e.message)))
+            })
+            .collect()
+    }
+
+    fn outcome(&self, id: &BatchId) -> Option<bool> {
+        self.state().outcome(id)
+    }
+
+    fn sealed(&self) -> Vec<u64> {
+        self.state().sealed()
     }
 }

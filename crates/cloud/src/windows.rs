@@ -160,8 +160,9 @@ enum Stage {
     Storing(BatchPartial),
     /// Durable and acknowledged; the flag is not final yet.
     Pending(BatchPartial),
-    /// Final (TRUE or ERROR): remembered only to recognise retries.
-    Done,
+    /// Final, TRUE (committed) or ERROR: remembered to recognise retries and to replay
+    /// the batch to a worker that replaces a failed one.
+    Done(bool),
 }
 
 #[derive(Default)]
@@ -258,6 +259,23 @@ impl Windows {
         self.watermark().saturating_sub(self.grace_secs)
     }
 
+    /// The final flag of a batch: Some(true) committed, Some(false) ERROR, None undecided.
+    pub fn outcome(&self, id: &BatchId) -> Option<bool> {
+        match self.batches.get(id) {
+            Some(Stage::Done(committed)) => Some(*committed),
+            _ => None,
+        }
+    }
+
+    /// Windows whose sums were gathered from the workers.
+    pub fn sealed(&self) -> Vec<u64> {
+        self.windows
+            .iter()
+            .filter(|(_, w)| w.sealed)
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
     pub fn is_known(&self, id: &BatchId) -> bool {
         self.batches.contains_key(id)
     }
@@ -299,7 +317,7 @@ impl Windows {
     /// The batch is durable: it now waits for its flag.
     pub fn stored(&mut self, id: BatchId) {
         if let Some(stage) = self.batches.get_mut(&id) {
-            if let Stage::Storing(partial) = std::mem::replace(stage, Stage::Done) {
+            if let Stage::Storing(partial) = std::mem::replace(stage, Stage::Done(false)) {
                 *stage = Stage::Pending(partial);
             }
         }
@@ -347,7 +365,7 @@ impl Windows {
         if !matches!(stage, Stage::Pending(_)) {
             return;
         }
-        let Stage::Pending(partial) = std::mem::replace(stage, Stage::Done) else {
+        let Stage::Pending(partial) = std::mem::replace(stage, Stage::Done(committed)) else {
             return;
         };
         for &start in &partial.windows {
@@ -591,7 +609,7 @@ impl Windows {
         let undecided = self
             .batches
             .values()
-            .filter(|s| !matches!(s, Stage::Done))
+            .filter(|s| !matches!(s, Stage::Done(_)))
             .count();
         serde_json::json!({
             "watermark": self.watermark(),

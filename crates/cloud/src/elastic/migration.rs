@@ -12,6 +12,7 @@ use super::worker::{Msg, WorkerId};
 use super::{lock, Pool, PAUSES_KEPT};
 use crate::CloudError;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Instant;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
@@ -41,15 +42,21 @@ impl Pool {
                     continue;
                 };
                 let (reply, state) = oneshot::channel();
-                old.tx
-                    .send(Msg::Release { bucket, reply })
-                    .map_err(|_| CloudError::Workers(format!("worker {from} is gone")))?;
+                if old.tx.send(Msg::Release { bucket, reply }).is_err() {
+                    // The old owner is dead: the bucket is recovery's to rebuild, not ours to move.
+                    continue;
+                }
                 owners[bucket] = to;
                 let (cut_at, new_tx) = (Instant::now(), new.tx.clone());
+                let orphans = self.orphans_handle();
                 transfers.spawn(async move {
-                    let state = state.await.map_err(|_| {
-                        CloudError::Workers(format!("worker {from} stopped during a release"))
-                    })?;
+                    let Ok(state) = state.await else {
+                        // The old owner died holding the bucket: recovery rebuilds it.
+                        lock(&orphans).push(bucket);
+                        return Err(CloudError::Workers(format!(
+                            "worker {from} died before handing bucket {bucket} over"
+                        )));
+                    };
                     let (done, installed) = oneshot::channel();
                     new_tx
                         .send(Msg::Install {
@@ -92,5 +99,9 @@ impl Pool {
             Some(e) => Err(e),
             None => Ok(moved),
         }
+    }
+
+    fn orphans_handle(&self) -> Arc<Mutex<Vec<usize>>> {
+        self.orphans.clone()
     }
 }

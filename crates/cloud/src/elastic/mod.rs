@@ -8,11 +8,13 @@ pub mod buckets;
 pub mod manager;
 mod migration;
 pub mod provisioner;
+mod recovery;
 pub mod worker;
 
 pub use buckets::{bucket_of, BucketState, BucketWindow};
 pub use manager::{Action, Thresholds};
 pub use provisioner::{InProcess, Provisioner, WorkerHandle};
+pub use recovery::ReplaySource;
 pub use worker::WorkerId;
 
 use crate::CloudError;
@@ -80,6 +82,7 @@ pub struct Counters {
     pub scale_out_steps: u64,
     pub scale_in_steps: u64,
     pub balance_rounds: u64,
+    pub workers_recovered: u64,
     pub workers_started: u64,
     pub workers_stopped: u64,
 }
@@ -104,6 +107,11 @@ pub struct Pool {
     pauses_ms: Mutex<VecDeque<f64>>,
     /// Records aggregated by workers that have since stopped.
     retired_records: AtomicU64,
+    /// Batches in the order they were routed: what a replacement for a failed worker
+    /// replays, up to the cut at which it took over.
+    routed: Mutex<Vec<BatchId>>,
+    /// Buckets whose state was lost in transit (the old owner died before handing it over).
+    orphans: Arc<Mutex<Vec<usize>>>,
 }
 
 #[derive(Default)]
@@ -160,6 +168,8 @@ impl Pool {
             }),
             pauses_ms: Mutex::new(VecDeque::new()),
             retired_records: AtomicU64::new(0),
+            routed: Mutex::new(Vec::new()),
+            orphans: Arc::new(Mutex::new(Vec::new())),
             config,
         });
         if let Some(period) = pool.config.period {
@@ -209,17 +219,25 @@ impl Pool {
         let routing = self.routing.read().unwrap_or_else(|p| p.into_inner());
         for w in routing.workers.values() {
             if w.tx.send(msg(&routing.owners)).is_err() {
-                tracing::error!(worker = w.id, "worker queue closed");
+                tracing::warn!(worker = w.id, "worker queue closed: left to recovery");
             }
         }
     }
 
     /// Routes a stored batch to the workers owning its buckets.
     pub fn dispatch(&self, batch: Arc<UploadBatch>) {
-        self.broadcast(|owners| Msg::Process {
-            batch: batch.clone(),
-            owners: owners.clone(),
-        });
+        let routing = self.routing.read().unwrap_or_else(|p| p.into_inner());
+        // Logged under the map, so the log's order against a cut is the routing order.
+        lock(&self.routed).push(batch.batch_id);
+        for w in routing.workers.values() {
+            let msg = Msg::Process {
+                batch: batch.clone(),
+                owners: routing.owners.clone(),
+            };
+            if w.tx.send(msg).is_err() {
+                tracing::warn!(worker = w.id, "worker queue closed: left to recovery");
+            }
+        }
     }
 
     /// A batch's flag is final. Call in the same order relative to `dispatch` as the node
@@ -228,7 +246,8 @@ impl Pool {
         self.broadcast(|_| Msg::Decide { id, committed });
     }
 
-    /// Removes and returns the workers' sums of closed, decided windows.
+    /// Returns the workers' sums of closed, decided windows. They stay with the workers
+    /// until [`Pool::forget`]: a take that fails half-way (a worker died) loses nothing.
     pub async fn take(&self, windows: Vec<u64>) -> Result<HashMap<u64, BucketWindow>, CloudError> {
         if windows.is_empty() {
             return Ok(HashMap::new());
@@ -258,6 +277,32 @@ impl Pool {
             }
         }
         Ok(out)
+    }
+
+    /// The workers may drop these windows' sums: the node holds them.
+    pub fn forget(&self, windows: Vec<u64>) {
+        let windows = Arc::new(windows);
+        self.broadcast(|_| Msg::Forget {
+            windows: windows.clone(),
+        });
+    }
+
+    /// Fault injection for tests and demos: worker `id` dies without handing anything over.
+    pub fn crash_worker(&self, id: WorkerId) -> bool {
+        self.routing()
+            .workers
+            .get(&id)
+            .is_some_and(|w| w.tx.send(Msg::Crash).is_ok())
+    }
+
+    /// Workers of the current map whose loop has ended.
+    pub fn dead_workers(&self) -> Vec<WorkerId> {
+        self.routing()
+            .workers
+            .values()
+            .filter(|w| !w.shared.alive.load(Ordering::Acquire))
+            .map(|w| w.id)
+            .collect()
     }
 
     /// Records aggregated so far by all workers, present and past.
@@ -393,6 +438,25 @@ impl Pool {
                     leaving.push(w);
                 }
             }
+            // A bucket the offload could not move (its owner died meanwhile) must not stay
+            // with a worker that leaves the map: it goes to a remaining worker, rebuilt there
+            // by recovery.
+            let mut owners = (*next.owners).clone();
+            let mut stranded = Vec::new();
+            for (b, o) in owners.iter_mut().enumerate() {
+                if remove.contains(o) {
+                    *o = keep[b % keep.len()];
+                    stranded.push(b);
+                }
+            }
+            if !stranded.is_empty() {
+                tracing::warn!(
+                    buckets = stranded.len(),
+                    "buckets stranded by a failed worker"
+                );
+                lock(&self.orphans).extend(stranded);
+                next.owners = Arc::new(owners);
+            }
             next.epoch += 1;
             *routing = Arc::new(next);
         }
@@ -475,6 +539,10 @@ impl Pool {
 
     /// One manager period: sample, decide, act, log.
     pub async fn manage(&self) -> Result<Action, CloudError> {
+        if self.needs_recovery() {
+            // Decisions wait for the node to rebuild what a failed worker held.
+            return Ok(Action::None);
+        }
         let mut control = self.control.lock().await;
         let now = Instant::now();
         let routing = self.routing();

@@ -35,11 +35,15 @@ pub enum Msg {
         state: BucketState,
         done: oneshot::Sender<()>,
     },
-    /// Hand over the sums of these closed windows, which no batch can touch any more.
+    /// Copy out the sums of these closed windows, which no batch can touch any more.
     Take {
         windows: Arc<Vec<u64>>,
         reply: oneshot::Sender<HashMap<u64, BucketWindow>>,
     },
+    /// The node holds these windows' sums now: drop them here.
+    Forget { windows: Arc<Vec<u64>> },
+    /// Fault injection: die at once, handing nothing over, as a crashed worker would.
+    Crash,
     /// Leave; whatever state is still held goes back in the reply.
     Stop {
         reply: oneshot::Sender<Vec<(usize, BucketState)>>,
@@ -48,6 +52,8 @@ pub enum Msg {
 
 /// What the manager reads without queueing behind the work.
 pub struct WorkerShared {
+    /// Cleared when the worker's loop ends, however it ends.
+    pub alive: std::sync::atomic::AtomicBool,
     pub busy_ns: AtomicU64,
     pub records: AtomicU64,
     pub bucket_records: Vec<AtomicU64>,
@@ -56,6 +62,7 @@ pub struct WorkerShared {
 impl WorkerShared {
     pub fn new(buckets: usize) -> WorkerShared {
         WorkerShared {
+            alive: std::sync::atomic::AtomicBool::new(true),
             busy_ns: AtomicU64::new(0),
             records: AtomicU64::new(0),
             bucket_records: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
@@ -104,6 +111,13 @@ impl Worker {
 
     /// Runs until told to stop or until the node drops the channel.
     pub fn run(mut self, queue: mpsc::Receiver<Msg>) {
+        struct Alive(Arc<WorkerShared>);
+        impl Drop for Alive {
+            fn drop(&mut self) {
+                self.0.alive.store(false, Ordering::Release);
+            }
+        }
+        let _alive = Alive(self.shared.clone());
         while let Ok(msg) = queue.recv() {
             let started = Instant::now();
             let stop = self.handle(msg);
@@ -136,6 +150,11 @@ impl Worker {
             }
             Msg::Take { windows, reply } => {
                 let _ = reply.send(self.take(&windows));
+            }
+            Msg::Forget { windows } => self.forget(&windows),
+            Msg::Crash => {
+                tracing::warn!(worker = self.id, "worker crashing on request");
+                return true;
             }
             Msg::Stop { reply } => {
                 let left: Vec<(usize, BucketState)> = self
@@ -258,16 +277,24 @@ impl Worker {
         }
     }
 
-    fn take(&mut self, windows: &[u64]) -> HashMap<u64, BucketWindow> {
+    fn take(&self, windows: &[u64]) -> HashMap<u64, BucketWindow> {
         let mut out: HashMap<u64, BucketWindow> = HashMap::new();
-        for state in self.buckets.values_mut() {
+        for state in self.buckets.values() {
             for start in windows {
-                if let Some(w) = state.windows.remove(start) {
-                    out.entry(*start).or_default().merge(w);
+                if let Some(w) = state.windows.get(start) {
+                    out.entry(*start).or_default().merge(w.clone());
                 }
             }
         }
-        self.buckets.retain(|_, s| !s.is_empty());
         out
+    }
+
+    fn forget(&mut self, windows: &[u64]) {
+        for state in self.buckets.values_mut() {
+            for start in windows {
+                state.windows.remove(start);
+            }
+        }
+        self.buckets.retain(|_, s| !s.is_empty());
     }
 }
