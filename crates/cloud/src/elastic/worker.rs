@@ -17,10 +17,13 @@ use tokio::sync::oneshot;
 pub type WorkerId = u32;
 
 pub enum Msg {
-    /// Aggregate the records of `batch` whose bucket `owners` gives to this worker.
+    /// Aggregate the records of `batch` at `records` (those whose bucket `owners` gives to
+    /// this worker; the router found them, so each worker reads only its own) and the
+    /// histograms whose bucket `owners` gives to this worker.
     Process {
         batch: Arc<UploadBatch>,
         owners: Arc<Vec<WorkerId>>,
+        records: Vec<u32>,
     },
     /// A batch's flag is final.
     Decide { id: BatchId, committed: bool },
@@ -133,7 +136,11 @@ impl Worker {
     /// Returns true when the worker should leave.
     pub fn handle(&mut self, msg: Msg) -> bool {
         match msg {
-            Msg::Process { batch, owners } => self.process(&batch, &owners),
+            Msg::Process {
+                batch,
+                owners,
+                records,
+            } => self.process(&batch, &owners, &records),
             Msg::Decide { id, committed } => self.decide(id, committed),
             Msg::Release { bucket, reply } => {
                 let state = self.release(bucket);
@@ -169,16 +176,12 @@ impl Worker {
         false
     }
 
-    fn process(&mut self, batch: &UploadBatch, owners: &[WorkerId]) {
+    fn process(&mut self, batch: &UploadBatch, owners: &[WorkerId], mine: &[u32]) {
         let buckets = owners.len();
         let mut cells: HashMap<Cell, Partial> = HashMap::new();
-        let mut records = 0u64;
-        for r in &batch.records {
+        let records = mine.len() as u64;
+        for r in mine.iter().filter_map(|&i| batch.records.get(i as usize)) {
             let b = bucket_of(&r.group, buckets);
-            if owners[b] != self.id {
-                continue;
-            }
-            records += 1;
             self.counts[b] += 1;
             let start = Window::containing(r.ts, self.window_secs).start;
             cells
@@ -297,4 +300,15 @@ impl Worker {
         }
         self.buckets.retain(|_, s| !s.is_empty());
     }
+}
+
+/// Which records of `batch` each worker aggregates under `owners`.
+pub fn route(batch: &UploadBatch, owners: &[WorkerId]) -> HashMap<WorkerId, Vec<u32>> {
+    let mut out: HashMap<WorkerId, Vec<u32>> = HashMap::new();
+    let buckets = owners.len();
+    for (i, r) in batch.records.iter().enumerate() {
+        let owner = owners[bucket_of(&r.group, buckets)];
+        out.entry(owner).or_default().push(i as u32);
+    }
+    out
 }
