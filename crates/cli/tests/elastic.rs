@@ -1,7 +1,7 @@
-//! Exactly once under churn: buckets move between workers, workers come and go and workers
-//! crash (their buckets rebuilt elsewhere from the values table) in every cloud while batches
-//! arrive and flags are decided, and the revealed aggregates still equal the plaintext
-//! reference to the last unit.
+//! Exactly once under churn: in every cloud, buckets move between worker processes, workers
+//! come and go, and worker processes are SIGKILLed (their buckets rebuilt elsewhere from the
+//! values table) while batches arrive and flags are decided, and the revealed aggregates still
+//! equal the plaintext reference to the last unit.
 
 use mcloud::cluster::{ClusterSpec, LocalCluster};
 use mcloud::demo::{finish_pipeline, send_readings, PipelineArgs};
@@ -38,8 +38,15 @@ async fn churn(node: Arc<CloudNode>, stop: Arc<AtomicBool>, seed: u64) -> (usize
         // A handover or scaling step racing a worker's crash may fail; what matters is that
         // nothing is lost, which the final check decides.
         if round % 25 == 10 {
-            if let Some(&victim) = workers.get((next() as usize) % workers.len().max(1)) {
-                node.crash_worker(victim);
+            // SIGKILL one worker process, as an operator's `kill -9` or the OOM killer would.
+            let pids: Vec<u64> = status["pids"]
+                .as_object()
+                .map(|m| m.values().filter_map(|p| p.as_u64()).collect())
+                .unwrap_or_default();
+            if let Some(pid) = pids.get((next() as usize) % pids.len().max(1)) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
             }
         } else if round % 3 == 0 {
             let n = 1 + (next() % 4) as usize;
@@ -75,6 +82,7 @@ async fn revealed_sums_are_exact_under_migrations_and_scaling() {
         buckets: BUCKETS,
         workers: 2,
         period: None,
+        worker_program: Some(env!("CARGO_BIN_EXE_mcloud").into()),
         thresholds: Thresholds {
             max_workers: 4,
             ..Thresholds::default()
@@ -159,4 +167,100 @@ async fn revealed_sums_are_exact_under_migrations_and_scaling() {
     assert!(run.check.ok(), "{:?}", run.check.problems);
     assert!(run.check.matched > 0);
     assert!(!run.report.crashed.is_empty(), "no batch ended ERROR");
+}
+
+/// Workers as `mcloud worker` processes: buckets move between processes, the pool scales, and
+/// one worker process is SIGKILLed mid-run; its buckets are rebuilt and the sums stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worker_processes_survive_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let elastic = ElasticConfig {
+        buckets: BUCKETS,
+        workers: 2,
+        period: None,
+        worker_program: Some(env!("CARGO_BIN_EXE_mcloud").into()),
+        thresholds: Thresholds {
+            max_workers: 4,
+            ..Thresholds::default()
+        },
+        ..ElasticConfig::default()
+    };
+    let cluster = LocalCluster::start_with(
+        ClusterSpec {
+            parties: 2,
+            window_secs: 60,
+            grace_secs: 60,
+            dir: dir.path().to_path_buf(),
+        },
+        elastic,
+    )
+    .await
+    .unwrap();
+    let readings: Vec<_> = Synthetic::new(SyntheticConfig {
+        houses: 3,
+        households_per_house: 2,
+        plugs_per_household: 3,
+        duration_secs: 20 * 60,
+        interval_secs: 2,
+        ..Default::default()
+    })
+    .collect();
+    let pipeline = PipelineArgs {
+        batch_size: 200,
+        in_flight: 4,
+        ttl_ms: 3000,
+        speedup: None,
+        histograms: false,
+    };
+    let started = Instant::now();
+    let (first, second) = readings.split_at(readings.len() / 2);
+    let mut report = send_readings(&cluster, first, &pipeline, 0.0, 3, false)
+        .await
+        .unwrap();
+    let node = cluster.cloud(0).unwrap();
+    let pool = node.pool().clone();
+    pool.scale_to(3).await.unwrap();
+    let moves = (0..BUCKETS)
+        .step_by(5)
+        .map(|b| (b, (b % 3) as u32))
+        .collect();
+    pool.migrate(moves).await.unwrap();
+    let pids = pool.status()["pids"].clone();
+    let pid = pids
+        .as_object()
+        .and_then(|m| m.values().next())
+        .and_then(|p| p.as_u64())
+        .expect("a worker process");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pool.counters().workers_recovered == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the killed worker was not replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rest = send_readings(&cluster, second, &pipeline, 0.0, 4, false)
+        .await
+        .unwrap();
+    report.committed_batches += rest.committed_batches;
+    report.missed.extend(rest.missed);
+    report.rejected.extend(rest.rejected);
+    pool.scale_to(1).await.unwrap();
+    let query = Query {
+        from: 0,
+        to: u64::MAX,
+        level: GroupLevel::Plug,
+        min_count: 1,
+    };
+    let run = finish_pipeline(&cluster, &readings, report, &pipeline, &query, started)
+        .await
+        .unwrap();
+    cluster.shutdown().await;
+    assert!(run.check.ok(), "{:?}", run.check.problems);
+    assert!(run.check.matched > 0);
 }

@@ -82,9 +82,16 @@ impl CloudNode {
         catalog: CatalogClient,
     ) -> Result<Arc<CloudNode>, CloudError> {
         let (values, recovered) = ValuesTable::open(dir)?;
-        let provisioner = Arc::new(InProcess {
-            record_cost: config.elastic.record_cost,
-        });
+        let provisioner: Arc<dyn crate::elastic::Provisioner> = match &config.elastic.worker_program
+        {
+            Some(program) => Arc::new(crate::elastic::remote::OsProcess {
+                program: program.clone(),
+                record_cost: config.elastic.record_cost,
+            }),
+            None => Arc::new(InProcess {
+                record_cost: config.elastic.record_cost,
+            }),
+        };
         let pool = Pool::start(config.elastic.clone(), config.window_secs, provisioner)?;
         let mut state =
             Windows::sharded(config.window_secs, config.grace_secs, recovered.watermark);

@@ -9,6 +9,7 @@ pub mod manager;
 mod migration;
 pub mod provisioner;
 mod recovery;
+pub mod remote;
 pub mod worker;
 
 pub use buckets::{bucket_of, BucketState, BucketWindow};
@@ -39,6 +40,8 @@ pub struct ElasticConfig {
     pub thresholds: Thresholds,
     /// Simulated per-record operator cost (demos only).
     pub record_cost: Duration,
+    /// Run workers as `<program> worker` processes instead of threads.
+    pub worker_program: Option<std::path::PathBuf>,
 }
 
 impl Default for ElasticConfig {
@@ -49,6 +52,7 @@ impl Default for ElasticConfig {
             period: Some(Duration::from_secs(1)),
             thresholds: Thresholds::default(),
             record_cost: Duration::ZERO,
+            worker_program: None,
         }
     }
 }
@@ -654,12 +658,18 @@ impl Pool {
         }
         let pauses = self.pauses_ms();
         let decisions = self.decisions();
+        let pids: BTreeMap<WorkerId, u32> = routing
+            .workers
+            .values()
+            .filter_map(|w| w.pid.map(|p| (w.id, p)))
+            .collect();
         let recent: Vec<&Decision> = decisions.iter().rev().take(20).collect();
         serde_json::json!({
             "provisioner": self.provisioner.name(),
             "epoch": routing.epoch,
             "buckets": routing.owners.len(),
             "workers": held,
+            "pids": pids,
             "thresholds": self.config.thresholds,
             "period_secs": self.config.period.map(|p| p.as_secs_f64()),
             "counters": self.counters(),

@@ -12,6 +12,8 @@ pub struct WorkerHandle {
     pub id: WorkerId,
     pub tx: mpsc::Sender<Msg>,
     pub shared: Arc<WorkerShared>,
+    /// The worker's process, when it runs in its own.
+    pub pid: Option<u32>,
 }
 
 pub trait Provisioner: Send + Sync {
@@ -49,6 +51,11 @@ impl Provisioner for InProcess {
             .name(format!("worker-{id}"))
             .spawn(move || worker.run(rx))
             .map_err(|e| CloudError::Workers(format!("starting worker {id}: {e}")))?;
-        Ok(WorkerHandle { id, tx, shared })
+        Ok(WorkerHandle {
+            id,
+            tx,
+            shared,
+            pid: None,
+        })
     }
 }
