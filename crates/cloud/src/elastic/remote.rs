@@ -163,10 +163,10 @@ impl Provisioner for OsProcess {
         let waiting: Arc<Mutex<VecDeque<Waiting>>> = Arc::default();
         let (tx, rx) = mpsc::channel::<Msg>();
         {
-            let (waiting, child) = (waiting.clone(), child.clone());
+            let (waiting, shared, child) = (waiting.clone(), shared.clone(), child.clone());
             std::thread::Builder::new()
                 .name(format!("worker-{id}-out"))
-                .spawn(move || write_loop(stream, rx, waiting, child))
+                .spawn(move || write_loop(stream, rx, waiting, shared, child))
                 .map_err(|e| fail("proxy", &e))?;
         }
         {
@@ -200,6 +200,7 @@ fn write_loop(
     stream: TcpStream,
     rx: mpsc::Receiver<Msg>,
     waiting: Arc<Mutex<VecDeque<Waiting>>>,
+    shared: Arc<WorkerShared>,
     child: Arc<Mutex<Child>>,
 ) {
     let mut out = BufWriter::new(stream);
@@ -254,7 +255,9 @@ fn write_loop(
             }
         };
         lock(&waiting).push_back(wait);
-        if write_frame(&mut out, &request).is_err() {
+        if !shared.alive.load(Ordering::Acquire) || write_frame(&mut out, &request).is_err() {
+            // The process is gone: nobody will answer, so nobody may wait.
+            lock(&waiting).clear();
             return;
         }
     }
