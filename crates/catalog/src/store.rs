@@ -170,7 +170,8 @@ mod tests {
     async fn false_then_true_or_error_forever() {
         let dir = tempfile::tempdir().unwrap();
         let store = FlagStore::open(dir.path()).unwrap();
-        let t0 = 1_000_000;
+        // An hour ahead of the real clock the background sweep never touches these flags.
+        let t0 = now_ms() + 3_600_000;
         store
             .create_now(&[create(1, 100), create(2, 100)], t0)
             .unwrap();
@@ -207,7 +208,7 @@ mod tests {
     async fn bad_requests_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = FlagStore::open(dir.path()).unwrap();
-        let t0 = 5_000;
+        let t0 = now_ms() + 3_600_000;
         let e = store
             .create_now(&[create(7, 100), create(8, 0)], t0)
             .unwrap_err();
@@ -238,8 +239,19 @@ mod tests {
                 .unwrap();
             store.set_now(&[BatchId(1)], t0).unwrap();
         }
-        // The sweep task holds only a weak reference, so the database is closed by now.
-        let store = FlagStore::open(dir.path()).unwrap();
+        // The sweep task holds the store only during a tick, so the database closes a moment
+        // after the last handle is dropped.
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        let store = loop {
+            match FlagStore::open(dir.path()) {
+                Ok(store) => break store,
+                Err(e) if std::time::Instant::now() < until => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("reopening the flags table: {e}"),
+            }
+        };
         let flags = store.get_now(&[BatchId(1), BatchId(2)], t0).unwrap();
         assert_eq!(flags[0].unwrap().state, FlagState::True);
         assert_eq!(flags[1].unwrap().state, FlagState::False);

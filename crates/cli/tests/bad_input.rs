@@ -223,7 +223,18 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
         409,
         "missed its deadline",
     );
-    // Uploading a batch whose flag already ended ERROR.
+    // Uploading a batch whose flag already ended ERROR (once the catalog says so: the
+    // replicated catalog decides ERROR through its log, a moment after the deadline).
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while flags.get(vec![late.id]).await.unwrap()[0].map(|f| f.state)
+        != Some(mcloud_core::wire::FlagState::Error)
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "the expired flag never became ERROR"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let late_body = uploader.encode_shares(&late).unwrap().remove(0);
     expect(
         post_raw(&http, &upload, late_body).await,
