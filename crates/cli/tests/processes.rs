@@ -3,32 +3,12 @@
 //! of an upload and restarted loses no acknowledged share; a sensor started before any cloud
 //! exists keeps its batches and delivers them when the clouds come up.
 
-use mcloud_collector::Reference;
-use mcloud_core::reading::GroupLevel;
-use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
-use std::collections::BTreeMap;
+mod common;
+use common::{expected_rows, free_port, rows_of, Proc, BIN, SYNTHETIC_ARGS};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_mcloud");
-
-/// A child process killed when the test ends, whatever happens.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
 
 struct Deployment {
     dir: PathBuf,
@@ -118,69 +98,6 @@ impl Deployment {
         let url = format!("https://127.0.0.1:{}/v1/status", self.cloud_ports[party]);
         http.get(url).send().await.ok()?.json().await.ok()
     }
-}
-
-const SYNTHETIC_ARGS: [&str; 10] = [
-    "--houses",
-    "2",
-    "--households",
-    "1",
-    "--plugs",
-    "3",
-    "--hours",
-    "0.25",
-    "--interval",
-    "1",
-];
-
-/// The CSV `mcloud query` must print, from the same synthetic input in plaintext.
-fn expected_rows() -> BTreeMap<String, String> {
-    let readings: Vec<_> = Synthetic::new(SyntheticConfig {
-        houses: 2,
-        households_per_house: 1,
-        plugs_per_household: 3,
-        duration_secs: 900,
-        interval_secs: 1,
-        ..Default::default()
-    })
-    .collect();
-    let mut reference = Reference::new(60, GroupLevel::Plug);
-    readings.iter().for_each(|r| reference.add(r));
-    reference
-        .groups()
-        .map(|((w, metric, g), t)| {
-            (
-                format!(
-                    "{},{},{},{},{}",
-                    w.start,
-                    metric,
-                    g.house,
-                    g.household.unwrap_or_default(),
-                    g.plug.unwrap_or_default()
-                ),
-                format!("{},{}", t.count, t.sum_decimal()),
-            )
-        })
-        .collect()
-}
-
-fn rows_of(csv: &str) -> BTreeMap<String, String> {
-    let mut lines = csv.lines();
-    assert_eq!(
-        lines.next(),
-        Some(
-            "window_start,window_end,metric,house_id,household_id,plug_id,count,sum,mean,variance"
-        )
-    );
-    lines
-        .map(|line| {
-            let f: Vec<&str> = line.split(',').collect();
-            (
-                format!("{},{},{},{},{}", f[0], f[2], f[3], f[4], f[5]),
-                format!("{},{}", f[6], f[7]),
-            )
-        })
-        .collect()
 }
 
 fn wait_success(mut sensor: Proc, limit: Duration) {

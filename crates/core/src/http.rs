@@ -178,17 +178,11 @@ pub async fn post_bytes<R: DeserializeOwned>(
     url: &str,
     body: Vec<u8>,
 ) -> Result<R, CallError> {
-    let response = client
+    let request = client
         .post(url)
         .header(header::CONTENT_TYPE, "application/octet-stream")
-        .body(body)
-        .send()
-        .await
-        .map_err(|source| CallError::Transport {
-            url: url.to_string(),
-            source,
-        })?;
-    read_answer(url, response).await
+        .body(body);
+    call(url, request).await
 }
 
 /// POSTs a postcard body and decodes a postcard answer.
@@ -202,8 +196,14 @@ pub async fn post<Q: Serialize, R: DeserializeOwned>(
 
 /// GETs a postcard answer.
 pub async fn get<R: DeserializeOwned>(client: &reqwest::Client, url: &str) -> Result<R, CallError> {
-    let response = client
-        .get(url)
+    call(url, client.get(url)).await
+}
+
+async fn call<R: DeserializeOwned>(
+    url: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<R, CallError> {
+    let response = request
         .send()
         .await
         .map_err(|source| CallError::Transport {

@@ -1,0 +1,90 @@
+//! Helpers shared by the tests that run real `mcloud` processes.
+#![allow(dead_code)]
+
+use mcloud_collector::Reference;
+use mcloud_core::reading::GroupLevel;
+use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
+use std::collections::BTreeMap;
+use std::process::Child;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mcloud");
+
+/// A child process killed when the test ends, whatever happens.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+pub const SYNTHETIC_ARGS: [&str; 10] = [
+    "--houses",
+    "2",
+    "--households",
+    "1",
+    "--plugs",
+    "3",
+    "--hours",
+    "0.25",
+    "--interval",
+    "1",
+];
+
+/// The CSV `mcloud query` must print, from the same synthetic input in plaintext.
+pub fn expected_rows() -> BTreeMap<String, String> {
+    let readings: Vec<_> = Synthetic::new(SyntheticConfig {
+        houses: 2,
+        households_per_house: 1,
+        plugs_per_household: 3,
+        duration_secs: 900,
+        interval_secs: 1,
+        ..Default::default()
+    })
+    .collect();
+    let mut reference = Reference::new(60, GroupLevel::Plug);
+    readings.iter().for_each(|r| reference.add(r));
+    reference
+        .groups()
+        .map(|((w, metric, g), t)| {
+            (
+                format!(
+                    "{},{},{},{},{}",
+                    w.start,
+                    metric,
+                    g.house,
+                    g.household.unwrap_or_default(),
+                    g.plug.unwrap_or_default()
+                ),
+                format!("{},{}", t.count, t.sum_decimal()),
+            )
+        })
+        .collect()
+}
+
+pub fn rows_of(csv: &str) -> BTreeMap<String, String> {
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            "window_start,window_end,metric,house_id,household_id,plug_id,count,sum,mean,variance"
+        )
+    );
+    lines
+        .map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            (
+                format!("{},{},{},{},{}", f[0], f[2], f[3], f[4], f[5]),
+                format!("{},{}", f[6], f[7]),
+            )
+        })
+        .collect()
+}
