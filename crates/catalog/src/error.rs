@@ -20,6 +20,10 @@ pub enum CatalogError {
     TooMany(usize),
     #[error("catalog storage: {0}")]
     Storage(String),
+    /// A membership change that cannot be made as asked (unknown node, unreachable new node,
+    /// last voter).
+    #[error("catalog membership: {0}")]
+    Membership(String),
     /// The catalog cannot decide now (no leader, no quorum); the same request may succeed later.
     #[error("{0}")]
     Unavailable(String),
@@ -48,6 +52,7 @@ impl From<CatalogError> for ApiError {
             CatalogError::BadTtl { .. } | CatalogError::DuplicateId(_) => StatusCode::BAD_REQUEST,
             CatalogError::TooMany(_) => StatusCode::PAYLOAD_TOO_LARGE,
             CatalogError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CatalogError::Membership(_) => StatusCode::BAD_REQUEST,
             CatalogError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             CatalogError::Call(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             CatalogError::Call(_) => StatusCode::BAD_GATEWAY,

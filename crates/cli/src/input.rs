@@ -47,6 +47,28 @@ impl InputArgs {
         }
     }
 
+    /// The same input as `mcloud sensor` flags, for a sensor in another process.
+    pub fn to_args(&self) -> Vec<String> {
+        if let Some(path) = &self.input {
+            return vec!["--input".into(), path.display().to_string()];
+        }
+        let mut args: Vec<String> = [
+            ("--houses", self.houses.to_string()),
+            ("--households", self.households.to_string()),
+            ("--plugs", self.plugs.to_string()),
+            ("--hours", self.hours.to_string()),
+            ("--interval", self.interval.to_string()),
+            ("--seed", self.seed.to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_string(), v])
+        .collect();
+        if let Some(days) = self.days {
+            args.extend(["--days".to_string(), days.to_string()]);
+        }
+        args
+    }
+
     pub fn duration_hours(&self) -> f64 {
         self.days.map(|d| d * 24.0).unwrap_or(self.hours)
     }
@@ -71,6 +93,16 @@ impl InputArgs {
                 Ok((Synthetic::new(config).collect(), description))
             }
         }
+    }
+}
+
+/// A replay speedup must be a positive finite multiple of real time.
+pub fn check_speedup(speedup: Option<f64>) -> Result<()> {
+    match speedup {
+        Some(s) if !(s.is_finite() && s > 0.0) => {
+            anyhow::bail!("--speedup must be a positive multiple of real time, got {s}")
+        }
+        _ => Ok(()),
     }
 }
 

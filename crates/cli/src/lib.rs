@@ -9,6 +9,8 @@ pub mod config;
 pub mod demo;
 pub mod input;
 pub mod node;
+pub mod process_demo;
+pub mod processes;
 pub mod queries;
 pub mod query;
 pub mod sensor;

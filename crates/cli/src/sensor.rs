@@ -45,6 +45,7 @@ pub struct SensorArgs {
 
 /// Returns false when some readings did not commit (they are listed on stderr).
 pub async fn run(args: SensorArgs) -> Result<bool> {
+    crate::input::check_speedup(args.speedup)?;
     let deployment = Deployment::load(&args.deployment)?;
     let http = deployment.client()?;
     let uploader = Uploader::new(

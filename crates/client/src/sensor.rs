@@ -143,6 +143,7 @@ impl Sensor {
             JoinSet::new();
         let mut batches = batches.into_iter();
         let mut low = LowWatermark::new(report_progress);
+        let mut pace = Pace::new(self.config.speedup.filter(|_| report_progress));
         let mut settled = 0u64;
         loop {
             while tasks.len() < self.config.in_flight {
@@ -150,6 +151,7 @@ impl Sensor {
                     break;
                 };
                 let min_ts = low.started(&batch);
+                let release = pace.release(&batch);
                 self.outbox.put(&batch, None)?;
                 let (uploader, outbox, config) = (
                     self.uploader.clone(),
@@ -157,6 +159,9 @@ impl Sensor {
                     self.config.clone(),
                 );
                 tasks.spawn(async move {
+                    if let Some(at) = release {
+                        tokio::time::sleep_until(at).await;
+                    }
                     let (batch, outcome, attempts) =
                         deliver(&uploader, &outbox, &config, batch, fate).await?;
                     Ok((batch, outcome, attempts, min_ts))
@@ -202,6 +207,33 @@ impl Sensor {
             progress(n);
         }
         Ok(report)
+    }
+}
+
+/// Replay pacing: a batch leaves once the wall clock, scaled by the speedup, has reached its
+/// newest reading, counting from the first batch's oldest reading.
+struct Pace {
+    speedup: Option<f64>,
+    origin: Option<(tokio::time::Instant, u64)>,
+}
+
+impl Pace {
+    fn new(speedup: Option<f64>) -> Pace {
+        Pace {
+            speedup: speedup.filter(|s| s.is_finite() && *s > 0.0),
+            origin: None,
+        }
+    }
+
+    fn release(&mut self, batch: &PlainBatch) -> Option<tokio::time::Instant> {
+        let speedup = self.speedup?;
+        let newest = batch.readings.iter().map(|r| r.ts).max()?;
+        let oldest = batch.readings.iter().map(|r| r.ts).min()?;
+        let (start, t0) = *self
+            .origin
+            .get_or_insert((tokio::time::Instant::now(), oldest));
+        let offset = newest.saturating_sub(t0) as f64 / speedup;
+        Some(start + Duration::from_secs_f64(offset))
     }
 }
 

@@ -49,6 +49,9 @@ pub struct Uploader {
 
 const BACKOFF_START: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// How long a transaction waits out a catalog that cannot decide (no leader, no quorum): a
+/// leader election takes about a second, a restarted majority several.
+const CATALOG_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Retries `call` on retryable errors until `until`; other errors and the last retryable
 /// one are returned.
@@ -197,7 +200,9 @@ impl Uploader {
     pub async fn transact(&self, batch: &PlainBatch, fate: Fate) -> Result<Outcome, SensorError> {
         let bodies = self.encode_shares(batch)?;
         let ttl_ms = self.ttl.as_millis() as u64;
-        let create_until = Instant::now() + self.ttl;
+        // CREATE is idempotent and the deadline starts when the leader applies it, so waiting
+        // out an election costs the batch nothing.
+        let create_until = Instant::now() + CATALOG_PATIENCE;
         let created = retry(create_until, CatalogError::is_retryable, || {
             self.catalog.create(vec![CreateFlag {
                 id: batch.id,
@@ -210,6 +215,12 @@ impl Uploader {
                 Some(flag) => flag.deadline_ms,
                 None => return Ok(Outcome::Rejected("catalog answered no flag".into())),
             },
+            // The request itself is wrong: no retry can fix it.
+            Err(
+                e @ (CatalogError::BadTtl { .. }
+                | CatalogError::TooMany(_)
+                | CatalogError::DuplicateId(_)),
+            ) => return Ok(Outcome::Rejected(e.to_string())),
             Err(e) => return Ok(self.settle(batch, e.to_string()).await),
         };
         let remaining = Duration::from_millis(deadline_ms.saturating_sub(mcloud_catalog::now_ms()));
@@ -266,21 +277,30 @@ impl Uploader {
     }
 
     /// After a refusal that concerns the flag, the flag itself says what became of the batch:
-    /// TRUE means an earlier attempt already committed it, ERROR that it expired.
+    /// TRUE means an earlier attempt already committed it, ERROR that it expired, and no flag
+    /// that CREATE never took effect (nothing was uploaded under it). A flag still FALSE is
+    /// waited for: its deadline decides it.
     async fn settle(&self, batch: &PlainBatch, message: String) -> Outcome {
-        let until = Instant::now() + self.ttl;
-        let flag = retry(until, CatalogError::is_retryable, || {
-            self.catalog.get(vec![batch.id])
-        })
-        .await;
-        match flag
-            .ok()
-            .and_then(|f| f.first().copied().flatten())
-            .map(|f| f.state)
-        {
-            Some(FlagState::True) => Outcome::Committed,
-            Some(FlagState::Error) => Outcome::Expired(message),
-            _ => Outcome::Rejected(message),
+        let patience = CATALOG_PATIENCE.max(self.ttl * 2);
+        let until = Instant::now() + patience;
+        loop {
+            match self.catalog.get(vec![batch.id]).await {
+                Ok(flags) => match flags.first().copied().flatten().map(|f| f.state) {
+                    Some(FlagState::True) => return Outcome::Committed,
+                    Some(FlagState::Error) | None => return Outcome::Expired(message),
+                    Some(FlagState::False) => {}
+                },
+                Err(e) if e.is_retryable() => {
+                    tracing::debug!(batch = %batch.id, "reading the flag: {e}");
+                }
+                Err(e) => return Outcome::Rejected(format!("{message}; reading the flag: {e}")),
+            }
+            if Instant::now() >= until {
+                return Outcome::Rejected(format!(
+                    "{message}; the catalog did not decide the flag within {patience:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

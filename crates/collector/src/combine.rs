@@ -364,7 +364,17 @@ impl Collector {
     ) -> Result<Revealed, CollectError> {
         let until = std::time::Instant::now() + timeout;
         loop {
-            let revealed = self.collect(query).await?;
+            // A cloud that is restarting is waited for like a window that is not ready.
+            let revealed = match self.collect(query).await {
+                Err(CollectError::Call(e))
+                    if e.is_retryable() && std::time::Instant::now() < until =>
+                {
+                    tracing::info!("waiting for a cloud: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue;
+                }
+                other => other?,
+            };
             if revealed.not_ready.is_empty() || std::time::Instant::now() >= until {
                 return Ok(revealed);
             }

@@ -37,6 +37,38 @@ impl Reference {
     pub fn records(&self) -> u64 {
         self.groups.values().map(|t| t.count).sum()
     }
+
+    /// What a collector must reveal under the minimum-count policy, for comparing with a
+    /// result that only exists as output (a collector in another process).
+    pub fn expected(&self, min_count: u64) -> Revealed {
+        let mut windows: Vec<RevealedWindow> = Vec::new();
+        for (&(window, metric, group), totals) in &self.groups {
+            if windows.last().map(|w| w.window) != Some(window) {
+                windows.push(RevealedWindow {
+                    window,
+                    batches: 0,
+                    groups: Vec::new(),
+                    withheld: 0,
+                });
+            }
+            let Some(w) = windows.last_mut() else {
+                continue;
+            };
+            if totals.count < min_count {
+                w.withheld += 1;
+            } else {
+                w.groups.push(crate::combine::RevealedGroup {
+                    metric,
+                    group,
+                    totals: *totals,
+                });
+            }
+        }
+        Revealed {
+            windows,
+            not_ready: Vec::new(),
+        }
+    }
 }
 
 /// How the revealed aggregates compare with the reference.

@@ -89,9 +89,9 @@ impl NodeIdentity {
             source,
         })?;
         // The key first and the CA last: a peer that sees ca.pem can rely on the rest.
-        write(&paths[2], &identity.key_pem)?;
-        write(&paths[1], &identity.cert_pem)?;
-        write(&paths[0], &identity.ca_pem)?;
+        write(&paths[2], &identity.key_pem, true)?;
+        write(&paths[1], &identity.cert_pem, false)?;
+        write(&paths[0], &identity.ca_pem, false)?;
         Ok(identity)
     }
 
@@ -127,11 +127,22 @@ fn read(path: &Path) -> Result<String, TlsError> {
     })
 }
 
-fn write(path: &Path, text: &str) -> Result<(), TlsError> {
-    std::fs::write(path, text).map_err(|source| TlsError::Io {
+/// Writes through a temporary file and a rename, so a peer polling for the file never reads
+/// it half written. `private`: only the owner may read it.
+fn write(path: &Path, text: &str, private: bool) -> Result<(), TlsError> {
+    let io = |source| TlsError::Io {
         path: path.display().to_string(),
         source,
-    })
+    };
+    let tmp = path.with_extension("pem.tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, if private { 0o600 } else { 0o644 });
+    let mut file = options.open(&tmp).map_err(io)?;
+    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 fn parse_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -66,6 +66,7 @@ pub enum WireError {
     TooMany(usize),
     Storage(String),
     Unavailable(String),
+    Membership(String),
 }
 
 impl From<CatalogError> for WireError {
@@ -80,6 +81,7 @@ impl From<CatalogError> for WireError {
             CatalogError::DuplicateId(id) => WireError::DuplicateId(id),
             CatalogError::TooMany(n) => WireError::TooMany(n),
             CatalogError::Storage(m) => WireError::Storage(m),
+            CatalogError::Membership(m) => WireError::Membership(m),
             CatalogError::Unavailable(m) => WireError::Unavailable(m),
             CatalogError::Call(e) if e.is_retryable() => WireError::Unavailable(e.to_string()),
             CatalogError::Call(e) => WireError::Storage(e.to_string()),
@@ -100,6 +102,7 @@ impl From<WireError> for CatalogError {
             WireError::TooMany(n) => CatalogError::TooMany(n),
             WireError::Storage(m) => CatalogError::Storage(m),
             WireError::Unavailable(m) => CatalogError::Unavailable(m),
+            WireError::Membership(m) => CatalogError::Membership(m),
         }
     }
 }

@@ -1,0 +1,377 @@
+//! A deployment whose every role is its own OS process on loopback: catalog voters and clouds
+//! run `mcloud node` with one-role configs written here, and each can be SIGKILLed and
+//! restarted on the same address and data. Used by `mcloud demo --processes` and by the
+//! tests that kill real processes.
+
+use anyhow::{bail, Context, Result};
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One long-running role of the deployment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Catalog voter, 0-based (Raft node id = index + 1).
+    Catalog(usize),
+    /// Cloud of this party.
+    Cloud(usize),
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Catalog(i) => write!(f, "catalog voter {} (node id {})", i, i + 1),
+            Role::Cloud(i) => write!(f, "cloud {i}"),
+        }
+    }
+}
+
+impl Role {
+    fn name(&self) -> String {
+        match self {
+            Role::Catalog(i) => format!("catalog{i}"),
+            Role::Cloud(i) => format!("cloud{i}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ProcessSpec {
+    /// The `mcloud` binary every process runs.
+    pub bin: PathBuf,
+    pub dir: PathBuf,
+    pub parties: usize,
+    /// Catalog voters started with the deployment.
+    pub voters: usize,
+    /// Catalog nodes written with `join = true`, started only on request, to be added with
+    /// `mcloud catalog add-voter`.
+    pub spare_catalogs: usize,
+    pub partitions: u32,
+    pub window_secs: u64,
+    pub grace_secs: u64,
+}
+
+pub struct ProcessCluster {
+    spec: ProcessSpec,
+    catalog_ports: Vec<u16>,
+    cloud_ports: Vec<u16>,
+    catalogs: Vec<Option<Child>>,
+    clouds: Vec<Option<Child>>,
+}
+
+/// A port free right now; the process that gets it binds it moments later.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl ProcessCluster {
+    /// Writes every role's config and `deployment.toml` under `spec.dir`; starts nothing.
+    pub fn write(spec: ProcessSpec) -> Result<ProcessCluster> {
+        if spec.voters == 0 || spec.parties == 0 {
+            bail!("a deployment needs at least one catalog voter and one cloud");
+        }
+        std::fs::create_dir_all(spec.dir.join("logs"))?;
+        let catalog_ports = (0..spec.voters + spec.spare_catalogs)
+            .map(|_| free_port())
+            .collect::<Result<Vec<_>>>()?;
+        let cloud_ports = (0..spec.parties)
+            .map(|_| free_port())
+            .collect::<Result<Vec<_>>>()?;
+        let cluster = ProcessCluster {
+            catalogs: (0..catalog_ports.len()).map(|_| None).collect(),
+            clouds: (0..spec.parties).map(|_| None).collect(),
+            spec,
+            catalog_ports,
+            cloud_ports,
+        };
+        let mut peers = String::new();
+        for i in 0..cluster.spec.voters {
+            peers += &format!(
+                "[[catalog.peers]]\nid = {}\nurl = \"{}\"\nca = \"catalog{i}/tls/ca.pem\"\n",
+                i + 1,
+                cluster.catalog_url(i)
+            );
+        }
+        for i in 0..cluster.catalog_ports.len() {
+            let join = i >= cluster.spec.voters;
+            // A joining node names only itself: it learns its peers from the leader.
+            let peers = if join {
+                format!(
+                    "[[catalog.peers]]\nid = {}\nurl = \"{}\"\nca = \"catalog{i}/tls/ca.pem\"\n",
+                    i + 1,
+                    cluster.catalog_url(i)
+                )
+            } else {
+                peers.clone()
+            };
+            let text = format!(
+                "data_dir = \"catalog{i}\"\n[catalog]\nlisten = \"127.0.0.1:{}\"\nnode_id = {}\n\
+                 partitions = {}\njoin = {join}\n{peers}",
+                cluster.catalog_ports[i],
+                i + 1,
+                cluster.spec.partitions,
+            );
+            cluster.write_file(&format!("catalog{i}.toml"), &text)?;
+        }
+        for party in 0..cluster.spec.parties {
+            let first = party % cluster.spec.voters;
+            let others: Vec<String> = (0..cluster.spec.voters)
+                .filter(|v| *v != first)
+                .map(|v| cluster.catalog_endpoint(v))
+                .collect();
+            let text = format!(
+                "data_dir = \"cloud{party}\"\n[cloud]\nlisten = \"127.0.0.1:{}\"\nparty = {party}\n\
+                 parties = {}\nwindow_secs = {}\ngrace_secs = {}\ncatalog = {}\ncatalog_nodes = [{}]\n",
+                cluster.cloud_ports[party],
+                cluster.spec.parties,
+                cluster.spec.window_secs,
+                cluster.spec.grace_secs,
+                cluster.catalog_endpoint(first),
+                others.join(", ")
+            );
+            cluster.write_file(&format!("cloud{party}.toml"), &text)?;
+        }
+        let others: Vec<String> = (1..cluster.spec.voters)
+            .map(|v| cluster.catalog_endpoint(v))
+            .collect();
+        let mut text = format!(
+            "catalog = {}\ncatalog_nodes = [{}]\n",
+            cluster.catalog_endpoint(0),
+            others.join(", ")
+        );
+        for party in 0..cluster.spec.parties {
+            text += &format!(
+                "[[clouds]]\nurl = \"https://127.0.0.1:{}\"\nca = \"cloud{party}/tls/ca.pem\"\n",
+                cluster.cloud_ports[party]
+            );
+        }
+        cluster.write_file("deployment.toml", &text)?;
+        Ok(cluster)
+    }
+
+    fn write_file(&self, name: &str, text: &str) -> Result<()> {
+        let path = self.spec.dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn catalog_endpoint(&self, i: usize) -> String {
+        format!(
+            "{{ url = \"{}\", ca = \"catalog{i}/tls/ca.pem\" }}",
+            self.catalog_url(i)
+        )
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.spec.dir
+    }
+
+    pub fn spec(&self) -> &ProcessSpec {
+        &self.spec
+    }
+
+    pub fn deployment_path(&self) -> PathBuf {
+        self.spec.dir.join("deployment.toml")
+    }
+
+    pub fn config_path(&self, role: Role) -> PathBuf {
+        self.spec.dir.join(format!("{}.toml", role.name()))
+    }
+
+    /// Where a catalog node's peers find it.
+    pub fn catalog_url(&self, i: usize) -> String {
+        format!("https://127.0.0.1:{}", self.catalog_ports[i])
+    }
+
+    /// The CA certificate a catalog node creates on its first start.
+    pub fn catalog_ca(&self, i: usize) -> PathBuf {
+        self.spec.dir.join(format!("catalog{i}/tls/ca.pem"))
+    }
+
+    pub fn cloud_url(&self, party: usize) -> String {
+        format!("https://127.0.0.1:{}", self.cloud_ports[party])
+    }
+
+    /// Every catalog node, spares included.
+    pub fn catalog_nodes(&self) -> usize {
+        self.catalog_ports.len()
+    }
+
+    fn slot(&mut self, role: Role) -> &mut Option<Child> {
+        match role {
+            Role::Catalog(i) => &mut self.catalogs[i],
+            Role::Cloud(i) => &mut self.clouds[i],
+        }
+    }
+
+    /// Starts `role` (again), appending its stderr to `logs/<role>.log`.
+    pub fn start(&mut self, role: Role) -> Result<()> {
+        if self.slot(role).is_some() {
+            bail!("{role} is already running");
+        }
+        let log_path = self.spec.dir.join(format!("logs/{}.log", role.name()));
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let child = Command::new(&self.spec.bin)
+            .args(["node", "--config"])
+            .arg(self.config_path(role))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {role} ({})", self.spec.bin.display()))?;
+        *self.slot(role) = Some(child);
+        Ok(())
+    }
+
+    /// Starts every catalog voter and every cloud (not the spare catalog nodes).
+    pub fn start_all(&mut self) -> Result<()> {
+        for i in 0..self.spec.voters {
+            self.start(Role::Catalog(i))?;
+        }
+        for party in 0..self.spec.parties {
+            self.start(Role::Cloud(party))?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs `role`: no shutdown, no flush, as a crash would.
+    pub fn kill(&mut self, role: Role) -> Result<()> {
+        let Some(mut child) = self.slot(role).take() else {
+            bail!("{role} is not running");
+        };
+        child.kill().with_context(|| format!("killing {role}"))?;
+        let _ = child.wait();
+        Ok(())
+    }
+
+    pub fn is_running(&mut self, role: Role) -> bool {
+        match self.slot(role) {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Roles started here that exited on their own, with the end of their log.
+    pub fn exited(&mut self) -> Vec<String> {
+        let roles: Vec<Role> = (0..self.catalogs.len())
+            .map(Role::Catalog)
+            .chain((0..self.clouds.len()).map(Role::Cloud))
+            .collect();
+        let mut out = Vec::new();
+        for role in roles {
+            let status = match self.slot(role) {
+                Some(child) => child.try_wait().ok().flatten(),
+                None => None,
+            };
+            if let Some(status) = status {
+                *self.slot(role) = None;
+                out.push(format!(
+                    "{role} exited ({status}):\n{}",
+                    self.log_tail(&role.name(), 10)
+                ));
+            }
+        }
+        out
+    }
+
+    /// The last `lines` lines of `logs/<name>.log`.
+    pub fn log_tail(&self, name: &str, lines: usize) -> String {
+        let path = self.spec.dir.join(format!("logs/{name}.log"));
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// A client pinning every CA created so far.
+    pub fn http(&self) -> Result<reqwest::Client> {
+        let mut pems = Vec::new();
+        let roles = (0..self.catalog_nodes())
+            .map(Role::Catalog)
+            .chain((0..self.spec.parties).map(Role::Cloud));
+        for role in roles {
+            let path = self.spec.dir.join(format!("{}/tls/ca.pem", role.name()));
+            if let Ok(pem) = mcloud_core::tls::read_ca(&path) {
+                pems.push(pem);
+            }
+        }
+        Ok(mcloud_core::tls::client(&pems)?)
+    }
+
+    /// Catalog node `i`'s status page, if it answers.
+    pub async fn catalog_status(
+        &self,
+        http: &reqwest::Client,
+        i: usize,
+    ) -> Option<serde_json::Value> {
+        let url = format!("{}/v1/status", self.catalog_url(i));
+        let response = http
+            .get(url)
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .ok()?;
+        response.json().await.ok()
+    }
+
+    /// The catalog node (0-based) that says it leads `partition`.
+    pub async fn catalog_leader(&self, http: &reqwest::Client, partition: usize) -> Option<usize> {
+        for i in 0..self.catalog_nodes() {
+            if let Some(s) = self.catalog_status(http, i).await {
+                if s["partitions"][partition]["state"] == "Leader" {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits until every partition has a leader and every cloud answers its health check.
+    pub async fn wait_ready(&mut self, give_up: Duration) -> Result<reqwest::Client> {
+        let started = Instant::now();
+        loop {
+            let exited = self.exited();
+            if !exited.is_empty() {
+                bail!("{}", exited.join("\n"));
+            }
+            let http = self.http()?;
+            let mut ready = true;
+            for p in 0..self.spec.partitions as usize {
+                ready &= self.catalog_leader(&http, p).await.is_some();
+            }
+            for party in 0..self.spec.parties {
+                let url = format!("{}/v1/health", self.cloud_url(party));
+                ready &= http
+                    .get(url)
+                    .timeout(Duration::from_millis(500))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+            }
+            if ready {
+                return Ok(http);
+            }
+            if started.elapsed() > give_up {
+                bail!(
+                    "the deployment in {} was not ready within {give_up:?}; see its logs/",
+                    self.spec.dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for child in self.catalogs.iter_mut().chain(&mut self.clouds).flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
