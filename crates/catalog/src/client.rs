@@ -1,8 +1,11 @@
 //! The catalog as seen from a sensor or a cloud: a `FlagTable` over HTTPS. The client knows
-//! every catalog node; any node routes a request to the leader of each partition, so the
-//! client only has to move on to the next node when one is unreachable or has no quorum, and
-//! it stays with the node that answered last.
+//! every catalog node and learns from their status pages which one leads each partition, so a
+//! request for one partition goes straight to its leader. Any node also routes a request to
+//! the leaders itself: when the leader is unknown, gone or the request spans partitions, the
+//! client moves through the nodes until one answers, staying with the node that answered
+//! last.
 
+use crate::raft::placement::partition_of;
 use crate::service::{CREATE_PATH, GET_PATH, SET_PATH};
 use crate::{CatalogError, FlagTable};
 use mcloud_core::http::{post, CallError};
@@ -12,15 +15,29 @@ use mcloud_core::wire::{
 use mcloud_core::BatchId;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Clone)]
 pub struct CatalogClient {
     http: reqwest::Client,
     nodes: Arc<Vec<String>>,
     current: Arc<AtomicUsize>,
+    leaders: Arc<Leaders>,
 }
+
+/// Which known node leads each partition, as last read from a status page.
+#[derive(Default)]
+struct Leaders {
+    /// Index into `nodes` per partition; empty while unknown.
+    by_partition: Mutex<Vec<Option<usize>>>,
+    refreshing: AtomicBool,
+    last_refresh: Mutex<Option<Instant>>,
+}
+
+/// How often a client may ask for the leaders while it does not know them.
+const REFRESH_EVERY: Duration = Duration::from_millis(250);
 
 impl CatalogClient {
     /// `base` is a catalog node's `https://host:port`.
@@ -39,6 +56,7 @@ impl CatalogClient {
             http,
             nodes: Arc::new(nodes),
             current: Arc::new(AtomicUsize::new(0)),
+            leaders: Arc::new(Leaders::default()),
         }
     }
 
@@ -50,6 +68,102 @@ impl CatalogClient {
 
     pub fn nodes(&self) -> &[String] {
         &self.nodes
+    }
+
+    /// The known leader of the one partition all `ids` fall in.
+    fn leader_for(&self, ids: impl Iterator<Item = BatchId>) -> Option<usize> {
+        let leaders = self.leaders.by_partition.lock().ok()?;
+        if leaders.is_empty() {
+            return None;
+        }
+        let mut partition = None;
+        for id in ids {
+            let p = partition_of(id, leaders.len() as u32);
+            if partition.is_some_and(|q| q != p) {
+                return None;
+            }
+            partition = Some(p);
+        }
+        leaders.get(partition? as usize).copied().flatten()
+    }
+
+    fn forget_leaders(&self) {
+        if let Ok(mut leaders) = self.leaders.by_partition.lock() {
+            leaders.clear();
+        }
+    }
+
+    /// Reads the leaders from the current node's status page, in the background and at most
+    /// every `REFRESH_EVERY`.
+    fn refresh_leaders(&self) {
+        if let Ok(mut last) = self.leaders.last_refresh.lock() {
+            if last.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        if self.leaders.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let client = self.clone();
+        tokio::spawn(async move {
+            let learned = client.read_leaders().await;
+            if let (Some(learned), Ok(mut leaders)) = (learned, client.leaders.by_partition.lock())
+            {
+                *leaders = learned;
+            }
+            client.leaders.refreshing.store(false, Ordering::Release);
+        });
+    }
+
+    async fn read_leaders(&self) -> Option<Vec<Option<usize>>> {
+        let url = format!("{}/v1/status", self.base());
+        let status: serde_json::Value = self
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let partitions = status["partitions"].as_array()?;
+        Some(
+            partitions
+                .iter()
+                .map(|p| {
+                    let url = p["leader_url"].as_str()?.trim_end_matches('/');
+                    // Only a node whose CA this client pins can be asked directly.
+                    self.nodes.iter().position(|n| n == url)
+                })
+                .collect(),
+        )
+    }
+
+    /// Sends a request about `ids` to their partition's leader when it is known, else through
+    /// the nodes in turn.
+    async fn call_ids<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: &Q,
+        ids: impl Iterator<Item = BatchId>,
+    ) -> Result<R, CatalogError> {
+        match self.leader_for(ids) {
+            Some(i) => {
+                let url = format!("{}{path}", self.nodes[i]);
+                match post(&self.http, &url, request).await {
+                    Ok(r) => return Ok(r),
+                    Err(e) if e.is_retryable() => {
+                        tracing::debug!("catalog leader {url}: {e}; asking the other nodes");
+                        self.forget_leaders();
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            None => self.refresh_leaders(),
+        }
+        self.call(path, request).await
     }
 
     /// Tries each node once, starting with the current one; a retryable failure moves on.
@@ -94,19 +208,26 @@ impl CatalogClient {
 
 impl FlagTable for CatalogClient {
     async fn create(&self, flags: Vec<CreateFlag>) -> Result<Vec<Flag>, CatalogError> {
+        let ids: Vec<BatchId> = flags.iter().map(|f| f.id).collect();
         let r: FlagsResponse = self
-            .call(CREATE_PATH, &CreateFlagsRequest { flags })
+            .call_ids(CREATE_PATH, &CreateFlagsRequest { flags }, ids.into_iter())
             .await?;
         Ok(r.flags)
     }
 
     async fn set(&self, ids: Vec<BatchId>) -> Result<Vec<Flag>, CatalogError> {
-        let r: FlagsResponse = self.call(SET_PATH, &FlagIds { ids }).await?;
+        let request = FlagIds { ids };
+        let r: FlagsResponse = self
+            .call_ids(SET_PATH, &request, request.ids.iter().copied())
+            .await?;
         Ok(r.flags)
     }
 
     async fn get(&self, ids: Vec<BatchId>) -> Result<Vec<Option<Flag>>, CatalogError> {
-        let r: GetFlagsResponse = self.call(GET_PATH, &FlagIds { ids }).await?;
+        let request = FlagIds { ids };
+        let r: GetFlagsResponse = self
+            .call_ids(GET_PATH, &request, request.ids.iter().copied())
+            .await?;
         Ok(r.flags)
     }
 }

@@ -3,6 +3,7 @@
 pub mod analytics;
 pub mod bench;
 pub mod bench_debs;
+pub mod catalog_admin;
 pub mod catalog_bench;
 pub mod cluster;
 pub mod config;

@@ -1,6 +1,6 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use mcloud::{analytics, bench, demo, node, query, sensor};
+use mcloud::{analytics, bench, catalog_admin, demo, node, query, sensor};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,6 +22,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Change or show the replicated catalog's membership at run time.
+    Catalog(catalog_admin::CatalogArgs),
     /// Upload a CSV or synthetic stream to a running deployment.
     Sensor(sensor::SensorArgs),
     /// Reveal the aggregates of a running deployment.
@@ -44,6 +46,7 @@ async fn main() -> Result<ExitCode> {
     let ok = match Cli::parse().command {
         Command::Demo(args) => demo::run(args).await?,
         Command::Node { config } => node::run(&config).await.map(|_| true)?,
+        Command::Catalog(args) => catalog_admin::run(args).await.map(|_| true)?,
         Command::Sensor(args) => sensor::run(args).await?,
         Command::Query(args) => query::run(args).await.map(|_| true)?,
         Command::Analytics(args) => analytics::run_command(args).await.map(|_| true)?,

@@ -4,7 +4,7 @@
 //! leader and one cloud are SIGKILLed mid-run and restarted.
 
 use crate::demo::DemoArgs;
-use crate::processes::{ProcessCluster, ProcessSpec, Role};
+use crate::processes::{Owned, ProcessCluster, ProcessSpec, Role};
 use anyhow::{bail, Context, Result};
 use mcloud_collector::Reference;
 use mcloud_core::Reading;
@@ -178,11 +178,13 @@ pub async fn run(args: &DemoArgs, readings: &[Reading], window: u64, dir: &Path)
         sensor.args(["--speedup", &s.to_string()]);
     }
     let started = Instant::now();
-    let mut sensor = sensor
-        .stdout(Stdio::null())
-        .stderr(log_file(dir, "sensor")?)
-        .spawn()
-        .context("starting the sensor process")?;
+    let mut sensor = Owned(
+        sensor
+            .stdout(Stdio::null())
+            .stderr(log_file(dir, "sensor")?)
+            .spawn()
+            .context("starting the sensor process")?,
+    );
     let mut chaos = args.chaos.then(|| {
         Chaos::new(
             Duration::from_secs_f64(span as f64 / speedup.unwrap_or(1.0)),
@@ -191,12 +193,11 @@ pub async fn run(args: &DemoArgs, readings: &[Reading], window: u64, dir: &Path)
         )
     });
     let sensor_status = loop {
-        if let Some(status) = sensor.try_wait()? {
+        if let Some(status) = sensor.0.try_wait()? {
             break status;
         }
         let exited = cluster.exited();
         if !exited.is_empty() {
-            let _ = sensor.kill();
             bail!(
                 "a process of the deployment died on its own:\n{}",
                 exited.join("\n")

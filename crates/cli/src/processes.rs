@@ -221,6 +221,8 @@ impl ProcessCluster {
         let child = Command::new(&self.spec.bin)
             .args(["node", "--config"])
             .arg(self.config_path(role))
+            // The error, not a backtrace, belongs at the end of the log.
+            .env("RUST_LIB_BACKTRACE", "0")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -364,6 +366,16 @@ impl ProcessCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// A child process that is killed when its owner goes away, error paths included.
+pub struct Owned(pub Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

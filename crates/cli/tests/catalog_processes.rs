@@ -4,7 +4,7 @@
 //! decided the same way everywhere, and the revealed sums equal the plaintext reference.
 
 mod common;
-use common::{expected_rows, free_port, rows_of, Proc, BIN, SYNTHETIC_ARGS};
+use common::{expected_rows, free_port, rows_of, wait_for, Proc, BIN, SYNTHETIC_ARGS};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -132,20 +132,6 @@ impl Deployment {
 
     async fn applied(&self, party: usize) -> Option<u64> {
         self.catalog_status(party).await?["partitions"][0]["last_applied"].as_u64()
-    }
-}
-
-async fn wait_for<T>(secs: u64, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let until = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < until,
-            "{what} did not happen within {secs} s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -125,6 +125,8 @@ pub struct PartitionStatus {
     pub partition: u32,
     pub state: String,
     pub leader: Option<NodeId>,
+    /// Where the leader serves, so clients can send it this partition's requests directly.
+    pub leader_url: Option<String>,
     pub term: u64,
     pub last_applied: Option<u64>,
     /// Last log index covered by this node's snapshot.
@@ -259,6 +261,12 @@ impl CatalogNode {
                     partition: i as u32,
                     state: format!("{:?}", m.state),
                     leader: m.current_leader,
+                    leader_url: m.current_leader.and_then(|l| {
+                        membership
+                            .get_node(&l)
+                            .or_else(|| self.peers.get(&l))
+                            .map(|p| p.url.clone())
+                    }),
                     term: m.current_term,
                     last_applied: m.last_applied.map(|l| l.index),
                     snapshot: m.snapshot.map(|l| l.index),
@@ -498,14 +506,34 @@ impl CatalogNode {
         }
         let fail =
             |e: String| CatalogError::Unavailable(format!("catalog partition {partition}: {e}"));
+        let membership = p
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
         match change {
+            MembershipChange::AddLearner { id, peer } | MembershipChange::AddVoter { id, peer }
+                if membership.voter_ids().any(|v| v == id) =>
+            {
+                let _ = peer;
+                Err(CatalogError::Membership(format!(
+                    "node {id} is already a voter of partition {partition}"
+                )))
+            }
             MembershipChange::AddLearner { id, peer } => {
+                self.probe(id, &peer).await?;
                 p.raft
                     .add_learner(id, peer, true)
                     .await
                     .map_err(|e| fail(e.to_string()))?;
+                Ok(())
             }
             MembershipChange::AddVoter { id, peer } => {
+                self.probe(id, &peer).await?;
+                // As a learner first, so the new voter has caught up before it counts
+                // towards the quorum.
                 p.raft
                     .add_learner(id, peer, true)
                     .await
@@ -514,16 +542,21 @@ impl CatalogNode {
                     .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                     .await
                     .map_err(|e| fail(e.to_string()))?;
+                Ok(())
             }
             MembershipChange::Remove { id } => {
-                let m = p
-                    .raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .clone();
-                if m.voter_ids().any(|v| v == id) {
+                let is_voter = membership.voter_ids().any(|v| v == id);
+                if !is_voter && !membership.learner_ids().any(|l| l == id) {
+                    return Err(CatalogError::Membership(format!(
+                        "node {id} is not a member of partition {partition}"
+                    )));
+                }
+                if is_voter && membership.voter_ids().count() == 1 {
+                    return Err(CatalogError::Membership(format!(
+                        "node {id} is the last voter of partition {partition}; add another first"
+                    )));
+                }
+                if is_voter {
                     p.raft
                         .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                         .await
@@ -533,9 +566,36 @@ impl CatalogNode {
                     .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                     .await
                     .map_err(|e| fail(e.to_string()))?;
+                Ok(())
             }
         }
-        Ok(())
+    }
+
+    /// A node about to join must answer as catalog node `id` behind the CA it was given, or
+    /// the group would wait on a peer it can never reach.
+    async fn probe(&self, id: NodeId, peer: &Peer) -> Result<(), CatalogError> {
+        let bad =
+            |why: String| CatalogError::Membership(format!("new node {id} at {}: {why}", peer.url));
+        let http = self
+            .clients
+            .for_peer(peer)
+            .map_err(|e| bad(format!("its CA certificate is unusable: {e}")))?;
+        let url = format!("{}/v1/status", peer.url.trim_end_matches('/'));
+        let status: serde_json::Value = async {
+            http.get(&url)
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await
+        }
+        .await
+        .map_err(|e| bad(format!("unreachable with the CA given: {e}")))?;
+        match status["node_id"].as_u64() {
+            Some(found) if found == id => Ok(()),
+            found => Err(bad(format!("it says it is node {found:?}"))),
+        }
     }
 
     pub fn is_leader(&self, partition: u32) -> bool {

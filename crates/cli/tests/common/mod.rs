@@ -88,3 +88,18 @@ pub fn rows_of(csv: &str) -> BTreeMap<String, String> {
         })
         .collect()
 }
+
+/// Polls `f` every 100 ms until it gives a value; fails the test after `secs`.
+pub async fn wait_for<T>(secs: u64, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{what} did not happen within {secs} s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

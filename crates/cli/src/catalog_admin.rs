@@ -1,0 +1,225 @@
+//! `mcloud catalog`: the replicated catalog's membership at run time — add voters and
+//! learners, remove nodes, show who leads what. Uploads go on meanwhile: Raft changes
+//! membership through its log, one step at a time.
+
+use crate::config::{wait_for_ca, Deployment};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use mcloud_catalog::raft::node::membership_path;
+use mcloud_catalog::raft::types::WireError;
+use mcloud_catalog::raft::MembershipChange;
+use mcloud_catalog::{CatalogError, Peer};
+use mcloud_core::http::post;
+use std::path::PathBuf;
+
+#[derive(Args, Clone, Debug)]
+pub struct CatalogArgs {
+    /// The deployment file naming the catalog nodes (any of them takes the change).
+    #[arg(long)]
+    pub deployment: PathBuf,
+    #[command(subcommand)]
+    pub command: CatalogCommand,
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum CatalogCommand {
+    /// Every catalog node's view of every partition: state, leader, term, members, flags.
+    Status,
+    /// Make a running node (started with `join = true`) a voter: it catches up as a learner
+    /// first, then counts towards the quorum.
+    AddVoter(NewMember),
+    /// Make a running node a learner: it receives the log but does not vote.
+    AddLearner(NewMember),
+    /// Remove a voter or learner; removing the leader hands leadership to another voter.
+    Remove {
+        /// The node's Raft id.
+        #[arg(long)]
+        id: u64,
+        /// Only this partition (default: every partition).
+        #[arg(long)]
+        partition: Option<u32>,
+    },
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct NewMember {
+    /// The new node's Raft id (its `node_id`).
+    #[arg(long)]
+    pub id: u64,
+    /// Where its peers reach it, `https://host:port`.
+    #[arg(long)]
+    pub url: String,
+    /// Its CA certificate (`<data_dir>/tls/ca.pem`), pinned by every peer from now on.
+    #[arg(long)]
+    pub ca: PathBuf,
+    /// Only this partition (default: every partition).
+    #[arg(long)]
+    pub partition: Option<u32>,
+}
+
+pub async fn run(args: CatalogArgs) -> Result<()> {
+    let deployment = Deployment::load(&args.deployment)?;
+    let http = deployment.client()?;
+    let nodes = deployment.catalog_urls();
+    let status = statuses(&http, &nodes).await;
+    let partitions = status
+        .iter()
+        .find_map(|(_, s)| s.as_ref().ok()?["partitions"].as_array().map(Vec::len))
+        .context("no catalog node answered; is the catalog running?")? as u32;
+    let (change, only) = match args.command {
+        CatalogCommand::Status => {
+            print_status(&status);
+            return Ok(());
+        }
+        CatalogCommand::AddVoter(m) | CatalogCommand::AddLearner(m)
+            if !m.url.starts_with("https://") =>
+        {
+            bail!(
+                "--url must be the new node's https://host:port, got {}",
+                m.url
+            )
+        }
+        CatalogCommand::AddVoter(m) => {
+            let peer = new_peer(&m)?;
+            (MembershipChange::AddVoter { id: m.id, peer }, m.partition)
+        }
+        CatalogCommand::AddLearner(m) => {
+            let peer = new_peer(&m)?;
+            (MembershipChange::AddLearner { id: m.id, peer }, m.partition)
+        }
+        CatalogCommand::Remove { id, partition } => (MembershipChange::Remove { id }, partition),
+    };
+    if let Some(p) = only {
+        if p >= partitions {
+            bail!("--partition {p} does not exist: the catalog has {partitions} partition(s)");
+        }
+    }
+    // The new node's CA must be pinned to talk to it afterwards; the change itself goes
+    // through nodes the deployment already knows.
+    let targets: Vec<u32> = only.map(|p| vec![p]).unwrap_or((0..partitions).collect());
+    for p in targets {
+        apply(&http, &nodes, p, &change).await?;
+        eprintln!("partition {p}: {}", describe(&change));
+    }
+    Ok(())
+}
+
+fn new_peer(m: &NewMember) -> Result<Peer> {
+    let ca_pem = wait_for_ca(&m.ca)?;
+    Ok(Peer {
+        url: m.url.trim_end_matches('/').to_string(),
+        ca_pem,
+    })
+}
+
+fn describe(change: &MembershipChange) -> String {
+    match change {
+        MembershipChange::AddVoter { id, peer } => format!("node {id} ({}) is a voter", peer.url),
+        MembershipChange::AddLearner { id, peer } => {
+            format!("node {id} ({}) is a learner", peer.url)
+        }
+        MembershipChange::Remove { id } => format!("node {id} removed"),
+    }
+}
+
+/// Sends the change to the first catalog node that can act on it (it forwards to the leader).
+async fn apply(
+    http: &reqwest::Client,
+    nodes: &[String],
+    partition: u32,
+    change: &MembershipChange,
+) -> Result<()> {
+    let mut last = None;
+    for node in nodes {
+        let url = format!("{node}{}", membership_path(partition));
+        match post::<_, Result<(), WireError>>(http, &url, change).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => {
+                let e = CatalogError::from(e);
+                if !e.is_retryable() {
+                    bail!("partition {partition}: {e}");
+                }
+                last = Some(e.to_string());
+            }
+            Err(e) if e.is_retryable() => last = Some(e.to_string()),
+            Err(e) => bail!("partition {partition}: {e}"),
+        }
+    }
+    bail!(
+        "partition {partition}: no catalog node could make the change: {}",
+        last.unwrap_or_default()
+    )
+}
+
+type Status = Result<serde_json::Value, String>;
+
+async fn statuses(http: &reqwest::Client, nodes: &[String]) -> Vec<(String, Status)> {
+    let mut out = Vec::new();
+    for node in nodes {
+        let answer = async {
+            http.get(format!("{node}/v1/status"))
+                .send()
+                .await?
+                .error_for_status()?
+                .json::<serde_json::Value>()
+                .await
+        }
+        .await
+        .map_err(|e| e.to_string());
+        out.push((node.clone(), answer));
+    }
+    out
+}
+
+fn print_status(status: &[(String, Status)]) {
+    println!(
+        "{:<26} {:>4} {:>9} {:>10} {:>6} {:>8} {:<12} {:<10} {:>9} {:>7} {:>5}",
+        "node",
+        "id",
+        "partition",
+        "state",
+        "leader",
+        "term",
+        "voters",
+        "learners",
+        "committed",
+        "errored",
+        "open"
+    );
+    for (url, s) in status {
+        let s = match s {
+            Ok(s) => s,
+            Err(e) => {
+                println!("{url:<26} unreachable: {e}");
+                continue;
+            }
+        };
+        let parts = s["partitions"].as_array().cloned().unwrap_or_default();
+        for p in parts {
+            let ids = |v: &serde_json::Value| {
+                v.as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|x| x.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default()
+            };
+            println!(
+                "{:<26} {:>4} {:>9} {:>10} {:>6} {:>8} {:<12} {:<10} {:>9} {:>7} {:>5}",
+                url,
+                s["node_id"],
+                p["partition"],
+                p["state"].as_str().unwrap_or("?"),
+                p["leader"],
+                p["term"],
+                ids(&p["voters"]),
+                ids(&p["learners"]),
+                p["flags"]["committed"],
+                p["flags"]["errored"],
+                p["flags"]["open"]
+            );
+        }
+    }
+}
