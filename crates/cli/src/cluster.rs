@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use mcloud_catalog::{CatalogClient, CatalogConfig, CatalogNode, Peer};
 use mcloud_client::Uploader;
+use mcloud_cloud::elastic::ElasticConfig;
 use mcloud_cloud::{CloudConfig, CloudNode};
 use mcloud_collector::Collector;
 use mcloud_core::server::{bind, serve, serve_on, RunningServer};
@@ -58,6 +59,7 @@ pub struct LocalCluster {
     cloud_addrs: Vec<SocketAddr>,
     identities: Vec<NodeIdentity>,
     http: reqwest::Client,
+    elastic: ElasticConfig,
 }
 
 fn loopback() -> SocketAddr {
@@ -67,10 +69,24 @@ fn loopback() -> SocketAddr {
 impl LocalCluster {
     /// A cluster with the default catalog: three voters, one partition.
     pub async fn start(spec: ClusterSpec) -> Result<LocalCluster> {
-        Self::start_with(spec, CatalogSpec::default()).await
+        Self::start_full(spec, CatalogSpec::default(), ElasticConfig::default()).await
     }
 
+    /// A cluster with the catalog `catalog_spec` describes.
     pub async fn start_with(spec: ClusterSpec, catalog_spec: CatalogSpec) -> Result<LocalCluster> {
+        Self::start_full(spec, catalog_spec, ElasticConfig::default()).await
+    }
+
+    /// A cluster whose clouds run their pre-aggregation workers as `elastic` says.
+    pub async fn start_elastic(spec: ClusterSpec, elastic: ElasticConfig) -> Result<LocalCluster> {
+        Self::start_full(spec, CatalogSpec::default(), elastic).await
+    }
+
+    pub async fn start_full(
+        spec: ClusterSpec,
+        catalog_spec: CatalogSpec,
+        elastic: ElasticConfig,
+    ) -> Result<LocalCluster> {
         let names = tls::default_names();
         let mut catalog_identities = Vec::new();
         for voter in 0..catalog_spec.voters {
@@ -110,6 +126,7 @@ impl LocalCluster {
             cloud_addrs: Vec::new(),
             identities,
             http,
+            elastic,
         };
         for (voter, listener) in listeners.into_iter().enumerate() {
             let started = cluster.start_catalog_voter(voter as u16, listener).await?;
@@ -246,6 +263,7 @@ impl LocalCluster {
             parties: self.spec.parties,
             window_secs: self.spec.window_secs,
             grace_secs: self.spec.grace_secs,
+            elastic: self.elastic.clone(),
             ..CloudConfig::default()
         };
         let node = CloudNode::open(&self.cloud_dir(party), config, self.catalog_client())
@@ -277,6 +295,14 @@ impl LocalCluster {
         let started = self.start_cloud(party, addr).await?;
         self.clouds[party as usize] = Some(started);
         Ok(())
+    }
+
+    /// The running node of cloud `party`, if it is up.
+    pub fn cloud(&self, party: u16) -> Option<Arc<CloudNode>> {
+        self.clouds
+            .get(party as usize)
+            .and_then(|c| c.as_ref())
+            .map(|(_, node)| node.clone())
     }
 
     pub fn http(&self) -> reqwest::Client {

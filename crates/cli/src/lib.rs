@@ -3,12 +3,15 @@
 pub mod analytics;
 pub mod bench;
 pub mod bench_debs;
+pub mod bench_elastic;
 pub mod catalog_bench;
 pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod input;
 pub mod node;
+pub mod plot;
 pub mod queries;
 pub mod query;
+pub mod ramp;
 pub mod sensor;
