@@ -86,7 +86,10 @@ async fn throughput(workers: usize) -> Result<f64> {
         pool.decide(b.batch_id, true);
     }
     // The take queues behind every batch, so its answer marks the end of the work.
-    let taken = pool.take((0..5).map(|w| w * WINDOW).collect()).await?;
+    let taken = pool
+        .take((0..5).map(|w| w * WINDOW).collect())
+        .await
+        .context("a worker stopped during the run")?;
     let elapsed = started.elapsed().as_secs_f64();
     let groups: usize = taken.values().map(|w| w.groups.len()).sum();
     anyhow::ensure!(groups > 0, "nothing was aggregated");

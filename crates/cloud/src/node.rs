@@ -330,7 +330,10 @@ impl CloudNode {
         if ready.is_empty() {
             return Ok(());
         }
-        let mut sums = self.pool.take(ready.clone()).await?;
+        let Some(mut sums) = self.pool.take(ready.clone()).await else {
+            // A worker's buckets are being rebuilt: the windows stay unanswered until then.
+            return Ok(());
+        };
         {
             let mut state = self.state();
             for start in &ready {

@@ -120,7 +120,7 @@ async fn migrations_and_scaling_keep_sums_exact() {
         pool.decide(id, c);
     }
     let windows: Vec<u64> = (0..40).map(|w| w * 60).collect();
-    let got = pool.take(windows).await.expect("take");
+    let got = pool.take(windows).await.expect("every worker answers");
     let mut flat: HashMap<(u64, Metric, GroupKey), Partial> = HashMap::new();
     for (start, w) in got {
         for ((metric, group), p) in w.groups {

@@ -11,6 +11,7 @@
 use super::worker::{Msg, WorkerId};
 use super::{lock, Pool, PAUSES_KEPT};
 use crate::CloudError;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -18,12 +19,17 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 impl Pool {
-    /// Moves each (bucket, new owner); returns how many buckets moved. The caller holds the
-    /// control lock, so the set of workers does not change underneath.
+    /// Moves each (bucket, new owner); returns how many buckets moved. A bucket named more
+    /// than once goes to the last owner named. The caller holds the control lock, so the set
+    /// of workers does not change underneath.
     pub(super) async fn migrate_locked(
         &self,
         moves: Vec<(usize, WorkerId)>,
     ) -> Result<usize, CloudError> {
+        // One handover per bucket per cut. Chaining two (a → b, then b → c) would queue b's
+        // release before the install coming from a, so b would hand on an empty state and keep
+        // the real one for a bucket it no longer owns, where nothing takes it over if b dies.
+        let moves: BTreeMap<usize, WorkerId> = moves.into_iter().collect();
         let _cut = self.cut.lock().await;
         let mut transfers = JoinSet::new();
         {

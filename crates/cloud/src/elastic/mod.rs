@@ -252,37 +252,49 @@ impl Pool {
         self.broadcast(|_| Msg::Decide { id, committed });
     }
 
-    /// Returns the workers' sums of closed, decided windows. They stay with the workers
-    /// until [`Pool::forget`]: a take that fails half-way (a worker died) loses nothing.
-    pub async fn take(&self, windows: Vec<u64>) -> Result<HashMap<u64, BucketWindow>, CloudError> {
+    /// Returns the workers' sums of closed, decided windows, or None while some bucket's
+    /// state is not held by any live worker (a worker died, or state was lost in transit):
+    /// the windows are then gathered after recovery. The sums stay with the workers until
+    /// [`Pool::forget`], so a take that fails half-way loses nothing either.
+    pub async fn take(&self, windows: Vec<u64>) -> Option<HashMap<u64, BucketWindow>> {
         if windows.is_empty() {
-            return Ok(HashMap::new());
+            return Some(HashMap::new());
         }
         let _cut = self.cut.lock().await;
+        // Checked under the cut: orphans are only recorded under it, so none can appear
+        // between this check and the replies.
+        if self.needs_recovery() {
+            tracing::debug!("take deferred: buckets await recovery");
+            return None;
+        }
         let windows = Arc::new(windows);
         let mut replies = Vec::new();
         {
             let routing = self.routing.read().unwrap_or_else(|p| p.into_inner());
             for w in routing.workers.values() {
                 let (reply, rx) = tokio::sync::oneshot::channel();
-                w.tx.send(Msg::Take {
+                let sent = w.tx.send(Msg::Take {
                     windows: windows.clone(),
                     reply,
-                })
-                .map_err(|_| CloudError::Workers(format!("worker {} is gone", w.id)))?;
+                });
+                if sent.is_err() {
+                    tracing::debug!(worker = w.id, "take deferred: worker is gone");
+                    return None;
+                }
                 replies.push(rx);
             }
         }
         let mut out: HashMap<u64, BucketWindow> = HashMap::new();
         for rx in replies {
-            let part = rx
-                .await
-                .map_err(|_| CloudError::Workers("a worker stopped during a take".into()))?;
+            let Ok(part) = rx.await else {
+                tracing::debug!("take deferred: a worker stopped during it");
+                return None;
+            };
             for (start, w) in part {
                 out.entry(start).or_default().merge(w);
             }
         }
-        Ok(out)
+        Some(out)
     }
 
     /// The workers may drop these windows' sums: the node holds them.
@@ -435,8 +447,10 @@ impl Pool {
         }
         self.migrate_locked(moves).await?;
         let mut leaving = Vec::new();
+        // Held until the leaving workers have stopped, so no take runs while state they might
+        // still hold is on its way to a remaining worker.
+        let _cut = self.cut.lock().await;
         {
-            let _cut = self.cut.lock().await;
             let mut routing = self.routing.write().unwrap_or_else(|p| p.into_inner());
             let mut next = (**routing).clone();
             for id in remove {
@@ -478,7 +492,7 @@ impl Pool {
             if let Ok(left) = rx.await {
                 for (bucket, state) in left {
                     tracing::warn!(worker = w.id, bucket, "state left at a stopped worker");
-                    self.install(bucket, state).await?;
+                    self.install_locked(bucket, state).await?;
                 }
             }
         }
@@ -522,8 +536,8 @@ impl Pool {
         moves
     }
 
-    /// Installs `state` at the current owner of `bucket`.
-    async fn install(&self, bucket: usize, state: BucketState) -> Result<(), CloudError> {
+    /// Installs `state` at the current owner of `bucket`. The caller holds the cut.
+    async fn install_locked(&self, bucket: usize, state: BucketState) -> Result<(), CloudError> {
         let (done, rx) = tokio::sync::oneshot::channel();
         {
             let routing = self.routing.read().unwrap_or_else(|p| p.into_inner());

@@ -48,6 +48,35 @@ impl Pool {
     pub async fn recover(&self, source: &dyn ReplaySource) -> Result<usize, CloudError> {
         let _control = self.control.lock().await;
         let _cut = self.cut.lock().await;
+        let orphans: Vec<usize> = std::mem::take(&mut *lock(&self.orphans));
+        let mut lost = Vec::new();
+        let rebuilt = self.rebuild(source, &orphans, &mut lost).await;
+        if let Err(e) = &rebuilt {
+            // A rebuild that stopped half-way (a new owner died under it) may have left some
+            // buckets partly replayed, and their dead owners are out of the map: every bucket
+            // it touched is redone in full by the next recovery, and no take gathers a window
+            // before that.
+            tracing::warn!(
+                buckets = lost.len(),
+                "rebuild interrupted, to be redone: {e}"
+            );
+            let mut pending = lock(&self.orphans);
+            pending.extend(orphans);
+            pending.extend(lost);
+            pending.sort_unstable();
+            pending.dedup();
+        }
+        rebuilt
+    }
+
+    /// The body of [`Pool::recover`]; `lost` receives the buckets being rebuilt as soon as
+    /// they are chosen, so a failure can hand them back.
+    async fn rebuild(
+        &self,
+        source: &dyn ReplaySource,
+        orphans: &[usize],
+        lost_out: &mut Vec<usize>,
+    ) -> Result<usize, CloudError> {
         let (lost, replay, dead) = {
             let mut routing = self.routing.write().unwrap_or_else(|p| p.into_inner());
             let dead: Vec<WorkerId> = routing
@@ -56,7 +85,6 @@ impl Pool {
                 .filter(|w| !w.shared.alive.load(Ordering::Acquire))
                 .map(|w| w.id)
                 .collect();
-            let orphans: Vec<usize> = std::mem::take(&mut *lock(&self.orphans));
             if dead.is_empty() && orphans.is_empty() {
                 return Ok(0);
             }
@@ -97,6 +125,7 @@ impl Pool {
                     lost.push(b);
                 }
             }
+            lost_out.clone_from(&lost);
             // Whatever the new owner holds of a lost bucket is rebuilt from scratch. The
             // discard is queued before the new map is published, so everything routed under
             // the new map lands after it and is kept.
