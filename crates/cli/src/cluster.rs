@@ -23,6 +23,14 @@ pub struct ClusterSpec {
     pub dir: PathBuf,
 }
 
+/// What a local cluster runs besides its clouds' basics; `Default` is the common case.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    pub catalog: CatalogSpec,
+    /// The clouds' pre-aggregation workers and their manager.
+    pub elastic: ElasticConfig,
+}
+
 /// The replicated catalog of a local cluster.
 #[derive(Clone, Debug)]
 pub struct CatalogSpec {
@@ -67,26 +75,17 @@ fn loopback() -> SocketAddr {
 }
 
 impl LocalCluster {
-    /// A cluster with the default catalog: three voters, one partition.
+    /// A cluster with the defaults: three catalog voters, one partition, in-process workers.
     pub async fn start(spec: ClusterSpec) -> Result<LocalCluster> {
-        Self::start_full(spec, CatalogSpec::default(), ElasticConfig::default()).await
+        Self::start_with(spec, ClusterOptions::default()).await
     }
 
-    /// A cluster with the catalog `catalog_spec` describes.
-    pub async fn start_with(spec: ClusterSpec, catalog_spec: CatalogSpec) -> Result<LocalCluster> {
-        Self::start_full(spec, catalog_spec, ElasticConfig::default()).await
-    }
-
-    /// A cluster whose clouds run their pre-aggregation workers as `elastic` says.
-    pub async fn start_elastic(spec: ClusterSpec, elastic: ElasticConfig) -> Result<LocalCluster> {
-        Self::start_full(spec, CatalogSpec::default(), elastic).await
-    }
-
-    pub async fn start_full(
-        spec: ClusterSpec,
-        catalog_spec: CatalogSpec,
-        elastic: ElasticConfig,
-    ) -> Result<LocalCluster> {
+    /// A cluster with the catalog and the clouds' pre-aggregation workers `options` describes.
+    pub async fn start_with(spec: ClusterSpec, options: ClusterOptions) -> Result<LocalCluster> {
+        let ClusterOptions {
+            catalog: catalog_spec,
+            elastic,
+        } = options;
         let names = tls::default_names();
         let mut catalog_identities = Vec::new();
         for voter in 0..catalog_spec.voters {

@@ -3,7 +3,7 @@
 //! Writes `elasticity.csv` and `elasticity.png` (cloud 0's view) and checks the revealed
 //! aggregates against the plaintext reference like every demo.
 
-use crate::cluster::{ClusterSpec, LocalCluster};
+use crate::cluster::{ClusterOptions, ClusterSpec, LocalCluster};
 use crate::demo::{cluster_sensor, finish_pipeline, print_summary, DemoArgs};
 use crate::plot;
 use anyhow::{bail, Context, Result};
@@ -97,14 +97,17 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         ..ElasticConfig::default()
     };
     let thresholds = elastic.thresholds.clone();
-    let cluster = LocalCluster::start_elastic(
+    let cluster = LocalCluster::start_with(
         ClusterSpec {
             parties: args.clouds,
             window_secs: args.window,
             grace_secs: args.grace,
             dir,
         },
-        elastic,
+        ClusterOptions {
+            elastic,
+            ..Default::default()
+        },
     )
     .await?;
     let pool = cluster

@@ -3,7 +3,7 @@
 //! values table) while batches arrive and flags are decided, and the revealed aggregates still
 //! equal the plaintext reference to the last unit.
 
-use mcloud::cluster::{ClusterSpec, LocalCluster};
+use mcloud::cluster::{ClusterOptions, ClusterSpec, LocalCluster};
 use mcloud::demo::{finish_pipeline, send_readings, PipelineArgs};
 use mcloud_cloud::elastic::{ElasticConfig, Thresholds};
 use mcloud_cloud::CloudNode;
@@ -89,14 +89,17 @@ async fn revealed_sums_are_exact_under_migrations_and_scaling() {
         },
         ..ElasticConfig::default()
     };
-    let cluster = LocalCluster::start_elastic(
+    let cluster = LocalCluster::start_with(
         ClusterSpec {
             parties: 3,
             window_secs: 60,
             grace_secs: 60,
             dir: dir.path().to_path_buf(),
         },
-        elastic,
+        ClusterOptions {
+            elastic,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
@@ -185,14 +188,17 @@ async fn worker_processes_survive_a_sigkill() {
         },
         ..ElasticConfig::default()
     };
-    let cluster = LocalCluster::start_elastic(
+    let cluster = LocalCluster::start_with(
         ClusterSpec {
             parties: 2,
             window_secs: 60,
             grace_secs: 60,
             dir: dir.path().to_path_buf(),
         },
-        elastic,
+        ClusterOptions {
+            elastic,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
