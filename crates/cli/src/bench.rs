@@ -27,6 +27,10 @@ pub struct BenchArgs {
     pub catalog: bool,
     #[command(flatten)]
     pub catalog_args: crate::catalog_bench::CatalogBenchArgs,
+    /// Benchmark the elastic pre-aggregation workers instead: scaling, handover pause,
+    /// reaction to a load step.
+    #[arg(long)]
+    pub elastic: bool,
 }
 
 async fn measure(parties: u16, readings: &[Reading], args: &BenchArgs) -> Result<f64> {
@@ -64,6 +68,9 @@ async fn measure(parties: u16, readings: &[Reading], args: &BenchArgs) -> Result
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.elastic {
+        return crate::bench_elastic::run().await;
+    }
     if args.debs {
         return crate::bench_debs::run(args).await;
     }

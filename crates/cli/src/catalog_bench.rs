@@ -1,7 +1,7 @@
 //! `mcloud bench --catalog`: flag transitions per second and commit latency of a 3-voter
 //! catalog on loopback, for one partition and for four, in the same run.
 
-use crate::cluster::{CatalogSpec, ClusterSpec, LocalCluster};
+use crate::cluster::{CatalogSpec, ClusterOptions, ClusterSpec, LocalCluster};
 use anyhow::{bail, Result};
 use clap::Args;
 use mcloud_catalog::FlagTable;
@@ -37,8 +37,11 @@ async fn measure(partitions: u32, args: &CatalogBenchArgs) -> Result<Figures> {
             grace_secs: 60,
             dir: temp.path().to_path_buf(),
         },
-        CatalogSpec {
-            partitions,
+        ClusterOptions {
+            catalog: CatalogSpec {
+                partitions,
+                ..Default::default()
+            },
             ..Default::default()
         },
     )

@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use mcloud_catalog::{CatalogClient, CatalogConfig, CatalogNode, Peer};
 use mcloud_client::Uploader;
+use mcloud_cloud::elastic::ElasticConfig;
 use mcloud_cloud::{CloudConfig, CloudNode};
 use mcloud_collector::Collector;
 use mcloud_core::server::{bind, serve, serve_on, RunningServer};
@@ -20,6 +21,14 @@ pub struct ClusterSpec {
     pub window_secs: u64,
     pub grace_secs: u64,
     pub dir: PathBuf,
+}
+
+/// What a local cluster runs besides its clouds' basics; `Default` is the common case.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    pub catalog: CatalogSpec,
+    /// The clouds' pre-aggregation workers and their manager.
+    pub elastic: ElasticConfig,
 }
 
 /// The replicated catalog of a local cluster.
@@ -58,6 +67,7 @@ pub struct LocalCluster {
     cloud_addrs: Vec<SocketAddr>,
     identities: Vec<NodeIdentity>,
     http: reqwest::Client,
+    elastic: ElasticConfig,
 }
 
 fn loopback() -> SocketAddr {
@@ -65,12 +75,17 @@ fn loopback() -> SocketAddr {
 }
 
 impl LocalCluster {
-    /// A cluster with the default catalog: three voters, one partition.
+    /// A cluster with the defaults: three catalog voters, one partition, in-process workers.
     pub async fn start(spec: ClusterSpec) -> Result<LocalCluster> {
-        Self::start_with(spec, CatalogSpec::default()).await
+        Self::start_with(spec, ClusterOptions::default()).await
     }
 
-    pub async fn start_with(spec: ClusterSpec, catalog_spec: CatalogSpec) -> Result<LocalCluster> {
+    /// A cluster with the catalog and the clouds' pre-aggregation workers `options` describes.
+    pub async fn start_with(spec: ClusterSpec, options: ClusterOptions) -> Result<LocalCluster> {
+        let ClusterOptions {
+            catalog: catalog_spec,
+            elastic,
+        } = options;
         let names = tls::default_names();
         let mut catalog_identities = Vec::new();
         for voter in 0..catalog_spec.voters {
@@ -110,6 +125,7 @@ impl LocalCluster {
             cloud_addrs: Vec::new(),
             identities,
             http,
+            elastic,
         };
         for (voter, listener) in listeners.into_iter().enumerate() {
             let started = cluster.start_catalog_voter(voter as u16, listener).await?;
@@ -246,6 +262,7 @@ impl LocalCluster {
             parties: self.spec.parties,
             window_secs: self.spec.window_secs,
             grace_secs: self.spec.grace_secs,
+            elastic: self.elastic.clone(),
             ..CloudConfig::default()
         };
         let node = CloudNode::open(&self.cloud_dir(party), config, self.catalog_client())
@@ -277,6 +294,14 @@ impl LocalCluster {
         let started = self.start_cloud(party, addr).await?;
         self.clouds[party as usize] = Some(started);
         Ok(())
+    }
+
+    /// The running node of cloud `party`, if it is up.
+    pub fn cloud(&self, party: u16) -> Option<Arc<CloudNode>> {
+        self.clouds
+            .get(party as usize)
+            .and_then(|c| c.as_ref())
+            .map(|(_, node)| node.clone())
     }
 
     pub fn http(&self) -> reqwest::Client {

@@ -2,9 +2,11 @@
 //! the collector. Relative paths are taken from the file's own directory.
 
 use anyhow::{bail, Context, Result};
+use mcloud_cloud::elastic::{ElasticConfig, Thresholds};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// One party's node: the roles it runs.
 #[derive(Debug, Deserialize)]
@@ -17,6 +19,8 @@ pub struct NodeConfig {
     pub names: Vec<String>,
     pub catalog: Option<CatalogRole>,
     pub cloud: Option<CloudRole>,
+    /// The cloud role's pre-aggregation workers; the defaults when absent.
+    pub elastic: Option<ElasticSection>,
 }
 
 /// A catalog voter. With no `peers` the catalog is this one node; otherwise `peers` lists
@@ -73,6 +77,132 @@ pub struct CloudRole {
 
 fn default_window() -> u64 {
     60
+}
+
+/// `[elastic]`: the cloud's pre-aggregation workers and the manager that scales them. Every
+/// field is optional; the defaults are those of [`ElasticConfig::default`].
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ElasticSection {
+    /// Buckets the plugs hash into; keep it for the life of the cloud's data.
+    pub buckets: usize,
+    /// Workers at start.
+    pub workers: usize,
+    pub min_workers: usize,
+    pub max_workers: usize,
+    /// Whether the manager runs; without it the workers stay as started.
+    pub manager: bool,
+    /// Seconds between two manager decisions.
+    pub period_secs: f64,
+    /// Upper utilisation threshold: above it, provision.
+    pub uut: f64,
+    /// Lower utilisation threshold: below it, decommission.
+    pub lut: f64,
+    /// Target utilisation after a scaling step.
+    pub tut: f64,
+    /// Imbalance (std-dev of utilisation) above which buckets move.
+    pub uit: f64,
+    /// Least projected improvement of the std-dev for a move to be made.
+    pub mit: f64,
+    /// Seconds after a scaling step during which no other is made.
+    pub cooldown_secs: f64,
+    /// Where workers run: "in-process" (threads of the node) or "os-process" (`mcloud
+    /// worker` processes the node starts, talking to it over loopback).
+    pub provisioner: ProvisionerKind,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProvisionerKind {
+    #[default]
+    InProcess,
+    OsProcess,
+}
+
+impl Default for ElasticSection {
+    fn default() -> Self {
+        let config = ElasticConfig::default();
+        let t = &config.thresholds;
+        ElasticSection {
+            buckets: config.buckets,
+            workers: config.workers,
+            min_workers: t.min_workers,
+            max_workers: t.max_workers,
+            manager: config.period.is_some(),
+            period_secs: config
+                .period
+                .unwrap_or(Duration::from_secs(1))
+                .as_secs_f64(),
+            uut: t.uut,
+            lut: t.lut,
+            tut: t.tut,
+            uit: t.uit,
+            mit: t.mit,
+            cooldown_secs: t.cooldown.as_secs_f64(),
+            provisioner: ProvisionerKind::default(),
+        }
+    }
+}
+
+fn seconds(what: &str, secs: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(secs).with_context(|| format!("elastic {what}: {secs} seconds"))
+}
+
+impl ElasticSection {
+    /// The pool's configuration; `worker_program` is the executable to run as `worker`
+    /// processes (used only by the "os-process" provisioner).
+    pub fn to_config(&self, worker_program: Option<PathBuf>) -> Result<ElasticConfig> {
+        if self.buckets == 0 {
+            bail!("elastic buckets must be at least 1");
+        }
+        if self.workers == 0 {
+            bail!("elastic workers must be at least 1");
+        }
+        let period = if self.manager {
+            let period = seconds("period_secs", self.period_secs)?;
+            if period.is_zero() {
+                bail!("elastic period_secs must be above 0");
+            }
+            Some(period)
+        } else {
+            None
+        };
+        let thresholds = Thresholds {
+            uut: self.uut,
+            lut: self.lut,
+            tut: self.tut,
+            uit: self.uit,
+            mit: self.mit,
+            min_workers: self.min_workers,
+            max_workers: self.max_workers,
+            cooldown: seconds("cooldown_secs", self.cooldown_secs)?,
+            ..Thresholds::default()
+        };
+        thresholds
+            .check()
+            .map_err(|e| anyhow::anyhow!("elastic thresholds: {e}"))?;
+        if !(self.uit > 0.0 && self.mit >= 0.0) {
+            bail!(
+                "elastic thresholds: need UIT > 0 and MIT >= 0, got UIT {} MIT {}",
+                self.uit,
+                self.mit
+            );
+        }
+        let worker_program = match self.provisioner {
+            ProvisionerKind::InProcess => None,
+            ProvisionerKind::OsProcess => Some(
+                worker_program.context("the os-process provisioner needs the mcloud executable")?,
+            ),
+        };
+        Ok(ElasticConfig {
+            buckets: self.buckets,
+            workers: self.workers,
+            period,
+            thresholds,
+            worker_program,
+            ..ElasticConfig::default()
+        })
+    }
 }
 
 /// A peer: its URL and the CA certificate pinned for it.
@@ -148,6 +278,18 @@ impl NodeConfig {
                 bail!("{}: cloud window_secs must be at least 1", path.display());
             }
         }
+        if let Some(elastic) = &config.elastic {
+            if config.cloud.is_none() {
+                bail!(
+                    "{}: [elastic] configures the cloud role's workers; add a [cloud] section",
+                    path.display()
+                );
+            }
+            // Checked here so a bad value stops the node before it binds anything.
+            elastic
+                .to_config(Some(PathBuf::new()))
+                .with_context(|| path.display().to_string())?;
+        }
         if config.catalog.is_none() && config.cloud.is_none() {
             bail!(
                 "{}: the node runs no role: add a [catalog] or a [cloud] section",
@@ -209,5 +351,148 @@ pub fn wait_for_ca(path: &Path) -> Result<String> {
             }
             Err(e) => return Err(e).with_context(|| format!("pinned CA {}", path.display())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(elastic: &str) -> Result<NodeConfig> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("node.toml");
+        let text = format!(
+            r#"
+data_dir = "data"
+[cloud]
+listen = "127.0.0.1:7100"
+party = 0
+parties = 3
+catalog = {{ url = "https://127.0.0.1:7000", ca = "ca.pem" }}
+{elastic}
+"#
+        );
+        std::fs::write(&path, text)?;
+        NodeConfig::load(&path)
+    }
+
+    #[test]
+    fn without_an_elastic_section_the_workers_run_the_defaults() {
+        let config = node("").unwrap();
+        assert!(config.elastic.is_none());
+        let elastic = ElasticSection::default().to_config(None).unwrap();
+        let defaults = ElasticConfig::default();
+        assert_eq!(elastic.buckets, defaults.buckets);
+        assert_eq!(elastic.workers, defaults.workers);
+        assert_eq!(elastic.period, defaults.period);
+        assert_eq!(elastic.thresholds.uut, defaults.thresholds.uut);
+        assert_eq!(elastic.thresholds.cooldown, defaults.thresholds.cooldown);
+        assert!(elastic.worker_program.is_none());
+    }
+
+    #[test]
+    fn the_elastic_section_sets_every_rule() {
+        let config = node(
+            r#"
+[elastic]
+buckets = 256
+workers = 2
+max_workers = 4
+period_secs = 0.5
+uut = 0.8
+lut = 0.3
+tut = 0.55
+uit = 0.25
+mit = 0.05
+cooldown_secs = 10
+provisioner = "os-process"
+"#,
+        )
+        .unwrap();
+        let section = config.elastic.unwrap();
+        let elastic = section
+            .to_config(Some(PathBuf::from("/usr/bin/mcloud")))
+            .unwrap();
+        assert_eq!(elastic.buckets, 256);
+        assert_eq!(elastic.workers, 2);
+        assert_eq!(elastic.period, Some(Duration::from_millis(500)));
+        let t = &elastic.thresholds;
+        assert_eq!(
+            (t.uut, t.lut, t.tut, t.uit, t.mit),
+            (0.8, 0.3, 0.55, 0.25, 0.05)
+        );
+        assert_eq!((t.min_workers, t.max_workers), (1, 4));
+        assert_eq!(t.cooldown, Duration::from_secs(10));
+        assert_eq!(
+            elastic.worker_program,
+            Some(PathBuf::from("/usr/bin/mcloud"))
+        );
+    }
+
+    #[test]
+    fn the_manager_can_be_switched_off() {
+        let section = node("[elastic]\nmanager = false\nworkers = 3")
+            .unwrap()
+            .elastic
+            .unwrap();
+        let elastic = section.to_config(None).unwrap();
+        assert_eq!(elastic.period, None);
+        assert_eq!(elastic.workers, 3);
+    }
+
+    #[test]
+    fn bad_elastic_settings_are_refused_at_load() {
+        for bad in [
+            "lut = 0.7",
+            "uut = 1.5",
+            "buckets = 0",
+            "workers = 0",
+            "period_secs = 0",
+            "period_secs = -1",
+            "cooldown_secs = -2",
+            "min_workers = 5\nmax_workers = 2",
+            "provisioner = \"kubernetes\"",
+            "typo = 1",
+        ] {
+            let err = node(&format!("[elastic]\n{bad}")).err();
+            assert!(err.is_some(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_example_nodes_load_with_the_default_elastic_settings() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/local");
+        let defaults = ElasticConfig::default();
+        for n in 0..3 {
+            let config = NodeConfig::load(&dir.join(format!("node{n}.toml"))).unwrap();
+            let elastic = config.elastic.expect("[elastic]").to_config(None).unwrap();
+            assert_eq!(elastic.buckets, defaults.buckets);
+            assert_eq!(elastic.workers, defaults.workers);
+            assert_eq!(elastic.period, defaults.period);
+            let (t, d) = (&elastic.thresholds, &defaults.thresholds);
+            assert_eq!(
+                (t.uut, t.lut, t.tut, t.uit, t.mit),
+                (d.uut, d.lut, d.tut, d.uit, d.mit)
+            );
+            assert_eq!(
+                (t.min_workers, t.max_workers),
+                (d.min_workers, d.max_workers)
+            );
+            assert_eq!(t.cooldown, d.cooldown);
+            assert!(elastic.worker_program.is_none());
+        }
+    }
+
+    #[test]
+    fn an_elastic_section_needs_a_cloud() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"d\"\n[catalog]\nlisten = \"127.0.0.1:7000\"\n[elastic]\nworkers = 2\n",
+        )
+        .unwrap();
+        let err = NodeConfig::load(&path).unwrap_err();
+        assert!(format!("{err:#}").contains("[cloud]"), "{err:#}");
     }
 }

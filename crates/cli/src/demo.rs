@@ -1,7 +1,7 @@
 //! `mcloud demo`: the whole private pipeline in one process on loopback, checked against the
 //! plaintext reference.
 
-use crate::cluster::{CatalogSpec, ClusterSpec, LocalCluster};
+use crate::cluster::{CatalogSpec, ClusterOptions, ClusterSpec, LocalCluster};
 use crate::input::{progress, write_output, InputArgs, OutputFormat};
 use crate::queries::{run_queries, EmitArg, QueryKind};
 use anyhow::{bail, Result};
@@ -52,6 +52,8 @@ pub struct DemoArgs {
     pub out_dir: Option<PathBuf>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub ramp: crate::ramp::RampArgs,
     /// Keep all state here instead of in a temporary directory.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -106,13 +108,24 @@ pub async fn run_pipeline(
     seed: u64,
     show_progress: bool,
 ) -> Result<PipelineRun> {
-    if !(0.0..=1.0).contains(&crash_fraction) {
-        bail!("--crash-fraction must lie in [0, 1], got {crash_fraction}");
-    }
+    let started = Instant::now();
+    let report = send_readings(
+        cluster,
+        readings,
+        pipeline,
+        crash_fraction,
+        seed,
+        show_progress,
+    )
+    .await?;
+    finish_pipeline(cluster, readings, report, pipeline, query, started).await
+}
+
+/// A sensor uploading to `cluster`, with its outbox in the cluster's directory.
+pub fn cluster_sensor(cluster: &LocalCluster, pipeline: &PipelineArgs) -> Result<Sensor> {
     let uploader = cluster.uploader(Duration::from_millis(pipeline.ttl_ms));
-    let parties = cluster.spec.parties as usize;
     let outbox = Outbox::open(&cluster.dir().join("sensor/outbox.redb"))?;
-    let sensor = Sensor::new(
+    Ok(Sensor::new(
         uploader,
         outbox,
         SensorConfig {
@@ -123,7 +136,23 @@ pub async fn run_pipeline(
             speedup: pipeline.speedup,
             ..SensorConfig::default()
         },
-    );
+    ))
+}
+
+/// The sensor side of a run: every reading uploaded, each batch's fate known.
+pub async fn send_readings(
+    cluster: &LocalCluster,
+    readings: &[Reading],
+    pipeline: &PipelineArgs,
+    crash_fraction: f64,
+    seed: u64,
+    show_progress: bool,
+) -> Result<Report> {
+    if !(0.0..=1.0).contains(&crash_fraction) {
+        bail!("--crash-fraction must lie in [0, 1], got {crash_fraction}");
+    }
+    let parties = cluster.spec.parties as usize;
+    let sensor = cluster_sensor(cluster, pipeline)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let fate = move |_| {
         if crash_fraction > 0.0 && rng.gen_bool(crash_fraction) {
@@ -136,13 +165,28 @@ pub async fn run_pipeline(
     if !show_progress {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let started = Instant::now();
     let report = sensor
         .send(readings.iter().copied(), fate, |n| bar.inc(n))
         .await?;
     bar.finish_and_clear();
+    Ok(report)
+}
+
+/// Closes every window the readings cover, reveals them and checks them against the
+/// plaintext reference over the readings whose batch committed.
+pub async fn finish_pipeline(
+    cluster: &LocalCluster,
+    readings: &[Reading],
+    report: Report,
+    pipeline: &PipelineArgs,
+    query: &Query,
+    started: Instant,
+) -> Result<PipelineRun> {
     let end = readings.iter().map(|r| r.ts).max().unwrap_or(0);
-    sensor.uploader().advance_watermark(end, true).await?;
+    cluster
+        .uploader(Duration::from_millis(pipeline.ttl_ms))
+        .advance_watermark(end, true)
+        .await?;
     let wait = Duration::from_millis(pipeline.ttl_ms) + Duration::from_secs(30);
     let revealed = cluster.collector().collect_when_ready(query, wait).await?;
     let elapsed = started.elapsed();
@@ -184,6 +228,12 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     if args.partitions == 0 {
         bail!("--partitions must be at least 1");
     }
+    if args.ramp.load_profile == crate::ramp::LoadProfile::Ramp {
+        if args.processes {
+            bail!("--load-profile ramp runs the elastic workers in one process; drop --processes");
+        }
+        return crate::ramp::run(args).await;
+    }
     let (readings, description) = args.input.load()?;
     let temp = tempfile::tempdir()?;
     let dir = args
@@ -220,9 +270,12 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
             grace_secs: args.grace,
             dir,
         },
-        CatalogSpec {
-            partitions: args.partitions,
-            ..CatalogSpec::default()
+        ClusterOptions {
+            catalog: CatalogSpec {
+                partitions: args.partitions,
+                ..CatalogSpec::default()
+            },
+            ..ClusterOptions::default()
         },
     )
     .await?;

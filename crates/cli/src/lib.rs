@@ -3,6 +3,7 @@
 pub mod analytics;
 pub mod bench;
 pub mod bench_debs;
+pub mod bench_elastic;
 pub mod catalog_admin;
 pub mod catalog_bench;
 pub mod cluster;
@@ -10,8 +11,10 @@ pub mod config;
 pub mod demo;
 pub mod input;
 pub mod node;
+pub mod plot;
 pub mod process_demo;
 pub mod processes;
 pub mod queries;
 pub mod query;
+pub mod ramp;
 pub mod sensor;

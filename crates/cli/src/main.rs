@@ -32,6 +32,21 @@ enum Command {
     Analytics(analytics::AnalyticsArgs),
     /// Measure private against plaintext throughput.
     Bench(bench::BenchArgs),
+    /// A pre-aggregation worker process; started by a cloud node, not by hand.
+    Worker {
+        /// The node's loopback address for this worker.
+        #[arg(long)]
+        connect: String,
+        #[arg(long)]
+        id: u32,
+        #[arg(long)]
+        buckets: usize,
+        /// The node's window length in seconds.
+        #[arg(long)]
+        window: u64,
+        #[arg(long, default_value_t = 0)]
+        record_cost_us: u64,
+    },
 }
 
 #[tokio::main]
@@ -51,6 +66,23 @@ async fn main() -> Result<ExitCode> {
         Command::Query(args) => query::run(args).await.map(|_| true)?,
         Command::Analytics(args) => analytics::run_command(args).await.map(|_| true)?,
         Command::Bench(args) => bench::run(args).await.map(|_| true)?,
+        Command::Worker {
+            connect,
+            id,
+            buckets,
+            window,
+            record_cost_us,
+        } => tokio::task::spawn_blocking(move || {
+            mcloud_cloud::elastic::remote::serve_worker(
+                &connect,
+                id,
+                buckets,
+                window,
+                std::time::Duration::from_micros(record_cost_us),
+            )
+        })
+        .await
+        .map(|r| r.is_ok())?,
     };
     Ok(if ok {
         ExitCode::SUCCESS

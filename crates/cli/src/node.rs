@@ -1,6 +1,6 @@
 //! `mcloud node --config node.toml`: one party's roles as real servers.
 
-use crate::config::{wait_for_ca, NodeConfig};
+use crate::config::{wait_for_ca, NodeConfig, ProvisionerKind};
 use anyhow::{Context, Result};
 use mcloud_catalog::{CatalogClient, CatalogConfig, CatalogNode, Peer};
 use mcloud_cloud::{CloudConfig, CloudNode};
@@ -76,6 +76,13 @@ pub async fn run(config_path: &Path) -> Result<()> {
             .chain(&cloud.catalog_nodes)
             .map(|e| e.url.clone())
             .collect();
+        let section = config.elastic.unwrap_or_default();
+        let program = if section.provisioner == ProvisionerKind::OsProcess {
+            Some(std::env::current_exe().context("locating the mcloud executable for workers")?)
+        } else {
+            None
+        };
+        let elastic = section.to_config(program)?;
         let node = CloudNode::open(
             &config.data_dir.join("cloud"),
             CloudConfig {
@@ -83,6 +90,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 parties: cloud.parties,
                 window_secs: cloud.window_secs,
                 grace_secs: cloud.grace_secs,
+                elastic,
                 ..CloudConfig::default()
             },
             CatalogClient::with_nodes(http, catalog_urls),

@@ -3,7 +3,7 @@
 //! every call and answer is recorded and checked per flag against FALSE → exactly one of
 //! {TRUE, ERROR}, in real-time order.
 
-use mcloud::cluster::{CatalogSpec, ClusterSpec, LocalCluster};
+use mcloud::cluster::{CatalogSpec, ClusterOptions, ClusterSpec, LocalCluster};
 use mcloud_catalog::{CatalogError, FlagTable};
 use mcloud_core::wire::{CreateFlag, FlagState};
 use mcloud_core::BatchId;
@@ -107,8 +107,11 @@ async fn history_with_leader_crashes_is_linearizable() {
             grace_secs: 60,
             dir: dir.path().to_path_buf(),
         },
-        CatalogSpec {
-            partitions: 2,
+        ClusterOptions {
+            catalog: CatalogSpec {
+                partitions: 2,
+                ..Default::default()
+            },
             ..Default::default()
         },
     )

@@ -1,7 +1,7 @@
 //! The replicated catalog in one process: voters behind their own TLS servers, stopped,
 //! restarted and cut off from each other while clients keep calling.
 
-use mcloud::cluster::{CatalogSpec, ClusterSpec, LocalCluster};
+use mcloud::cluster::{CatalogSpec, ClusterOptions, ClusterSpec, LocalCluster};
 use mcloud_catalog::{CatalogClient, CatalogError, FlagTable};
 use mcloud_core::wire::{CreateFlag, FlagState};
 use mcloud_core::BatchId;
@@ -15,7 +15,10 @@ async fn cluster(dir: &std::path::Path, catalog: CatalogSpec) -> LocalCluster {
             grace_secs: 60,
             dir: dir.to_path_buf(),
         },
-        catalog,
+        ClusterOptions {
+            catalog,
+            ..Default::default()
+        },
     )
     .await
     .unwrap()

@@ -104,29 +104,30 @@ impl Uploader {
     pub async fn wait_until_reachable(&self, give_up: Duration) -> Result<(), SensorError> {
         let start = Instant::now();
         let mut backoff = BACKOFF_START;
-        let targets: Vec<String> = std::iter::once(self.catalog.base().to_string())
-            .chain(self.clouds.iter().cloned())
-            .collect();
+        let probe = |base: String| async move {
+            let url = format!("{base}/v1/health");
+            match self.http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("{url}: {}", r.status())),
+                Err(e) => Err(format!("{url}: {e}")),
+            }
+        };
         loop {
-            let probes = targets.iter().map(|base| async move {
-                let url = format!("{base}/v1/health");
-                match self.http.get(&url).send().await {
-                    Ok(r) if r.status().is_success() => Ok(()),
-                    Ok(r) => Err(format!("{url}: {}", r.status())),
-                    Err(e) => Err(format!("{url}: {e}")),
-                }
-            });
-            let failures: Vec<String> = join_all(probes)
-                .await
-                .into_iter()
-                .filter_map(Result::err)
-                .collect();
+            let clouds = join_all(self.clouds.iter().cloned().map(probe));
+            // Any catalog node will do: each one routes to the leaders, and a node that is
+            // gone for good must not hold the sensor up.
+            let catalog = join_all(self.catalog.nodes().iter().cloned().map(probe));
+            let (clouds, catalog) = futures::future::join(clouds, catalog).await;
+            let mut failures: Vec<String> = clouds.into_iter().filter_map(Result::err).collect();
+            if !catalog.iter().any(Result::is_ok) {
+                failures.extend(catalog.into_iter().filter_map(Result::err));
+            }
             let Some(first) = failures.first() else {
                 return Ok(());
             };
             if start.elapsed() >= give_up {
                 return Err(SensorError::Unreachable {
-                    what: format!("{} of {} endpoints", failures.len(), targets.len()),
+                    what: format!("{} endpoints", failures.len()),
                     waited_secs: start.elapsed().as_secs(),
                     last_error: first.clone(),
                 });

@@ -57,6 +57,8 @@ pub enum CloudError {
     Catalog(String),
     #[error("values table: {0}")]
     Storage(String),
+    #[error("elastic workers: {0}")]
+    Workers(String),
 }
 
 impl From<CloudError> for ApiError {
@@ -68,7 +70,7 @@ impl From<CloudError> for ApiError {
             CloudError::UnknownFlag(_) => ApiError::not_found(message),
             CloudError::FlagFinal { .. } => ApiError::conflict(message),
             CloudError::InProgress(_) | CloudError::Catalog(_) => ApiError::unavailable(message),
-            CloudError::Storage(_) => ApiError::internal(message),
+            CloudError::Storage(_) | CloudError::Workers(_) => ApiError::internal(message),
             _ => ApiError::bad_request(message),
         }
     }

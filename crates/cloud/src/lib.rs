@@ -4,6 +4,7 @@
 //! with its partial aggregate over committed batches only. It never sees another party's
 //! share, so nothing it holds depends on any single reading.
 
+pub mod elastic;
 pub mod error;
 pub mod node;
 pub mod service;

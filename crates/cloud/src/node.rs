@@ -1,5 +1,6 @@
 //! The cloud node: upload validation, durable storage, flag polling and COMPUTE.
 
+use crate::elastic::{ElasticConfig, InProcess, Pool, ReplaySource};
 use crate::values::ValuesTable;
 use crate::windows::{BatchPartial, Registered, Windows};
 use crate::CloudError;
@@ -12,7 +13,7 @@ use mcloud_core::wire::{
     ComputeResponse, FlagState, RangeResponse, UploadAck, UploadBatch, WatermarkRequest,
     HISTOGRAM_WINDOW_SECS, MAX_BATCH_RECORDS,
 };
-use mcloud_core::Window;
+use mcloud_core::{BatchId, Window};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,6 +34,8 @@ pub struct CloudConfig {
     /// Shortest range over which the cloud reveals its share of a plug's load histogram: a
     /// collector cannot ask for anything finer, whatever it does with the answers.
     pub min_histogram_range_secs: u64,
+    /// Pre-aggregation workers and their manager.
+    pub elastic: ElasticConfig,
 }
 
 impl Default for CloudConfig {
@@ -45,6 +48,7 @@ impl Default for CloudConfig {
             max_future_secs: 86_400,
             poll_interval: Duration::from_millis(20),
             min_histogram_range_secs: 3600,
+            elastic: ElasticConfig::default(),
         }
     }
 }
@@ -57,6 +61,9 @@ pub struct CloudNode {
     values: ValuesTable,
     state: Mutex<Windows>,
     catalog: CatalogClient,
+    pool: Arc<Pool>,
+    /// One gathering of closed windows from the workers at a time.
+    sealing: tokio::sync::Mutex<()>,
 }
 
 fn now_secs() -> u64 {
@@ -75,15 +82,31 @@ impl CloudNode {
         catalog: CatalogClient,
     ) -> Result<Arc<CloudNode>, CloudError> {
         let (values, recovered) = ValuesTable::open(dir)?;
-        let mut state = Windows::new(config.window_secs, config.grace_secs, recovered.watermark);
+        let provisioner: Arc<dyn crate::elastic::Provisioner> = match &config.elastic.worker_program
+        {
+            Some(program) => Arc::new(crate::elastic::remote::OsProcess {
+                program: program.clone(),
+                record_cost: config.elastic.record_cost,
+            }),
+            None => Arc::new(InProcess {
+                record_cost: config.elastic.record_cost,
+            }),
+        };
+        let pool = Pool::start(config.elastic.clone(), config.window_secs, provisioner)?;
+        let mut state =
+            Windows::sharded(config.window_secs, config.grace_secs, recovered.watermark);
         let restored = recovered.batches.len();
         for (id, bytes) in recovered.batches {
             let batch: UploadBatch = decode(&bytes)
                 .map_err(|e| CloudError::Storage(format!("stored batch {id}: {}", e.message)))?;
+            if state.is_known(&id) {
+                continue;
+            }
             state.restore(
                 id,
-                BatchPartial::of(&batch.records, &batch.histograms, config.window_secs),
+                BatchPartial::windows_only(&batch.records, &batch.histograms, config.window_secs),
             );
+            pool.dispatch(Arc::new(batch));
         }
         if restored > 0 {
             tracing::info!(
@@ -97,6 +120,8 @@ impl CloudNode {
             values,
             state: Mutex::new(state),
             catalog,
+            pool,
+            sealing: tokio::sync::Mutex::new(()),
         });
         let weak = Arc::downgrade(&node);
         let interval = node.config.poll_interval;
@@ -106,6 +131,11 @@ impl CloudNode {
             loop {
                 tick.tick().await;
                 let Some(node) = weak.upgrade() else { break };
+                if node.pool.needs_recovery() {
+                    if let Err(e) = node.pool.recover(node.as_ref()).await {
+                        tracing::error!(party = node.config.party, "recovering workers: {e}");
+                    }
+                }
                 if let Err(e) = node.poll_flags().await {
                     tracing::warn!(party = node.config.party, "reading flags: {e}");
                 }
@@ -220,7 +250,8 @@ impl CloudNode {
             }
             Some(_) => {}
         }
-        let partial = BatchPartial::of(&batch.records, &batch.histograms, self.config.window_secs);
+        let partial =
+            BatchPartial::windows_only(&batch.records, &batch.histograms, self.config.window_secs);
         match self.state().register(id, partial)? {
             Registered::Duplicate => {
                 return Ok(UploadAck {
@@ -234,6 +265,9 @@ impl CloudNode {
             self.state().abort(id);
             return Err(e.into());
         }
+        // Routed before it is marked stored: the flag poller only decides stored batches, so
+        // every worker hears of the batch before it hears of its flag.
+        self.pool.dispatch(Arc::new(batch));
         self.state().stored(id);
         Ok(UploadAck {
             batch_id: id,
@@ -250,9 +284,13 @@ impl CloudNode {
             req.ts
         };
         self.values.set_watermark(watermark).await?;
-        let mut state = self.state();
-        state.advance(watermark);
-        Ok(state.watermark())
+        let now = {
+            let mut state = self.state();
+            state.advance(watermark);
+            state.watermark()
+        };
+        self.seal().await?;
+        Ok(now)
     }
 
     /// Reads undecided flags from the catalog and applies the final ones.
@@ -266,26 +304,72 @@ impl CloudNode {
                 .map_err(|e| CloudError::Catalog(e.to_string()))?;
             let mut state = self.state();
             for (id, flag) in chunk.iter().zip(flags) {
-                match flag.map(|f| f.state) {
-                    Some(FlagState::True) => state.decide(*id, true),
-                    Some(FlagState::Error) => state.decide(*id, false),
-                    Some(FlagState::False) => {}
-                    None => tracing::warn!(%id, "stored batch has no flag in the catalog"),
-                }
+                let committed = match flag.map(|f| f.state) {
+                    Some(FlagState::True) => true,
+                    Some(FlagState::Error) => false,
+                    Some(FlagState::False) => continue,
+                    None => {
+                        tracing::warn!(%id, "stored batch has no flag in the catalog");
+                        continue;
+                    }
+                };
+                // Under the state lock: a window cannot look decided to a concurrent seal
+                // before the workers were told.
+                self.pool.decide(*id, committed);
+                state.decide(*id, committed);
             }
         }
+        self.seal().await
+    }
+
+    /// Gathers from the workers the sums of windows that are closed and fully decided; from
+    /// then on they are answered from here.
+    pub async fn seal(&self) -> Result<(), CloudError> {
+        let _one = self.sealing.lock().await;
+        let ready = self.state().sealable();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let Some(mut sums) = self.pool.take(ready.clone()).await else {
+            // A worker's buckets are being rebuilt: the windows stay unanswered until then.
+            return Ok(());
+        };
+        {
+            let mut state = self.state();
+            for start in &ready {
+                state.seal(*start, sums.remove(start).unwrap_or_default());
+            }
+        }
+        self.pool.forget(ready);
         Ok(())
     }
 
+    /// Fault injection for tests: kills worker `id` of this node's pool; the node notices and
+    /// rebuilds its buckets from the values table.
+    pub fn crash_worker(&self, id: crate::elastic::WorkerId) -> bool {
+        self.pool.crash_worker(id)
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
     /// COMPUTE over windows starting in [from, to).
-    pub fn compute(&self, from: u64, to: u64, level: GroupLevel) -> ComputeResponse {
-        self.state()
-            .compute(self.config.party, self.config.parties, from, to, level)
+    pub async fn compute(
+        &self,
+        from: u64,
+        to: u64,
+        level: GroupLevel,
+    ) -> Result<ComputeResponse, ApiError> {
+        self.seal().await?;
+        Ok(self
+            .state()
+            .compute(self.config.party, self.config.parties, from, to, level))
     }
 
     /// RANGE: per-plug load sums over [from, to), with histograms only for ranges of at least
     /// `min_histogram_range_secs`.
-    pub fn range(
+    pub async fn range(
         &self,
         from: u64,
         to: u64,
@@ -304,6 +388,7 @@ impl CloudNode {
                 to - from
             )));
         }
+        self.seal().await?;
         self.state()
             .range(
                 self.config.party,
@@ -321,6 +406,28 @@ impl CloudNode {
         status["party"] = self.config.party.into();
         status["parties"] = self.config.parties.into();
         status["window_secs"] = self.config.window_secs.into();
+        status["elastic"] = self.pool.status();
         status
+    }
+}
+
+impl ReplaySource for CloudNode {
+    fn batches(&self, ids: &[BatchId]) -> Result<Vec<UploadBatch>, CloudError> {
+        self.values
+            .read(ids)?
+            .into_iter()
+            .map(|(id, bytes)| {
+                decode(&bytes)
+                    .map_err(|e| CloudError::Storage(format!("stored batch {id}: {}", e.message)))
+            })
+            .collect()
+    }
+
+    fn outcome(&self, id: &BatchId) -> Option<bool> {
+        self.state().outcome(id)
+    }
+
+    fn sealed(&self) -> Vec<u64> {
+        self.state().sealed()
     }
 }

@@ -63,11 +63,9 @@ async fn compute(
             "bad COMPUTE range: from {from} is after to {to}"
         )));
     }
-    Ok(Postcard(node.compute(
-        from,
-        to,
-        p.level.unwrap_or(GroupLevel::Plug),
-    )))
+    node.compute(from, to, p.level.unwrap_or(GroupLevel::Plug))
+        .await
+        .map(Postcard)
 }
 
 #[derive(Deserialize)]
@@ -87,7 +85,7 @@ async fn range(
             "bad RANGE query ({e}); expected from=<unix s>&to=<unix s>[&histograms=true]"
         ))
     })?;
-    node.range(p.from, p.to, p.histograms).map(Postcard)
+    node.range(p.from, p.to, p.histograms).await.map(Postcard)
 }
 
 /// Several ranges in one round trip (the analytics ask for all of a boundary's at once).
@@ -101,11 +99,11 @@ async fn ranges(
             specs.len()
         )));
     }
-    specs
-        .iter()
-        .map(|s| node.range(s.from, s.to, s.histograms))
-        .collect::<Result<Vec<_>, _>>()
-        .map(Postcard)
+    let mut answers = Vec::with_capacity(specs.len());
+    for s in &specs {
+        answers.push(node.range(s.from, s.to, s.histograms).await?);
+    }
+    Ok(Postcard(answers))
 }
 
 /// Ranges one request may ask for.

@@ -40,6 +40,7 @@ pub struct Recovered {
 #[derive(Clone)]
 pub struct ValuesTable {
     jobs: mpsc::Sender<Job>,
+    db: Arc<Database>,
 }
 
 impl ValuesTable {
@@ -67,11 +68,25 @@ impl ValuesTable {
         };
         let (jobs, queue) = mpsc::channel();
         let db = Arc::new(db);
+        let writer_db = db.clone();
         std::thread::Builder::new()
             .name("values-writer".into())
-            .spawn(move || writer(db, queue))
+            .spawn(move || writer(writer_db, queue))
             .map_err(|e| CloudError::Storage(format!("starting writer: {e}")))?;
-        Ok((ValuesTable { jobs }, recovered))
+        Ok((ValuesTable { jobs, db }, recovered))
+    }
+
+    /// The stored bytes of these batches (those that are stored), for a replay.
+    pub fn read(&self, ids: &[BatchId]) -> Result<Vec<(BatchId, Vec<u8>)>, CloudError> {
+        let txn = self.db.begin_read()?;
+        let batches = txn.open_table(BATCHES)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(bytes) = batches.get(id.0)? {
+                out.push((*id, bytes.value().to_vec()));
+            }
+        }
+        Ok(out)
     }
 
     async fn submit(

@@ -19,11 +19,11 @@ type Cell = (u64, Metric, GroupKey);
 type HistogramCell = (u64, GroupKey);
 
 /// One batch's shares summed per (window start, metric, plug), and its histogram shares.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct BatchPartial {
-    cells: Vec<(Cell, Partial)>,
-    histograms: Vec<(HistogramCell, Vec<Field>)>,
-    windows: Vec<u64>,
+    pub(crate) cells: Vec<(Cell, Partial)>,
+    pub(crate) histograms: Vec<(HistogramCell, Vec<Field>)>,
+    pub(crate) windows: Vec<u64>,
 }
 
 impl BatchPartial {
@@ -57,6 +57,54 @@ impl BatchPartial {
             windows,
         }
     }
+
+    /// Only the windows a batch touches: what the node needs to decide when a window is
+    /// ready, when the sums themselves are taken by the workers.
+    pub fn windows_only(
+        records: &[ShareRecord],
+        histograms: &[HistogramShare],
+        window_secs: u64,
+    ) -> BatchPartial {
+        let mut windows: Vec<u64> = records
+            .iter()
+            .map(|r| Window::containing(r.ts, window_secs).start)
+            .chain(
+                histograms
+                    .iter()
+                    .map(|h| Window::containing(h.window_start, window_secs).start),
+            )
+            .collect();
+        windows.sort_unstable();
+        windows.dedup();
+        BatchPartial {
+            windows,
+            ..BatchPartial::default()
+        }
+    }
+
+    /// A partial from cells already summed (one bucket's share of a batch).
+    pub(crate) fn with_windows(
+        cells: Vec<(Cell, Partial)>,
+        histograms: Vec<(HistogramCell, Vec<Field>)>,
+        window_secs: u64,
+    ) -> BatchPartial {
+        let mut windows: Vec<u64> = cells
+            .iter()
+            .map(|c| c.0 .0)
+            .chain(
+                histograms
+                    .iter()
+                    .map(|h| Window::containing(h.0 .0, window_secs).start),
+            )
+            .collect();
+        windows.sort_unstable();
+        windows.dedup();
+        BatchPartial {
+            cells,
+            histograms,
+            windows,
+        }
+    }
 }
 
 /// Ranges kept for sliding.
@@ -81,7 +129,7 @@ struct PlugSums {
     histogram: Vec<Field>,
 }
 
-fn sub_from(total: &mut Vec<Field>, part: &[Field]) {
+pub(crate) fn sub_from(total: &mut Vec<Field>, part: &[Field]) {
     if total.len() < part.len() {
         total.resize(part.len(), Field::default());
     }
@@ -90,7 +138,7 @@ fn sub_from(total: &mut Vec<Field>, part: &[Field]) {
     }
 }
 
-fn add_into(total: &mut Vec<Field>, part: &[Field]) {
+pub(crate) fn add_into(total: &mut Vec<Field>, part: &[Field]) {
     if total.len() < part.len() {
         total.resize(part.len(), Field::default());
     }
@@ -112,8 +160,9 @@ enum Stage {
     Storing(BatchPartial),
     /// Durable and acknowledged; the flag is not final yet.
     Pending(BatchPartial),
-    /// Final (TRUE or ERROR): remembered only to recognise retries.
-    Done,
+    /// Final, TRUE (committed) or ERROR: remembered to recognise retries and to replay
+    /// the batch to a worker that replaces a failed one.
+    Done(bool),
 }
 
 #[derive(Default)]
@@ -123,6 +172,8 @@ struct WindowState {
     histograms: HashMap<HistogramCell, Vec<Field>>,
     batches: u64,
     digest: u128,
+    /// The workers' sums of this window are gathered here: it may be answered.
+    sealed: bool,
 }
 
 /// Outcome of registering an upload.
@@ -138,6 +189,8 @@ pub struct Windows {
     windows: BTreeMap<u64, WindowState>,
     batches: HashMap<BatchId, Stage>,
     ranges: Vec<RangeSums>,
+    /// The sums live in the elastic workers, and a window's sums are here only once sealed.
+    sharded: bool,
 }
 
 impl Windows {
@@ -149,6 +202,51 @@ impl Windows {
             windows: BTreeMap::new(),
             batches: HashMap::new(),
             ranges: Vec::new(),
+            sharded: false,
+        }
+    }
+
+    /// Bookkeeping for a node whose sums are held by workers: windows become answerable
+    /// when sealed with the workers' sums.
+    pub fn sharded(window_secs: u64, grace_secs: u64, watermark: u64) -> Windows {
+        Windows {
+            sharded: true,
+            ..Windows::new(window_secs, grace_secs, watermark)
+        }
+    }
+
+    fn answerable(&self, w: &WindowState) -> bool {
+        !self.sharded || w.sealed
+    }
+
+    /// Closed windows with every batch decided whose sums still sit in the workers.
+    pub fn sealable(&self) -> Vec<u64> {
+        if !self.sharded {
+            return Vec::new();
+        }
+        let closed_before = self.closed_before();
+        self.windows
+            .iter()
+            .filter(|(start, w)| {
+                !w.sealed && w.undecided == 0 && *start + self.window_secs <= closed_before
+            })
+            .map(|(start, _)| *start)
+            .collect()
+    }
+
+    /// Takes in the workers' final sums of a closed, decided window.
+    pub fn seal(&mut self, start: u64, sums: crate::elastic::BucketWindow) {
+        if let Some(w) = self.windows.get_mut(&start) {
+            if w.sealed || w.undecided > 0 {
+                return;
+            }
+            for (k, p) in sums.groups {
+                w.groups.entry(k).or_default().merge(&p);
+            }
+            for (k, counts) in sums.histograms {
+                add_into(w.histograms.entry(k).or_default(), &counts);
+            }
+            w.sealed = true;
         }
     }
 
@@ -159,6 +257,23 @@ impl Windows {
     /// Windows ending at or before this are closed.
     pub fn closed_before(&self) -> u64 {
         self.watermark().saturating_sub(self.grace_secs)
+    }
+
+    /// The final flag of a batch: Some(true) committed, Some(false) ERROR, None undecided.
+    pub fn outcome(&self, id: &BatchId) -> Option<bool> {
+        match self.batches.get(id) {
+            Some(Stage::Done(committed)) => Some(*committed),
+            _ => None,
+        }
+    }
+
+    /// Windows whose sums were gathered from the workers.
+    pub fn sealed(&self) -> Vec<u64> {
+        self.windows
+            .iter()
+            .filter(|(_, w)| w.sealed)
+            .map(|(s, _)| *s)
+            .collect()
     }
 
     pub fn is_known(&self, id: &BatchId) -> bool {
@@ -202,7 +317,7 @@ impl Windows {
     /// The batch is durable: it now waits for its flag.
     pub fn stored(&mut self, id: BatchId) {
         if let Some(stage) = self.batches.get_mut(&id) {
-            if let Stage::Storing(partial) = std::mem::replace(stage, Stage::Done) {
+            if let Stage::Storing(partial) = std::mem::replace(stage, Stage::Done(false)) {
                 *stage = Stage::Pending(partial);
             }
         }
@@ -250,7 +365,7 @@ impl Windows {
         if !matches!(stage, Stage::Pending(_)) {
             return;
         }
-        let Stage::Pending(partial) = std::mem::replace(stage, Stage::Done) else {
+        let Stage::Pending(partial) = std::mem::replace(stage, Stage::Done(committed)) else {
             return;
         };
         for &start in &partial.windows {
@@ -299,13 +414,22 @@ impl Windows {
                 ),
             });
         }
-        if let Some((&start, w)) = self.windows.range(from..to).find(|(_, w)| w.undecided > 0) {
+        if let Some((&start, w)) = self
+            .windows
+            .range(from..to)
+            .find(|(_, w)| w.undecided > 0 || !self.answerable(w))
+        {
+            let reason = if w.undecided > 0 {
+                format!("{} batches undecided", w.undecided)
+            } else {
+                "its sums are being gathered from the workers".to_string()
+            };
             return Err(NotReady {
                 window: Window {
                     start,
                     end: start + self.window_secs,
                 },
-                reason: format!("{} batches undecided", w.undecided),
+                reason,
             });
         }
         let step = self.window_secs;
@@ -440,7 +564,7 @@ impl Windows {
                 end: start + self.window_secs,
             };
             let closed = window.end <= closed_before;
-            if !closed || w.undecided > 0 {
+            if !closed || w.undecided > 0 || !self.answerable(w) {
                 pending.push(WindowPending {
                     window,
                     closed,
@@ -481,10 +605,11 @@ impl Windows {
 
     /// Counts for the status page.
     pub fn summary(&self) -> serde_json::Value {
+        let unsealed = self.windows.values().filter(|w| !w.sealed).count();
         let undecided = self
             .batches
             .values()
-            .filter(|s| !matches!(s, Stage::Done))
+            .filter(|s| !matches!(s, Stage::Done(_)))
             .count();
         serde_json::json!({
             "watermark": self.watermark(),
@@ -492,6 +617,7 @@ impl Windows {
             "windows": self.windows.len(),
             "batches": self.batches.len(),
             "undecided_batches": undecided,
+            "windows_in_workers": if self.sharded { unsealed } else { 0 },
         })
     }
 }

@@ -1,0 +1,82 @@
+//! Buckets (key groups) and the state a bucket carries from one worker to the next.
+
+use crate::windows::{add_into, BatchPartial};
+use mcloud_core::reading::{GroupKey, Metric};
+use mcloud_core::{BatchId, Field, Partial, Window};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// The bucket of a plug. A fixed mixing function rather than std's randomly seeded hasher:
+/// the map must mean the same in every process and after every restart.
+pub fn bucket_of(key: &GroupKey, buckets: usize) -> usize {
+    let mut h = (u64::from(key.house) << 32) | u64::from(key.household);
+    h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(key.plug);
+    h ^= h >> 31;
+    h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h ^= h >> 29;
+    (h % buckets.max(1) as u64) as usize
+}
+
+/// A window's committed sums for the plugs of one bucket (or, merged, of several).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BucketWindow {
+    pub groups: HashMap<(Metric, GroupKey), Partial>,
+    pub histograms: HashMap<(u64, GroupKey), Vec<Field>>,
+}
+
+impl BucketWindow {
+    pub fn merge(&mut self, other: BucketWindow) {
+        for (k, p) in other.groups {
+            self.groups.entry(k).or_default().merge(&p);
+        }
+        for (k, counts) in other.histograms {
+            add_into(self.histograms.entry(k).or_default(), &counts);
+        }
+    }
+}
+
+/// Everything a bucket's owner holds: the committed sums of its open windows and the partials
+/// of batches whose flag is not final yet. Both are plain sums, so two pieces of one bucket's
+/// state (the old owner's and what the new owner aggregated before the handover finished) add
+/// up to the state of the bucket.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BucketState {
+    pub windows: BTreeMap<u64, BucketWindow>,
+    pub pending: HashMap<BatchId, BatchPartial>,
+}
+
+impl BucketState {
+    /// Adds a committed batch's partial to the windows.
+    pub fn apply(&mut self, partial: BatchPartial, window_secs: u64) {
+        for ((start, metric, group), p) in partial.cells {
+            self.windows
+                .entry(start)
+                .or_default()
+                .groups
+                .entry((metric, group))
+                .or_default()
+                .merge(&p);
+        }
+        for (cell, counts) in partial.histograms {
+            let start = Window::containing(cell.0, window_secs).start;
+            add_into(
+                self.windows
+                    .entry(start)
+                    .or_default()
+                    .histograms
+                    .entry(cell)
+                    .or_default(),
+                &counts,
+            );
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty() && self.pending.is_empty()
+    }
+
+    /// Open (window, metric, plug) groups held, the size that decides a handover's cost.
+    pub fn groups(&self) -> usize {
+        self.windows.values().map(|w| w.groups.len()).sum()
+    }
+}
