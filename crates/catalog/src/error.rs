@@ -24,6 +24,9 @@ pub enum CatalogError {
     /// last voter).
     #[error("catalog membership: {0}")]
     Membership(String),
+    /// The membership already is as asked (the node is a voter already, or not a member).
+    #[error("catalog membership: {0}")]
+    NoChange(String),
     /// The catalog cannot decide now (no leader, no quorum); the same request may succeed later.
     #[error("{0}")]
     Unavailable(String),
@@ -53,6 +56,7 @@ impl From<CatalogError> for ApiError {
             CatalogError::TooMany(_) => StatusCode::PAYLOAD_TOO_LARGE,
             CatalogError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             CatalogError::Membership(_) => StatusCode::BAD_REQUEST,
+            CatalogError::NoChange(_) => StatusCode::CONFLICT,
             CatalogError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             CatalogError::Call(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             CatalogError::Call(_) => StatusCode::BAD_GATEWAY,

@@ -122,33 +122,43 @@ fn describe(change: &MembershipChange) -> String {
     }
 }
 
-/// Sends the change to the first catalog node that can act on it (it forwards to the leader).
+/// How long a change keeps being retried while no node can make it (an election).
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sends the change to the first catalog node that can act on it (it forwards to the leader),
+/// going round the nodes until one does or `PATIENCE` runs out.
 async fn apply(
     http: &reqwest::Client,
     nodes: &[String],
     partition: u32,
     change: &MembershipChange,
 ) -> Result<()> {
+    let until = std::time::Instant::now() + PATIENCE;
     let mut last = None;
-    for node in nodes {
-        let url = format!("{node}{}", membership_path(partition));
-        match post::<_, Result<(), WireError>>(http, &url, change).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => {
-                let e = CatalogError::from(e);
-                if !e.is_retryable() {
-                    bail!("partition {partition}: {e}");
-                }
-                last = Some(e.to_string());
+    loop {
+        for node in nodes {
+            let url = format!("{node}{}", membership_path(partition));
+            match post::<_, Result<(), WireError>>(http, &url, change).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => match CatalogError::from(e) {
+                    // An earlier attempt that answered unclearly (the leader removing itself
+                    // steps down mid-call) did make the change.
+                    CatalogError::NoChange(_) if last.is_some() => return Ok(()),
+                    e if e.is_retryable() => last = Some(e.to_string()),
+                    e => bail!("partition {partition}: {e}"),
+                },
+                Err(e) if e.is_retryable() => last = Some(e.to_string()),
+                Err(e) => bail!("partition {partition}: {e}"),
             }
-            Err(e) if e.is_retryable() => last = Some(e.to_string()),
-            Err(e) => bail!("partition {partition}: {e}"),
         }
+        if std::time::Instant::now() >= until {
+            bail!(
+                "partition {partition}: no catalog node could make the change within {PATIENCE:?}: {}",
+                last.unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
-    bail!(
-        "partition {partition}: no catalog node could make the change: {}",
-        last.unwrap_or_default()
-    )
 }
 
 type Status = Result<serde_json::Value, String>;

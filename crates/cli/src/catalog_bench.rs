@@ -4,6 +4,7 @@
 use crate::cluster::{CatalogSpec, ClusterOptions, ClusterSpec, LocalCluster};
 use anyhow::{bail, Result};
 use clap::Args;
+use mcloud_catalog::raft::placement::partition_of;
 use mcloud_catalog::FlagTable;
 use mcloud_core::wire::CreateFlag;
 use mcloud_core::BatchId;
@@ -56,13 +57,20 @@ async fn measure(partitions: u32, args: &CatalogBenchArgs) -> Result<Figures> {
             let mut latencies = Vec::new();
             let mut transitions = 0u64;
             let mut next = (c as u128) << 64;
+            let mut round = c as u64;
             while Instant::now() < until {
-                let ids: Vec<BatchId> = (0..batch)
-                    .map(|_| {
-                        next += 1;
-                        BatchId(next.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
-                    })
-                    .collect();
+                // One partition per request, as a sensor's request (one flag) has: the client
+                // sends it straight to that partition's leader.
+                let target = (round % partitions as u64) as u32;
+                round += 1;
+                let mut ids: Vec<BatchId> = Vec::with_capacity(batch);
+                while ids.len() < batch {
+                    next += 1;
+                    let id = BatchId(next.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835));
+                    if partition_of(id, partitions) == target {
+                        ids.push(id);
+                    }
+                }
                 let t = Instant::now();
                 flags
                     .create(
@@ -115,7 +123,7 @@ async fn measure(partitions: u32, args: &CatalogBenchArgs) -> Result<Figures> {
 
 pub async fn run(args: CatalogBenchArgs) -> Result<()> {
     eprintln!(
-        "bench --catalog: 3 voters over loopback TLS, {} clients, {} flags per request, {} s per run; \
+        "bench --catalog: 3 voters over loopback TLS, {} clients, {} flags of one partition per request, {} s per run; \
          a transition is one flag's CREATE (to FALSE) or SET (to TRUE), committed by a majority",
         args.catalog_clients, args.catalog_batch, args.catalog_secs
     );

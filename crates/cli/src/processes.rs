@@ -4,6 +4,7 @@
 //! tests that kill real processes.
 
 use anyhow::{bail, Context, Result};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -61,11 +62,23 @@ pub struct ProcessCluster {
     clouds: Vec<Option<Child>>,
 }
 
-/// A port free right now; the process that gets it binds it moments later.
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// A port free right now, for a process that binds it moments later. Drawn below Linux's
+/// ephemeral range (32768 and up): a port the kernel handed out for `bind(0)` is just as
+/// likely to be taken by the next outgoing connection of the processes already running.
+/// A port is handed out once per process, so two roles never get the same one.
+pub fn free_port() -> Result<u16> {
+    use rand::Rng;
+    static GIVEN: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut rng = rand::thread_rng();
+    for _ in 0..1000 {
+        let port = rng.gen_range(20_000..32_000);
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free port found in 20000..32000 on 127.0.0.1")
 }
 
 impl ProcessCluster {

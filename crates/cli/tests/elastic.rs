@@ -75,9 +75,9 @@ async fn churn(node: Arc<CloudNode>, stop: Arc<AtomicBool>, seed: u64) -> (usize
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn revealed_sums_are_exact_under_migrations_and_scaling() {
-    let dir = tempfile::tempdir().unwrap();
+/// Clouds whose pools start with two `mcloud worker` processes, scale up to four, and are
+/// driven by the test (no manager period).
+async fn cluster_with_worker_processes(dir: &std::path::Path, parties: u16) -> LocalCluster {
     let elastic = ElasticConfig {
         buckets: BUCKETS,
         workers: 2,
@@ -89,12 +89,12 @@ async fn revealed_sums_are_exact_under_migrations_and_scaling() {
         },
         ..ElasticConfig::default()
     };
-    let cluster = LocalCluster::start_with(
+    LocalCluster::start_with(
         ClusterSpec {
-            parties: 3,
+            parties,
             window_secs: 60,
             grace_secs: 60,
-            dir: dir.path().to_path_buf(),
+            dir: dir.to_path_buf(),
         },
         ClusterOptions {
             elastic,
@@ -102,7 +102,13 @@ async fn revealed_sums_are_exact_under_migrations_and_scaling() {
         },
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revealed_sums_are_exact_under_migrations_and_scaling() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster_with_worker_processes(dir.path(), 3).await;
     let readings: Vec<_> = Synthetic::new(SyntheticConfig {
         houses: 4,
         households_per_house: 2,
@@ -177,31 +183,7 @@ async fn revealed_sums_are_exact_under_migrations_and_scaling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn worker_processes_survive_a_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let elastic = ElasticConfig {
-        buckets: BUCKETS,
-        workers: 2,
-        period: None,
-        worker_program: Some(env!("CARGO_BIN_EXE_mcloud").into()),
-        thresholds: Thresholds {
-            max_workers: 4,
-            ..Thresholds::default()
-        },
-        ..ElasticConfig::default()
-    };
-    let cluster = LocalCluster::start_with(
-        ClusterSpec {
-            parties: 2,
-            window_secs: 60,
-            grace_secs: 60,
-            dir: dir.path().to_path_buf(),
-        },
-        ClusterOptions {
-            elastic,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let cluster = cluster_with_worker_processes(dir.path(), 2).await;
     let readings: Vec<_> = Synthetic::new(SyntheticConfig {
         houses: 3,
         households_per_house: 2,

@@ -518,7 +518,7 @@ impl CatalogNode {
                 if membership.voter_ids().any(|v| v == id) =>
             {
                 let _ = peer;
-                Err(CatalogError::Membership(format!(
+                Err(CatalogError::NoChange(format!(
                     "node {id} is already a voter of partition {partition}"
                 )))
             }
@@ -547,7 +547,7 @@ impl CatalogNode {
             MembershipChange::Remove { id } => {
                 let is_voter = membership.voter_ids().any(|v| v == id);
                 if !is_voter && !membership.learner_ids().any(|l| l == id) {
-                    return Err(CatalogError::Membership(format!(
+                    return Err(CatalogError::NoChange(format!(
                         "node {id} is not a member of partition {partition}"
                     )));
                 }

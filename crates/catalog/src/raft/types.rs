@@ -67,6 +67,7 @@ pub enum WireError {
     Storage(String),
     Unavailable(String),
     Membership(String),
+    NoChange(String),
 }
 
 impl From<CatalogError> for WireError {
@@ -82,6 +83,7 @@ impl From<CatalogError> for WireError {
             CatalogError::TooMany(n) => WireError::TooMany(n),
             CatalogError::Storage(m) => WireError::Storage(m),
             CatalogError::Membership(m) => WireError::Membership(m),
+            CatalogError::NoChange(m) => WireError::NoChange(m),
             CatalogError::Unavailable(m) => WireError::Unavailable(m),
             CatalogError::Call(e) if e.is_retryable() => WireError::Unavailable(e.to_string()),
             CatalogError::Call(e) => WireError::Storage(e.to_string()),
@@ -103,6 +105,7 @@ impl From<WireError> for CatalogError {
             WireError::Storage(m) => CatalogError::Storage(m),
             WireError::Unavailable(m) => CatalogError::Unavailable(m),
             WireError::Membership(m) => CatalogError::Membership(m),
+            WireError::NoChange(m) => CatalogError::NoChange(m),
         }
     }
 }

@@ -20,10 +20,7 @@ impl Drop for Proc {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
+    mcloud::processes::free_port().unwrap()
 }
 
 pub const SYNTHETIC_ARGS: [&str; 10] = [
