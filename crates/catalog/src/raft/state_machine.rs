@@ -3,6 +3,10 @@
 //! it, never earlier than any entry before), and an entry without operations is the sweep that
 //! turns every FALSE flag past its deadline into ERROR, so every replica reaches the same table
 //! from the same log whatever its own clock says.
+//!
+//! The applied table lives in memory; redb holds the last snapshot (written durably before the
+//! log may be purged up to it). After a crash the node starts from that snapshot and openraft
+//! applies the durable log after it again, so applying an entry costs no storage write at all.
 
 use super::types::Op;
 use super::types::{
@@ -15,24 +19,14 @@ use mcloud_core::wire::Flag;
 use mcloud_core::BatchId;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use redb::{Database, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
 
-const FLAGS: TableDefinition<u128, (u8, u64)> = TableDefinition::new("flags");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const APPLIED: &str = "applied";
-const MEMBERSHIP: &str = "membership";
-const CLOCK: &str = "clock";
 const SNAPSHOT: &str = "snapshot";
-
-/// How long applied entries may stay only in the page cache: they are in the durable log
-/// anyway, and a crash rolls the state machine back to a consistent earlier point that the
-/// log replays from.
-const SYNC_EVERY: Duration = Duration::from_millis(500);
 
 /// What replicas and readers see of the state machine.
 #[derive(Default)]
@@ -71,7 +65,6 @@ struct StoredSnapshot {
 pub struct StateMachine {
     db: Arc<Database>,
     shared: Shared,
-    last_sync: Instant,
 }
 
 fn enc<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>, StorageError> {
@@ -87,48 +80,25 @@ impl StateMachine {
         std::fs::create_dir_all(dir).map_err(|e| io_error(&dir.display().to_string(), e))?;
         let db = Database::create(dir.join("raft-state.redb")).map_err(|e| io_error("sm", e))?;
         let txn = db.begin_write().map_err(|e| io_error("sm", e))?;
-        txn.open_table(FLAGS).map_err(|e| io_error("sm", e))?;
         txn.open_table(META).map_err(|e| io_error("sm", e))?;
         txn.commit().map_err(|e| io_error("sm", e))?;
         let mut state = SmState::default();
-        {
+        let stored: Option<StoredSnapshot> = {
             let txn = db.begin_read().map_err(|e| io_error("sm", e))?;
             let meta = txn.open_table(META).map_err(|e| io_error("sm", e))?;
-            let get = |key: &str| -> Result<Option<Vec<u8>>, StorageError> {
-                Ok(meta
-                    .get(key)
-                    .map_err(|e| io_error(key, e))?
-                    .map(|v| v.value().to_vec()))
-            };
-            if let Some(b) = get(APPLIED)? {
-                state.last_applied = dec(APPLIED, &b)?;
-            }
-            if let Some(b) = get(MEMBERSHIP)? {
-                state.membership = dec(MEMBERSHIP, &b)?;
-            }
-            if let Some(b) = get(CLOCK)? {
-                state.clock = dec(CLOCK, &b)?;
-            }
-            let flags = txn.open_table(FLAGS).map_err(|e| io_error("sm", e))?;
-            let mut loaded = Vec::new();
-            for item in flags.iter().map_err(|e| io_error("sm", e))? {
-                let (id, v) = item.map_err(|e| io_error("sm", e))?;
-                let (state_code, deadline_ms) = v.value();
-                let flag_state = decode(state_code).map_err(|e| io_error("sm", e))?;
-                loaded.push((
-                    BatchId(id.value()),
-                    Flag {
-                        state: flag_state,
-                        deadline_ms,
-                    },
-                ));
-            }
-            state.table.apply(&loaded);
+            let bytes = meta.get(SNAPSHOT).map_err(|e| io_error(SNAPSHOT, e))?;
+            bytes.map(|b| dec(SNAPSHOT, b.value())).transpose()?
+        };
+        if let Some(stored) = stored {
+            let (table, clock) = Self::decode_state(&stored.data)?;
+            state.table = table;
+            state.clock = clock;
+            state.last_applied = stored.meta.last_log_id;
+            state.membership = stored.meta.last_membership.clone();
         }
         Ok(StateMachine {
             db: Arc::new(db),
             shared: Arc::new(RwLock::new(state)),
-            last_sync: Instant::now(),
         })
     }
 
@@ -171,42 +141,28 @@ impl StateMachine {
         (BatchResult(answers), changes)
     }
 
-    fn persist(
-        &mut self,
-        changes: &[(BatchId, Flag)],
-        state: &SmState,
-        snapshot: Option<&StoredSnapshot>,
-    ) -> Result<(), StorageError> {
-        let mut txn = self.db.begin_write().map_err(|e| io_error("apply", e))?;
-        let durable = snapshot.is_some() || self.last_sync.elapsed() >= SYNC_EVERY;
-        if !durable {
-            txn.set_durability(Durability::None);
-        }
+    /// Writes `snapshot` durably: from now on the node restarts from it.
+    fn store_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
+        let txn = self.db.begin_write().map_err(|e| io_error(SNAPSHOT, e))?;
         {
-            let mut flags = txn.open_table(FLAGS).map_err(|e| io_error("apply", e))?;
-            for (id, flag) in changes {
-                flags
-                    .insert(id.0, (encode(flag.state), flag.deadline_ms))
-                    .map_err(|e| io_error("apply", e))?;
-            }
-            let mut meta = txn.open_table(META).map_err(|e| io_error("apply", e))?;
-            let applied = enc(APPLIED, &state.last_applied)?;
-            let membership = enc(MEMBERSHIP, &state.membership)?;
-            let clock = enc(CLOCK, &state.clock)?;
-            for (k, v) in [(APPLIED, applied), (MEMBERSHIP, membership), (CLOCK, clock)] {
-                meta.insert(k, v.as_slice()).map_err(|e| io_error(k, e))?;
-            }
-            if let Some(s) = snapshot {
-                let bytes = enc(SNAPSHOT, s)?;
-                meta.insert(SNAPSHOT, bytes.as_slice())
-                    .map_err(|e| io_error(SNAPSHOT, e))?;
-            }
+            let mut meta = txn.open_table(META).map_err(|e| io_error(SNAPSHOT, e))?;
+            let bytes = enc(SNAPSHOT, snapshot)?;
+            meta.insert(SNAPSHOT, bytes.as_slice())
+                .map_err(|e| io_error(SNAPSHOT, e))?;
         }
-        txn.commit().map_err(|e| io_error("apply", e))?;
-        if durable {
-            self.last_sync = Instant::now();
+        txn.commit().map_err(|e| io_error(SNAPSHOT, e))
+    }
+
+    fn decode_state(data: &[u8]) -> Result<(Table, u64), StorageError> {
+        let decoded: SnapshotData = dec(SNAPSHOT, data)?;
+        let mut flags = Vec::with_capacity(decoded.flags.len());
+        for (id, code, deadline_ms) in decoded.flags {
+            let state = decode(code).map_err(|e| io_error(SNAPSHOT, e))?;
+            flags.push((BatchId(id), Flag { state, deadline_ms }));
         }
-        Ok(())
+        let mut table = Table::default();
+        table.apply(&flags);
+        Ok((table, decoded.clock))
     }
 
     fn encode_state(state: &SmState) -> Result<Vec<u8>, StorageError> {
@@ -244,13 +200,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             (meta, data)
         };
         let stored = StoredSnapshot { meta, data };
-        // The snapshot is written together with a durable commit of the state it describes, so
-        // the log may be purged up to it.
-        let shared = self.shared.clone();
-        {
-            let state = read(&shared);
-            self.persist(&[], &state, Some(&stored))?;
-        }
+        // Durable before openraft may purge the log up to it.
+        self.store_snapshot(&stored)?;
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
@@ -272,23 +223,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let shared = self.shared.clone();
-        // Work on a copy of the metadata and apply to memory only after the commit succeeded.
         let mut guard = write(&shared);
         let mut results = Vec::new();
-        let mut all_changes: Changes = Vec::new();
         let mut clock = guard.clock;
         let mut last_applied = guard.last_applied;
         let mut membership = guard.membership.clone();
-        // Applying to a scratch table would cost a copy of the whole table per call; instead the
-        // changes are applied in place and undone by reloading if the commit fails (which stops
-        // the Raft node anyway).
         for entry in entries {
             last_applied = Some(entry.log_id);
             match &entry.payload {
                 EntryPayload::Blank => results.push(BatchResult::default()),
                 EntryPayload::Normal(batch) => {
-                    let (answer, changes) = Self::run_batch(&mut guard.table, &mut clock, batch);
-                    all_changes.extend(changes);
+                    let (answer, _) = Self::run_batch(&mut guard.table, &mut clock, batch);
                     results.push(answer);
                 }
                 EntryPayload::Membership(m) => {
@@ -300,7 +245,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         guard.clock = clock;
         guard.last_applied = last_applied;
         guard.membership = membership;
-        self.persist(&all_changes, &guard, None)?;
         Ok(results)
     }
 
@@ -308,7 +252,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         StateMachine {
             db: self.db.clone(),
             shared: self.shared.clone(),
-            last_sync: Instant::now(),
         }
     }
 
@@ -322,30 +265,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let decoded: SnapshotData = dec(SNAPSHOT, &data)?;
-        let mut table = Table::default();
-        let mut flags = Vec::with_capacity(decoded.flags.len());
-        for (id, code, deadline_ms) in decoded.flags {
-            let state = decode(code).map_err(|e| io_error(SNAPSHOT, e))?;
-            flags.push((BatchId(id), Flag { state, deadline_ms }));
-        }
-        table.apply(&flags);
+        let (table, clock) = Self::decode_state(&data)?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
         };
-        // Replace the whole table in one transaction.
-        let txn = self.db.begin_write().map_err(|e| io_error("install", e))?;
-        txn.delete_table(FLAGS)
-            .map_err(|e| io_error("install", e))?;
-        txn.commit().map_err(|e| io_error("install", e))?;
+        self.store_snapshot(&stored)?;
         let shared = self.shared.clone();
         let mut guard = write(&shared);
         guard.table = table;
-        guard.clock = decoded.clock;
+        guard.clock = clock;
         guard.last_applied = meta.last_log_id;
         guard.membership = meta.last_membership.clone();
-        self.persist(&flags, &guard, Some(&stored))?;
         Ok(())
     }
 
