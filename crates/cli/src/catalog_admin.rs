@@ -216,19 +216,24 @@ fn print_status(status: &[(String, Status)]) {
                     })
                     .unwrap_or_default()
             };
+            // `Value` ignores width and alignment, strings do not.
+            let text = |v: &serde_json::Value| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
             println!(
                 "{:<26} {:>4} {:>9} {:>10} {:>6} {:>8} {:<12} {:<10} {:>9} {:>7} {:>5}",
                 url,
-                s["node_id"],
-                p["partition"],
-                p["state"].as_str().unwrap_or("?"),
-                p["leader"],
-                p["term"],
+                text(&s["node_id"]),
+                text(&p["partition"]),
+                text(&p["state"]),
+                text(&p["leader"]),
+                text(&p["term"]),
                 ids(&p["voters"]),
                 ids(&p["learners"]),
-                p["flags"]["committed"],
-                p["flags"]["errored"],
-                p["flags"]["open"]
+                text(&p["flags"]["committed"]),
+                text(&p["flags"]["errored"]),
+                text(&p["flags"]["open"])
             );
         }
     }
