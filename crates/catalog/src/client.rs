@@ -5,10 +5,12 @@
 //! client moves through the nodes until one answers, staying with the node that answered
 //! last.
 
+use crate::raft::node::ASSIGNMENT_PARTITION;
 use crate::raft::placement::partition_of;
+use crate::raft::{assignment_path, Assignment};
 use crate::service::{CREATE_PATH, GET_PATH, SET_PATH};
 use crate::{CatalogError, FlagTable};
-use mcloud_core::http::{post, CallError};
+use mcloud_core::http::{get, post_bytes, CallError};
 use mcloud_core::wire::{
     CreateFlag, CreateFlagsRequest, Flag, FlagIds, FlagsResponse, GetFlagsResponse,
 };
@@ -87,6 +89,23 @@ impl CatalogClient {
         leaders.get(partition? as usize).copied().flatten()
     }
 
+    fn leader_of_partition(&self, partition: u32) -> Option<usize> {
+        let leaders = self.leaders.by_partition.lock().ok()?;
+        leaders.get(partition as usize).copied().flatten()
+    }
+
+    /// A POST with `body`, or a GET without one.
+    async fn send<R: DeserializeOwned>(
+        &self,
+        url: &str,
+        body: Option<&[u8]>,
+    ) -> Result<R, CallError> {
+        match body {
+            Some(b) => post_bytes(&self.http, url, b.to_vec()).await,
+            None => get(&self.http, url).await,
+        }
+    }
+
     fn forget_leaders(&self) {
         if let Ok(mut leaders) = self.leaders.by_partition.lock() {
             leaders.clear();
@@ -149,10 +168,22 @@ impl CatalogClient {
         request: &Q,
         ids: impl Iterator<Item = BatchId>,
     ) -> Result<R, CatalogError> {
-        match self.leader_for(ids) {
+        let body = postcard::to_stdvec(request).map_err(CallError::from)?;
+        let leader = self.leader_for(ids);
+        self.call_leader(path, Some(&body), leader).await
+    }
+
+    /// Sends a request to `leader` when it is known, else through the nodes in turn.
+    async fn call_leader<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&[u8]>,
+        leader: Option<usize>,
+    ) -> Result<R, CatalogError> {
+        match leader {
             Some(i) => {
                 let url = format!("{}{path}", self.nodes[i]);
-                match post(&self.http, &url, request).await {
+                match self.send(&url, body).await {
                     Ok(r) => return Ok(r),
                     Err(e) if e.is_retryable() => {
                         tracing::debug!("catalog leader {url}: {e}; asking the other nodes");
@@ -163,22 +194,22 @@ impl CatalogClient {
             }
             None => self.refresh_leaders(),
         }
-        self.call(path, request).await
+        self.call(path, body).await
     }
 
     /// Tries each node once, starting with the current one; a retryable failure moves on.
     /// Every request is idempotent, so sending it again to another node is safe.
-    async fn call<Q: Serialize, R: DeserializeOwned>(
+    async fn call<R: DeserializeOwned>(
         &self,
         path: &str,
-        request: &Q,
+        body: Option<&[u8]>,
     ) -> Result<R, CatalogError> {
         let start = self.current.load(Ordering::Relaxed);
         let mut last = None;
         for k in 0..self.nodes.len() {
             let i = (start + k) % self.nodes.len();
             let url = format!("{}{path}", self.nodes[i]);
-            match post(&self.http, &url, request).await {
+            match self.send(&url, body).await {
                 Ok(r) => {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(r);
@@ -203,6 +234,45 @@ impl CatalogClient {
         Err(last
             .map(CatalogError::from)
             .unwrap_or_else(|| CatalogError::Unavailable("no catalog node configured".into())))
+    }
+}
+
+impl CatalogClient {
+    /// Stores cloud `party`'s bucket → worker map unless the catalog holds one with an equal
+    /// or greater epoch; then the error is `StaleEpoch` with the stored epoch.
+    pub async fn put_assignment(
+        &self,
+        party: u16,
+        assignment: &Assignment,
+    ) -> Result<(), CatalogError> {
+        assignment.check()?;
+        let body = postcard::to_stdvec(assignment).map_err(CallError::from)?;
+        let leader = self.leader_of_partition(ASSIGNMENT_PARTITION);
+        let path = assignment_path(party);
+        match self.call_leader::<()>(&path, Some(&body), leader).await {
+            Err(CatalogError::Call(CallError::Rejected { status: 409, .. })) => {
+                // The answer names the stored epoch only in words; reading it is exact.
+                let stored = self.get_assignment(party).await?.map_or(0, |a| a.epoch);
+                Err(CatalogError::StaleEpoch {
+                    party,
+                    epoch: assignment.epoch,
+                    stored,
+                })
+            }
+            Err(CatalogError::Call(CallError::Rejected {
+                status: 400,
+                message,
+                ..
+            })) => Err(CatalogError::BadAssignment(message)),
+            other => other,
+        }
+    }
+
+    /// Cloud `party`'s stored bucket → worker map, read linearizably.
+    pub async fn get_assignment(&self, party: u16) -> Result<Option<Assignment>, CatalogError> {
+        let leader = self.leader_of_partition(ASSIGNMENT_PARTITION);
+        self.call_leader(&assignment_path(party), None, leader)
+            .await
     }
 }
 

@@ -30,6 +30,14 @@ pub enum CatalogError {
     /// The catalog cannot decide now (no leader, no quorum); the same request may succeed later.
     #[error("{0}")]
     Unavailable(String),
+    /// A bucket → worker map no newer than the one stored: the stored map stays.
+    #[error(
+        "bucket map of cloud {party}: epoch {epoch} is stale, the catalog holds epoch {stored}"
+    )]
+    StaleEpoch { party: u16, epoch: u64, stored: u64 },
+    /// A bucket → worker map request the catalog cannot take (bad party, too many buckets).
+    #[error("bucket map: {0}")]
+    BadAssignment(String),
     #[error(transparent)]
     Call(#[from] CallError),
 }
@@ -58,6 +66,8 @@ impl From<CatalogError> for ApiError {
             CatalogError::Membership(_) => StatusCode::BAD_REQUEST,
             CatalogError::NoChange(_) => StatusCode::CONFLICT,
             CatalogError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CatalogError::StaleEpoch { .. } => StatusCode::CONFLICT,
+            CatalogError::BadAssignment(_) => StatusCode::BAD_REQUEST,
             CatalogError::Call(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             CatalogError::Call(_) => StatusCode::BAD_GATEWAY,
         };

@@ -266,6 +266,7 @@ impl LocalCluster {
             ..CloudConfig::default()
         };
         let node = CloudNode::open(&self.cloud_dir(party), config, self.catalog_client())
+            .await
             .with_context(|| format!("opening cloud {party}"))?;
         let server = serve(
             mcloud_cloud::service::router(node.clone()),

@@ -95,6 +95,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
             },
             CatalogClient::with_nodes(http, catalog_urls),
         )
+        .await
         .context("opening the cloud role")?;
         let server = serve(mcloud_cloud::service::router(node), cloud.listen, &identity).await?;
         eprintln!(

@@ -1,6 +1,6 @@
 //! The cloud node: upload validation, durable storage, flag polling and COMPUTE.
 
-use crate::elastic::{ElasticConfig, InProcess, Pool, ReplaySource};
+use crate::elastic::{catalog_map, ElasticConfig, InProcess, Pool, ReplaySource};
 use crate::values::ValuesTable;
 use crate::windows::{BatchPartial, Registered, Windows};
 use crate::CloudError;
@@ -53,6 +53,9 @@ impl Default for CloudConfig {
     }
 }
 
+/// How long a starting node waits for the catalog to read its stored bucket map.
+const STORED_MAP_WAIT: Duration = Duration::from_secs(5);
+
 /// Most flags asked about in one catalog call.
 const POLL_CHUNK: usize = 10_000;
 
@@ -76,7 +79,7 @@ fn now_secs() -> u64 {
 impl CloudNode {
     /// Opens the values table in `dir`, rebuilds the undecided and committed state from it and
     /// starts polling the catalog for flags.
-    pub fn open(
+    pub async fn open(
         dir: &Path,
         config: CloudConfig,
         catalog: CatalogClient,
@@ -92,7 +95,16 @@ impl CloudNode {
                 record_cost: config.elastic.record_cost,
             }),
         };
-        let pool = Pool::start(config.elastic.clone(), config.window_secs, provisioner)?;
+        // The map an earlier run left in the catalog: epochs continue above it, so they never
+        // go backwards across restarts.
+        let stored = catalog_map::read_stored(&catalog, config.party, STORED_MAP_WAIT).await;
+        let pool = Pool::start_from(
+            config.elastic.clone(),
+            config.window_secs,
+            provisioner,
+            stored,
+        )?;
+        catalog_map::spawn_writer(&pool, catalog.clone(), config.party);
         let mut state =
             Windows::sharded(config.window_secs, config.grace_secs, recovered.watermark);
         let restored = recovered.batches.len();

@@ -14,7 +14,7 @@ pub mod types;
 pub use network::Faults;
 pub use node::{CatalogConfig, CatalogNode, MembershipChange, PartitionStatus, StartError};
 pub use openraft::ServerState;
-pub use types::{NodeId, Peer};
+pub use types::{Assignment, NodeId, Peer, MAX_ASSIGNMENT_BUCKETS};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -22,7 +22,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use mcloud_core::http::{decode, ApiError};
+use mcloud_core::http::{decode, ApiError, Postcard};
 use network::{Envelope, SnapshotRequest};
 use node::{Forwarded, ForwardedAnswer};
 use openraft::error::{Fatal, RaftError};
@@ -125,7 +125,46 @@ pub fn internal_router(node: Arc<CatalogNode>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_RAFT_BODY_BYTES))
 }
 
-/// Everything a catalog node serves: the flags API, the node-to-node endpoints and a status
+/// Where cloud `party`'s bucket → worker map is written (POST) and read (GET).
+pub fn assignment_path(party: u16) -> String {
+    format!("/v1/assignments/{party}")
+}
+
+fn party_of(raw: &str) -> Result<u16, crate::CatalogError> {
+    raw.parse().map_err(|_| {
+        crate::CatalogError::BadAssignment(format!(
+            "party `{raw}` is not a cloud index (0..=65535)"
+        ))
+    })
+}
+
+async fn put_assignment(
+    State(node): Node,
+    Path(party): Path<String>,
+    Postcard(assignment): Postcard<Assignment>,
+) -> Result<Postcard<()>, ApiError> {
+    node.put_assignment(party_of(&party)?, assignment).await?;
+    Ok(Postcard(()))
+}
+
+async fn get_assignment(
+    State(node): Node,
+    Path(party): Path<String>,
+) -> Result<Postcard<Option<Assignment>>, ApiError> {
+    Ok(Postcard(node.get_assignment(party_of(&party)?).await?))
+}
+
+/// The clouds' bucket → worker maps.
+pub fn assignments_router(node: Arc<CatalogNode>) -> Router {
+    Router::new()
+        .route(
+            "/v1/assignments/{party}",
+            post(put_assignment).get(get_assignment),
+        )
+        .with_state(node)
+}
+
+/// Everything a catalog node serves: the flags API, the clouds' bucket maps, the node-to-node endpoints and a status
 /// page that shows every partition's leader and term.
 pub fn router(node: Arc<CatalogNode>) -> Router {
     let status_node = node.clone();
@@ -136,5 +175,6 @@ pub fn router(node: Arc<CatalogNode>) -> Router {
             "partitions": status_node.status(),
         })
     })
+    .merge(assignments_router(node.clone()))
     .merge(internal_router(node))
 }

@@ -5,10 +5,11 @@ use super::log_store::LogStore;
 use super::network::{Clients, Faults, Network};
 use super::placement::{partition_of, voters_for};
 use super::proposer::{
-    run_proposer, run_reader, LocalError, OpAnswer, Proposal, ReadAnswer, ReadRequest, Timeouts,
+    run_proposer, run_reader, AssignmentAnswer, LocalError, OpAnswer, Proposal, ReadAnswer,
+    ReadRequest, Timeouts,
 };
 use super::state_machine::{read, Shared, StateMachine};
-use super::types::{NodeId, Op, Peer, Raft, WireError};
+use super::types::{Assignment, NodeId, Op, Peer, Raft, WireError};
 use crate::rules::{check_request, check_ttls, FlagCounts};
 use crate::{now_ms, CatalogError, FlagTable};
 use mcloud_core::http::post;
@@ -95,13 +96,19 @@ pub struct CatalogNode {
 pub enum Forwarded {
     Op(Op),
     Read(Vec<BatchId>),
+    ReadAssignment(u16),
 }
 
 #[derive(Serialize, Deserialize)]
 pub enum ForwardedAnswer {
     Flags(Vec<Flag>),
     Read(Vec<Option<Flag>>),
+    Assignment(Option<Assignment>),
 }
+
+/// The partition that keeps every cloud's bucket → worker map: one fixed group, so a map's
+/// epochs are ordered by one log whatever the number of partitions.
+pub const ASSIGNMENT_PARTITION: u32 = 0;
 
 /// A membership change, as the admin API takes it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -330,19 +337,45 @@ impl CatalogNode {
                 "catalog partition {partition} is shutting down"
             )))
         };
-        if p.reads.send(ReadRequest { ids, reply: tx }).await.is_err() {
+        if p.reads
+            .send(ReadRequest::Flags { ids, reply: tx })
+            .await
+            .is_err()
+        {
             return Err(gone());
         }
         rx.await.unwrap_or_else(|_| Err(gone()))
     }
 
-    /// Runs a forwarded request here, without forwarding it again.
-    pub async fn run_local(
+    async fn local_assignment(&self, partition: u32, party: u16) -> AssignmentAnswer {
+        let Some(p) = self.partitions.get(partition as usize) else {
+            return Err(LocalError::Failed(WireError::Unavailable(format!(
+                "no catalog partition {partition} on node {}",
+                self.id
+            ))));
+        };
+        let (tx, rx) = oneshot::channel();
+        let gone = || {
+            LocalError::Failed(WireError::Unavailable(format!(
+                "catalog partition {partition} is shutting down"
+            )))
+        };
+        if p.reads
+            .send(ReadRequest::Assignment { party, reply: tx })
+            .await
+            .is_err()
+        {
+            return Err(gone());
+        }
+        rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    async fn run_here(
         &self,
         partition: u32,
         request: Forwarded,
-    ) -> Result<ForwardedAnswer, WireError> {
-        let answer = match request {
+    ) -> Result<ForwardedAnswer, LocalError> {
+        match request {
             Forwarded::Op(op) => self
                 .local_op(partition, Some(op))
                 .await
@@ -351,7 +384,53 @@ impl CatalogNode {
                 .local_read(partition, ids)
                 .await
                 .map(ForwardedAnswer::Read),
-        };
+            Forwarded::ReadAssignment(party) => self
+                .local_assignment(partition, party)
+                .await
+                .map(ForwardedAnswer::Assignment),
+        }
+    }
+
+    /// Stores cloud `party`'s bucket → worker map unless the catalog holds one with an equal
+    /// or greater epoch.
+    pub async fn put_assignment(
+        &self,
+        party: u16,
+        assignment: Assignment,
+    ) -> Result<(), CatalogError> {
+        assignment.check()?;
+        let op = Op::Assign { party, assignment };
+        match self
+            .on_leader(ASSIGNMENT_PARTITION, Forwarded::Op(op))
+            .await?
+        {
+            ForwardedAnswer::Flags(_) => Ok(()),
+            _ => Err(CatalogError::Storage(
+                "catalog answered a bucket map write with a read".into(),
+            )),
+        }
+    }
+
+    /// Cloud `party`'s stored bucket → worker map, read linearizably.
+    pub async fn get_assignment(&self, party: u16) -> Result<Option<Assignment>, CatalogError> {
+        match self
+            .on_leader(ASSIGNMENT_PARTITION, Forwarded::ReadAssignment(party))
+            .await?
+        {
+            ForwardedAnswer::Assignment(a) => Ok(a),
+            _ => Err(CatalogError::Storage(
+                "catalog answered a bucket map read with something else".into(),
+            )),
+        }
+    }
+
+    /// Runs a forwarded request here, without forwarding it again.
+    pub async fn run_local(
+        &self,
+        partition: u32,
+        request: Forwarded,
+    ) -> Result<ForwardedAnswer, WireError> {
+        let answer = self.run_here(partition, request).await;
         answer.map_err(|e| match e {
             LocalError::Failed(w) => w,
             LocalError::NotLeader(_) => WireError::Unavailable(format!(
@@ -370,17 +449,7 @@ impl CatalogNode {
         let leader = self.leader_of(partition);
         let target = match leader {
             Some((id, _)) if id == self.id => {
-                let local = match request {
-                    Forwarded::Op(op) => self
-                        .local_op(partition, Some(op))
-                        .await
-                        .map(ForwardedAnswer::Flags),
-                    Forwarded::Read(ids) => self
-                        .local_read(partition, ids)
-                        .await
-                        .map(ForwardedAnswer::Read),
-                };
-                match local {
+                match self.run_here(partition, request).await {
                     Ok(a) => return Ok(a),
                     Err(LocalError::Failed(w)) => return Err(w.into()),
                     Err(LocalError::NotLeader(Some((id, peer)))) if id != self.id => {
@@ -457,7 +526,7 @@ impl CatalogNode {
                         out[i] = Some(f);
                     }
                 }
-                ForwardedAnswer::Read(_) => {
+                ForwardedAnswer::Read(_) | ForwardedAnswer::Assignment(_) => {
                     return Err(CatalogError::Storage(
                         "catalog answered a read to a write".into(),
                     ))
@@ -659,7 +728,7 @@ impl FlagTable for Arc<CatalogNode> {
                         out[i] = f;
                     }
                 }
-                ForwardedAnswer::Flags(_) => {
+                ForwardedAnswer::Flags(_) | ForwardedAnswer::Assignment(_) => {
                     return Err(CatalogError::Storage(
                         "catalog answered a write to a read".into(),
                     ))

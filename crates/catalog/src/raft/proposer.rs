@@ -2,7 +2,7 @@
 //! GETs share one leadership check, so throughput is not one round trip per request.
 
 use super::state_machine::{read, Shared};
-use super::types::{Batch, NodeId, Op, Peer, Raft, WireError};
+use super::types::{Assignment, Batch, NodeId, Op, Peer, Raft, WireError};
 use crate::now_ms;
 use mcloud_core::wire::{Flag, FlagState};
 use mcloud_core::BatchId;
@@ -26,6 +26,7 @@ pub enum LocalError {
 
 pub type OpAnswer = Result<Vec<Flag>, LocalError>;
 pub type ReadAnswer = Result<Vec<Option<Flag>>, LocalError>;
+pub type AssignmentAnswer = Result<Option<Assignment>, LocalError>;
 
 /// `None` proposes an entry with no operation: the deadline sweep.
 pub struct Proposal {
@@ -33,9 +34,28 @@ pub struct Proposal {
     pub reply: oneshot::Sender<OpAnswer>,
 }
 
-pub struct ReadRequest {
-    pub ids: Vec<BatchId>,
-    pub reply: oneshot::Sender<ReadAnswer>,
+pub enum ReadRequest {
+    Flags {
+        ids: Vec<BatchId>,
+        reply: oneshot::Sender<ReadAnswer>,
+    },
+    Assignment {
+        party: u16,
+        reply: oneshot::Sender<AssignmentAnswer>,
+    },
+}
+
+impl ReadRequest {
+    fn fail(self, e: &LocalError) {
+        match self {
+            ReadRequest::Flags { reply, .. } => {
+                let _ = reply.send(Err(copy(e)));
+            }
+            ReadRequest::Assignment { reply, .. } => {
+                let _ = reply.send(Err(copy(e)));
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -155,14 +175,40 @@ pub async fn run_reader(
     timeouts: Timeouts,
     mut rx: mpsc::Receiver<ReadRequest>,
 ) {
+    let mut caught_up = false;
     while let Some(first) = rx.recv().await {
         let mut pending = vec![first];
         while let Ok(r) = rx.try_recv() {
             pending.push(r);
         }
-        let confirmed = tokio::time::timeout(timeouts.commit, raft.ensure_linearizable()).await;
+        let confirmed = tokio::time::timeout(timeouts.commit, async {
+            raft.ensure_linearizable().await?;
+            if !caught_up {
+                // The commit index is not stored, so a node restarted as leader of its old term
+                // knows only its snapshot as committed and would confirm reads before the
+                // committed entries after that snapshot are applied again. Its whole log as of
+                // now was proposed by this or an earlier leader and is committed before any
+                // newer entry: the first read waits for all of it once.
+                let last = raft.metrics().borrow().last_log_index;
+                if let Some(last) = last {
+                    if raft
+                        .wait(None)
+                        .applied_index_at_least(Some(last), "catalog read after start")
+                        .await
+                        .is_err()
+                    {
+                        return Err(RaftError::Fatal(openraft::error::Fatal::Stopped));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await;
         let failure = match confirmed {
-            Ok(Ok(_)) => None,
+            Ok(Ok(())) => {
+                caught_up = true;
+                None
+            }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Some(LocalError::NotLeader(f.leader_id.zip(f.leader_node)))
             }
@@ -173,7 +219,7 @@ pub async fn run_reader(
         };
         if let Some(e) = failure {
             for r in pending {
-                let _ = r.reply.send(Err(copy(&e)));
+                r.fail(&e);
             }
             continue;
         }
@@ -182,7 +228,11 @@ pub async fn run_reader(
         let now = now_ms();
         let needs_sweep = {
             let state = read(&sm);
-            pending.iter().flat_map(|r| &r.ids).any(|id| {
+            let ids = pending.iter().flat_map(|r| match r {
+                ReadRequest::Flags { ids, .. } => ids.as_slice(),
+                ReadRequest::Assignment { .. } => &[],
+            });
+            ids.into_iter().any(|id| {
                 state
                     .table
                     .stored(id)
@@ -209,15 +259,22 @@ pub async fn run_reader(
             };
             if let Err(e) = swept {
                 for r in pending {
-                    let _ = r.reply.send(Err(copy(&e)));
+                    r.fail(&e);
                 }
                 continue;
             }
         }
         let state = read(&sm);
         for r in pending {
-            let flags = r.ids.iter().map(|id| state.table.stored(id)).collect();
-            let _ = r.reply.send(Ok(flags));
+            match r {
+                ReadRequest::Flags { ids, reply } => {
+                    let flags = ids.iter().map(|id| state.table.stored(id)).collect();
+                    let _ = reply.send(Ok(flags));
+                }
+                ReadRequest::Assignment { party, reply } => {
+                    let _ = reply.send(Ok(state.assignments.get(&party).cloned()));
+                }
+            }
         }
     }
 }

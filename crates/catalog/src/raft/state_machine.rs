@@ -4,15 +4,18 @@
 //! turns every FALSE flag past its deadline into ERROR, so every replica reaches the same table
 //! from the same log whatever its own clock says.
 //!
+//! Next to the flags, partition 0 keeps each cloud's bucket → worker map with its epoch; a map
+//! replaces the stored one only under a greater epoch.
+//!
 //! The applied table lives in memory; redb holds the last snapshot (written durably before the
 //! log may be purged up to it). After a crash the node starts from that snapshot and openraft
 //! applies the durable log after it again, so applying an entry costs no storage write at all.
 
-use super::types::Op;
 use super::types::{
     io_error, Batch, BatchResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig, WireError,
 };
+use super::types::{Assignment, Op};
 use crate::rules::{check_request, check_ttls, Changes, Table};
 use crate::store::{decode, encode};
 use mcloud_core::wire::Flag;
@@ -21,6 +24,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::{Database, TableDefinition};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -32,6 +36,8 @@ const SNAPSHOT: &str = "snapshot";
 #[derive(Default)]
 pub struct SmState {
     pub table: Table,
+    /// Each cloud's bucket → worker map, by party.
+    pub assignments: BTreeMap<u16, Assignment>,
     /// The log's time: the largest proposal time applied so far.
     pub clock: u64,
     pub last_applied: Option<LogId>,
@@ -54,6 +60,21 @@ fn write(shared: &Shared) -> std::sync::RwLockWriteGuard<'_, SmState> {
 struct SnapshotData {
     clock: u64,
     flags: Vec<(u128, u8, u64)>,
+    assignments: Vec<(u16, Assignment)>,
+}
+
+/// A snapshot written before the catalog kept bucket maps.
+#[derive(Deserialize)]
+struct FlagsOnlySnapshot {
+    clock: u64,
+    flags: Vec<(u128, u8, u64)>,
+}
+
+/// What a snapshot restores.
+struct Restored {
+    table: Table,
+    assignments: BTreeMap<u16, Assignment>,
+    clock: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -90,9 +111,10 @@ impl StateMachine {
             bytes.map(|b| dec(SNAPSHOT, b.value())).transpose()?
         };
         if let Some(stored) = stored {
-            let (table, clock) = Self::decode_state(&stored.data)?;
-            state.table = table;
-            state.clock = clock;
+            let restored = Self::decode_state(&stored.data)?;
+            state.table = restored.table;
+            state.assignments = restored.assignments;
+            state.clock = restored.clock;
             state.last_applied = stored.meta.last_log_id;
             state.membership = stored.meta.last_membership.clone();
         }
@@ -108,7 +130,12 @@ impl StateMachine {
 
     /// Runs one entry's operations on `table` at the entry's time, returning the answers and
     /// the changes (already applied to `table`).
-    fn run_batch(table: &mut Table, clock: &mut u64, batch: &Batch) -> (BatchResult, Changes) {
+    fn run_batch(
+        table: &mut Table,
+        assignments: &mut BTreeMap<u16, Assignment>,
+        clock: &mut u64,
+        batch: &Batch,
+    ) -> (BatchResult, Changes) {
         *clock = (*clock).max(batch.now_ms);
         let now = *clock;
         // Only the sweep entry writes ERROR; a SET that comes too late is told it missed the
@@ -128,6 +155,9 @@ impl StateMachine {
                 Op::Set(ids) => {
                     check_request(ids.iter().copied(), ids.len()).and_then(|_| table.set(ids, now))
                 }
+                Op::Assign { party, assignment } => {
+                    Self::assign(assignments, *party, assignment).map(|_| (Vec::new(), Vec::new()))
+                }
             };
             answers.push(match result {
                 Ok((flags, c)) => {
@@ -139,6 +169,25 @@ impl StateMachine {
             });
         }
         (BatchResult(answers), changes)
+    }
+
+    fn assign(
+        assignments: &mut BTreeMap<u16, Assignment>,
+        party: u16,
+        assignment: &Assignment,
+    ) -> Result<(), crate::CatalogError> {
+        assignment.check()?;
+        if let Some(stored) = assignments.get(&party) {
+            if assignment.epoch <= stored.epoch {
+                return Err(crate::CatalogError::StaleEpoch {
+                    party,
+                    epoch: assignment.epoch,
+                    stored: stored.epoch,
+                });
+            }
+        }
+        assignments.insert(party, assignment.clone());
+        Ok(())
     }
 
     /// Writes `snapshot` durably: from now on the node restarts from it.
@@ -153,8 +202,18 @@ impl StateMachine {
         txn.commit().map_err(|e| io_error(SNAPSHOT, e))
     }
 
-    fn decode_state(data: &[u8]) -> Result<(Table, u64), StorageError> {
-        let decoded: SnapshotData = dec(SNAPSHOT, data)?;
+    fn decode_state(data: &[u8]) -> Result<Restored, StorageError> {
+        let decoded: SnapshotData = match dec(SNAPSHOT, data) {
+            Ok(d) => d,
+            Err(e) => match postcard::from_bytes::<FlagsOnlySnapshot>(data) {
+                Ok(old) => SnapshotData {
+                    clock: old.clock,
+                    flags: old.flags,
+                    assignments: Vec::new(),
+                },
+                Err(_) => return Err(e),
+            },
+        };
         let mut flags = Vec::with_capacity(decoded.flags.len());
         for (id, code, deadline_ms) in decoded.flags {
             let state = decode(code).map_err(|e| io_error(SNAPSHOT, e))?;
@@ -162,7 +221,11 @@ impl StateMachine {
         }
         let mut table = Table::default();
         table.apply(&flags);
-        Ok((table, decoded.clock))
+        Ok(Restored {
+            table,
+            assignments: decoded.assignments.into_iter().collect(),
+            clock: decoded.clock,
+        })
     }
 
     fn encode_state(state: &SmState) -> Result<Vec<u8>, StorageError> {
@@ -177,6 +240,11 @@ impl StateMachine {
             &SnapshotData {
                 clock: state.clock,
                 flags,
+                assignments: state
+                    .assignments
+                    .iter()
+                    .map(|(p, a)| (*p, a.clone()))
+                    .collect(),
             },
         )
     }
@@ -233,7 +301,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match &entry.payload {
                 EntryPayload::Blank => results.push(BatchResult::default()),
                 EntryPayload::Normal(batch) => {
-                    let (answer, _) = Self::run_batch(&mut guard.table, &mut clock, batch);
+                    let state = &mut *guard;
+                    let (answer, _) = Self::run_batch(
+                        &mut state.table,
+                        &mut state.assignments,
+                        &mut clock,
+                        batch,
+                    );
                     results.push(answer);
                 }
                 EntryPayload::Membership(m) => {
@@ -265,7 +339,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let (table, clock) = Self::decode_state(&data)?;
+        let restored = Self::decode_state(&data)?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
@@ -273,8 +347,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.store_snapshot(&stored)?;
         let shared = self.shared.clone();
         let mut guard = write(&shared);
-        guard.table = table;
-        guard.clock = clock;
+        guard.table = restored.table;
+        guard.assignments = restored.assignments;
+        guard.clock = restored.clock;
         guard.last_applied = meta.last_log_id;
         guard.membership = meta.last_membership.clone();
         Ok(())
@@ -291,5 +366,71 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(epoch: u64, owners: &[u32]) -> Assignment {
+        Assignment {
+            epoch,
+            owners: owners.to_vec(),
+        }
+    }
+
+    #[test]
+    fn only_a_greater_epoch_replaces_a_map() {
+        let mut maps = BTreeMap::new();
+        StateMachine::assign(&mut maps, 1, &map(5, &[0, 1])).unwrap();
+        for stale in [5, 4, 0] {
+            match StateMachine::assign(&mut maps, 1, &map(stale, &[9])) {
+                Err(crate::CatalogError::StaleEpoch {
+                    party: 1,
+                    epoch,
+                    stored: 5,
+                }) => assert_eq!(epoch, stale),
+                other => panic!("epoch {stale}: {other:?}"),
+            }
+        }
+        assert_eq!(maps[&1], map(5, &[0, 1]));
+        // Another party's register is separate.
+        StateMachine::assign(&mut maps, 2, &map(1, &[3])).unwrap();
+        StateMachine::assign(&mut maps, 1, &map(6, &[1, 1])).unwrap();
+        assert_eq!(maps[&1], map(6, &[1, 1]));
+        let oversized = map(7, &vec![0; super::super::types::MAX_ASSIGNMENT_BUCKETS + 1]);
+        assert!(matches!(
+            StateMachine::assign(&mut maps, 1, &oversized),
+            Err(crate::CatalogError::BadAssignment(_))
+        ));
+        assert_eq!(maps[&1].epoch, 6);
+    }
+
+    #[test]
+    fn snapshots_carry_the_maps_and_older_snapshots_still_load() {
+        let mut state = SmState {
+            clock: 42,
+            ..SmState::default()
+        };
+        state.assignments.insert(3, map(9, &[2, 0, 1]));
+        let restored =
+            StateMachine::decode_state(&StateMachine::encode_state(&state).unwrap()).unwrap();
+        assert_eq!(restored.clock, 42);
+        assert_eq!(restored.assignments, state.assignments);
+
+        #[derive(Serialize)]
+        struct Old {
+            clock: u64,
+            flags: Vec<(u128, u8, u64)>,
+        }
+        let old = postcard::to_stdvec(&Old {
+            clock: 7,
+            flags: Vec::new(),
+        })
+        .unwrap();
+        let restored = StateMachine::decode_state(&old).unwrap();
+        assert_eq!(restored.clock, 7);
+        assert!(restored.assignments.is_empty());
     }
 }

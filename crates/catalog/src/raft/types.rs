@@ -26,6 +26,36 @@ impl std::fmt::Display for Peer {
 pub enum Op {
     Create(Vec<CreateFlag>),
     Set(Vec<BatchId>),
+    /// Replaces a cloud's bucket → worker map if `assignment` is newer than the stored one.
+    Assign {
+        party: u16,
+        assignment: Assignment,
+    },
+}
+
+/// Most buckets a stored bucket → worker map may have.
+pub const MAX_ASSIGNMENT_BUCKETS: usize = 65536;
+
+/// A cloud's bucket → worker map as the catalog keeps it: the worker id of each bucket, under
+/// the epoch the cloud gave that map. Epochs only grow, so a late write of an older map never
+/// replaces a newer one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub epoch: u64,
+    pub owners: Vec<u32>,
+}
+
+impl Assignment {
+    /// Refuses a map the catalog will not store, before it reaches the log.
+    pub fn check(&self) -> Result<(), CatalogError> {
+        if self.owners.len() > MAX_ASSIGNMENT_BUCKETS {
+            return Err(CatalogError::BadAssignment(format!(
+                "{} buckets in one map; the limit is {MAX_ASSIGNMENT_BUCKETS}",
+                self.owners.len()
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Op {
@@ -33,6 +63,7 @@ impl Op {
         match self {
             Op::Create(v) => v.len(),
             Op::Set(v) => v.len(),
+            Op::Assign { .. } => 1,
         }
     }
 
@@ -68,6 +99,8 @@ pub enum WireError {
     Unavailable(String),
     Membership(String),
     NoChange(String),
+    StaleEpoch { party: u16, epoch: u64, stored: u64 },
+    BadAssignment(String),
 }
 
 impl From<CatalogError> for WireError {
@@ -85,6 +118,16 @@ impl From<CatalogError> for WireError {
             CatalogError::Membership(m) => WireError::Membership(m),
             CatalogError::NoChange(m) => WireError::NoChange(m),
             CatalogError::Unavailable(m) => WireError::Unavailable(m),
+            CatalogError::StaleEpoch {
+                party,
+                epoch,
+                stored,
+            } => WireError::StaleEpoch {
+                party,
+                epoch,
+                stored,
+            },
+            CatalogError::BadAssignment(m) => WireError::BadAssignment(m),
             CatalogError::Call(e) if e.is_retryable() => WireError::Unavailable(e.to_string()),
             CatalogError::Call(e) => WireError::Storage(e.to_string()),
         }
@@ -106,6 +149,16 @@ impl From<WireError> for CatalogError {
             WireError::Unavailable(m) => CatalogError::Unavailable(m),
             WireError::Membership(m) => CatalogError::Membership(m),
             WireError::NoChange(m) => CatalogError::NoChange(m),
+            WireError::StaleEpoch {
+                party,
+                epoch,
+                stored,
+            } => CatalogError::StaleEpoch {
+                party,
+                epoch,
+                stored,
+            },
+            WireError::BadAssignment(m) => CatalogError::BadAssignment(m),
         }
     }
 }

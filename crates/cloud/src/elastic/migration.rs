@@ -82,7 +82,7 @@ impl Pool {
             }
             next.owners = Arc::new(owners);
             next.epoch += 1;
-            *routing = Arc::new(next);
+            self.publish(&mut routing, next);
         }
         let mut moved = 0;
         let mut failure = None;

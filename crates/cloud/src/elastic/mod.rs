@@ -5,6 +5,7 @@
 //! fraction and adds, removes and rebalances workers, moving buckets at a clean cut.
 
 pub mod buckets;
+pub mod catalog_map;
 pub mod manager;
 mod migration;
 pub mod provisioner;
@@ -65,6 +66,21 @@ struct Routing {
     workers: BTreeMap<WorkerId, WorkerHandle>,
 }
 
+/// A bucket → worker map as the pool publishes it: every replacement of the routing map
+/// sends one, so a watcher (the catalog writer) always sees the newest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapVersion {
+    pub epoch: u64,
+    pub owners: Arc<Vec<WorkerId>>,
+}
+
+/// A map stored by an earlier run of the node: where the pool starts from.
+#[derive(Clone, Debug)]
+pub struct StoredMap {
+    pub epoch: u64,
+    pub owners: Vec<WorkerId>,
+}
+
 /// One manager period, as logged and shown in the status API.
 #[derive(Clone, Debug, Serialize)]
 pub struct Decision {
@@ -116,6 +132,9 @@ pub struct Pool {
     routed: Mutex<Vec<BatchId>>,
     /// Buckets whose state was lost in transit (the old owner died before handing it over).
     orphans: Arc<Mutex<Vec<usize>>>,
+    published: tokio::sync::watch::Sender<MapVersion>,
+    /// The newest epoch the catalog is known to hold for this pool's map (0: none yet).
+    persisted_epoch: AtomicU64,
 }
 
 #[derive(Default)]
@@ -141,6 +160,18 @@ impl Pool {
         window_secs: u64,
         provisioner: Arc<dyn Provisioner>,
     ) -> Result<Arc<Pool>, CloudError> {
+        Self::start_from(config, window_secs, provisioner, None)
+    }
+
+    /// Starts the pool, continuing from `stored`, the map an earlier run published: epochs go
+    /// on above its epoch, and each bucket stays with its stored owner where the new pool has
+    /// that worker (an even spread otherwise).
+    pub fn start_from(
+        config: ElasticConfig,
+        window_secs: u64,
+        provisioner: Arc<dyn Provisioner>,
+        stored: Option<StoredMap>,
+    ) -> Result<Arc<Pool>, CloudError> {
         config.thresholds.check().map_err(CloudError::Workers)?;
         if config.buckets == 0 {
             return Err(CloudError::Workers("need at least one bucket".into()));
@@ -152,13 +183,39 @@ impl Pool {
         for id in 0..n as WorkerId {
             workers.insert(id, provisioner.start(id, config.buckets, window_secs)?);
         }
-        let owners: Vec<WorkerId> = (0..config.buckets).map(|b| (b % n) as WorkerId).collect();
+        let spread = |b: usize| (b % n) as WorkerId;
+        let (epoch, owners): (u64, Vec<WorkerId>) = match &stored {
+            Some(s) if s.owners.len() == config.buckets => (
+                s.epoch.saturating_add(1),
+                s.owners
+                    .iter()
+                    .enumerate()
+                    .map(|(b, &o)| {
+                        if workers.contains_key(&o) {
+                            o
+                        } else {
+                            spread(b)
+                        }
+                    })
+                    .collect(),
+            ),
+            Some(s) => (
+                s.epoch.saturating_add(1),
+                (0..config.buckets).map(spread).collect(),
+            ),
+            None => (1, (0..config.buckets).map(spread).collect()),
+        };
+        let owners = Arc::new(owners);
+        let (published, _) = tokio::sync::watch::channel(MapVersion {
+            epoch,
+            owners: owners.clone(),
+        });
         let pool = Arc::new(Pool {
             window_secs,
             provisioner,
             routing: RwLock::new(Arc::new(Routing {
-                epoch: 1,
-                owners: Arc::new(owners),
+                epoch,
+                owners,
                 workers,
             })),
             cut: tokio::sync::Mutex::new(()),
@@ -174,6 +231,8 @@ impl Pool {
             retired_records: AtomicU64::new(0),
             routed: Mutex::new(Vec::new()),
             orphans: Arc::new(Mutex::new(Vec::new())),
+            published,
+            persisted_epoch: AtomicU64::new(0),
             config,
         });
         if let Some(period) = pool.config.period {
@@ -215,6 +274,51 @@ impl Pool {
 
     pub fn epoch(&self) -> u64 {
         self.routing().epoch
+    }
+
+    /// The current map and its epoch.
+    pub fn map(&self) -> MapVersion {
+        let routing = self.routing();
+        MapVersion {
+            epoch: routing.epoch,
+            owners: routing.owners.clone(),
+        }
+    }
+
+    /// Every map the pool publishes from now on, newest first (older ones are skipped).
+    pub fn map_updates(&self) -> tokio::sync::watch::Receiver<MapVersion> {
+        self.published.subscribe()
+    }
+
+    /// Replaces the routing map (the caller holds the write lock) and publishes it.
+    fn publish(&self, slot: &mut Arc<Routing>, next: Routing) {
+        self.published.send_replace(MapVersion {
+            epoch: next.epoch,
+            owners: next.owners.clone(),
+        });
+        *slot = Arc::new(next);
+    }
+
+    /// Republishes the current map under an epoch above `stored`, when the catalog holds a
+    /// newer epoch than the pool's (an earlier run's map the node could not read at start).
+    pub fn raise_epoch_above(&self, stored: u64) {
+        let mut routing = self.routing.write().unwrap_or_else(|p| p.into_inner());
+        if routing.epoch > stored {
+            return;
+        }
+        let mut next = (**routing).clone();
+        next.epoch = stored.saturating_add(1);
+        self.publish(&mut routing, next);
+    }
+
+    /// Records that the catalog holds the map of `epoch`.
+    pub fn note_persisted(&self, epoch: u64) {
+        self.persisted_epoch.fetch_max(epoch, Ordering::Relaxed);
+    }
+
+    /// The newest epoch the catalog is known to hold (None before the first write).
+    pub fn persisted_epoch(&self) -> Option<u64> {
+        Some(self.persisted_epoch.load(Ordering::Relaxed)).filter(|e| *e > 0)
     }
 
     /// Sends `msg(worker)` to every worker of the current map, with the map held so no cut
@@ -404,7 +508,7 @@ impl Pool {
                 next.workers.insert(w.id, w.clone());
             }
             next.epoch += 1;
-            *routing = Arc::new(next);
+            self.publish(&mut routing, next);
         }
         {
             let mut c = lock(&self.counters);
@@ -478,7 +582,7 @@ impl Pool {
                 next.owners = Arc::new(owners);
             }
             next.epoch += 1;
-            *routing = Arc::new(next);
+            self.publish(&mut routing, next);
         }
         for w in leaving {
             let (reply, rx) = tokio::sync::oneshot::channel();
@@ -681,6 +785,7 @@ impl Pool {
         serde_json::json!({
             "provisioner": self.provisioner.name(),
             "epoch": routing.epoch,
+            "catalog_epoch": self.persisted_epoch(),
             "buckets": routing.owners.len(),
             "workers": held,
             "pids": pids,

@@ -140,7 +140,7 @@ impl Pool {
             }
             next.owners = Arc::new(owners);
             next.epoch += 1;
-            *routing = Arc::new(next);
+            self.publish(&mut routing, next);
             let replay: Vec<BatchId> = lock(&self.routed).clone();
             (lost, replay, dead)
         };
