@@ -305,69 +305,55 @@ impl CatalogNode {
         ))
     }
 
-    async fn local_op(&self, partition: u32, op: Option<Op>) -> OpAnswer {
-        let Some(p) = self.partitions.get(partition as usize) else {
-            return Err(LocalError::Failed(WireError::Unavailable(format!(
+    fn partition(&self, partition: u32) -> Result<&Partition, LocalError> {
+        self.partitions.get(partition as usize).ok_or_else(|| {
+            LocalError::Failed(WireError::Unavailable(format!(
                 "no catalog partition {partition} on node {}",
                 self.id
-            ))));
-        };
-        let (tx, rx) = oneshot::channel();
+            )))
+        })
+    }
+
+    /// Queues `message` for one of a partition's tasks and waits for the answer on `rx`.
+    async fn ask<M, T>(
+        partition: u32,
+        queue: &mpsc::Sender<M>,
+        message: M,
+        rx: oneshot::Receiver<Result<T, LocalError>>,
+    ) -> Result<T, LocalError> {
         let gone = || {
             LocalError::Failed(WireError::Unavailable(format!(
                 "catalog partition {partition} is shutting down"
             )))
         };
-        if p.proposals.send(Proposal { op, reply: tx }).await.is_err() {
+        if queue.send(message).await.is_err() {
             return Err(gone());
         }
         rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    async fn local_op(&self, partition: u32, op: Option<Op>) -> OpAnswer {
+        let p = self.partition(partition)?;
+        let (reply, rx) = oneshot::channel();
+        Self::ask(partition, &p.proposals, Proposal { op, reply }, rx).await
     }
 
     async fn local_read(&self, partition: u32, ids: Vec<BatchId>) -> ReadAnswer {
-        let Some(p) = self.partitions.get(partition as usize) else {
-            return Err(LocalError::Failed(WireError::Unavailable(format!(
-                "no catalog partition {partition} on node {}",
-                self.id
-            ))));
-        };
-        let (tx, rx) = oneshot::channel();
-        let gone = || {
-            LocalError::Failed(WireError::Unavailable(format!(
-                "catalog partition {partition} is shutting down"
-            )))
-        };
-        if p.reads
-            .send(ReadRequest::Flags { ids, reply: tx })
-            .await
-            .is_err()
-        {
-            return Err(gone());
-        }
-        rx.await.unwrap_or_else(|_| Err(gone()))
+        let p = self.partition(partition)?;
+        let (reply, rx) = oneshot::channel();
+        Self::ask(partition, &p.reads, ReadRequest::Flags { ids, reply }, rx).await
     }
 
     async fn local_assignment(&self, partition: u32, party: u16) -> AssignmentAnswer {
-        let Some(p) = self.partitions.get(partition as usize) else {
-            return Err(LocalError::Failed(WireError::Unavailable(format!(
-                "no catalog partition {partition} on node {}",
-                self.id
-            ))));
-        };
-        let (tx, rx) = oneshot::channel();
-        let gone = || {
-            LocalError::Failed(WireError::Unavailable(format!(
-                "catalog partition {partition} is shutting down"
-            )))
-        };
-        if p.reads
-            .send(ReadRequest::Assignment { party, reply: tx })
-            .await
-            .is_err()
-        {
-            return Err(gone());
-        }
-        rx.await.unwrap_or_else(|_| Err(gone()))
+        let p = self.partition(partition)?;
+        let (reply, rx) = oneshot::channel();
+        Self::ask(
+            partition,
+            &p.reads,
+            ReadRequest::Assignment { party, reply },
+            rx,
+        )
+        .await
     }
 
     async fn run_here(
