@@ -106,6 +106,9 @@ pub struct ElasticSection {
     pub mit: f64,
     /// Seconds after a scaling step during which no other is made.
     pub cooldown_secs: f64,
+    /// Seconds between two checkpoints of the buckets' state; 0: none (a failed worker's
+    /// buckets are then rebuilt from every stored batch, and so is a restarted node).
+    pub checkpoint_secs: f64,
     /// Where workers run: "in-process" (threads of the node) or "os-process" (`mcloud
     /// worker` processes the node starts, talking to it over loopback).
     pub provisioner: ProvisionerKind,
@@ -139,6 +142,7 @@ impl Default for ElasticSection {
             uit: t.uit,
             mit: t.mit,
             cooldown_secs: t.cooldown.as_secs_f64(),
+            checkpoint_secs: config.checkpoint_period.map_or(0.0, |p| p.as_secs_f64()),
             provisioner: ProvisionerKind::default(),
         }
     }
@@ -194,11 +198,13 @@ impl ElasticSection {
                 worker_program.context("the os-process provisioner needs the mcloud executable")?,
             ),
         };
+        let checkpoint = seconds("checkpoint_secs", self.checkpoint_secs)?;
         Ok(ElasticConfig {
             buckets: self.buckets,
             workers: self.workers,
             period,
             thresholds,
+            checkpoint_period: Some(checkpoint).filter(|p| !p.is_zero()),
             worker_program,
             ..ElasticConfig::default()
         })
@@ -405,6 +411,7 @@ tut = 0.55
 uit = 0.25
 mit = 0.05
 cooldown_secs = 10
+checkpoint_secs = 0.25
 provisioner = "os-process"
 "#,
         )
@@ -423,6 +430,7 @@ provisioner = "os-process"
         );
         assert_eq!((t.min_workers, t.max_workers), (1, 4));
         assert_eq!(t.cooldown, Duration::from_secs(10));
+        assert_eq!(elastic.checkpoint_period, Some(Duration::from_millis(250)));
         assert_eq!(
             elastic.worker_program,
             Some(PathBuf::from("/usr/bin/mcloud"))
@@ -438,6 +446,11 @@ provisioner = "os-process"
         let elastic = section.to_config(None).unwrap();
         assert_eq!(elastic.period, None);
         assert_eq!(elastic.workers, 3);
+        let section = node("[elastic]\ncheckpoint_secs = 0")
+            .unwrap()
+            .elastic
+            .unwrap();
+        assert_eq!(section.to_config(None).unwrap().checkpoint_period, None);
     }
 
     #[test]
@@ -450,6 +463,7 @@ provisioner = "os-process"
             "period_secs = 0",
             "period_secs = -1",
             "cooldown_secs = -2",
+            "checkpoint_secs = -1",
             "min_workers = 5\nmax_workers = 2",
             "provisioner = \"kubernetes\"",
             "typo = 1",

@@ -83,6 +83,8 @@ async fn cluster_with_worker_processes(dir: &std::path::Path, parties: u16) -> L
         workers: 2,
         period: None,
         worker_program: Some(env!("CARGO_BIN_EXE_mcloud").into()),
+        // Often, so rebuilds start from checkpoints taken amid the churn.
+        checkpoint_period: Some(Duration::from_millis(300)),
         thresholds: Thresholds {
             max_workers: 4,
             ..Thresholds::default()
@@ -154,6 +156,13 @@ async fn revealed_sums_are_exact_under_migrations_and_scaling() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::Relaxed);
+    for party in 0..3 {
+        let pool = cluster.cloud(party).unwrap().pool().clone();
+        assert!(
+            pool.last_checkpoint().is_some(),
+            "cloud {party} took no checkpoint"
+        );
+    }
     for (party, c) in churners.into_iter().enumerate() {
         let (moved, steps, recovered) = c.await.unwrap();
         assert!(moved >= 100, "cloud {party}: only {moved} migrations");
@@ -207,6 +216,9 @@ async fn worker_processes_survive_a_sigkill() {
         .unwrap();
     let node = cluster.cloud(0).unwrap();
     let pool = node.pool().clone();
+    // The rebuild below starts from state the worker processes sent for this checkpoint.
+    let checkpoint = node.checkpoint().await.unwrap().expect("a checkpoint");
+    assert!(checkpoint.groups > 0);
     pool.scale_to(3).await.unwrap();
     let moves = (0..BUCKETS)
         .step_by(5)

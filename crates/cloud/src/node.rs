@@ -1,6 +1,8 @@
 //! The cloud node: upload validation, durable storage, flag polling and COMPUTE.
 
-use crate::elastic::{catalog_map, ElasticConfig, InProcess, Pool, ReplaySource};
+use crate::elastic::{
+    catalog_map, BucketState, CheckpointInfo, ElasticConfig, InProcess, Pool, ReplaySource,
+};
 use crate::values::ValuesTable;
 use crate::windows::{BatchPartial, Registered, Windows};
 use crate::CloudError;
@@ -107,7 +109,18 @@ impl CloudNode {
         catalog_map::spawn_writer(&pool, catalog.clone(), config.party);
         let mut state =
             Windows::sharded(config.window_secs, config.grace_secs, recovered.watermark);
+        let mut sealed = Vec::with_capacity(recovered.sealed.len());
+        for (start, bytes) in recovered.sealed {
+            let window = postcard::from_bytes(&bytes)
+                .map_err(|e| CloudError::Storage(format!("stored window {start}: {e}")))?;
+            state.restore_sealed(start, window);
+            sealed.push(start);
+        }
+        // The checkpoint first, then the batches it does not cover: they add up to the state
+        // the buckets had, whichever workers now own them.
+        pool.restore(decode_states(recovered.checkpoint)?).await?;
         let restored = recovered.batches.len();
+        let mut replayed = 0;
         for (id, bytes) in recovered.batches {
             let batch: UploadBatch = decode(&bytes)
                 .map_err(|e| CloudError::Storage(format!("stored batch {id}: {}", e.message)))?;
@@ -118,12 +131,20 @@ impl CloudNode {
                 id,
                 BatchPartial::windows_only(&batch.records, &batch.histograms, config.window_secs),
             );
-            pool.dispatch(Arc::new(batch));
+            if !recovered.covered.contains(&id) {
+                pool.dispatch(Arc::new(batch));
+                replayed += 1;
+            }
+        }
+        if !sealed.is_empty() {
+            pool.forget(sealed.clone());
         }
         if restored > 0 {
             tracing::info!(
                 party = config.party,
                 restored,
+                replayed,
+                sealed = sealed.len(),
                 "recovered batches from the values table"
             );
         }
@@ -137,9 +158,11 @@ impl CloudNode {
         });
         let weak = Arc::downgrade(&node);
         let interval = node.config.poll_interval;
+        let checkpoint_period = node.config.elastic.checkpoint_period;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_checkpoint = std::time::Instant::now();
             loop {
                 tick.tick().await;
                 let Some(node) = weak.upgrade() else { break };
@@ -150,6 +173,12 @@ impl CloudNode {
                 }
                 if let Err(e) = node.poll_flags().await {
                     tracing::warn!(party = node.config.party, "reading flags: {e}");
+                }
+                if checkpoint_period.is_some_and(|p| last_checkpoint.elapsed() >= p) {
+                    last_checkpoint = std::time::Instant::now();
+                    if let Err(e) = node.checkpoint().await {
+                        tracing::warn!(party = node.config.party, "checkpoint: {e}");
+                    }
                 }
             }
         });
@@ -287,6 +316,30 @@ impl CloudNode {
         })
     }
 
+    /// Checkpoints the workers' bucket state durably, so a failed worker's buckets are
+    /// rebuilt from it and the batches after it; returns None when no checkpoint could be
+    /// taken now (some bucket awaits recovery).
+    pub async fn checkpoint(&self) -> Result<Option<CheckpointInfo>, CloudError> {
+        let info = self
+            .pool
+            .checkpoint(|cp| async move {
+                let mut states = Vec::with_capacity(cp.states.len());
+                for (bucket, state) in &cp.states {
+                    let bucket = u32::try_from(*bucket)
+                        .map_err(|_| CloudError::Storage(format!("bucket {bucket}")))?;
+                    let bytes = postcard::to_stdvec(state)
+                        .map_err(|e| CloudError::Storage(format!("bucket {bucket}: {e}")))?;
+                    states.push((bucket, bytes));
+                }
+                self.values.save_checkpoint(states, cp.covered).await
+            })
+            .await?;
+        if let Some(info) = &info {
+            tracing::debug!(party = self.config.party, ?info, "checkpoint stored");
+        }
+        Ok(info)
+    }
+
     /// Moves the watermark forward (never back), durably; returns the new watermark.
     pub async fn advance_watermark(&self, req: WatermarkRequest) -> Result<u64, CloudError> {
         let watermark = if req.end_of_stream {
@@ -346,12 +399,22 @@ impl CloudNode {
             // A worker's buckets are being rebuilt: the windows stay unanswered until then.
             return Ok(());
         };
-        {
+        let stored = {
             let mut state = self.state();
+            let mut stored = Vec::with_capacity(ready.len());
             for start in &ready {
                 state.seal(*start, sums.remove(start).unwrap_or_default());
+                if let Some(window) = state.sealed_window(*start) {
+                    let bytes = postcard::to_stdvec(&window)
+                        .map_err(|e| CloudError::Storage(format!("window {start}: {e}")))?;
+                    stored.push((*start, bytes));
+                }
             }
-        }
+            stored
+        };
+        // Stored before the workers drop them: checkpoints taken from now on lack these
+        // windows, and a restart must still find their sums.
+        self.values.save_sealed(stored).await?;
         self.pool.forget(ready);
         Ok(())
     }
@@ -442,4 +505,19 @@ impl ReplaySource for CloudNode {
     fn sealed(&self) -> Vec<u64> {
         self.state().sealed()
     }
+
+    fn checkpointed(&self, buckets: &[usize]) -> Result<Vec<(usize, BucketState)>, CloudError> {
+        decode_states(self.values.read_checkpoint(buckets)?)
+    }
+}
+
+fn decode_states(stored: Vec<(u32, Vec<u8>)>) -> Result<Vec<(usize, BucketState)>, CloudError> {
+    stored
+        .into_iter()
+        .map(|(bucket, bytes)| {
+            postcard::from_bytes(&bytes)
+                .map(|state| (bucket as usize, state))
+                .map_err(|e| CloudError::Storage(format!("checkpoint of bucket {bucket}: {e}")))
+        })
+        .collect()
 }

@@ -2,11 +2,15 @@
 //! after the transaction that holds it committed (fsync), so an acknowledged share survives a
 //! crash. One writer thread commits whatever batches are waiting in one transaction (group
 //! commit): concurrent uploads share the fsync instead of queueing for one each.
+//!
+//! Beside the batches it keeps what lets a restart skip most of them: the latest checkpoint of
+//! the buckets' state with the set of batches it covers, and the sums of sealed windows.
 
 use crate::CloudError;
 use bytes::Bytes;
 use mcloud_core::BatchId;
 use redb::{Database, ReadableTable, TableDefinition};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -14,27 +18,45 @@ use tokio::sync::oneshot;
 
 const BATCHES: TableDefinition<u128, &[u8]> = TableDefinition::new("batches");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Bucket → its state in the latest checkpoint.
+const CHECKPOINT: TableDefinition<u32, &[u8]> = TableDefinition::new("checkpoint");
+/// Batches whose records some checkpoint holds.
+const COVERED: TableDefinition<u128, u8> = TableDefinition::new("covered");
+/// Window start → its sealed sums.
+const SEALED: TableDefinition<u64, &[u8]> = TableDefinition::new("sealed");
 const WATERMARK: &str = "watermark";
 
 /// Most bytes one group commit carries, so one transaction stays short.
 const MAX_GROUP_BYTES: usize = 64 << 20;
 
-enum Job {
+enum Write {
     Batch {
         id: BatchId,
         bytes: Bytes,
-        done: oneshot::Sender<Result<(), CloudError>>,
     },
-    Watermark {
-        ts: u64,
-        done: oneshot::Sender<Result<(), CloudError>>,
+    Watermark(u64),
+    /// Replaces the stored checkpoint and adds to the covered batches.
+    Checkpoint {
+        states: Vec<(u32, Vec<u8>)>,
+        covered: Vec<BatchId>,
     },
+    Sealed(Vec<(u64, Vec<u8>)>),
+}
+
+struct Job {
+    write: Write,
+    done: oneshot::Sender<Result<(), CloudError>>,
 }
 
 /// What a restarted node finds on disk.
 pub struct Recovered {
     pub batches: Vec<(BatchId, Vec<u8>)>,
     pub watermark: u64,
+    /// The latest checkpoint: bucket → encoded state.
+    pub checkpoint: Vec<(u32, Vec<u8>)>,
+    pub covered: HashSet<BatchId>,
+    /// Sealed windows: start → encoded sums.
+    pub sealed: Vec<(u64, Vec<u8>)>,
 }
 
 #[derive(Clone)]
@@ -51,6 +73,9 @@ impl ValuesTable {
         let txn = db.begin_write()?;
         txn.open_table(BATCHES)?;
         txn.open_table(META)?;
+        txn.open_table(CHECKPOINT)?;
+        txn.open_table(COVERED)?;
+        txn.open_table(SEALED)?;
         txn.commit()?;
         let recovered = {
             let txn = db.begin_read()?;
@@ -61,9 +86,26 @@ impl ValuesTable {
                 let (id, bytes) = entry?;
                 out.push((BatchId(id.value()), bytes.value().to_vec()));
             }
+            let mut checkpoint = Vec::new();
+            for entry in txn.open_table(CHECKPOINT)?.iter()? {
+                let (bucket, bytes) = entry?;
+                checkpoint.push((bucket.value(), bytes.value().to_vec()));
+            }
+            let mut covered = HashSet::new();
+            for entry in txn.open_table(COVERED)?.iter()? {
+                covered.insert(BatchId(entry?.0.value()));
+            }
+            let mut sealed = Vec::new();
+            for entry in txn.open_table(SEALED)?.iter()? {
+                let (start, bytes) = entry?;
+                sealed.push((start.value(), bytes.value().to_vec()));
+            }
             Recovered {
                 batches: out,
                 watermark: meta.get(WATERMARK)?.map(|v| v.value()).unwrap_or(0),
+                checkpoint,
+                covered,
+                sealed,
             }
         };
         let (jobs, queue) = mpsc::channel();
@@ -89,13 +131,24 @@ impl ValuesTable {
         Ok(out)
     }
 
-    async fn submit(
-        &self,
-        job: impl FnOnce(oneshot::Sender<Result<(), CloudError>>) -> Job,
-    ) -> Result<(), CloudError> {
+    /// These buckets' state in the latest checkpoint (those it holds).
+    pub fn read_checkpoint(&self, buckets: &[usize]) -> Result<Vec<(u32, Vec<u8>)>, CloudError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CHECKPOINT)?;
+        let mut out = Vec::new();
+        for &b in buckets {
+            let Ok(key) = u32::try_from(b) else { continue };
+            if let Some(bytes) = table.get(key)? {
+                out.push((key, bytes.value().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn submit(&self, write: Write) -> Result<(), CloudError> {
         let (done, wait) = oneshot::channel();
         self.jobs
-            .send(job(done))
+            .send(Job { write, done })
             .map_err(|_| CloudError::Storage("writer stopped".into()))?;
         wait.await
             .map_err(|_| CloudError::Storage("writer stopped".into()))?
@@ -103,12 +156,27 @@ impl ValuesTable {
 
     /// Stores a batch durably; returns once it is committed.
     pub async fn append(&self, id: BatchId, bytes: Bytes) -> Result<(), CloudError> {
-        self.submit(|done| Job::Batch { id, bytes, done }).await
+        self.submit(Write::Batch { id, bytes }).await
     }
 
     /// Stores a new explicit watermark durably.
     pub async fn set_watermark(&self, ts: u64) -> Result<(), CloudError> {
-        self.submit(|done| Job::Watermark { ts, done }).await
+        self.submit(Write::Watermark(ts)).await
+    }
+
+    /// Replaces the stored checkpoint with `states` (bucket → encoded state), which covers
+    /// `covered` on top of the batches earlier checkpoints covered, in one transaction.
+    pub async fn save_checkpoint(
+        &self,
+        states: Vec<(u32, Vec<u8>)>,
+        covered: Vec<BatchId>,
+    ) -> Result<(), CloudError> {
+        self.submit(Write::Checkpoint { states, covered }).await
+    }
+
+    /// Stores sealed windows' sums (start → encoded sums).
+    pub async fn save_sealed(&self, windows: Vec<(u64, Vec<u8>)>) -> Result<(), CloudError> {
+        self.submit(Write::Sealed(windows)).await
     }
 }
 
@@ -119,7 +187,7 @@ fn writer(db: Arc<Database>, queue: mpsc::Receiver<Job>) {
         while bytes < MAX_GROUP_BYTES {
             match queue.try_recv() {
                 Ok(job) => {
-                    if let Job::Batch { bytes: b, .. } = &job {
+                    if let Write::Batch { bytes: b, .. } = &job.write {
                         bytes += b.len();
                     }
                     group.push(job);
@@ -128,10 +196,7 @@ fn writer(db: Arc<Database>, queue: mpsc::Receiver<Job>) {
             }
         }
         let result = commit(&db, &group);
-        for job in group {
-            let done = match job {
-                Job::Batch { done, .. } | Job::Watermark { done, .. } => done,
-            };
+        for Job { done, .. } in group {
             let answer = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(CloudError::Storage(e.to_string())),
@@ -146,13 +211,30 @@ fn commit(db: &Database, group: &[Job]) -> Result<(), CloudError> {
     {
         let mut batches = txn.open_table(BATCHES)?;
         let mut meta = txn.open_table(META)?;
+        let mut checkpoint = txn.open_table(CHECKPOINT)?;
+        let mut covered_table = txn.open_table(COVERED)?;
+        let mut sealed = txn.open_table(SEALED)?;
         let mut watermark = meta.get(WATERMARK)?.map(|v| v.value()).unwrap_or(0);
         for job in group {
-            match job {
-                Job::Batch { id, bytes, .. } => {
+            match &job.write {
+                Write::Batch { id, bytes } => {
                     batches.insert(id.0, bytes.as_ref())?;
                 }
-                Job::Watermark { ts, .. } => watermark = watermark.max(*ts),
+                Write::Watermark(ts) => watermark = watermark.max(*ts),
+                Write::Checkpoint { states, covered } => {
+                    checkpoint.retain(|_, _| false)?;
+                    for (bucket, bytes) in states {
+                        checkpoint.insert(*bucket, bytes.as_slice())?;
+                    }
+                    for id in covered {
+                        covered_table.insert(id.0, 1)?;
+                    }
+                }
+                Write::Sealed(windows) => {
+                    for (start, bytes) in windows {
+                        sealed.insert(*start, bytes.as_slice())?;
+                    }
+                }
             }
         }
         meta.insert(WATERMARK, watermark)?;

@@ -176,6 +176,15 @@ struct WindowState {
     sealed: bool,
 }
 
+/// A sealed window as stored, so a restarted node answers it without its batches.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SealedWindow {
+    groups: HashMap<(Metric, GroupKey), Partial>,
+    histograms: HashMap<HistogramCell, Vec<Field>>,
+    batches: u64,
+    digest: u128,
+}
+
 /// Outcome of registering an upload.
 pub enum Registered {
     New,
@@ -248,6 +257,31 @@ impl Windows {
             }
             w.sealed = true;
         }
+    }
+
+    /// A sealed window's sums and batches, to be stored.
+    pub fn sealed_window(&self, start: u64) -> Option<SealedWindow> {
+        let w = self.windows.get(&start).filter(|w| w.sealed)?;
+        Some(SealedWindow {
+            groups: w.groups.clone(),
+            histograms: w.histograms.clone(),
+            batches: w.batches,
+            digest: w.digest,
+        })
+    }
+
+    /// A window sealed before a restart: answered from what was stored. Its batches, restored
+    /// afterwards, neither hold it open nor add to it again.
+    pub fn restore_sealed(&mut self, start: u64, stored: SealedWindow) {
+        let w = self.windows.entry(start).or_default();
+        *w = WindowState {
+            undecided: 0,
+            groups: stored.groups,
+            histograms: stored.histograms,
+            batches: stored.batches,
+            digest: stored.digest,
+            sealed: true,
+        };
     }
 
     pub fn watermark(&self) -> u64 {
@@ -340,7 +374,10 @@ impl Windows {
             return;
         }
         for &start in &partial.windows {
-            self.windows.entry(start).or_default().undecided += 1;
+            let w = self.windows.entry(start).or_default();
+            if !w.sealed {
+                w.undecided += 1;
+            }
         }
         self.batches.insert(id, Stage::Pending(partial));
     }
@@ -369,7 +406,9 @@ impl Windows {
             return;
         };
         for &start in &partial.windows {
-            if let Some(w) = self.windows.get_mut(&start) {
+            // Only a window restored sealed can be sealed with a batch still pending in it:
+            // its stored sums already hold the batch.
+            if let Some(w) = self.windows.get_mut(&start).filter(|w| !w.sealed) {
                 w.undecided -= 1;
                 if committed {
                     w.batches += 1;
@@ -379,13 +418,13 @@ impl Windows {
         }
         if committed {
             for ((start, metric, group), p) in partial.cells {
-                if let Some(w) = self.windows.get_mut(&start) {
+                if let Some(w) = self.windows.get_mut(&start).filter(|w| !w.sealed) {
                     w.groups.entry((metric, group)).or_default().merge(&p);
                 }
             }
             for (cell, counts) in partial.histograms {
                 let start = Window::containing(cell.0, self.window_secs).start;
-                if let Some(w) = self.windows.get_mut(&start) {
+                if let Some(w) = self.windows.get_mut(&start).filter(|w| !w.sealed) {
                     add_into(w.histograms.entry(cell).or_default(), &counts);
                 }
             }

@@ -1,7 +1,10 @@
-//! Worker failures at the edges of a handover, each set up deterministically: the sums the
-//! workers hand back after the failed worker's buckets are rebuilt equal the committed input.
+//! Worker failures at the edges of a handover and of a checkpoint, each set up
+//! deterministically: the sums the workers hand back after the failed worker's buckets are
+//! rebuilt equal the committed input.
 
-use mcloud_cloud::elastic::{bucket_of, ElasticConfig, InProcess, Pool, ReplaySource, WorkerId};
+use mcloud_cloud::elastic::{
+    bucket_of, BucketState, ElasticConfig, InProcess, Pool, ReplaySource, WorkerId,
+};
 use mcloud_cloud::CloudError;
 use mcloud_core::reading::{GroupKey, Metric};
 use mcloud_core::share::record_values;
@@ -22,6 +25,10 @@ struct Stored {
     outcomes: Mutex<HashMap<BatchId, bool>>,
     /// Reads fail, as a values table on a failing disk would.
     failing: AtomicBool,
+    /// The latest checkpoint's bucket states.
+    checkpoint: Mutex<HashMap<usize, BucketState>>,
+    /// Every batch a replay read.
+    replayed: Mutex<Vec<BatchId>>,
 }
 
 impl ReplaySource for Stored {
@@ -29,6 +36,7 @@ impl ReplaySource for Stored {
         if self.failing.load(Ordering::Relaxed) {
             return Err(CloudError::Storage("read failed".into()));
         }
+        self.replayed.lock().unwrap().extend_from_slice(ids);
         let stored = self.batches.lock().unwrap();
         Ok(ids
             .iter()
@@ -42,6 +50,14 @@ impl ReplaySource for Stored {
 
     fn sealed(&self) -> Vec<u64> {
         Vec::new()
+    }
+
+    fn checkpointed(&self, buckets: &[usize]) -> Result<Vec<(usize, BucketState)>, CloudError> {
+        let checkpoint = self.checkpoint.lock().unwrap();
+        Ok(buckets
+            .iter()
+            .filter_map(|b| checkpoint.get(b).map(|s| (*b, s.clone())))
+            .collect())
     }
 }
 
@@ -66,6 +82,8 @@ struct Harness {
     pool: Arc<Pool>,
     stored: Stored,
     expected: HashMap<(Metric, GroupKey), Partial>,
+    /// Routed batches whose flag is not final yet, with what they add when committed.
+    undecided: HashMap<BatchId, Vec<ShareRecord>>,
     next_id: u128,
 }
 
@@ -81,12 +99,19 @@ impl Harness {
             pool: Pool::start(config, WINDOW, Arc::new(InProcess::default())).expect("pool"),
             stored: Stored::default(),
             expected: HashMap::new(),
+            undecided: HashMap::new(),
             next_id: 1,
         }
     }
 
     /// Stores, routes and commits a batch with one record in every bucket.
     fn commit_batch(&mut self) {
+        let id = self.route_batch();
+        self.decide(id, true);
+    }
+
+    /// Stores and routes a batch with one record in every bucket; its flag stays open.
+    fn route_batch(&mut self) -> BatchId {
         let id = BatchId(self.next_id);
         self.next_id += 1;
         let records: Vec<ShareRecord> = keys()
@@ -100,12 +125,7 @@ impl Harness {
                 share: record_values(id.0 as u64 * 10 + i as u64),
             })
             .collect();
-        for r in &records {
-            self.expected
-                .entry((r.metric, r.group))
-                .or_default()
-                .add_shares(&r.share);
-        }
+        self.undecided.insert(id, records.clone());
         let batch = UploadBatch {
             batch_id: id,
             party: 0,
@@ -119,8 +139,37 @@ impl Harness {
             .unwrap()
             .insert(id, batch.clone());
         self.pool.dispatch(Arc::new(batch));
-        self.stored.outcomes.lock().unwrap().insert(id, true);
-        self.pool.decide(id, true);
+        id
+    }
+
+    fn decide(&mut self, id: BatchId, committed: bool) {
+        let records = self.undecided.remove(&id).expect("an undecided batch");
+        if committed {
+            for r in &records {
+                self.expected
+                    .entry((r.metric, r.group))
+                    .or_default()
+                    .add_shares(&r.share);
+            }
+        }
+        self.stored.outcomes.lock().unwrap().insert(id, committed);
+        self.pool.decide(id, committed);
+    }
+
+    /// Takes a checkpoint into `stored`; returns the batches it covered.
+    async fn checkpoint(&self) -> Option<Vec<BatchId>> {
+        let mut covered = None;
+        let info = self
+            .pool
+            .checkpoint(|cp| {
+                *self.stored.checkpoint.lock().unwrap() = cp.states.into_iter().collect();
+                covered = Some(cp.covered);
+                async { Ok(()) }
+            })
+            .await
+            .expect("checkpoint");
+        assert_eq!(info.is_some(), covered.is_some());
+        covered
     }
 
     async fn crash(&self, worker: WorkerId) {
@@ -213,5 +262,54 @@ async fn an_interrupted_rebuild_is_redone_in_full() {
     h.pool.recover(&h.stored).await.expect("recover");
     assert!(!h.pool.needs_recovery());
     h.commit_batch();
+    h.assert_exact().await;
+}
+
+/// A rebuild starts from the latest checkpoint and replays only the batches routed after it,
+/// including a batch whose flag was open at the checkpoint and one that ended ERROR after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_replays_only_what_the_checkpoint_lacks() {
+    let mut h = Harness::new(3);
+    for _ in 0..4 {
+        h.commit_batch();
+    }
+    let open_at_checkpoint = h.route_batch();
+    let failing = h.route_batch();
+    let before: Vec<BatchId> = (1..=6).map(BatchId).collect();
+    assert_eq!(h.checkpoint().await, Some(before));
+    assert_eq!(h.pool.uncheckpointed(), 0);
+    h.decide(open_at_checkpoint, true);
+    h.decide(failing, false);
+    h.commit_batch();
+    let late = h.route_batch();
+    h.pool
+        .migrate(vec![(0, 1), (1, 2), (2, 0)])
+        .await
+        .expect("migrate");
+    h.commit_batch();
+    h.crash_and_recover(1).await;
+    h.decide(late, true);
+    h.assert_exact().await;
+    let mut replayed = h.stored.replayed.lock().unwrap().clone();
+    replayed.sort();
+    assert_eq!(replayed, vec![BatchId(7), BatchId(8), BatchId(9)]);
+}
+
+/// No checkpoint is taken while a dead worker's buckets await their rebuild (it would lack
+/// them); the rebuild then uses the previous checkpoint and the whole log after it, and the
+/// next checkpoint covers everything again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_checkpoint_while_buckets_await_recovery() {
+    let mut h = Harness::new(2);
+    h.commit_batch();
+    assert!(h.checkpoint().await.is_some());
+    h.commit_batch();
+    h.crash(0).await;
+    assert_eq!(h.checkpoint().await, None);
+    h.commit_batch();
+    h.pool.recover(&h.stored).await.expect("recover");
+    h.assert_exact().await;
+    assert_eq!(h.checkpoint().await, Some(vec![BatchId(2), BatchId(3)]));
+    h.crash_and_recover(1).await;
     h.assert_exact().await;
 }

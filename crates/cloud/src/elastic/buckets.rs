@@ -71,6 +71,14 @@ impl BucketState {
         }
     }
 
+    /// Adds another piece of the same bucket's state.
+    pub fn merge(&mut self, other: BucketState) {
+        for (start, w) in other.windows {
+            self.windows.entry(start).or_default().merge(w);
+        }
+        self.pending.extend(other.pending);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.windows.is_empty() && self.pending.is_empty()
     }

@@ -6,6 +6,7 @@
 
 pub mod buckets;
 pub mod catalog_map;
+mod checkpoint;
 pub mod manager;
 mod migration;
 pub mod provisioner;
@@ -14,6 +15,7 @@ pub mod remote;
 pub mod worker;
 
 pub use buckets::{bucket_of, BucketState, BucketWindow};
+pub use checkpoint::{Checkpoint, CheckpointInfo};
 pub use manager::{Action, Thresholds};
 pub use provisioner::{InProcess, Provisioner, WorkerHandle};
 pub use recovery::ReplaySource;
@@ -39,6 +41,9 @@ pub struct ElasticConfig {
     /// How often the manager samples and decides; None: no manager (fixed workers).
     pub period: Option<Duration>,
     pub thresholds: Thresholds,
+    /// How often the node checkpoints the buckets' state; None: never (a failed worker's
+    /// buckets are then rebuilt from every stored batch).
+    pub checkpoint_period: Option<Duration>,
     /// Simulated per-record operator cost (demos only).
     pub record_cost: Duration,
     /// Run workers as `<program> worker` processes instead of threads.
@@ -52,6 +57,7 @@ impl Default for ElasticConfig {
             workers: 1,
             period: Some(Duration::from_secs(1)),
             thresholds: Thresholds::default(),
+            checkpoint_period: Some(Duration::from_secs(2)),
             record_cost: Duration::ZERO,
             worker_program: None,
         }
@@ -127,9 +133,10 @@ pub struct Pool {
     pauses_ms: Mutex<VecDeque<f64>>,
     /// Records aggregated by workers that have since stopped.
     retired_records: AtomicU64,
-    /// Batches in the order they were routed: what a replacement for a failed worker
-    /// replays, up to the cut at which it took over.
+    /// Batches in the order they were routed since the latest checkpoint: what a rebuild
+    /// replays on top of it, up to the cut at which it took over.
     routed: Mutex<Vec<BatchId>>,
+    last_checkpoint: Mutex<Option<CheckpointInfo>>,
     /// Buckets whose state was lost in transit (the old owner died before handing it over).
     orphans: Arc<Mutex<Vec<usize>>>,
     published: tokio::sync::watch::Sender<MapVersion>,
@@ -230,6 +237,7 @@ impl Pool {
             pauses_ms: Mutex::new(VecDeque::new()),
             retired_records: AtomicU64::new(0),
             routed: Mutex::new(Vec::new()),
+            last_checkpoint: Mutex::new(None),
             orphans: Arc::new(Mutex::new(Vec::new())),
             published,
             persisted_epoch: AtomicU64::new(0),
@@ -792,6 +800,8 @@ impl Pool {
             "thresholds": self.config.thresholds,
             "period_secs": self.config.period.map(|p| p.as_secs_f64()),
             "counters": self.counters(),
+            "checkpoint": self.last_checkpoint(),
+            "uncheckpointed_batches": self.uncheckpointed(),
             "migration_pause_ms": {
                 "count": pauses.len(),
                 "p50": percentile(&pauses, 0.50),

@@ -2,16 +2,17 @@
 //!
 //! A worker that dies takes its buckets' state with it, and the messages queued for it. Under
 //! the cut, its buckets get new owners, each new owner is told to discard whatever it holds of
-//! such a bucket (before the new map is published) and then is sent, again, every batch routed
-//! before the cut, masked to the lost
-//! buckets, followed by the final flags known so far. Batches routed after the cut reach the new
-//! owners through the new map; flags decided later reach every live worker. The replayed
-//! batches come from the values table, which held every one of them before it was routed, so a
-//! lost bucket ends up with exactly the sums it would have had.
+//! such a bucket (before the new map is published) and then is given the bucket's state in the
+//! latest checkpoint and sent, again, every batch routed between that checkpoint and this cut,
+//! masked to the lost buckets, followed by the final flags known so far. Batches routed after
+//! the cut reach the new owners through the new map; flags decided later reach every live
+//! worker. The replayed batches come from the values table, which held every one of them
+//! before it was routed, so a lost bucket ends up with exactly the sums it would have had.
 //!
 //! A bucket whose state was lost in transit (its old owner died before handing it over) is
 //! rebuilt the same way at its current owner.
 
+use super::buckets::BucketState;
 use super::worker::{Msg, WorkerId};
 use super::{lock, Pool};
 use crate::CloudError;
@@ -32,6 +33,9 @@ pub trait ReplaySource: Send + Sync {
     fn outcome(&self, id: &BatchId) -> Option<bool>;
     /// Windows whose sums the node already gathered.
     fn sealed(&self) -> Vec<u64>;
+    /// These buckets' state in the latest stored checkpoint (a bucket not returned was empty
+    /// there, or there is no checkpoint).
+    fn checkpointed(&self, buckets: &[usize]) -> Result<Vec<(usize, BucketState)>, CloudError>;
 }
 
 /// Batches read from the values table at a time during a replay.
@@ -152,6 +156,29 @@ impl Pool {
                 .entry(to)
                 .or_insert_with(|| vec![NOBODY; routing.owners.len()])[b] = to;
         }
+        // Installed after the discard queued above, so the checkpoint's state and whatever the
+        // new map routes meanwhile add up.
+        let mut decide: Vec<BatchId> = Vec::new();
+        for (bucket, state) in source.checkpointed(&lost)? {
+            if !lost.contains(&bucket) {
+                continue;
+            }
+            let to = routing.owners[bucket];
+            let w = routing
+                .workers
+                .get(&to)
+                .ok_or_else(|| CloudError::Workers(format!("worker {to} is gone")))?;
+            decide.extend(state.pending.keys().copied());
+            let (done, _) = tokio::sync::oneshot::channel();
+            send(
+                w,
+                Msg::Install {
+                    bucket,
+                    state,
+                    done,
+                },
+            )?;
+        }
         let mut targets = Vec::new();
         for (to, mask) in masks {
             let w = routing
@@ -183,8 +210,9 @@ impl Pool {
             }
         }
         let sealed = Arc::new(source.sealed());
+        decide.extend(replay.iter().copied());
         for (w, _) in &targets {
-            for id in &replay {
+            for id in &decide {
                 if let Some(committed) = source.outcome(id) {
                     send(w, Msg::Decide { id: *id, committed })?;
                 }
@@ -200,7 +228,7 @@ impl Pool {
             ?dead,
             buckets = lost.len(),
             batches = replay.len(),
-            "rebuilt the buckets of failed workers from the values table"
+            "rebuilt the buckets of failed workers from the checkpoint and the values table"
         );
         lock(&self.counters).workers_recovered += dead.len() as u64;
         Ok(lost.len())

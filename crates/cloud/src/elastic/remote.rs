@@ -47,6 +47,7 @@ enum Request {
     Forget {
         windows: Vec<u64>,
     },
+    Checkpoint,
     Stop,
 }
 
@@ -56,6 +57,7 @@ enum Body {
     State(BucketState),
     Windows(HashMap<u64, BucketWindow>),
     Left(Vec<(usize, BucketState)>),
+    Snapshot(Vec<(usize, BucketState)>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -102,6 +104,7 @@ enum Waiting {
     Done(oneshot::Sender<()>),
     Windows(oneshot::Sender<HashMap<u64, BucketWindow>>),
     Left(oneshot::Sender<Vec<(usize, BucketState)>>),
+    Snapshot(oneshot::Sender<Vec<(usize, BucketState)>>),
 }
 
 impl Provisioner for OsProcess {
@@ -247,6 +250,7 @@ fn write_loop(
                 },
                 Waiting::Nothing,
             ),
+            Msg::Checkpoint { reply } => (Request::Checkpoint, Waiting::Snapshot(reply)),
             Msg::Stop { reply } => (Request::Stop, Waiting::Left(reply)),
             Msg::Crash => {
                 // SIGKILL: the process gets no chance to hand anything over.
@@ -304,6 +308,9 @@ fn read_loop(
             }
             (Waiting::Left(tx), Body::Left(l)) => {
                 let _ = tx.send(l);
+            }
+            (Waiting::Snapshot(tx), Body::Snapshot(s)) => {
+                let _ = tx.send(s);
             }
             (Waiting::Nothing, Body::Done) => {}
             _ => {
@@ -388,6 +395,11 @@ pub fn serve_worker(
                     windows: Arc::new(windows),
                 });
                 (Body::Done, false)
+            }
+            Request::Checkpoint => {
+                let (reply, mut rx) = oneshot::channel();
+                worker.handle(Msg::Checkpoint { reply });
+                (Body::Snapshot(rx.try_recv().unwrap_or_default()), false)
             }
             Request::Stop => {
                 let (reply, mut rx) = oneshot::channel();

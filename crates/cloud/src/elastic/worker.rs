@@ -45,6 +45,10 @@ pub enum Msg {
     },
     /// The node holds these windows' sums now: drop them here.
     Forget { windows: Arc<Vec<u64>> },
+    /// Copy out the state of every bucket held, for a checkpoint.
+    Checkpoint {
+        reply: oneshot::Sender<Vec<(usize, BucketState)>>,
+    },
     /// Fault injection: die at once, handing nothing over, as a crashed worker would.
     Crash,
     /// Leave; whatever state is still held goes back in the reply.
@@ -159,6 +163,9 @@ impl Worker {
                 let _ = reply.send(self.take(&windows));
             }
             Msg::Forget { windows } => self.forget(&windows),
+            Msg::Checkpoint { reply } => {
+                let _ = reply.send(self.snapshot());
+            }
             Msg::Crash => {
                 tracing::warn!(worker = self.id, "worker crashing on request");
                 return true;
@@ -290,6 +297,14 @@ impl Worker {
             }
         }
         out
+    }
+
+    fn snapshot(&self) -> Vec<(usize, BucketState)> {
+        self.buckets
+            .iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(b, s)| (*b, s.clone()))
+            .collect()
     }
 
     fn forget(&mut self, windows: &[u64]) {

@@ -1,0 +1,118 @@
+//! A cloud restarted from disk starts from its stored checkpoint and sealed windows, routes only
+//! the batches the checkpoint lacks, and still reveals exactly the plaintext reference; a worker
+//! that fails after the restart is rebuilt from the same checkpoint.
+
+use mcloud::cluster::{ClusterOptions, ClusterSpec, LocalCluster};
+use mcloud_client::{Fate, Outcome, PlainBatch, Uploader};
+use mcloud_cloud::elastic::ElasticConfig;
+use mcloud_collector::{check, Query, Reference};
+use mcloud_core::reading::GroupLevel;
+use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
+use mcloud_core::Reading;
+use std::time::{Duration, Instant};
+
+const WINDOW: u64 = 60;
+
+async fn upload(uploader: &Uploader, batches: &[Vec<Reading>]) {
+    for readings in batches {
+        let outcome = uploader
+            .transact(&PlainBatch::new(readings.clone()), Fate::Complete)
+            .await
+            .expect("transaction");
+        assert!(matches!(outcome, Outcome::Committed), "{outcome:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_cloud_resumes_from_its_checkpoint_and_sealed_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let elastic = ElasticConfig {
+        buckets: 32,
+        workers: 2,
+        period: None,
+        // Taken by the test, at chosen points.
+        checkpoint_period: None,
+        ..ElasticConfig::default()
+    };
+    let mut cluster = LocalCluster::start_with(
+        ClusterSpec {
+            parties: 2,
+            window_secs: WINDOW,
+            grace_secs: WINDOW,
+            dir: dir.path().to_path_buf(),
+        },
+        ClusterOptions {
+            elastic,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let readings: Vec<Reading> = Synthetic::new(SyntheticConfig {
+        houses: 2,
+        households_per_house: 2,
+        plugs_per_household: 3,
+        duration_secs: 20 * 60,
+        interval_secs: 5,
+        ..Default::default()
+    })
+    .collect();
+    let mut reference = Reference::new(WINDOW, GroupLevel::Plug);
+    for r in &readings {
+        reference.add(r);
+    }
+    let batches: Vec<Vec<Reading>> = readings.chunks(100).map(<[Reading]>::to_vec).collect();
+    let (first, rest) = batches.split_at(batches.len() / 2);
+    let (second, third) = rest.split_at(rest.len() / 2);
+    let uploader = cluster.uploader(Duration::from_secs(5));
+
+    upload(&uploader, first).await;
+    // Closes the first windows, which the clouds then seal and store.
+    let mid = first.last().and_then(|b| b.last()).map(|r| r.ts).unwrap();
+    uploader.advance_watermark(mid, false).await.unwrap();
+    let node = cluster.cloud(0).unwrap();
+    let info = node.checkpoint().await.unwrap().expect("a checkpoint");
+    assert_eq!(info.covered, first.len());
+    upload(&uploader, second).await;
+    assert_eq!(node.pool().uncheckpointed(), second.len());
+    let sealed_before = node.status()["windows"].as_u64().unwrap()
+        - node.status()["windows_in_workers"].as_u64().unwrap();
+    assert!(sealed_before > 0, "no window was sealed before the restart");
+    drop(node);
+
+    cluster.restart_cloud(0).await.unwrap();
+    let node = cluster.cloud(0).unwrap();
+    assert_eq!(
+        node.pool().uncheckpointed(),
+        second.len(),
+        "a restart routes exactly the batches its checkpoint lacks"
+    );
+    // A worker lost after the restart is rebuilt from the stored checkpoint.
+    assert!(node.crash_worker(1));
+    let until = Instant::now() + Duration::from_secs(30);
+    while node.pool().needs_recovery() || node.pool().counters().workers_recovered == 0 {
+        assert!(Instant::now() < until, "the failed worker was not replaced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(node);
+
+    upload(&uploader, third).await;
+    let last = readings.iter().map(|r| r.ts).max().unwrap();
+    uploader.advance_watermark(last, true).await.unwrap();
+    let query = Query {
+        from: 0,
+        to: u64::MAX,
+        level: GroupLevel::Plug,
+        min_count: 1,
+    };
+    let revealed = cluster
+        .collector()
+        .collect_when_ready(&query, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(revealed.not_ready.is_empty(), "{:?}", revealed.not_ready);
+    let report = check(&revealed, &reference, 1);
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.matched, reference.groups().count() as u64);
+    cluster.shutdown().await;
+}
