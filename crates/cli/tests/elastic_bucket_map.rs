@@ -1,6 +1,6 @@
 //! A cloud's bucket → worker map in the catalog: after migrations and scaling the catalog
 //! holds the pool's current map and epoch, a restarted cloud continues above the stored epoch
-//! from the stored assignment, and a pool behind the catalog's epoch moves above it.
+//! with the workers and assignment stored, and a pool behind the catalog's epoch moves above it.
 
 use mcloud::cluster::{ClusterOptions, ClusterSpec, LocalCluster};
 use mcloud_catalog::{Assignment, CatalogClient};
@@ -79,7 +79,10 @@ async fn catalog_holds_the_current_map_across_migrations_and_restarts() {
             .collect();
         pool.migrate(moves).await.unwrap();
     }
-    pool.scale_to(2).await.unwrap();
+    // Workers 0, 1 and 2 remain (a scale-in removes the newest), one more than the node's
+    // configuration starts with.
+    pool.scale_to(4).await.unwrap();
+    pool.scale_to(3).await.unwrap();
     // Uneven on purpose, so a restart that fell back to the even spread would show.
     pool.migrate((0..10).map(|b| (b, 1)).collect())
         .await
@@ -103,7 +106,8 @@ async fn catalog_holds_the_current_map_across_migrations_and_restarts() {
         restarted.epoch,
         stored.epoch
     );
-    // Workers 0 and 1 exist again, so every bucket stays where the stored map put it.
+    // The workers the stored map names start again, so every bucket stays where it was.
+    assert_eq!(pool.workers(), 3);
     assert_eq!(restarted.owners, stored.owners);
     let after_restart = catalog_catches_up(&catalog, &pool).await;
     assert_eq!(after_restart.epoch, restarted.epoch);

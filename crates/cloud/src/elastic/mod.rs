@@ -171,8 +171,9 @@ impl Pool {
     }
 
     /// Starts the pool, continuing from `stored`, the map an earlier run published: epochs go
-    /// on above its epoch, and each bucket stays with its stored owner where the new pool has
-    /// that worker (an even spread otherwise).
+    /// on above its epoch, the workers it names are started again (when their number is within
+    /// the configured limits) and each bucket stays with its stored owner. Without a usable
+    /// stored map, `workers` workers start and the buckets are spread evenly.
     pub fn start_from(
         config: ElasticConfig,
         window_secs: u64,
@@ -183,35 +184,32 @@ impl Pool {
         if config.buckets == 0 {
             return Err(CloudError::Workers("need at least one bucket".into()));
         }
-        let n = config
-            .workers
-            .clamp(config.thresholds.min_workers, config.thresholds.max_workers);
+        let t = &config.thresholds;
+        let n = config.workers.clamp(t.min_workers, t.max_workers);
+        let named: std::collections::BTreeSet<WorkerId> = stored
+            .iter()
+            .filter(|s| s.owners.len() == config.buckets)
+            .flat_map(|s| s.owners.iter().copied())
+            .collect();
+        let resume = !named.is_empty()
+            && (t.min_workers..=t.max_workers).contains(&named.len())
+            && named.iter().all(|&id| id < WorkerId::MAX);
+        let ids: Vec<WorkerId> = if resume {
+            named.into_iter().collect()
+        } else {
+            (0..n as WorkerId).collect()
+        };
         let mut workers = BTreeMap::new();
-        for id in 0..n as WorkerId {
+        for &id in &ids {
             workers.insert(id, provisioner.start(id, config.buckets, window_secs)?);
         }
-        let spread = |b: usize| (b % n) as WorkerId;
-        let (epoch, owners): (u64, Vec<WorkerId>) = match &stored {
-            Some(s) if s.owners.len() == config.buckets => (
-                s.epoch.saturating_add(1),
-                s.owners
-                    .iter()
-                    .enumerate()
-                    .map(|(b, &o)| {
-                        if workers.contains_key(&o) {
-                            o
-                        } else {
-                            spread(b)
-                        }
-                    })
-                    .collect(),
-            ),
-            Some(s) => (
-                s.epoch.saturating_add(1),
-                (0..config.buckets).map(spread).collect(),
-            ),
-            None => (1, (0..config.buckets).map(spread).collect()),
+        let epoch = stored.as_ref().map_or(1, |s| s.epoch.saturating_add(1));
+        let owners: Vec<WorkerId> = match &stored {
+            Some(s) if resume => s.owners.clone(),
+            _ => (0..config.buckets).map(|b| ids[b % ids.len()]).collect(),
         };
+        let next_id = ids.last().map_or(0, |&id| u64::from(id) + 1);
+        let n = ids.len();
         let owners = Arc::new(owners);
         let (published, _) = tokio::sync::watch::channel(MapVersion {
             epoch,
@@ -227,7 +225,7 @@ impl Pool {
             })),
             cut: tokio::sync::Mutex::new(()),
             control: tokio::sync::Mutex::new(ControlState::default()),
-            next_id: AtomicU64::new(n as u64),
+            next_id: AtomicU64::new(next_id),
             started: Instant::now(),
             decisions: Mutex::new(VecDeque::new()),
             counters: Mutex::new(Counters {
