@@ -125,3 +125,50 @@ async fn catalog_holds_the_current_map_across_migrations_and_restarts() {
     assert_eq!(caught_up.owners[0], 0);
     cluster.shutdown().await;
 }
+
+/// The catalog holds every map before the pool routes by it: right after a migration returns
+/// the catalog already has it, and without a catalog quorum no map changes at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_map_is_routed_before_the_catalog_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(dir.path()).await;
+    let catalog = cluster.catalog_client();
+    let pool: Arc<Pool> = cluster.cloud(0).unwrap().pool().clone();
+    let other = |pool: &Pool, b: usize| 1 - pool.map().owners[b];
+    for b in 0..5 {
+        pool.migrate(vec![(b, other(&pool, b))]).await.unwrap();
+        let stored = catalog.get_assignment(0).await.unwrap();
+        assert_eq!(stored, Some(current(&pool)), "after moving bucket {b}");
+    }
+
+    let voters = cluster.catalog_voters();
+    for v in 1..voters {
+        cluster.stop_catalog(v).await;
+    }
+    let before = current(&pool);
+    let err = pool
+        .migrate(vec![(0, other(&pool, 0))])
+        .await
+        .expect_err("a migration without a catalog quorum");
+    assert!(err.to_string().contains("bucket map"), "{err}");
+    assert_eq!(
+        current(&pool),
+        before,
+        "the map changed without the catalog"
+    );
+
+    for v in 1..voters {
+        cluster.restart_catalog(v).await.unwrap();
+    }
+    cluster
+        .wait_for_catalog_leaders(Duration::from_secs(30))
+        .await
+        .unwrap();
+    pool.migrate(vec![(0, other(&pool, 0))]).await.unwrap();
+    assert_ne!(current(&pool).owners, before.owners);
+    assert_eq!(
+        catalog.get_assignment(0).await.unwrap(),
+        Some(current(&pool))
+    );
+    cluster.shutdown().await;
+}

@@ -1,7 +1,8 @@
 //! The cloud node: upload validation, durable storage, flag polling and COMPUTE.
 
 use crate::elastic::{
-    catalog_map, BucketState, CheckpointInfo, ElasticConfig, InProcess, Pool, ReplaySource,
+    catalog_map::CatalogMaps, BucketState, CheckpointInfo, ElasticConfig, InProcess, Pool,
+    ReplaySource,
 };
 use crate::values::ValuesTable;
 use crate::windows::{BatchPartial, Registered, Windows};
@@ -97,16 +98,17 @@ impl CloudNode {
                 record_cost: config.elastic.record_cost,
             }),
         };
-        // The map an earlier run left in the catalog: epochs continue above it, so they never
-        // go backwards across restarts.
-        let stored = catalog_map::read_stored(&catalog, config.party, STORED_MAP_WAIT).await;
-        let pool = Pool::start_from(
+        // The map lives in the catalog: the pool continues from an earlier run's map there
+        // (epochs never go backwards across restarts) and stores every new one before it
+        // routes by it.
+        let pool = Pool::start_stored(
             config.elastic.clone(),
             config.window_secs,
             provisioner,
-            stored,
-        )?;
-        catalog_map::spawn_writer(&pool, catalog.clone(), config.party);
+            Arc::new(CatalogMaps::new(catalog.clone(), config.party)),
+            STORED_MAP_WAIT,
+        )
+        .await?;
         let mut state =
             Windows::sharded(config.window_secs, config.grace_secs, recovered.watermark);
         let mut sealed = Vec::with_capacity(recovered.sealed.len());

@@ -1,7 +1,8 @@
 //! Moving buckets between workers at a clean cut.
 //!
-//! Under the routing lock the map is replaced by the next epoch's and a release is queued at
-//! each old owner. Every batch routed under the old map was queued before the release, so the
+//! The next epoch's map is stored first (batches still flow under the old one meanwhile).
+//! Then, under the routing lock, the map is replaced by it and a release is queued at each old
+//! owner. Every batch routed under the old map was queued before the release, so the
 //! old owner applies it and then hands the bucket's state over; every batch routed under the
 //! new map goes to the new owner, which sums it into a fresh piece of the bucket. Both pieces
 //! are sums, and the install adds them: nothing is dropped, nothing counted twice. A flag
@@ -12,6 +13,7 @@ use super::worker::{Msg, WorkerId};
 use super::{lock, Pool, PAUSES_KEPT};
 use crate::CloudError;
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -30,29 +32,51 @@ impl Pool {
         // release before the install coming from a, so b would hand on an empty state and keep
         // the real one for a bucket it no longer owns, where nothing takes it over if b dies.
         let moves: BTreeMap<usize, WorkerId> = moves.into_iter().collect();
+        let current = self.routing();
+        let planned: Vec<(usize, WorkerId, WorkerId)> = moves
+            .into_iter()
+            .filter_map(|(bucket, to)| {
+                let from = *current.owners.get(bucket)?;
+                let live = |w: &WorkerId| {
+                    current
+                        .workers
+                        .get(w)
+                        .is_some_and(|h| h.shared.alive.load(Ordering::Acquire))
+                };
+                // A dead old owner's bucket is recovery's to rebuild, not ours to move.
+                (from != to && live(&from) && live(&to)).then_some((bucket, from, to))
+            })
+            .collect();
+        if planned.is_empty() {
+            return Ok(0);
+        }
+        // Stored while batches still flow under the old map: the pause starts at the cut.
+        let next = self
+            .prepare(|next| {
+                let mut owners = (*next.owners).clone();
+                for &(bucket, _, to) in &planned {
+                    owners[bucket] = to;
+                }
+                next.owners = Arc::new(owners);
+                Ok(())
+            })
+            .await?;
         let _cut = self.cut.lock().await;
         let mut transfers = JoinSet::new();
         {
             let mut routing = self.routing.write().unwrap_or_else(|p| p.into_inner());
-            let mut next = (**routing).clone();
-            let mut owners = (*next.owners).clone();
-            for (bucket, to) in moves {
-                let Some(&from) = owners.get(bucket) else {
-                    continue;
-                };
-                if from == to {
-                    continue;
-                }
-                let (Some(old), Some(new)) = (next.workers.get(&from), next.workers.get(&to))
+            for (bucket, from, to) in planned {
+                let (Some(old), Some(new)) = (routing.workers.get(&from), routing.workers.get(&to))
                 else {
                     continue;
                 };
                 let (reply, state) = oneshot::channel();
                 if old.tx.send(Msg::Release { bucket, reply }).is_err() {
-                    // The old owner is dead: the bucket is recovery's to rebuild, not ours to move.
+                    // The old owner died since the plan: the bucket's state is lost, and
+                    // recovery rebuilds it at its new owner.
+                    lock(&self.orphans).push(bucket);
                     continue;
                 }
-                owners[bucket] = to;
                 let (cut_at, new_tx) = (Instant::now(), new.tx.clone());
                 let orphans = self.orphans_handle();
                 transfers.spawn(async move {
@@ -77,11 +101,6 @@ impl Pool {
                     Ok::<_, CloudError>(cut_at.elapsed().as_secs_f64() * 1000.0)
                 });
             }
-            if transfers.is_empty() {
-                return Ok(0);
-            }
-            next.owners = Arc::new(owners);
-            next.epoch += 1;
             self.publish(&mut routing, next);
         }
         let mut moved = 0;

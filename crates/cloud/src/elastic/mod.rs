@@ -1,13 +1,15 @@
 //! Elastic pre-aggregation. The node's plugs hash into a fixed number of buckets; each bucket
 //! is owned by one worker, which sums the shares of the bucket's records. The bucket → worker
-//! map carries an epoch and is replaced as a whole: a batch is routed under one map, so every
-//! record is aggregated by exactly one worker. An elastic manager samples the workers' busy
+//! map carries an epoch, lives in a [`MapStore`] (the catalog, for a node) and is replaced as
+//! a whole, stored first: a batch is routed under one map, so every record is aggregated by
+//! exactly one worker. An elastic manager samples the workers' busy
 //! fraction and adds, removes and rebalances workers, moving buckets at a clean cut.
 
 pub mod buckets;
 pub mod catalog_map;
 mod checkpoint;
 pub mod manager;
+pub mod map_store;
 mod migration;
 pub mod provisioner;
 mod recovery;
@@ -17,6 +19,7 @@ pub mod worker;
 pub use buckets::{bucket_of, BucketState, BucketWindow};
 pub use checkpoint::{Checkpoint, CheckpointInfo};
 pub use manager::{Action, Thresholds};
+pub use map_store::{MapStore, MapStoreError};
 pub use provisioner::{InProcess, Provisioner, WorkerHandle};
 pub use recovery::ReplaySource;
 pub use worker::WorkerId;
@@ -72,8 +75,7 @@ struct Routing {
     workers: BTreeMap<WorkerId, WorkerHandle>,
 }
 
-/// A bucket → worker map as the pool publishes it: every replacement of the routing map
-/// sends one, so a watcher (the catalog writer) always sees the newest.
+/// A bucket → worker map and its epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapVersion {
     pub epoch: u64,
@@ -139,8 +141,9 @@ pub struct Pool {
     last_checkpoint: Mutex<Option<CheckpointInfo>>,
     /// Buckets whose state was lost in transit (the old owner died before handing it over).
     orphans: Arc<Mutex<Vec<usize>>>,
-    published: tokio::sync::watch::Sender<MapVersion>,
-    /// The newest epoch the catalog is known to hold for this pool's map (0: none yet).
+    /// Where every map is stored before it is routed by (None: the map lives only here).
+    store: Option<Arc<dyn MapStore>>,
+    /// The newest epoch the store holds for this pool's map (0: none yet).
     persisted_epoch: AtomicU64,
 }
 
@@ -162,23 +165,43 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Pool {
+    /// Starts a pool whose map lives only in memory.
     pub fn start(
         config: ElasticConfig,
         window_secs: u64,
         provisioner: Arc<dyn Provisioner>,
     ) -> Result<Arc<Pool>, CloudError> {
-        Self::start_from(config, window_secs, provisioner, None)
+        let pool = Self::create(config, window_secs, provisioner, None, None)?;
+        pool.spawn_manager();
+        Ok(pool)
     }
 
-    /// Starts the pool, continuing from `stored`, the map an earlier run published: epochs go
-    /// on above its epoch, the workers it names are started again (when their number is within
+    /// Starts a pool whose map lives in `store`, continuing from the map stored there by an
+    /// earlier run (read for up to `patience` while the store is unavailable): epochs go on
+    /// above its epoch, the workers it names are started again (when their number is within
     /// the configured limits) and each bucket stays with its stored owner. Without a usable
-    /// stored map, `workers` workers start and the buckets are spread evenly.
-    pub fn start_from(
+    /// stored map, `workers` workers start and the buckets are spread evenly. Returns once the
+    /// store holds the starting map, however long that takes.
+    pub async fn start_stored(
+        config: ElasticConfig,
+        window_secs: u64,
+        provisioner: Arc<dyn Provisioner>,
+        store: Arc<dyn MapStore>,
+        patience: Duration,
+    ) -> Result<Arc<Pool>, CloudError> {
+        let stored = map_store::load_map(store.as_ref(), patience).await;
+        let pool = Self::create(config, window_secs, provisioner, stored, Some(store))?;
+        pool.store_initial().await?;
+        pool.spawn_manager();
+        Ok(pool)
+    }
+
+    fn create(
         config: ElasticConfig,
         window_secs: u64,
         provisioner: Arc<dyn Provisioner>,
         stored: Option<StoredMap>,
+        store: Option<Arc<dyn MapStore>>,
     ) -> Result<Arc<Pool>, CloudError> {
         config.thresholds.check().map_err(CloudError::Workers)?;
         if config.buckets == 0 {
@@ -211,11 +234,7 @@ impl Pool {
         let next_id = ids.last().map_or(0, |&id| u64::from(id) + 1);
         let n = ids.len();
         let owners = Arc::new(owners);
-        let (published, _) = tokio::sync::watch::channel(MapVersion {
-            epoch,
-            owners: owners.clone(),
-        });
-        let pool = Arc::new(Pool {
+        Ok(Arc::new(Pool {
             window_secs,
             provisioner,
             routing: RwLock::new(Arc::new(Routing {
@@ -237,12 +256,15 @@ impl Pool {
             routed: Mutex::new(Vec::new()),
             last_checkpoint: Mutex::new(None),
             orphans: Arc::new(Mutex::new(Vec::new())),
-            published,
+            store,
             persisted_epoch: AtomicU64::new(0),
             config,
-        });
-        if let Some(period) = pool.config.period {
-            let weak = Arc::downgrade(&pool);
+        }))
+    }
+
+    fn spawn_manager(self: &Arc<Self>) {
+        if let Some(period) = self.config.period {
+            let weak = Arc::downgrade(self);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(period);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -255,7 +277,6 @@ impl Pool {
                 }
             });
         }
-        Ok(pool)
     }
 
     fn routing(&self) -> Arc<Routing> {
@@ -291,38 +312,34 @@ impl Pool {
         }
     }
 
-    /// Every map the pool publishes from now on, newest first (older ones are skipped).
-    pub fn map_updates(&self) -> tokio::sync::watch::Receiver<MapVersion> {
-        self.published.subscribe()
+    /// The next epoch's routing: `change` applied to a copy of the current one, stored
+    /// before it is returned (the epoch may rise above a newer stored one). The caller holds
+    /// the control lock, so the map cannot change until it installs the result.
+    async fn prepare(
+        &self,
+        change: impl FnOnce(&mut Routing) -> Result<(), CloudError>,
+    ) -> Result<Routing, CloudError> {
+        let mut next = (*self.routing()).clone();
+        change(&mut next)?;
+        let mut map = MapVersion {
+            epoch: next.epoch + 1,
+            owners: next.owners.clone(),
+        };
+        self.store_next(&mut map).await?;
+        next.epoch = map.epoch;
+        Ok(next)
     }
 
-    /// Replaces the routing map (the caller holds the write lock) and publishes it.
+    /// Replaces the routing map (the caller holds the write lock).
     fn publish(&self, slot: &mut Arc<Routing>, next: Routing) {
-        self.published.send_replace(MapVersion {
-            epoch: next.epoch,
-            owners: next.owners.clone(),
-        });
         *slot = Arc::new(next);
     }
 
-    /// Republishes the current map under an epoch above `stored`, when the catalog holds a
-    /// newer epoch than the pool's (an earlier run's map the node could not read at start).
-    pub fn raise_epoch_above(&self, stored: u64) {
-        let mut routing = self.routing.write().unwrap_or_else(|p| p.into_inner());
-        if routing.epoch > stored {
-            return;
-        }
-        let mut next = (**routing).clone();
-        next.epoch = stored.saturating_add(1);
-        self.publish(&mut routing, next);
-    }
-
-    /// Records that the catalog holds the map of `epoch`.
-    pub fn note_persisted(&self, epoch: u64) {
+    fn note_persisted(&self, epoch: u64) {
         self.persisted_epoch.fetch_max(epoch, Ordering::Relaxed);
     }
 
-    /// The newest epoch the catalog is known to hold (None before the first write).
+    /// The newest epoch the store holds (None without a store or before the first write).
     pub fn persisted_epoch(&self) -> Option<u64> {
         Some(self.persisted_epoch.load(Ordering::Relaxed)).filter(|e| *e > 0)
     }
@@ -507,13 +524,17 @@ impl Pool {
                     .start(id, self.config.buckets, self.window_secs)?,
             );
         }
+        // Should the map not be stored, the new workers are dropped with `new`, which ends them.
+        let next = self
+            .prepare(|next| {
+                for w in &new {
+                    next.workers.insert(w.id, w.clone());
+                }
+                Ok(())
+            })
+            .await?;
         {
             let mut routing = self.routing.write().unwrap_or_else(|p| p.into_inner());
-            let mut next = (**routing).clone();
-            for w in &new {
-                next.workers.insert(w.id, w.clone());
-            }
-            next.epoch += 1;
             self.publish(&mut routing, next);
         }
         {
@@ -557,37 +578,40 @@ impl Pool {
         }
         self.migrate_locked(moves).await?;
         let mut leaving = Vec::new();
+        let mut stranded = Vec::new();
+        let next = self
+            .prepare(|next| {
+                for id in remove {
+                    if let Some(w) = next.workers.remove(id) {
+                        leaving.push(w);
+                    }
+                }
+                // A bucket the offload could not move (its owner died meanwhile) must not stay
+                // with a worker that leaves the map: it goes to a remaining worker, rebuilt
+                // there by recovery.
+                let mut owners = (*next.owners).clone();
+                for (b, o) in owners.iter_mut().enumerate() {
+                    if remove.contains(o) {
+                        *o = keep[b % keep.len()];
+                        stranded.push(b);
+                    }
+                }
+                next.owners = Arc::new(owners);
+                Ok(())
+            })
+            .await?;
         // Held until the leaving workers have stopped, so no take runs while state they might
         // still hold is on its way to a remaining worker.
         let _cut = self.cut.lock().await;
         {
             let mut routing = self.routing.write().unwrap_or_else(|p| p.into_inner());
-            let mut next = (**routing).clone();
-            for id in remove {
-                if let Some(w) = next.workers.remove(id) {
-                    leaving.push(w);
-                }
-            }
-            // A bucket the offload could not move (its owner died meanwhile) must not stay
-            // with a worker that leaves the map: it goes to a remaining worker, rebuilt there
-            // by recovery.
-            let mut owners = (*next.owners).clone();
-            let mut stranded = Vec::new();
-            for (b, o) in owners.iter_mut().enumerate() {
-                if remove.contains(o) {
-                    *o = keep[b % keep.len()];
-                    stranded.push(b);
-                }
-            }
             if !stranded.is_empty() {
                 tracing::warn!(
                     buckets = stranded.len(),
                     "buckets stranded by a failed worker"
                 );
                 lock(&self.orphans).extend(stranded);
-                next.owners = Arc::new(owners);
             }
-            next.epoch += 1;
             self.publish(&mut routing, next);
         }
         for w in leaving {

@@ -81,60 +81,65 @@ impl Pool {
         orphans: &[usize],
         lost_out: &mut Vec<usize>,
     ) -> Result<usize, CloudError> {
-        let (lost, replay, dead) = {
+        let dead: Vec<WorkerId> = self
+            .routing()
+            .workers
+            .values()
+            .filter(|w| !w.shared.alive.load(Ordering::Acquire))
+            .map(|w| w.id)
+            .collect();
+        if dead.is_empty() && orphans.is_empty() {
+            return Ok(0);
+        }
+        let mut lost = Vec::new();
+        let mut retired = Vec::new();
+        let mut started = false;
+        let next = self
+            .prepare(|next| {
+                for id in &dead {
+                    retired.extend(next.workers.remove(id));
+                }
+                if next.workers.is_empty() {
+                    let id = self.next_id.fetch_add(1, Ordering::Relaxed) as WorkerId;
+                    let w = self
+                        .provisioner
+                        .start(id, self.config.buckets, self.window_secs)?;
+                    next.workers.insert(id, w);
+                    started = true;
+                }
+                let mut counts: BTreeMap<WorkerId, usize> =
+                    next.workers.keys().map(|w| (*w, 0)).collect();
+                for o in next.owners.iter() {
+                    if let Some(c) = counts.get_mut(o) {
+                        *c += 1;
+                    }
+                }
+                let mut owners = (*next.owners).clone();
+                for (b, owner) in owners.iter_mut().enumerate() {
+                    if dead.contains(owner) {
+                        let (&to, _) = counts
+                            .iter()
+                            .min_by_key(|(w, c)| (**c, **w))
+                            .ok_or_else(|| CloudError::Workers("no live worker".into()))?;
+                        *counts.entry(to).or_default() += 1;
+                        *owner = to;
+                        lost.push(b);
+                    } else if orphans.contains(&b) {
+                        lost.push(b);
+                    }
+                }
+                next.owners = Arc::new(owners);
+                Ok(())
+            })
+            .await?;
+        lost_out.clone_from(&lost);
+        let replay = {
             let mut routing = self.routing.write().unwrap_or_else(|p| p.into_inner());
-            let dead: Vec<WorkerId> = routing
-                .workers
-                .values()
-                .filter(|w| !w.shared.alive.load(Ordering::Acquire))
-                .map(|w| w.id)
-                .collect();
-            if dead.is_empty() && orphans.is_empty() {
-                return Ok(0);
-            }
-            let mut next = (**routing).clone();
-            for id in &dead {
-                if let Some(w) = next.workers.remove(id) {
-                    self.retired_records
-                        .fetch_add(w.shared.records.load(Ordering::Relaxed), Ordering::Relaxed);
-                }
-            }
-            if next.workers.is_empty() {
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed) as WorkerId;
-                let w = self
-                    .provisioner
-                    .start(id, self.config.buckets, self.window_secs)?;
-                next.workers.insert(id, w);
-                lock(&self.counters).workers_started += 1;
-            }
-            let mut counts: BTreeMap<WorkerId, usize> =
-                next.workers.keys().map(|w| (*w, 0)).collect();
-            for o in next.owners.iter() {
-                if let Some(c) = counts.get_mut(o) {
-                    *c += 1;
-                }
-            }
-            let mut owners = (*next.owners).clone();
-            let mut lost = Vec::new();
-            for (b, owner) in owners.iter_mut().enumerate() {
-                if dead.contains(owner) {
-                    let (&to, _) = counts
-                        .iter()
-                        .min_by_key(|(w, c)| (**c, **w))
-                        .ok_or_else(|| CloudError::Workers("no live worker".into()))?;
-                    *counts.entry(to).or_default() += 1;
-                    *owner = to;
-                    lost.push(b);
-                } else if orphans.contains(&b) {
-                    lost.push(b);
-                }
-            }
-            lost_out.clone_from(&lost);
             // Whatever the new owner holds of a lost bucket is rebuilt from scratch. The
             // discard is queued before the new map is published, so everything routed under
             // the new map lands after it and is kept.
             for &b in &lost {
-                let to = owners[b];
+                let to = next.owners[b];
                 let w = next
                     .workers
                     .get(&to)
@@ -142,11 +147,15 @@ impl Pool {
                 let (reply, _) = tokio::sync::oneshot::channel();
                 send(w, Msg::Release { bucket: b, reply })?;
             }
-            next.owners = Arc::new(owners);
-            next.epoch += 1;
+            for w in retired {
+                self.retired_records
+                    .fetch_add(w.shared.records.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            if started {
+                lock(&self.counters).workers_started += 1;
+            }
             self.publish(&mut routing, next);
-            let replay: Vec<BatchId> = lock(&self.routed).clone();
-            (lost, replay, dead)
+            lock(&self.routed).clone()
         };
         let routing = self.routing();
         let mut masks: BTreeMap<WorkerId, Vec<WorkerId>> = BTreeMap::new();
