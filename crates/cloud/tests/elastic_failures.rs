@@ -313,3 +313,23 @@ async fn no_checkpoint_while_buckets_await_recovery() {
     h.crash_and_recover(1).await;
     h.assert_exact().await;
 }
+
+/// What reaches a window after the node gathered it (here, a flag decided afterwards; in a
+/// run, a bucket handed over across the gathering or a replay) was counted already or belongs
+/// to nothing: the workers drop it instead of keeping it for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_kept_for_a_gathered_window() {
+    let mut h = Harness::new(2);
+    let late = h.route_batch();
+    let taken = h.pool.take(vec![0]).await.expect("every worker answers");
+    assert!(taken.get(&0).is_none_or(|w| w.groups.is_empty()));
+    h.pool.forget(vec![0]);
+    h.decide(late, true);
+    h.pool.migrate(vec![(0, 1), (1, 0)]).await.expect("migrate");
+    let again = h.pool.take(vec![0]).await.expect("every worker answers");
+    assert!(
+        again.get(&0).is_none_or(|w| w.groups.is_empty()),
+        "a gathered window came back with {} groups",
+        again[&0].groups.len()
+    );
+}

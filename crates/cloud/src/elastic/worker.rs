@@ -86,6 +86,10 @@ pub struct Worker {
     decided: HashMap<BatchId, bool>,
     /// Buckets holding a pending partial of each batch.
     pending: HashMap<BatchId, HashSet<usize>>,
+    /// Windows the node has gathered. Anything that still reaches one of them (a bucket's
+    /// state handed over across the gathering, a partial decided after it, a replay) was
+    /// counted already or belongs to nothing: it is dropped rather than kept for ever.
+    forgotten: HashSet<u64>,
     shared: Arc<WorkerShared>,
     /// Simulated operator cost per record (models a heavier operator in demos).
     record_cost: Duration,
@@ -110,6 +114,7 @@ impl Worker {
             buckets: HashMap::new(),
             decided: HashMap::new(),
             pending: HashMap::new(),
+            forgotten: HashSet::new(),
             shared,
             record_cost,
             counts: vec![0; n],
@@ -222,7 +227,10 @@ impl Worker {
             let partial = BatchPartial::with_windows(cells, histograms, self.window_secs);
             let state = self.buckets.entry(b).or_default();
             match decided {
-                Some(true) => state.apply(partial, self.window_secs),
+                Some(true) => {
+                    state.apply(partial, self.window_secs);
+                    state.windows.retain(|s, _| !self.forgotten.contains(s));
+                }
                 Some(false) => {}
                 None => {
                     state.pending.insert(id, partial);
@@ -249,6 +257,7 @@ impl Worker {
                 if let Some(partial) = state.pending.remove(&id) {
                     if committed {
                         state.apply(partial, self.window_secs);
+                        state.windows.retain(|s, _| !self.forgotten.contains(s));
                     }
                 }
             }
@@ -271,11 +280,16 @@ impl Worker {
     fn install(&mut self, bucket: usize, incoming: BucketState) {
         let state = self.buckets.entry(bucket).or_default();
         for (start, w) in incoming.windows {
-            state.windows.entry(start).or_default().merge(w);
+            if !self.forgotten.contains(&start) {
+                state.windows.entry(start).or_default().merge(w);
+            }
         }
         for (id, partial) in incoming.pending {
             match self.decided.get(&id) {
-                Some(true) => state.apply(partial, self.window_secs),
+                Some(true) => {
+                    state.apply(partial, self.window_secs);
+                    state.windows.retain(|s, _| !self.forgotten.contains(s));
+                }
                 Some(false) => {}
                 None => {
                     // One batch is routed under one map, so only one worker ever aggregated
@@ -308,6 +322,7 @@ impl Worker {
     }
 
     fn forget(&mut self, windows: &[u64]) {
+        self.forgotten.extend(windows.iter().copied());
         for state in self.buckets.values_mut() {
             for start in windows {
                 state.windows.remove(start);
