@@ -107,7 +107,7 @@ pub struct ElasticSection {
     /// Seconds after a scaling step during which no other is made.
     pub cooldown_secs: f64,
     /// Where workers run: "in-process" (threads of the node) or "os-process" (`mcloud
-    /// worker` processes the node starts, talking to it over loopback).
+    /// worker` processes the node starts, talking to it over mutual TLS on loopback).
     pub provisioner: ProvisionerKind,
 }
 
