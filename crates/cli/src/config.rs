@@ -110,7 +110,7 @@ pub struct ElasticSection {
     /// buckets are then rebuilt from every stored batch, and so is a restarted node).
     pub checkpoint_secs: f64,
     /// Where workers run: "in-process" (threads of the node) or "os-process" (`mcloud
-    /// worker` processes the node starts, talking to it over loopback).
+    /// worker` processes the node starts, talking to it over mutual TLS on loopback).
     pub provisioner: ProvisionerKind,
 }
 

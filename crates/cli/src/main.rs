@@ -32,9 +32,10 @@ enum Command {
     Analytics(analytics::AnalyticsArgs),
     /// Measure private against plaintext throughput.
     Bench(bench::BenchArgs),
-    /// A pre-aggregation worker process; started by a cloud node, not by hand.
+    /// A pre-aggregation worker process; started by a cloud node, not by hand. Reads its TLS
+    /// credentials for the link to the node from stdin.
     Worker {
-        /// The node's loopback address for this worker.
+        /// The node's loopback address for this worker (IP and port).
         #[arg(long)]
         connect: String,
         #[arg(long)]
@@ -72,17 +73,24 @@ async fn main() -> Result<ExitCode> {
             buckets,
             window,
             record_cost_us,
-        } => tokio::task::spawn_blocking(move || {
-            mcloud_cloud::elastic::remote::serve_worker(
-                &connect,
-                id,
-                buckets,
-                window,
-                std::time::Duration::from_micros(record_cost_us),
-            )
-        })
-        .await
-        .map(|r| r.is_ok())?,
+        } => {
+            tokio::task::spawn_blocking(move || {
+                // The node writes this worker's TLS credentials to stdin and closes it.
+                let mut credentials = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut credentials)?;
+                mcloud_cloud::elastic::remote::serve_worker(
+                    &connect,
+                    &credentials,
+                    id,
+                    buckets,
+                    window,
+                    std::time::Duration::from_micros(record_cost_us),
+                )?;
+                anyhow::Ok(())
+            })
+            .await??;
+            true
+        }
     };
     Ok(if ok {
         ExitCode::SUCCESS
