@@ -1,11 +1,13 @@
 //! `mcloud bench --elastic`: the elastic workers measured on their own, without TLS or
 //! storage in the way: aggregation throughput with one and with two workers, the pause of a
-//! bucket handover, and how long a load step takes to be served by new workers.
+//! bucket handover, how long a load step takes to be served by new workers, and (with the
+//! values table's storage) how long a durable checkpoint of the handover bucket's state takes.
 
 use anyhow::{Context, Result};
 use mcloud_cloud::elastic::{
     bucket_of, percentile, ElasticConfig, InProcess, Pool, Thresholds, WorkerId,
 };
+use mcloud_cloud::values::ValuesTable;
 use mcloud_core::reading::{GroupKey, Metric};
 use mcloud_core::share::record_values;
 use mcloud_core::wire::{ShareRecord, UploadBatch};
@@ -96,8 +98,13 @@ async fn throughput(workers: usize) -> Result<f64> {
     Ok(records as f64 / elapsed.max(1e-9))
 }
 
-/// Handover pauses of one bucket holding `groups` open groups, moved back and forth.
-async fn migration_pauses(groups: usize, moves: usize) -> Result<Vec<f64>> {
+/// Handover pauses of one bucket holding `groups` open groups, moved back and forth; then the
+/// time of `checkpoints` durable checkpoints of that state (cut to committed in redb).
+async fn migration_pauses(
+    groups: usize,
+    moves: usize,
+    checkpoints: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     let pool = Pool::start(config(2, None), WINDOW, Arc::new(InProcess::default()))?;
     let bucket = 7;
     // Plugs of one bucket; each gets a record per (window, metric) cell.
@@ -145,7 +152,23 @@ async fn migration_pauses(groups: usize, moves: usize) -> Result<Vec<f64>> {
     for i in 0..moves {
         pool.migrate(vec![(bucket, owners[(i + 1) % 2])]).await?;
     }
-    Ok(pool.pauses_ms().split_off(first))
+    let pauses = pool.pauses_ms().split_off(first);
+    let dir = tempfile::tempdir()?;
+    let (values, _) = ValuesTable::open(dir.path())?;
+    let mut taken = Vec::with_capacity(checkpoints);
+    for _ in 0..checkpoints {
+        let info = pool
+            .checkpoint(|cp| values.save_checkpoint(cp))
+            .await?
+            .context("no checkpoint could be taken")?;
+        anyhow::ensure!(
+            info.groups >= groups,
+            "checkpoint of {} groups",
+            info.groups
+        );
+        taken.push(info.ms);
+    }
+    Ok((pauses, taken))
 }
 
 /// Seconds from a tenfold load step to records being aggregated by a worker that did not
@@ -204,11 +227,17 @@ pub async fn run() -> Result<()> {
     }
     eprintln!("1 worker:  {one:.0} records/s");
     eprintln!("2 workers: {two:.0} records/s");
-    let pauses = migration_pauses(10_000, 200).await?;
+    let (pauses, checkpoints) = migration_pauses(10_000, 200, 20).await?;
     let (p50, p99) = (percentile(&pauses, 0.5), percentile(&pauses, 0.99));
     eprintln!(
         "bucket handover with 10000 open groups, {} moves: p50 {p50:.2} ms, p99 {p99:.2} ms",
         pauses.len()
+    );
+    let checkpoint_p50 = percentile(&checkpoints, 0.5);
+    eprintln!(
+        "durable checkpoint of those groups, {} times: p50 {checkpoint_p50:.2} ms, p99 {:.2} ms",
+        checkpoints.len(),
+        percentile(&checkpoints, 0.99)
     );
     let period = Duration::from_millis(500);
     let reaction = reaction(period).await?;
@@ -218,6 +247,7 @@ pub async fn run() -> Result<()> {
     );
     println!("throughput_1_worker={one:.0}");
     println!("throughput_2_workers={two:.0}");
+    println!("checkpoint_p50_ms={checkpoint_p50:.2}");
     println!("scale_ratio={:.3}", two / one);
     println!("migration_p99_ms={p99:.2}");
     println!("reaction_s={reaction:.2}");

@@ -120,7 +120,7 @@ impl CloudNode {
         }
         // The checkpoint first, then the batches it does not cover: they add up to the state
         // the buckets had, whichever workers now own them.
-        pool.restore(decode_states(recovered.checkpoint)?).await?;
+        pool.restore(recovered.checkpoint).await?;
         let restored = recovered.batches.len();
         let mut replayed = 0;
         for (id, bytes) in recovered.batches {
@@ -324,17 +324,7 @@ impl CloudNode {
     pub async fn checkpoint(&self) -> Result<Option<CheckpointInfo>, CloudError> {
         let info = self
             .pool
-            .checkpoint(|cp| async move {
-                let mut states = Vec::with_capacity(cp.states.len());
-                for (bucket, state) in &cp.states {
-                    let bucket = u32::try_from(*bucket)
-                        .map_err(|_| CloudError::Storage(format!("bucket {bucket}")))?;
-                    let bytes = postcard::to_stdvec(state)
-                        .map_err(|e| CloudError::Storage(format!("bucket {bucket}: {e}")))?;
-                    states.push((bucket, bytes));
-                }
-                self.values.save_checkpoint(states, cp.covered).await
-            })
+            .checkpoint(|cp| self.values.save_checkpoint(cp))
             .await?;
         if let Some(info) = &info {
             tracing::debug!(party = self.config.party, ?info, "checkpoint stored");
@@ -509,17 +499,6 @@ impl ReplaySource for CloudNode {
     }
 
     fn checkpointed(&self, buckets: &[usize]) -> Result<Vec<(usize, BucketState)>, CloudError> {
-        decode_states(self.values.read_checkpoint(buckets)?)
+        self.values.read_checkpoint(buckets)
     }
-}
-
-fn decode_states(stored: Vec<(u32, Vec<u8>)>) -> Result<Vec<(usize, BucketState)>, CloudError> {
-    stored
-        .into_iter()
-        .map(|(bucket, bytes)| {
-            postcard::from_bytes(&bytes)
-                .map(|state| (bucket as usize, state))
-                .map_err(|e| CloudError::Storage(format!("checkpoint of bucket {bucket}: {e}")))
-        })
-        .collect()
 }

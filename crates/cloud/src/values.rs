@@ -6,6 +6,7 @@
 //! Beside the batches it keeps what lets a restart skip most of them: the latest checkpoint of
 //! the buckets' state with the set of batches it covers, and the sums of sealed windows.
 
+use crate::elastic::{BucketState, Checkpoint};
 use crate::CloudError;
 use bytes::Bytes;
 use mcloud_core::BatchId;
@@ -52,8 +53,8 @@ struct Job {
 pub struct Recovered {
     pub batches: Vec<(BatchId, Vec<u8>)>,
     pub watermark: u64,
-    /// The latest checkpoint: bucket → encoded state.
-    pub checkpoint: Vec<(u32, Vec<u8>)>,
+    /// The latest checkpoint's bucket states.
+    pub checkpoint: Vec<(usize, BucketState)>,
     pub covered: HashSet<BatchId>,
     /// Sealed windows: start → encoded sums.
     pub sealed: Vec<(u64, Vec<u8>)>,
@@ -89,7 +90,7 @@ impl ValuesTable {
             let mut checkpoint = Vec::new();
             for entry in txn.open_table(CHECKPOINT)?.iter()? {
                 let (bucket, bytes) = entry?;
-                checkpoint.push((bucket.value(), bytes.value().to_vec()));
+                checkpoint.push(decode_state(bucket.value(), bytes.value())?);
             }
             let mut covered = HashSet::new();
             for entry in txn.open_table(COVERED)?.iter()? {
@@ -132,14 +133,17 @@ impl ValuesTable {
     }
 
     /// These buckets' state in the latest checkpoint (those it holds).
-    pub fn read_checkpoint(&self, buckets: &[usize]) -> Result<Vec<(u32, Vec<u8>)>, CloudError> {
+    pub fn read_checkpoint(
+        &self,
+        buckets: &[usize],
+    ) -> Result<Vec<(usize, BucketState)>, CloudError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(CHECKPOINT)?;
         let mut out = Vec::new();
         for &b in buckets {
             let Ok(key) = u32::try_from(b) else { continue };
             if let Some(bytes) = table.get(key)? {
-                out.push((key, bytes.value().to_vec()));
+                out.push(decode_state(key, bytes.value())?);
             }
         }
         Ok(out)
@@ -164,20 +168,34 @@ impl ValuesTable {
         self.submit(Write::Watermark(ts)).await
     }
 
-    /// Replaces the stored checkpoint with `states` (bucket → encoded state), which covers
-    /// `covered` on top of the batches earlier checkpoints covered, in one transaction.
-    pub async fn save_checkpoint(
-        &self,
-        states: Vec<(u32, Vec<u8>)>,
-        covered: Vec<BatchId>,
-    ) -> Result<(), CloudError> {
-        self.submit(Write::Checkpoint { states, covered }).await
+    /// Replaces the stored checkpoint with `checkpoint`, whose batches are covered from now
+    /// on together with those earlier checkpoints covered, in one transaction.
+    pub async fn save_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), CloudError> {
+        let mut states = Vec::with_capacity(checkpoint.states.len());
+        for (bucket, state) in &checkpoint.states {
+            let key = u32::try_from(*bucket)
+                .map_err(|_| CloudError::Storage(format!("bucket {bucket} out of range")))?;
+            let bytes = postcard::to_stdvec(state)
+                .map_err(|e| CloudError::Storage(format!("bucket {bucket}: {e}")))?;
+            states.push((key, bytes));
+        }
+        self.submit(Write::Checkpoint {
+            states,
+            covered: checkpoint.covered,
+        })
+        .await
     }
 
     /// Stores sealed windows' sums (start → encoded sums).
     pub async fn save_sealed(&self, windows: Vec<(u64, Vec<u8>)>) -> Result<(), CloudError> {
         self.submit(Write::Sealed(windows)).await
     }
+}
+
+fn decode_state(bucket: u32, bytes: &[u8]) -> Result<(usize, BucketState), CloudError> {
+    postcard::from_bytes(bytes)
+        .map(|state| (bucket as usize, state))
+        .map_err(|e| CloudError::Storage(format!("checkpoint of bucket {bucket}: {e}")))
 }
 
 fn writer(db: Arc<Database>, queue: mpsc::Receiver<Job>) {
