@@ -4,8 +4,8 @@
 //! still starts and aggregates exactly.
 
 use mcloud_cloud::elastic::remote::OsProcess;
-use mcloud_cloud::elastic::worker::Msg;
-use mcloud_cloud::elastic::Provisioner;
+use mcloud_cloud::elastic::worker::{Msg, WorkerId};
+use mcloud_cloud::elastic::{Provisioner, WorkerHandle};
 use mcloud_core::reading::{GroupKey, Metric};
 use mcloud_core::share::record_values;
 use mcloud_core::wire::{ShareRecord, UploadBatch};
@@ -197,22 +197,7 @@ fn only_the_started_worker_is_served_on_its_link() {
             }
         }
         total += batch.records.len() as u64;
-        let records = (0..batch.records.len() as u32).collect();
-        worker
-            .tx
-            .send(Msg::Process {
-                batch: Arc::new(batch),
-                owners: owners.clone(),
-                records,
-            })
-            .expect("queue");
-        worker
-            .tx
-            .send(Msg::Decide {
-                id: BatchId(id),
-                committed,
-            })
-            .expect("queue");
+        feed(&worker, batch, &owners, committed);
     }
     let (reply, rx) = oneshot::channel();
     let start = 1000 - 1000 % WINDOW;
@@ -238,23 +223,7 @@ fn only_the_started_worker_is_served_on_its_link() {
     // queued: neither direction may wait for the other.
     let mut takes = Vec::new();
     for id in 50..250u128 {
-        let batch = batch(id, &mut key);
-        let records = (0..batch.records.len() as u32).collect();
-        worker
-            .tx
-            .send(Msg::Process {
-                batch: Arc::new(batch),
-                owners: owners.clone(),
-                records,
-            })
-            .expect("queue");
-        worker
-            .tx
-            .send(Msg::Decide {
-                id: BatchId(id),
-                committed: false,
-            })
-            .expect("queue");
+        feed(&worker, batch(id, &mut key), &owners, false);
         let (reply, rx) = oneshot::channel();
         worker
             .tx
@@ -298,4 +267,22 @@ fn only_the_started_worker_is_served_on_its_link() {
             "{what} TLS stray: {refused}"
         );
     }
+}
+
+/// Queues all of `batch` at `worker`, then its final flag.
+fn feed(worker: &WorkerHandle, batch: UploadBatch, owners: &Arc<Vec<WorkerId>>, committed: bool) {
+    let id = batch.batch_id;
+    let records = (0..batch.records.len() as u32).collect();
+    worker
+        .tx
+        .send(Msg::Process {
+            batch: Arc::new(batch),
+            owners: owners.clone(),
+            records,
+        })
+        .expect("queue");
+    worker
+        .tx
+        .send(Msg::Decide { id, committed })
+        .expect("queue");
 }
