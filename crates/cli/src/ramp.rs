@@ -39,7 +39,7 @@ pub struct RampArgs {
     pub base_rate: u64,
     /// Ramp profile: simulated operator cost per record in the workers, in microseconds, so
     /// that a load a laptop can generate keeps several workers busy.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 150)]
     pub record_cost_us: u64,
     /// Ramp profile: elastic manager period in milliseconds.
     #[arg(long, default_value_t = 1000)]
