@@ -2,25 +2,22 @@
 //! only under a greater epoch, bad requests are refused by name, and every stored map and
 //! refusal survives a restart of every voter at once.
 
-use mcloud::cluster::{CatalogSpec, ClusterOptions, ClusterSpec, LocalCluster};
+mod common;
+
+use mcloud::cluster::{CatalogSpec, ClusterOptions, LocalCluster};
 use mcloud_catalog::{Assignment, CatalogClient, CatalogError, MAX_ASSIGNMENT_BUCKETS};
 use std::time::{Duration, Instant};
 
 async fn cluster(dir: &std::path::Path, catalog: CatalogSpec) -> LocalCluster {
-    LocalCluster::start_with(
-        ClusterSpec {
-            parties: 1,
-            window_secs: 60,
-            grace_secs: 60,
-            dir: dir.to_path_buf(),
-        },
+    common::cluster(
+        dir,
+        1,
         ClusterOptions {
             catalog,
             ..Default::default()
         },
     )
     .await
-    .unwrap()
 }
 
 /// Parties no cloud of the test cluster uses (its cloud 0 writes its own map).

@@ -1,27 +1,24 @@
 //! The replicated catalog in one process: voters behind their own TLS servers, stopped,
 //! restarted and cut off from each other while clients keep calling.
 
-use mcloud::cluster::{CatalogSpec, ClusterOptions, ClusterSpec, LocalCluster};
+mod common;
+
+use mcloud::cluster::{CatalogSpec, ClusterOptions, LocalCluster};
 use mcloud_catalog::{CatalogClient, CatalogError, FlagTable};
 use mcloud_core::wire::{CreateFlag, FlagState};
 use mcloud_core::BatchId;
 use std::time::{Duration, Instant};
 
 async fn cluster(dir: &std::path::Path, catalog: CatalogSpec) -> LocalCluster {
-    LocalCluster::start_with(
-        ClusterSpec {
-            parties: 1,
-            window_secs: 60,
-            grace_secs: 60,
-            dir: dir.to_path_buf(),
-        },
+    common::cluster(
+        dir,
+        1,
         ClusterOptions {
             catalog,
             ..Default::default()
         },
     )
     .await
-    .unwrap()
 }
 
 fn create(id: u128, ttl_ms: u64) -> Vec<CreateFlag> {

@@ -1,20 +1,52 @@
 //! Exactly once under churn: in every cloud, buckets move between worker processes, workers
 //! come and go, and worker processes are SIGKILLed (their buckets rebuilt elsewhere from the
-//! values table) while batches arrive and flags are decided, and the revealed aggregates still
-//! equal the plaintext reference to the last unit.
+//! latest checkpoint and the values table) while batches arrive and flags are decided, and the
+//! revealed aggregates still equal the plaintext reference to the last unit.
 
-use mcloud::cluster::{ClusterOptions, ClusterSpec, LocalCluster};
+mod common;
+
+use mcloud::cluster::{ClusterOptions, LocalCluster};
 use mcloud::demo::{finish_pipeline, send_readings, PipelineArgs};
 use mcloud_cloud::elastic::{ElasticConfig, Thresholds};
 use mcloud_cloud::CloudNode;
 use mcloud_collector::Query;
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
+use mcloud_core::Reading;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BUCKETS: usize = 256;
+
+const PIPELINE: PipelineArgs = PipelineArgs {
+    batch_size: 200,
+    in_flight: 4,
+    ttl_ms: 3000,
+    speedup: None,
+    histograms: false,
+};
+
+/// Every window, per plug, nothing withheld.
+const QUERY: Query = Query {
+    from: 0,
+    to: u64::MAX,
+    level: GroupLevel::Plug,
+    min_count: 1,
+};
+
+/// Synthetic readings every 2 s from `houses` × 2 households × `plugs` plugs.
+fn readings(houses: u32, plugs: u32, minutes: u64) -> Vec<Reading> {
+    Synthetic::new(SyntheticConfig {
+        houses,
+        households_per_house: 2,
+        plugs_per_household: plugs,
+        duration_secs: minutes * 60,
+        interval_secs: 2,
+        ..Default::default()
+    })
+    .collect()
+}
 
 /// Random migrations and scaling steps on one cloud until told to stop.
 async fn churn(node: Arc<CloudNode>, stop: Arc<AtomicBool>, seed: u64) -> (usize, u64, u64) {
@@ -91,42 +123,23 @@ async fn cluster_with_worker_processes(dir: &std::path::Path, parties: u16) -> L
         },
         ..ElasticConfig::default()
     };
-    LocalCluster::start_with(
-        ClusterSpec {
-            parties,
-            window_secs: 60,
-            grace_secs: 60,
-            dir: dir.to_path_buf(),
-        },
+    common::cluster(
+        dir,
+        parties,
         ClusterOptions {
             elastic,
             ..Default::default()
         },
     )
     .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revealed_sums_are_exact_under_migrations_and_scaling() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster_with_worker_processes(dir.path(), 3).await;
-    let readings: Vec<_> = Synthetic::new(SyntheticConfig {
-        houses: 4,
-        households_per_house: 2,
-        plugs_per_household: 4,
-        duration_secs: 40 * 60,
-        interval_secs: 2,
-        ..Default::default()
-    })
-    .collect();
-    let pipeline = PipelineArgs {
-        batch_size: 200,
-        in_flight: 4,
-        ttl_ms: 3000,
-        speedup: None,
-        histograms: false,
-    };
+    let readings = readings(4, 4, 40);
+    let pipeline = PIPELINE;
     let stop = Arc::new(AtomicBool::new(false));
     let churners: Vec<_> = (0..3)
         .map(|party| {
@@ -172,13 +185,7 @@ async fn revealed_sums_are_exact_under_migrations_and_scaling() {
             "cloud {party}: no worker crashed and was replaced"
         );
     }
-    let query = Query {
-        from: 0,
-        to: u64::MAX,
-        level: GroupLevel::Plug,
-        min_count: 1,
-    };
-    let run = finish_pipeline(&cluster, &readings, report, &pipeline, &query, started)
+    let run = finish_pipeline(&cluster, &readings, report, &pipeline, &QUERY, started)
         .await
         .unwrap();
     cluster.shutdown().await;
@@ -193,22 +200,8 @@ async fn revealed_sums_are_exact_under_migrations_and_scaling() {
 async fn worker_processes_survive_a_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster_with_worker_processes(dir.path(), 2).await;
-    let readings: Vec<_> = Synthetic::new(SyntheticConfig {
-        houses: 3,
-        households_per_house: 2,
-        plugs_per_household: 3,
-        duration_secs: 20 * 60,
-        interval_secs: 2,
-        ..Default::default()
-    })
-    .collect();
-    let pipeline = PipelineArgs {
-        batch_size: 200,
-        in_flight: 4,
-        ttl_ms: 3000,
-        speedup: None,
-        histograms: false,
-    };
+    let readings = readings(3, 3, 20);
+    let pipeline = PIPELINE;
     let started = Instant::now();
     let (first, second) = readings.split_at(readings.len() / 2);
     let mut report = send_readings(&cluster, first, &pipeline, 0.0, 3, false)
@@ -251,13 +244,7 @@ async fn worker_processes_survive_a_sigkill() {
     report.missed.extend(rest.missed);
     report.rejected.extend(rest.rejected);
     pool.scale_to(1).await.unwrap();
-    let query = Query {
-        from: 0,
-        to: u64::MAX,
-        level: GroupLevel::Plug,
-        min_count: 1,
-    };
-    let run = finish_pipeline(&cluster, &readings, report, &pipeline, &query, started)
+    let run = finish_pipeline(&cluster, &readings, report, &pipeline, &QUERY, started)
         .await
         .unwrap();
     cluster.shutdown().await;

@@ -2,7 +2,9 @@
 //! holds the pool's current map and epoch, a restarted cloud continues above the stored epoch
 //! with the workers and assignment stored, and a pool behind the catalog's epoch moves above it.
 
-use mcloud::cluster::{ClusterOptions, ClusterSpec, LocalCluster};
+mod common;
+
+use mcloud::cluster::{ClusterOptions, LocalCluster};
 use mcloud_catalog::{Assignment, CatalogClient};
 use mcloud_cloud::elastic::{ElasticConfig, Pool, Thresholds};
 use std::sync::Arc;
@@ -21,20 +23,15 @@ async fn cluster(dir: &std::path::Path) -> LocalCluster {
         },
         ..ElasticConfig::default()
     };
-    LocalCluster::start_with(
-        ClusterSpec {
-            parties: 1,
-            window_secs: 60,
-            grace_secs: 60,
-            dir: dir.to_path_buf(),
-        },
+    common::cluster(
+        dir,
+        1,
         ClusterOptions {
             elastic,
             ..Default::default()
         },
     )
     .await
-    .unwrap()
 }
 
 fn current(pool: &Pool) -> Assignment {

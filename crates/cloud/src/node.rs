@@ -138,15 +138,16 @@ impl CloudNode {
                 replayed += 1;
             }
         }
-        if !sealed.is_empty() {
-            pool.forget(sealed.clone());
+        let sealed_count = sealed.len();
+        if sealed_count > 0 {
+            pool.forget(sealed);
         }
         if restored > 0 {
             tracing::info!(
                 party = config.party,
                 restored,
                 replayed,
-                sealed = sealed.len(),
+                sealed = sealed_count,
                 "recovered batches from the values table"
             );
         }

@@ -273,15 +273,17 @@ impl Windows {
     /// A window sealed before a restart: answered from what was stored. Its batches, restored
     /// afterwards, neither hold it open nor add to it again.
     pub fn restore_sealed(&mut self, start: u64, stored: SealedWindow) {
-        let w = self.windows.entry(start).or_default();
-        *w = WindowState {
-            undecided: 0,
-            groups: stored.groups,
-            histograms: stored.histograms,
-            batches: stored.batches,
-            digest: stored.digest,
-            sealed: true,
-        };
+        self.windows.insert(
+            start,
+            WindowState {
+                undecided: 0,
+                groups: stored.groups,
+                histograms: stored.histograms,
+                batches: stored.batches,
+                digest: stored.digest,
+                sealed: true,
+            },
+        );
     }
 
     pub fn watermark(&self) -> u64 {

@@ -1,10 +1,12 @@
-//! Helpers shared by the tests that run real `mcloud` processes.
+//! Helpers shared by the integration tests: in-process clusters and real `mcloud` processes.
 #![allow(dead_code)]
 
+use mcloud::cluster::{ClusterOptions, ClusterSpec, LocalCluster};
 use mcloud_collector::Reference;
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Child;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mcloud");
@@ -99,4 +101,19 @@ pub async fn wait_for<T>(secs: u64, what: &str, mut f: impl AsyncFnMut() -> Opti
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// An in-process cluster of `parties` clouds with 60 s windows and 60 s grace, in `dir`.
+pub async fn cluster(dir: &Path, parties: u16, options: ClusterOptions) -> LocalCluster {
+    LocalCluster::start_with(
+        ClusterSpec {
+            parties,
+            window_secs: 60,
+            grace_secs: 60,
+            dir: dir.to_path_buf(),
+        },
+        options,
+    )
+    .await
+    .unwrap()
 }

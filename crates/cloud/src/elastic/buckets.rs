@@ -4,7 +4,7 @@ use crate::windows::{add_into, BatchPartial};
 use mcloud_core::reading::{GroupKey, Metric};
 use mcloud_core::{BatchId, Field, Partial, Window};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The bucket of a plug. A fixed mixing function rather than std's randomly seeded hasher:
 /// the map must mean the same in every process and after every restart.
@@ -46,9 +46,13 @@ pub struct BucketState {
 }
 
 impl BucketState {
-    /// Adds a committed batch's partial to the windows.
-    pub fn apply(&mut self, partial: BatchPartial, window_secs: u64) {
+    /// Adds a committed batch's partial to the windows, except to those in `gathered`: the
+    /// node holds their sums already.
+    pub fn apply(&mut self, partial: BatchPartial, window_secs: u64, gathered: &HashSet<u64>) {
         for ((start, metric, group), p) in partial.cells {
+            if gathered.contains(&start) {
+                continue;
+            }
             self.windows
                 .entry(start)
                 .or_default()
@@ -59,6 +63,9 @@ impl BucketState {
         }
         for (cell, counts) in partial.histograms {
             let start = Window::containing(cell.0, window_secs).start;
+            if gathered.contains(&start) {
+                continue;
+            }
             add_into(
                 self.windows
                     .entry(start)

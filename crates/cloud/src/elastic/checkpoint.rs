@@ -82,18 +82,16 @@ impl Pool {
         }
         let states: Vec<(usize, BucketState)> = merged.into_iter().collect();
         let covered: Vec<BatchId> = lock(&self.routed)[..position].to_vec();
-        let info = CheckpointInfo {
-            at: self.uptime(),
-            buckets: states.len(),
-            groups: states.iter().map(|(_, s)| s.groups()).sum(),
-            covered: covered.len(),
-            ms: 0.0,
-        };
+        let (buckets, covered_count) = (states.len(), covered.len());
+        let groups = states.iter().map(|(_, s)| s.groups()).sum();
         save(Checkpoint { states, covered }).await?;
         lock(&self.routed).drain(..position);
         let info = CheckpointInfo {
+            at: self.uptime(),
+            buckets,
+            groups,
+            covered: covered_count,
             ms: started.elapsed().as_secs_f64() * 1000.0,
-            ..info
         };
         *lock(&self.last_checkpoint) = Some(info.clone());
         Ok(Some(info))

@@ -221,22 +221,9 @@ impl Worker {
                 .1
                 .push(((h.window_start, h.plug), counts));
         }
-        let id = batch.batch_id;
-        let decided = self.decided.get(&id).copied();
         for (b, (cells, histograms)) in split {
             let partial = BatchPartial::with_windows(cells, histograms, self.window_secs);
-            let state = self.buckets.entry(b).or_default();
-            match decided {
-                Some(true) => {
-                    state.apply(partial, self.window_secs);
-                    state.windows.retain(|s, _| !self.forgotten.contains(s));
-                }
-                Some(false) => {}
-                None => {
-                    state.pending.insert(id, partial);
-                    self.pending.entry(id).or_default().insert(b);
-                }
-            }
+            self.add(b, batch.batch_id, partial);
         }
         for (b, n) in self.counts.iter_mut().enumerate() {
             if *n > 0 {
@@ -256,10 +243,23 @@ impl Worker {
             if let Some(state) = self.buckets.get_mut(&b) {
                 if let Some(partial) = state.pending.remove(&id) {
                     if committed {
-                        state.apply(partial, self.window_secs);
-                        state.windows.retain(|s, _| !self.forgotten.contains(s));
+                        state.apply(partial, self.window_secs, &self.forgotten);
                     }
                 }
+            }
+        }
+    }
+
+    /// Adds one batch's partial of `bucket`: applied if the batch committed, dropped if it
+    /// ended ERROR, kept until its flag is final otherwise.
+    fn add(&mut self, bucket: usize, id: BatchId, partial: BatchPartial) {
+        let state = self.buckets.entry(bucket).or_default();
+        match self.decided.get(&id) {
+            Some(true) => state.apply(partial, self.window_secs, &self.forgotten),
+            Some(false) => {}
+            None => {
+                state.pending.insert(id, partial);
+                self.pending.entry(id).or_default().insert(bucket);
             }
         }
     }
@@ -284,20 +284,10 @@ impl Worker {
                 state.windows.entry(start).or_default().merge(w);
             }
         }
+        // One batch is routed under one map, so only one worker ever aggregated this
+        // bucket's part of it: a pending partial arriving here has nothing to be added to.
         for (id, partial) in incoming.pending {
-            match self.decided.get(&id) {
-                Some(true) => {
-                    state.apply(partial, self.window_secs);
-                    state.windows.retain(|s, _| !self.forgotten.contains(s));
-                }
-                Some(false) => {}
-                None => {
-                    // One batch is routed under one map, so only one worker ever aggregated
-                    // this bucket's part of it: there is nothing here to add it to.
-                    state.pending.insert(id, partial);
-                    self.pending.entry(id).or_default().insert(bucket);
-                }
-            }
+            self.add(bucket, id, partial);
         }
     }
 
