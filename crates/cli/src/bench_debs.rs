@@ -15,7 +15,7 @@ use mcloud_core::Metric;
 use std::time::Instant;
 
 pub async fn run(mut args: BenchArgs) -> Result<()> {
-    if args.input.days.is_none() && args.input.input.is_none() {
+    if !args.input.duration_given() && args.input.input.is_none() {
         args.input.days = Some(2.0);
     }
     let (readings, description) = args.input.load()?;

@@ -6,28 +6,31 @@ use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
 use mcloud_core::Reading;
 use std::path::PathBuf;
 
+/// Synthetic duration when the command line names none.
+const DEFAULT_HOURS: f64 = 1.0;
+
 #[derive(Args, Clone, Debug)]
 pub struct InputArgs {
     /// Replay this DEBS 2014 CSV instead of synthetic data.
     #[arg(long)]
     pub input: Option<PathBuf>,
     /// Synthetic data: number of houses.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, conflicts_with = "input")]
     pub houses: u32,
     /// Synthetic data: households per house.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, conflicts_with = "input")]
     pub households: u32,
     /// Synthetic data: plugs per household.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, conflicts_with = "input")]
     pub plugs: u32,
-    /// Synthetic data: hours of readings.
-    #[arg(long, default_value_t = 1.0)]
-    pub hours: f64,
-    /// Synthetic data: days of readings (overrides --hours).
-    #[arg(long)]
+    /// Synthetic data: hours of readings [default: 1, or what the command says].
+    #[arg(long, conflicts_with_all = ["days", "input"])]
+    pub hours: Option<f64>,
+    /// Synthetic data: days of readings (instead of --hours).
+    #[arg(long, conflicts_with = "input")]
     pub days: Option<f64>,
     /// Synthetic data: seconds between two readings of a plug.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, conflicts_with = "input")]
     pub interval: u64,
     /// Synthetic data: random seed.
     #[arg(long, default_value_t = 2014)]
@@ -52,25 +55,31 @@ impl InputArgs {
         if let Some(path) = &self.input {
             return vec!["--input".into(), path.display().to_string()];
         }
-        let mut args: Vec<String> = [
+        let args: Vec<String> = [
             ("--houses", self.houses.to_string()),
             ("--households", self.households.to_string()),
             ("--plugs", self.plugs.to_string()),
-            ("--hours", self.hours.to_string()),
+            ("--hours", self.duration_hours().to_string()),
             ("--interval", self.interval.to_string()),
             ("--seed", self.seed.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_string(), v])
         .collect();
-        if let Some(days) = self.days {
-            args.extend(["--days".to_string(), days.to_string()]);
-        }
         args
     }
 
+    /// The synthetic duration asked for; one hour when neither --hours nor --days was given.
     pub fn duration_hours(&self) -> f64 {
-        self.days.map(|d| d * 24.0).unwrap_or(self.hours)
+        self.days
+            .map(|d| d * 24.0)
+            .or(self.hours)
+            .unwrap_or(DEFAULT_HOURS)
+    }
+
+    /// Whether the command line named a duration (a command may pick its own default).
+    pub fn duration_given(&self) -> bool {
+        self.days.is_some() || self.hours.is_some()
     }
 
     /// Loads every reading, in input order, with a description for the summary.

@@ -11,7 +11,22 @@ use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
 use mcloud_core::Reading;
 use std::sync::Arc;
 
-async fn uploaded(readings: &[Reading], dir: &std::path::Path) -> LocalCluster {
+/// Small batches, so that a short input still spreads over many batches.
+fn small_batches() -> PipelineArgs {
+    PipelineArgs {
+        batch_size: 300,
+        in_flight: 4,
+        ttl_ms: 2000,
+        speedup: None,
+        histograms: true,
+    }
+}
+
+async fn uploaded(
+    readings: &[Reading],
+    dir: &std::path::Path,
+    pipeline: &PipelineArgs,
+) -> LocalCluster {
     let cluster = LocalCluster::start(ClusterSpec {
         parties: 3,
         window_secs: 30,
@@ -20,31 +35,39 @@ async fn uploaded(readings: &[Reading], dir: &std::path::Path) -> LocalCluster {
     })
     .await
     .unwrap();
-    let pipeline = PipelineArgs {
-        batch_size: 300,
-        in_flight: 4,
-        ttl_ms: 2000,
-        speedup: None,
-        histograms: true,
-    };
     let query = Query {
         from: 0,
         to: u64::MAX,
         level: GroupLevel::Plug,
         min_count: 1,
     };
-    let run = run_pipeline(&cluster, readings, &pipeline, &query, 0.0, 1, false)
+    let run = run_pipeline(&cluster, readings, pipeline, &query, 0.0, 1, false)
         .await
         .unwrap();
     assert!(run.check.ok(), "{:?}", run.check.problems);
+    let refused: Vec<&String> = (run.report.rejected.iter())
+        .chain(&run.report.missed)
+        .map(|u| &u.reason)
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} batches refused: {:?}",
+        refused.len(),
+        refused.first()
+    );
     cluster
 }
 
 fn synthetic(hours: u64, interval: u64) -> Vec<Reading> {
+    house_of(2, 3, hours, interval)
+}
+
+/// `houses` houses of `plugs` plugs each (one household), reading every `interval` seconds.
+fn house_of(houses: u32, plugs: u32, hours: u64, interval: u64) -> Vec<Reading> {
     Synthetic::new(SyntheticConfig {
-        houses: 2,
+        houses,
         households_per_house: 1,
-        plugs_per_household: 3,
+        plugs_per_household: plugs,
         duration_secs: hours * 3600,
         interval_secs: interval,
         ..Default::default()
@@ -56,7 +79,7 @@ fn synthetic(hours: u64, interval: u64) -> Vec<Reading> {
 async fn cloud_ranges_equal_plaintext_window_sums() {
     let readings = synthetic(3, 10);
     let dir = tempfile::tempdir().unwrap();
-    let cluster = uploaded(&readings, dir.path()).await;
+    let cluster = uploaded(&readings, dir.path(), &small_batches()).await;
     let start = readings[0].ts - readings[0].ts % 30;
     let ranges = [
         (start, start + 3600),
@@ -103,7 +126,42 @@ async fn q1_is_exact_and_q2_agrees_on_multi_day_data() {
     // Just over a day: Q1 gets a day of history and Q2 full 24 h windows.
     let readings = synthetic(26, 60);
     let dir = tempfile::tempdir().unwrap();
-    let cluster = uploaded(&readings, dir.path()).await;
+    let cluster = uploaded(&readings, dir.path(), &small_batches()).await;
+    let run = run_queries(&cluster, &readings, QueryKind::All, EmitArg::Every)
+        .await
+        .unwrap();
+    assert!(
+        run.q1_problems.is_empty(),
+        "{:?}",
+        &run.q1_problems[..run.q1_problems.len().min(5)]
+    );
+    assert!(!run.private.q1.is_empty());
+    println!(
+        "Q2 agreement {}/{} = {:.4}",
+        run.q2_identical,
+        run.q2_total,
+        run.q2_ratio()
+    );
+    assert!(run.q2_ratio() >= 0.99, "Q2 agreement {}", run.q2_ratio());
+    cluster.shutdown().await;
+}
+
+/// A real house: over a hundred plugs reading once a minute for half a day. A batch of 4096
+/// readings then spans about 38 minutes and carries thousands of window histograms: batches
+/// must be cut by bytes as well as by count, or the clouds refuse them as too large.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_house_of_many_slow_plugs_is_uploaded_whole_and_queried_right() {
+    let readings = house_of(1, 107, 12, 60);
+    let dir = tempfile::tempdir().unwrap();
+    // The sensor's defaults, as users run it.
+    let pipeline = PipelineArgs {
+        batch_size: 4096,
+        in_flight: 8,
+        ttl_ms: 2000,
+        speedup: None,
+        histograms: true,
+    };
+    let cluster = uploaded(&readings, dir.path(), &pipeline).await;
     let run = run_queries(&cluster, &readings, QueryKind::All, EmitArg::Every)
         .await
         .unwrap();

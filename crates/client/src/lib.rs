@@ -2,6 +2,7 @@
 //! inside the flags transaction (CREATE flag → UPLOAD shares to every cloud → SET flag), with a
 //! durable outbox so that a sensor that loses its network or crashes loses no reading.
 
+pub mod batcher;
 pub mod error;
 pub mod histograms;
 pub mod outbox;

@@ -2,7 +2,7 @@
 //! until its fate is known, runs several transactions at once so the per-record cost is never
 //! a round trip, and retries an expired batch under a new flag while its window is open.
 
-use crate::histograms::Histograms;
+use crate::batcher::Batcher;
 use crate::outbox::{Outbox, PlainBatch};
 use crate::transaction::{Fate, Outcome, Uploader};
 use crate::SensorError;
@@ -91,7 +91,7 @@ impl Sensor {
         }
         // Outbox order is not time order, so these batches report no progress.
         self.run(
-            pending.into_iter().map(|b| (b, Fate::Complete)),
+            pending.into_iter().map(|b| (b, Fate::Complete, None)),
             false,
             |_| {},
         )
@@ -108,33 +108,23 @@ impl Sensor {
         mut fate: impl FnMut(usize) -> Fate,
         progress: impl Fn(u64),
     ) -> Result<Report, SensorError> {
-        let mut readings = readings.into_iter();
-        let size = self.config.batch_size.max(1);
         let mut index = 0;
-        let mut histograms = self.config.histograms.then(Histograms::default);
-        let batches = std::iter::from_fn(move || {
-            let chunk: Vec<Reading> = readings.by_ref().take(size).collect();
-            let mut done = Vec::new();
-            if let Some(h) = histograms.as_mut() {
-                chunk.iter().for_each(|r| h.add(r));
-                done = match chunk.last() {
-                    Some(last) if chunk.len() == size => h.complete_before(last.ts),
-                    _ => h.drain(),
-                };
-            }
-            if chunk.is_empty() && done.is_empty() {
-                return None;
-            }
+        let batches = Batcher::new(
+            readings.into_iter(),
+            self.config.batch_size,
+            self.config.histograms,
+        )
+        .map(move |cut| {
             let f = fate(index);
             index += 1;
-            Some((PlainBatch::with_histograms(chunk, done), f))
+            (cut.batch, f, cut.held_back)
         });
         self.run(batches, true, progress).await
     }
 
     async fn run(
         &self,
-        batches: impl IntoIterator<Item = (PlainBatch, Fate)>,
+        batches: impl IntoIterator<Item = (PlainBatch, Fate, Option<u64>)>,
         report_progress: bool,
         progress: impl Fn(u64),
     ) -> Result<Report, SensorError> {
@@ -147,10 +137,10 @@ impl Sensor {
         let mut settled = 0u64;
         loop {
             while tasks.len() < self.config.in_flight {
-                let Some((batch, fate)) = batches.next() else {
+                let Some((batch, fate, held_back)) = batches.next() else {
                     break;
                 };
-                let min_ts = low.started(&batch);
+                let min_ts = low.started(&batch, held_back);
                 let release = pace.release(&batch);
                 self.outbox.put(&batch, None)?;
                 let (uploader, outbox, config) = (
@@ -240,13 +230,16 @@ impl Pace {
 /// Settled batches between two progress reports.
 const PROGRESS_EVERY: u64 = 16;
 
-/// The oldest timestamp the sensor may still send: the minimum over unsettled batches, or,
-/// with none in flight, the newest timestamp read so far (later readings are not older while
-/// the input is sorted). Disabled for good once the input turns out not to be sorted.
+/// The oldest timestamp the sensor may still send: the minimum over unsettled batches and
+/// histograms the batcher still holds, or, with none in flight, the newest timestamp read so
+/// far (later readings are not older while the input is sorted). Disabled for good once the
+/// input turns out not to be sorted.
 struct LowWatermark {
     enabled: bool,
     unsettled: std::collections::BTreeMap<u64, usize>,
     newest: Option<u64>,
+    /// Oldest window start of completed histograms not yet in a batch.
+    held_back: Option<u64>,
 }
 
 impl LowWatermark {
@@ -255,11 +248,14 @@ impl LowWatermark {
             enabled,
             unsettled: Default::default(),
             newest: None,
+            held_back: None,
         }
     }
 
-    /// Registers a batch about to be sent; returns its oldest timestamp.
-    fn started(&mut self, batch: &PlainBatch) -> u64 {
+    /// Registers a batch about to be sent, and what the batcher still holds back; returns the
+    /// batch's oldest timestamp.
+    fn started(&mut self, batch: &PlainBatch, held_back: Option<u64>) -> u64 {
+        self.held_back = held_back;
         let mut min = u64::MAX;
         for r in &batch.readings {
             if self.newest.is_some_and(|n| r.ts < n) {
@@ -289,9 +285,13 @@ impl LowWatermark {
         if !self.enabled {
             return None;
         }
-        match self.unsettled.keys().next() {
+        let sent = match self.unsettled.keys().next() {
             Some(&oldest) => Some(oldest),
             None => self.newest,
+        };
+        match (sent, self.held_back) {
+            (Some(sent), Some(held)) => Some(sent.min(held)),
+            (sent, held) => sent.or(held),
         }
     }
 }

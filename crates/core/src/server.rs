@@ -70,7 +70,14 @@ pub async fn serve_on(
     })?;
     let config = axum_server::tls_rustls::RustlsConfig::from_config(identity.server_config()?);
     let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp_rustls(listener, config).handle(handle.clone());
+    // Answers are small and each request waits for its answer: without TCP_NODELAY an
+    // answer's last segment waits for the client's delayed ACK (tens of milliseconds per
+    // round trip on Linux), which made the query phase wait on the network instead of work.
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    let server = axum_server::from_tcp(listener)
+        .acceptor(acceptor)
+        .handle(handle.clone());
     let app = router
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(refuse_oversized));

@@ -18,6 +18,29 @@ pub const MAX_BODY_BYTES: usize = 8 << 20;
 /// Largest number of flags in one catalog request.
 pub const MAX_FLAGS_PER_REQUEST: usize = 100_000;
 
+/// What a sensor aims a batch's upload body at (counted with the worst cases below), well
+/// under [`MAX_BODY_BYTES`]: every cloud must receive its body before the flag's deadline, so
+/// a transaction's bytes stay small next to what a link moves in a flag's lifetime, and
+/// several transactions in flight keep every cloud busy.
+pub const UPLOAD_TARGET_BYTES: usize = 1 << 20;
+
+/// The most bytes one record adds to an encoded [`UploadBatch`] (postcard: varints of at most
+/// 10 bytes for a u64 and 5 for a u32, a one-byte metric, and three field elements of
+/// 16 bytes behind a one-byte length). A sensor cuts its batches with these worst cases, so a
+/// batch never exceeds [`MAX_BODY_BYTES`] whatever the shape of the data.
+pub const RECORD_WIRE_BYTES_MAX: usize = 10 + 10 + 1 + 3 * 5 + 3 * 17;
+/// The most bytes one load histogram adds to an encoded [`UploadBatch`] (its bucket count,
+/// under 2^14, takes a two-byte varint).
+pub const HISTOGRAM_WIRE_BYTES_MAX: usize = 3 * 5 + 10 + 2 + crate::histogram::BUCKETS * 17;
+/// An encoded [`UploadBatch`]'s bytes besides its records and histograms: id, parties and
+/// the two length prefixes.
+pub const UPLOAD_OVERHEAD_BYTES: usize = 19 + 3 + 3 + 2 * 5;
+
+/// The most bytes an upload of `records` records and `histograms` histograms can encode to.
+pub const fn upload_bytes_max(records: usize, histograms: usize) -> usize {
+    UPLOAD_OVERHEAD_BYTES + records * RECORD_WIRE_BYTES_MAX + histograms * HISTOGRAM_WIRE_BYTES_MAX
+}
+
 /// Identifies one upload batch, and so one flag. Random, so ids from independent sensors
 /// never collide.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -239,4 +262,56 @@ pub struct RangeResponse {
     pub batches: u64,
     pub batch_digest: u128,
     pub plugs: Vec<PlugRange>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reading::GroupKey;
+    use prio::field::FieldElement;
+
+    fn largest_field() -> crate::Field {
+        -crate::Field::one()
+    }
+
+    /// The byte bounds a sensor cuts batches by hold for the largest possible items.
+    #[test]
+    fn upload_bytes_max_bounds_the_largest_batch() {
+        let group = GroupKey {
+            house: u32::MAX,
+            household: u32::MAX,
+            plug: u32::MAX,
+        };
+        let record = ShareRecord {
+            key: u64::MAX,
+            ts: u64::MAX,
+            metric: Metric::Work,
+            group,
+            share: [largest_field(); 3],
+        };
+        let histogram = HistogramShare {
+            plug: group,
+            window_start: u64::MAX,
+            counts: vec![largest_field(); crate::histogram::BUCKETS],
+        };
+        for (records, histograms) in [(0, 1), (1, 0), (300, 200), (70_000, 3)] {
+            let batch = UploadBatch {
+                batch_id: BatchId(u128::MAX),
+                party: u16::MAX,
+                parties: u16::MAX,
+                records: vec![record.clone(); records],
+                histograms: vec![histogram.clone(); histograms],
+            };
+            let encoded = postcard::to_stdvec(&batch).unwrap().len();
+            assert!(
+                encoded <= upload_bytes_max(records, histograms),
+                "{records} records and {histograms} histograms encode to {encoded} bytes, above the bound {}",
+                upload_bytes_max(records, histograms)
+            );
+        }
+        let one_record = postcard::to_stdvec(&record).unwrap().len();
+        assert_eq!(one_record, RECORD_WIRE_BYTES_MAX);
+        let one_histogram = postcard::to_stdvec(&histogram).unwrap().len();
+        assert_eq!(one_histogram, HISTOGRAM_WIRE_BYTES_MAX);
+    }
 }
