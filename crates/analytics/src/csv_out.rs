@@ -14,6 +14,12 @@ pub const Q2_HEADER: &str = "ts_start,ts_stop,window,house_id,percentage";
 /// Writes Q1 rows; house rows leave household_id and plug_id empty.
 pub fn write_q1<W: Write>(mut out: W, rows: &[Q1Row]) -> io::Result<()> {
     writeln!(out, "{Q1_HEADER}")?;
+    write_q1_rows(&mut out, rows)?;
+    out.flush()
+}
+
+/// Writes Q1 rows without the header.
+pub fn write_q1_rows<W: Write>(out: &mut W, rows: &[Q1Row]) -> io::Result<()> {
     for row in rows {
         let id = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_default();
         writeln!(
@@ -27,7 +33,7 @@ pub fn write_q1<W: Write>(mut out: W, rows: &[Q1Row]) -> io::Result<()> {
             fixed::format(row.predicted)
         )?;
     }
-    out.flush()
+    Ok(())
 }
 
 /// A percentage `100 · above / plugs` with two decimals, rounded half up in integers so the
@@ -41,6 +47,12 @@ pub fn format_percentage(above: u32, plugs: u32) -> String {
 /// Writes Q2 rows.
 pub fn write_q2<W: Write>(mut out: W, rows: &[Q2Row]) -> io::Result<()> {
     writeln!(out, "{Q2_HEADER}")?;
+    write_q2_rows(&mut out, rows)?;
+    out.flush()
+}
+
+/// Writes Q2 rows without the header.
+pub fn write_q2_rows<W: Write>(out: &mut W, rows: &[Q2Row]) -> io::Result<()> {
     for row in rows {
         writeln!(
             out,
@@ -52,7 +64,48 @@ pub fn write_q2<W: Write>(mut out: W, rows: &[Q2Row]) -> io::Result<()> {
             format_percentage(row.above, row.plugs)
         )?;
     }
-    out.flush()
+    Ok(())
+}
+
+/// Writes each query's rows as CSV as the driver computes them (headers first), so a run of
+/// any length holds one boundary's rows at a time.
+pub struct CsvSink<A: Write, B: Write> {
+    q1: A,
+    q2: B,
+    pub q1_rows: u64,
+    pub q2_rows: u64,
+}
+
+impl<A: Write, B: Write> CsvSink<A, B> {
+    /// Starts both outputs with their headers; pass `io::sink()` for a query not run.
+    pub fn new(mut q1: A, mut q2: B) -> io::Result<Self> {
+        writeln!(q1, "{Q1_HEADER}")?;
+        writeln!(q2, "{Q2_HEADER}")?;
+        Ok(CsvSink {
+            q1,
+            q2,
+            q1_rows: 0,
+            q2_rows: 0,
+        })
+    }
+
+    /// Flushes both outputs and hands them back.
+    pub fn finish(mut self) -> io::Result<(A, B)> {
+        self.q1.flush()?;
+        self.q2.flush()?;
+        Ok((self.q1, self.q2))
+    }
+}
+
+impl<A: Write, B: Write> crate::driver::RowSink for CsvSink<A, B> {
+    fn q1_rows(&mut self, rows: Vec<Q1Row>) -> Result<(), crate::AnalyticsError> {
+        self.q1_rows += rows.len() as u64;
+        Ok(write_q1_rows(&mut self.q1, &rows)?)
+    }
+    fn q2_rows(&mut self, rows: Vec<Q2Row>) -> Result<(), crate::AnalyticsError> {
+        self.q2_rows += rows.len() as u64;
+        Ok(write_q2_rows(&mut self.q2, &rows)?)
+    }
 }
 
 /// How many Q2 rows two outputs share.

@@ -49,33 +49,74 @@ pub fn boundaries(first_ts: u64, last_ts: u64) -> impl Iterator<Item = u64> {
     (first..=last).step_by(WINDOW_SECS as usize)
 }
 
-/// Runs the private operators over the boundaries of `[first_ts, last_ts]`, asking `source`.
+/// Where rows go as they are computed, boundary by boundary, so that a long run holds no
+/// more than one boundary's rows.
+pub trait RowSink {
+    fn q1_rows(&mut self, rows: Vec<Q1Row>) -> Result<(), AnalyticsError>;
+    fn q2_rows(&mut self, rows: Vec<Q2Row>) -> Result<(), AnalyticsError>;
+}
+
+/// Keeps every row (for checks against a reference on data of test size).
+impl RowSink for Output {
+    fn q1_rows(&mut self, rows: Vec<Q1Row>) -> Result<(), AnalyticsError> {
+        self.q1.extend(rows);
+        Ok(())
+    }
+    fn q2_rows(&mut self, rows: Vec<Q2Row>) -> Result<(), AnalyticsError> {
+        self.q2.extend(rows);
+        Ok(())
+    }
+}
+
+/// Runs the private operators over the boundaries of `[first_ts, last_ts]`, asking `source`,
+/// and returns every row.
 pub fn run<S: AggregateSource + ?Sized>(
     source: &mut S,
     first_ts: u64,
     last_ts: u64,
     options: RunOptions,
 ) -> Result<Output, AnalyticsError> {
+    let mut output = Output::default();
+    run_into(source, first_ts, last_ts, options, &mut output)?;
+    Ok(output)
+}
+
+/// Runs the private operators over the boundaries of `[first_ts, last_ts]`, asking `source`,
+/// and hands each boundary's rows to `sink`. The ranges of the next
+/// [`AggregateSource::lookahead`] boundaries are announced before a boundary is computed, so a
+/// remote source keeps that many round trips in flight.
+pub fn run_into<S: AggregateSource + ?Sized>(
+    source: &mut S,
+    first_ts: u64,
+    last_ts: u64,
+    options: RunOptions,
+    sink: &mut dyn RowSink,
+) -> Result<(), AnalyticsError> {
     let mut q1 = Q1::new(first_ts - first_ts % WINDOW_SECS);
     let mut q2 = Q2::new(options.emit);
-    let mut output = Output::default();
+    let mut announced = boundaries(first_ts, last_ts).peekable();
+    let lookahead = source.lookahead() as u64;
     for t in boundaries(first_ts, last_ts) {
-        let mut wanted = Wanted::default();
+        // Q1 asks only for earlier days' slices it has not cached yet; announcing a later
+        // boundary before this one is computed may ask for one twice, never miss one.
+        while let Some(next) = announced.next_if(|&n| n <= t + lookahead * WINDOW_SECS) {
+            let mut wanted = Wanted::default();
+            if options.q1 {
+                q1.wanted(next, &mut wanted.count_sums);
+            }
+            if options.q2 {
+                Q2::wanted(next, &mut wanted.histograms);
+            }
+            source.prefetch(&wanted)?;
+        }
         if options.q1 {
-            q1.wanted(t, &mut wanted.count_sums);
+            sink.q1_rows(q1.at(source, t)?)?;
         }
         if options.q2 {
-            Q2::wanted(t, &mut wanted.histograms);
-        }
-        source.prefetch(&wanted)?;
-        if options.q1 {
-            output.q1.extend(q1.at(source, t)?);
-        }
-        if options.q2 {
-            output.q2.extend(q2.at(source, t)?);
+            sink.q2_rows(q2.at(source, t)?)?;
         }
     }
-    Ok(output)
+    Ok(())
 }
 
 /// Runs the private operators over plaintext windows (as the clouds would sum them).

@@ -15,8 +15,11 @@ pub mod reference;
 pub mod source;
 
 pub use check::q1_mismatches;
-pub use csv_out::{q2_agreement, write_q1, write_q2, Agreement, Q1_HEADER, Q2_HEADER};
-pub use driver::{boundaries, run, run_readings, run_reference, run_windows, Output, RunOptions};
+pub use csv_out::{q2_agreement, write_q1, write_q2, Agreement, CsvSink, Q1_HEADER, Q2_HEADER};
+pub use driver::{
+    boundaries, run, run_into, run_readings, run_reference, run_windows, Output, RowSink,
+    RunOptions,
+};
 pub use q1::{Q1Row, Q1, SLICE_MINUTES};
 pub use q2::{changes_only, Emit, Q2Row, Q2Window, Q2};
 pub use source::{
@@ -39,4 +42,7 @@ pub enum AnalyticsError {
     /// A revealed histogram does not use the shared bucket scheme.
     #[error("histogram of plug {plug:?} has {found} buckets, expected {expected}", expected = histogram::BUCKETS)]
     HistogramLength { plug: GroupKey, found: usize },
+    /// Rows could not be written where they go.
+    #[error("writing rows: {0}")]
+    Sink(#[from] std::io::Error),
 }

@@ -88,10 +88,17 @@ pub struct Wanted {
 }
 
 pub trait AggregateSource {
-    /// Hint: the next calls will ask for these ranges. The default does nothing; a remote
-    /// source fetches them together and answers the calls from what it fetched.
+    /// Hint: calls to come will ask for these ranges (one boundary's worth). The default does
+    /// nothing; a remote source fetches them together and answers the calls from what it
+    /// fetched.
     fn prefetch(&mut self, _wanted: &Wanted) -> Result<(), SourceError> {
         Ok(())
+    }
+
+    /// How many boundaries ahead of the one being computed the driver announces with
+    /// `prefetch`: a remote source keeps that many round trips in flight.
+    fn lookahead(&self) -> usize {
+        0
     }
 
     /// Per-plug number and sum of load readings in `[from, to)`.

@@ -5,8 +5,9 @@ use crate::config::Deployment;
 use crate::queries::{EmitArg, QueryKind};
 use anyhow::{Context, Result};
 use clap::Args;
-use mcloud_analytics::{run, Emit, RunOptions};
+use mcloud_analytics::{run_into, CsvSink, Emit, RunOptions};
 use mcloud_collector::{CloudSource, Collector};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,26 +48,97 @@ pub async fn run_command(args: AnalyticsArgs) -> Result<()> {
         },
     };
     let (from, to) = (args.from, args.to);
+    let (q1_out, q2_out) = outputs(&args)?;
     let started = Instant::now();
-    let (output, requests) = tokio::task::spawn_blocking(move || {
+    let (q1_rows, q2_rows, requests, q2_buffered) = tokio::task::spawn_blocking(move || {
         let mut source = CloudSource::new(collector, runtime);
-        run(&mut source, from, to, options).map(|out| (out, source.requests))
+        let mut sink = CsvSink::new(q1_out, q2_out)?;
+        run_into(&mut source, from, to, options, &mut sink)?;
+        let (q1_rows, q2_rows) = (sink.q1_rows, sink.q2_rows);
+        let (_, q2_out) = sink.finish()?;
+        anyhow::Ok((q1_rows, q2_rows, source.requests, q2_out.buffered))
     })
     .await
     .context("analytics task")??;
     let elapsed = started.elapsed();
-    crate::queries::write(&output, args.query, args.out_dir.as_deref())?;
+    if let Some(q2) = q2_buffered {
+        let written = std::io::stdout().lock().write_all(&q2);
+        match written {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            other => other?,
+        }
+    }
     eprintln!(
-        "analytics: {} Q1 rows, {} Q2 rows in {:.2} s ({} RANGE rounds)",
-        output.q1.len(),
-        output.q2.len(),
+        "analytics: {q1_rows} Q1 rows, {q2_rows} Q2 rows in {:.2} s ({requests} RANGE rounds)",
         elapsed.as_secs_f64(),
-        requests
     );
     if let Some(kb) = peak_rss_kb() {
         eprintln!("peak_rss_kb={kb}");
     }
     Ok(())
+}
+
+/// Where a query's rows go: a file in the output directory, stdout, or nowhere (not run).
+/// Q2 rows for stdout wait in memory until Q1's are written, so the two tables do not mix;
+/// they are a few per house and boundary.
+struct Output {
+    to: Box<dyn Write + Send>,
+    buffered: Option<Vec<u8>>,
+}
+
+impl Write for Output {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match &mut self.buffered {
+            Some(buffer) => buffer.write(bytes),
+            None => self.to.write(bytes),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.to.flush()
+    }
+}
+
+fn outputs(args: &AnalyticsArgs) -> Result<(Output, Output)> {
+    let nowhere = || Output {
+        to: Box::new(std::io::sink()),
+        buffered: None,
+    };
+    let file = |dir: &std::path::Path, name: &str| -> Result<Output> {
+        let path = dir.join(name);
+        let file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Output {
+            to: Box::new(std::io::BufWriter::new(file)),
+            buffered: None,
+        })
+    };
+    let (q1, q2) = (args.query.q1(), args.query.q2());
+    Ok(match &args.out_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            (
+                if q1 { file(dir, "q1.csv")? } else { nowhere() },
+                if q2 { file(dir, "q2.csv")? } else { nowhere() },
+            )
+        }
+        None => {
+            let stdout = || Output {
+                to: Box::new(std::io::BufWriter::new(std::io::stdout())),
+                buffered: None,
+            };
+            (
+                if q1 { stdout() } else { nowhere() },
+                match (q1, q2) {
+                    (true, true) => Output {
+                        to: Box::new(std::io::sink()),
+                        buffered: Some(Vec::new()),
+                    },
+                    (false, true) => stdout(),
+                    _ => nowhere(),
+                },
+            )
+        }
+    })
 }
 
 /// This process's peak resident memory, from the kernel.

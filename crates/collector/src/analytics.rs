@@ -1,24 +1,51 @@
 //! The clouds as the analytics' `AggregateSource`: every range Q1 or Q2 asks for becomes a
 //! RANGE request to every cloud, checked for agreement, added and decoded. The ranges of one
-//! boundary are fetched together in one round trip (`prefetch`). The collector never receives
+//! boundary are fetched together in one round trip (`prefetch`), and the round trips of the
+//! next [`LOOKAHEAD`] boundaries are under way while one is computed, so the collector waits
+//! on the clouds' work rather than on the network. The collector never receives
 //! anything finer than the ranges it asked for, and each cloud refuses histogram ranges
 //! shorter than its minimum (an hour by default), so per-30 s histograms never leave the
 //! clouds even to a collector that asks for them.
 
 use crate::combine::{Collector, PlugTotals};
+use crate::CollectError;
 use mcloud_analytics::{AggregateSource, CountSum, SourceError, Wanted};
 use mcloud_core::wire::RangeSpec;
 use mcloud_core::GroupKey;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+/// Boundaries whose ranges are requested ahead of the one being computed.
+pub const LOOKAHEAD: usize = 4;
+
+/// One boundary's ranges, requested and not yet taken in.
+struct InFlight {
+    seq: u64,
+    specs: Vec<RangeSpec>,
+    answers: JoinHandle<Result<Vec<PlugTotals>, CollectError>>,
+}
 
 pub struct CloudSource {
     collector: Arc<Collector>,
     runtime: tokio::runtime::Handle,
-    /// Answers fetched ahead by `prefetch`, taken by the calls that follow.
-    fetched: HashMap<RangeSpec, PlugTotals>,
+    /// Prefetches under way, oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// Answers taken in, with the prefetch they came with, until a call takes them. Q1 may
+    /// have announced a range it then answers from its cache: such answers are dropped once
+    /// older than every prefetch in flight.
+    fetched: HashMap<RangeSpec, (u64, PlugTotals)>,
+    prefetches: u64,
     /// Round trips so far (each goes to every cloud).
     pub requests: u64,
+}
+
+impl Drop for CloudSource {
+    fn drop(&mut self) {
+        for f in &self.in_flight {
+            f.answers.abort();
+        }
+    }
 }
 
 impl CloudSource {
@@ -28,9 +55,29 @@ impl CloudSource {
         CloudSource {
             collector,
             runtime,
+            in_flight: VecDeque::new(),
             fetched: HashMap::new(),
+            prefetches: 0,
             requests: 0,
         }
+    }
+
+    /// Waits for the oldest prefetch and keeps its answers; false when none is under way.
+    fn take_in_oldest(&mut self) -> Result<bool, SourceError> {
+        let Some(oldest) = self.in_flight.pop_front() else {
+            return Ok(false);
+        };
+        let answers = self
+            .runtime
+            .block_on(oldest.answers)
+            .map_err(|e| SourceError::Backend(Box::new(e)))?
+            .map_err(|e| SourceError::Backend(Box::new(e)))?;
+        let stale_before = oldest.seq.saturating_sub(2 * LOOKAHEAD as u64 + 2);
+        self.fetched.retain(|_, (seq, _)| *seq >= stale_before);
+        for (spec, totals) in oldest.specs.into_iter().zip(answers) {
+            self.fetched.insert(spec, (oldest.seq, totals));
+        }
+        Ok(true)
     }
 
     fn range(&mut self, from: u64, to: u64, histograms: bool) -> Result<PlugTotals, SourceError> {
@@ -39,8 +86,13 @@ impl CloudSource {
             to,
             histograms,
         };
-        if let Some(answer) = self.fetched.remove(&spec) {
-            return Ok(answer);
+        loop {
+            if let Some((_, answer)) = self.fetched.remove(&spec) {
+                return Ok(answer);
+            }
+            if !self.take_in_oldest()? {
+                break;
+            }
         }
         self.requests += 1;
         self.runtime
@@ -64,17 +116,26 @@ impl AggregateSource for CloudSource {
             .map(spec(false))
             .chain(wanted.histograms.iter().map(spec(true)))
             .collect();
-        self.fetched.clear();
         if specs.is_empty() {
             return Ok(());
         }
         self.requests += 1;
+        self.prefetches += 1;
+        let collector = self.collector.clone();
+        let asked = specs.clone();
         let answers = self
             .runtime
-            .block_on(self.collector.ranges(&specs))
-            .map_err(|e| SourceError::Backend(Box::new(e)))?;
-        self.fetched.extend(specs.into_iter().zip(answers));
+            .spawn(async move { collector.ranges(&asked).await });
+        self.in_flight.push_back(InFlight {
+            seq: self.prefetches,
+            specs,
+            answers,
+        });
         Ok(())
+    }
+
+    fn lookahead(&self) -> usize {
+        LOOKAHEAD
     }
 
     fn count_sum(
