@@ -49,6 +49,7 @@ pub async fn run_command(args: AnalyticsArgs) -> Result<()> {
     };
     let (from, to) = (args.from, args.to);
     let (q1_out, q2_out) = outputs(&args)?;
+    let counter = collector.clone();
     let started = Instant::now();
     let (q1_rows, q2_rows, requests, q2_buffered) = tokio::task::spawn_blocking(move || {
         let mut source = CloudSource::new(collector, runtime);
@@ -72,6 +73,7 @@ pub async fn run_command(args: AnalyticsArgs) -> Result<()> {
         "analytics: {q1_rows} Q1 rows, {q2_rows} Q2 rows in {:.2} s ({requests} RANGE rounds)",
         elapsed.as_secs_f64(),
     );
+    eprintln!("range_bytes={}", counter.range_bytes());
     if let Some(kb) = peak_rss_kb() {
         eprintln!("peak_rss_kb={kb}");
     }

@@ -70,11 +70,16 @@ pub async fn run(mut args: BenchArgs) -> Result<()> {
     if !child.status.success() {
         bail!("collector process failed: {stderr}");
     }
-    let peak_kb: u64 = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("peak_rss_kb="))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let figure = |name: &str| -> u64 {
+        stderr
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let peak_kb = figure("peak_rss_kb=");
+    let range_bytes = figure("range_bytes=");
+    let disk = disk_per_role(temp.path());
     cluster.shutdown().await;
 
     let started = Instant::now();
@@ -110,5 +115,45 @@ pub async fn run(mut args: BenchArgs) -> Result<()> {
     println!("plaintext_events_per_s={plaintext:.0}");
     println!("ratio={:.3}", private / plaintext);
     println!("collector_peak_rss_mb={:.1}", peak_kb as f64 / 1024.0);
+    if let Some(kb) = crate::analytics::peak_rss_kb() {
+        // Catalog, clouds and sensor share this process (and the input and the reference).
+        println!("cluster_process_peak_rss_mb={:.1}", kb as f64 / 1024.0);
+    }
+    println!("query_bytes_per_event={:.1}", range_bytes as f64 / events);
+    for (role, bytes) in disk {
+        println!("disk_{role}_mb={:.1}", bytes as f64 / (1 << 20) as f64);
+    }
     Ok(())
+}
+
+/// Bytes on disk under `dir`, per role: the catalog voters, the clouds and the sensor.
+fn disk_per_role(dir: &std::path::Path) -> Vec<(&'static str, u64)> {
+    let mut roles = vec![("catalog", 0), ("clouds", 0), ("sensor", 0)];
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return roles;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let role = if name.starts_with("catalog") {
+            0
+        } else if name.starts_with("cloud") {
+            1
+        } else if name == "sensor" {
+            2
+        } else {
+            continue;
+        };
+        roles[role].1 += tree_bytes(&entry.path());
+    }
+    roles
+}
+
+fn tree_bytes(path: &std::path::Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|entries| entries.flatten().map(|e| tree_bytes(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
 }

@@ -78,6 +78,8 @@ impl Revealed {
 pub struct Collector {
     http: reqwest::Client,
     clouds: Vec<String>,
+    /// Bytes of RANGE answers received so far, from all clouds.
+    range_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Collector {
@@ -88,7 +90,13 @@ impl Collector {
                 .into_iter()
                 .map(|c| c.trim_end_matches('/').to_string())
                 .collect(),
+            range_bytes: Default::default(),
         }
+    }
+
+    /// Bytes of RANGE answers received so far, from all clouds.
+    pub fn range_bytes(&self) -> u64 {
+        self.range_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn fetch<T: serde::de::DeserializeOwned>(&self, url: String) -> Result<T, CallError> {
@@ -160,9 +168,15 @@ impl Collector {
             let url = format!("{c}/v1/range");
             let body = body.clone();
             async move {
-                let answer =
-                    mcloud_core::http::post_bytes::<Vec<RangeResponse>>(&self.http, &url, body)
-                        .await;
+                let answer = mcloud_core::http::post_bytes_sized::<Vec<RangeResponse>>(
+                    &self.http, &url, body,
+                )
+                .await
+                .map(|(answer, bytes)| {
+                    self.range_bytes
+                        .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+                    answer
+                });
                 (url, answer)
             }
         });

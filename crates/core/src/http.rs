@@ -185,6 +185,27 @@ pub async fn post_bytes<R: DeserializeOwned>(
     call(url, request).await
 }
 
+/// POSTs an already encoded body and decodes a postcard answer; also returns the answer's
+/// size in bytes, for callers that account for what they move.
+pub async fn post_bytes_sized<R: DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+) -> Result<(R, usize), CallError> {
+    let request = client
+        .post(url)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(body);
+    let response = request
+        .send()
+        .await
+        .map_err(|source| CallError::Transport {
+            url: url.to_string(),
+            source,
+        })?;
+    read_sized_answer(url, response).await
+}
+
 /// POSTs a postcard body and decodes a postcard answer.
 pub async fn post<Q: Serialize, R: DeserializeOwned>(
     client: &reqwest::Client,
@@ -210,13 +231,13 @@ async fn call<R: DeserializeOwned>(
             url: url.to_string(),
             source,
         })?;
-    read_answer(url, response).await
+    Ok(read_sized_answer(url, response).await?.0)
 }
 
-async fn read_answer<R: DeserializeOwned>(
+async fn read_sized_answer<R: DeserializeOwned>(
     url: &str,
     response: reqwest::Response,
-) -> Result<R, CallError> {
+) -> Result<(R, usize), CallError> {
     let status = response.status();
     let bytes = response
         .bytes()
@@ -235,8 +256,9 @@ async fn read_answer<R: DeserializeOwned>(
             message,
         });
     }
-    decode::<R>(&bytes).map_err(|e| CallError::Decode {
+    let answer = decode::<R>(&bytes).map_err(|e| CallError::Decode {
         url: url.to_string(),
         message: e.message,
-    })
+    })?;
+    Ok((answer, bytes.len()))
 }
