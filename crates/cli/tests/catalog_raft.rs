@@ -275,3 +275,86 @@ async fn every_voter_restarted_keeps_every_decision() {
         cluster.shutdown().await;
     }
 }
+
+/// A busy day leaves hundreds of thousands of flags in a partition, and its snapshot passes the
+/// body limit of any single request: a voter that fell behind the leader's compacted log
+/// still catches up, from a snapshot sent in chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_voter_catches_up_from_a_snapshot_larger_than_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(
+        dir.path(),
+        CatalogSpec {
+            snapshot_every: 20,
+            ..Default::default()
+        },
+    )
+    .await;
+    let leader = cluster.catalog_leader(0).unwrap();
+    let follower = (leader + 1) % 3;
+    cluster.stop_catalog(follower).await;
+    let flags = cluster.catalog_client();
+    let total = 400_000;
+    for _ in 0..total / 10_000 {
+        let batch: Vec<CreateFlag> = (0..10_000)
+            .map(|_| CreateFlag {
+                id: BatchId::random(),
+                ttl_ms: 600_000,
+            })
+            .collect();
+        flags.create(batch).await.unwrap();
+    }
+    // Enough entries after the flags that the leader snapshots and compacts past them.
+    for id in 0..40u128 {
+        flags.create(create(id, 600_000)).await.unwrap();
+    }
+    cluster.restart_catalog(follower).await.unwrap();
+    eventually(120, "the restarted voter catching up", async || {
+        applied(&cluster, follower) >= applied(&cluster, leader)
+    })
+    .await;
+    let status = &cluster.catalog_node(follower).unwrap().status()[0];
+    let received = status.received_snapshot_bytes.unwrap_or(0);
+    assert!(
+        received > mcloud_core::wire::MAX_BODY_BYTES as u64,
+        "the snapshot ({received} bytes) should exceed one request's limit: {status:?}"
+    );
+    assert_eq!(status.flags.open, total as u64 + 40);
+    cluster.shutdown().await;
+}
+
+/// Entries of large CREATE requests: a voter that missed several of them is sent them in
+/// AppendEntries requests that each stay under the body limit (fewer entries per request),
+/// instead of one request the voter would refuse again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_voter_catches_up_through_appends_larger_than_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(dir.path(), CatalogSpec::default()).await;
+    let leader = cluster.catalog_leader(0).unwrap();
+    let follower = (leader + 1) % 3;
+    cluster.stop_catalog(follower).await;
+    let flags = cluster.catalog_client();
+    let per_request = mcloud_core::wire::MAX_FLAGS_PER_REQUEST;
+    let requests = 6;
+    for _ in 0..requests {
+        let batch: Vec<CreateFlag> = (0..per_request)
+            .map(|_| CreateFlag {
+                id: BatchId::random(),
+                ttl_ms: 600_000,
+            })
+            .collect();
+        flags.create(batch).await.unwrap();
+    }
+    cluster.restart_catalog(follower).await.unwrap();
+    eventually(120, "the restarted voter catching up", async || {
+        applied(&cluster, follower) >= applied(&cluster, leader)
+    })
+    .await;
+    let status = &cluster.catalog_node(follower).unwrap().status()[0];
+    assert_eq!(
+        status.snapshot, None,
+        "caught up through appends: {status:?}"
+    );
+    assert_eq!(status.flags.open, (requests * per_request) as u64);
+    cluster.shutdown().await;
+}

@@ -8,6 +8,7 @@ pub mod network;
 pub mod node;
 pub mod placement;
 pub mod proposer;
+pub mod snapshot_transfer;
 pub mod state_machine;
 pub mod types;
 
@@ -23,17 +24,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use mcloud_core::http::{decode, ApiError, Postcard};
-use network::{Envelope, SnapshotRequest};
+use network::{Envelope, SnapshotChunkAnswer};
 use node::{Forwarded, ForwardedAnswer};
-use openraft::error::{Fatal, RaftError};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
-};
+use openraft::error::RaftError;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
 use serde::Serialize;
+use snapshot_transfer::SnapshotChunk;
 use std::sync::Arc;
 use types::{TypeConfig, WireError};
 
-/// Largest Raft RPC body: a whole partition's snapshot travels in one request.
+/// Largest Raft RPC body read in chunked encoding. Senders keep every request under
+/// `wire::MAX_BODY_BYTES` (snapshots travel in chunks, appends carry fewer entries when large).
 pub const MAX_RAFT_BODY_BYTES: usize = 1 << 30;
 
 fn postcard_answer<T: Serialize>(value: &T) -> Response {
@@ -80,16 +81,24 @@ async fn snapshot(
     Path(p): Path<u32>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let rpc: Envelope<SnapshotRequest> = decode(&body)?;
+    let rpc: Envelope<SnapshotChunk> = decode(&body)?;
     check_sender(&node, rpc.from)?;
-    let req = rpc.body;
-    let snapshot = openraft::Snapshot {
-        meta: req.meta,
-        snapshot: Box::new(std::io::Cursor::new(req.data)),
+    let raft = raft_of(&node, p)?;
+    let Some(whole) = node
+        .incoming_snapshots()
+        .accept(p, rpc.from, rpc.body)
+        .map_err(|e| ApiError::conflict(e.to_string()))?
+    else {
+        return Ok(postcard_answer(&SnapshotChunkAnswer::Ok(None)));
     };
-    let answer: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = raft_of(&node, p)?
-        .install_full_snapshot(req.vote, snapshot)
-        .await;
+    let snapshot = openraft::Snapshot {
+        meta: whole.meta,
+        snapshot: Box::new(std::io::Cursor::new(whole.data)),
+    };
+    let answer: SnapshotChunkAnswer = raft
+        .install_full_snapshot(whole.vote, snapshot)
+        .await
+        .map(Some);
     Ok(postcard_answer(&answer))
 }
 

@@ -2,11 +2,12 @@
 //! server, every peer reached with a client that trusts exactly that peer's CA. A fault
 //! switch drops the traffic towards chosen nodes, for partition tests.
 
-use super::types::{NodeId, Peer, SnapshotMeta, TypeConfig, Vote};
+use super::snapshot_transfer::{chunks, SnapshotChunk};
+use super::types::{NodeId, Peer, TypeConfig, Vote};
 use mcloud_core::http::{post, CallError};
 use openraft::error::{
-    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
-    Unreachable,
+    Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -21,6 +22,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 const RPC_TIMEOUT_FLOOR: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Most bytes of entries in one AppendEntries request: under the servers' body limit, with
+/// room for the envelope.
+const APPEND_BODY_BYTES: usize = mcloud_core::wire::MAX_BODY_BYTES / 2;
+
 pub fn append_path(partition: u32) -> String {
     format!("/v1/raft/{partition}/append")
 }
@@ -31,13 +36,9 @@ pub fn snapshot_path(partition: u32) -> String {
     format!("/v1/raft/{partition}/snapshot")
 }
 
-/// A whole snapshot in one request: the flags table is small enough per partition.
-#[derive(Serialize, Deserialize)]
-pub struct SnapshotRequest {
-    pub vote: Vote,
-    pub meta: SnapshotMeta,
-    pub data: Vec<u8>,
-}
+/// The follower's answer to a snapshot chunk: `None` while it waits for more, the install's
+/// answer after the last chunk.
+pub type SnapshotChunkAnswer = Result<Option<SnapshotResponse<NodeId>>, Fatal<NodeId>>;
 
 /// Nodes this node does not talk to, in either direction: requests to them fail as
 /// unreachable, and requests from them are refused by the RPC endpoints.
@@ -190,6 +191,18 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Peer, RaftError<NodeId>>> {
+        // Entries hold up to thousands of flags each: a follower far behind would be sent
+        // more than one request may carry, be refused, and never catch up. openraft sends
+        // fewer entries when told the payload is too large.
+        let entries = rpc.entries.len() as u64;
+        if entries > 1 {
+            let bytes = postcard::experimental::serialized_size(&rpc).unwrap_or(usize::MAX) as u64;
+            let budget = APPEND_BODY_BYTES as u64;
+            if bytes > budget {
+                let hint = (entries * budget / bytes.max(1)).clamp(1, entries - 1);
+                return Err(PayloadTooLarge::new_entries_hint(hint).into());
+            }
+        }
         let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
             self.call(append_path(self.partition), rpc, &option).await?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -212,28 +225,46 @@ impl RaftNetwork<TypeConfig> for Connection {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let request = SnapshotRequest {
-            vote,
-            meta: snapshot.meta,
-            data: snapshot.snapshot.into_inner(),
-        };
+        let meta = snapshot.meta;
+        let data = snapshot.snapshot.into_inner();
         let send = async {
             let (http, url) = self
                 .target_url(snapshot_path(self.partition))
                 .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
-            let envelope = Envelope {
-                from: self.from,
-                body: request,
-            };
-            let answer: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
-                post(&http, &url, &envelope).await.map_err(|e| {
-                    if e.is_retryable() {
-                        StreamingError::Unreachable(Unreachable::new(&e))
-                    } else {
-                        StreamingError::Network(NetworkError::new(&e))
+            let total = data.len() as u64;
+            for (offset, piece) in chunks(&data) {
+                let envelope = Envelope {
+                    from: self.from,
+                    body: SnapshotChunk {
+                        vote,
+                        meta: meta.clone(),
+                        offset,
+                        total,
+                        data: piece.to_vec(),
+                    },
+                };
+                let answer: SnapshotChunkAnswer =
+                    post(&http, &url, &envelope).await.map_err(|e| {
+                        if e.is_retryable() {
+                            StreamingError::Unreachable(Unreachable::new(&e))
+                        } else {
+                            StreamingError::Network(NetworkError::new(&e))
+                        }
+                    })?;
+                match answer {
+                    Ok(None) => continue,
+                    Ok(Some(installed)) => return Ok(installed),
+                    Err(e) => {
+                        return Err(StreamingError::RemoteError(RemoteError::new(
+                            self.target,
+                            e,
+                        )))
                     }
-                })?;
-            answer.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
+                }
+            }
+            Err(StreamingError::Network(NetworkError::new(&Failure(
+                "the follower took every chunk of the snapshot but did not install it".into(),
+            ))))
         };
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),

@@ -89,6 +89,7 @@ pub struct CatalogNode {
     clients: Clients,
     faults: Faults,
     peers: BTreeMap<NodeId, Peer>,
+    incoming_snapshots: super::snapshot_transfer::Assembler,
 }
 
 /// A forwarded operation, run by the receiving node itself (never forwarded again).
@@ -140,6 +141,8 @@ pub struct PartitionStatus {
     pub snapshot: Option<u64>,
     /// Last log index removed by compaction.
     pub purged: Option<u64>,
+    /// Bytes of the last snapshot this node received from a leader.
+    pub received_snapshot_bytes: Option<u64>,
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
     pub flags: FlagCounts,
@@ -226,6 +229,7 @@ impl CatalogNode {
             clients,
             faults,
             peers: config.peers,
+            incoming_snapshots: Default::default(),
         });
         spawn_sweeper(Arc::downgrade(&node));
         Ok(node)
@@ -256,6 +260,11 @@ impl CatalogNode {
         }
     }
 
+    /// Snapshot chunks from leaders, assembled until a snapshot is whole.
+    pub fn incoming_snapshots(&self) -> &super::snapshot_transfer::Assembler {
+        &self.incoming_snapshots
+    }
+
     pub fn status(&self) -> Vec<PartitionStatus> {
         let now = now_ms();
         self.partitions
@@ -278,6 +287,7 @@ impl CatalogNode {
                     last_applied: m.last_applied.map(|l| l.index),
                     snapshot: m.snapshot.map(|l| l.index),
                     purged: m.purged.map(|l| l.index),
+                    received_snapshot_bytes: self.incoming_snapshots.last_received(i as u32),
                     voters: membership.voter_ids().collect(),
                     learners: membership.learner_ids().collect(),
                     flags: read(&p.sm).table.counts(now),
