@@ -6,12 +6,15 @@ use mcloud::cluster::{ClusterSpec, LocalCluster};
 use mcloud_catalog::FlagTable;
 use mcloud_client::PlainBatch;
 use mcloud_collector::{check, Query, Reference};
+use mcloud_core::histogram::BUCKETS;
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
+use mcloud_core::upload::{explicit_party, PlainHistogram};
 use mcloud_core::wire::{
-    CreateFlag, CreateFlagsRequest, FlagIds, UploadBatch, WatermarkRequest, MAX_BATCH_RECORDS,
+    CreateFlag, CreateFlagsRequest, FlagIds, RecordMeta, Shares, UploadRequest, WatermarkRequest,
+    MAX_BATCH_RECORDS,
 };
-use mcloud_core::{BatchId, Reading};
+use mcloud_core::{BatchId, Reading, Window};
 use std::time::Duration;
 
 async fn cluster(dir: &std::path::Path) -> LocalCluster {
@@ -83,7 +86,10 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(outcome, mcloud_client::Outcome::Committed);
-    let before = status(&http, &clouds[0]).await;
+    let mut before = Vec::new();
+    for cloud in &clouds {
+        before.push(status(&http, cloud).await);
+    }
 
     // Malformed bodies.
     let upload = format!("{}/v1/upload", clouds[0]);
@@ -103,8 +109,14 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
         "malformed body",
     );
 
-    // A batch whose shares do not fit this deployment.
-    let bad = PlainBatch::new(second.to_vec());
+    // A batch whose shares do not fit this deployment, with one histogram.
+    let plug = second[0].group;
+    let histogram = PlainHistogram {
+        plug,
+        window_start: Window::containing(second[0].ts, 30).start,
+        counts: vec![1; BUCKETS],
+    };
+    let bad = PlainBatch::with_histograms(second.to_vec(), vec![histogram]);
     flags
         .create(vec![CreateFlag {
             id: bad.id,
@@ -113,7 +125,8 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
         .await
         .unwrap();
     let bodies = uploader.encode_shares(&bad).unwrap();
-    let batch: UploadBatch = postcard::from_bytes(&bodies[0]).unwrap();
+    let decoded = |party: usize| -> UploadRequest { postcard::from_bytes(&bodies[party]).unwrap() };
+    let batch = decoded(0);
     let mut wrong = batch.clone();
     wrong.parties = 2;
     expect(
@@ -129,13 +142,14 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
     );
     let mut empty = batch.clone();
     empty.records.clear();
+    empty.histograms.clear();
     expect(
         post_raw(&http, &upload, postcard::to_stdvec(&empty).unwrap()).await,
         400,
         "empty batch",
     );
     let mut twice = batch.clone();
-    twice.records.push(twice.records[0].clone());
+    twice.records.push(twice.records[0]);
     expect(
         post_raw(&http, &upload, postcard::to_stdvec(&twice).unwrap()).await,
         400,
@@ -149,12 +163,9 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
         "in the future",
     );
     let mut oversized = batch.clone();
-    let record = oversized.records[0].clone();
+    let record = oversized.records[0];
     oversized.records = (0..MAX_BATCH_RECORDS as u64 + 1)
-        .map(|k| mcloud_core::wire::ShareRecord {
-            key: k,
-            ..record.clone()
-        })
+        .map(|k| RecordMeta { key: k, ..record })
         .collect();
     let oversized = postcard::to_stdvec(&oversized).unwrap();
     expect(post_raw(&http, &upload, oversized).await, 413, "limit");
@@ -164,11 +175,111 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
         "larger than the limit",
     );
 
-    // Unknown flag: shares uploaded without CREATE.
-    let mut unknown = batch.clone();
-    unknown.batch_id = BatchId::random();
+    // Shares that do not fit the metadata, or disagree on which party receives them
+    // explicitly (the batch id mod 3): each refused by the cloud it is sent to.
+    let explicit = usize::from(explicit_party(bad.id, 3));
+    let seed_party = (explicit + 1) % 3;
+    let upload_to = |party: usize| format!("{}/v1/upload", clouds[party]);
+    let explicit_body = decoded(explicit);
+    let Shares::Explicit {
+        records: record_shares,
+        histograms: count_shares,
+    } = explicit_body.shares.clone()
+    else {
+        panic!("cloud {explicit} receives explicit shares");
+    };
+    let Shares::Seed(seed) = decoded(seed_party).shares else {
+        panic!("cloud {seed_party} receives a seed");
+    };
+    let misfits = [
+        (
+            Shares::Explicit {
+                records: record_shares[1..].to_vec(),
+                histograms: count_shares.clone(),
+            },
+            format!(
+                "{} record shares for {} records",
+                record_shares.len() - 1,
+                record_shares.len()
+            ),
+        ),
+        (
+            Shares::Explicit {
+                records: [&record_shares[..], &record_shares[..1]].concat(),
+                histograms: count_shares.clone(),
+            },
+            format!(
+                "{} record shares for {} records",
+                record_shares.len() + 1,
+                record_shares.len()
+            ),
+        ),
+        (
+            Shares::Explicit {
+                records: record_shares.clone(),
+                histograms: count_shares[1..].to_vec(),
+            },
+            format!("{} histogram counts for 1 histograms", BUCKETS - 1),
+        ),
+        (
+            Shares::Seed(seed),
+            "is this batch's explicit party".to_string(),
+        ),
+    ];
+    for (shares, words) in misfits {
+        let body = UploadRequest {
+            shares,
+            ..explicit_body.clone()
+        };
+        expect(
+            post_raw(
+                &http,
+                &upload_to(explicit),
+                postcard::to_stdvec(&body).unwrap(),
+            )
+            .await,
+            400,
+            &words,
+        );
+    }
+    let explicit_at_seed_party = UploadRequest {
+        party: seed_party as u16,
+        ..explicit_body.clone()
+    };
     expect(
-        post_raw(&http, &upload, postcard::to_stdvec(&unknown).unwrap()).await,
+        post_raw(
+            &http,
+            &upload_to(seed_party),
+            postcard::to_stdvec(&explicit_at_seed_party).unwrap(),
+        )
+        .await,
+        400,
+        &format!("receives a seed for this batch (its explicit party is cloud {explicit}"),
+    );
+    let mut histogram_twice = decoded(seed_party);
+    histogram_twice
+        .histograms
+        .push(histogram_twice.histograms[0]);
+    expect(
+        post_raw(
+            &http,
+            &upload_to(seed_party),
+            postcard::to_stdvec(&histogram_twice).unwrap(),
+        )
+        .await,
+        400,
+        "appears twice",
+    );
+
+    // Unknown flag: shares uploaded without CREATE.
+    let unknown = PlainBatch::new(second.to_vec());
+    expect(
+        post_raw(
+            &http,
+            &upload,
+            uploader.encode_shares(&unknown).unwrap().remove(0),
+        )
+        .await,
         404,
         "unknown flag",
     );
@@ -177,7 +288,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
             &http,
             &format!("{catalog}/v1/flags/set"),
             postcard::to_stdvec(&FlagIds {
-                ids: vec![unknown.batch_id],
+                ids: vec![unknown.id],
             })
             .unwrap(),
         )
@@ -254,9 +365,16 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
         "bad COMPUTE query",
     );
 
-    // Nothing above changed any state.
-    let after = status(&http, &clouds[0]).await;
-    assert_eq!(before["batches"], after["batches"], "{before} vs {after}");
+    // Nothing above changed any state, at any cloud.
+    let mut after = Vec::new();
+    for (cloud, before) in clouds.iter().zip(&before) {
+        let now = status(&http, cloud).await;
+        for field in ["batches", "windows"] {
+            assert_eq!(before[field], now[field], "{cloud}: {before} vs {now}");
+        }
+        after.push(now);
+    }
+    let after = &after[0];
 
     // A share for a window that already closed.
     uploader

@@ -14,7 +14,7 @@
 use crate::histograms::Histograms;
 use crate::outbox::{PlainBatch, PlainHistogram};
 use mcloud_core::wire::{
-    upload_bytes_max, HISTOGRAM_WINDOW_SECS, MAX_BATCH_RECORDS, UPLOAD_TARGET_BYTES,
+    upload_wire_bytes_max, HISTOGRAM_WINDOW_SECS, MAX_BATCH_RECORDS, UPLOAD_TARGET_BYTES,
 };
 use mcloud_core::Reading;
 use std::collections::VecDeque;
@@ -50,7 +50,7 @@ impl<I: Iterator<Item = Reading>> Batcher<I> {
 
     fn fits(readings: usize, histograms: usize) -> bool {
         readings + histograms <= MAX_BATCH_RECORDS
-            && upload_bytes_max(readings, histograms) <= UPLOAD_TARGET_BYTES
+            && upload_wire_bytes_max(readings, histograms) <= UPLOAD_TARGET_BYTES
     }
 
     /// Moves waiting histograms into `out` while they fit beside `readings` readings.
@@ -144,7 +144,7 @@ mod tests {
         for cut in &cuts {
             let b = &cut.batch;
             assert!(b.readings.len() <= batch_size);
-            let bytes = upload_bytes_max(b.readings.len(), b.histograms.len());
+            let bytes = upload_wire_bytes_max(b.readings.len(), b.histograms.len());
             assert!(
                 bytes <= UPLOAD_TARGET_BYTES,
                 "a batch may encode to {bytes} bytes"

@@ -6,6 +6,10 @@ pub enum SensorError {
     Outbox(String),
     #[error("encoding shares: {0}")]
     Encode(#[from] postcard::Error),
+    #[error("splitting a batch: {0}")]
+    Split(#[from] mcloud_core::upload::SplitError),
+    #[error("{0} clouds configured; a batch is split for at most 65535")]
+    TooManyClouds(usize),
     #[error("gave up after {waited_secs} s: {what} still unreachable ({last_error})")]
     Unreachable {
         what: String,

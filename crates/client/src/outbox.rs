@@ -5,7 +5,8 @@
 //! clouds that already hold the batch will not take a second version.
 
 use crate::SensorError;
-use mcloud_core::{BatchId, GroupKey, Reading};
+pub use mcloud_core::upload::PlainHistogram;
+use mcloud_core::{BatchId, Reading};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -13,21 +14,13 @@ use std::path::Path;
 const OUTBOX: TableDefinition<u128, &[u8]> = TableDefinition::new("outbox");
 
 /// Readings (and load histograms of completed 30 s windows) travelling as one batch, under
-/// one flag.
+/// one flag. `seed` is the master seed every cloud's body is derived from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlainBatch {
     pub id: BatchId,
     pub seed: [u8; 32],
     pub readings: Vec<Reading>,
     pub histograms: Vec<PlainHistogram>,
-}
-
-/// A plug's load readings in one 30 s window, counted per bucket of `histogram`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PlainHistogram {
-    pub plug: GroupKey,
-    pub window_start: u64,
-    pub counts: Vec<u64>,
 }
 
 impl PlainBatch {

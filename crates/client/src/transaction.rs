@@ -6,12 +6,8 @@ use crate::SensorError;
 use futures::future::join_all;
 use mcloud_catalog::{CatalogClient, CatalogError, FlagTable};
 use mcloud_core::http::{post, post_bytes, CallError};
-use mcloud_core::share::{split_record, ShareStream};
-use mcloud_core::wire::{
-    CreateFlag, FlagState, HistogramShare, ShareRecord, UploadAck, UploadBatch, WatermarkRequest,
-};
-use mcloud_core::{Field, RecordShares};
-use prio::field::FieldElement;
+use mcloud_core::upload::split_batch;
+use mcloud_core::wire::{CreateFlag, FlagState, UploadAck, WatermarkRequest};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -138,63 +134,22 @@ impl Uploader {
         }
     }
 
-    /// One encoded share batch per cloud. Shares come from the batch's seed, so the bodies are
-    /// the same on every attempt.
+    /// One encoded upload body per cloud, in party order: explicit shares for the batch's
+    /// explicit party, a seed for every other. Everything derives from the batch's master
+    /// seed, so the bodies are the same on every attempt.
     pub fn encode_shares(&self, batch: &PlainBatch) -> Result<Vec<Vec<u8>>, SensorError> {
-        let parties = self.clouds.len();
-        let mut stream = ShareStream::from_seed(batch.seed);
-        let mut per_party: Vec<Vec<ShareRecord>> = (0..parties)
-            .map(|_| Vec::with_capacity(batch.readings.len()))
-            .collect();
-        let mut shares: Vec<RecordShares> = vec![[Field::zero(); 3]; parties];
-        for r in &batch.readings {
-            split_record(r.value, &mut stream, &mut shares);
-            for (records, share) in per_party.iter_mut().zip(&shares) {
-                records.push(ShareRecord {
-                    key: r.id,
-                    ts: r.ts,
-                    metric: r.metric,
-                    group: r.group,
-                    share: *share,
-                });
-            }
-        }
-        let mut histograms: Vec<Vec<HistogramShare>> = (0..parties)
-            .map(|_| Vec::with_capacity(batch.histograms.len()))
-            .collect();
-        for h in &batch.histograms {
-            let mut counts: Vec<Vec<Field>> = vec![Vec::with_capacity(h.counts.len()); parties];
-            for &count in &h.counts {
-                let mut rest = Field::from(count as u128);
-                for party_counts in counts.iter_mut().take(parties - 1) {
-                    let share = stream.next_element();
-                    rest -= share;
-                    party_counts.push(share);
-                }
-                counts[parties - 1].push(rest);
-            }
-            for (out, counts) in histograms.iter_mut().zip(counts) {
-                out.push(HistogramShare {
-                    plug: h.plug,
-                    window_start: h.window_start,
-                    counts,
-                });
-            }
-        }
-        per_party
-            .into_iter()
-            .zip(histograms)
-            .enumerate()
-            .map(|(party, (records, histograms))| {
-                Ok(postcard::to_stdvec(&UploadBatch {
-                    batch_id: batch.id,
-                    party: party as u16,
-                    parties: parties as u16,
-                    records,
-                    histograms,
-                })?)
-            })
-            .collect()
+        let parties = u16::try_from(self.clouds.len())
+            .map_err(|_| SensorError::TooManyClouds(self.clouds.len()))?;
+        split_batch(
+            batch.id,
+            &batch.seed,
+            parties,
+            &batch.readings,
+            &batch.histograms,
+        )?
+        .iter()
+        .map(|request| Ok(postcard::to_stdvec(request)?))
+        .collect()
     }
 
     /// Runs the transaction for `batch` as far as `fate` allows.

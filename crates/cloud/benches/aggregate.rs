@@ -1,47 +1,45 @@
 //! Pre-aggregation at a cloud: one upload batch summed per (window, metric, plug), as on the
-//! upload path, and the decoding of the batch body it starts from.
+//! upload path, and the decoding of the batch body it starts from (at the explicit party and
+//! at a seed party, which expands its shares from the seed).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mcloud_cloud::windows::BatchPartial;
-use mcloud_core::share::{split_record, ShareStream};
 use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
-use mcloud_core::wire::{ShareRecord, UploadBatch};
-use mcloud_core::{BatchId, Field};
-use prio::field::FieldElement;
+use mcloud_core::upload::{expand, explicit_party, split_batch};
+use mcloud_core::wire::UploadRequest;
+use mcloud_core::{BatchId, Reading};
 use std::hint::black_box;
 
-fn batch() -> UploadBatch {
-    let mut stream = ShareStream::from_seed([3; 32]);
-    let mut shares = vec![[Field::zero(); 3]; 3];
-    let records = Synthetic::new(SyntheticConfig::default())
+fn bodies() -> (Vec<u8>, Vec<u8>) {
+    let readings: Vec<Reading> = Synthetic::new(SyntheticConfig::default())
         .take(4096)
-        .map(|r| {
-            split_record(r.value, &mut stream, &mut shares);
-            ShareRecord {
-                key: r.id,
-                ts: r.ts,
-                metric: r.metric,
-                group: r.group,
-                share: shares[0],
-            }
-        })
         .collect();
-    UploadBatch {
-        batch_id: BatchId(1),
-        party: 0,
-        parties: 3,
-        records,
-        histograms: Vec::new(),
-    }
+    let id = BatchId(1);
+    let requests = split_batch(id, &[3; 32], 3, &readings, &[]).unwrap_or_default();
+    let explicit = usize::from(explicit_party(id, 3));
+    let encode = |r: &UploadRequest| postcard::to_stdvec(r).unwrap_or_default();
+    (
+        encode(&requests[explicit]),
+        encode(&requests[(explicit + 1) % 3]),
+    )
+}
+
+fn decode(body: &[u8]) -> Option<mcloud_core::wire::UploadBatch> {
+    expand(postcard::from_bytes::<UploadRequest>(body).ok()?).ok()
 }
 
 fn aggregate(c: &mut Criterion) {
-    let batch = batch();
-    let body = postcard::to_stdvec(&batch).unwrap_or_default();
+    let (explicit, seed) = bodies();
+    let Some(batch) = decode(&explicit) else {
+        return;
+    };
     let mut group = c.benchmark_group("cloud");
     group.throughput(Throughput::Elements(batch.records.len() as u64));
     group.bench_function("decode_batch", |b| {
-        b.iter(|| black_box(postcard::from_bytes::<UploadBatch>(black_box(&body)).ok()))
+        b.iter(|| black_box(decode(black_box(&explicit))))
+    });
+    group.bench_function("decode_batch_seed", |b| {
+        b.iter(|| black_box(decode(black_box(&seed))))
     });
     group.bench_function("aggregate_batch", |b| {
         b.iter(|| black_box(BatchPartial::of(black_box(&batch.records), &[], 60)))

@@ -26,6 +26,14 @@ pub enum CloudError {
         got: u16,
         expected: u16,
     },
+    #[error(transparent)]
+    Shares(#[from] mcloud_core::upload::ExpandError),
+    #[error("batch {id} would carry {bytes} bytes of explicit shares at its explicit party; the body limit is {limit}")]
+    SharesTooLarge {
+        id: BatchId,
+        bytes: usize,
+        limit: usize,
+    },
     #[error("batch {id}: histogram of plug {plug:?}: {problem}")]
     BadHistogram {
         id: BatchId,
@@ -65,7 +73,9 @@ impl From<CloudError> for ApiError {
     fn from(e: CloudError) -> ApiError {
         let message = e.to_string();
         match e {
-            CloudError::TooManyRecords { .. } => ApiError::too_large(message),
+            CloudError::TooManyRecords { .. } | CloudError::SharesTooLarge { .. } => {
+                ApiError::too_large(message)
+            }
             CloudError::WindowClosed { .. } => ApiError::gone(message),
             CloudError::UnknownFlag(_) => ApiError::not_found(message),
             CloudError::FlagFinal { .. } => ApiError::conflict(message),

@@ -9,12 +9,12 @@ use crate::windows::{BatchPartial, Registered, Windows};
 use crate::CloudError;
 use bytes::Bytes;
 use mcloud_catalog::{CatalogClient, FlagTable};
-use mcloud_core::histogram;
 use mcloud_core::http::{decode, ApiError};
 use mcloud_core::reading::GroupLevel;
+use mcloud_core::upload::expand;
 use mcloud_core::wire::{
-    ComputeResponse, FlagState, RangeResponse, UploadAck, UploadBatch, WatermarkRequest,
-    HISTOGRAM_WINDOW_SECS, MAX_BATCH_RECORDS,
+    ComputeResponse, FlagState, RangeResponse, UploadAck, UploadBatch, UploadRequest,
+    WatermarkRequest, HISTOGRAM_WINDOW_SECS, MAX_BATCH_RECORDS, MAX_BODY_BYTES,
 };
 use mcloud_core::{BatchId, Window};
 use std::collections::HashSet;
@@ -124,16 +124,15 @@ impl CloudNode {
         let restored = recovered.batches.len();
         let mut replayed = 0;
         for (id, bytes) in recovered.batches {
-            let batch: UploadBatch = decode(&bytes)
-                .map_err(|e| CloudError::Storage(format!("stored batch {id}: {}", e.message)))?;
             if state.is_known(&id) {
                 continue;
             }
-            state.restore(
-                id,
-                BatchPartial::windows_only(&batch.records, &batch.histograms, config.window_secs),
-            );
+            let request = decode_stored(id, &bytes)?;
+            state.restore(id, windows_of(&request, config.window_secs));
+            // Only the batches the checkpoint lacks are expanded: the others' shares are in it.
             if !recovered.covered.contains(&id) {
+                let batch = expand(request)
+                    .map_err(|e| CloudError::Storage(format!("stored batch {id}: {e}")))?;
                 pool.dispatch(Arc::new(batch));
                 replayed += 1;
             }
@@ -198,7 +197,9 @@ impl CloudNode {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn validate(&self, batch: &UploadBatch) -> Result<(), CloudError> {
+    /// Checks an upload's metadata before its shares are expanded, so a batch that is refused
+    /// costs no PRG work; `expand` then checks the shares themselves.
+    fn validate(&self, batch: &UploadRequest) -> Result<(), CloudError> {
         let id = batch.batch_id;
         if batch.parties != self.config.parties {
             return Err(CloudError::WrongShareCount {
@@ -225,18 +226,22 @@ impl CloudNode {
                 limit: MAX_BATCH_RECORDS,
             });
         }
+        // Every party refuses what its explicit party must refuse, so a seed party never
+        // expands more shares than an explicit body could carry.
+        let bytes = batch.explicit_share_bytes();
+        if bytes > MAX_BODY_BYTES {
+            return Err(CloudError::SharesTooLarge {
+                id,
+                bytes,
+                limit: MAX_BODY_BYTES,
+            });
+        }
         let mut cells = HashSet::with_capacity(batch.histograms.len());
         for h in &batch.histograms {
             let problem = if h.window_start % HISTOGRAM_WINDOW_SECS != 0 {
                 format!(
                     "window start {} is not a multiple of {HISTOGRAM_WINDOW_SECS} s",
                     h.window_start
-                )
-            } else if h.counts.len() != histogram::BUCKETS {
-                format!(
-                    "{} buckets, expected {}",
-                    h.counts.len(),
-                    histogram::BUCKETS
                 )
             } else if !cells.insert((h.plug, h.window_start)) {
                 "appears twice".to_string()
@@ -267,17 +272,20 @@ impl CloudNode {
         Ok(())
     }
 
-    /// UPLOAD: validates, checks the flag, stores durably, then acknowledges.
+    /// UPLOAD: validates, expands the shares, checks the flag, stores the body durably as
+    /// received (a seed party's stays a seed), then acknowledges.
     pub async fn upload(&self, body: Bytes) -> Result<UploadAck, ApiError> {
-        let batch: UploadBatch = decode(&body)?;
-        let id = batch.batch_id;
+        let request: UploadRequest = decode(&body)?;
+        let id = request.batch_id;
         if self.state().is_known(&id) {
             return Ok(UploadAck {
                 batch_id: id,
                 duplicate: true,
             });
         }
-        self.validate(&batch)?;
+        self.validate(&request)?;
+        let partial = windows_of(&request, self.config.window_secs);
+        let batch = expand(request).map_err(CloudError::from)?;
         let flag = self
             .catalog
             .get(vec![id])
@@ -294,8 +302,6 @@ impl CloudNode {
             }
             Some(_) => {}
         }
-        let partial =
-            BatchPartial::windows_only(&batch.records, &batch.histograms, self.config.window_secs);
         match self.state().register(id, partial)? {
             Registered::Duplicate => {
                 return Ok(UploadAck {
@@ -479,14 +485,31 @@ impl CloudNode {
     }
 }
 
+/// A batch as the values table holds it: the body as received.
+fn decode_stored(id: BatchId, bytes: &[u8]) -> Result<UploadRequest, CloudError> {
+    decode(bytes).map_err(|e| CloudError::Storage(format!("stored batch {id}: {}", e.message)))
+}
+
+/// The windows a batch touches, from its metadata.
+fn windows_of(request: &UploadRequest, window_secs: u64) -> BatchPartial {
+    BatchPartial::windows_only(
+        request
+            .records
+            .iter()
+            .map(|r| r.ts)
+            .chain(request.histograms.iter().map(|h| h.window_start)),
+        window_secs,
+    )
+}
+
 impl ReplaySource for CloudNode {
     fn batches(&self, ids: &[BatchId]) -> Result<Vec<UploadBatch>, CloudError> {
         self.values
             .read(ids)?
             .into_iter()
             .map(|(id, bytes)| {
-                decode(&bytes)
-                    .map_err(|e| CloudError::Storage(format!("stored batch {id}: {}", e.message)))
+                expand(decode_stored(id, &bytes)?)
+                    .map_err(|e| CloudError::Storage(format!("stored batch {id}: {e}")))
             })
             .collect()
     }

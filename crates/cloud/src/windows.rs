@@ -11,7 +11,7 @@ use mcloud_core::wire::{
     ComputeResponse, GroupPartial, HistogramShare, PlugRange, RangeResponse, ShareRecord,
     WindowPartial, WindowPending,
 };
-use mcloud_core::{BatchId, Field, Partial, Window};
+use mcloud_core::{BatchId, CountField, Partial, Window};
 use std::collections::{BTreeMap, HashMap};
 
 type Cell = (u64, Metric, GroupKey);
@@ -22,7 +22,7 @@ type HistogramCell = (u64, GroupKey);
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct BatchPartial {
     pub(crate) cells: Vec<(Cell, Partial)>,
-    pub(crate) histograms: Vec<(HistogramCell, Vec<Field>)>,
+    pub(crate) histograms: Vec<(HistogramCell, Vec<CountField>)>,
     pub(crate) windows: Vec<u64>,
 }
 
@@ -58,21 +58,13 @@ impl BatchPartial {
         }
     }
 
-    /// Only the windows a batch touches: what the node needs to decide when a window is
-    /// ready, when the sums themselves are taken by the workers.
-    pub fn windows_only(
-        records: &[ShareRecord],
-        histograms: &[HistogramShare],
-        window_secs: u64,
-    ) -> BatchPartial {
-        let mut windows: Vec<u64> = records
-            .iter()
-            .map(|r| Window::containing(r.ts, window_secs).start)
-            .chain(
-                histograms
-                    .iter()
-                    .map(|h| Window::containing(h.window_start, window_secs).start),
-            )
+    /// Only the windows a batch touches (given the timestamps of its records and the window
+    /// starts of its histograms): what the node needs to decide when a window is ready, when
+    /// the sums themselves are taken by the workers.
+    pub fn windows_only(times: impl IntoIterator<Item = u64>, window_secs: u64) -> BatchPartial {
+        let mut windows: Vec<u64> = times
+            .into_iter()
+            .map(|ts| Window::containing(ts, window_secs).start)
             .collect();
         windows.sort_unstable();
         windows.dedup();
@@ -85,7 +77,7 @@ impl BatchPartial {
     /// A partial from cells already summed (one bucket's share of a batch).
     pub(crate) fn with_windows(
         cells: Vec<(Cell, Partial)>,
-        histograms: Vec<(HistogramCell, Vec<Field>)>,
+        histograms: Vec<(HistogramCell, Vec<CountField>)>,
         window_secs: u64,
     ) -> BatchPartial {
         let mut windows: Vec<u64> = cells
@@ -126,21 +118,21 @@ struct PlugSums {
     /// Windows of the range in which the plug has data: at 0 it left the range.
     windows: i64,
     load: Partial,
-    histogram: Vec<Field>,
+    histogram: Vec<CountField>,
 }
 
-pub(crate) fn sub_from(total: &mut Vec<Field>, part: &[Field]) {
+pub(crate) fn sub_from(total: &mut Vec<CountField>, part: &[CountField]) {
     if total.len() < part.len() {
-        total.resize(part.len(), Field::default());
+        total.resize(part.len(), CountField::default());
     }
     for (t, p) in total.iter_mut().zip(part) {
         *t -= *p;
     }
 }
 
-pub(crate) fn add_into(total: &mut Vec<Field>, part: &[Field]) {
+pub(crate) fn add_into(total: &mut Vec<CountField>, part: &[CountField]) {
     if total.len() < part.len() {
-        total.resize(part.len(), Field::default());
+        total.resize(part.len(), CountField::default());
     }
     for (t, p) in total.iter_mut().zip(part) {
         *t += *p;
@@ -169,7 +161,7 @@ enum Stage {
 struct WindowState {
     undecided: u32,
     groups: HashMap<(Metric, GroupKey), Partial>,
-    histograms: HashMap<HistogramCell, Vec<Field>>,
+    histograms: HashMap<HistogramCell, Vec<CountField>>,
     batches: u64,
     digest: u128,
     /// The workers' sums of this window are gathered here: it may be answered.
@@ -180,7 +172,7 @@ struct WindowState {
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct SealedWindow {
     groups: HashMap<(Metric, GroupKey), Partial>,
-    histograms: HashMap<HistogramCell, Vec<Field>>,
+    histograms: HashMap<HistogramCell, Vec<CountField>>,
     batches: u64,
     digest: u128,
 }

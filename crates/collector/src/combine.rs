@@ -5,7 +5,7 @@ use mcloud_core::http::CallError;
 use mcloud_core::reading::{GroupId, GroupKey, GroupLevel, Metric};
 use mcloud_core::stats::RevealError;
 use mcloud_core::wire::{ComputeResponse, RangeResponse, RangeSpec};
-use mcloud_core::{Field, Partial, Revealed as Totals, Window};
+use mcloud_core::{CountField, Partial, Revealed as Totals, Window};
 use prio::field::FieldElement;
 use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
@@ -32,6 +32,12 @@ pub enum CollectError {
         source: RevealError,
     },
 }
+
+/// Largest histogram count taken as a count. Real counts stay far below it (a day of
+/// readings of every plug is below 2^40), while counts revealed from shares that do not
+/// belong together are uniform over the 64-bit field and land above it half the time, so
+/// one histogram of 195 such buckets is caught all but surely.
+const MAX_PLAUSIBLE_COUNT: u64 = 1 << 63;
 
 /// Per-plug revealed load totals and histogram counts over one range.
 pub type PlugTotals = BTreeMap<GroupKey, (Totals, Vec<u64>)>;
@@ -211,7 +217,7 @@ impl Collector {
     ) -> Result<PlugTotals, CollectError> {
         let mut first: Option<(u64, u128)> = None;
         let mut window = Window { start: 0, end: 0 };
-        let mut sums: BTreeMap<GroupKey, (Partial, Vec<Field>, usize)> = BTreeMap::new();
+        let mut sums: BTreeMap<GroupKey, (Partial, Vec<CountField>, usize)> = BTreeMap::new();
         for r in answers {
             window = Window {
                 start: r.from,
@@ -233,7 +239,7 @@ impl Collector {
                 let entry = sums.entry(p.plug).or_default();
                 entry.0.merge(&p.load);
                 if entry.1.len() < p.histogram.len() {
-                    entry.1.resize(p.histogram.len(), Field::zero());
+                    entry.1.resize(p.histogram.len(), CountField::zero());
                 }
                 for (t, c) in entry.1.iter_mut().zip(&p.histogram) {
                     *t += *c;
@@ -257,11 +263,14 @@ impl Collector {
             let counts = histogram
                 .iter()
                 .map(|c| {
-                    let n = u128::from(*c);
-                    u64::try_from(n).map_err(|_| CollectError::Reveal {
-                        window,
-                        source: RevealError::new(n),
-                    })
+                    let n = u64::from(*c);
+                    if n > MAX_PLAUSIBLE_COUNT {
+                        return Err(CollectError::Reveal {
+                            window,
+                            source: RevealError::new(u128::from(n)),
+                        });
+                    }
+                    Ok(n)
                 })
                 .collect::<Result<Vec<u64>, _>>()?;
             out.insert(plug, (totals, counts));

@@ -1,27 +1,31 @@
-//! Share generation: splitting readings into additive shares for 1 (plaintext) and 3 clouds.
+//! Share generation: splitting a batch of readings into upload bodies for 1 (plaintext) and
+//! 3 clouds, as the sensor does before every upload.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mcloud_core::share::{split_record, ShareStream};
-use mcloud_core::Field;
-use prio::field::FieldElement;
+use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
+use mcloud_core::upload::split_batch;
+use mcloud_core::{BatchId, Reading};
 use std::hint::black_box;
 
 fn split(c: &mut Criterion) {
-    let mut group = c.benchmark_group("split_record");
-    let records = 4096u64;
-    group.throughput(Throughput::Elements(records));
-    for parties in [1usize, 3] {
+    let readings: Vec<Reading> = Synthetic::new(SyntheticConfig::default())
+        .take(4096)
+        .collect();
+    let mut group = c.benchmark_group("split_batch");
+    group.throughput(Throughput::Elements(readings.len() as u64));
+    for parties in [1u16, 3] {
         group.bench_with_input(
             BenchmarkId::from_parameter(parties),
             &parties,
             |b, &parties| {
-                let mut stream = ShareStream::from_seed([7; 32]);
-                let mut shares = vec![[Field::zero(); 3]; parties];
                 b.iter(|| {
-                    for value in 0..records {
-                        split_record(black_box(value * 1_237), &mut stream, &mut shares);
-                        black_box(&shares);
-                    }
+                    black_box(split_batch(
+                        BatchId(7),
+                        &[7; 32],
+                        parties,
+                        black_box(&readings),
+                        &[],
+                    ))
                 })
             },
         );

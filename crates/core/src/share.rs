@@ -4,7 +4,8 @@
 //! squares and count (hence mean and variance) and nothing finer. Shares are drawn from a
 //! seeded stream so that a sensor that retries a batch after a crash sends every cloud exactly
 //! the shares it sent the first time: mixing shares of two different splittings would
-//! reconstruct garbage.
+//! reconstruct garbage. The same streams let a cloud expand its shares from a 32-byte seed
+//! (see `upload`).
 
 use crate::Field;
 use prio::field::FieldElement;
@@ -24,6 +25,11 @@ pub fn record_values(value: u64) -> RecordShares {
 }
 
 /// A deterministic stream of uniformly random field elements.
+///
+/// ChaCha12 from `rand_chacha` (well kept, and the sensor's share generator already): a seed
+/// party's shares are exactly this stream's output, so it must be a sound PRG whose output is
+/// the same on every platform and release, which `rand_chacha` guarantees for a given seed;
+/// 12 rounds keep a wide margin (the best known attacks reach 7) at 60 % of ChaCha20's cost.
 pub struct ShareStream {
     rng: ChaCha12Rng,
 }
@@ -42,22 +48,42 @@ impl ShareStream {
         seed
     }
 
-    /// A uniformly random field element: 128 random bits, rejected when >= p (probability
-    /// about 2^-62, so the loop practically never repeats).
-    pub fn next_element(&mut self) -> Field {
+    /// A uniformly random element of `F`: as many random bytes as an encoded element, rejected
+    /// when >= p (probability about 2^-62 for `Field`, 2^-32 for `CountField`), so the result
+    /// is exactly uniform and the loop practically never repeats.
+    pub fn next_element<F: FieldElement>(&mut self) -> F {
+        // Room for any prio field's encoding (16 bytes at most today).
+        let mut bytes = [0u8; 32];
+        let bytes = &mut bytes[..F::ENCODED_SIZE];
         loop {
-            let mut bytes = [0u8; 16];
-            self.rng.fill_bytes(&mut bytes);
-            if let Ok(element) = Field::try_from_random(&bytes) {
+            self.rng.fill_bytes(bytes);
+            if let Ok(element) = F::try_from_random(bytes) {
                 return element;
             }
         }
     }
 }
 
+/// Stream ids under a batch's master seed that party seeds are read from: this tag in the
+/// high half, the party in the low half, so any other use of the master seed can take a
+/// stream of its own without ever producing a party's seed.
+const PARTY_SEED_STREAMS: u64 = 0x6d63_6c64_0000_0000;
+
+/// The seed party `party` of a batch expands its shares from: the first 32 bytes of the
+/// ChaCha12 stream keyed with the batch's master seed, on a stream id of its own. Distinct
+/// stream ids under one key give independent outputs, so a cloud that holds its own seed
+/// learns nothing about the master seed or any other party's seed.
+pub fn party_seed(master: &[u8; 32], party: u16) -> [u8; 32] {
+    let mut rng = ChaCha12Rng::from_seed(*master);
+    rng.set_stream(PARTY_SEED_STREAMS | u64::from(party));
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    seed
+}
+
 /// Splits one reading into `out.len()` shares: all but the last uniformly random, the last
 /// chosen so that the shares add up to the reading's values. With one party the "share" is
-/// the value itself (the plaintext baseline runs through the same code).
+/// the value itself.
 pub fn split_record(value: u64, stream: &mut ShareStream, out: &mut [RecordShares]) {
     let Some((last, random)) = out.split_last_mut() else {
         return;

@@ -3,43 +3,29 @@
 //! (see `http`).
 
 use crate::reading::{GroupId, GroupKey, GroupLevel, Metric};
-use crate::share::RecordShares;
+use crate::share::{RecordShares, SHARES_PER_RECORD};
 use crate::stats::Partial;
 use crate::window::Window;
+use crate::{histogram, CountField, Field};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
-/// Largest batch a cloud accepts, in records.
+/// Largest batch a cloud accepts, in records and histograms.
 pub const MAX_BATCH_RECORDS: usize = 65_536;
-/// Largest request body any endpoint accepts (a full batch is about 4.5 MiB).
+/// Largest request body any endpoint accepts. A batch of 4096 records is about 250 KiB at its
+/// explicit party and 45 KiB at a seed party; each histogram adds about 1.7 KiB at the
+/// explicit party and 8 bytes at a seed party.
 pub const MAX_BODY_BYTES: usize = 8 << 20;
 /// Largest number of flags in one catalog request.
 pub const MAX_FLAGS_PER_REQUEST: usize = 100_000;
 
-/// What a sensor aims a batch's upload body at (counted with the worst cases below), well
+/// What a sensor aims a batch's upload body at (counted with `upload_wire_bytes_max`), well
 /// under [`MAX_BODY_BYTES`]: every cloud must receive its body before the flag's deadline, so
 /// a transaction's bytes stay small next to what a link moves in a flag's lifetime, and
 /// several transactions in flight keep every cloud busy.
 pub const UPLOAD_TARGET_BYTES: usize = 1 << 20;
-
-/// The most bytes one record adds to an encoded [`UploadBatch`] (postcard: varints of at most
-/// 10 bytes for a u64 and 5 for a u32, a one-byte metric, and three field elements of
-/// 16 bytes behind a one-byte length). A sensor cuts its batches with these worst cases, so a
-/// batch never exceeds [`MAX_BODY_BYTES`] whatever the shape of the data.
-pub const RECORD_WIRE_BYTES_MAX: usize = 10 + 10 + 1 + 3 * 5 + 3 * 17;
-/// The most bytes one load histogram adds to an encoded [`UploadBatch`] (its bucket count,
-/// under 2^14, takes a two-byte varint).
-pub const HISTOGRAM_WIRE_BYTES_MAX: usize = 3 * 5 + 10 + 2 + crate::histogram::BUCKETS * 17;
-/// An encoded [`UploadBatch`]'s bytes besides its records and histograms: id, parties and
-/// the two length prefixes.
-pub const UPLOAD_OVERHEAD_BYTES: usize = 19 + 3 + 3 + 2 * 5;
-
-/// The most bytes an upload of `records` records and `histograms` histograms can encode to.
-pub const fn upload_bytes_max(records: usize, histograms: usize) -> usize {
-    UPLOAD_OVERHEAD_BYTES + records * RECORD_WIRE_BYTES_MAX + histograms * HISTOGRAM_WIRE_BYTES_MAX
-}
 
 /// Identifies one upload batch, and so one flag. Random, so ids from independent sensors
 /// never collide.
@@ -96,10 +82,13 @@ pub const HISTOGRAM_WINDOW_SECS: u64 = 30;
 pub struct HistogramShare {
     pub plug: GroupKey,
     pub window_start: u64,
-    pub counts: Vec<crate::Field>,
+    pub counts: Vec<CountField>,
 }
 
-/// UPLOAD: a batch of shares for cloud `party` of `parties`.
+/// A batch of shares for cloud `party` of `parties`, as the cloud works with it: every
+/// record and histogram with its explicit share. It travels in this form only inside a cloud
+/// (node to worker); sensors send the compact `UploadRequest`, which `upload::expand` turns
+/// into this.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UploadBatch {
     pub batch_id: BatchId,
@@ -107,6 +96,108 @@ pub struct UploadBatch {
     pub parties: u16,
     pub records: Vec<ShareRecord>,
     pub histograms: Vec<HistogramShare>,
+}
+
+/// What travels in the clear about one record: everything but its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordMeta {
+    pub key: u64,
+    pub ts: u64,
+    pub metric: Metric,
+    pub group: GroupKey,
+}
+
+/// What travels in the clear about one histogram: its plug and 30 s window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistogramMeta {
+    pub plug: GroupKey,
+    pub window_start: u64,
+}
+
+/// A cloud's shares of one batch, as they travel.
+///
+/// Exactly one party of a batch, `upload::explicit_party`, receives `Explicit` shares; every
+/// other party receives a `Seed` and expands its shares from it, in a fixed order: for each
+/// record in order its 3 `Field` elements (x, x², 1), then for each histogram in order its
+/// `histogram::BUCKETS` `CountField` elements, all drawn from one `ShareStream` over the seed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Shares {
+    Seed([u8; 32]),
+    Explicit {
+        /// One per record, in record order.
+        records: Vec<RecordShares>,
+        /// `histogram::BUCKETS` per histogram, histogram after histogram.
+        histograms: Vec<CountField>,
+    },
+}
+
+/// UPLOAD: one cloud's body for one batch. The metadata is the same at every party; only
+/// `party` and `shares` differ.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UploadRequest {
+    pub batch_id: BatchId,
+    pub party: u16,
+    pub parties: u16,
+    pub records: Vec<RecordMeta>,
+    pub histograms: Vec<HistogramMeta>,
+    pub shares: Shares,
+}
+
+impl UploadRequest {
+    /// Bytes the explicit shares of this batch take on the wire, whichever party this body is
+    /// for: every party can tell from the metadata alone how large the batch is at its
+    /// explicit party.
+    pub fn explicit_share_bytes(&self) -> usize {
+        let elements = self.histograms.len().saturating_mul(histogram::BUCKETS);
+        1 + varint_len(self.records.len() as u64)
+            + self.records.len().saturating_mul(RECORD_SHARE_BYTES)
+            + varint_len(elements as u64)
+            + elements.saturating_mul(COUNT_SHARE_BYTES)
+    }
+}
+
+/// postcard writes a field element as a byte string: its length (one byte), then the bytes.
+const FIELD_BYTES: usize = 1 + <Field as prio::field::FieldElement>::ENCODED_SIZE;
+const COUNT_SHARE_BYTES: usize = 1 + <CountField as prio::field::FieldElement>::ENCODED_SIZE;
+const RECORD_SHARE_BYTES: usize = SHARES_PER_RECORD * FIELD_BYTES;
+
+/// postcard writes integers (and lengths, and enum variant indices) as varints: 7 bits a byte.
+const fn varint_max(bits: usize) -> usize {
+    bits.div_ceil(7)
+}
+
+fn varint_len(value: u64) -> usize {
+    (64 - value.leading_zeros() as usize).max(1).div_ceil(7)
+}
+
+const GROUP_KEY_BYTES_MAX: usize = 3 * varint_max(32);
+/// A `Metric` is a variant index below 128: one byte.
+const METRIC_BYTES_MAX: usize = 1;
+
+/// The most bytes one record adds to an upload body (the explicit party's, the largest): its
+/// metadata with the widest varints, its three shares, and one byte for each of the two
+/// lengths it grows (a varint length grows by at most one byte per item added).
+pub const RECORD_WIRE_BYTES_MAX: usize =
+    2 * varint_max(64) + METRIC_BYTES_MAX + GROUP_KEY_BYTES_MAX + RECORD_SHARE_BYTES + 2;
+
+/// The most bytes one histogram adds to an upload body (the explicit party's): plug and
+/// window start with the widest varints, `BUCKETS` count shares, and one byte for each of the
+/// two lengths it grows (its `BUCKETS` elements cross at most one varint boundary of the
+/// flattened count list: the boundaries, 2^7, 2^14, ..., lie more than `BUCKETS` apart).
+pub const HISTOGRAM_WIRE_BYTES_MAX: usize =
+    GROUP_KEY_BYTES_MAX + varint_max(64) + histogram::BUCKETS * COUNT_SHARE_BYTES + 2;
+
+/// The most bytes an upload body takes besides its records and histograms: batch id, party,
+/// parties, the two empty metadata lengths, the shares' variant, and the larger of a seed and
+/// two empty share lists.
+pub const UPLOAD_WIRE_BYTES_BASE_MAX: usize = varint_max(128) + 2 * varint_max(16) + 2 + 1 + 32;
+
+/// The most bytes an upload body with `records` records and `histograms` histograms takes at
+/// any party: what a sender that cuts batches by size compares with `MAX_BODY_BYTES`.
+pub const fn upload_wire_bytes_max(records: usize, histograms: usize) -> usize {
+    UPLOAD_WIRE_BYTES_BASE_MAX
+        .saturating_add(records.saturating_mul(RECORD_WIRE_BYTES_MAX))
+        .saturating_add(histograms.saturating_mul(HISTOGRAM_WIRE_BYTES_MAX))
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -239,7 +330,7 @@ pub struct PlugRange {
     /// Shares of the plug's load readings (x, x², 1) summed over the range.
     pub load: Partial,
     /// Shares of the plug's load histogram summed over the range (empty unless asked for).
-    pub histogram: Vec<crate::Field>,
+    pub histogram: Vec<CountField>,
 }
 
 /// One range of a multi-range request.
@@ -264,54 +355,103 @@ pub struct RangeResponse {
     pub plugs: Vec<PlugRange>,
 }
 
+// `HISTOGRAM_WIRE_BYTES_MAX` counts one byte of growth for the flattened count list.
+const _: () = assert!(histogram::BUCKETS < (1 << 14) - (1 << 7));
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reading::GroupKey;
     use prio::field::FieldElement;
 
-    fn largest_field() -> crate::Field {
-        -crate::Field::one()
-    }
-
-    /// The byte bounds a sensor cuts batches by hold for the largest possible items.
-    #[test]
-    fn upload_bytes_max_bounds_the_largest_batch() {
-        let group = GroupKey {
+    fn widest_group() -> GroupKey {
+        GroupKey {
             house: u32::MAX,
             household: u32::MAX,
             plug: u32::MAX,
-        };
-        let record = ShareRecord {
-            key: u64::MAX,
-            ts: u64::MAX,
-            metric: Metric::Work,
-            group,
-            share: [largest_field(); 3],
-        };
-        let histogram = HistogramShare {
-            plug: group,
-            window_start: u64::MAX,
-            counts: vec![largest_field(); crate::histogram::BUCKETS],
-        };
-        for (records, histograms) in [(0, 1), (1, 0), (300, 200), (70_000, 3)] {
-            let batch = UploadBatch {
-                batch_id: BatchId(u128::MAX),
-                party: u16::MAX,
-                parties: u16::MAX,
-                records: vec![record.clone(); records],
-                histograms: vec![histogram.clone(); histograms],
-            };
-            let encoded = postcard::to_stdvec(&batch).unwrap().len();
-            assert!(
-                encoded <= upload_bytes_max(records, histograms),
-                "{records} records and {histograms} histograms encode to {encoded} bytes, above the bound {}",
-                upload_bytes_max(records, histograms)
-            );
         }
-        let one_record = postcard::to_stdvec(&record).unwrap().len();
-        assert_eq!(one_record, RECORD_WIRE_BYTES_MAX);
-        let one_histogram = postcard::to_stdvec(&histogram).unwrap().len();
-        assert_eq!(one_histogram, HISTOGRAM_WIRE_BYTES_MAX);
+    }
+
+    /// An explicit body of `records` and `histograms` worst-case items: the widest varints,
+    /// every field element p − 1 (a share takes the same bytes whatever its value, but the
+    /// largest value is the honest worst case).
+    fn worst_body(records: usize, histograms: usize, metric: Metric) -> usize {
+        let request = UploadRequest {
+            batch_id: BatchId(u128::MAX),
+            party: u16::MAX,
+            parties: u16::MAX,
+            records: vec![
+                RecordMeta {
+                    key: u64::MAX,
+                    ts: u64::MAX,
+                    metric,
+                    group: widest_group(),
+                };
+                records
+            ],
+            histograms: vec![
+                HistogramMeta {
+                    plug: widest_group(),
+                    window_start: u64::MAX,
+                };
+                histograms
+            ],
+            shares: Shares::Explicit {
+                records: vec![[-Field::one(); SHARES_PER_RECORD]; records],
+                histograms: vec![-CountField::one(); histograms * histogram::BUCKETS],
+            },
+        };
+        // Every party computes the explicit shares' bytes from the metadata alone.
+        let seed = UploadRequest {
+            shares: Shares::Seed([0xff; 32]),
+            ..request.clone()
+        };
+        assert_eq!(
+            postcard::to_stdvec(&request).unwrap().len() + 33,
+            postcard::to_stdvec(&seed).unwrap().len() + request.explicit_share_bytes()
+        );
+        postcard::to_stdvec(&request).unwrap().len()
+    }
+
+    #[test]
+    fn byte_bounds_hold_for_worst_case_items() {
+        let seed_only = UploadRequest {
+            batch_id: BatchId(u128::MAX),
+            party: u16::MAX,
+            parties: u16::MAX,
+            records: Vec::new(),
+            histograms: Vec::new(),
+            shares: Shares::Seed([0xff; 32]),
+        };
+        let base = postcard::to_stdvec(&seed_only).unwrap().len();
+        assert_eq!(base, UPLOAD_WIRE_BYTES_BASE_MAX);
+        assert!(worst_body(0, 0, Metric::Load) <= UPLOAD_WIRE_BYTES_BASE_MAX);
+        for metric in Metric::ALL {
+            // Across the lengths where a varint length gains a byte.
+            for records in [1, 2, 127, 128, 129, 16_383, 16_384, 16_385] {
+                let body = worst_body(records, 0, metric);
+                assert!(
+                    body <= upload_wire_bytes_max(records, 0),
+                    "{records} records: {body} bytes"
+                );
+            }
+        }
+        // 84 histograms hold 16,380 counts, 85 cross 2^14.
+        for histograms in [1, 2, 83, 84, 85, 86] {
+            let body = worst_body(0, histograms, Metric::Load);
+            assert!(
+                body <= upload_wire_bytes_max(0, histograms),
+                "{histograms} histograms: {body} bytes"
+            );
+            let body = worst_body(histograms, histograms, Metric::Work);
+            assert!(body <= upload_wire_bytes_max(histograms, histograms));
+        }
+        // The bounds are tight: one item adds at most the two length bytes less.
+        let one_record = worst_body(1, 0, Metric::Load) - worst_body(0, 0, Metric::Load);
+        assert!(one_record + 2 >= RECORD_WIRE_BYTES_MAX, "{one_record}");
+        let one_histogram = worst_body(0, 1, Metric::Load) - worst_body(0, 0, Metric::Load);
+        assert!(
+            one_histogram + 2 >= HISTOGRAM_WIRE_BYTES_MAX,
+            "{one_histogram}"
+        );
     }
 }

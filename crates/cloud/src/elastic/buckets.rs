@@ -2,7 +2,7 @@
 
 use crate::windows::{add_into, BatchPartial};
 use mcloud_core::reading::{GroupKey, Metric};
-use mcloud_core::{BatchId, Field, Partial, Window};
+use mcloud_core::{BatchId, CountField, Partial, Window};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -21,7 +21,7 @@ pub fn bucket_of(key: &GroupKey, buckets: usize) -> usize {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BucketWindow {
     pub groups: HashMap<(Metric, GroupKey), Partial>,
-    pub histograms: HashMap<(u64, GroupKey), Vec<Field>>,
+    pub histograms: HashMap<(u64, GroupKey), Vec<CountField>>,
 }
 
 impl BucketWindow {

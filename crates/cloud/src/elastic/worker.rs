@@ -7,7 +7,7 @@ use super::buckets::{bucket_of, BucketState, BucketWindow};
 use crate::windows::BatchPartial;
 use mcloud_core::reading::{GroupKey, Metric};
 use mcloud_core::wire::UploadBatch;
-use mcloud_core::{BatchId, Field, Partial, Window};
+use mcloud_core::{BatchId, CountField, Partial, Window};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -98,7 +98,10 @@ pub struct Worker {
 
 type Cell = (u64, Metric, GroupKey);
 /// One bucket's cells and histograms of a batch.
-type BucketPart = (Vec<(Cell, Partial)>, Vec<((u64, GroupKey), Vec<Field>)>);
+type BucketPart = (
+    Vec<(Cell, Partial)>,
+    Vec<((u64, GroupKey), Vec<CountField>)>,
+);
 
 impl Worker {
     pub fn new(
@@ -214,7 +217,7 @@ impl Worker {
             if owners[b] != self.id {
                 continue;
             }
-            let counts: Vec<Field> = h.counts.clone();
+            let counts: Vec<CountField> = h.counts.clone();
             split
                 .entry(b)
                 .or_default()
