@@ -3,7 +3,7 @@
 //! at a seed party, which expands its shares from the seed).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use mcloud_cloud::windows::BatchPartial;
+use mcloud_cloud::sums::BatchPartial;
 use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
 use mcloud_core::upload::{expand, explicit_party, split_batch};
 use mcloud_core::wire::UploadRequest;

@@ -8,6 +8,7 @@ pub mod elastic;
 pub mod error;
 pub mod node;
 pub mod service;
+pub mod sums;
 pub mod values;
 pub mod windows;
 

@@ -5,7 +5,7 @@ use crate::elastic::{
     ReplaySource,
 };
 use crate::values::ValuesTable;
-use crate::windows::{BatchPartial, Registered, Windows};
+use crate::windows::{touched, Registered, Windows};
 use crate::CloudError;
 use bytes::Bytes;
 use mcloud_catalog::{CatalogClient, FlagTable};
@@ -109,8 +109,7 @@ impl CloudNode {
             STORED_MAP_WAIT,
         )
         .await?;
-        let mut state =
-            Windows::sharded(config.window_secs, config.grace_secs, recovered.watermark);
+        let mut state = Windows::new(config.window_secs, config.grace_secs, recovered.watermark);
         let mut sealed = Vec::with_capacity(recovered.sealed.len());
         for (start, bytes) in recovered.sealed {
             let window = postcard::from_bytes(&bytes)
@@ -491,8 +490,8 @@ fn decode_stored(id: BatchId, bytes: &[u8]) -> Result<UploadRequest, CloudError>
 }
 
 /// The windows a batch touches, from its metadata.
-fn windows_of(request: &UploadRequest, window_secs: u64) -> BatchPartial {
-    BatchPartial::windows_only(
+fn windows_of(request: &UploadRequest, window_secs: u64) -> Vec<u64> {
+    touched(
         request
             .records
             .iter()

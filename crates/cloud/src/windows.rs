@@ -1,103 +1,17 @@
-//! Pre-aggregation per (window, metric, plug) and the rules for when a window may be
-//! computed. A batch is aggregated once, when it arrives, into its own partial; the partial
-//! joins its windows only when the catalog says the batch's flag is TRUE, and is dropped when
-//! it says ERROR. A window is ready when the watermark (moved only by the sensors' progress
+//! Which windows may be answered, and the answers. The workers sum each batch into its
+//! windows (see `elastic`); here the node keeps, per batch, the windows it touches and its
+//! flag's fate, and per window how many of its batches are undecided. A window is ready when the watermark (moved only by the sensors' progress
 //! reports, never by the data itself, so that batches in flight cannot close each other's
 //! windows) passed its end plus grace, and no batch touching it is still undecided.
 
+use crate::sums::{add_into, sub_from, WindowSums};
 use crate::CloudError;
 use mcloud_core::reading::{GroupKey, GroupLevel, Metric};
 use mcloud_core::wire::{
-    ComputeResponse, GroupPartial, HistogramShare, PlugRange, RangeResponse, ShareRecord,
-    WindowPartial, WindowPending,
+    ComputeResponse, GroupPartial, PlugRange, RangeResponse, WindowPartial, WindowPending,
 };
 use mcloud_core::{BatchId, CountField, Partial, Window};
 use std::collections::{BTreeMap, HashMap};
-
-type Cell = (u64, Metric, GroupKey);
-/// A histogram's own 30 s window start and plug.
-type HistogramCell = (u64, GroupKey);
-
-/// One batch's shares summed per (window start, metric, plug), and its histogram shares.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct BatchPartial {
-    pub(crate) cells: Vec<(Cell, Partial)>,
-    pub(crate) histograms: Vec<(HistogramCell, Vec<CountField>)>,
-    pub(crate) windows: Vec<u64>,
-}
-
-impl BatchPartial {
-    pub fn of(
-        records: &[ShareRecord],
-        histograms: &[HistogramShare],
-        window_secs: u64,
-    ) -> BatchPartial {
-        let mut cells: HashMap<Cell, Partial> = HashMap::new();
-        for r in records {
-            let start = Window::containing(r.ts, window_secs).start;
-            cells
-                .entry((start, r.metric, r.group))
-                .or_default()
-                .add_shares(&r.share);
-        }
-        let mut windows: Vec<u64> = cells.keys().map(|c| c.0).collect();
-        windows.extend(
-            histograms
-                .iter()
-                .map(|h| Window::containing(h.window_start, window_secs).start),
-        );
-        windows.sort_unstable();
-        windows.dedup();
-        BatchPartial {
-            cells: cells.into_iter().collect(),
-            histograms: histograms
-                .iter()
-                .map(|h| ((h.window_start, h.plug), h.counts.clone()))
-                .collect(),
-            windows,
-        }
-    }
-
-    /// Only the windows a batch touches (given the timestamps of its records and the window
-    /// starts of its histograms): what the node needs to decide when a window is ready, when
-    /// the sums themselves are taken by the workers.
-    pub fn windows_only(times: impl IntoIterator<Item = u64>, window_secs: u64) -> BatchPartial {
-        let mut windows: Vec<u64> = times
-            .into_iter()
-            .map(|ts| Window::containing(ts, window_secs).start)
-            .collect();
-        windows.sort_unstable();
-        windows.dedup();
-        BatchPartial {
-            windows,
-            ..BatchPartial::default()
-        }
-    }
-
-    /// A partial from cells already summed (one bucket's share of a batch).
-    pub(crate) fn with_windows(
-        cells: Vec<(Cell, Partial)>,
-        histograms: Vec<(HistogramCell, Vec<CountField>)>,
-        window_secs: u64,
-    ) -> BatchPartial {
-        let mut windows: Vec<u64> = cells
-            .iter()
-            .map(|c| c.0 .0)
-            .chain(
-                histograms
-                    .iter()
-                    .map(|h| Window::containing(h.0 .0, window_secs).start),
-            )
-            .collect();
-        windows.sort_unstable();
-        windows.dedup();
-        BatchPartial {
-            cells,
-            histograms,
-            windows,
-        }
-    }
-}
 
 /// Ranges kept for sliding.
 const RANGE_CACHE: usize = 16;
@@ -121,24 +35,6 @@ struct PlugSums {
     histogram: Vec<CountField>,
 }
 
-pub(crate) fn sub_from(total: &mut Vec<CountField>, part: &[CountField]) {
-    if total.len() < part.len() {
-        total.resize(part.len(), CountField::default());
-    }
-    for (t, p) in total.iter_mut().zip(part) {
-        *t -= *p;
-    }
-}
-
-pub(crate) fn add_into(total: &mut Vec<CountField>, part: &[CountField]) {
-    if total.len() < part.len() {
-        total.resize(part.len(), CountField::default());
-    }
-    for (t, p) in total.iter_mut().zip(part) {
-        *t += *p;
-    }
-}
-
 /// Why a RANGE cannot be answered yet.
 #[derive(Debug, thiserror::Error)]
 #[error("window [{}, {}) is not computable yet: {reason}", window.start, window.end)]
@@ -149,19 +45,19 @@ pub struct NotReady {
 
 enum Stage {
     /// Accepted, being written to the values table: not yet acknowledged.
-    Storing(BatchPartial),
+    Storing(Vec<u64>),
     /// Durable and acknowledged; the flag is not final yet.
-    Pending(BatchPartial),
+    Pending(Vec<u64>),
     /// Final, TRUE (committed) or ERROR: remembered to recognise retries and to replay
     /// the batch to a worker that replaces a failed one.
     Done(bool),
 }
 
+/// A window's bookkeeping; its sums stay empty until the workers' are gathered (sealed).
 #[derive(Default)]
 struct WindowState {
     undecided: u32,
-    groups: HashMap<(Metric, GroupKey), Partial>,
-    histograms: HashMap<HistogramCell, Vec<CountField>>,
+    sums: WindowSums,
     batches: u64,
     digest: u128,
     /// The workers' sums of this window are gathered here: it may be answered.
@@ -171,10 +67,21 @@ struct WindowState {
 /// A sealed window as stored, so a restarted node answers it without its batches.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct SealedWindow {
-    groups: HashMap<(Metric, GroupKey), Partial>,
-    histograms: HashMap<HistogramCell, Vec<CountField>>,
+    sums: WindowSums,
     batches: u64,
     digest: u128,
+}
+
+/// The window starts a batch touches, given its records' timestamps and its histograms'
+/// window starts.
+pub fn touched(times: impl IntoIterator<Item = u64>, window_secs: u64) -> Vec<u64> {
+    let mut windows: Vec<u64> = times
+        .into_iter()
+        .map(|ts| Window::containing(ts, window_secs).start)
+        .collect();
+    windows.sort_unstable();
+    windows.dedup();
+    windows
 }
 
 /// Outcome of registering an upload.
@@ -190,8 +97,6 @@ pub struct Windows {
     windows: BTreeMap<u64, WindowState>,
     batches: HashMap<BatchId, Stage>,
     ranges: Vec<RangeSums>,
-    /// The sums live in the elastic workers, and a window's sums are here only once sealed.
-    sharded: bool,
 }
 
 impl Windows {
@@ -203,28 +108,11 @@ impl Windows {
             windows: BTreeMap::new(),
             batches: HashMap::new(),
             ranges: Vec::new(),
-            sharded: false,
         }
-    }
-
-    /// Bookkeeping for a node whose sums are held by workers: windows become answerable
-    /// when sealed with the workers' sums.
-    pub fn sharded(window_secs: u64, grace_secs: u64, watermark: u64) -> Windows {
-        Windows {
-            sharded: true,
-            ..Windows::new(window_secs, grace_secs, watermark)
-        }
-    }
-
-    fn answerable(&self, w: &WindowState) -> bool {
-        !self.sharded || w.sealed
     }
 
     /// Closed windows with every batch decided whose sums still sit in the workers.
     pub fn sealable(&self) -> Vec<u64> {
-        if !self.sharded {
-            return Vec::new();
-        }
         let closed_before = self.closed_before();
         self.windows
             .iter()
@@ -236,17 +124,12 @@ impl Windows {
     }
 
     /// Takes in the workers' final sums of a closed, decided window.
-    pub fn seal(&mut self, start: u64, sums: crate::elastic::BucketWindow) {
+    pub fn seal(&mut self, start: u64, sums: WindowSums) {
         if let Some(w) = self.windows.get_mut(&start) {
             if w.sealed || w.undecided > 0 {
                 return;
             }
-            for (k, p) in sums.groups {
-                w.groups.entry(k).or_default().merge(&p);
-            }
-            for (k, counts) in sums.histograms {
-                add_into(w.histograms.entry(k).or_default(), &counts);
-            }
+            w.sums.merge(sums);
             w.sealed = true;
         }
     }
@@ -255,8 +138,7 @@ impl Windows {
     pub fn sealed_window(&self, start: u64) -> Option<SealedWindow> {
         let w = self.windows.get(&start).filter(|w| w.sealed)?;
         Some(SealedWindow {
-            groups: w.groups.clone(),
-            histograms: w.histograms.clone(),
+            sums: w.sums.clone(),
             batches: w.batches,
             digest: w.digest,
         })
@@ -269,8 +151,7 @@ impl Windows {
             start,
             WindowState {
                 undecided: 0,
-                groups: stored.groups,
-                histograms: stored.histograms,
+                sums: stored.sums,
                 batches: stored.batches,
                 digest: stored.digest,
                 sealed: true,
@@ -310,19 +191,14 @@ impl Windows {
 
     /// Claims a new batch for storing, or recognises a retry. Checks and claim happen under
     /// one lock, so a window cannot close between the check and the claim.
-    pub fn register(
-        &mut self,
-        id: BatchId,
-        partial: BatchPartial,
-    ) -> Result<Registered, CloudError> {
+    pub fn register(&mut self, id: BatchId, windows: Vec<u64>) -> Result<Registered, CloudError> {
         match self.batches.get(&id) {
             Some(Stage::Storing(_)) => return Err(CloudError::InProgress(id)),
             Some(_) => return Ok(Registered::Duplicate),
             None => {}
         }
         let closed_before = self.closed_before();
-        if let Some(&start) = partial
-            .windows
+        if let Some(&start) = windows
             .iter()
             .find(|&&s| s + self.window_secs <= closed_before)
         {
@@ -335,26 +211,26 @@ impl Windows {
                 watermark: self.watermark(),
             });
         }
-        for &start in &partial.windows {
+        for &start in &windows {
             self.windows.entry(start).or_default().undecided += 1;
         }
-        self.batches.insert(id, Stage::Storing(partial));
+        self.batches.insert(id, Stage::Storing(windows));
         Ok(Registered::New)
     }
 
     /// The batch is durable: it now waits for its flag.
     pub fn stored(&mut self, id: BatchId) {
         if let Some(stage) = self.batches.get_mut(&id) {
-            if let Stage::Storing(partial) = std::mem::replace(stage, Stage::Done(false)) {
-                *stage = Stage::Pending(partial);
+            if let Stage::Storing(windows) = std::mem::replace(stage, Stage::Done(false)) {
+                *stage = Stage::Pending(windows);
             }
         }
     }
 
     /// Storing failed: forget the batch as if it never came.
     pub fn abort(&mut self, id: BatchId) {
-        if let Some(Stage::Storing(partial)) = self.batches.remove(&id) {
-            for start in &partial.windows {
+        if let Some(Stage::Storing(windows)) = self.batches.remove(&id) {
+            for start in &windows {
                 if let Some(w) = self.windows.get_mut(start) {
                     w.undecided -= 1;
                 }
@@ -363,17 +239,17 @@ impl Windows {
     }
 
     /// A batch found in the values table after a restart.
-    pub fn restore(&mut self, id: BatchId, partial: BatchPartial) {
+    pub fn restore(&mut self, id: BatchId, windows: Vec<u64>) {
         if self.batches.contains_key(&id) {
             return;
         }
-        for &start in &partial.windows {
+        for &start in &windows {
             let w = self.windows.entry(start).or_default();
             if !w.sealed {
                 w.undecided += 1;
             }
         }
-        self.batches.insert(id, Stage::Pending(partial));
+        self.batches.insert(id, Stage::Pending(windows));
     }
 
     pub fn advance(&mut self, ts: u64) {
@@ -388,7 +264,8 @@ impl Windows {
             .collect()
     }
 
-    /// Applies a final flag: TRUE adds the batch to its windows, ERROR drops it.
+    /// Applies a final flag: TRUE counts the batch in its windows' fingerprints, ERROR drops
+    /// it; either way its windows wait for it no longer.
     pub fn decide(&mut self, id: BatchId, committed: bool) {
         let Some(stage) = self.batches.get_mut(&id) else {
             return;
@@ -396,10 +273,10 @@ impl Windows {
         if !matches!(stage, Stage::Pending(_)) {
             return;
         }
-        let Stage::Pending(partial) = std::mem::replace(stage, Stage::Done(committed)) else {
+        let Stage::Pending(windows) = std::mem::replace(stage, Stage::Done(committed)) else {
             return;
         };
-        for &start in &partial.windows {
+        for &start in &windows {
             // Only a window restored sealed can be sealed with a batch still pending in it:
             // its stored sums already hold the batch.
             if let Some(w) = self.windows.get_mut(&start).filter(|w| !w.sealed) {
@@ -407,19 +284,6 @@ impl Windows {
                 if committed {
                     w.batches += 1;
                     w.digest ^= id.0;
-                }
-            }
-        }
-        if committed {
-            for ((start, metric, group), p) in partial.cells {
-                if let Some(w) = self.windows.get_mut(&start).filter(|w| !w.sealed) {
-                    w.groups.entry((metric, group)).or_default().merge(&p);
-                }
-            }
-            for (cell, counts) in partial.histograms {
-                let start = Window::containing(cell.0, self.window_secs).start;
-                if let Some(w) = self.windows.get_mut(&start).filter(|w| !w.sealed) {
-                    add_into(w.histograms.entry(cell).or_default(), &counts);
                 }
             }
         }
@@ -450,7 +314,7 @@ impl Windows {
         if let Some((&start, w)) = self
             .windows
             .range(from..to)
-            .find(|(_, w)| w.undecided > 0 || !self.answerable(w))
+            .find(|(_, w)| w.undecided > 0 || !w.sealed)
         {
             let reason = if w.undecided > 0 {
                 format!("{} batches undecided", w.undecided)
@@ -547,7 +411,7 @@ impl Windows {
         sums.digest ^= w.digest;
         let sign = if add { 1 } else { -1 };
         let mut touched = std::collections::BTreeSet::new();
-        for ((metric, plug), p) in &w.groups {
+        for ((metric, plug), p) in &w.sums.groups {
             if *metric == Metric::Load {
                 touched.insert(*plug);
                 let entry = &mut sums.plugs.entry(*plug).or_default().load;
@@ -559,7 +423,7 @@ impl Windows {
             }
         }
         if sums.with_histograms {
-            for ((_, plug), counts) in &w.histograms {
+            for ((_, plug), counts) in &w.sums.histograms {
                 touched.insert(*plug);
                 let entry = &mut sums.plugs.entry(*plug).or_default().histogram;
                 if add {
@@ -597,7 +461,7 @@ impl Windows {
                 end: start + self.window_secs,
             };
             let closed = window.end <= closed_before;
-            if !closed || w.undecided > 0 || !self.answerable(w) {
+            if !closed || w.undecided > 0 || !w.sealed {
                 pending.push(WindowPending {
                     window,
                     closed,
@@ -606,7 +470,7 @@ impl Windows {
                 continue;
             }
             let mut groups: BTreeMap<_, Partial> = BTreeMap::new();
-            for ((metric, key), p) in &w.groups {
+            for ((metric, key), p) in &w.sums.groups {
                 groups
                     .entry((*metric, level.project(*key)))
                     .or_default()
@@ -650,7 +514,7 @@ impl Windows {
             "windows": self.windows.len(),
             "batches": self.batches.len(),
             "undecided_batches": undecided,
-            "windows_in_workers": if self.sharded { unsealed } else { 0 },
+            "windows_in_workers": unsealed,
         })
     }
 }
@@ -659,6 +523,7 @@ impl Windows {
 mod tests {
     use super::*;
     use mcloud_core::share::record_values;
+    use mcloud_core::wire::ShareRecord;
 
     fn record(key: u64, ts: u64, plug: u32, value: u64) -> ShareRecord {
         ShareRecord {
@@ -674,12 +539,25 @@ mod tests {
         }
     }
 
+    /// What the workers would gather for a window: the committed records summed.
+    fn sums_of(records: &[ShareRecord]) -> WindowSums {
+        let mut sums = WindowSums::default();
+        for r in records {
+            sums.groups
+                .entry((r.metric, r.group))
+                .or_default()
+                .add_shares(&r.share);
+        }
+        sums
+    }
+
     /// With one party the shares are the values, so sliding sums can be checked exactly
     /// against sums taken from scratch over any sequence of ranges.
     #[test]
     fn sliding_ranges_equal_fresh_sums() {
         let mut w = Windows::new(30, 0, 0);
         let mut key = 0;
+        let mut gathered = Vec::new();
         for batch in 0..40u64 {
             let records: Vec<ShareRecord> = (0..10)
                 .map(|i| {
@@ -688,14 +566,25 @@ mod tests {
                 })
                 .collect();
             let id = BatchId(batch as u128 + 1);
-            assert!(matches!(
-                w.register(id, BatchPartial::of(&records, &[], 30)),
-                Ok(Registered::New)
-            ));
+            let windows = touched(records.iter().map(|r| r.ts), 30);
+            assert!(matches!(w.register(id, windows), Ok(Registered::New)));
             w.stored(id);
-            w.decide(id, batch % 7 != 3);
+            let committed = batch % 7 != 3;
+            w.decide(id, committed);
+            gathered.push((
+                batch * 30,
+                if committed {
+                    sums_of(&records)
+                } else {
+                    WindowSums::default()
+                },
+            ));
         }
         w.advance(40 * 30);
+        assert_eq!(w.sealable().len(), 40);
+        for (start, sums) in gathered {
+            w.seal(start, sums);
+        }
         let ranges = [
             (0, 300),
             (30, 330),

@@ -1,8 +1,8 @@
 //! Buckets (key groups) and the state a bucket carries from one worker to the next.
 
-use crate::windows::{add_into, BatchPartial};
-use mcloud_core::reading::{GroupKey, Metric};
-use mcloud_core::{BatchId, CountField, Partial, Window};
+use crate::sums::{add_into, BatchPartial, WindowSums};
+use mcloud_core::reading::GroupKey;
+use mcloud_core::{BatchId, Window};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -17,31 +17,13 @@ pub fn bucket_of(key: &GroupKey, buckets: usize) -> usize {
     (h % buckets.max(1) as u64) as usize
 }
 
-/// A window's committed sums for the plugs of one bucket (or, merged, of several).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct BucketWindow {
-    pub groups: HashMap<(Metric, GroupKey), Partial>,
-    pub histograms: HashMap<(u64, GroupKey), Vec<CountField>>,
-}
-
-impl BucketWindow {
-    pub fn merge(&mut self, other: BucketWindow) {
-        for (k, p) in other.groups {
-            self.groups.entry(k).or_default().merge(&p);
-        }
-        for (k, counts) in other.histograms {
-            add_into(self.histograms.entry(k).or_default(), &counts);
-        }
-    }
-}
-
 /// Everything a bucket's owner holds: the committed sums of its open windows and the partials
 /// of batches whose flag is not final yet. Both are plain sums, so two pieces of one bucket's
 /// state (the old owner's and what the new owner aggregated before the handover finished) add
 /// up to the state of the bucket.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BucketState {
-    pub windows: BTreeMap<u64, BucketWindow>,
+    pub windows: BTreeMap<u64, WindowSums>,
     pub pending: HashMap<BatchId, BatchPartial>,
 }
 

@@ -16,7 +16,8 @@ mod recovery;
 pub mod remote;
 pub mod worker;
 
-pub use buckets::{bucket_of, BucketState, BucketWindow};
+pub use crate::sums::WindowSums;
+pub use buckets::{bucket_of, BucketState};
 pub use checkpoint::{Checkpoint, CheckpointInfo};
 pub use manager::{Action, Thresholds};
 pub use map_store::{MapStore, MapStoreError};
@@ -383,7 +384,7 @@ impl Pool {
     /// state is not held by any live worker (a worker died, or state was lost in transit):
     /// the windows are then gathered after recovery. The sums stay with the workers until
     /// [`Pool::forget`], so a take that fails half-way loses nothing either.
-    pub async fn take(&self, windows: Vec<u64>) -> Option<HashMap<u64, BucketWindow>> {
+    pub async fn take(&self, windows: Vec<u64>) -> Option<HashMap<u64, WindowSums>> {
         if windows.is_empty() {
             return Some(HashMap::new());
         }
@@ -411,7 +412,7 @@ impl Pool {
                 replies.push(rx);
             }
         }
-        let mut out: HashMap<u64, BucketWindow> = HashMap::new();
+        let mut out: HashMap<u64, WindowSums> = HashMap::new();
         for rx in replies {
             let Ok(part) = rx.await else {
                 tracing::debug!("take deferred: a worker stopped during it");

@@ -10,9 +10,10 @@
 //! process that dies closes the connection; the proxy marks the worker dead and the node
 //! rebuilds its buckets.
 
-use super::buckets::{BucketState, BucketWindow};
+use super::buckets::BucketState;
 use super::provisioner::{Provisioner, WorkerHandle};
 use super::worker::{Msg, Worker, WorkerId, WorkerShared};
+use crate::sums::WindowSums;
 use crate::CloudError;
 use mcloud_core::tls::{link_client_config, PrivateLink};
 use mcloud_core::wire::UploadBatch;
@@ -71,7 +72,7 @@ enum Request {
 enum Body {
     Done,
     State(BucketState),
-    Windows(HashMap<u64, BucketWindow>),
+    Windows(HashMap<u64, WindowSums>),
     Left(Vec<(usize, BucketState)>),
     Snapshot(Vec<(usize, BucketState)>),
 }
@@ -122,7 +123,7 @@ enum Waiting {
     Nothing,
     State(oneshot::Sender<BucketState>),
     Done(oneshot::Sender<()>),
-    Windows(oneshot::Sender<HashMap<u64, BucketWindow>>),
+    Windows(oneshot::Sender<HashMap<u64, WindowSums>>),
     Left(oneshot::Sender<Vec<(usize, BucketState)>>),
     Snapshot(oneshot::Sender<Vec<(usize, BucketState)>>),
 }

@@ -3,9 +3,10 @@
 //! is queued behind every batch routed to the old owner before the cut, so the state it hands
 //! over already contains them.
 
-use super::buckets::{bucket_of, BucketState, BucketWindow};
-use crate::windows::BatchPartial;
-use mcloud_core::reading::{GroupKey, Metric};
+use super::buckets::{bucket_of, BucketState};
+use crate::sums::WindowSums;
+use crate::sums::{BatchPartial, Cell};
+use mcloud_core::reading::GroupKey;
 use mcloud_core::wire::UploadBatch;
 use mcloud_core::{BatchId, CountField, Partial, Window};
 use std::collections::{HashMap, HashSet};
@@ -41,7 +42,7 @@ pub enum Msg {
     /// Copy out the sums of these closed windows, which no batch can touch any more.
     Take {
         windows: Arc<Vec<u64>>,
-        reply: oneshot::Sender<HashMap<u64, BucketWindow>>,
+        reply: oneshot::Sender<HashMap<u64, WindowSums>>,
     },
     /// The node holds these windows' sums now: drop them here.
     Forget { windows: Arc<Vec<u64>> },
@@ -96,7 +97,6 @@ pub struct Worker {
     counts: Vec<u32>,
 }
 
-type Cell = (u64, Metric, GroupKey);
 /// One bucket's cells and histograms of a batch.
 type BucketPart = (
     Vec<(Cell, Partial)>,
@@ -294,8 +294,8 @@ impl Worker {
         }
     }
 
-    fn take(&self, windows: &[u64]) -> HashMap<u64, BucketWindow> {
-        let mut out: HashMap<u64, BucketWindow> = HashMap::new();
+    fn take(&self, windows: &[u64]) -> HashMap<u64, WindowSums> {
+        let mut out: HashMap<u64, WindowSums> = HashMap::new();
         for state in self.buckets.values() {
             for start in windows {
                 if let Some(w) = state.windows.get(start) {
