@@ -62,6 +62,8 @@ pub struct Report {
     pub rejected: Vec<Unsettled>,
     /// Stopped on purpose before SET (fault injection).
     pub crashed: Vec<Unsettled>,
+    /// Upload body bytes sent to all clouds, retries included.
+    pub upload_bytes: u64,
 }
 
 pub struct Sensor {
@@ -129,6 +131,7 @@ impl Sensor {
         progress: impl Fn(u64),
     ) -> Result<Report, SensorError> {
         let mut report = Report::default();
+        let sent_before = self.uploader.sent_bytes();
         let mut tasks: JoinSet<Result<(PlainBatch, Outcome, u32, u64), SensorError>> =
             JoinSet::new();
         let mut batches = batches.into_iter();
@@ -196,6 +199,7 @@ impl Sensor {
             }
             progress(n);
         }
+        report.upload_bytes = self.uploader.sent_bytes() - sent_before;
         Ok(report)
     }
 }

@@ -41,6 +41,8 @@ pub struct Uploader {
     clouds: Vec<String>,
     catalog: CatalogClient,
     ttl: Duration,
+    /// Upload body bytes sent so far (every attempt counts: they all cross the network).
+    sent_bytes: std::sync::atomic::AtomicU64,
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(20);
@@ -88,11 +90,17 @@ impl Uploader {
                 .collect(),
             catalog,
             ttl,
+            sent_bytes: Default::default(),
         }
     }
 
     pub fn parties(&self) -> usize {
         self.clouds.len()
+    }
+
+    /// Upload body bytes sent to all clouds so far.
+    pub fn sent_bytes(&self) -> u64 {
+        self.sent_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits until the catalog and every cloud answer, so that no flag is created (and its
@@ -192,6 +200,8 @@ impl Uploader {
                 let url = format!("{cloud}/v1/upload");
                 async move {
                     retry(upload_until, CallError::is_retryable, || {
+                        self.sent_bytes
+                            .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         post_bytes::<UploadAck>(&self.http, &url, body.clone())
                     })
                     .await

@@ -5,7 +5,7 @@ use crate::elastic::{
     ReplaySource,
 };
 use crate::values::ValuesTable;
-use crate::windows::{touched, Registered, Windows};
+use crate::windows::{touched, RangeError, Registered, Windows};
 use crate::CloudError;
 use bytes::Bytes;
 use mcloud_catalog::{CatalogClient, FlagTable};
@@ -136,6 +136,8 @@ impl CloudNode {
                 replayed += 1;
             }
         }
+        // Every sealed window is in the values table: all but the recent ones leave memory.
+        state.keep_cold_in(Box::new(values.clone()));
         let sealed_count = sealed.len();
         if sealed_count > 0 {
             pool.forget(sealed);
@@ -413,6 +415,7 @@ impl CloudNode {
         // Stored before the workers drop them: checkpoints taken from now on lack these
         // windows, and a restart must still find their sums.
         self.values.save_sealed(stored).await?;
+        self.state().cool();
         self.pool.forget(ready);
         Ok(())
     }
@@ -437,7 +440,7 @@ impl CloudNode {
         self.seal().await?;
         Ok(self
             .state()
-            .compute(self.config.party, self.config.parties, from, to, level))
+            .compute(self.config.party, self.config.parties, from, to, level)?)
     }
 
     /// RANGE: per-plug load sums over [from, to), with histograms only for ranges of at least
@@ -470,7 +473,10 @@ impl CloudNode {
                 to,
                 with_histograms,
             )
-            .map_err(|e| ApiError::conflict(e.to_string()))
+            .map_err(|e| match e {
+                RangeError::NotReady(e) => ApiError::conflict(e.to_string()),
+                RangeError::Storage(e) => e.into(),
+            })
     }
 
     pub fn status(&self) -> serde_json::Value {

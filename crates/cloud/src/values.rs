@@ -119,6 +119,13 @@ impl ValuesTable {
         Ok((ValuesTable { jobs, db }, recovered))
     }
 
+    /// The stored sums of a sealed window, if it is stored.
+    pub fn read_sealed(&self, start: u64) -> Result<Option<Vec<u8>>, CloudError> {
+        let txn = self.db.begin_read()?;
+        let sealed = txn.open_table(SEALED)?;
+        Ok(sealed.get(start)?.map(|bytes| bytes.value().to_vec()))
+    }
+
     /// The stored bytes of these batches (those that are stored), for a replay.
     pub fn read(&self, ids: &[BatchId]) -> Result<Vec<(BatchId, Vec<u8>)>, CloudError> {
         let txn = self.db.begin_read()?;
@@ -259,4 +266,17 @@ fn commit(db: &Database, group: &[Job]) -> Result<(), CloudError> {
     }
     txn.commit()?;
     Ok(())
+}
+
+/// Sealed windows read back once they left memory: every sealed window is stored here
+/// before its sums leave memory.
+impl crate::windows::ColdStore for ValuesTable {
+    fn load(&self, start: u64) -> Result<Option<crate::windows::SealedWindow>, CloudError> {
+        self.read_sealed(start)?
+            .map(|bytes| {
+                postcard::from_bytes(&bytes)
+                    .map_err(|e| CloudError::Storage(format!("stored window {start}: {e}")))
+            })
+            .transpose()
+    }
 }

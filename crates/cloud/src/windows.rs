@@ -35,6 +35,15 @@ struct PlugSums {
     histogram: Vec<CountField>,
 }
 
+/// Why a RANGE is not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum RangeError {
+    #[error(transparent)]
+    NotReady(#[from] NotReady),
+    #[error(transparent)]
+    Storage(CloudError),
+}
+
 /// Why a RANGE cannot be answered yet.
 #[derive(Debug, thiserror::Error)]
 #[error("window [{}, {}) is not computable yet: {reason}", window.start, window.end)]
@@ -62,7 +71,20 @@ struct WindowState {
     digest: u128,
     /// The workers' sums of this window are gathered here: it may be answered.
     sealed: bool,
+    /// Sealed, and its sums left memory for the cold store.
+    cold: bool,
 }
+
+/// Where sealed windows' sums are read back once they left memory (the values table).
+pub trait ColdStore: Send {
+    fn load(&self, start: u64) -> Result<Option<SealedWindow>, CloudError>;
+}
+
+/// How long a sealed window's sums stay in memory, counted back from the newest sealed
+/// window. Ranges slide over the recent past (Q2's hour, Q1's current slices); older windows
+/// are read back from the values table when a range leaves them or a query reaches back, so
+/// a cloud's memory does not grow with the length of its history.
+pub const HOT_SECS: u64 = 2 * 3600;
 
 /// A sealed window as stored, so a restarted node answers it without its batches.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -97,6 +119,8 @@ pub struct Windows {
     windows: BTreeMap<u64, WindowState>,
     batches: HashMap<BatchId, Stage>,
     ranges: Vec<RangeSums>,
+    /// Without one, every window stays in memory.
+    cold_store: Option<Box<dyn ColdStore>>,
 }
 
 impl Windows {
@@ -108,7 +132,59 @@ impl Windows {
             windows: BTreeMap::new(),
             batches: HashMap::new(),
             ranges: Vec::new(),
+            cold_store: None,
         }
+    }
+
+    /// From now on, sealed windows older than [`HOT_SECS`] leave memory and are read back
+    /// from `store`, which holds every sealed window.
+    pub fn keep_cold_in(&mut self, store: Box<dyn ColdStore>) {
+        self.cold_store = Some(store);
+        self.cool();
+    }
+
+    /// Drops the sums of sealed windows more than [`HOT_SECS`] older than the newest sealed
+    /// one (they are in the cold store).
+    pub fn cool(&mut self) {
+        if self.cold_store.is_none() {
+            return;
+        }
+        let Some(newest) = self
+            .windows
+            .iter()
+            .rev()
+            .find(|(_, w)| w.sealed)
+            .map(|(s, _)| *s)
+        else {
+            return;
+        };
+        let Some(before) = newest.checked_sub(HOT_SECS) else {
+            return;
+        };
+        for (_, w) in self.windows.range_mut(..before) {
+            if w.sealed && !w.cold {
+                w.sums = WindowSums::default();
+                w.cold = true;
+            }
+        }
+    }
+
+    /// A sealed window's sums: from memory, or read back from the cold store.
+    fn sums_of<'a>(
+        &self,
+        start: u64,
+        w: &'a WindowState,
+    ) -> Result<std::borrow::Cow<'a, WindowSums>, CloudError> {
+        if !w.cold {
+            return Ok(std::borrow::Cow::Borrowed(&w.sums));
+        }
+        let stored = match &self.cold_store {
+            Some(store) => store.load(start)?,
+            None => None,
+        };
+        stored
+            .map(|s| std::borrow::Cow::Owned(s.sums))
+            .ok_or_else(|| CloudError::Storage(format!("sealed window {start} is not stored")))
     }
 
     /// Closed windows with every batch decided whose sums still sit in the workers.
@@ -155,6 +231,7 @@ impl Windows {
                 batches: stored.batches,
                 digest: stored.digest,
                 sealed: true,
+                cold: false,
             },
         );
     }
@@ -301,15 +378,15 @@ impl Windows {
         from: u64,
         to: u64,
         with_histograms: bool,
-    ) -> Result<RangeResponse, NotReady> {
+    ) -> Result<RangeResponse, RangeError> {
         let closed_before = self.closed_before();
         if to > closed_before {
-            return Err(NotReady {
+            return Err(RangeError::NotReady(NotReady {
                 window: Window::containing(closed_before, self.window_secs),
                 reason: format!(
                     "the range ends at {to}, windows are closed only up to {closed_before}"
                 ),
-            });
+            }));
         }
         if let Some((&start, w)) = self
             .windows
@@ -321,13 +398,13 @@ impl Windows {
             } else {
                 "its sums are being gathered from the workers".to_string()
             };
-            return Err(NotReady {
+            return Err(RangeError::NotReady(NotReady {
                 window: Window {
                     start,
                     end: start + self.window_secs,
                 },
                 reason,
-            });
+            }));
         }
         let step = self.window_secs;
         let windows_between = |a: u64, b: u64| a.abs_diff(b) / step;
@@ -348,7 +425,10 @@ impl Windows {
                 ..RangeSums::default()
             },
         };
-        self.slide(&mut sums, from, to);
+        if let Err(e) = self.slide(&mut sums, from, to) {
+            // A half-slid range is wrong: it is dropped, not cached.
+            return Err(RangeError::Storage(e));
+        }
         let response = RangeResponse {
             party,
             parties,
@@ -374,7 +454,7 @@ impl Windows {
     }
 
     /// Moves `sums` from its range to [from, to).
-    fn slide(&self, sums: &mut RangeSums, from: u64, to: u64) {
+    fn slide(&self, sums: &mut RangeSums, from: u64, to: u64) -> Result<(), CloudError> {
         // Windows only in the old range leave, windows only in the new one enter.
         let (old_from, old_to) = (sums.from, sums.to);
         let leave: Vec<u64> = self
@@ -390,19 +470,21 @@ impl Windows {
             .filter(|s| !(old_from..old_to).contains(s))
             .collect();
         for start in leave {
-            self.apply_window(sums, start, false);
+            self.apply_window(sums, start, false)?;
         }
         for start in enter {
-            self.apply_window(sums, start, true);
+            self.apply_window(sums, start, true)?;
         }
         sums.from = from;
         sums.to = to;
+        Ok(())
     }
 
-    fn apply_window(&self, sums: &mut RangeSums, start: u64, add: bool) {
+    fn apply_window(&self, sums: &mut RangeSums, start: u64, add: bool) -> Result<(), CloudError> {
         let Some(w) = self.windows.get(&start) else {
-            return;
+            return Ok(());
         };
+        let window_sums = self.sums_of(start, w)?;
         if add {
             sums.batches += w.batches as i64;
         } else {
@@ -411,7 +493,7 @@ impl Windows {
         sums.digest ^= w.digest;
         let sign = if add { 1 } else { -1 };
         let mut touched = std::collections::BTreeSet::new();
-        for ((metric, plug), p) in &w.sums.groups {
+        for ((metric, plug), p) in &window_sums.groups {
             if *metric == Metric::Load {
                 touched.insert(*plug);
                 let entry = &mut sums.plugs.entry(*plug).or_default().load;
@@ -423,7 +505,7 @@ impl Windows {
             }
         }
         if sums.with_histograms {
-            for ((_, plug), counts) in &w.sums.histograms {
+            for ((_, plug), counts) in &window_sums.histograms {
                 touched.insert(*plug);
                 let entry = &mut sums.plugs.entry(*plug).or_default().histogram;
                 if add {
@@ -442,6 +524,7 @@ impl Windows {
                 sums.plugs.remove(&plug);
             }
         }
+        Ok(())
     }
 
     pub fn compute(
@@ -451,7 +534,7 @@ impl Windows {
         from: u64,
         to: u64,
         level: GroupLevel,
-    ) -> ComputeResponse {
+    ) -> Result<ComputeResponse, CloudError> {
         let closed_before = self.closed_before();
         let mut ready = Vec::new();
         let mut pending = Vec::new();
@@ -470,7 +553,7 @@ impl Windows {
                 continue;
             }
             let mut groups: BTreeMap<_, Partial> = BTreeMap::new();
-            for ((metric, key), p) in &w.sums.groups {
+            for ((metric, key), p) in &self.sums_of(start, w)?.groups {
                 groups
                     .entry((*metric, level.project(*key)))
                     .or_default()
@@ -490,14 +573,14 @@ impl Windows {
                     .collect(),
             });
         }
-        ComputeResponse {
+        Ok(ComputeResponse {
             party,
             parties,
             window_secs: self.window_secs,
             closed_before,
             ready,
             pending,
-        }
+        })
     }
 
     /// Counts for the status page.
@@ -515,6 +598,7 @@ impl Windows {
             "batches": self.batches.len(),
             "undecided_batches": undecided,
             "windows_in_workers": unsealed,
+            "windows_in_cold_store": self.windows.values().filter(|w| w.cold).count(),
         })
     }
 }
@@ -606,5 +690,61 @@ mod tests {
             let windows = (from..to).step_by(30).filter(|s| (s / 30) % 7 != 3).count();
             assert_eq!(count, windows as u128 * 10, "range [{from}, {to})");
         }
+    }
+
+    /// Windows past the hot horizon leave memory; ranges sliding over them and COMPUTE read
+    /// them back from a real values table and answer exactly what an all-in-memory node
+    /// answers.
+    #[tokio::test]
+    async fn cold_windows_answer_like_hot_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (values, _) = crate::values::ValuesTable::open(dir.path()).unwrap();
+        let windows = 4 * HOT_SECS / 30;
+        let mut cold = Windows::new(30, 0, 0);
+        let mut hot = Windows::new(30, 0, 0);
+        for n in 0..windows {
+            let start = n * 30;
+            let records: Vec<ShareRecord> = (0..3)
+                .map(|plug| record(n * 3 + plug + 1, start + plug, plug as u32, n * 11 + plug))
+                .collect();
+            let mut sums = sums_of(&records);
+            sums.histograms.insert(
+                (start, records[0].group),
+                vec![CountField::from(n); mcloud_core::histogram::BUCKETS],
+            );
+            for w in [&mut cold, &mut hot] {
+                let id = BatchId(u128::from(n) + 1);
+                assert!(matches!(w.register(id, vec![start]), Ok(Registered::New)));
+                w.stored(id);
+                w.decide(id, true);
+                w.advance(start + 30);
+                w.seal(start, sums.clone());
+            }
+            let stored = postcard::to_stdvec(&cold.sealed_window(start).unwrap()).unwrap();
+            values.save_sealed(vec![(start, stored)]).await.unwrap();
+        }
+        cold.keep_cold_in(Box::new(values.clone()));
+        let in_store = cold.summary()["windows_in_cold_store"].as_u64().unwrap();
+        // Windows starting more than HOT_SECS before the newest one left memory.
+        assert_eq!(in_store, windows - 1 - HOT_SECS / 30);
+        let span = windows * 30;
+        for step in 0..((span - 3600) / (8 * 30)) {
+            let to = 3600 + step * 8 * 30;
+            for (from, histograms) in [
+                (to - 3600, true),
+                (to.saturating_sub(3 * 3600), true),
+                (to / 2 / 30 * 30, false),
+            ] {
+                assert_eq!(
+                    cold.range(0, 1, from, to, histograms).unwrap(),
+                    hot.range(0, 1, from, to, histograms).unwrap(),
+                    "range [{from}, {to})"
+                );
+            }
+        }
+        assert_eq!(
+            cold.compute(0, 1, 0, span, GroupLevel::House).unwrap(),
+            hot.compute(0, 1, 0, span, GroupLevel::House).unwrap()
+        );
     }
 }
