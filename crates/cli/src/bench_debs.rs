@@ -119,6 +119,10 @@ pub async fn run(mut args: BenchArgs) -> Result<()> {
         // Catalog, clouds and sensor share this process (and the input and the reference).
         println!("cluster_process_peak_rss_mb={:.1}", kb as f64 / 1024.0);
     }
+    println!(
+        "upload_bytes_per_event={:.1}",
+        upload.report.upload_bytes as f64 / events
+    );
     println!("query_bytes_per_event={:.1}", range_bytes as f64 / events);
     for (role, bytes) in disk {
         println!("disk_{role}_mb={:.1}", bytes as f64 / (1 << 20) as f64);
