@@ -40,17 +40,16 @@ async fn eventually(secs: u64, what: &str, mut check: impl AsyncFnMut() -> bool)
     }
 }
 
-fn applied(cluster: &LocalCluster, voter: u16) -> Option<u64> {
-    cluster.catalog_node(voter)?.status()[0].last_applied
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarted_voter_catches_up_from_a_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
+/// A catalog taking a snapshot every `snapshot_every` entries, with one follower stopped;
+/// returns the cluster, the leader and the stopped follower.
+async fn with_a_follower_stopped(
+    dir: &std::path::Path,
+    snapshot_every: u64,
+) -> (LocalCluster, u16, u16) {
     let mut cluster = cluster(
-        dir.path(),
+        dir,
         CatalogSpec {
-            snapshot_every: 20,
+            snapshot_every,
             ..Default::default()
         },
     )
@@ -58,6 +57,17 @@ async fn restarted_voter_catches_up_from_a_snapshot() {
     let leader = cluster.catalog_leader(0).unwrap();
     let follower = (leader + 1) % 3;
     cluster.stop_catalog(follower).await;
+    (cluster, leader, follower)
+}
+
+fn applied(cluster: &LocalCluster, voter: u16) -> Option<u64> {
+    cluster.catalog_node(voter)?.status()[0].last_applied
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_voter_catches_up_from_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cluster, leader, follower) = with_a_follower_stopped(dir.path(), 20).await;
     let flags = cluster.catalog_client();
     for id in 0..120u128 {
         flags.create(create(id, 60_000)).await.unwrap();
@@ -282,17 +292,7 @@ async fn every_voter_restarted_keeps_every_decision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_voter_catches_up_from_a_snapshot_larger_than_a_request() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = cluster(
-        dir.path(),
-        CatalogSpec {
-            snapshot_every: 20,
-            ..Default::default()
-        },
-    )
-    .await;
-    let leader = cluster.catalog_leader(0).unwrap();
-    let follower = (leader + 1) % 3;
-    cluster.stop_catalog(follower).await;
+    let (mut cluster, leader, follower) = with_a_follower_stopped(dir.path(), 20).await;
     let flags = cluster.catalog_client();
     let total = 400_000;
     for _ in 0..total / 10_000 {
@@ -329,10 +329,9 @@ async fn a_lagging_voter_catches_up_from_a_snapshot_larger_than_a_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_voter_catches_up_through_appends_larger_than_a_request() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = cluster(dir.path(), CatalogSpec::default()).await;
-    let leader = cluster.catalog_leader(0).unwrap();
-    let follower = (leader + 1) % 3;
-    cluster.stop_catalog(follower).await;
+    let default_snapshots = CatalogSpec::default().snapshot_every;
+    let (mut cluster, leader, follower) =
+        with_a_follower_stopped(dir.path(), default_snapshots).await;
     let flags = cluster.catalog_client();
     let per_request = mcloud_core::wire::MAX_FLAGS_PER_REQUEST;
     let requests = 6;

@@ -178,11 +178,7 @@ pub async fn post_bytes<R: DeserializeOwned>(
     url: &str,
     body: Vec<u8>,
 ) -> Result<R, CallError> {
-    let request = client
-        .post(url)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .body(body);
-    call(url, request).await
+    Ok(post_bytes_sized(client, url, body).await?.0)
 }
 
 /// POSTs an already encoded body and decodes a postcard answer; also returns the answer's
@@ -196,14 +192,7 @@ pub async fn post_bytes_sized<R: DeserializeOwned>(
         .post(url)
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .body(body);
-    let response = request
-        .send()
-        .await
-        .map_err(|source| CallError::Transport {
-            url: url.to_string(),
-            source,
-        })?;
-    read_sized_answer(url, response).await
+    sized_call(url, request).await
 }
 
 /// POSTs a postcard body and decodes a postcard answer.
@@ -224,6 +213,13 @@ async fn call<R: DeserializeOwned>(
     url: &str,
     request: reqwest::RequestBuilder,
 ) -> Result<R, CallError> {
+    Ok(sized_call(url, request).await?.0)
+}
+
+async fn sized_call<R: DeserializeOwned>(
+    url: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<(R, usize), CallError> {
     let response = request
         .send()
         .await
@@ -231,7 +227,7 @@ async fn call<R: DeserializeOwned>(
             url: url.to_string(),
             source,
         })?;
-    Ok(read_sized_answer(url, response).await?.0)
+    read_sized_answer(url, response).await
 }
 
 async fn read_sized_answer<R: DeserializeOwned>(

@@ -110,7 +110,7 @@ pub fn reconstruct(shares: &[RecordShares]) -> RecordShares {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -131,6 +131,17 @@ mod tests {
             split_record(value, &mut ShareStream::from_seed(seed), &mut b);
             prop_assert_eq!(a, b);
         }
+    }
+
+    /// Fails unless `samples` observations spread over 16 cells as uniformly as chance
+    /// allows: chi-square with 15 degrees of freedom below 37.7, its 0.1 % critical value.
+    pub(crate) fn assert_uniform(cells: &[u64; 16], samples: u64, what: &str) {
+        let expected = samples as f64 / 16.0;
+        let chi2: f64 = cells
+            .iter()
+            .map(|&o| (o as f64 - expected).powi(2) / expected)
+            .sum();
+        assert!(chi2 < 37.7, "{what}: chi-square {chi2} over {cells:?}");
     }
 
     /// Any N-1 shares of a value are uniformly distributed, whatever the value: a chi-square
@@ -155,15 +166,7 @@ mod tests {
                 }
             }
             for cell in cells {
-                let expected = (samples * 3) as f64 / 16.0;
-                let chi2: f64 = cell
-                    .iter()
-                    .map(|&o| (o as f64 - expected).powi(2) / expected)
-                    .sum();
-                assert!(
-                    chi2 < 37.7,
-                    "value {value}: chi-square {chi2} over {cell:?}"
-                );
+                assert_uniform(&cell, samples * 3, &format!("value {value}"));
             }
         }
     }

@@ -533,14 +533,10 @@ mod tests {
                 ("count", count_cells, count_samples),
             ] {
                 for (cell, pair) in cells.iter().zip(&pairs) {
-                    let expected = samples as f64 / 16.0;
-                    let chi2: f64 = cell
-                        .iter()
-                        .map(|&o| (o as f64 - expected).powi(2) / expected)
-                        .sum();
-                    assert!(
-                        chi2 < 37.7,
-                        "{kind} shares of parties {pair:?}, value {value}: chi-square {chi2} over {cell:?}"
+                    crate::share::tests::assert_uniform(
+                        cell,
+                        samples,
+                        &format!("{kind} shares of parties {pair:?}, value {value}"),
                     );
                 }
             }
