@@ -57,11 +57,27 @@ pub struct BucketWindow {
 
 impl BucketWindow {
     pub fn merge(&mut self, other: BucketWindow) {
+        if self.groups.is_empty() && self.histograms.is_empty() {
+            // The first piece of a gather: kept as it is rather than rehashed entry by entry.
+            *self = other;
+            return;
+        }
+        self.groups.reserve(other.groups.len());
         for (k, p) in other.groups {
             self.groups.entry(k).or_default().merge(&p);
         }
         for (k, counts) in other.histograms {
             add_into(self.histograms.entry(k).or_default(), &counts);
+        }
+    }
+
+    /// [`BucketWindow::merge`] from a window that stays where it is.
+    pub fn add(&mut self, other: &BucketWindow) {
+        for (k, p) in &other.groups {
+            self.groups.entry(*k).or_default().merge(p);
+        }
+        for (k, counts) in &other.histograms {
+            add_into(self.histograms.entry(*k).or_default(), counts);
         }
     }
 }
@@ -85,17 +101,20 @@ impl BucketState {
         window_secs: u64,
         gathered: &HashSet<u64, S>,
     ) {
-        for ((start, metric, group), p) in partial.cells {
+        // A worker's partials hold their cells in cell order, window first: each window is
+        // looked up once per run of its cells rather than once per cell.
+        let mut cells = partial.cells.into_iter().peekable();
+        while let Some(((start, metric, group), p)) = cells.next() {
+            let run = |c: &((u64, Metric, GroupKey), Partial)| c.0 .0 == start;
             if gathered.contains(&start) {
+                while cells.next_if(run).is_some() {}
                 continue;
             }
-            self.windows
-                .entry(start)
-                .or_default()
-                .groups
-                .entry((metric, group))
-                .or_default()
-                .merge(&p);
+            let groups = &mut self.windows.entry(start).or_default().groups;
+            groups.entry((metric, group)).or_default().merge(&p);
+            while let Some(((_, metric, group), p)) = cells.next_if(run) {
+                groups.entry((metric, group)).or_default().merge(&p);
+            }
         }
         for (cell, counts) in partial.histograms {
             let start = Window::containing(cell.0, window_secs).start;

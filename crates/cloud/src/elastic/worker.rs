@@ -305,12 +305,21 @@ impl Worker {
 
     fn take(&self, windows: &[u64]) -> HashMap<u64, BucketWindow> {
         let mut out: HashMap<u64, BucketWindow> = HashMap::new();
-        for state in self.buckets.values() {
-            for start in windows {
-                if let Some(w) = state.windows.get(start) {
-                    out.entry(*start).or_default().merge(w.clone());
-                }
+        for start in windows {
+            let held = || self.buckets.values().filter_map(|s| s.windows.get(start));
+            if held().next().is_none() {
+                continue;
             }
+            // Sized once, and summed from the buckets in place: no copy of each bucket's
+            // window to be rehashed into the gathered one.
+            let mut gathered = BucketWindow::default();
+            gathered
+                .groups
+                .reserve(held().map(|w| w.groups.len()).sum());
+            for w in held() {
+                gathered.add(w);
+            }
+            out.insert(*start, gathered);
         }
         out
     }
