@@ -272,13 +272,11 @@ fn only_the_started_worker_is_served_on_its_link() {
 /// Queues all of `batch` at `worker`, then its final flag.
 fn feed(worker: &WorkerHandle, batch: UploadBatch, owners: &Arc<Vec<WorkerId>>, committed: bool) {
     let id = batch.batch_id;
-    let records = (0..batch.records.len() as u32).collect();
     worker
         .tx
         .send(Msg::Process {
             batch: Arc::new(batch),
             owners: owners.clone(),
-            records,
         })
         .expect("queue");
     worker

@@ -24,11 +24,27 @@ pub struct WindowSums {
 
 impl WindowSums {
     pub fn merge(&mut self, other: WindowSums) {
+        if self.is_empty() {
+            // The first piece of a gather: kept as it is rather than rehashed entry by entry.
+            *self = other;
+            return;
+        }
+        self.groups.reserve(other.groups.len());
         for (k, p) in other.groups {
             self.groups.entry(k).or_default().merge(&p);
         }
         for (k, counts) in other.histograms {
             add_into(self.histograms.entry(k).or_default(), &counts);
+        }
+    }
+
+    /// [`WindowSums::merge`] from sums that stay where they are.
+    pub fn add(&mut self, other: &WindowSums) {
+        for (k, p) in &other.groups {
+            self.groups.entry(*k).or_default().merge(p);
+        }
+        for (k, counts) in &other.histograms {
+            add_into(self.histograms.entry(*k).or_default(), counts);
         }
     }
 

@@ -1,20 +1,51 @@
 //! Buckets (key groups) and the state a bucket carries from one worker to the next.
 
-use crate::sums::{add_into, BatchPartial, WindowSums};
+use crate::sums::{add_into, BatchPartial, Cell, WindowSums};
 use mcloud_core::reading::GroupKey;
-use mcloud_core::{BatchId, Window};
+use mcloud_core::{BatchId, Partial, Window};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasher;
 
 /// The bucket of a plug. A fixed mixing function rather than std's randomly seeded hasher:
 /// the map must mean the same in every process and after every restart.
 pub fn bucket_of(key: &GroupKey, buckets: usize) -> usize {
+    (plug_hash(key) % buckets.max(1) as u64) as usize
+}
+
+fn plug_hash(key: &GroupKey) -> u64 {
     let mut h = (u64::from(key.house) << 32) | u64::from(key.household);
     h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(key.plug);
     h ^= h >> 31;
     h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     h ^= h >> 29;
-    (h % buckets.max(1) as u64) as usize
+    h
+}
+
+/// [`bucket_of`] for many plugs: the same buckets, with the division replaced by a mask when
+/// the bucket count is a power of two (the default), since workers do it for every record.
+#[derive(Clone, Copy, Debug)]
+pub struct BucketOf {
+    buckets: u64,
+    mask: Option<u64>,
+}
+
+impl BucketOf {
+    pub fn new(buckets: usize) -> BucketOf {
+        let buckets = buckets.max(1) as u64;
+        BucketOf {
+            buckets,
+            mask: buckets.is_power_of_two().then(|| buckets - 1),
+        }
+    }
+
+    pub fn of(&self, key: &GroupKey) -> usize {
+        let h = plug_hash(key);
+        (match self.mask {
+            Some(mask) => h & mask,
+            None => h % self.buckets,
+        }) as usize
+    }
 }
 
 /// Everything a bucket's owner holds: the committed sums of its open windows and the partials
@@ -30,18 +61,26 @@ pub struct BucketState {
 impl BucketState {
     /// Adds a committed batch's partial to the windows, except to those in `gathered`: the
     /// node holds their sums already.
-    pub fn apply(&mut self, partial: BatchPartial, window_secs: u64, gathered: &HashSet<u64>) {
-        for ((start, metric, group), p) in partial.cells {
+    pub fn apply<S: BuildHasher>(
+        &mut self,
+        partial: BatchPartial,
+        window_secs: u64,
+        gathered: &HashSet<u64, S>,
+    ) {
+        // A worker's partials hold their cells in cell order, window first: each window is
+        // looked up once per run of its cells rather than once per cell.
+        let mut cells = partial.cells.into_iter().peekable();
+        while let Some(((start, metric, group), p)) = cells.next() {
+            let run = |c: &(Cell, Partial)| c.0 .0 == start;
             if gathered.contains(&start) {
+                while cells.next_if(run).is_some() {}
                 continue;
             }
-            self.windows
-                .entry(start)
-                .or_default()
-                .groups
-                .entry((metric, group))
-                .or_default()
-                .merge(&p);
+            let groups = &mut self.windows.entry(start).or_default().groups;
+            groups.entry((metric, group)).or_default().merge(&p);
+            while let Some(((_, metric, group), p)) = cells.next_if(run) {
+                groups.entry((metric, group)).or_default().merge(&p);
+            }
         }
         for (cell, counts) in partial.histograms {
             let start = Window::containing(cell.0, window_secs).start;

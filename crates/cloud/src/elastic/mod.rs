@@ -356,17 +356,16 @@ impl Pool {
         }
     }
 
-    /// Routes a stored batch to the workers owning its buckets.
+    /// Routes a stored batch to the workers owning its buckets: every worker gets the batch
+    /// and the map, and aggregates the records of the buckets the map gives it.
     pub fn dispatch(&self, batch: Arc<UploadBatch>) {
         let routing = self.routing.read().unwrap_or_else(|p| p.into_inner());
         // Logged under the map, so the log's order against a cut is the routing order.
         lock(&self.routed).push(batch.batch_id);
-        let mut split = worker::route(&batch, &routing.owners);
         for w in routing.workers.values() {
             let msg = Msg::Process {
                 batch: batch.clone(),
                 owners: routing.owners.clone(),
-                records: split.remove(&w.id).unwrap_or_default(),
             };
             if w.tx.send(msg).is_err() {
                 tracing::warn!(worker = w.id, "worker queue closed: left to recovery");

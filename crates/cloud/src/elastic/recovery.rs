@@ -204,15 +204,11 @@ impl Pool {
             for batch in source.batches(ids)? {
                 let batch = Arc::new(batch);
                 for (w, mask) in &targets {
-                    let records = super::worker::route(&batch, mask)
-                        .remove(&w.id)
-                        .unwrap_or_default();
                     send(
                         w,
                         Msg::Process {
                             batch: batch.clone(),
                             owners: mask.clone(),
-                            records,
                         },
                     )?;
                 }

@@ -10,7 +10,7 @@
 //! process that dies closes the connection; the proxy marks the worker dead and the node
 //! rebuilds its buckets.
 
-use super::buckets::BucketState;
+use super::buckets::{BucketOf, BucketState};
 use super::provisioner::{Provisioner, WorkerHandle};
 use super::worker::{Msg, Worker, WorkerId, WorkerShared};
 use crate::sums::WindowSums;
@@ -222,7 +222,7 @@ impl OsProcess {
             let (waiting, shared, process) = (waiting.clone(), shared.clone(), child.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("worker-{id}-out"))
-                .spawn(move || write_loop(output, rx, waiting, shared, process))
+                .spawn(move || write_loop(id, output, rx, waiting, shared, process))
                 .map_err(|e| fail("proxy", &e));
             if let Err(e) = spawned {
                 kill(&child);
@@ -462,6 +462,7 @@ fn kill(child: &Mutex<Child>) {
 }
 
 fn write_loop(
+    id: WorkerId,
     mut out: LinkWriter,
     rx: mpsc::Receiver<Msg>,
     waiting: Arc<Mutex<VecDeque<Waiting>>>,
@@ -470,19 +471,18 @@ fn write_loop(
 ) {
     while let Ok(msg) = rx.recv() {
         let (request, wait) = match msg {
-            Msg::Process {
-                batch,
-                owners,
-                records,
-            } => {
+            Msg::Process { batch, owners } => {
                 // Only the records this worker aggregates cross the connection.
+                let bucket = BucketOf::new(owners.len());
                 let part = UploadBatch {
                     batch_id: batch.batch_id,
                     party: batch.party,
                     parties: batch.parties,
-                    records: records
+                    records: batch
+                        .records
                         .iter()
-                        .filter_map(|&i| batch.records.get(i as usize).cloned())
+                        .filter(|r| owners.get(bucket.of(&r.group)) == Some(&id))
+                        .cloned()
                         .collect(),
                     histograms: batch.histograms.clone(),
                 };
@@ -632,11 +632,9 @@ pub fn serve_worker(
         let started = Instant::now();
         let (body, stop) = match request {
             Request::Process { batch, owners } => {
-                let records = (0..batch.records.len() as u32).collect();
                 worker.handle(Msg::Process {
                     batch: Arc::new(batch),
                     owners: Arc::new(owners),
-                    records,
                 });
                 (Body::Done, false)
             }

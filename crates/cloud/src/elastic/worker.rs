@@ -3,12 +3,12 @@
 //! is queued behind every batch routed to the old owner before the cut, so the state it hands
 //! over already contains them.
 
-use super::buckets::{bucket_of, BucketState};
-use crate::sums::WindowSums;
-use crate::sums::{BatchPartial, Cell};
-use mcloud_core::reading::GroupKey;
+use super::buckets::{bucket_of, BucketOf, BucketState};
+use crate::sums::{BatchPartial, Cell, WindowSums};
+use mcloud_core::reading::{GroupKey, Metric};
 use mcloud_core::wire::UploadBatch;
 use mcloud_core::{BatchId, CountField, Partial, Window};
+use rustc_hash::FxBuildHasher;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -18,13 +18,12 @@ use tokio::sync::oneshot;
 pub type WorkerId = u32;
 
 pub enum Msg {
-    /// Aggregate the records of `batch` at `records` (those whose bucket `owners` gives to
-    /// this worker; the router found them, so each worker reads only its own) and the
-    /// histograms whose bucket `owners` gives to this worker.
+    /// Aggregate the records and histograms of `batch` whose bucket `owners` gives to this
+    /// worker. Each worker finds its own records while it streams through the batch, which
+    /// it has to read anyway, so the node's routing does no work per record.
     Process {
         batch: Arc<UploadBatch>,
         owners: Arc<Vec<WorkerId>>,
-        records: Vec<u32>,
     },
     /// A batch's flag is final.
     Decide { id: BatchId, committed: bool },
@@ -81,27 +80,24 @@ impl WorkerShared {
 pub struct Worker {
     id: WorkerId,
     window_secs: u64,
-    buckets: HashMap<usize, BucketState>,
+    /// Keyed by bucket index, which the node chooses, so a fast unkeyed hash is safe here.
+    buckets: HashMap<usize, BucketState, FxBuildHasher>,
     /// Final flags seen, so a pending partial that arrives with a bucket after its flag was
     /// decided here is applied (or dropped) rather than left waiting forever.
     decided: HashMap<BatchId, bool>,
-    /// Buckets holding a pending partial of each batch.
-    pending: HashMap<BatchId, HashSet<usize>>,
+    /// Buckets holding a pending partial of each batch (a bucket may be listed twice; the
+    /// second visit finds nothing left).
+    pending: HashMap<BatchId, Vec<usize>>,
     /// Windows the node has gathered. Anything that still reaches one of them (a bucket's
     /// state handed over across the gathering, a partial decided after it, a replay) was
     /// counted already or belongs to nothing: it is dropped rather than kept for ever.
-    forgotten: HashSet<u64>,
+    forgotten: HashSet<u64, FxBuildHasher>,
     shared: Arc<WorkerShared>,
     /// Simulated operator cost per record (models a heavier operator in demos).
     record_cost: Duration,
-    counts: Vec<u32>,
+    /// Scratch for grouping a batch, kept from one batch to the next.
+    scratch: Scratch,
 }
-
-/// One bucket's cells and histograms of a batch.
-type BucketPart = (
-    Vec<(Cell, Partial)>,
-    Vec<((u64, GroupKey), Vec<CountField>)>,
-);
 
 impl Worker {
     pub fn new(
@@ -110,17 +106,16 @@ impl Worker {
         shared: Arc<WorkerShared>,
         record_cost: Duration,
     ) -> Worker {
-        let n = shared.bucket_records.len();
         Worker {
             id,
             window_secs,
-            buckets: HashMap::new(),
+            buckets: HashMap::default(),
             decided: HashMap::new(),
             pending: HashMap::new(),
-            forgotten: HashSet::new(),
+            forgotten: HashSet::default(),
             shared,
             record_cost,
-            counts: vec![0; n],
+            scratch: Scratch::default(),
         }
     }
 
@@ -148,11 +143,7 @@ impl Worker {
     /// Returns true when the worker should leave.
     pub fn handle(&mut self, msg: Msg) -> bool {
         match msg {
-            Msg::Process {
-                batch,
-                owners,
-                records,
-            } => self.process(&batch, &owners, &records),
+            Msg::Process { batch, owners } => self.process(&batch, &owners),
             Msg::Decide { id, committed } => self.decide(id, committed),
             Msg::Release { bucket, reply } => {
                 let state = self.release(bucket);
@@ -191,48 +182,48 @@ impl Worker {
         false
     }
 
-    fn process(&mut self, batch: &UploadBatch, owners: &[WorkerId], mine: &[u32]) {
+    fn process(&mut self, batch: &UploadBatch, owners: &[WorkerId]) {
         let buckets = owners.len();
-        let mut cells: HashMap<Cell, Partial> = HashMap::new();
-        let records = mine.len() as u64;
-        for r in mine.iter().filter_map(|&i| batch.records.get(i as usize)) {
-            let b = bucket_of(&r.group, buckets);
-            self.counts[b] += 1;
-            let start = Window::containing(r.ts, self.window_secs).start;
-            cells
-                .entry((start, r.metric, r.group))
-                .or_default()
-                .add_shares(&r.share);
-        }
-        let mut split: HashMap<usize, BucketPart> = HashMap::new();
-        for (cell, p) in cells {
-            split
-                .entry(bucket_of(&cell.2, buckets))
-                .or_default()
-                .0
-                .push((cell, p));
-        }
+        self.scratch.group(batch, owners, self.id, self.window_secs);
+        let id = batch.batch_id;
+        // One flag look-up per batch, not one per bucket.
+        let outcome = self.decided.get(&id).copied();
+        let mut histograms: Vec<(usize, (u64, GroupKey), Vec<CountField>)> = Vec::new();
         for h in &batch.histograms {
             let b = bucket_of(&h.plug, buckets);
-            if owners[b] != self.id {
+            if owners[b] == self.id {
+                let counts: Vec<CountField> = h.counts.clone();
+                histograms.push((b, (h.window_start, h.plug), counts));
+            }
+        }
+        // Stable, so each bucket keeps its histograms in batch order.
+        histograms.sort_by_key(|h| h.0);
+        let mut histograms = histograms.into_iter().peekable();
+        let mut waiting = Vec::new();
+        let mut records = 0u64;
+        for (b, owner) in owners.iter().enumerate() {
+            if *owner != self.id {
                 continue;
             }
-            let counts: Vec<CountField> = h.counts.clone();
-            split
-                .entry(b)
-                .or_default()
-                .1
-                .push(((h.window_start, h.plug), counts));
-        }
-        for (b, (cells, histograms)) in split {
-            let partial = BatchPartial::with_windows(cells, histograms, self.window_secs);
-            self.add(b, batch.batch_id, partial);
-        }
-        for (b, n) in self.counts.iter_mut().enumerate() {
-            if *n > 0 {
-                self.shared.bucket_records[b].fetch_add(u64::from(*n), Ordering::Relaxed);
-                *n = 0;
+            let (cells, n) = self.scratch.sum(batch, b);
+            let mut hs = Vec::new();
+            while let Some((_, cell, counts)) = histograms.next_if(|h| h.0 == b) {
+                hs.push((cell, counts));
             }
+            if cells.is_empty() && hs.is_empty() {
+                continue;
+            }
+            if n > 0 {
+                self.shared.bucket_records[b].fetch_add(n, Ordering::Relaxed);
+                records += n;
+            }
+            let partial = BatchPartial::with_windows(cells, hs, self.window_secs);
+            if self.add_decided(b, id, partial, outcome) {
+                waiting.push(b);
+            }
+        }
+        if !waiting.is_empty() {
+            self.pending.entry(id).or_default().extend(waiting);
         }
         self.shared.records.fetch_add(records, Ordering::Relaxed);
         if !self.record_cost.is_zero() && records > 0 {
@@ -256,23 +247,39 @@ impl Worker {
     /// Adds one batch's partial of `bucket`: applied if the batch committed, dropped if it
     /// ended ERROR, kept until its flag is final otherwise.
     fn add(&mut self, bucket: usize, id: BatchId, partial: BatchPartial) {
+        let outcome = self.decided.get(&id).copied();
+        if self.add_decided(bucket, id, partial, outcome) {
+            self.pending.entry(id).or_default().push(bucket);
+        }
+    }
+
+    /// [`Worker::add`] with the batch's flag (`outcome`) already looked up; returns true when
+    /// the partial was kept pending, for the caller to list the bucket under the batch.
+    fn add_decided(
+        &mut self,
+        bucket: usize,
+        id: BatchId,
+        partial: BatchPartial,
+        outcome: Option<bool>,
+    ) -> bool {
         let state = self.buckets.entry(bucket).or_default();
-        match self.decided.get(&id) {
+        match outcome {
             Some(true) => state.apply(partial, self.window_secs, &self.forgotten),
             Some(false) => {}
             None => {
                 state.pending.insert(id, partial);
-                self.pending.entry(id).or_default().insert(bucket);
+                return true;
             }
         }
+        false
     }
 
     fn release(&mut self, bucket: usize) -> BucketState {
         let state = self.buckets.remove(&bucket).unwrap_or_default();
         for id in state.pending.keys() {
-            if let Some(set) = self.pending.get_mut(id) {
-                set.remove(&bucket);
-                if set.is_empty() {
+            if let Some(list) = self.pending.get_mut(id) {
+                list.retain(|b| *b != bucket);
+                if list.is_empty() {
                     self.pending.remove(id);
                 }
             }
@@ -296,12 +303,21 @@ impl Worker {
 
     fn take(&self, windows: &[u64]) -> HashMap<u64, WindowSums> {
         let mut out: HashMap<u64, WindowSums> = HashMap::new();
-        for state in self.buckets.values() {
-            for start in windows {
-                if let Some(w) = state.windows.get(start) {
-                    out.entry(*start).or_default().merge(w.clone());
-                }
+        for start in windows {
+            let held = || self.buckets.values().filter_map(|s| s.windows.get(start));
+            if held().next().is_none() {
+                continue;
             }
+            // Sized once, and summed from the buckets in place: no copy of each bucket's
+            // window to be rehashed into the gathered one.
+            let mut gathered = WindowSums::default();
+            gathered
+                .groups
+                .reserve(held().map(|w| w.groups.len()).sum());
+            for w in held() {
+                gathered.add(w);
+            }
+            out.insert(*start, gathered);
         }
         out
     }
@@ -325,13 +341,236 @@ impl Worker {
     }
 }
 
-/// Which records of `batch` each worker aggregates under `owners`.
-pub fn route(batch: &UploadBatch, owners: &[WorkerId]) -> HashMap<WorkerId, Vec<u32>> {
-    let mut out: HashMap<WorkerId, Vec<u32>> = HashMap::new();
-    let buckets = owners.len();
-    for (i, r) in batch.records.iter().enumerate() {
-        let owner = owners[bucket_of(&r.group, buckets)];
-        out.entry(owner).or_default().push(i as u32);
+/// A worker's records of one batch, grouped by bucket.
+#[derive(Default)]
+struct Scratch {
+    /// Each record's cell, in batch order (valid for the worker's records).
+    cells: Vec<Cell>,
+    /// The worker's records (index, bucket), in batch order (valid up to `own`).
+    own: Vec<(u32, u32)>,
+    /// The worker's records bucket after bucket: bucket b's are at
+    /// `order[starts[b]..starts[b + 1]]`.
+    order: Vec<u32>,
+    starts: Vec<u32>,
+    next: Vec<u32>,
+    /// One bucket's records keyed by cell.
+    keyed: Vec<(Cell, u32)>,
+}
+
+impl Scratch {
+    /// Finds the records of `batch` whose bucket `owners` gives to `me` and groups them by
+    /// bucket.
+    fn group(&mut self, batch: &UploadBatch, owners: &[WorkerId], me: WorkerId, window_secs: u64) {
+        let n = batch.records.len();
+        if self.cells.len() < n {
+            let blank = GroupKey {
+                house: 0,
+                household: 0,
+                plug: 0,
+            };
+            self.cells.resize(n, (0, Metric::Load, blank));
+            self.own.resize(n, (0, 0));
+        }
+        // In batch order, so the records stream in from memory once; skipping the other
+        // workers' records would defeat the prefetcher for little gain, as they share cache
+        // lines with this worker's. A record is kept without a branch, since with several
+        // workers ownership alternates unpredictably from one record to the next. Records of
+        // one batch mostly share a window: the division is done only when one leaves it.
+        let bucket = BucketOf::new(owners.len());
+        let mut own = 0;
+        let (mut from, mut to) = (1, 0);
+        for ((i, r), cell) in batch.records.iter().enumerate().zip(&mut self.cells) {
+            if !(from..to).contains(&r.ts) {
+                from = Window::containing(r.ts, window_secs).start;
+                to = from.saturating_add(window_secs);
+            }
+            *cell = (from, r.metric, r.group);
+            let b = bucket.of(&r.group);
+            if let Some(slot) = self.own.get_mut(own) {
+                *slot = (i as u32, b as u32);
+            }
+            own += usize::from(owners.get(b) == Some(&me));
+        }
+        // Then a counting sort by bucket: linear, where sorting would not be.
+        let own = &self.own[..own];
+        self.starts.clear();
+        self.starts.resize(owners.len() + 1, 0);
+        for &(_, b) in own {
+            self.starts[b as usize + 1] += 1;
+        }
+        for b in 0..owners.len() {
+            self.starts[b + 1] += self.starts[b];
+        }
+        self.next.clear();
+        self.next.extend_from_slice(&self.starts);
+        self.order.clear();
+        self.order.resize(own.len(), 0);
+        for &(i, b) in own {
+            let slot = &mut self.next[b as usize];
+            self.order[*slot as usize] = i;
+            *slot += 1;
+        }
     }
-    out
+
+    /// Sums the worker's records of `bucket` per cell; returns the cells in cell order and
+    /// how many records they hold.
+    fn sum(&mut self, batch: &UploadBatch, bucket: usize) -> (Vec<(Cell, Partial)>, u64) {
+        let run = match (self.starts.get(bucket), self.starts.get(bucket + 1)) {
+            (Some(&from), Some(&to)) => self.order.get(from as usize..to as usize),
+            _ => None,
+        };
+        self.keyed.clear();
+        for &i in run.unwrap_or_default() {
+            if let Some(cell) = self.cells.get(i as usize) {
+                self.keyed.push((*cell, i));
+            }
+        }
+        // One bucket's part of a batch is small: sorting it brings equal cells together more
+        // cheaply than hashing every record into a map.
+        self.keyed.sort_unstable_by_key(|k| k.0);
+        let mut cells: Vec<(Cell, Partial)> = Vec::new();
+        for &(cell, i) in &self.keyed {
+            let Some(r) = batch.records.get(i as usize) else {
+                continue;
+            };
+            match cells.last_mut() {
+                Some((last, sum)) if *last == cell => sum.add_shares(&r.share),
+                _ => {
+                    let mut sum = Partial::default();
+                    sum.add_shares(&r.share);
+                    cells.push((cell, sum));
+                }
+            }
+        }
+        (cells, self.keyed.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcloud_core::share::record_values;
+    use mcloud_core::wire::ShareRecord;
+
+    /// Records over `plugs` plugs, in no particular order of time, window or plug.
+    fn batch(id: u128, n: usize, plugs: u32, seed: u64) -> UploadBatch {
+        let mut x = seed;
+        let mut next = move || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            x >> 33
+        };
+        let records = (0..n)
+            .map(|i| {
+                let p = (next() % u64::from(plugs)) as u32;
+                ShareRecord {
+                    key: i as u64,
+                    ts: next() % 600,
+                    metric: if next() % 2 == 0 {
+                        Metric::Load
+                    } else {
+                        Metric::Work
+                    },
+                    group: GroupKey {
+                        house: p / 20,
+                        household: (p / 5) % 4,
+                        plug: p % 5,
+                    },
+                    share: record_values(next() % 100_000),
+                }
+            })
+            .collect();
+        UploadBatch {
+            batch_id: BatchId(id),
+            party: 0,
+            parties: 1,
+            records,
+            histograms: Vec::new(),
+        }
+    }
+
+    fn take(worker: &mut Worker, windows: &[u64]) -> HashMap<u64, WindowSums> {
+        let (reply, mut rx) = oneshot::channel();
+        worker.handle(Msg::Take {
+            windows: Arc::new(windows.to_vec()),
+            reply,
+        });
+        rx.try_recv().unwrap_or_default()
+    }
+
+    #[test]
+    fn bucket_of_many_matches_bucket_of() {
+        for buckets in [1, 2, 7, 1000, 1024, 4096] {
+            let of = BucketOf::new(buckets);
+            for p in 0..5000u32 {
+                let key = GroupKey {
+                    house: p / 7,
+                    household: p % 13,
+                    plug: p % 5,
+                };
+                assert_eq!(of.of(&key), bucket_of(&key, buckets), "{buckets} buckets");
+            }
+        }
+    }
+
+    /// Workers splitting the buckets between them sum every record exactly once, whatever the
+    /// order of windows and plugs in a batch, and whether its flag comes before or after it.
+    #[test]
+    fn workers_together_sum_each_record_once() {
+        for buckets in [7, 1024] {
+            let owners: Arc<Vec<WorkerId>> =
+                Arc::new((0..buckets).map(|b| (b % 3) as u32 % 2).collect());
+            let mut workers: Vec<Worker> = (0..2)
+                .map(|id| Worker::new(id, 60, Arc::new(WorkerShared::new(buckets)), Duration::ZERO))
+                .collect();
+            let mut expected: HashMap<(u64, Metric, GroupKey), Partial> = HashMap::new();
+            let mut total = 0;
+            for id in 1..=6u128 {
+                let b = Arc::new(batch(id, 3000, 300, id as u64 * 7919));
+                // Batch 5 ends ERROR: nothing of it may show.
+                let committed = id != 5;
+                if committed {
+                    total += b.records.len() as u64;
+                    for (cell, p) in BatchPartial::of(&b.records, &[], 60).cells {
+                        expected.entry(cell).or_default().merge(&p);
+                    }
+                }
+                for w in &mut workers {
+                    // Batch 3's flag is known before its records arrive.
+                    if id == 3 {
+                        w.handle(Msg::Decide {
+                            id: b.batch_id,
+                            committed,
+                        });
+                    }
+                    w.handle(Msg::Process {
+                        batch: b.clone(),
+                        owners: owners.clone(),
+                    });
+                    if id != 3 {
+                        w.handle(Msg::Decide {
+                            id: b.batch_id,
+                            committed,
+                        });
+                    }
+                }
+            }
+            let windows: Vec<u64> = (0..10).map(|w| w * 60).collect();
+            let mut got: HashMap<(u64, Metric, GroupKey), Partial> = HashMap::new();
+            let mut records = 0;
+            for w in &mut workers {
+                records += w.shared.records.load(Ordering::Relaxed);
+                for (start, window) in take(w, &windows) {
+                    for ((metric, group), p) in window.groups {
+                        // A plug belongs to one bucket, so to one worker.
+                        assert!(got.insert((start, metric, group), p).is_none());
+                    }
+                }
+            }
+            assert_eq!(got, expected, "{buckets} buckets");
+            // Every record of every batch was summed once, including the one that failed.
+            assert_eq!(records, total + 3000, "{buckets} buckets");
+        }
+    }
 }
