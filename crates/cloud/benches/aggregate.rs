@@ -1,9 +1,8 @@
-//! Pre-aggregation at a cloud: one upload batch summed per (window, metric, plug), as on the
-//! upload path, and the decoding of the batch body it starts from (at the explicit party and
-//! at a seed party, which expands its shares from the seed).
+//! The decoding of an upload body at a cloud, at the explicit party and at a seed party
+//! (which expands its shares from the seed). Summing the decoded batch is the workers' part of
+//! the upload path, measured with routing and gathering by `mcloud bench --elastic`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use mcloud_cloud::sums::BatchPartial;
 use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
 use mcloud_core::upload::{expand, explicit_party, split_batch};
 use mcloud_core::wire::UploadRequest;
@@ -40,9 +39,6 @@ fn aggregate(c: &mut Criterion) {
     });
     group.bench_function("decode_batch_seed", |b| {
         b.iter(|| black_box(decode(black_box(&seed))))
-    });
-    group.bench_function("aggregate_batch", |b| {
-        b.iter(|| black_box(BatchPartial::of(black_box(&batch.records), &[], 60)))
     });
     group.finish();
 }

@@ -5,7 +5,6 @@
 //! from different workers, checkpoints or handovers simply add.
 
 use mcloud_core::reading::{GroupKey, Metric};
-use mcloud_core::wire::{HistogramShare, ShareRecord};
 use mcloud_core::{CountField, Partial, Window};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -62,9 +61,11 @@ pub struct BatchPartial {
 }
 
 impl BatchPartial {
-    pub fn of(
-        records: &[ShareRecord],
-        histograms: &[HistogramShare],
+    /// Straight per-record sums: the reference that tests compare the workers' grouping with.
+    #[cfg(test)]
+    pub(crate) fn of(
+        records: &[mcloud_core::wire::ShareRecord],
+        histograms: &[mcloud_core::wire::HistogramShare],
         window_secs: u64,
     ) -> BatchPartial {
         let mut cells: HashMap<Cell, Partial> = HashMap::new();
