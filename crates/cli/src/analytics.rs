@@ -5,7 +5,7 @@ use crate::config::Deployment;
 use crate::queries::{EmitArg, QueryKind};
 use anyhow::{Context, Result};
 use clap::Args;
-use mcloud_analytics::{run_into, CsvSink, Emit, RunOptions};
+use mcloud_analytics::{run_into, AnalyticsError, CsvSink, Emit, RunOptions};
 use mcloud_collector::{CloudSource, Collector};
 use std::io::Write;
 use std::path::PathBuf;
@@ -54,7 +54,13 @@ pub async fn run_command(args: AnalyticsArgs) -> Result<()> {
     let (q1_rows, q2_rows, requests, q2_buffered) = tokio::task::spawn_blocking(move || {
         let mut source = CloudSource::new(collector, runtime);
         let mut sink = CsvSink::new(q1_out, q2_out)?;
-        run_into(&mut source, from, to, options, &mut sink)?;
+        match run_into(&mut source, from, to, options, &mut sink) {
+            // A reader that stopped early (`| head`) is not an error of ours.
+            Err(AnalyticsError::Sink(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                return anyhow::Ok((sink.q1_rows, sink.q2_rows, source.requests, None));
+            }
+            other => other?,
+        }
         let (q1_rows, q2_rows) = (sink.q1_rows, sink.q2_rows);
         let (_, q2_out) = sink.finish()?;
         anyhow::Ok((q1_rows, q2_rows, source.requests, q2_out.buffered))
