@@ -8,6 +8,7 @@ use mcloud_analytics::{windows_from_readings, AggregateSource, MemorySource};
 use mcloud_collector::{CloudSource, Query};
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
+use mcloud_core::wire::RangeSpec;
 use mcloud_core::Reading;
 use std::sync::Arc;
 
@@ -117,6 +118,24 @@ async fn cloud_ranges_equal_plaintext_window_sums() {
     }
     for (cloud, plain) in &hists {
         assert_eq!(cloud, plain);
+    }
+    // More ranges than a cloud takes in one request: refused as too large, asked again in
+    // halves, answered exactly as one by one.
+    let collector = cluster.collector();
+    let many: Vec<RangeSpec> = (0..1500)
+        .map(|i| {
+            let (from, to) = ranges[i % ranges.len()];
+            RangeSpec {
+                from,
+                to,
+                histograms: false,
+            }
+        })
+        .collect();
+    let together = collector.ranges(&many).await.unwrap();
+    assert_eq!(together.len(), many.len());
+    for (spec, answer) in many.iter().zip(&together).take(ranges.len()) {
+        assert_eq!(answer, &collector.range(*spec).await.unwrap());
     }
     cluster.shutdown().await;
 }

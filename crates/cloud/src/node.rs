@@ -13,8 +13,8 @@ use mcloud_core::http::{decode, ApiError};
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::upload::expand;
 use mcloud_core::wire::{
-    ComputeResponse, FlagState, RangeResponse, UploadAck, UploadBatch, UploadRequest,
-    WatermarkRequest, HISTOGRAM_WINDOW_SECS, MAX_BATCH_RECORDS, MAX_BODY_BYTES,
+    ComputeResponse, FlagState, RangeResponse, RangeSpec, UploadAck, UploadBatch, UploadRequest,
+    WatermarkRequest, HISTOGRAM_WINDOW_SECS, MAX_ANSWER_BYTES, MAX_BATCH_RECORDS, MAX_BODY_BYTES,
 };
 use mcloud_core::{BatchId, Window};
 use std::collections::HashSet;
@@ -438,9 +438,16 @@ impl CloudNode {
         level: GroupLevel,
     ) -> Result<ComputeResponse, ApiError> {
         self.seal().await?;
-        Ok(self
-            .state()
-            .compute(self.config.party, self.config.parties, from, to, level)?)
+        let answer =
+            self.state()
+                .compute(self.config.party, self.config.parties, from, to, level)?;
+        let bytes = postcard::experimental::serialized_size(&answer).unwrap_or(usize::MAX);
+        if bytes > MAX_ANSWER_BYTES {
+            return Err(ApiError::too_large(format!(
+                "the answer for windows in [{from}, {to}) would have {bytes} bytes, more than {MAX_ANSWER_BYTES}; ask for a narrower range"
+            )));
+        }
+        Ok(answer)
     }
 
     /// RANGE: per-plug load sums over [from, to), with histograms only for ranges of at least
@@ -451,32 +458,69 @@ impl CloudNode {
         to: u64,
         with_histograms: bool,
     ) -> Result<RangeResponse, ApiError> {
+        let spec = RangeSpec {
+            from,
+            to,
+            histograms: with_histograms,
+        };
+        let mut answers = self.ranges(&[spec]).await?;
+        answers
+            .pop()
+            .ok_or_else(|| ApiError::internal("no answer to one range"))
+    }
+
+    /// Several RANGEs, checked first, answered after one gathering of closed windows.
+    pub async fn ranges(&self, specs: &[RangeSpec]) -> Result<Vec<RangeResponse>, ApiError> {
         let w = self.config.window_secs;
-        if from >= to || from % w != 0 || to % w != 0 {
-            return Err(ApiError::bad_request(format!(
-                "bad RANGE [{from}, {to}): bounds must be increasing multiples of the {w} s window"
-            )));
-        }
-        if with_histograms && to - from < self.config.min_histogram_range_secs {
-            return Err(ApiError::bad_request(format!(
-                "histograms are revealed over at least {} s; [{from}, {to}) is {} s",
-                self.config.min_histogram_range_secs,
-                to - from
-            )));
+        for &RangeSpec {
+            from,
+            to,
+            histograms,
+        } in specs
+        {
+            if from >= to || from % w != 0 || to % w != 0 {
+                return Err(ApiError::bad_request(format!(
+                    "bad RANGE [{from}, {to}): bounds must be increasing multiples of the {w} s window"
+                )));
+            }
+            if histograms && to - from < self.config.min_histogram_range_secs {
+                return Err(ApiError::bad_request(format!(
+                    "histograms are revealed over at least {} s; [{from}, {to}) is {} s",
+                    self.config.min_histogram_range_secs,
+                    to - from
+                )));
+            }
         }
         self.seal().await?;
-        self.state()
-            .range(
-                self.config.party,
-                self.config.parties,
-                from,
-                to,
-                with_histograms,
-            )
-            .map_err(|e| match e {
-                RangeError::NotReady(e) => ApiError::conflict(e.to_string()),
-                RangeError::Storage(e) => e.into(),
+        let mut state = self.state();
+        let mut bytes = 0usize;
+        specs
+            .iter()
+            .map(|s| {
+                let answer = state
+                    .range(
+                        self.config.party,
+                        self.config.parties,
+                        s.from,
+                        s.to,
+                        s.histograms,
+                    )
+                    .map_err(|e| match e {
+                        RangeError::NotReady(e) => ApiError::conflict(e.to_string()),
+                        RangeError::Storage(e) => ApiError::from(e),
+                    })?;
+                bytes = bytes.saturating_add(
+                    postcard::experimental::serialized_size(&answer).unwrap_or(usize::MAX),
+                );
+                if bytes > MAX_ANSWER_BYTES {
+                    return Err(ApiError::too_large(format!(
+                        "the answer to {} ranges would pass {MAX_ANSWER_BYTES} bytes; ask for fewer ranges at once",
+                        specs.len()
+                    )));
+                }
+                Ok(answer)
             })
+            .collect()
     }
 
     pub fn status(&self) -> serde_json::Value {

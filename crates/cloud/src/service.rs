@@ -99,11 +99,7 @@ async fn ranges(
             specs.len()
         )));
     }
-    let mut answers = Vec::with_capacity(specs.len());
-    for s in &specs {
-        answers.push(node.range(s.from, s.to, s.histograms).await?);
-    }
-    Ok(Postcard(answers))
+    node.ranges(&specs).await.map(Postcard)
 }
 
 /// Ranges one request may ask for.

@@ -11,7 +11,7 @@ use mcloud_core::wire::{
     ComputeResponse, GroupPartial, PlugRange, RangeResponse, WindowPartial, WindowPending,
 };
 use mcloud_core::{BatchId, CountField, Partial, Window};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Ranges kept for sliding.
 const RANGE_CACHE: usize = 16;
@@ -121,6 +121,9 @@ pub struct Windows {
     ranges: Vec<RangeSums>,
     /// Without one, every window stays in memory.
     cold_store: Option<Box<dyn ColdStore>>,
+    /// Windows not sealed yet: every RANGE and COMPUTE first asks which may be sealed, and
+    /// scanning all windows for them made each request cost as much as the history is long.
+    unsealed: BTreeSet<u64>,
 }
 
 impl Windows {
@@ -133,6 +136,7 @@ impl Windows {
             batches: HashMap::new(),
             ranges: Vec::new(),
             cold_store: None,
+            unsealed: BTreeSet::new(),
         }
     }
 
@@ -189,13 +193,13 @@ impl Windows {
 
     /// Closed windows with every batch decided whose sums still sit in the workers.
     pub fn sealable(&self) -> Vec<u64> {
-        let closed_before = self.closed_before();
-        self.windows
-            .iter()
-            .filter(|(start, w)| {
-                !w.sealed && w.undecided == 0 && *start + self.window_secs <= closed_before
-            })
-            .map(|(start, _)| *start)
+        let Some(last) = self.closed_before().checked_sub(self.window_secs) else {
+            return Vec::new();
+        };
+        self.unsealed
+            .range(..=last)
+            .filter(|start| self.windows.get(start).is_some_and(|w| w.undecided == 0))
+            .copied()
             .collect()
     }
 
@@ -207,6 +211,7 @@ impl Windows {
             }
             w.sums.merge(sums);
             w.sealed = true;
+            self.unsealed.remove(&start);
         }
     }
 
@@ -223,6 +228,7 @@ impl Windows {
     /// A window sealed before a restart: answered from what was stored. Its batches, restored
     /// afterwards, neither hold it open nor add to it again.
     pub fn restore_sealed(&mut self, start: u64, stored: SealedWindow) {
+        self.unsealed.remove(&start);
         self.windows.insert(
             start,
             WindowState {
@@ -289,7 +295,11 @@ impl Windows {
             });
         }
         for &start in &windows {
-            self.windows.entry(start).or_default().undecided += 1;
+            let w = self.windows.entry(start).or_default();
+            w.undecided += 1;
+            if !w.sealed {
+                self.unsealed.insert(start);
+            }
         }
         self.batches.insert(id, Stage::Storing(windows));
         Ok(Registered::New)
@@ -324,6 +334,7 @@ impl Windows {
             let w = self.windows.entry(start).or_default();
             if !w.sealed {
                 w.undecided += 1;
+                self.unsealed.insert(start);
             }
         }
         self.batches.insert(id, Stage::Pending(windows));

@@ -167,8 +167,22 @@ impl Collector {
         Ok(all.pop().unwrap_or_default())
     }
 
-    /// Several ranges in one round trip to every cloud, each combined as `range` does.
+    /// Several ranges in one round trip to every cloud, each combined as `range` does. A
+    /// request a cloud refuses as too large (too many ranges, or an answer past its size
+    /// limit) is asked again in two halves.
     pub async fn ranges(&self, specs: &[RangeSpec]) -> Result<Vec<PlugTotals>, CollectError> {
+        match self.ranges_at_once(specs).await {
+            Err(CollectError::Call(CallError::Rejected { status: 413, .. })) if specs.len() > 1 => {
+                let (first, second) = specs.split_at(specs.len() / 2);
+                let mut answers = Box::pin(self.ranges(first)).await?;
+                answers.extend(Box::pin(self.ranges(second)).await?);
+                Ok(answers)
+            }
+            other => other,
+        }
+    }
+
+    async fn ranges_at_once(&self, specs: &[RangeSpec]) -> Result<Vec<PlugTotals>, CollectError> {
         let body = postcard::to_stdvec(specs).map_err(CallError::from)?;
         let calls = self.clouds.iter().map(|c| {
             let url = format!("{c}/v1/range");

@@ -230,18 +230,42 @@ async fn sized_call<R: DeserializeOwned>(
     read_sized_answer(url, response).await
 }
 
+/// The body of `response`, refused once it passes `limit` bytes (declared or read).
+async fn read_capped(
+    url: &str,
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, CallError> {
+    let too_large = |size: u64| CallError::Decode {
+        url: url.to_string(),
+        message: format!("the answer has {size} bytes or more; the limit is {limit}"),
+    };
+    if let Some(declared) = response.content_length().filter(|&n| n > limit as u64) {
+        return Err(too_large(declared));
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|source| CallError::Transport {
+            url: url.to_string(),
+            source,
+        })?
+    {
+        if bytes.len() + chunk.len() > limit {
+            return Err(too_large((bytes.len() + chunk.len()) as u64));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
 async fn read_sized_answer<R: DeserializeOwned>(
     url: &str,
     response: reqwest::Response,
 ) -> Result<(R, usize), CallError> {
     let status = response.status();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|source| CallError::Transport {
-            url: url.to_string(),
-            source,
-        })?;
+    let bytes = read_capped(url, response, crate::wire::MAX_ANSWER_BYTES).await?;
     if !status.is_success() {
         let message = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|b| b.error)
@@ -257,4 +281,41 @@ async fn read_sized_answer<R: DeserializeOwned>(
         message: e.message,
     })?;
     Ok((answer, bytes.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{client, default_names, NodeIdentity};
+
+    /// A client reads no answer past the limit, whether the server declares its length or not.
+    #[tokio::test]
+    async fn answers_past_the_limit_are_refused() {
+        let identity = NodeIdentity::generate(&default_names()).unwrap();
+        let router = axum::Router::new()
+            .route("/sized", axum::routing::get(|| async { vec![7u8; 4096] }))
+            .route(
+                "/streamed",
+                axum::routing::get(|| async {
+                    let chunks = (0..4).map(|_| Ok::<_, std::io::Error>(vec![7u8; 1024]));
+                    axum::body::Body::from_stream(futures::stream::iter(chunks))
+                }),
+            );
+        let server = crate::server::serve(router, "127.0.0.1:0".parse().unwrap(), &identity)
+            .await
+            .unwrap();
+        let http = client(std::slice::from_ref(&identity.ca_pem)).unwrap();
+        for path in ["/sized", "/streamed"] {
+            let url = format!("{}{path}", server.url());
+            let response = http.get(&url).send().await.unwrap();
+            let refused = read_capped(&url, response, 4000).await;
+            assert!(
+                matches!(&refused, Err(CallError::Decode { message, .. }) if message.contains("limit is 4000")),
+                "{path}: {refused:?}"
+            );
+            let response = http.get(&url).send().await.unwrap();
+            assert_eq!(read_capped(&url, response, 4096).await.unwrap().len(), 4096);
+        }
+        server.shutdown().await;
+    }
 }

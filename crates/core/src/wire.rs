@@ -18,6 +18,9 @@ pub const MAX_BATCH_RECORDS: usize = 65_536;
 /// explicit party and 45 KiB at a seed party; each histogram adds about 1.7 KiB at the
 /// explicit party and 8 bytes at a seed party.
 pub const MAX_BODY_BYTES: usize = 8 << 20;
+/// Largest answer a server builds and a client reads: a RANGE or COMPUTE answer grows with
+/// the plugs and ranges asked for, and neither side should hold an unbounded one.
+pub const MAX_ANSWER_BYTES: usize = 256 << 20;
 /// Largest number of flags in one catalog request.
 pub const MAX_FLAGS_PER_REQUEST: usize = 100_000;
 
