@@ -50,13 +50,7 @@ fn batch(id: u128, n: usize, plugs: &[GroupKey], key: &mut u64) -> UploadBatch {
             }
         })
         .collect();
-    UploadBatch {
-        batch_id: BatchId(id),
-        party: 0,
-        parties: 1,
-        records,
-        histograms: Vec::new(),
-    }
+    UploadBatch::single_party(BatchId(id), records)
 }
 
 fn plugs(n: u32) -> Vec<GroupKey> {

@@ -137,13 +137,7 @@ fn batch(id: u128, key: &mut u64) -> UploadBatch {
             }
         })
         .collect();
-    UploadBatch {
-        batch_id: BatchId(id),
-        party: 0,
-        parties: 1,
-        records,
-        histograms: Vec::new(),
-    }
+    UploadBatch::single_party(BatchId(id), records)
 }
 
 fn wait<T>(mut rx: oneshot::Receiver<T>, what: &str) -> T {

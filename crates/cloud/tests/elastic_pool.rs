@@ -42,13 +42,7 @@ fn batch(rng: &mut Lcg, id: u128, key: &mut u64) -> UploadBatch {
             }
         })
         .collect();
-    UploadBatch {
-        batch_id: BatchId(id),
-        party: 0,
-        parties: 1,
-        records,
-        histograms: Vec::new(),
-    }
+    UploadBatch::single_party(BatchId(id), records)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

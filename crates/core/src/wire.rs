@@ -101,6 +101,20 @@ pub struct UploadBatch {
     pub histograms: Vec<HistogramShare>,
 }
 
+impl UploadBatch {
+    /// A batch of records without histograms as the only party of one sees it (the
+    /// plaintext baseline, and workers measured or tested on their own).
+    pub fn single_party(batch_id: BatchId, records: Vec<ShareRecord>) -> UploadBatch {
+        UploadBatch {
+            batch_id,
+            party: 0,
+            parties: 1,
+            records,
+            histograms: Vec::new(),
+        }
+    }
+}
+
 /// What travels in the clear about one record: everything but its value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordMeta {

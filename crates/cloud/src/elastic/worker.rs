@@ -481,13 +481,7 @@ mod tests {
                 }
             })
             .collect();
-        UploadBatch {
-            batch_id: BatchId(id),
-            party: 0,
-            parties: 1,
-            records,
-            histograms: Vec::new(),
-        }
+        UploadBatch::single_party(BatchId(id), records)
     }
 
     fn take(worker: &mut Worker, windows: &[u64]) -> HashMap<u64, WindowSums> {
