@@ -60,6 +60,25 @@ async fn with_a_follower_stopped(
     (cluster, leader, follower)
 }
 
+/// `n` flags under random (so full-width) ids, open for ten minutes.
+fn random_flags(n: usize) -> Vec<CreateFlag> {
+    (0..n)
+        .map(|_| CreateFlag {
+            id: BatchId::random(),
+            ttl_ms: 600_000,
+        })
+        .collect()
+}
+
+/// Restarts `follower` and waits up to `secs` until it has applied what the leader has.
+async fn restart_and_catch_up(cluster: &mut LocalCluster, leader: u16, follower: u16, secs: u64) {
+    cluster.restart_catalog(follower).await.unwrap();
+    eventually(secs, "the restarted voter catching up", async || {
+        applied(cluster, follower) >= applied(cluster, leader)
+    })
+    .await;
+}
+
 fn applied(cluster: &LocalCluster, voter: u16) -> Option<u64> {
     cluster.catalog_node(voter)?.status()[0].last_applied
 }
@@ -75,11 +94,7 @@ async fn restarted_voter_catches_up_from_a_snapshot() {
             flags.set(vec![BatchId(id)]).await.unwrap();
         }
     }
-    cluster.restart_catalog(follower).await.unwrap();
-    eventually(60, "the restarted voter catching up", async || {
-        applied(&cluster, follower) >= applied(&cluster, leader)
-    })
-    .await;
+    restart_and_catch_up(&mut cluster, leader, follower, 60).await;
     let leader_status = &cluster.catalog_node(leader).unwrap().status()[0];
     assert!(
         leader_status.purged.is_some(),
@@ -296,23 +311,13 @@ async fn a_lagging_voter_catches_up_from_a_snapshot_larger_than_a_request() {
     let flags = cluster.catalog_client();
     let total = 400_000;
     for _ in 0..total / 10_000 {
-        let batch: Vec<CreateFlag> = (0..10_000)
-            .map(|_| CreateFlag {
-                id: BatchId::random(),
-                ttl_ms: 600_000,
-            })
-            .collect();
-        flags.create(batch).await.unwrap();
+        flags.create(random_flags(10_000)).await.unwrap();
     }
     // Enough entries after the flags that the leader snapshots and compacts past them.
     for id in 0..40u128 {
         flags.create(create(id, 600_000)).await.unwrap();
     }
-    cluster.restart_catalog(follower).await.unwrap();
-    eventually(120, "the restarted voter catching up", async || {
-        applied(&cluster, follower) >= applied(&cluster, leader)
-    })
-    .await;
+    restart_and_catch_up(&mut cluster, leader, follower, 120).await;
     let status = &cluster.catalog_node(follower).unwrap().status()[0];
     let received = status.received_snapshot_bytes.unwrap_or(0);
     assert!(
@@ -336,19 +341,9 @@ async fn a_lagging_voter_catches_up_through_appends_larger_than_a_request() {
     let per_request = mcloud_core::wire::MAX_FLAGS_PER_REQUEST;
     let requests = 6;
     for _ in 0..requests {
-        let batch: Vec<CreateFlag> = (0..per_request)
-            .map(|_| CreateFlag {
-                id: BatchId::random(),
-                ttl_ms: 600_000,
-            })
-            .collect();
-        flags.create(batch).await.unwrap();
+        flags.create(random_flags(per_request)).await.unwrap();
     }
-    cluster.restart_catalog(follower).await.unwrap();
-    eventually(120, "the restarted voter catching up", async || {
-        applied(&cluster, follower) >= applied(&cluster, leader)
-    })
-    .await;
+    restart_and_catch_up(&mut cluster, leader, follower, 120).await;
     let status = &cluster.catalog_node(follower).unwrap().status()[0];
     assert_eq!(
         status.snapshot, None,

@@ -19,7 +19,7 @@ pub mod wire;
 
 pub use fixed::{FixedError, SCALE};
 pub use reading::{GroupKey, GroupLevel, Metric, Reading};
-pub use share::{party_seed, split_record, RecordShares, ShareStream, SHARES_PER_RECORD};
+pub use share::{party_seed, RecordShares, ShareStream, SHARES_PER_RECORD};
 pub use stats::{Partial, Revealed};
 pub use window::Window;
 pub use wire::BatchId;

@@ -81,23 +81,6 @@ pub fn party_seed(master: &[u8; 32], party: u16) -> [u8; 32] {
     seed
 }
 
-/// Splits one reading into `out.len()` shares: all but the last uniformly random, the last
-/// chosen so that the shares add up to the reading's values. With one party the "share" is
-/// the value itself.
-pub fn split_record(value: u64, stream: &mut ShareStream, out: &mut [RecordShares]) {
-    let Some((last, random)) = out.split_last_mut() else {
-        return;
-    };
-    let mut rest = record_values(value);
-    for share in random.iter_mut() {
-        for (slot, remaining) in share.iter_mut().zip(rest.iter_mut()) {
-            *slot = stream.next_element();
-            *remaining -= *slot;
-        }
-    }
-    *last = rest;
-}
-
 /// Adds shares back together.
 pub fn reconstruct(shares: &[RecordShares]) -> RecordShares {
     let mut sum = [Field::zero(); SHARES_PER_RECORD];
@@ -107,67 +90,4 @@ pub fn reconstruct(shares: &[RecordShares]) -> RecordShares {
         }
     }
     sum
-}
-
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn shares_reconstruct_the_reading(value in 0u64..(1 << 40), parties in 1usize..7, seed in any::<[u8; 32]>()) {
-            let mut stream = ShareStream::from_seed(seed);
-            let mut shares = vec![[Field::zero(); 3]; parties];
-            split_record(value, &mut stream, &mut shares);
-            prop_assert_eq!(reconstruct(&shares), record_values(value));
-        }
-
-        #[test]
-        fn same_seed_same_shares(value in 0u64..(1 << 40), seed in any::<[u8; 32]>()) {
-            let mut a = vec![[Field::zero(); 3]; 3];
-            let mut b = vec![[Field::zero(); 3]; 3];
-            split_record(value, &mut ShareStream::from_seed(seed), &mut a);
-            split_record(value, &mut ShareStream::from_seed(seed), &mut b);
-            prop_assert_eq!(a, b);
-        }
-    }
-
-    /// Fails unless `samples` observations spread over 16 cells as uniformly as chance
-    /// allows: chi-square with 15 degrees of freedom below 37.7, its 0.1 % critical value.
-    pub(crate) fn assert_uniform(cells: &[u64; 16], samples: u64, what: &str) {
-        let expected = samples as f64 / 16.0;
-        let chi2: f64 = cells
-            .iter()
-            .map(|&o| (o as f64 - expected).powi(2) / expected)
-            .sum();
-        assert!(chi2 < 37.7, "{what}: chi-square {chi2} over {cells:?}");
-    }
-
-    /// Any N-1 shares of a value are uniformly distributed, whatever the value: a chi-square
-    /// test over the top 4 bits of each of the first two shares (of three), for a value that is
-    /// always 0 and one that is always huge. 16 cells, 15 degrees of freedom; 37.7 is the
-    /// 0.1 % critical value, so a correct implementation fails this about once in a thousand
-    /// seeds, and the seeds here are fixed.
-    #[test]
-    fn any_n_minus_one_shares_look_uniform() {
-        for (value, seed) in [(0u64, 1u8), ((1 << 40) - 1, 2u8)] {
-            let mut stream = ShareStream::from_seed([seed; 32]);
-            let samples = 64_000;
-            let mut cells = [[0u64; 16]; 2];
-            let mut shares = [[Field::zero(); 3]; 3];
-            for _ in 0..samples {
-                split_record(value, &mut stream, &mut shares);
-                for (party, cell) in cells.iter_mut().enumerate() {
-                    for component in shares[party] {
-                        let top = (u128::from(component) >> 124) as usize;
-                        cell[top] += 1;
-                    }
-                }
-            }
-            for cell in cells {
-                assert_uniform(&cell, samples * 3, &format!("value {value}"));
-            }
-        }
-    }
 }

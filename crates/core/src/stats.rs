@@ -115,7 +115,9 @@ impl Revealed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::share::{split_record, ShareStream};
+    use crate::reading::{GroupKey, Metric, Reading};
+    use crate::upload::{expand, split_batch};
+    use crate::wire::BatchId;
     use proptest::prelude::*;
 
     proptest! {
@@ -123,13 +125,25 @@ mod tests {
         /// and summed per party, reveals the same totals as the plaintext.
         #[test]
         fn aggregation_is_order_independent(values in proptest::collection::vec(0u64..1_000_000_000, 1..60), seed in any::<[u8; 32]>(), rot in 0usize..60) {
-            let mut stream = ShareStream::from_seed(seed);
-            let mut per_record = Vec::new();
-            for &v in &values {
-                let mut shares = [[Field::zero(); 3]; 3];
-                split_record(v, &mut stream, &mut shares);
-                per_record.push(shares);
-            }
+            let readings: Vec<Reading> = values
+                .iter()
+                .enumerate()
+                .map(|(i, &value)| Reading {
+                    id: i as u64,
+                    ts: 1_400_000_000,
+                    value,
+                    metric: Metric::Load,
+                    group: GroupKey { house: 0, household: 0, plug: 0 },
+                })
+                .collect();
+            let batches: Vec<_> = split_batch(BatchId(7), &seed, 3, &readings, &[])
+                .unwrap()
+                .into_iter()
+                .map(|r| expand(r).unwrap())
+                .collect();
+            let mut per_record: Vec<[crate::RecordShares; 3]> = (0..values.len())
+                .map(|i| std::array::from_fn(|p| batches[p].records[i].share))
+                .collect();
             let rot = rot % values.len();
             per_record.rotate_left(rot);
             per_record.reverse();

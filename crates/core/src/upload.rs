@@ -278,6 +278,17 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
+    /// Fails unless `samples` observations spread over 16 cells as uniformly as chance
+    /// allows: chi-square with 15 degrees of freedom below 37.7, its 0.1 % critical value.
+    pub(crate) fn assert_uniform(cells: &[u64; 16], samples: u64, what: &str) {
+        let expected = samples as f64 / 16.0;
+        let chi2: f64 = cells
+            .iter()
+            .map(|&o| (o as f64 - expected).powi(2) / expected)
+            .sum();
+        assert!(chi2 < 37.7, "{what}: chi-square {chi2} over {cells:?}");
+    }
+
     fn reading(key: u64, value: u64) -> Reading {
         Reading {
             id: key,
@@ -533,7 +544,7 @@ mod tests {
                 ("count", count_cells, count_samples),
             ] {
                 for (cell, pair) in cells.iter().zip(&pairs) {
-                    crate::share::tests::assert_uniform(
+                    assert_uniform(
                         cell,
                         samples,
                         &format!("{kind} shares of parties {pair:?}, value {value}"),
