@@ -10,7 +10,8 @@ use crate::raft::placement::partition_of;
 use crate::raft::{assignment_path, Assignment};
 use crate::service::{CREATE_PATH, GET_PATH, SET_PATH};
 use crate::{CatalogError, FlagTable};
-use mcloud_core::http::{get, post_bytes, CallError};
+use mcloud_core::auth::CallCredentials;
+use mcloud_core::http::{send, CallError};
 use mcloud_core::wire::{
     CreateFlag, CreateFlagsRequest, Flag, FlagIds, FlagsResponse, GetFlagsResponse,
 };
@@ -25,6 +26,9 @@ use std::time::{Duration, Instant};
 pub struct CatalogClient {
     http: reqwest::Client,
     nodes: Arc<Vec<String>>,
+    /// A sensor's sessions, and the party of each node (a session counts at one party only);
+    /// peers need none: their client certificate is in `http`.
+    credentials: Option<(Arc<dyn CallCredentials>, Arc<Vec<u16>>)>,
     current: Arc<AtomicUsize>,
     leaders: Arc<Leaders>,
 }
@@ -57,9 +61,20 @@ impl CatalogClient {
         CatalogClient {
             http,
             nodes: Arc::new(nodes),
+            credentials: None,
             current: Arc::new(AtomicUsize::new(0)),
             leaders: Arc::new(Leaders::default()),
         }
+    }
+
+    /// Calls carry `credentials` for each node's party (`parties`, in node order).
+    pub fn with_credentials(
+        mut self,
+        credentials: Arc<dyn CallCredentials>,
+        parties: Vec<u16>,
+    ) -> CatalogClient {
+        self.credentials = Some((credentials, Arc::new(parties)));
+        self
     }
 
     /// The node the client talks to now.
@@ -94,16 +109,29 @@ impl CatalogClient {
         leaders.get(partition as usize).copied().flatten()
     }
 
-    /// A POST with `body`, or a GET without one.
+    /// A POST with `body`, or a GET without one, to node `node`.
     async fn send<R: DeserializeOwned>(
         &self,
+        node: usize,
         url: &str,
         body: Option<&[u8]>,
     ) -> Result<R, CallError> {
-        match body {
-            Some(b) => post_bytes(&self.http, url, b.to_vec()).await,
-            None => get(&self.http, url).await,
+        let mut request = match body {
+            Some(b) => self
+                .http
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(b.to_vec()),
+            None => self.http.get(url),
+        };
+        if let Some((credentials, parties)) = &self.credentials {
+            let party = parties.get(node).copied().unwrap_or_default();
+            request = request.header(
+                reqwest::header::AUTHORIZATION,
+                credentials.authorization(party).await?,
+            );
         }
+        send(url, request).await
     }
 
     fn forget_leaders(&self) {
@@ -183,7 +211,7 @@ impl CatalogClient {
         match leader {
             Some(i) => {
                 let url = format!("{}{path}", self.nodes[i]);
-                match self.send(&url, body).await {
+                match self.send(i, &url, body).await {
                     Ok(r) => return Ok(r),
                     Err(e) if e.is_retryable() => {
                         tracing::debug!("catalog leader {url}: {e}; asking the other nodes");
@@ -209,7 +237,7 @@ impl CatalogClient {
         for k in 0..self.nodes.len() {
             let i = (start + k) % self.nodes.len();
             let url = format!("{}{path}", self.nodes[i]);
-            match self.send(&url, body).await {
+            match self.send(i, &url, body).await {
                 Ok(r) => {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(r);

@@ -1,63 +1,95 @@
-//! The catalog's HTTPS endpoints.
+//! The catalog's flags endpoints, for sensors (their own flags) and clouds (any flag).
 
-use crate::store::FlagStore;
 use crate::FlagTable;
 use axum::extract::State;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use mcloud_core::auth::peer::PeerIdentity;
+use mcloud_core::auth::sensor::SensorScope;
+use mcloud_core::auth::{require_sensor, require_sensor_or_peer, NodeAuth};
 use mcloud_core::http::{ApiError, Postcard};
 use mcloud_core::wire::{CreateFlagsRequest, FlagIds, FlagsResponse, GetFlagsResponse};
+use mcloud_core::BatchId;
 use std::sync::Arc;
 
-pub const CREATE_PATH: &str = "/v1/flags/create";
-pub const SET_PATH: &str = "/v1/flags/set";
-pub const GET_PATH: &str = "/v1/flags/get";
-
-/// Routes for a catalog backed by `table`.
-pub fn router<T: FlagTable>(table: T, status: Option<Arc<FlagStore>>) -> Router {
-    router_with_status(table, move || {
-        serde_json::json!({
-            "role": "catalog",
-            "flags": status.as_ref().map(|s| s.counts()),
-        })
-    })
-}
+pub use mcloud_core::paths::{CREATE_PATH, GET_PATH, SET_PATH};
 
 /// Routes for a catalog backed by `table`, with `status` answering `/v1/status`.
 pub fn router_with_status<T: FlagTable>(
     table: T,
+    auth: NodeAuth,
     status: impl Fn() -> serde_json::Value + Clone + Send + Sync + 'static,
 ) -> Router {
     let table = Arc::new(table);
-    Router::new()
+    let sensors = Router::new()
         .route(CREATE_PATH, post(create::<T>))
         .route(SET_PATH, post(set::<T>))
+        .layer(from_fn_with_state(auth.clone(), require_sensor));
+    let readers = Router::new()
         .route(GET_PATH, post(read::<T>))
+        .layer(from_fn_with_state(auth.clone(), require_sensor_or_peer));
+    sensors
+        .merge(readers)
         .with_state(table)
+        .merge(mcloud_core::auth::session_router(auth))
         .route("/v1/status", get(move || async move { Json(status()) }))
         .route("/v1/health", get(|| async { "ok" }))
 }
 
+/// A sensor names only flags of its own batches (their ids carry its id).
+fn own_ids(scope: &SensorScope, ids: impl Iterator<Item = BatchId>) -> Result<(), ApiError> {
+    for id in ids {
+        if id.sensor() != scope.sensor {
+            return Err(ApiError::forbidden(
+                "not_your_batch",
+                format!(
+                    "flag {id} belongs to sensor {}; this session is sensor {}'s",
+                    id.sensor(),
+                    scope.sensor
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn create<T: FlagTable>(
     State(table): State<Arc<T>>,
+    Extension(scope): Extension<SensorScope>,
     Postcard(req): Postcard<CreateFlagsRequest>,
 ) -> Result<Postcard<FlagsResponse>, ApiError> {
+    own_ids(&scope, req.flags.iter().map(|f| f.id))?;
     let flags = table.create(req.flags).await?;
     Ok(Postcard(FlagsResponse { flags }))
 }
 
 async fn set<T: FlagTable>(
     State(table): State<Arc<T>>,
+    Extension(scope): Extension<SensorScope>,
     Postcard(req): Postcard<FlagIds>,
 ) -> Result<Postcard<FlagsResponse>, ApiError> {
+    own_ids(&scope, req.ids.iter().copied())?;
     let flags = table.set(req.ids).await?;
     Ok(Postcard(FlagsResponse { flags }))
 }
 
 async fn read<T: FlagTable>(
     State(table): State<Arc<T>>,
+    scope: Option<Extension<SensorScope>>,
+    peer: Option<Extension<PeerIdentity>>,
     Postcard(req): Postcard<FlagIds>,
 ) -> Result<Postcard<GetFlagsResponse>, ApiError> {
+    match (scope, peer) {
+        (_, Some(_)) => {}
+        (Some(Extension(scope)), None) => own_ids(&scope, req.ids.iter().copied())?,
+        (None, None) => {
+            return Err(ApiError::unauthenticated(
+                "credential_missing",
+                "reading flags needs a sensor session or a cloud's certificate",
+            ))
+        }
+    }
     let flags = table.get(req.ids).await?;
     Ok(Postcard(GetFlagsResponse { flags }))
 }

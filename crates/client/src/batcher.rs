@@ -26,6 +26,7 @@ pub struct Cut {
 }
 
 pub struct Batcher<I> {
+    sensor: u32,
     readings: I,
     batch_size: usize,
     histograms: Option<Histograms>,
@@ -37,8 +38,10 @@ pub struct Batcher<I> {
 }
 
 impl<I: Iterator<Item = Reading>> Batcher<I> {
-    pub fn new(readings: I, batch_size: usize, histograms: bool) -> Batcher<I> {
+    /// Batches of sensor `sensor`.
+    pub fn new(sensor: u32, readings: I, batch_size: usize, histograms: bool) -> Batcher<I> {
         Batcher {
+            sensor,
             readings,
             batch_size: batch_size.clamp(1, MAX_BATCH_RECORDS),
             histograms: histograms.then(Histograms::default),
@@ -65,7 +68,7 @@ impl<I: Iterator<Item = Reading>> Batcher<I> {
             return None;
         }
         Some(Cut {
-            batch: PlainBatch::with_histograms(readings, histograms),
+            batch: PlainBatch::with_histograms(self.sensor, readings, histograms),
             held_back: self.waiting.iter().map(|h| h.window_start).min(),
         })
     }
@@ -138,7 +141,7 @@ mod tests {
 
     fn check_shape(plugs: u32, interval: u64, secs: u64, batch_size: usize) {
         let cuts: Vec<Cut> =
-            Batcher::new(stream(plugs, interval, secs), batch_size, true).collect();
+            Batcher::new(1, stream(plugs, interval, secs), batch_size, true).collect();
         let mut readings = 0;
         let mut histograms = std::collections::HashMap::new();
         for cut in &cuts {
@@ -173,7 +176,7 @@ mod tests {
     #[test]
     fn few_fast_plugs_are_cut_by_count() {
         check_shape(3, 1, 3600, 4096);
-        let sizes: Vec<usize> = Batcher::new(stream(3, 1, 3600), 4096, true)
+        let sizes: Vec<usize> = Batcher::new(1, stream(3, 1, 3600), 4096, true)
             .map(|c| c.batch.readings.len())
             .collect();
         assert!(sizes[..sizes.len() - 1].iter().all(|&n| n == 4096));
@@ -186,14 +189,14 @@ mod tests {
         let per_batch = UPLOAD_TARGET_BYTES / HISTOGRAM_WIRE_BYTES_MAX;
         let plugs = (per_batch + per_batch / 2) as u32;
         check_shape(plugs, 30, 120, 1_000_000);
-        let cuts: Vec<Cut> = Batcher::new(stream(plugs, 30, 120), 1_000_000, true).collect();
+        let cuts: Vec<Cut> = Batcher::new(1, stream(plugs, 30, 120), 1_000_000, true).collect();
         assert!(cuts.iter().any(|c| c.held_back.is_some()));
         assert!(cuts.iter().any(|c| c.batch.readings.is_empty()));
     }
 
     #[test]
     fn without_histograms_only_the_count_cuts() {
-        let cuts: Vec<Cut> = Batcher::new(stream(10, 1, 100), 64, false).collect();
+        let cuts: Vec<Cut> = Batcher::new(1, stream(10, 1, 100), 64, false).collect();
         assert_eq!(cuts.len(), 1000usize.div_ceil(64));
         assert!(cuts
             .iter()

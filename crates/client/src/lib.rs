@@ -7,9 +7,11 @@ pub mod error;
 pub mod histograms;
 pub mod outbox;
 pub mod sensor;
+pub mod session;
 pub mod transaction;
 
 pub use error::SensorError;
 pub use outbox::{Outbox, PlainBatch, PlainHistogram};
 pub use sensor::{Report, Sensor, SensorConfig};
+pub use session::SensorSessions;
 pub use transaction::{Fate, Outcome, Uploader};

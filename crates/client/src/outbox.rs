@@ -24,13 +24,18 @@ pub struct PlainBatch {
 }
 
 impl PlainBatch {
-    pub fn new(readings: Vec<Reading>) -> PlainBatch {
-        Self::with_histograms(readings, Vec::new())
+    /// A batch of sensor `sensor` (its id goes into the batch id).
+    pub fn new(sensor: u32, readings: Vec<Reading>) -> PlainBatch {
+        Self::with_histograms(sensor, readings, Vec::new())
     }
 
-    pub fn with_histograms(readings: Vec<Reading>, histograms: Vec<PlainHistogram>) -> PlainBatch {
+    pub fn with_histograms(
+        sensor: u32,
+        readings: Vec<Reading>,
+        histograms: Vec<PlainHistogram>,
+    ) -> PlainBatch {
         PlainBatch {
-            id: BatchId::random(),
+            id: BatchId::of_sensor(sensor),
             seed: mcloud_core::ShareStream::fresh_seed(),
             readings,
             histograms,
@@ -40,7 +45,11 @@ impl PlainBatch {
     /// The same content under a fresh id and fresh shares, for a retry after the first flag
     /// ended ERROR (an ERROR flag is final, so the batch needs a new one).
     pub fn rekeyed(&self) -> PlainBatch {
-        PlainBatch::with_histograms(self.readings.clone(), self.histograms.clone())
+        PlainBatch::with_histograms(
+            self.id.sensor(),
+            self.readings.clone(),
+            self.histograms.clone(),
+        )
     }
 }
 
@@ -119,7 +128,7 @@ mod tests {
                 plug: 3,
             },
         };
-        let first = PlainBatch::new(vec![reading]);
+        let first = PlainBatch::new(1, vec![reading]);
         let second = first.rekeyed();
         {
             let outbox = Outbox::open(&path).unwrap();

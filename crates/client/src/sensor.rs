@@ -112,6 +112,7 @@ impl Sensor {
     ) -> Result<Report, SensorError> {
         let mut index = 0;
         let batches = Batcher::new(
+            self.uploader.sensor(),
             readings.into_iter(),
             self.config.batch_size,
             self.config.histograms,

@@ -5,7 +5,11 @@ use crate::outbox::PlainBatch;
 use crate::SensorError;
 use futures::future::join_all;
 use mcloud_catalog::{CatalogClient, CatalogError, FlagTable};
-use mcloud_core::http::{post, post_bytes, CallError};
+use crate::session::SensorSessions;
+use mcloud_core::auth::authority::SensorCredentials;
+use mcloud_core::http::{send, CallError};
+use mcloud_core::paths::{UPLOAD_PATH, WATERMARK_PATH};
+use std::sync::Arc;
 use mcloud_core::upload::split_batch;
 use mcloud_core::wire::{CreateFlag, FlagState, UploadAck, WatermarkRequest};
 use std::future::Future;
@@ -39,6 +43,7 @@ pub enum Fate {
 pub struct Uploader {
     http: reqwest::Client,
     clouds: Vec<String>,
+    sessions: Arc<SensorSessions>,
     catalog: CatalogClient,
     ttl: Duration,
     /// Upload body bytes sent so far (every attempt counts: they all cross the network).
@@ -75,20 +80,30 @@ where
 }
 
 impl Uploader {
-    /// `clouds` are the clouds' base URLs in party order.
+    /// `clouds` are the clouds' base URLs in party order; `catalog_parties` names the party of
+    /// each of `catalog`'s nodes, whose session the sensor shows it.
     pub fn new(
         http: reqwest::Client,
         clouds: Vec<String>,
         catalog: CatalogClient,
+        catalog_parties: Vec<u16>,
+        credentials: SensorCredentials,
         ttl: Duration,
     ) -> Uploader {
+        let clouds: Vec<String> = clouds
+            .into_iter()
+            .map(|c| c.trim_end_matches('/').to_string())
+            .collect();
+        let sessions = Arc::new(SensorSessions::new(
+            credentials,
+            http.clone(),
+            clouds.clone(),
+        ));
         Uploader {
             http,
-            clouds: clouds
-                .into_iter()
-                .map(|c| c.trim_end_matches('/').to_string())
-                .collect(),
-            catalog,
+            catalog: catalog.with_credentials(sessions.clone(), catalog_parties),
+            sessions,
+            clouds,
             ttl,
             sent_bytes: Default::default(),
         }
@@ -96,6 +111,28 @@ impl Uploader {
 
     pub fn parties(&self) -> usize {
         self.clouds.len()
+    }
+
+    /// The sensor's id, which every batch id it makes carries.
+    pub fn sensor(&self) -> u32 {
+        self.sessions.scope().sensor
+    }
+
+    /// A POST to cloud `party` with the sensor's session for that party.
+    async fn post_to<R: serde::de::DeserializeOwned>(
+        &self,
+        party: usize,
+        url: &str,
+        body: Vec<u8>,
+    ) -> Result<R, CallError> {
+        let session = self.sessions.header(party as u16).await?;
+        let request = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::AUTHORIZATION, session)
+            .body(body);
+        send(url, request).await
     }
 
     /// Upload body bytes sent to all clouds so far.
@@ -196,13 +233,14 @@ impl Uploader {
         let uploads = self.clouds[..targets]
             .iter()
             .zip(bodies)
-            .map(|(cloud, body)| {
-                let url = format!("{cloud}/v1/upload");
+            .enumerate()
+            .map(|(party, (cloud, body))| {
+                let url = format!("{cloud}{UPLOAD_PATH}");
                 async move {
                     retry(upload_until, CallError::is_retryable, || {
                         self.sent_bytes
                             .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        post_bytes::<UploadAck>(&self.http, &url, body.clone())
+                        self.post_to::<UploadAck>(party, &url, body.clone())
                     })
                     .await
                 }
@@ -273,12 +311,12 @@ impl Uploader {
     /// Reports progress to every cloud: every reading before `ts` has been sent; with
     /// `end_of_stream`, the window holding `ts` may close too.
     pub async fn advance_watermark(&self, ts: u64, end_of_stream: bool) -> Result<(), CallError> {
-        for cloud in &self.clouds {
-            let url = format!("{cloud}/v1/watermark");
+        let body = postcard::to_stdvec(&WatermarkRequest { ts, end_of_stream })?;
+        for (party, cloud) in self.clouds.iter().enumerate() {
+            let url = format!("{cloud}{WATERMARK_PATH}");
             let until = Instant::now() + Duration::from_secs(30);
-            let request = WatermarkRequest { ts, end_of_stream };
             retry(until, CallError::is_retryable, || {
-                post::<_, u64>(&self.http, &url, &request)
+                self.post_to::<u64>(party, &url, body.clone())
             })
             .await?;
         }

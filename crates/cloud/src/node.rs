@@ -9,6 +9,7 @@ use crate::windows::{touched, RangeError, Registered, Windows};
 use crate::CloudError;
 use bytes::Bytes;
 use mcloud_catalog::{CatalogClient, FlagTable};
+use mcloud_core::auth::sensor::SensorScope;
 use mcloud_core::http::{decode, ApiError};
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::upload::expand;
@@ -275,8 +276,10 @@ impl CloudNode {
 
     /// UPLOAD: validates, expands the shares, checks the flag, stores the body durably as
     /// received (a seed party's stays a seed), then acknowledges.
-    pub async fn upload(&self, body: Bytes) -> Result<UploadAck, ApiError> {
+    /// Stores one share batch of the sensor whose session carries `scope`.
+    pub async fn upload(&self, body: Bytes, scope: &SensorScope) -> Result<UploadAck, ApiError> {
         let request: UploadRequest = decode(&body)?;
+        check_scope(&request, scope)?;
         let id = request.batch_id;
         if self.state().is_known(&id) {
             return Ok(UploadAck {
@@ -574,4 +577,37 @@ impl ReplaySource for CloudNode {
     fn checkpointed(&self, buckets: &[usize]) -> Result<Vec<(usize, BucketState)>, CloudError> {
         self.values.read_checkpoint(buckets)
     }
+}
+
+/// A sensor uploads only batches it made (the id names it) and only readings of its plugs;
+/// anything else is refused before it is looked at further.
+fn check_scope(batch: &UploadRequest, scope: &SensorScope) -> Result<(), ApiError> {
+    let id = batch.batch_id;
+    if id.sensor() != scope.sensor {
+        return Err(ApiError::forbidden(
+            "not_your_batch",
+            format!(
+                "batch {id} belongs to sensor {}; this session is sensor {}'s",
+                id.sensor(),
+                scope.sensor
+            ),
+        ));
+    }
+    let groups = batch
+        .records
+        .iter()
+        .map(|r| &r.group)
+        .chain(batch.histograms.iter().map(|h| &h.plug));
+    for group in groups {
+        if !scope.allows(group) {
+            return Err(ApiError::forbidden(
+                "out_of_scope",
+                format!(
+                    "batch {id} has a reading of house {} plug {}, outside sensor {}'s scope",
+                    group.house, group.plug, scope.sensor
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -1,44 +1,80 @@
-//! The cloud's HTTPS endpoints.
+//! The cloud's HTTPS endpoints, grouped by who calls them: sensors (sessions, UPLOAD,
+//! watermark), apps (COMPUTE, RANGE) and anyone (health, status). Each group sits behind its
+//! own authentication layer (see `mcloud_core::auth`).
 
 use crate::node::CloudNode;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use mcloud_core::auth::app::{AppRequest, Grant, HouseScope, QueryKind};
+use mcloud_core::auth::sensor::SensorScope;
+use mcloud_core::auth::{now_secs, require_app, require_sensor, AppBearer, NodeAuth};
 use mcloud_core::http::{ApiError, Postcard, RawBody};
+use mcloud_core::paths::{
+    COMPUTE_PATH, RANGE_PATH, UPLOAD_PATH, WATERMARK_PATH,
+};
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::wire::{ComputeResponse, RangeResponse, RangeSpec, UploadAck, WatermarkRequest};
 use serde::Deserialize;
 use std::sync::Arc;
 
-pub const UPLOAD_PATH: &str = "/v1/upload";
-pub const WATERMARK_PATH: &str = "/v1/watermark";
-pub const COMPUTE_PATH: &str = "/v1/compute";
-pub const RANGE_PATH: &str = "/v1/range";
+#[derive(Clone)]
+struct Cloud {
+    node: Arc<CloudNode>,
+    auth: NodeAuth,
+}
 
-pub fn router(node: Arc<CloudNode>) -> Router {
-    Router::new()
+type Node = State<Cloud>;
+
+pub fn router(node: Arc<CloudNode>, auth: NodeAuth) -> Router {
+    let state = Cloud {
+        node,
+        auth: auth.clone(),
+    };
+    let sensor = Router::new()
         .route(UPLOAD_PATH, post(upload))
         .route(WATERMARK_PATH, post(watermark))
+        .layer(from_fn_with_state(auth.clone(), require_sensor));
+    let app = Router::new()
         .route(COMPUTE_PATH, get(compute))
         .route(RANGE_PATH, get(range).post(ranges))
+        .layer(from_fn(require_app));
+    Router::new()
+        .merge(sensor)
+        .merge(app)
+        .merge(mcloud_core::auth::session_router(auth))
         .route("/v1/status", get(status))
         .route("/v1/health", get(|| async { "ok" }))
-        .with_state(node)
+        .with_state(state)
 }
 
 async fn upload(
-    State(node): State<Arc<CloudNode>>,
+    State(cloud): Node,
+    Extension(scope): Extension<SensorScope>,
     RawBody(body): RawBody,
 ) -> Result<Postcard<UploadAck>, ApiError> {
-    node.upload(body).await.map(Postcard)
+    cloud.node.upload(body, &scope).await.map(Postcard)
 }
 
 async fn watermark(
-    State(node): State<Arc<CloudNode>>,
+    State(cloud): Node,
     Postcard(req): Postcard<WatermarkRequest>,
 ) -> Result<Postcard<u64>, ApiError> {
-    Ok(Postcard(node.advance_watermark(req).await?))
+    Ok(Postcard(cloud.node.advance_watermark(req).await?))
+}
+
+/// What the request's app token grants for `query` at `level`.
+fn grant(cloud: &Cloud, bearer: &AppBearer, query: QueryKind, level: GroupLevel) -> Result<Grant, ApiError> {
+    cloud.auth.authorize_app(
+        bearer,
+        &AppRequest {
+            now: now_secs(),
+            query,
+            level,
+        },
+    )
 }
 
 #[derive(Deserialize)]
@@ -49,7 +85,8 @@ struct ComputeParams {
 }
 
 async fn compute(
-    State(node): State<Arc<CloudNode>>,
+    State(cloud): Node,
+    Extension(bearer): Extension<AppBearer>,
     params: Result<Query<ComputeParams>, QueryRejection>,
 ) -> Result<Postcard<ComputeResponse>, ApiError> {
     let Query(p) = params.map_err(|e| {
@@ -63,9 +100,29 @@ async fn compute(
             "bad COMPUTE range: from {from} is after to {to}"
         )));
     }
-    node.compute(from, to, p.level.unwrap_or(GroupLevel::Plug))
-        .await
-        .map(Postcard)
+    let level = p.level.unwrap_or(GroupLevel::Plug);
+    let grant = grant(&cloud, &bearer, QueryKind::Compute, level)?;
+    let mut answer = cloud.node.compute(from, to, level).await?;
+    if let HouseScope::Only(_) = grant.houses {
+        for window in &mut answer.ready {
+            window.groups.retain(|g| grant.houses.allows(g.group.house));
+        }
+    }
+    Ok(Postcard(answer))
+}
+
+fn range_kind(histograms: bool) -> QueryKind {
+    if histograms {
+        QueryKind::Histograms
+    } else {
+        QueryKind::Range
+    }
+}
+
+fn keep_granted(answer: &mut RangeResponse, grant: &Grant) {
+    if let HouseScope::Only(_) = grant.houses {
+        answer.plugs.retain(|p| grant.houses.allows(p.plug.house));
+    }
 }
 
 #[derive(Deserialize)]
@@ -77,7 +134,8 @@ struct RangeParams {
 }
 
 async fn range(
-    State(node): State<Arc<CloudNode>>,
+    State(cloud): Node,
+    Extension(bearer): Extension<AppBearer>,
     params: Result<Query<RangeParams>, QueryRejection>,
 ) -> Result<Postcard<RangeResponse>, ApiError> {
     let Query(p) = params.map_err(|e| {
@@ -85,12 +143,16 @@ async fn range(
             "bad RANGE query ({e}); expected from=<unix s>&to=<unix s>[&histograms=true]"
         ))
     })?;
-    node.range(p.from, p.to, p.histograms).await.map(Postcard)
+    let grant = grant(&cloud, &bearer, range_kind(p.histograms), GroupLevel::Plug)?;
+    let mut answer = cloud.node.range(p.from, p.to, p.histograms).await?;
+    keep_granted(&mut answer, &grant);
+    Ok(Postcard(answer))
 }
 
 /// Several ranges in one round trip (the analytics ask for all of a boundary's at once).
 async fn ranges(
-    State(node): State<Arc<CloudNode>>,
+    State(cloud): Node,
+    Extension(bearer): Extension<AppBearer>,
     Postcard(specs): Postcard<Vec<RangeSpec>>,
 ) -> Result<Postcard<Vec<RangeResponse>>, ApiError> {
     if specs.len() > MAX_RANGES_PER_REQUEST {
@@ -99,12 +161,25 @@ async fn ranges(
             specs.len()
         )));
     }
-    node.ranges(&specs).await.map(Postcard)
+    // One grant per kind asked for: a token without histograms refuses the whole request.
+    let mut grants = Vec::new();
+    for kind in [false, true] {
+        if specs.iter().any(|s| s.histograms == kind) {
+            grants.push((kind, grant(&cloud, &bearer, range_kind(kind), GroupLevel::Plug)?));
+        }
+    }
+    let mut answers = cloud.node.ranges(&specs).await?;
+    for (spec, answer) in specs.iter().zip(&mut answers) {
+        if let Some((_, g)) = grants.iter().find(|(k, _)| *k == spec.histograms) {
+            keep_granted(answer, g);
+        }
+    }
+    Ok(Postcard(answers))
 }
 
 /// Ranges one request may ask for.
 const MAX_RANGES_PER_REQUEST: usize = 1024;
 
-async fn status(State(node): State<Arc<CloudNode>>) -> Json<serde_json::Value> {
-    Json(node.status())
+async fn status(State(cloud): Node) -> Json<serde_json::Value> {
+    Json(cloud.node.status())
 }

@@ -1,6 +1,7 @@
 //! The HTTP conventions every mcloud endpoint follows: postcard bodies, JSON errors
-//! `{"error": "..."}` with a 4xx that names the problem, and a client that tells a rejection
-//! (do not retry) from a transport failure (retry).
+//! `{"error": "...", "code": "..."}` with a 4xx that names the problem and a stable code that
+//! clients match, and a client that tells a rejection (do not retry) from a transport failure
+//! (retry).
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -10,20 +11,54 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// An error answer of an endpoint.
+/// An error answer of an endpoint: the status, a stable machine-readable code (clients match
+/// the code, never the message) and a message for people.
 #[derive(Debug, Error)]
-#[error("{status}: {message}")]
+#[error("{status} {code}: {message}")]
 pub struct ApiError {
     pub status: StatusCode,
+    pub code: &'static str,
     pub message: String,
+}
+
+/// The code of an error whose constructor names none: one per status.
+fn default_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthenticated",
+        403 => "forbidden",
+        404 => "not_found",
+        409 => "conflict",
+        410 => "gone",
+        413 => "too_large",
+        503 => "unavailable",
+        _ => "internal",
+    }
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
+            code: default_code(status),
             message: message.into(),
         }
+    }
+    /// An error with its own stable code (for example `session_expired` within 401).
+    pub fn coded(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    /// 401: the caller did not prove who it is.
+    pub fn unauthenticated(code: &'static str, message: impl Into<String>) -> Self {
+        Self::coded(StatusCode::UNAUTHORIZED, code, message)
+    }
+    /// 403: the caller is known but may not do this.
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::coded(StatusCode::FORBIDDEN, code, message)
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
@@ -51,12 +86,15 @@ impl ApiError {
 #[derive(Serialize, Deserialize)]
 struct ErrorBody {
     error: String,
+    #[serde(default)]
+    code: String,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&ErrorBody {
             error: self.message,
+            code: self.code.to_string(),
         })
         .unwrap_or_default();
         (
@@ -150,10 +188,12 @@ pub enum CallError {
     },
     /// The peer answered with an error status and said why: retrying will not help, except
     /// for 503 (see `is_retryable`).
-    #[error("{url}: rejected ({status}): {message}")]
+    #[error("{url}: rejected ({status} {code}): {message}")]
     Rejected {
         url: String,
         status: u16,
+        /// The endpoint's stable error code (see [`ApiError`]).
+        code: String,
         message: String,
     },
     #[error("{url}: undecodable answer: {message}")]
@@ -216,6 +256,14 @@ async fn call<R: DeserializeOwned>(
     Ok(sized_call(url, request).await?.0)
 }
 
+/// Sends a request built by the caller (with its own headers) and decodes a postcard answer.
+pub async fn send<R: DeserializeOwned>(
+    url: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<R, CallError> {
+    call(url, request).await
+}
+
 async fn sized_call<R: DeserializeOwned>(
     url: &str,
     request: reqwest::RequestBuilder,
@@ -267,12 +315,14 @@ async fn read_sized_answer<R: DeserializeOwned>(
     let status = response.status();
     let bytes = read_capped(url, response, crate::wire::MAX_ANSWER_BYTES).await?;
     if !status.is_success() {
-        let message = serde_json::from_slice::<ErrorBody>(&bytes)
-            .map(|b| b.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        let (message, code) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(b) => (b.error, b.code),
+            Err(_) => (String::from_utf8_lossy(&bytes).into_owned(), String::new()),
+        };
         return Err(CallError::Rejected {
             url: url.to_string(),
             status: status.as_u16(),
+            code,
             message,
         });
     }
@@ -301,7 +351,10 @@ mod tests {
                     axum::body::Body::from_stream(futures::stream::iter(chunks))
                 }),
             );
-        let server = crate::server::serve(router, "127.0.0.1:0".parse().unwrap(), &identity)
+        let roots = std::sync::Arc::new(
+            crate::auth::peer::PartyRoots::new(std::slice::from_ref(&identity.ca_pem)).unwrap(),
+        );
+        let server = crate::server::serve(router, "127.0.0.1:0".parse().unwrap(), &identity, roots)
             .await
             .unwrap();
         let http = client(std::slice::from_ref(&identity.ca_pem)).unwrap();

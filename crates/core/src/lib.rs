@@ -2,10 +2,12 @@
 //! shares in a prime field, time windows, the wire messages every role speaks, the HTTP error
 //! convention and the TLS identities that protect every share in transit.
 
+pub mod auth;
 pub mod csv;
 pub mod fixed;
 pub mod histogram;
 pub mod http;
+pub mod paths;
 pub mod reading;
 pub mod samples;
 pub mod server;

@@ -1,11 +1,17 @@
 //! Serving a role's router over HTTPS.
 
+use crate::auth::peer::PartyRoots;
+use crate::auth::ConnectionPeer;
 use crate::tls::NodeIdentity;
 use crate::wire::MAX_BODY_BYTES;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
+use axum_server::accept::Accept;
+use futures::future::BoxFuture;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use thiserror::Error;
+use tower_layer::Layer;
 
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -38,13 +44,15 @@ impl RunningServer {
     }
 }
 
-/// Binds `addr` (port 0 picks a free port) and serves `router` over TLS.
+/// Binds `addr` (port 0 picks a free port) and serves `router` over TLS; client certificates
+/// of the parties in `roots` identify peers (see [`crate::auth`]).
 pub async fn serve(
     router: Router,
     addr: SocketAddr,
     identity: &NodeIdentity,
+    roots: Arc<PartyRoots>,
 ) -> Result<RunningServer, ServeError> {
-    serve_on(bind(addr)?, router, identity).await
+    serve_on(bind(addr)?, router, identity, roots).await
 }
 
 /// Binds `addr` without serving yet, so a node can learn its address before it builds the
@@ -63,18 +71,23 @@ pub async fn serve_on(
     listener: std::net::TcpListener,
     router: Router,
     identity: &NodeIdentity,
+    roots: Arc<PartyRoots>,
 ) -> Result<RunningServer, ServeError> {
     let bound = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
     })?;
-    let config = axum_server::tls_rustls::RustlsConfig::from_config(identity.server_config()?);
+    let config =
+        axum_server::tls_rustls::RustlsConfig::from_config(identity.server_config(&roots)?);
     let handle = axum_server::Handle::new();
     // Answers are small and each request waits for its answer: without TCP_NODELAY an
     // answer's last segment waits for the client's delayed ACK (tens of milliseconds per
     // round trip on Linux), which made the query phase wait on the network instead of work.
-    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
-        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    let acceptor = PeerAcceptor {
+        tls: axum_server::tls_rustls::RustlsAcceptor::new(config)
+            .acceptor(axum_server::accept::NoDelayAcceptor::new()),
+        roots,
+    };
     let server = axum_server::from_tcp(listener)
         .acceptor(acceptor)
         .handle(handle.clone());
@@ -91,6 +104,36 @@ pub async fn serve_on(
         handle,
         task,
     })
+}
+
+type TlsAcceptor = axum_server::tls_rustls::RustlsAcceptor<axum_server::accept::NoDelayAcceptor>;
+
+/// Completes the TLS handshake, then tells every request of the connection which peer (if
+/// any) the client certificate proved, so the routes can decide without looking at TLS.
+#[derive(Clone)]
+struct PeerAcceptor {
+    tls: TlsAcceptor,
+    roots: Arc<PartyRoots>,
+}
+
+impl<S: Send + 'static> Accept<tokio::net::TcpStream, S> for PeerAcceptor {
+    type Stream = <TlsAcceptor as Accept<tokio::net::TcpStream, S>>::Stream;
+    type Service = axum::middleware::AddExtension<S, ConnectionPeer>;
+    type Future = BoxFuture<'static, std::io::Result<(Self::Stream, Self::Service)>>;
+
+    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        let handshake = self.tls.accept(stream, service);
+        let roots = self.roots.clone();
+        Box::pin(async move {
+            let (stream, service) = handshake.await?;
+            let peer = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|chain| roots.identify(chain));
+            Ok((stream, axum::Extension(ConnectionPeer(peer)).layer(service)))
+        })
+    }
 }
 
 /// How much of an oversized body is read (and dropped) before answering, so that the client,

@@ -1,14 +1,16 @@
-//! TLS for every connection between roles: each node holds a private CA and a server
-//! certificate signed by it, generated on first start; peers pin the CA certificate
-//! (`ca.pem`) in their configuration, so no public PKI is involved and no other certificate
-//! is trusted.
+//! TLS for every connection between roles. Each party keeps its own CA ([`PartyCa`]); the
+//! deployment's authority issues every node of the party a certificate from it that names the
+//! node's party and role (see [`crate::auth::peer`]). The certificate serves both ends: as a
+//! server certificate that callers pin by the party's CA, and as a client certificate that
+//! proves the node to its peers (mutual TLS). No public PKI is involved.
 //!
 //! A process and a child it starts (a node and its worker processes) talk over a
 //! [`PrivateLink`]: mutual TLS under a CA made for that one link, held in memory only.
 
+use crate::auth::peer::{party_ca_uri, PartyRoots, PeerIdentity};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
@@ -30,6 +32,8 @@ pub enum TlsError {
     NoCertificate(String),
     #[error("{0}: no PEM private key found")]
     NoKey(String),
+    #[error("not a party CA: {0}")]
+    NotAPartyCa(String),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client certificate verifier: {0}")]
@@ -38,7 +42,87 @@ pub enum TlsError {
     Client(#[from] reqwest::Error),
 }
 
-/// A node's TLS identity: the CA its peers pin, and the server certificate and key.
+/// A party's certificate authority: signs the certificates of the party's nodes and
+/// administrators, and nothing else. Its key stays with the authority (offline).
+pub struct PartyCa {
+    party: u16,
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl PartyCa {
+    pub fn generate(party: u16) -> Result<PartyCa, TlsError> {
+        let key = KeyPair::generate()?;
+        let params = ca_params(&format!("mcloud party {party} CA"), Some(party))?;
+        let cert = params.self_signed(&key)?;
+        Ok(PartyCa { party, cert, key })
+    }
+
+    /// A CA from its PEM certificate and key (as `ca.pem` and `ca.key` hold them).
+    pub fn load(ca_pem: &str, key_pem: &str) -> Result<PartyCa, TlsError> {
+        let party = crate::auth::peer::ca_party(ca_pem)?;
+        let key = KeyPair::from_pem(key_pem)?;
+        // rcgen signs with a Certificate value: rebuilt from the stored one's parameters and
+        // key, it has the same subject and key, so what it signs chains to the stored CA.
+        let params = CertificateParams::from_ca_cert_pem(ca_pem)?;
+        let cert = params.self_signed(&key)?;
+        Ok(PartyCa { party, cert, key })
+    }
+
+    pub fn party(&self) -> u16 {
+        self.party
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// A certificate for `who` (of this CA's party), valid as a server certificate for
+    /// `names` (DNS names or IP addresses) and as a client certificate.
+    pub fn issue(&self, who: PeerIdentity, names: &[String]) -> Result<NodeIdentity, TlsError> {
+        if who.party != self.party {
+            return Err(TlsError::NotAPartyCa(format!(
+                "party {}'s CA cannot issue an identity of party {}",
+                self.party, who.party
+            )));
+        }
+        self.sign(who, names)
+    }
+
+    /// Signs without checking the party: what a dishonest party's CA could do, which tests
+    /// need to show that servers refuse it.
+    pub(crate) fn sign(
+        &self,
+        who: PeerIdentity,
+        names: &[String],
+    ) -> Result<NodeIdentity, TlsError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("mcloud {who}"));
+        params
+            .subject_alt_names
+            .push(SanType::URI(who.uri().try_into()?));
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok(NodeIdentity {
+            ca_pem: self.ca_pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// A node's (or an administrator's) TLS identity: its party's CA, and the certificate and key
+/// the party's CA issued it.
 #[derive(Clone)]
 pub struct NodeIdentity {
     pub ca_pem: String,
@@ -51,57 +135,81 @@ pub fn default_names() -> Vec<String> {
     vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
 }
 
+const IDENTITY_FILES: [&str; 3] = ["ca.pem", "cert.pem", "key.pem"];
+
 impl NodeIdentity {
-    /// A fresh CA and a server certificate for `names` (DNS names or IP addresses).
+    /// A throwaway identity under a CA of its own (party 0, role cloud): for tools and tests
+    /// that need a TLS server and no deployment.
     pub fn generate(names: &[String]) -> Result<NodeIdentity, TlsError> {
-        let (ca_cert, ca_key) = new_ca("mcloud node CA")?;
-        let (cert_pem, key_pem) = issue(
-            names,
-            "mcloud node",
-            ExtendedKeyUsagePurpose::ServerAuth,
-            &ca_cert,
-            &ca_key,
-        )?;
-        Ok(NodeIdentity {
-            ca_pem: ca_cert.pem(),
-            cert_pem,
-            key_pem,
-        })
+        let who = PeerIdentity {
+            party: 0,
+            role: crate::auth::peer::Role::Cloud,
+            id: 0,
+        };
+        PartyCa::generate(0)?.issue(who, names)
     }
 
-    /// Loads `ca.pem`, `cert.pem` and `key.pem` from `dir`, creating them on first start.
-    pub fn load_or_create(dir: &Path, names: &[String]) -> Result<NodeIdentity, TlsError> {
-        let paths = ["ca.pem", "cert.pem", "key.pem"].map(|f| dir.join(f));
-        if paths.iter().all(|p| p.exists()) {
-            let [ca_pem, cert_pem, key_pem] = paths.map(|p| read(&p));
-            return Ok(NodeIdentity {
-                ca_pem: ca_pem?,
-                cert_pem: cert_pem?,
-                key_pem: key_pem?,
-            });
-        }
-        let identity = Self::generate(names)?;
+    /// Loads `ca.pem`, `cert.pem` and `key.pem` from `dir` (as `mcloud authority` writes them).
+    pub fn load(dir: &Path) -> Result<NodeIdentity, TlsError> {
+        let [ca_pem, cert_pem, key_pem] = IDENTITY_FILES.map(|f| read(&dir.join(f)));
+        let identity = NodeIdentity {
+            ca_pem: ca_pem?,
+            cert_pem: cert_pem?,
+            key_pem: key_pem?,
+        };
+        identity.chain()?;
+        parse_key(&identity.key_pem, "key.pem")?;
+        Ok(identity)
+    }
+
+    /// Writes the three files into `dir`, the key readable by its owner only.
+    pub fn save(&self, dir: &Path) -> Result<(), TlsError> {
         std::fs::create_dir_all(dir).map_err(|source| TlsError::Io {
             path: dir.display().to_string(),
             source,
         })?;
-        // The key first and the CA last: a peer that sees ca.pem can rely on the rest.
-        write(&paths[2], &identity.key_pem, true)?;
-        write(&paths[1], &identity.cert_pem, false)?;
-        write(&paths[0], &identity.ca_pem, false)?;
-        Ok(identity)
+        write(&dir.join("key.pem"), &self.key_pem, true)?;
+        write(&dir.join("cert.pem"), &self.cert_pem, false)?;
+        write(&dir.join("ca.pem"), &self.ca_pem, false)
     }
 
-    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let certs = parse_certs(&self.cert_pem, "cert.pem")?;
-        let key = parse_key(&self.key_pem, "key.pem")?;
+    /// The certificate chain presented in a handshake.
+    pub fn chain(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        parse_certs(&self.cert_pem, "cert.pem")
+    }
+
+    /// The server end: presents this certificate, and lets through a client certificate of
+    /// any party in `roots` (or none; the routes decide who may call them).
+    pub fn server_config(&self, roots: &PartyRoots) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)?;
+            .with_client_cert_verifier(roots.verifier())
+            .with_single_cert(self.chain()?, parse_key(&self.key_pem, "key.pem")?)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
+
+    /// An HTTPS client that presents this identity and trusts exactly `pinned_ca_pems`.
+    pub fn client(&self, pinned_ca_pems: &[String]) -> Result<reqwest::Client, TlsError> {
+        build_client(
+            pinned_ca_pems,
+            Some((self.chain()?, parse_key(&self.key_pem, "key.pem")?)),
+            None,
+        )
+    }
+}
+
+fn ca_params(name: &str, party: Option<u16>) -> Result<CertificateParams, TlsError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    if let Some(party) = party {
+        params
+            .subject_alt_names
+            .push(SanType::URI(party_ca_uri(party).try_into()?));
+    }
+    Ok(params)
 }
 
 /// A mutually authenticated TLS link between a process (the server end, which listens) and
@@ -199,11 +307,7 @@ pub fn link_client_config(pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsErr
 
 fn new_ca(name: &str) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let cert = params.self_signed(&key)?;
+    let cert = ca_params(name, None)?.self_signed(&key)?;
     Ok((cert, key))
 }
 
@@ -225,7 +329,7 @@ fn issue(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -254,7 +358,7 @@ fn write(path: &Path, text: &str, private: bool) -> Result<(), TlsError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-fn parse_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn parse_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|source| TlsError::Io {
@@ -279,19 +383,45 @@ fn parse_key(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>, TlsError> 
 /// An HTTPS client that trusts exactly the pinned CAs, keeps connections alive and gives up
 /// on a silent peer, so a dead node turns into a retryable error instead of a hang.
 pub fn client(pinned_ca_pems: &[String]) -> Result<reqwest::Client, TlsError> {
+    build_client(pinned_ca_pems, None, None)
+}
+
+/// A client for an app: every request carries the app's capability token.
+pub fn app_client(pinned_ca_pems: &[String], token: &str) -> Result<reqwest::Client, TlsError> {
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|e| TlsError::NotAPartyCa(format!("the app token is not a header value: {e}")))?;
+    build_client(pinned_ca_pems, None, Some(value))
+}
+
+type ClientCert = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+fn build_client(
+    pinned_ca_pems: &[String],
+    identity: Option<ClientCert>,
+    bearer: Option<reqwest::header::HeaderValue>,
+) -> Result<reqwest::Client, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for (i, pem) in pinned_ca_pems.iter().enumerate() {
         for cert in parse_certs(pem, &format!("pinned CA #{i}"))? {
             roots.add(cert)?;
         }
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(mut bearer) = bearer {
+        bearer.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, bearer);
+    }
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(config)
+        .default_headers(headers)
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))
         .pool_idle_timeout(Duration::from_secs(90))

@@ -30,16 +30,22 @@ pub const MAX_FLAGS_PER_REQUEST: usize = 100_000;
 /// several transactions in flight keep every cloud busy.
 pub const UPLOAD_TARGET_BYTES: usize = 1 << 20;
 
-/// Identifies one upload batch, and so one flag. Random, so ids from independent sensors
-/// never collide.
+/// Identifies one upload batch, and so one flag: the sensor's id in the top 32 bits (so the
+/// catalog and the clouds can tell whose flag it is without storing an owner) and 96 random
+/// bits (so a sensor's ids never collide).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BatchId(pub u128);
 
 impl BatchId {
-    pub fn random() -> BatchId {
+    pub fn of_sensor(sensor: u32) -> BatchId {
         let mut bytes = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
-        BatchId(u128::from_le_bytes(bytes))
+        BatchId(((sensor as u128) << 96) | (u128::from_le_bytes(bytes) >> 32))
+    }
+
+    /// The sensor that made the id.
+    pub fn sensor(self) -> u32 {
+        (self.0 >> 96) as u32
     }
 }
 

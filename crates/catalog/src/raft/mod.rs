@@ -20,9 +20,12 @@ pub use types::{Assignment, NodeId, Peer, MAX_ASSIGNMENT_BUCKETS};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::header;
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::Router;
+use axum::{Extension, Router};
+use mcloud_core::auth::peer::{PeerIdentity, Role};
+use mcloud_core::auth::{require_peer, NodeAuth};
 use mcloud_core::http::{decode, ApiError, Postcard};
 use network::{Envelope, SnapshotChunkAnswer};
 use node::{Forwarded, ForwardedAnswer};
@@ -51,7 +54,32 @@ fn raft_of(node: &CatalogNode, partition: u32) -> Result<&types::Raft, ApiError>
         .ok_or_else(|| ApiError::not_found(format!("no catalog partition {partition}")))
 }
 
-fn check_sender(node: &CatalogNode, from: NodeId) -> Result<(), ApiError> {
+/// A Raft message is believed only from the voter its certificate names, and only while that
+/// voter belongs to the partition (or before this node has joined any membership: its first
+/// messages come from the leader that is adding it).
+fn check_sender(
+    node: &CatalogNode,
+    partition: u32,
+    who: &PeerIdentity,
+    from: NodeId,
+) -> Result<(), ApiError> {
+    if who.id != from {
+        return Err(ApiError::forbidden(
+            "wrong_sender",
+            format!("{who} sent a message in the name of node {from}"),
+        ));
+    }
+    if let Some(raft) = node.raft(partition) {
+        let metrics = raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let mut members = membership.nodes().map(|(id, _)| *id).peekable();
+        if members.peek().is_some() && !members.any(|id| id == from) {
+            return Err(ApiError::forbidden(
+                "not_a_member",
+                format!("node {from} is not a member of partition {partition}"),
+            ));
+        }
+    }
     if node.faults().blocks(from) {
         return Err(ApiError::unavailable(format!(
             "node {from} is cut off by the fault switch"
@@ -60,17 +88,29 @@ fn check_sender(node: &CatalogNode, from: NodeId) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn append(State(node): Node, Path(p): Path<u32>, body: Bytes) -> Result<Response, ApiError> {
+type Sender = Extension<PeerIdentity>;
+
+async fn append(
+    State(node): Node,
+    Extension(who): Sender,
+    Path(p): Path<u32>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let rpc: Envelope<AppendEntriesRequest<TypeConfig>> = decode(&body)?;
-    check_sender(&node, rpc.from)?;
+    check_sender(&node, p, &who, rpc.from)?;
     let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
         raft_of(&node, p)?.append_entries(rpc.body).await;
     Ok(postcard_answer(&answer))
 }
 
-async fn vote(State(node): Node, Path(p): Path<u32>, body: Bytes) -> Result<Response, ApiError> {
+async fn vote(
+    State(node): Node,
+    Extension(who): Sender,
+    Path(p): Path<u32>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let rpc: Envelope<VoteRequest<NodeId>> = decode(&body)?;
-    check_sender(&node, rpc.from)?;
+    check_sender(&node, p, &who, rpc.from)?;
     let answer: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
         raft_of(&node, p)?.vote(rpc.body).await;
     Ok(postcard_answer(&answer))
@@ -78,11 +118,12 @@ async fn vote(State(node): Node, Path(p): Path<u32>, body: Bytes) -> Result<Resp
 
 async fn snapshot(
     State(node): Node,
+    Extension(who): Sender,
     Path(p): Path<u32>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let rpc: Envelope<SnapshotChunk> = decode(&body)?;
-    check_sender(&node, rpc.from)?;
+    check_sender(&node, p, &who, rpc.from)?;
     let raft = raft_of(&node, p)?;
     let Some(whole) = node
         .incoming_snapshots()
@@ -121,14 +162,26 @@ async fn membership(
     Ok(postcard_answer(&answer))
 }
 
-/// The node-to-node endpoints: Raft RPCs, forwarded requests and membership changes.
+const VOTERS: &[Role] = &[Role::Voter];
+/// Administrators change membership; a voter forwards an administrator's change to the
+/// leader.
+const ADMINS: &[Role] = &[Role::Admin, Role::Voter];
+const CLOUDS: &[Role] = &[Role::Cloud, Role::Admin];
+
+/// The node-to-node endpoints (voters only): Raft RPCs and forwarded requests; and membership
+/// changes (administrators).
 pub fn internal_router(node: Arc<CatalogNode>) -> Router {
-    Router::new()
+    let voters = Router::new()
         .route("/v1/raft/{partition}/append", post(append))
         .route("/v1/raft/{partition}/vote", post(vote))
         .route("/v1/raft/{partition}/snapshot", post(snapshot))
         .route("/v1/catalog/{partition}/local", post(local))
+        .layer(from_fn_with_state(VOTERS, require_peer));
+    let admins = Router::new()
         .route("/v1/catalog/{partition}/membership", post(membership))
+        .layer(from_fn_with_state(ADMINS, require_peer));
+    voters
+        .merge(admins)
         .with_state(node)
         // Snapshots and catch-up batches can be larger than any client request.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_RAFT_BODY_BYTES))
@@ -149,10 +202,18 @@ fn party_of(raw: &str) -> Result<u16, crate::CatalogError> {
 
 async fn put_assignment(
     State(node): Node,
+    Extension(who): Sender,
     Path(party): Path<String>,
     Postcard(assignment): Postcard<Assignment>,
 ) -> Result<Postcard<()>, ApiError> {
-    node.put_assignment(party_of(&party)?, assignment).await?;
+    let party = party_of(&party)?;
+    if who.role != Role::Cloud || who.party != party {
+        return Err(ApiError::forbidden(
+            "not_your_map",
+            format!("only cloud {party} writes its bucket map, not {who}"),
+        ));
+    }
+    node.put_assignment(party, assignment).await?;
     Ok(Postcard(()))
 }
 
@@ -163,21 +224,23 @@ async fn get_assignment(
     Ok(Postcard(node.get_assignment(party_of(&party)?).await?))
 }
 
-/// The clouds' bucket → worker maps.
+/// The clouds' bucket → worker maps: each cloud writes its own; clouds and administrators
+/// read them.
 pub fn assignments_router(node: Arc<CatalogNode>) -> Router {
     Router::new()
         .route(
             "/v1/assignments/{party}",
             post(put_assignment).get(get_assignment),
         )
+        .layer(from_fn_with_state(CLOUDS, require_peer))
         .with_state(node)
 }
 
 /// Everything a catalog node serves: the flags API, the clouds' bucket maps, the node-to-node endpoints and a status
 /// page that shows every partition's leader and term.
-pub fn router(node: Arc<CatalogNode>) -> Router {
+pub fn router(node: Arc<CatalogNode>, auth: NodeAuth) -> Router {
     let status_node = node.clone();
-    crate::service::router_with_status(node.clone(), move || {
+    crate::service::router_with_status(node.clone(), auth, move || {
         serde_json::json!({
             "role": "catalog",
             "node_id": status_node.id(),

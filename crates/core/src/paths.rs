@@ -1,0 +1,22 @@
+//! Every route's path, shared by the servers that serve it and the clients that call it.
+
+/// Sensors: a challenge to open a session with, then the session.
+pub const SESSION_CHALLENGE_PATH: &str = "/v1/session/challenge";
+pub const SESSION_PATH: &str = "/v1/session";
+
+/// Sensors → clouds.
+pub const UPLOAD_PATH: &str = "/v1/upload";
+pub const WATERMARK_PATH: &str = "/v1/watermark";
+
+/// Apps → clouds.
+pub const COMPUTE_PATH: &str = "/v1/compute";
+pub const RANGE_PATH: &str = "/v1/range";
+
+/// Sensors → catalog: the flags of their batches (clouds read flags too).
+pub const CREATE_PATH: &str = "/v1/flags/create";
+pub const SET_PATH: &str = "/v1/flags/set";
+pub const GET_PATH: &str = "/v1/flags/get";
+
+/// Anyone.
+pub const HEALTH_PATH: &str = "/v1/health";
+pub const STATUS_PATH: &str = "/v1/status";
