@@ -35,7 +35,7 @@ pub struct AnalyticsArgs {
 pub async fn run_command(args: AnalyticsArgs) -> Result<()> {
     let deployment = Deployment::load(&args.deployment)?;
     let collector = Arc::new(Collector::new(
-        deployment.client()?,
+        deployment.app_client()?,
         deployment.cloud_urls(),
     ));
     let runtime = tokio::runtime::Handle::current();

@@ -97,8 +97,10 @@ pub async fn run(args: CatalogArgs) -> Result<()> {
     // The new node's CA must be pinned to talk to it afterwards; the change itself goes
     // through nodes the deployment already knows.
     let targets: Vec<u32> = only.map(|p| vec![p]).unwrap_or((0..partitions).collect());
+    // Membership changes need an administrator's certificate; status does not.
+    let admin = deployment.admin_client()?;
     for p in targets {
-        apply(&http, &nodes, p, &change).await?;
+        apply(&admin, &nodes, p, &change).await?;
         eprintln!("partition {p}: {}", describe(&change));
     }
     Ok(())

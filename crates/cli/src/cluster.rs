@@ -7,8 +7,12 @@ use mcloud_client::Uploader;
 use mcloud_cloud::elastic::ElasticConfig;
 use mcloud_cloud::{CloudConfig, CloudNode};
 use mcloud_collector::Collector;
+use mcloud_core::auth::app::AppToken;
+use mcloud_core::auth::authority::{Authority, NodeCredentials, SensorCredentials};
+use mcloud_core::auth::peer::{PeerIdentity, Role};
+use mcloud_core::auth::sensor::SensorScope;
 use mcloud_core::server::{bind, serve, serve_on, RunningServer};
-use mcloud_core::tls::{self, NodeIdentity};
+use mcloud_core::tls;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,13 +66,27 @@ pub struct LocalCluster {
     catalog_spec: CatalogSpec,
     catalog: Vec<Option<CatalogVoter>>,
     catalog_addrs: Vec<SocketAddr>,
-    catalog_identities: Vec<NodeIdentity>,
+    catalog_credentials: Vec<NodeCredentials>,
     clouds: Vec<Option<(RunningServer, Arc<CloudNode>)>>,
     cloud_addrs: Vec<SocketAddr>,
-    identities: Vec<NodeIdentity>,
+    cloud_credentials: Vec<NodeCredentials>,
+    authority: Arc<Authority>,
+    /// Pins every party's CA and shows no credential: health and status only.
     http: reqwest::Client,
     elastic: ElasticConfig,
 }
+
+/// Until when the cluster's own app token is good: a day is longer than any run.
+fn token_expiry() -> u64 {
+    mcloud_core::auth::now_secs() + 86_400
+}
+
+/// The sensor every local run uses: a gateway that replays a whole data set (any house).
+pub const GATEWAY: SensorScope = SensorScope {
+    sensor: 1,
+    house: None,
+    plugs: None,
+};
 
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
@@ -87,26 +105,27 @@ impl LocalCluster {
             elastic,
         } = options;
         let names = tls::default_names();
-        let mut catalog_identities = Vec::new();
+        // The deployment's authority, in memory: every member is enrolled here at start.
+        let authority = Authority::generate(spec.parties)?;
+        let mut catalog_credentials = Vec::new();
         for voter in 0..catalog_spec.voters {
-            catalog_identities.push(NodeIdentity::load_or_create(
-                &spec.dir.join(format!("catalog{voter}/tls")),
-                &names,
-            )?);
+            let who = PeerIdentity {
+                party: voter % spec.parties,
+                role: Role::Voter,
+                id: voter as u64 + 1,
+            };
+            catalog_credentials.push(authority.node(who, &names)?);
         }
-        let mut identities = vec![catalog_identities[0].clone()];
+        let mut cloud_credentials = Vec::new();
         for party in 0..spec.parties {
-            identities.push(NodeIdentity::load_or_create(
-                &spec.dir.join(format!("cloud{party}/tls")),
-                &names,
-            )?);
+            let who = PeerIdentity {
+                party,
+                role: Role::Cloud,
+                id: 0,
+            };
+            cloud_credentials.push(authority.node(who, &names)?);
         }
-        let pinned: Vec<String> = identities
-            .iter()
-            .chain(&catalog_identities)
-            .map(|i| i.ca_pem.clone())
-            .collect();
-        let http = tls::client(&pinned)?;
+        let http = tls::client(&authority.party_cas())?;
         // Every voter names every other by address, so all listeners exist before any node.
         let listeners = (0..catalog_spec.voters)
             .map(|_| bind(loopback()))
@@ -120,10 +139,11 @@ impl LocalCluster {
             catalog_spec,
             catalog: Vec::new(),
             catalog_addrs,
-            catalog_identities,
+            catalog_credentials,
             clouds: Vec::new(),
             cloud_addrs: Vec::new(),
-            identities,
+            cloud_credentials,
+            authority: Arc::new(authority),
             http,
             elastic,
         };
@@ -145,14 +165,14 @@ impl LocalCluster {
     fn catalog_peers(&self) -> BTreeMap<u64, Peer> {
         self.catalog_addrs
             .iter()
-            .zip(&self.catalog_identities)
+            .zip(&self.catalog_credentials)
             .enumerate()
-            .map(|(i, (addr, identity))| {
+            .map(|(i, (addr, credentials))| {
                 (
                     i as u64 + 1,
                     Peer {
                         url: format!("https://{addr}"),
-                        ca_pem: identity.ca_pem.clone(),
+                        ca_pem: credentials.identity.ca_pem.clone(),
                     },
                 )
             })
@@ -164,10 +184,12 @@ impl LocalCluster {
         voter: u16,
         listener: std::net::TcpListener,
     ) -> Result<CatalogVoter> {
+        let credentials = &self.catalog_credentials[voter as usize];
         let mut config = CatalogConfig::new(
             voter as u64 + 1,
             self.spec.dir.join(format!("catalog{voter}")),
             self.catalog_peers(),
+            credentials.identity.clone(),
         );
         config.partitions = self.catalog_spec.partitions;
         config.snapshot_every = self.catalog_spec.snapshot_every;
@@ -185,8 +207,9 @@ impl LocalCluster {
         };
         let server = serve_on(
             listener,
-            mcloud_catalog::raft::router(node.clone()),
-            &self.catalog_identities[voter as usize],
+            mcloud_catalog::raft::router(node.clone(), credentials.node_auth()),
+            &credentials.identity,
+            credentials.roots()?,
         )
         .await?;
         Ok(CatalogVoter { server, node })
@@ -265,13 +288,19 @@ impl LocalCluster {
             elastic: self.elastic.clone(),
             ..CloudConfig::default()
         };
-        let node = CloudNode::open(&self.cloud_dir(party), config, self.catalog_client())
+        let credentials = &self.cloud_credentials[party as usize];
+        let catalog = CatalogClient::with_nodes(
+            credentials.identity.client(credentials.party_cas())?,
+            self.catalog_urls(),
+        );
+        let node = CloudNode::open(&self.cloud_dir(party), config, catalog)
             .await
             .with_context(|| format!("opening cloud {party}"))?;
         let server = serve(
-            mcloud_cloud::service::router(node.clone()),
+            mcloud_cloud::service::router(node.clone(), credentials.node_auth()),
             addr,
-            &self.identities[party as usize + 1],
+            &credentials.identity,
+            credentials.roots()?,
         )
         .await?;
         Ok((server, node))
@@ -328,42 +357,115 @@ impl LocalCluster {
             .collect()
     }
 
+    /// The deployment's authority (tests enrol more members with it).
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// A catalog client with cloud `party`'s certificate: it reads flags and bucket maps.
+    pub fn cloud_catalog_client(&self, party: u16) -> Result<CatalogClient> {
+        let credentials = &self.cloud_credentials[party as usize];
+        Ok(CatalogClient::with_nodes(
+            credentials.identity.client(credentials.party_cas())?,
+            self.catalog_urls(),
+        ))
+    }
+
+    /// The catalog as the cluster's sensor sees it.
     pub fn catalog_client(&self) -> CatalogClient {
         CatalogClient::with_nodes(self.http.clone(), self.catalog_urls())
     }
 
+    /// The party of each catalog voter, in voter order.
+    pub fn catalog_parties(&self) -> Vec<u16> {
+        self.catalog_credentials
+            .iter()
+            .map(|c| c.who.party)
+            .collect()
+    }
+
+    /// Keys for a sensor with `scope`, one per party.
+    pub fn sensor_credentials(&self, scope: SensorScope) -> SensorCredentials {
+        self.authority.sensor(scope)
+    }
+
+    /// The gateway sensor's uploader.
     pub fn uploader(&self, ttl: Duration) -> Uploader {
+        self.uploader_for(GATEWAY, ttl)
+    }
+
+    pub fn uploader_for(&self, scope: SensorScope, ttl: Duration) -> Uploader {
         Uploader::new(
             self.http.clone(),
             self.cloud_urls(),
             self.catalog_client(),
+            self.catalog_parties(),
+            self.sensor_credentials(scope),
             ttl,
         )
     }
 
-    pub fn collector(&self) -> Collector {
-        Collector::new(self.http.clone(), self.cloud_urls())
+    /// The collector's token: every house, every query kind, for a day.
+    pub fn app_token(&self) -> Result<AppToken> {
+        Ok(self
+            .authority
+            .tokens
+            .issue_collector("collector", token_expiry())?)
     }
 
-    /// Writes a `deployment.toml` for this cluster (URLs and pinned CAs), so separate
-    /// processes (`mcloud sensor`, `query`, `analytics`) can reach it; returns its path.
+    /// A client that shows `token` to the clouds.
+    pub fn app_client(&self, token: &AppToken) -> Result<reqwest::Client> {
+        Ok(tls::app_client(&self.authority.party_cas(), &token.0)?)
+    }
+
+    pub fn collector(&self) -> Result<Collector> {
+        Ok(Collector::new(
+            self.app_client(&self.app_token()?)?,
+            self.cloud_urls(),
+        ))
+    }
+
+    /// A client with party `party`'s administrator certificate (catalog membership).
+    pub fn admin_client(&self, party: u16) -> Result<reqwest::Client> {
+        let who = PeerIdentity {
+            party,
+            role: Role::Admin,
+            id: 0,
+        };
+        let admin = self.authority.node(who, &[])?;
+        Ok(admin.identity.client(admin.party_cas())?)
+    }
+
+    /// Writes a `deployment.toml` for this cluster (URLs, each party's CA, and the gateway
+    /// sensor's keys and the collector's token beside it), so separate processes (`mcloud
+    /// sensor`, `query`, `analytics`) can reach it; returns its path.
     pub fn write_deployment(&self) -> Result<PathBuf> {
         let dir = &self.spec.dir;
+        let trust = dir.join("trust");
+        for (party, pem) in self.authority.party_cas().iter().enumerate() {
+            let path = trust.join(format!("party{party}.pem"));
+            std::fs::create_dir_all(&trust)?;
+            std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+        }
+        self.sensor_credentials(GATEWAY)
+            .save(&trust.join("sensor.toml"))?;
+        crate::config::write_secret(&trust.join("collector.token"), &self.app_token()?.0)?;
         let catalog = self.catalog_urls();
+        let parties = self.catalog_parties();
         let endpoint = |voter: usize| {
             format!(
-                "{{ url = \"{}\", ca = \"catalog{voter}/tls/ca.pem\" }}",
-                catalog[voter]
+                "{{ url = \"{}\", ca = \"trust/party{}.pem\" }}",
+                catalog[voter], parties[voter]
             )
         };
         let others: Vec<String> = (1..catalog.len()).map(endpoint).collect();
         let mut text = format!(
-            "catalog = {}\ncatalog_nodes = [{}]\n",
+            "catalog = {}\ncatalog_nodes = [{}]\n\n[credentials]\nsensor = \"trust/sensor.toml\"\napp = \"trust/collector.token\"\n\n",
             endpoint(0),
             others.join(", ")
         );
         for (party, url) in self.cloud_urls().iter().enumerate() {
-            text += &format!("[[clouds]]\nurl = \"{url}\"\nca = \"cloud{party}/tls/ca.pem\"\n");
+            text += &format!("[[clouds]]\nurl = \"{url}\"\nca = \"trust/party{party}.pem\"\n");
         }
         let path = dir.join("deployment.toml");
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;

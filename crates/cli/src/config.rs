@@ -29,6 +29,8 @@ pub struct NodeConfig {
 #[serde(deny_unknown_fields)]
 pub struct CatalogRole {
     pub listen: SocketAddr,
+    /// The voter's credentials, as `mcloud authority node --role voter` wrote them.
+    pub credentials: PathBuf,
     #[serde(default = "default_node_id")]
     pub node_id: u64,
     /// Raft groups the flags keyspace is split into; every catalog node must agree.
@@ -62,6 +64,8 @@ fn default_partitions() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct CloudRole {
     pub listen: SocketAddr,
+    /// The cloud's credentials, as `mcloud authority node --role cloud` wrote them.
+    pub credentials: PathBuf,
     /// This cloud's index (0-based) among `parties`.
     pub party: u16,
     pub parties: u16,
@@ -229,6 +233,34 @@ pub struct Deployment {
     pub catalog_nodes: Vec<Endpoint>,
     /// In party order.
     pub clouds: Vec<Endpoint>,
+    /// What this deployment's user holds (paths): the sensor's keys, an app token, an
+    /// administrator's certificate; each command reads the one it needs.
+    #[serde(default)]
+    pub credentials: Credentials,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// A sensor's keys (`mcloud authority sensor` writes them).
+    pub sensor: Option<PathBuf>,
+    /// A file holding an app's capability token (`mcloud authority app`).
+    pub app: Option<PathBuf>,
+    /// A directory with an administrator's certificate (`mcloud authority admin`).
+    pub admin: Option<PathBuf>,
+}
+
+/// Writes a file only its owner may read.
+pub fn write_secret(path: &Path, text: &str) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
@@ -253,6 +285,7 @@ impl NodeConfig {
         let base = base_of(path);
         resolve(&base, &mut config.data_dir);
         if let Some(catalog) = &mut config.catalog {
+            resolve(&base, &mut catalog.credentials);
             for peer in &mut catalog.peers {
                 resolve(&base, &mut peer.ca);
             }
@@ -268,6 +301,7 @@ impl NodeConfig {
             }
         }
         if let Some(cloud) = &mut config.cloud {
+            resolve(&base, &mut cloud.credentials);
             resolve(&base, &mut cloud.catalog.ca);
             for e in &mut cloud.catalog_nodes {
                 resolve(&base, &mut e.ca);
@@ -314,22 +348,69 @@ impl Deployment {
         for c in d.clouds.iter_mut().chain(&mut d.catalog_nodes) {
             resolve(&base, &mut c.ca);
         }
+        let c = &mut d.credentials;
+        for path in [&mut c.sensor, &mut c.app, &mut c.admin]
+            .into_iter()
+            .flatten()
+        {
+            resolve(&base, path);
+        }
         if d.clouds.is_empty() {
             bail!("{}: no clouds listed", path.display());
         }
         Ok(d)
     }
 
-    /// An HTTPS client pinning every CA of the deployment.
+    /// An HTTPS client pinning every CA of the deployment, showing no credential.
     pub fn client(&self) -> Result<reqwest::Client> {
-        let mut pems = Vec::new();
-        for e in std::iter::once(&self.catalog)
+        Ok(mcloud_core::tls::client(&self.pinned()?)?)
+    }
+
+    /// The party of every catalog node (the primary first), as its CA names it.
+    pub fn catalog_parties(&self) -> Result<Vec<u16>> {
+        std::iter::once(&self.catalog)
+            .chain(&self.catalog_nodes)
+            .map(|e| {
+                let pem = wait_for_ca(&e.ca)?;
+                mcloud_core::auth::peer::ca_party(&pem)
+                    .with_context(|| format!("{}: not a party CA", e.ca.display()))
+            })
+            .collect()
+    }
+
+    /// The sensor's keys named under `[credentials]`.
+    pub fn sensor_credentials(&self) -> Result<mcloud_core::auth::authority::SensorCredentials> {
+        let path = self.credentials.sensor.as_ref().context(
+            "the deployment names no sensor keys: add `sensor = \"FILE\"` under [credentials]",
+        )?;
+        Ok(mcloud_core::auth::authority::SensorCredentials::load(path)?)
+    }
+
+    /// A client that shows the app token named under `[credentials]` to the clouds.
+    pub fn app_client(&self) -> Result<reqwest::Client> {
+        let path = self.credentials.app.as_ref().context(
+            "the deployment names no app token: add `app = \"FILE\"` under [credentials]",
+        )?;
+        let token =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(mcloud_core::tls::app_client(&self.pinned()?, token.trim())?)
+    }
+
+    /// A client with the administrator's certificate named under `[credentials]`.
+    pub fn admin_client(&self) -> Result<reqwest::Client> {
+        let dir = self.credentials.admin.as_ref().context(
+            "the deployment names no administrator: add `admin = \"DIR\"` under [credentials]",
+        )?;
+        let identity = mcloud_core::tls::NodeIdentity::load(dir)?;
+        Ok(identity.client(&self.pinned()?)?)
+    }
+
+    fn pinned(&self) -> Result<Vec<String>> {
+        std::iter::once(&self.catalog)
             .chain(&self.catalog_nodes)
             .chain(&self.clouds)
-        {
-            pems.push(wait_for_ca(&e.ca)?);
-        }
-        Ok(mcloud_core::tls::client(&pems)?)
+            .map(|e| wait_for_ca(&e.ca))
+            .collect()
     }
 
     /// Every catalog node's URL, the primary first.

@@ -188,7 +188,7 @@ pub async fn finish_pipeline(
         .advance_watermark(end, true)
         .await?;
     let wait = Duration::from_millis(pipeline.ttl_ms) + Duration::from_secs(30);
-    let revealed = cluster.collector().collect_when_ready(query, wait).await?;
+    let revealed = cluster.collector()?.collect_when_ready(query, wait).await?;
     let elapsed = started.elapsed();
 
     let crashed: HashSet<u64> = report

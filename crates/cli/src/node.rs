@@ -4,20 +4,19 @@ use crate::config::{wait_for_ca, NodeConfig, ProvisionerKind};
 use anyhow::{Context, Result};
 use mcloud_catalog::{CatalogClient, CatalogConfig, CatalogNode, Peer};
 use mcloud_cloud::{CloudConfig, CloudNode};
+use mcloud_core::auth::authority::NodeCredentials;
 use mcloud_core::server::{bind, serve, serve_on};
-use mcloud_core::tls::{self, NodeIdentity};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 pub async fn run(config_path: &Path) -> Result<()> {
     let config = NodeConfig::load(config_path)?;
-    let mut names = tls::default_names();
-    names.extend(config.names.iter().cloned());
-    let identity = NodeIdentity::load_or_create(&config.data_dir.join("tls"), &names)?;
-    let ca_path = config.data_dir.join("tls/ca.pem");
     let mut servers = Vec::new();
     let mut catalog_node = None;
     if let Some(catalog) = &config.catalog {
+        let credentials = NodeCredentials::load(&catalog.credentials)
+            .with_context(|| format!("voter credentials {}", catalog.credentials.display()))?;
+        let identity = credentials.identity.clone();
         let listener = bind(catalog.listen)?;
         let mut peers = BTreeMap::new();
         for p in &catalog.peers {
@@ -43,8 +42,12 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 },
             );
         }
-        let mut catalog_config =
-            CatalogConfig::new(catalog.node_id, config.data_dir.join("catalog"), peers);
+        let mut catalog_config = CatalogConfig::new(
+            catalog.node_id,
+            config.data_dir.join("catalog"),
+            peers,
+            identity.clone(),
+        );
         catalog_config.partitions = catalog.partitions;
         catalog_config.join = catalog.join;
         let node = CatalogNode::start(catalog_config)
@@ -52,16 +55,17 @@ pub async fn run(config_path: &Path) -> Result<()> {
             .context("starting the catalog role")?;
         let server = serve_on(
             listener,
-            mcloud_catalog::raft::router(node.clone()),
+            mcloud_catalog::raft::router(node.clone(), credentials.node_auth()),
             &identity,
+            credentials.roots()?,
         )
         .await?;
         eprintln!(
-            "catalog node {} ({} partition(s)) listening on {} (peers pin {})",
+            "catalog node {} ({} partition(s), {}) listening on {}",
             catalog.node_id,
             catalog.partitions,
+            credentials.who,
             server.url(),
-            ca_path.display()
         );
         servers.push(server);
         catalog_node = Some(node);
@@ -71,7 +75,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
         for e in &cloud.catalog_nodes {
             pems.push(wait_for_ca(&e.ca)?);
         }
-        let http = tls::client(&pems)?;
+        let credentials = NodeCredentials::load(&cloud.credentials)
+            .with_context(|| format!("cloud credentials {}", cloud.credentials.display()))?;
+        let http = credentials.identity.client(&pems)?;
         let catalog_urls = std::iter::once(&cloud.catalog)
             .chain(&cloud.catalog_nodes)
             .map(|e| e.url.clone())
@@ -97,13 +103,19 @@ pub async fn run(config_path: &Path) -> Result<()> {
         )
         .await
         .context("opening the cloud role")?;
-        let server = serve(mcloud_cloud::service::router(node), cloud.listen, &identity).await?;
+        let server = serve(
+            mcloud_cloud::service::router(node, credentials.node_auth()),
+            cloud.listen,
+            &credentials.identity,
+            credentials.roots()?,
+        )
+        .await?;
         eprintln!(
-            "cloud {} of {} listening on {} (peers pin {})",
+            "cloud {} of {} ({}) listening on {}",
             cloud.party,
             cloud.parties,
+            credentials.who,
             server.url(),
-            ca_path.display()
         );
         servers.push(server);
     }

@@ -77,7 +77,7 @@ pub async fn run_queries(
         q2: kind.q2(),
         emit: Emit::Every,
     };
-    let collector = Arc::new(cluster.collector());
+    let collector = Arc::new(cluster.collector()?);
     let runtime = tokio::runtime::Handle::current();
     let started = Instant::now();
     let (private, requests) = tokio::task::spawn_blocking(move || {

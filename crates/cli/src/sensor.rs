@@ -52,6 +52,8 @@ pub async fn run(args: SensorArgs) -> Result<bool> {
         http.clone(),
         deployment.cloud_urls(),
         CatalogClient::with_nodes(http, deployment.catalog_urls()),
+        deployment.catalog_parties()?,
+        deployment.sensor_credentials()?,
         Duration::from_millis(args.ttl_ms),
     );
     let sensor = Sensor::new(

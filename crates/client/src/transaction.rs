@@ -2,17 +2,17 @@
 //! the flag. Every step is idempotent, so any step may be retried after a lost answer.
 
 use crate::outbox::PlainBatch;
+use crate::session::SensorSessions;
 use crate::SensorError;
 use futures::future::join_all;
 use mcloud_catalog::{CatalogClient, CatalogError, FlagTable};
-use crate::session::SensorSessions;
 use mcloud_core::auth::authority::SensorCredentials;
 use mcloud_core::http::{send, CallError};
 use mcloud_core::paths::{UPLOAD_PATH, WATERMARK_PATH};
-use std::sync::Arc;
 use mcloud_core::upload::split_batch;
 use mcloud_core::wire::{CreateFlag, FlagState, UploadAck, WatermarkRequest};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What became of one transaction.
@@ -230,21 +230,22 @@ impl Uploader {
             Fate::Complete => self.clouds.len(),
             Fate::DieAfter(k) => k.min(self.clouds.len()),
         };
-        let uploads = self.clouds[..targets]
-            .iter()
-            .zip(bodies)
-            .enumerate()
-            .map(|(party, (cloud, body))| {
-                let url = format!("{cloud}{UPLOAD_PATH}");
-                async move {
-                    retry(upload_until, CallError::is_retryable, || {
-                        self.sent_bytes
-                            .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        self.post_to::<UploadAck>(party, &url, body.clone())
-                    })
-                    .await
-                }
-            });
+        let uploads =
+            self.clouds[..targets]
+                .iter()
+                .zip(bodies)
+                .enumerate()
+                .map(|(party, (cloud, body))| {
+                    let url = format!("{cloud}{UPLOAD_PATH}");
+                    async move {
+                        retry(upload_until, CallError::is_retryable, || {
+                            self.sent_bytes
+                                .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                            self.post_to::<UploadAck>(party, &url, body.clone())
+                        })
+                        .await
+                    }
+                });
         for result in join_all(uploads).await {
             match result {
                 Ok(_) => {}

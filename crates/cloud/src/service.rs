@@ -12,9 +12,7 @@ use mcloud_core::auth::app::{AppRequest, Grant, HouseScope, QueryKind};
 use mcloud_core::auth::sensor::SensorScope;
 use mcloud_core::auth::{now_secs, require_app, require_sensor, AppBearer, NodeAuth};
 use mcloud_core::http::{ApiError, Postcard, RawBody};
-use mcloud_core::paths::{
-    COMPUTE_PATH, RANGE_PATH, UPLOAD_PATH, WATERMARK_PATH,
-};
+use mcloud_core::paths::{COMPUTE_PATH, RANGE_PATH, UPLOAD_PATH, WATERMARK_PATH};
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::wire::{ComputeResponse, RangeResponse, RangeSpec, UploadAck, WatermarkRequest};
 use serde::Deserialize;
@@ -66,7 +64,12 @@ async fn watermark(
 }
 
 /// What the request's app token grants for `query` at `level`.
-fn grant(cloud: &Cloud, bearer: &AppBearer, query: QueryKind, level: GroupLevel) -> Result<Grant, ApiError> {
+fn grant(
+    cloud: &Cloud,
+    bearer: &AppBearer,
+    query: QueryKind,
+    level: GroupLevel,
+) -> Result<Grant, ApiError> {
     cloud.auth.authorize_app(
         bearer,
         &AppRequest {
@@ -165,7 +168,10 @@ async fn ranges(
     let mut grants = Vec::new();
     for kind in [false, true] {
         if specs.iter().any(|s| s.histograms == kind) {
-            grants.push((kind, grant(&cloud, &bearer, range_kind(kind), GroupLevel::Plug)?));
+            grants.push((
+                kind,
+                grant(&cloud, &bearer, range_kind(kind), GroupLevel::Plug)?,
+            ));
         }
     }
     let mut answers = cloud.node.ranges(&specs).await?;

@@ -135,6 +135,13 @@ pub fn default_names() -> Vec<String> {
     vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
 }
 
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of logs.
+        f.write_str("NodeIdentity(..)")
+    }
+}
+
 const IDENTITY_FILES: [&str; 3] = ["ca.pem", "cert.pem", "key.pem"];
 
 impl NodeIdentity {

@@ -65,17 +65,28 @@ impl Faults {
     }
 }
 
-/// HTTPS clients by pinned CA, shared by the Raft network and request forwarding.
-#[derive(Clone, Default)]
-pub struct Clients(Arc<Mutex<HashMap<String, reqwest::Client>>>);
+/// HTTPS clients by pinned CA, shared by the Raft network and request forwarding; each
+/// presents this voter's certificate, which is what lets it in at its peers.
+#[derive(Clone)]
+pub struct Clients {
+    identity: mcloud_core::tls::NodeIdentity,
+    by_ca: Arc<Mutex<HashMap<String, reqwest::Client>>>,
+}
 
 impl Clients {
+    pub fn new(identity: mcloud_core::tls::NodeIdentity) -> Clients {
+        Clients {
+            identity,
+            by_ca: Default::default(),
+        }
+    }
+
     pub fn for_peer(&self, peer: &Peer) -> Result<reqwest::Client, mcloud_core::tls::TlsError> {
-        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.by_ca.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = cache.get(&peer.ca_pem) {
             return Ok(c.clone());
         }
-        let client = mcloud_core::tls::client(std::slice::from_ref(&peer.ca_pem))?;
+        let client = self.identity.client(std::slice::from_ref(&peer.ca_pem))?;
         cache.insert(peer.ca_pem.clone(), client.clone());
         Ok(client)
     }

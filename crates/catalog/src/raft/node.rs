@@ -45,11 +45,19 @@ pub struct CatalogConfig {
     pub snapshot_every: u64,
     /// How long a write or read may wait for a quorum before it fails with 503.
     pub commit_timeout: Duration,
+    /// The voter's certificate, presented to its peers.
+    pub identity: mcloud_core::tls::NodeIdentity,
 }
 
 impl CatalogConfig {
-    pub fn new(node_id: NodeId, dir: PathBuf, peers: BTreeMap<NodeId, Peer>) -> CatalogConfig {
+    pub fn new(
+        node_id: NodeId,
+        dir: PathBuf,
+        peers: BTreeMap<NodeId, Peer>,
+        identity: mcloud_core::tls::NodeIdentity,
+    ) -> CatalogConfig {
         CatalogConfig {
+            identity,
             node_id,
             dir,
             partitions: 1,
@@ -169,7 +177,7 @@ impl CatalogNode {
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
         let raft_config = Arc::new(raft_config);
-        let clients = Clients::default();
+        let clients = Clients::new(config.identity.clone());
         let faults = Faults::default();
         let timeouts = Timeouts {
             commit: config.commit_timeout,

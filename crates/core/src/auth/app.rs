@@ -12,18 +12,16 @@ use std::time::Duration;
 
 use biscuit_auth::builder::{self as dl, Algorithm, BlockBuilder, Convert, Fact, Term};
 use biscuit_auth::datalog::SymbolTable;
-use biscuit_auth::error::{FailedCheck, Logic, Token as BiscuitError};
-use biscuit_auth::format::convert::proto_fact_to_token_fact;
-use biscuit_auth::{
-    Authorizer, AuthorizerBuilder, AuthorizerLimits, Biscuit, KeyPair, PrivateKey, PublicKey,
-    UnverifiedBiscuit,
-};
+use biscuit_auth::error::{FailedCheck, Format, Logic, Token as BiscuitError};
+use biscuit_auth::format::{convert::proto_fact_to_token_fact, schema::SnapshotBlock};
+use biscuit_auth::{Authorizer, AuthorizerBuilder, AuthorizerLimits, Biscuit, KeyPair};
+use biscuit_auth::{PrivateKey, PublicKey, UnverifiedBiscuit};
 use serde::{Deserialize, Serialize};
 
 use crate::reading::GroupLevel;
 
-/// Tokens come from hostile callers: both bounds are enforced before any signature is checked
-/// or any Datalog runs, so a caller cannot make a cloud verify hundreds of signatures.
+/// Tokens come from hostile callers: both bounds hold before any signature is checked or any
+/// Datalog runs, so no caller can make a cloud verify hundreds of signatures.
 const MAX_TOKEN_BYTES: usize = 64 * 1024;
 const MAX_BLOCKS: usize = 32;
 
@@ -52,17 +50,15 @@ pub struct TokenAuthority {
 
 impl TokenAuthority {
     pub fn generate() -> TokenAuthority {
-        TokenAuthority {
-            keys: KeyPair::new_with_algorithm(Algorithm::Ed25519),
-        }
+        let keys = KeyPair::new_with_algorithm(Algorithm::Ed25519);
+        TokenAuthority { keys }
     }
 
     pub fn from_private_hex(hex: &str) -> Result<TokenAuthority, AppTokenError> {
         let key = PrivateKey::from_bytes_hex(hex.trim(), Algorithm::Ed25519)
             .map_err(|e| AppTokenError::Issue(format!("bad root private key: {e}")))?;
-        Ok(TokenAuthority {
-            keys: KeyPair::from(&key),
-        })
+        let keys = KeyPair::from(&key);
+        Ok(TokenAuthority { keys })
     }
 
     /// Secret: whoever holds it can mint tokens for every house.
@@ -71,9 +67,8 @@ impl TokenAuthority {
     }
 
     pub fn root(&self) -> TokenRoot {
-        TokenRoot {
-            key: self.keys.public(),
-        }
+        let key = self.keys.public();
+        TokenRoot { key }
     }
 
     /// A house owner's token: user `user` may read the houses `houses` (every level, every query kind) until `expires` (Unix seconds).
@@ -83,29 +78,26 @@ impl TokenAuthority {
         houses: &[u32],
         expires: u64,
     ) -> Result<AppToken, AppTokenError> {
-        let facts = houses.iter().map(|h| dl::fact("house", &[house_term(*h)]));
-        self.issue(user, facts, expires)
+        let owned = houses.iter().map(|h| dl::fact("house", &[house_term(*h)]));
+        self.issue(user, owned.collect(), expires)
     }
 
     /// The deployment's analytics collector: every house, every query kind, until `expires`.
     pub fn issue_collector(&self, name: &str, expires: u64) -> Result<AppToken, AppTokenError> {
-        let all = dl::fact("all_houses", &[dl::boolean(true)]);
-        self.issue(name, std::iter::once(all), expires)
+        self.issue(
+            name,
+            vec![dl::fact("all_houses", &[dl::boolean(true)])],
+            expires,
+        )
     }
 
-    fn issue(
-        &self,
-        user: &str,
-        houses: impl Iterator<Item = Fact>,
-        expires: u64,
-    ) -> Result<AppToken, AppTokenError> {
+    fn issue(&self, user: &str, houses: Vec<Fact>, at: u64) -> Result<AppToken, AppTokenError> {
         // Names go in as terms of built facts, never through Datalog source, so no name can
         // inject facts or checks.
-        let mut builder = Biscuit::builder().fact(dl::fact("user", &[dl::string(user)]))?;
-        for fact in houses {
-            builder = builder.fact(fact)?;
-        }
-        let token = builder.merge(expiry(expires)?).build(&self.keys)?;
+        let user = dl::fact("user", &[dl::string(user)]);
+        let mut builder = expiry(BlockBuilder::new().fact(user)?, at)?;
+        builder.facts.extend(houses);
+        let token = Biscuit::builder().merge(builder).build(&self.keys)?;
         Ok(AppToken(token.to_base64()?))
     }
 }
@@ -151,9 +143,8 @@ impl AppToken {
     ) -> Result<AppToken, AppTokenError> {
         let token = verify(&self.0, root)?;
         if token.block_count() >= MAX_BLOCKS {
-            return Err(AppTokenError::Issue(format!(
-                "the token already has {MAX_BLOCKS} blocks, the most a cloud accepts"
-            )));
+            let why = format!("already {MAX_BLOCKS} blocks, the most a cloud accepts");
+            return Err(AppTokenError::Issue(why));
         }
         let mut block = BlockBuilder::new();
         if let Some(app) = &narrow.app {
@@ -164,15 +155,13 @@ impl AppToken {
             block = block.fact(dl::fact("houses", &[Term::Set(set)]))?;
         }
         if let Some(queries) = &narrow.queries {
-            let set = queries.iter().map(|q| dl::string(q.name())).collect();
-            block = with_check(block, "check if query($q), {allowed}.contains($q)", set)?;
+            block = one_of(block, "query", queries.iter().map(|q| q.name()))?;
         }
         if let Some(levels) = &narrow.levels {
-            let set = levels.iter().map(|l| dl::string(l.name())).collect();
-            block = with_check(block, "check if level($l), {allowed}.contains($l)", set)?;
+            block = one_of(block, "level", levels.iter().map(|l| l.name()))?;
         }
         if let Some(expires) = narrow.expires {
-            block = block.merge(expiry(expires)?);
+            block = expiry(block, expires)?;
         }
         Ok(AppToken(token.append(block)?.to_base64()?))
     }
@@ -213,13 +202,6 @@ impl HouseScope {
             HouseScope::Only(houses) => houses.contains(&house),
         }
     }
-
-    fn narrow(self, to: BTreeSet<u32>) -> HouseScope {
-        match self {
-            HouseScope::All => HouseScope::Only(to),
-            HouseScope::Only(houses) => HouseScope::Only(&houses & &to),
-        }
-    }
 }
 
 /// Verifies `token` (signature chain under `root`, every block's checks against the request, expiry against `request.now`), refuses it if any of its revocation ids satisfies `is_revoked`, and returns what it grants.
@@ -230,39 +212,20 @@ pub fn authorize(
     is_revoked: impl Fn(&str) -> bool,
 ) -> Result<Grant, AppTokenError> {
     let token = verify(token, root)?;
-    let revocation_ids = revocation_ids(&token);
-    if let Some(id) = revocation_ids.iter().find(|id| is_revoked(id)) {
+    let ids = revocation_ids(&token);
+    if let Some(id) = ids.iter().find(|id| is_revoked(id)) {
         return Err(AppTokenError::Revoked(id.clone()));
     }
-    let mut authorizer = AuthorizerBuilder::new()
-        .set_limits(AuthorizerLimits {
-            // The default 1 ms is wall-clock time and trips on a loaded machine; tokens are
-            // bounded in size, so the fact and iteration limits still bound the work.
-            max_time: Duration::from_millis(50),
-            ..AuthorizerLimits::default()
-        })
-        .fact(dl::fact("time", &[Term::Date(request.now)]))?
-        .fact(dl::fact("query", &[dl::string(request.query.name())]))?
-        .fact(dl::fact("level", &[dl::string(request.level.name())]))?
-        // The token's own checks decide; nothing else has to hold.
-        .policy("allow if true")?
-        .build(&token)?;
-    let claims = Claims::read(&block_facts(&authorizer)?)?;
-    if let Some(expired) = claims.expires.filter(|e| request.now > *e) {
-        return Err(AppTokenError::Expired {
-            expired,
-            now: request.now,
-        });
+    let mut authorizer = authorizer(&token, request)
+        .map_err(|e| AppTokenError::Malformed(format!("cannot load the token's blocks: {e}")))?;
+    let (mut grant, expires) = read_grant(&block_facts(&authorizer)?)?;
+    let now = request.now;
+    if let Some(expired) = expires.filter(|at| now > *at) {
+        return Err(AppTokenError::Expired { expired, now });
     }
-    authorizer
-        .authorize()
-        .map_err(|e| refusal(e, request))?;
-    Ok(Grant {
-        user: claims.user,
-        app: claims.app,
-        houses: claims.houses,
-        revocation_ids,
-    })
+    authorizer.authorize().map_err(|e| refusal(e, request))?;
+    grant.revocation_ids = ids;
+    Ok(grant)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -291,8 +254,7 @@ impl AppTokenError {
     }
 }
 
-/// Builder failures surface only while issuing or attenuating; the verifying path maps its
-/// errors itself.
+/// Builder failures reach `?` only while issuing or attenuating; verification maps its own.
 impl From<BiscuitError> for AppTokenError {
     fn from(e: BiscuitError) -> Self {
         AppTokenError::Issue(e.to_string())
@@ -303,55 +265,76 @@ fn house_term(house: u32) -> Term {
     dl::int(i64::from(house))
 }
 
-/// The `expires` fact lets a cloud tell an expired token from one used out of scope; the check
-/// is what enforces it.
-fn expiry(expires: u64) -> Result<BlockBuilder, BiscuitError> {
-    BlockBuilder::new()
-        .fact(dl::fact("expires", &[Term::Date(expires)]))?
-        .code_with_params(
-            "check if time($t), $t <= {expires}",
-            HashMap::from([("expires".to_string(), Term::Date(expires))]),
-            HashMap::new(),
-        )
+/// The `expires` fact only lets a cloud tell an expired token from one used out of scope; the
+/// check is what enforces the expiry.
+fn expiry(block: BlockBuilder, at: u64) -> Result<BlockBuilder, BiscuitError> {
+    let block = block.fact(dl::fact("expires", &[Term::Date(at)]))?;
+    let params = HashMap::from([("at".to_string(), Term::Date(at))]);
+    block.code_with_params("check if time($t), $t <= {at}", params, HashMap::new())
 }
 
-fn with_check(
+/// `what` is one of this module's predicate names; the allowed values go in as a parameter.
+fn one_of<'a>(
     block: BlockBuilder,
-    source: &str,
-    allowed: BTreeSet<Term>,
+    what: &str,
+    allowed: impl Iterator<Item = &'a str>,
 ) -> Result<BlockBuilder, BiscuitError> {
-    let params = HashMap::from([("allowed".to_string(), Term::Set(allowed))]);
+    let set = Term::Set(allowed.map(dl::string).collect());
+    let params = HashMap::from([("allowed".to_string(), set)]);
+    let source = format!("check if {what}($v), {{allowed}}.contains($v)");
     block.code_with_params(source, params, HashMap::new())
 }
 
+fn authorizer(token: &Biscuit, request: &AppRequest) -> Result<Authorizer, BiscuitError> {
+    // The default 1 ms budget is wall-clock time and trips on a loaded machine; the bounded
+    // token size and the fact and iteration limits still bound the work.
+    let max_time = Duration::from_millis(50);
+    AuthorizerBuilder::new()
+        .set_limits(AuthorizerLimits {
+            max_time,
+            ..Default::default()
+        })
+        .fact(dl::fact("time", &[Term::Date(request.now)]))?
+        .fact(dl::fact("query", &[dl::string(request.query.name())]))?
+        .fact(dl::fact("level", &[dl::string(request.level.name())]))?
+        // The token's own checks decide; nothing else has to hold.
+        .policy("allow if true")?
+        .build(token)
+}
+
 fn verify(token: &str, root: &TokenRoot) -> Result<Biscuit, AppTokenError> {
-    use AppTokenError::Malformed;
+    let malformed = |why: String| Err(AppTokenError::Malformed(why));
     if token.len() > MAX_TOKEN_BYTES {
-        return Err(Malformed(format!(
-            "{} bytes, more than the {MAX_TOKEN_BYTES} accepted",
-            token.len()
-        )));
+        let len = token.len();
+        return malformed(format!(
+            "{len} bytes, more than the {MAX_TOKEN_BYTES} allowed"
+        ));
     }
-    let unverified = UnverifiedBiscuit::from_base64(token)
-        .map_err(|e| Malformed(format!("not a biscuit token: {e}")))?;
-    if unverified.block_count() > MAX_BLOCKS {
-        return Err(Malformed(format!(
-            "{} blocks, more than the {MAX_BLOCKS} accepted",
-            unverified.block_count()
-        )));
+    let unverified = match UnverifiedBiscuit::from_base64(token) {
+        Ok(unverified) => unverified,
+        Err(e) => return malformed(format!("not a biscuit token: {e}")),
+    };
+    let blocks = unverified.block_count();
+    if blocks > MAX_BLOCKS {
+        return malformed(format!(
+            "{blocks} blocks, more than the {MAX_BLOCKS} allowed"
+        ));
     }
-    // Every block here is appended by a holder, never signed by a third party; refusing them
-    // keeps the per-block reading in `Claims` the whole story.
-    if unverified.external_public_keys().iter().any(Option::is_some) {
-        return Err(Malformed("third-party blocks are not accepted".into()));
+    // Holders append their own blocks, never a third party's; refusing those keeps
+    // `read_grant`'s per-block reading the whole story.
+    let third_party = unverified.external_public_keys();
+    if third_party.iter().any(Option::is_some) {
+        return malformed("third-party blocks are not accepted".into());
     }
-    unverified
-        .verify(&root.key)
-        .map_err(|e| Malformed(format!("signature chain does not verify under the root key: {e}")))
+    match unverified.verify(root.key) {
+        Ok(token) => Ok(token),
+        Err(e) => malformed(format!("signatures do not verify under the root key: {e}")),
+    }
 }
 
 fn revocation_ids(token: &Biscuit) -> Vec<String> {
-    token.revocation_identifiers().iter().map(hex::encode).collect()
+    let ids = token.revocation_identifiers();
+    ids.iter().map(hex::encode).collect()
 }
 
 /// The facts each block declares, in block order (the authority first). Biscuit's queries
@@ -359,98 +342,77 @@ fn revocation_ids(token: &Biscuit) -> Vec<String> {
 /// fact came from; narrowing houses needs to know, since a later block could otherwise add
 /// facts that widen an earlier block's set. The authorizer's snapshot keeps blocks apart.
 fn block_facts(authorizer: &Authorizer) -> Result<Vec<Vec<Fact>>, AppTokenError> {
-    let malformed = |e: biscuit_auth::error::Format| AppTokenError::Malformed(e.to_string());
+    let malformed = |e: Format| AppTokenError::Malformed(e.to_string());
     let world = authorizer.snapshot().map_err(malformed)?.world;
     let symbols = SymbolTable::from(world.symbols).map_err(malformed)?;
-    world
-        .blocks
-        .iter()
-        .map(|block| {
-            block
-                .facts
-                .iter()
-                .map(|f| Fact::convert_from(&proto_fact_to_token_fact(f)?, &symbols))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(malformed)
-        })
-        .collect()
+    let block = |b: &SnapshotBlock| -> Result<Vec<Fact>, Format> {
+        let read = |f| Fact::convert_from(&proto_fact_to_token_fact(f)?, &symbols);
+        b.facts.iter().map(read).collect()
+    };
+    let blocks = world.blocks.iter();
+    blocks.map(|b| block(b).map_err(malformed)).collect()
 }
 
-/// What the blocks say beyond their checks.
-struct Claims {
-    user: String,
-    app: Option<String>,
-    houses: HouseScope,
-    expires: Option<u64>,
-}
-
-impl Claims {
-    fn read(blocks: &[Vec<Fact>]) -> Result<Claims, AppTokenError> {
-        let Some((authority, attenuations)) = blocks.split_first() else {
-            return Err(AppTokenError::Malformed("no authority block".into()));
-        };
-        let named = |block: &[Fact], name: &str| -> Vec<Vec<Term>> {
-            let facts = block.iter().filter(|f| f.predicate.name == name);
-            facts.map(|f| f.predicate.terms.clone()).collect()
-        };
-        let mut users = named(authority, "user").into_iter().filter_map(single_str);
-        let (Some(user), None) = (users.next(), users.next()) else {
-            return Err(AppTokenError::Malformed("the authority names no single user".into()));
-        };
-        let mut houses = if named(authority, "all_houses").contains(&vec![Term::Bool(true)]) {
-            HouseScope::All
-        } else {
-            HouseScope::Only(named(authority, "house").iter().filter_map(|t| house(t)).collect())
-        };
-        let mut app = None;
-        for (index, block) in attenuations.iter().enumerate() {
-            // A block's houses only intersect: whatever it lists, it cannot add a house. A
-            // `houses` fact that is not a set of house numbers narrows to nothing.
-            for terms in named(block, "houses") {
-                let set = match terms.as_slice() {
-                    [Term::Set(set)] => set.iter().filter_map(|t| house(std::slice::from_ref(t))).collect(),
-                    _ => BTreeSet::new(),
-                };
-                houses = houses.narrow(set);
-            }
-            let mut names = named(block, "app").into_iter().filter_map(single_str);
-            match (names.next(), names.next()) {
-                (Some(_), Some(_)) => {
-                    let block = index + 1;
-                    return Err(AppTokenError::Malformed(format!("block {block} names two apps")));
-                }
-                (Some(name), None) => app = Some(name),
-                _ => {}
-            }
-        }
-        // The earliest expiry of any block wins; a forged later `expires` can only shorten.
-        let expires = blocks
-            .iter()
-            .flat_map(|block| named(block, "expires"))
-            .filter_map(|terms| match terms.as_slice() {
-                [Term::Date(at)] => Some(*at),
-                _ => None,
-            })
-            .min();
-        Ok(Claims {
-            user,
-            app,
-            houses,
-            expires,
-        })
+/// What the blocks grant beyond their checks (revocation ids left empty), and the earliest
+/// expiry any block states: a forged later `expires` can only shorten the token's life.
+fn read_grant(blocks: &[Vec<Fact>]) -> Result<(Grant, Option<u64>), AppTokenError> {
+    let malformed = |why: &str| AppTokenError::Malformed(why.into());
+    let (authority, attenuations) = blocks.split_first().ok_or(malformed("no authority"))?;
+    let users: Vec<_> = named(authority, "user").filter_map(string).collect();
+    let [user] = users.as_slice() else {
+        return Err(malformed("the authority block names no single user"));
+    };
+    let owned = named(authority, "house").filter_map(|t| t.first().and_then(house));
+    let mut houses = HouseScope::Only(owned.collect());
+    if named(authority, "all_houses").any(|t| *t == [Term::Bool(true)]) {
+        houses = HouseScope::All;
     }
+    let mut app = None;
+    for block in attenuations {
+        // A block's houses only intersect, so no block can add a house; a `houses` fact that
+        // is not a set of house numbers narrows to nothing.
+        for terms in named(block, "houses") {
+            let set: BTreeSet<u32> = match terms {
+                [Term::Set(set)] => set.iter().filter_map(house).collect(),
+                _ => BTreeSet::new(),
+            };
+            houses = match houses {
+                HouseScope::All => HouseScope::Only(set),
+                HouseScope::Only(had) => HouseScope::Only(&had & &set),
+            };
+        }
+        app = named(block, "app").filter_map(string).last().or(app);
+    }
+    let dates = blocks.iter().flat_map(|b| named(b, "expires"));
+    let expires = dates.filter_map(|t| match t {
+        [Term::Date(at)] => Some(*at),
+        _ => None,
+    });
+    let user = user.clone();
+    let grant = Grant {
+        user,
+        app,
+        houses,
+        revocation_ids: Vec::new(),
+    };
+    Ok((grant, expires.min()))
 }
 
-fn single_str(terms: Vec<Term>) -> Option<String> {
-    match terms.as_slice() {
+fn named<'a>(block: &'a [Fact], name: &'a str) -> impl Iterator<Item = &'a [Term]> + 'a {
+    let facts = block.iter().filter(move |f| f.predicate.name == name);
+    facts.map(|f| f.predicate.terms.as_slice())
+}
+
+fn string(terms: &[Term]) -> Option<String> {
+    match terms {
         [Term::Str(s)] => Some(s.clone()),
         _ => None,
     }
 }
 
-fn house(terms: &[Term]) -> Option<u32> {
-    match terms {
-        [Term::Integer(n)] => u32::try_from(*n).ok(),
+fn house(term: &Term) -> Option<u32> {
+    match term {
+        Term::Integer(n) => u32::try_from(*n).ok(),
         _ => None,
     }
 }
@@ -459,29 +421,193 @@ fn refusal(e: BiscuitError, request: &AppRequest) -> AppTokenError {
     let checks = match e {
         BiscuitError::FailedLogic(Logic::Unauthorized { checks, .. })
         | BiscuitError::FailedLogic(Logic::NoMatchingPolicy { checks }) => checks,
-        BiscuitError::RunLimit(limit) => {
-            return AppTokenError::Malformed(format!("too costly to evaluate: {limit}"))
-        }
-        other => return AppTokenError::Malformed(other.to_string()),
+        other => return AppTokenError::Malformed(format!("cannot evaluate: {other}")),
     };
-    let reasons: Vec<String> = checks
-        .iter()
-        .map(|check| match check {
-            FailedCheck::Block(c) => {
-                // Only to word the refusal: the predicate a check reads says what it restricts.
-                let what = if c.rule.contains("level(") {
-                    format!("level {} is not allowed", request.level.name())
-                } else if c.rule.contains("query(") {
-                    format!("query kind {} is not allowed", request.query.name())
-                } else if c.rule.contains("time(") {
-                    format!("time {} is past the block's expiry", request.now)
-                } else {
-                    format!("check {} failed", c.rule)
-                };
-                format!("{what} (block {})", c.block_id)
+    let (level, query) = (request.level.name(), request.query.name());
+    // The predicate a failed check reads says, in words, what it restricts.
+    let reason = |check: &FailedCheck| match check {
+        FailedCheck::Block(c) if c.rule.contains("level(") => {
+            format!("level {level} is not allowed (block {})", c.block_id)
+        }
+        FailedCheck::Block(c) if c.rule.contains("query(") => {
+            format!("query kind {query} is not allowed (block {})", c.block_id)
+        }
+        FailedCheck::Block(c) => format!("check `{}` of block {} failed", c.rule, c.block_id),
+        FailedCheck::Authorizer(c) => format!("check `{}` failed", c.rule),
+    };
+    AppTokenError::OutOfScope(checks.iter().map(reason).collect::<Vec<_>>().join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use GroupLevel::{House, Household, Plug};
+    use QueryKind::{Compute, Histograms, Range};
+
+    fn at(now: u64, query: QueryKind, level: GroupLevel) -> AppRequest {
+        AppRequest { now, query, level }
+    }
+
+    fn check(token: &AppToken, root: &TokenRoot, req: &AppRequest) -> Result<Grant, AppTokenError> {
+        authorize(&token.0, root, req, |_| false)
+    }
+
+    /// What a plain range query at t = 10 gets.
+    fn granted(token: &AppToken, root: &TokenRoot) -> Grant {
+        check(token, root, &at(10, Range, House)).unwrap()
+    }
+
+    fn only(houses: &[u32]) -> HouseScope {
+        HouseScope::Only(houses.iter().copied().collect())
+    }
+
+    /// Alice owns houses 3 and 4 until t = 1000.
+    fn owner() -> (TokenAuthority, TokenRoot, AppToken) {
+        let authority = TokenAuthority::generate();
+        let token = authority.issue_owner("alice", &[3, 4], 1_000).unwrap();
+        let root = authority.root();
+        (authority, root, token)
+    }
+
+    fn narrow(token: &AppToken, root: &TokenRoot, f: impl FnOnce(&mut Attenuation)) -> AppToken {
+        let mut attenuation = Attenuation::default();
+        f(&mut attenuation);
+        token.attenuate(root, &attenuation).unwrap()
+    }
+
+    #[test]
+    fn owner_token_allows_its_houses_at_every_level_and_query() {
+        let (_, root, token) = owner();
+        for level in [House, Household, Plug] {
+            for query in [Compute, Range, Histograms] {
+                let grant = check(&token, &root, &at(10, query, level)).unwrap();
+                assert_eq!(grant.user, "alice");
+                assert_eq!(grant.houses, only(&[3, 4]));
             }
-            FailedCheck::Authorizer(c) => format!("authorizer check {} failed", c.rule),
-        })
-        .collect();
-    AppTokenError::OutOfScope(reasons.join("; "))
+        }
+        assert!(only(&[3, 4]).allows(4) && !only(&[3, 4]).allows(5));
+    }
+
+    #[test]
+    fn collector_token_grants_every_house() {
+        let authority = TokenAuthority::generate();
+        let token = authority.issue_collector("analytics", 1_000).unwrap();
+        let grant = granted(&token, &authority.root());
+        assert_eq!(grant.user, "analytics");
+        assert_eq!(grant.houses, HouseScope::All);
+    }
+
+    #[test]
+    fn house_attenuation_only_narrows() {
+        let (_, root, token) = owner();
+        let three = narrow(&token, &root, |a| a.houses = Some(vec![3]));
+        assert_eq!(granted(&three, &root).houses, only(&[3]));
+        let foreign = narrow(&token, &root, |a| a.houses = Some(vec![9]));
+        assert_eq!(granted(&foreign, &root).houses, only(&[]));
+        // A later block listing more houses cannot bring back what an earlier one dropped.
+        let wider = narrow(&three, &root, |a| a.houses = Some(vec![3, 4, 9]));
+        assert_eq!(granted(&wider, &root).houses, only(&[3]));
+    }
+
+    #[test]
+    fn level_and_query_attenuations_refuse_in_words() {
+        let (_, root, token) = owner();
+        let coarse = narrow(&token, &root, |a| a.levels = Some(vec![House]));
+        assert!(check(&coarse, &root, &at(10, Range, House)).is_ok());
+        let err = check(&coarse, &root, &at(10, Range, Plug)).unwrap_err();
+        assert_eq!(err.code(), "token_out_of_scope");
+        assert!(
+            err.to_string().contains("level plug is not allowed"),
+            "{err}"
+        );
+        let compute = narrow(&token, &root, |a| a.queries = Some(vec![Compute]));
+        assert!(check(&compute, &root, &at(10, Compute, Plug)).is_ok());
+        let err = check(&compute, &root, &at(10, Range, Plug)).unwrap_err();
+        assert!(matches!(&err, AppTokenError::OutOfScope(m) if m.contains("query kind range")));
+    }
+
+    #[test]
+    fn expiry_is_told_apart_and_the_earliest_wins() {
+        let (authority, root, long) = owner();
+        let token = authority.issue_owner("alice", &[3], 100).unwrap();
+        assert!(check(&token, &root, &at(100, Range, House)).is_ok());
+        let err = check(&token, &root, &at(101, Range, House)).unwrap_err();
+        assert_eq!(format!("{err:?}"), "Expired { expired: 100, now: 101 }");
+        assert_eq!(err.code(), "token_expired");
+        let short = narrow(&long, &root, |a| a.expires = Some(100));
+        assert!(check(&long, &root, &at(500, Range, House)).is_ok());
+        let err = check(&short, &root, &at(500, Range, House)).unwrap_err();
+        assert_eq!(format!("{err:?}"), "Expired { expired: 100, now: 500 }");
+    }
+
+    #[test]
+    fn revocation_refuses_the_block_and_everything_after_it() {
+        let (_, root, token) = owner();
+        let child = narrow(&token, &root, |a| a.app = Some("plotter".into()));
+        let ids = child.revocation_ids(&root).unwrap();
+        assert_eq!(token.revocation_ids(&root).unwrap(), ids[..1]);
+        assert_eq!(granted(&child, &root).revocation_ids, ids);
+        assert_eq!(ids.len(), 2);
+        let req = at(10, Range, House);
+        for t in [&token, &child] {
+            let err = authorize(&t.0, &root, &req, |id| id == ids[0]).unwrap_err();
+            assert!(matches!(&err, AppTokenError::Revoked(id) if *id == ids[0]));
+        }
+        assert!(authorize(&child.0, &root, &req, |id| id == ids[1]).is_err());
+        assert!(authorize(&token.0, &root, &req, |id| id == ids[1]).is_ok());
+    }
+
+    #[test]
+    fn foreign_garbage_oversized_and_overlong_tokens_are_malformed() {
+        let (_, root, mut token) = owner();
+        let req = at(10, Range, House);
+        let err = check(&token, &TokenAuthority::generate().root(), &req).unwrap_err();
+        assert!(err.code() == "token_malformed" && err.to_string().contains("root key"));
+        for garbage in ["", "not a token", "!!!!"] {
+            let err = authorize(garbage, &root, &req, |_| false).unwrap_err();
+            assert!(matches!(err, AppTokenError::Malformed(_)), "{err:?}");
+        }
+        // A valid token followed by base64 past the bound: refused on length alone.
+        let huge = format!("{}{}", token.0, "A".repeat(MAX_TOKEN_BYTES));
+        let err = authorize(&huge, &root, &req, |_| false).unwrap_err();
+        assert!(err.to_string().contains("bytes, more than"), "{err}");
+        for _ in 1..MAX_BLOCKS {
+            token = narrow(&token, &root, |_| {});
+        }
+        assert_eq!(granted(&token, &root).revocation_ids.len(), MAX_BLOCKS);
+        let err = token.attenuate(&root, &Attenuation::default()).unwrap_err();
+        assert_eq!(err.code(), "token_issue");
+    }
+
+    #[test]
+    fn delegation_chain_names_the_last_app() {
+        let (_, root, token) = owner();
+        let plotter = narrow(&token, &root, |a| a.app = Some("plotter".into()));
+        assert_eq!(granted(&plotter, &root).app.as_deref(), Some("plotter"));
+        let readonly = narrow(&plotter, &root, |a| {
+            a.app = Some("plotter/readonly".into());
+            a.levels = Some(vec![House, Household]);
+        });
+        let grant = granted(&readonly, &root);
+        assert_eq!(grant.app.as_deref(), Some("plotter/readonly"));
+        // A name that looks like Datalog stays a name.
+        let sly = r#"x"); house(9); app("y"#;
+        let grant = granted(&narrow(&token, &root, |a| a.app = Some(sly.into())), &root);
+        assert_eq!(grant.app.as_deref(), Some(sly));
+        assert_eq!(grant.houses, only(&[3, 4]));
+    }
+
+    #[test]
+    fn token_text_round_trips() {
+        let (authority, root, token) = owner();
+        let token = narrow(&token, &root, |a| a.houses = Some(vec![4]));
+        let parsed = Biscuit::from_base64(&token.0, root.key).unwrap();
+        let text = parsed.to_base64().unwrap();
+        assert_eq!(text, token.0);
+        let root_again = TokenRoot::from_hex(&root.to_hex()).unwrap();
+        let back = granted(&AppToken(text), &root_again);
+        assert_eq!(back, granted(&token, &root));
+        let again = TokenAuthority::from_private_hex(&authority.private_hex()).unwrap();
+        assert_eq!(again.root().to_hex(), root.to_hex());
+    }
 }

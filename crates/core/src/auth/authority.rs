@@ -205,11 +205,10 @@ impl NodeCredentials {
 
     pub fn load(dir: &Path) -> Result<NodeCredentials, AuthorityError> {
         let path = dir.join("node.toml");
-        let file: NodeFile =
-            toml::from_str(&read(&path)?).map_err(|e| AuthorityError::File {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+        let file: NodeFile = toml::from_str(&read(&path)?).map_err(|e| AuthorityError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         let mut party_cas = Vec::new();
         for p in 0.. {
             let f = dir.join(format!("parties/party{p}.pem"));
@@ -280,11 +279,10 @@ impl SensorCredentials {
     }
 
     pub fn load(path: &Path) -> Result<SensorCredentials, AuthorityError> {
-        let file: SensorFile =
-            toml::from_str(&read(path)?).map_err(|e| AuthorityError::File {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+        let file: SensorFile = toml::from_str(&read(path)?).map_err(|e| AuthorityError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         let keys = file
             .keys
             .iter()

@@ -145,7 +145,11 @@ pub fn peer_of(request: &Request, roles: &[Role]) -> Result<PeerIdentity, ApiErr
 }
 
 fn names(roles: &[Role]) -> String {
-    roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(", ")
+    roles
+        .iter()
+        .map(|r| r.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The peer group's layer: a client certificate of one of `roles`, whose identity the

@@ -70,7 +70,10 @@ impl PeerIdentity {
         let party = parts.next()?.parse().ok()?;
         let role = Role::parse(parts.next()?)?;
         let id = parts.next()?.parse().ok()?;
-        parts.next().is_none().then_some(PeerIdentity { party, role, id })
+        parts
+            .next()
+            .is_none()
+            .then_some(PeerIdentity { party, role, id })
     }
 }
 

@@ -61,7 +61,9 @@ pub enum SensorAuthError {
     Missing,
     #[error("malformed sensor credential: {0}")]
     Malformed(String),
-    #[error("the challenge is older than {CHALLENGE_SECS} s or from the future: ask for a new one")]
+    #[error(
+        "the challenge is older than {CHALLENGE_SECS} s or from the future: ask for a new one"
+    )]
     ChallengeExpired,
     #[error("the challenge was not issued by this party")]
     ChallengeForged,
@@ -422,12 +424,18 @@ mod tests {
         let mut forged = challenge;
         forged.issued += 1;
         let req = SessionRequest::answer(scope(), forged, &key);
-        assert_eq!(issuer.open(&req, 1001), Err(SensorAuthError::ChallengeForged));
+        assert_eq!(
+            issuer.open(&req, 1001),
+            Err(SensorAuthError::ChallengeForged)
+        );
 
         // Another party's node (another secret) cannot mint tokens this party believes, nor
         // does this party accept a token made for another.
         let token = issuer
-            .open(&SessionRequest::answer(scope(), issuer.challenge(5), &key), 6)
+            .open(
+                &SessionRequest::answer(scope(), issuer.challenge(5), &key),
+                6,
+            )
             .unwrap();
         let stranger = SessionIssuer::new(PartySecret {
             party: 1,
