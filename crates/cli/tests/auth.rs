@@ -1,0 +1,230 @@
+//! The attacks an outsider could run against an unauthenticated deployment, replayed against
+//! a real cluster (in-process TLS servers on loopback): each is now refused with 401 or 403
+//! and a stable code, and the legitimate path still works.
+
+use mcloud::cluster::{ClusterSpec, LocalCluster, GATEWAY};
+use mcloud_core::auth::app::Attenuation;
+use mcloud_core::auth::peer::{PeerIdentity, Role};
+use mcloud_core::auth::sensor::SensorScope;
+use mcloud_core::reading::GroupLevel;
+use std::time::Duration;
+
+async fn status_and_code(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    (status, body["code"].as_str().unwrap_or("").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outsiders_and_overreaching_members_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(ClusterSpec {
+        parties: 3,
+        window_secs: 60,
+        grace_secs: 60,
+        dir: dir.path().to_path_buf(),
+    })
+    .await
+    .unwrap();
+    let anonymous = cluster.http();
+    let cloud = &cluster.cloud_urls()[0];
+    let catalog = cluster.catalog_url();
+
+    // No credential at all: COMPUTE, RANGE, UPLOAD, watermark, flags, Raft, membership, maps.
+    for (method, url, code) in [
+        (
+            "GET",
+            format!("{cloud}/v1/compute?level=plug"),
+            "credential_missing",
+        ),
+        (
+            "GET",
+            format!("{cloud}/v1/range?from=0&to=60"),
+            "credential_missing",
+        ),
+        ("POST", format!("{cloud}/v1/upload"), "credential_missing"),
+        (
+            "POST",
+            format!("{cloud}/v1/watermark"),
+            "credential_missing",
+        ),
+        (
+            "POST",
+            format!("{catalog}/v1/flags/create"),
+            "credential_missing",
+        ),
+        (
+            "POST",
+            format!("{catalog}/v1/flags/get"),
+            "credential_missing",
+        ),
+        (
+            "POST",
+            format!("{catalog}/v1/raft/0/append"),
+            "peer_certificate_missing",
+        ),
+        (
+            "POST",
+            format!("{catalog}/v1/catalog/0/membership"),
+            "peer_certificate_missing",
+        ),
+        (
+            "POST",
+            format!("{catalog}/v1/assignments/0"),
+            "peer_certificate_missing",
+        ),
+    ] {
+        let request = if method == "GET" {
+            anonymous.get(&url)
+        } else {
+            anonymous.post(&url).body(vec![1, 2, 3])
+        };
+        let answer = status_and_code(request.send().await.unwrap()).await;
+        assert_eq!(answer, (401, code.to_string()), "{method} {url}");
+    }
+
+    // A sensor session of another party, and a forged one.
+    let sessions = mcloud_client::SensorSessions::new(
+        cluster.sensor_credentials(GATEWAY),
+        anonymous.clone(),
+        cluster.cloud_urls(),
+    );
+    let party1 = sessions.header(1).await.unwrap();
+    let answer = anonymous
+        .post(format!("{cloud}/v1/watermark"))
+        .header("authorization", &party1)
+        .body(vec![0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status_and_code(answer).await, (401, "wrong_party".into()));
+    let answer = anonymous
+        .post(format!("{cloud}/v1/watermark"))
+        .header("authorization", "Sensor 00ff")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        status_and_code(answer).await,
+        (401, "credential_malformed".into())
+    );
+
+    // A sensor scoped to house 3 reports another house, and another sensor's flags.
+    let house3 = SensorScope {
+        sensor: 9,
+        house: Some(3),
+        plugs: None,
+    };
+    let uploader = cluster.uploader_for(house3.clone(), Duration::from_secs(5));
+    let other_house = mcloud_core::Reading {
+        id: 1,
+        ts: 1_377_986_401,
+        value: 1000,
+        metric: mcloud_core::Metric::Load,
+        group: mcloud_core::GroupKey {
+            house: 4,
+            household: 0,
+            plug: 0,
+        },
+    };
+    let outcome = uploader
+        .transact(
+            &mcloud_client::PlainBatch::new(9, vec![other_house]),
+            mcloud_client::Fate::Complete,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, mcloud_client::Outcome::Rejected(m) if m.contains("out_of_scope")),
+        "{outcome:?}"
+    );
+    let own = cluster.sensor_credentials(house3);
+    let own_sessions =
+        mcloud_client::SensorSessions::new(own, anonymous.clone(), cluster.cloud_urls());
+    let header = own_sessions.header(0).await.unwrap();
+    let someone_elses = mcloud_core::wire::FlagIds {
+        ids: vec![mcloud_core::BatchId::of_sensor(1)],
+    };
+    let answer = anonymous
+        .post(format!("{catalog}/v1/flags/set"))
+        .header("authorization", header)
+        .body(postcard::to_stdvec(&someone_elses).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        status_and_code(answer).await,
+        (403, "not_your_batch".into())
+    );
+
+    // An app token narrowed to houses only may not ask for plugs; the collector's may.
+    let token = cluster.app_token().unwrap();
+    let houses_only = token
+        .attenuate(
+            &cluster.authority().tokens.root(),
+            &Attenuation {
+                levels: Some(vec![GroupLevel::House]),
+                ..Attenuation::default()
+            },
+        )
+        .unwrap();
+    let narrowed = cluster.app_client(&houses_only).unwrap();
+    let answer = narrowed
+        .get(format!("{cloud}/v1/compute?level=plug"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        status_and_code(answer).await,
+        (403, "token_out_of_scope".into())
+    );
+    let answer = narrowed
+        .get(format!("{cloud}/v1/compute?level=house"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+
+    // A cloud's certificate may write only its own bucket map, and never membership.
+    let cloud1 = cluster.cloud_catalog_client(1).unwrap();
+    let assignment = mcloud_catalog::raft::Assignment {
+        epoch: 1,
+        owners: vec![0; 4],
+    };
+    let refused = cloud1.put_assignment(0, &assignment).await.unwrap_err();
+    assert!(refused.to_string().contains("not_your_map"), "{refused}");
+
+    // An administrator of party 2 may read maps.
+    let admin = cluster.admin_client(2).unwrap();
+    let answer = admin
+        .get(format!("{catalog}/v1/assignments/0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    // A certificate from a CA that is not one of the deployment's parties gets nowhere.
+    let stranger = mcloud_core::auth::authority::Authority::generate(3)
+        .unwrap()
+        .node(
+            PeerIdentity {
+                party: 0,
+                role: Role::Admin,
+                id: 0,
+            },
+            &[],
+        )
+        .unwrap();
+    let stranger = stranger
+        .identity
+        .client(&cluster.authority().party_cas())
+        .unwrap();
+    let answer = stranger
+        .get(format!("{catalog}/v1/assignments/0"))
+        .send()
+        .await;
+    assert!(
+        answer.is_err() || answer.is_ok_and(|a| a.status().as_u16() == 401),
+        "a stranger's certificate was accepted"
+    );
+    cluster.shutdown().await;
+}
