@@ -371,9 +371,15 @@ impl LocalCluster {
         ))
     }
 
-    /// The catalog as the cluster's sensor sees it.
+    /// The catalog as the gateway sensor sees it (its sessions, its own flags).
     pub fn catalog_client(&self) -> CatalogClient {
+        let sessions = mcloud_client::SensorSessions::new(
+            self.sensor_credentials(GATEWAY),
+            self.http.clone(),
+            self.cloud_urls(),
+        );
         CatalogClient::with_nodes(self.http.clone(), self.catalog_urls())
+            .with_credentials(Arc::new(sessions), self.catalog_parties())
     }
 
     /// The party of each catalog voter, in voter order.
@@ -398,7 +404,7 @@ impl LocalCluster {
         Uploader::new(
             self.http.clone(),
             self.cloud_urls(),
-            self.catalog_client(),
+            CatalogClient::with_nodes(self.http.clone(), self.catalog_urls()),
             self.catalog_parties(),
             self.sensor_credentials(scope),
             ttl,

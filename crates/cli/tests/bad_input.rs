@@ -2,7 +2,7 @@
 //! after all the bad requests, the revealed aggregates still equal the plaintext reference
 //! over the good batches only.
 
-use mcloud::cluster::{ClusterSpec, LocalCluster};
+use mcloud::cluster::{ClusterSpec, LocalCluster, GATEWAY};
 use mcloud_catalog::FlagTable;
 use mcloud_client::PlainBatch;
 use mcloud_collector::{check, Query, Reference};
@@ -40,10 +40,48 @@ fn readings(minutes: u64) -> Vec<Reading> {
     .collect()
 }
 
-/// POSTs raw bytes; returns status and body text.
-async fn post_raw(http: &reqwest::Client, url: &str, body: Vec<u8>) -> (u16, String) {
-    let r = http.post(url).body(body).send().await.unwrap();
+/// A client and the gateway sensor's session for party 0 (cloud 0 and catalog voter 0).
+struct Sensor {
+    http: reqwest::Client,
+    session: String,
+}
+
+async fn sensor(cluster: &LocalCluster) -> Sensor {
+    let sessions = mcloud_client::SensorSessions::new(
+        cluster.sensor_credentials(GATEWAY),
+        cluster.http(),
+        cluster.cloud_urls(),
+    );
+    Sensor {
+        http: cluster.http(),
+        session: sessions.header(0).await.unwrap(),
+    }
+}
+
+/// POSTs raw bytes as the sensor; returns status and body text.
+async fn post_raw(sensor: &Sensor, url: &str, body: Vec<u8>) -> (u16, String) {
+    let r = sensor
+        .http
+        .post(url)
+        .header("authorization", &sensor.session)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// A postcard call to party `party`'s cloud with the sensor's session for that party.
+async fn sensor_post<R: serde::de::DeserializeOwned>(
+    sessions: &mcloud_client::SensorSessions,
+    http: &reqwest::Client,
+    party: usize,
+    url: String,
+    body: Vec<u8>,
+) -> Result<R, mcloud_core::http::CallError> {
+    let session = sessions.header(party as u16).await?;
+    let request = http.post(&url).header("authorization", session).body(body);
+    mcloud_core::http::send(&url, request).await
 }
 
 fn expect(answer: (u16, String), status: u16, words: &str) {
@@ -71,7 +109,7 @@ async fn status(http: &reqwest::Client, url: &str) -> serde_json::Value {
 async fn bad_input_is_refused_by_name_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path()).await;
-    let http = cluster.http();
+    let http = sensor(&cluster).await;
     let clouds = cluster.cloud_urls();
     let catalog = cluster.catalog_url();
     let uploader = cluster.uploader(Duration::from_secs(30));
@@ -80,7 +118,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
     let (first, second) = data.split_at(data.len() / 2);
 
     // One good batch, fully committed.
-    let good = PlainBatch::new(first.to_vec());
+    let good = PlainBatch::new(GATEWAY.sensor, first.to_vec());
     let outcome = uploader
         .transact(&good, mcloud_client::Fate::Complete)
         .await
@@ -88,7 +126,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
     assert_eq!(outcome, mcloud_client::Outcome::Committed);
     let mut before = Vec::new();
     for cloud in &clouds {
-        before.push(status(&http, cloud).await);
+        before.push(status(&http.http, cloud).await);
     }
 
     // Malformed bodies.
@@ -116,7 +154,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
         window_start: Window::containing(second[0].ts, 30).start,
         counts: vec![1; BUCKETS],
     };
-    let bad = PlainBatch::with_histograms(second.to_vec(), vec![histogram]);
+    let bad = PlainBatch::with_histograms(GATEWAY.sensor, second.to_vec(), vec![histogram]);
     flags
         .create(vec![CreateFlag {
             id: bad.id,
@@ -272,7 +310,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
     );
 
     // Unknown flag: shares uploaded without CREATE.
-    let unknown = PlainBatch::new(second.to_vec());
+    let unknown = PlainBatch::new(GATEWAY.sensor, second.to_vec());
     expect(
         post_raw(
             &http,
@@ -303,7 +341,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
             &format!("{catalog}/v1/flags/create"),
             postcard::to_stdvec(&CreateFlagsRequest {
                 flags: vec![CreateFlag {
-                    id: BatchId::random(),
+                    id: BatchId::of_sensor(GATEWAY.sensor),
                     ttl_ms: 0,
                 }],
             })
@@ -315,7 +353,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
     );
 
     // SET after the deadline.
-    let late = PlainBatch::new(second.to_vec());
+    let late = PlainBatch::new(GATEWAY.sensor, second.to_vec());
     flags
         .create(vec![CreateFlag {
             id: late.id,
@@ -354,7 +392,8 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
     );
 
     // A bad COMPUTE query.
-    let r = http
+    let app = cluster.app_client(&cluster.app_token().unwrap()).unwrap();
+    let r = app
         .get(format!("{}/v1/compute?level=street", clouds[0]))
         .send()
         .await
@@ -368,7 +407,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
     // Nothing above changed any state, at any cloud.
     let mut after = Vec::new();
     for (cloud, before) in clouds.iter().zip(&before) {
-        let now = status(&http, cloud).await;
+        let now = status(&http.http, cloud).await;
         for field in ["batches", "windows"] {
             assert_eq!(before[field], now[field], "{cloud}: {before} vs {now}");
         }
@@ -389,7 +428,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
             ..*r
         })
         .collect();
-    let closed = PlainBatch::new(early);
+    let closed = PlainBatch::new(GATEWAY.sensor, early);
     flags
         .create(vec![CreateFlag {
             id: closed.id,
@@ -403,7 +442,10 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
         410,
         "after the window closed",
     );
-    assert_eq!(after["batches"], status(&http, &clouds[0]).await["batches"]);
+    assert_eq!(
+        after["batches"],
+        status(&http.http, &clouds[0]).await["batches"]
+    );
 
     // The good batch alone is revealed, exactly.
     let query = Query {
@@ -414,6 +456,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
     };
     let revealed = cluster
         .collector()
+        .unwrap()
         .collect_when_ready(&query, Duration::from_secs(10))
         .await
         .unwrap();
@@ -440,10 +483,10 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
 async fn retries_duplicates_and_replays_count_once() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path()).await;
-    let http = cluster.http();
+    let http = sensor(&cluster).await;
     let uploader = cluster.uploader(Duration::from_secs(30));
     let data = readings(2);
-    let batch = PlainBatch::new(data.clone());
+    let batch = PlainBatch::new(GATEWAY.sensor, data.clone());
     // The whole transaction twice (a sensor that lost the first answers), then each step again.
     for _ in 0..2 {
         assert_eq!(
@@ -455,9 +498,21 @@ async fn retries_duplicates_and_replays_count_once() {
         );
     }
     let bodies = uploader.encode_shares(&batch).unwrap();
-    for (cloud, body) in cluster.cloud_urls().iter().zip(&bodies) {
-        let (code, _) = post_raw(&http, &format!("{cloud}/v1/upload"), body.clone()).await;
-        assert_eq!(code, 200);
+    let sessions = mcloud_client::SensorSessions::new(
+        cluster.sensor_credentials(GATEWAY),
+        cluster.http(),
+        cluster.cloud_urls(),
+    );
+    for (party, (cloud, body)) in cluster.cloud_urls().iter().zip(&bodies).enumerate() {
+        let answer: Result<mcloud_core::wire::UploadAck, _> = sensor_post(
+            &sessions,
+            &cluster.http(),
+            party,
+            format!("{cloud}/v1/upload"),
+            body.clone(),
+        )
+        .await;
+        assert!(answer.is_ok(), "{answer:?}");
     }
     // A replayed SET is acknowledged and changes nothing.
     let replay = post_raw(
@@ -475,26 +530,37 @@ async fn retries_duplicates_and_replays_count_once() {
         id: batch.id,
         ..batch.rekeyed()
     };
-    for (cloud, body) in cluster
+    let sessions = mcloud_client::SensorSessions::new(
+        cluster.sensor_credentials(GATEWAY),
+        cluster.http(),
+        cluster.cloud_urls(),
+    );
+    let http = cluster.http();
+    for (party, (cloud, body)) in cluster
         .cloud_urls()
         .iter()
         .zip(uploader.encode_shares(&other).unwrap())
+        .enumerate()
     {
         let answer: mcloud_core::wire::UploadAck =
-            mcloud_core::http::post_bytes(&http, &format!("{cloud}/v1/upload"), body)
+            sensor_post(&sessions, &http, party, format!("{cloud}/v1/upload"), body)
                 .await
                 .unwrap();
         assert!(answer.duplicate);
     }
     let last = data.iter().map(|r| r.ts).max().unwrap();
-    for cloud in cluster.cloud_urls() {
-        let _: u64 = mcloud_core::http::post(
+    for (party, cloud) in cluster.cloud_urls().iter().enumerate() {
+        let body = postcard::to_stdvec(&WatermarkRequest {
+            ts: last,
+            end_of_stream: true,
+        })
+        .unwrap();
+        let _: u64 = sensor_post(
+            &sessions,
             &http,
-            &format!("{cloud}/v1/watermark"),
-            &WatermarkRequest {
-                ts: last,
-                end_of_stream: true,
-            },
+            party,
+            format!("{cloud}/v1/watermark"),
+            body,
         )
         .await
         .unwrap();
@@ -507,6 +573,7 @@ async fn retries_duplicates_and_replays_count_once() {
     };
     let revealed = cluster
         .collector()
+        .unwrap()
         .collect_when_ready(&query, Duration::from_secs(10))
         .await
         .unwrap();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use mcloud::cluster::{CatalogSpec, ClusterOptions, LocalCluster};
+use mcloud::cluster::{CatalogSpec, ClusterOptions, LocalCluster, GATEWAY};
 use mcloud_catalog::{CatalogClient, CatalogError, FlagTable};
 use mcloud_core::wire::{CreateFlag, FlagState};
 use mcloud_core::BatchId;
@@ -64,7 +64,7 @@ async fn with_a_follower_stopped(
 fn random_flags(n: usize) -> Vec<CreateFlag> {
     (0..n)
         .map(|_| CreateFlag {
-            id: BatchId::random(),
+            id: BatchId::of_sensor(GATEWAY.sensor),
             ttl_ms: 600_000,
         })
         .collect()

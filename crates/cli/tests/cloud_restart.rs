@@ -2,7 +2,7 @@
 //! the batches the checkpoint lacks, and still reveals exactly the plaintext reference; a worker
 //! that fails after the restart is rebuilt from the same checkpoint.
 
-use mcloud::cluster::{ClusterOptions, ClusterSpec, LocalCluster};
+use mcloud::cluster::{ClusterOptions, ClusterSpec, LocalCluster, GATEWAY};
 use mcloud_client::{Fate, Outcome, PlainBatch, Uploader};
 use mcloud_cloud::elastic::ElasticConfig;
 use mcloud_collector::{check, Query, Reference};
@@ -16,7 +16,10 @@ const WINDOW: u64 = 60;
 async fn upload(uploader: &Uploader, batches: &[Vec<Reading>]) {
     for readings in batches {
         let outcome = uploader
-            .transact(&PlainBatch::new(readings.clone()), Fate::Complete)
+            .transact(
+                &PlainBatch::new(GATEWAY.sensor, readings.clone()),
+                Fate::Complete,
+            )
             .await
             .expect("transaction");
         assert!(matches!(outcome, Outcome::Committed), "{outcome:?}");
@@ -107,6 +110,7 @@ async fn a_restarted_cloud_resumes_from_its_checkpoint_and_sealed_windows() {
     };
     let revealed = cluster
         .collector()
+        .unwrap()
         .collect_when_ready(&query, Duration::from_secs(60))
         .await
         .unwrap();

@@ -90,7 +90,7 @@ async fn cloud_ranges_equal_plaintext_window_sums() {
         (start + 1800, start + 1860),
         (start + 3600, start + 3 * 3600),
     ];
-    let collector = Arc::new(cluster.collector());
+    let collector = Arc::new(cluster.collector().unwrap());
     let runtime = tokio::runtime::Handle::current();
     let mut memory = MemorySource::new(windows_from_readings(&readings)).unwrap();
     let (sums, hists) = tokio::task::spawn_blocking(move || {
@@ -121,7 +121,7 @@ async fn cloud_ranges_equal_plaintext_window_sums() {
     }
     // More ranges than a cloud takes in one request: refused as too large, asked again in
     // halves, answered exactly as one by one.
-    let collector = cluster.collector();
+    let collector = cluster.collector().unwrap();
     let many: Vec<RangeSpec> = (0..1500)
         .map(|i| {
             let (from, to) = ranges[i % ranges.len()];

@@ -41,7 +41,10 @@ fn connected_sockets() -> Vec<(SocketAddr, SocketAddr, bool)> {
 async fn server_and_client_connections_run_without_nagle() {
     let identity = NodeIdentity::generate(&default_names()).unwrap();
     let router = axum::Router::new().route("/v1/health", axum::routing::get(|| async { "ok" }));
-    let server = serve(router, "127.0.0.1:0".parse().unwrap(), &identity)
+    let roots = std::sync::Arc::new(
+        mcloud_core::auth::peer::PartyRoots::new(std::slice::from_ref(&identity.ca_pem)).unwrap(),
+    );
+    let server = serve(router, "127.0.0.1:0".parse().unwrap(), &identity, roots)
         .await
         .unwrap();
     let http = client(std::slice::from_ref(&identity.ca_pem)).unwrap();
