@@ -40,10 +40,10 @@ fn readings(minutes: u64) -> Vec<Reading> {
     .collect()
 }
 
-/// A client and the gateway sensor's session for party 0 (cloud 0 and catalog voter 0).
+/// A client and the gateway sensor's session for every node (each node's party's).
 struct Sensor {
     http: reqwest::Client,
-    session: String,
+    sessions: Vec<(String, String)>,
 }
 
 async fn sensor(cluster: &LocalCluster) -> Sensor {
@@ -52,18 +52,34 @@ async fn sensor(cluster: &LocalCluster) -> Sensor {
         cluster.http(),
         cluster.cloud_urls(),
     );
+    let mut by_node = Vec::new();
+    let clouds = cluster.cloud_urls().into_iter().enumerate();
+    let voters = cluster
+        .catalog_urls()
+        .into_iter()
+        .zip(cluster.catalog_parties())
+        .map(|(url, party)| (party as usize, url));
+    for (party, url) in clouds.chain(voters.map(|(p, u)| (p, u))) {
+        by_node.push((url, sessions.header(party as u16).await.unwrap()));
+    }
     Sensor {
         http: cluster.http(),
-        session: sessions.header(0).await.unwrap(),
+        sessions: by_node,
     }
 }
 
 /// POSTs raw bytes as the sensor; returns status and body text.
 async fn post_raw(sensor: &Sensor, url: &str, body: Vec<u8>) -> (u16, String) {
+    let session = sensor
+        .sessions
+        .iter()
+        .find(|(node, _)| url.starts_with(node.as_str()))
+        .map(|(_, session)| session.clone())
+        .unwrap_or_default();
     let r = sensor
         .http
         .post(url)
-        .header("authorization", &sensor.session)
+        .header("authorization", session)
         .body(body)
         .send()
         .await
