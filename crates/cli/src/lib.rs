@@ -1,6 +1,7 @@
 //! The `mcloud` command: every role of the system in one binary.
 
 pub mod analytics;
+pub mod authority;
 pub mod bench;
 pub mod bench_debs;
 pub mod bench_elastic;

@@ -1,6 +1,6 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use mcloud::{analytics, bench, catalog_admin, demo, node, query, sensor};
+use mcloud::{analytics, authority, bench, catalog_admin, demo, node, query, sensor};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,6 +22,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Create a deployment's trust roots and enrol its nodes, sensors and apps.
+    Authority(authority::AuthorityArgs),
     /// Change or show the replicated catalog's membership at run time.
     Catalog(catalog_admin::CatalogArgs),
     /// Upload a CSV or synthetic stream to a running deployment.
@@ -62,6 +64,7 @@ async fn main() -> Result<ExitCode> {
     let ok = match Cli::parse().command {
         Command::Demo(args) => demo::run(args).await?,
         Command::Node { config } => node::run(&config).await.map(|_| true)?,
+        Command::Authority(args) => authority::run(args).map(|_| true)?,
         Command::Catalog(args) => catalog_admin::run(args).await.map(|_| true)?,
         Command::Sensor(args) => sensor::run(args).await?,
         Command::Query(args) => query::run(args).await.map(|_| true)?,

@@ -101,12 +101,19 @@ impl ProcessCluster {
             catalog_ports,
             cloud_ports,
         };
+        // Every member's credentials, from an authority made for this deployment.
+        crate::authority::write_local(
+            &cluster.spec.dir.join("trust"),
+            cluster.spec.parties as u16,
+            cluster.catalog_ports.len() as u16,
+        )?;
         let mut peers = String::new();
         for i in 0..cluster.spec.voters {
             peers += &format!(
-                "[[catalog.peers]]\nid = {}\nurl = \"{}\"\nca = \"catalog{i}/tls/ca.pem\"\n",
+                "[[catalog.peers]]\nid = {}\nurl = \"{}\"\nca = \"{}\"\n",
                 i + 1,
-                cluster.catalog_url(i)
+                cluster.catalog_url(i),
+                cluster.party_ca_of_voter(i)
             );
         }
         for i in 0..cluster.catalog_ports.len() {
@@ -114,16 +121,17 @@ impl ProcessCluster {
             // A joining node names only itself: it learns its peers from the leader.
             let peers = if join {
                 format!(
-                    "[[catalog.peers]]\nid = {}\nurl = \"{}\"\nca = \"catalog{i}/tls/ca.pem\"\n",
+                    "[[catalog.peers]]\nid = {}\nurl = \"{}\"\nca = \"{}\"\n",
                     i + 1,
-                    cluster.catalog_url(i)
+                    cluster.catalog_url(i),
+                    cluster.party_ca_of_voter(i)
                 )
             } else {
                 peers.clone()
             };
             let text = format!(
                 "data_dir = \"catalog{i}\"\n[catalog]\nlisten = \"127.0.0.1:{}\"\nnode_id = {}\n\
-                 partitions = {}\njoin = {join}\n{peers}",
+                 credentials = \"trust/voter{i}\"\npartitions = {}\njoin = {join}\n{peers}",
                 cluster.catalog_ports[i],
                 i + 1,
                 cluster.spec.partitions,
@@ -138,6 +146,7 @@ impl ProcessCluster {
                 .collect();
             let text = format!(
                 "data_dir = \"cloud{party}\"\n[cloud]\nlisten = \"127.0.0.1:{}\"\nparty = {party}\n\
+                 credentials = \"trust/cloud{party}\"\n\
                  parties = {}\nwindow_secs = {}\ngrace_secs = {}\ncatalog = {}\ncatalog_nodes = [{}]\n",
                 cluster.cloud_ports[party],
                 cluster.spec.parties,
@@ -152,13 +161,14 @@ impl ProcessCluster {
             .map(|v| cluster.catalog_endpoint(v))
             .collect();
         let mut text = format!(
-            "catalog = {}\ncatalog_nodes = [{}]\n",
+            "catalog = {}\ncatalog_nodes = [{}]\n\n[credentials]\nsensor = \"trust/sensor.toml\"\n\
+             app = \"trust/collector.token\"\nadmin = \"trust/admin\"\n\n",
             cluster.catalog_endpoint(0),
             others.join(", ")
         );
         for party in 0..cluster.spec.parties {
             text += &format!(
-                "[[clouds]]\nurl = \"https://127.0.0.1:{}\"\nca = \"cloud{party}/tls/ca.pem\"\n",
+                "[[clouds]]\nurl = \"https://127.0.0.1:{}\"\nca = \"trust/party{party}.pem\"\n",
                 cluster.cloud_ports[party]
             );
         }
@@ -173,9 +183,16 @@ impl ProcessCluster {
 
     fn catalog_endpoint(&self, i: usize) -> String {
         format!(
-            "{{ url = \"{}\", ca = \"catalog{i}/tls/ca.pem\" }}",
-            self.catalog_url(i)
+            "{{ url = \"{}\", ca = \"{}\" }}",
+            self.catalog_url(i),
+            self.party_ca_of_voter(i)
         )
+    }
+
+    /// The CA of catalog node `i`'s party, relative to the deployment's directory.
+    fn party_ca_of_voter(&self, i: usize) -> String {
+        let party = crate::authority::voter_party(i as u16, self.spec.parties as u16);
+        format!("trust/party{party}.pem")
     }
 
     pub fn dir(&self) -> &Path {
@@ -199,9 +216,9 @@ impl ProcessCluster {
         format!("https://127.0.0.1:{}", self.catalog_ports[i])
     }
 
-    /// The CA certificate a catalog node creates on its first start.
+    /// The CA of catalog node `i`'s party, which its peers pin.
     pub fn catalog_ca(&self, i: usize) -> PathBuf {
-        self.spec.dir.join(format!("catalog{i}/tls/ca.pem"))
+        self.spec.dir.join(self.party_ca_of_voter(i))
     }
 
     pub fn cloud_url(&self, party: usize) -> String {
@@ -303,18 +320,11 @@ impl ProcessCluster {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// A client pinning every CA created so far.
+    /// A client pinning every party's CA, showing no credential (status pages).
     pub fn http(&self) -> Result<reqwest::Client> {
-        let mut pems = Vec::new();
-        let roles = (0..self.catalog_nodes())
-            .map(Role::Catalog)
-            .chain((0..self.spec.parties).map(Role::Cloud));
-        for role in roles {
-            let path = self.spec.dir.join(format!("{}/tls/ca.pem", role.name()));
-            if let Ok(pem) = mcloud_core::tls::read_ca(&path) {
-                pems.push(pem);
-            }
-        }
+        let pems = (0..self.spec.parties)
+            .map(|p| mcloud_core::tls::read_ca(&self.spec.dir.join(format!("trust/party{p}.pem"))))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(mcloud_core::tls::client(&pems)?)
     }
 
