@@ -11,9 +11,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use mcloud_core::auth::app::{AppToken, Attenuation, QueryKind, TokenRoot};
 use mcloud_core::auth::authority::Authority;
+use mcloud_core::auth::now_secs;
 use mcloud_core::auth::peer::{PeerIdentity, Role};
 use mcloud_core::auth::sensor::SensorScope;
-use mcloud_core::auth::now_secs;
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::tls::default_names;
 use std::path::{Path, PathBuf};
@@ -346,7 +346,9 @@ pub fn write_local(dir: &Path, parties: u16, voters: u16) -> Result<()> {
     authority
         .sensor(crate::cluster::GATEWAY)
         .save(&dir.join("sensor.toml"))?;
-    let token = authority.tokens.issue_collector("collector", until(30.0)?)?;
+    let token = authority
+        .tokens
+        .issue_collector("collector", until(30.0)?)?;
     write_secret(&dir.join("collector.token"), &token.0)?;
     Ok(())
 }

@@ -49,7 +49,8 @@ pub struct NewMember {
     /// Where its peers reach it, `https://host:port`.
     #[arg(long)]
     pub url: String,
-    /// Its CA certificate (`<data_dir>/tls/ca.pem`), pinned by every peer from now on.
+    /// Its party's CA certificate (`mcloud authority local` writes `party<P>.pem`), pinned by
+    /// every peer from now on.
     #[arg(long)]
     pub ca: PathBuf,
     /// Only this partition (default: every partition).

@@ -33,6 +33,9 @@ pub struct ClusterOptions {
     pub catalog: CatalogSpec,
     /// The clouds' pre-aggregation workers and their manager.
     pub elastic: ElasticConfig,
+    /// Parties the authority enrols beyond those whose clouds run (parties `parties..`):
+    /// members that have not started a cloud yet.
+    pub extra_parties: u16,
 }
 
 /// The replicated catalog of a local cluster.
@@ -103,10 +106,11 @@ impl LocalCluster {
         let ClusterOptions {
             catalog: catalog_spec,
             elastic,
+            extra_parties,
         } = options;
         let names = tls::default_names();
         // The deployment's authority, in memory: every member is enrolled here at start.
-        let authority = Authority::generate(spec.parties)?;
+        let authority = Authority::generate(spec.parties + extra_parties)?;
         let mut catalog_credentials = Vec::new();
         for voter in 0..catalog_spec.voters {
             let who = PeerIdentity {
@@ -362,9 +366,18 @@ impl LocalCluster {
         &self.authority
     }
 
-    /// A catalog client with cloud `party`'s certificate: it reads flags and bucket maps.
+    /// A catalog client with cloud `party`'s certificate (any enrolled party, running or
+    /// not): it reads flags and bucket maps and writes `party`'s map.
     pub fn cloud_catalog_client(&self, party: u16) -> Result<CatalogClient> {
-        let credentials = &self.cloud_credentials[party as usize];
+        let who = PeerIdentity {
+            party,
+            role: Role::Cloud,
+            id: 0,
+        };
+        let credentials = match self.cloud_credentials.get(party as usize) {
+            Some(c) => c.clone(),
+            None => self.authority.node(who, &[])?,
+        };
         Ok(CatalogClient::with_nodes(
             credentials.identity.client(credentials.party_cas())?,
             self.catalog_urls(),
@@ -380,6 +393,21 @@ impl LocalCluster {
         );
         CatalogClient::with_nodes(self.http.clone(), self.catalog_urls())
             .with_credentials(Arc::new(sessions), self.catalog_parties())
+    }
+
+    /// The catalog as the gateway sensor sees it through voter `voter` alone.
+    pub fn voter_catalog_client(&self, voter: u16) -> CatalogClient {
+        let sessions = mcloud_client::SensorSessions::new(
+            self.sensor_credentials(GATEWAY),
+            self.http.clone(),
+            self.cloud_urls(),
+        );
+        let party = self.catalog_parties()[voter as usize];
+        CatalogClient::new(
+            self.http.clone(),
+            self.catalog_urls()[voter as usize].clone(),
+        )
+        .with_credentials(Arc::new(sessions), vec![party])
     }
 
     /// The party of each catalog voter, in voter order.

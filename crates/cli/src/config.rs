@@ -452,6 +452,7 @@ mod tests {
             r#"
 data_dir = "data"
 [cloud]
+credentials = "c"
 listen = "127.0.0.1:7100"
 party = 0
 parties = 3
@@ -584,7 +585,7 @@ provisioner = "os-process"
         let path = dir.path().join("node.toml");
         std::fs::write(
             &path,
-            "data_dir = \"d\"\n[catalog]\nlisten = \"127.0.0.1:7000\"\n[elastic]\nworkers = 2\n",
+            "data_dir = \"d\"\n[catalog]\ncredentials = \"c\"\nlisten = \"127.0.0.1:7000\"\n[elastic]\nworkers = 2\n",
         )
         .unwrap();
         let err = NodeConfig::load(&path).unwrap_err();

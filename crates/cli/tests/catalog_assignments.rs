@@ -14,6 +14,8 @@ async fn cluster(dir: &std::path::Path, catalog: CatalogSpec) -> LocalCluster {
         1,
         ClusterOptions {
             catalog,
+            // Parties P and Q are enrolled; no cloud of theirs runs.
+            extra_parties: Q,
             ..Default::default()
         },
     )
@@ -82,14 +84,23 @@ async fn stale_epochs_are_refused_and_survive_a_full_restart() {
             },
         )
         .await;
-        let client = cluster.catalog_client();
+        let client = cluster.cloud_catalog_client(P).unwrap();
+        let client_q = cluster.cloud_catalog_client(Q).unwrap();
         assert_eq!(get(&client, P).await, None);
         put(&client, P, &map(3, &[0, 1, 0, 1])).await.unwrap();
         assert_stale(put(&client, P, &map(3, &[1, 1, 1, 1])).await, 3, 3);
         assert_stale(put(&client, P, &map(2, &[1, 1, 1, 1])).await, 2, 3);
         assert_eq!(get(&client, P).await, Some(map(3, &[0, 1, 0, 1])));
         // Every party has its own register.
-        put(&client, Q, &map(1, &[7])).await.unwrap();
+        put(&client_q, Q, &map(1, &[7])).await.unwrap();
+        // ... and only its own cloud writes it.
+        assert!(matches!(
+            put(&client, Q, &map(2, &[7])).await,
+            Err(CatalogError::Call(mcloud_core::http::CallError::Rejected {
+                status: 403,
+                ..
+            }))
+        ));
         for epoch in 4..=25 {
             let owners = [epoch as u32 % 3, 1, 2, 0];
             put(&client, P, &map(epoch, &owners)).await.unwrap();
@@ -106,7 +117,13 @@ async fn stale_epochs_are_refused_and_survive_a_full_restart() {
             Err(CatalogError::BadAssignment(_))
         ));
         let url = format!("{}/v1/assignments/not-a-party", cluster.catalog_url());
-        let answer = cluster.http().get(&url).send().await.unwrap();
+        let answer = cluster
+            .admin_client(0)
+            .unwrap()
+            .get(&url)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(answer.status().as_u16(), 400);
         assert!(answer.text().await.unwrap().contains("not-a-party"));
 

@@ -3,7 +3,7 @@
 //! every call and answer is recorded and checked per flag against FALSE → exactly one of
 //! {TRUE, ERROR}, in real-time order.
 
-use mcloud::cluster::{CatalogSpec, ClusterOptions, ClusterSpec, LocalCluster};
+use mcloud::cluster::{CatalogSpec, ClusterOptions, ClusterSpec, LocalCluster, GATEWAY};
 use mcloud_catalog::{CatalogError, FlagTable};
 use mcloud_core::wire::{CreateFlag, FlagState};
 use mcloud_core::BatchId;
@@ -11,6 +11,11 @@ use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Flag `n` of the gateway sensor, whose session the cluster's catalog client shows.
+fn gw(n: u128) -> BatchId {
+    BatchId(((GATEWAY.sensor as u128) << 96) | n)
+}
 
 /// What one call says about a flag.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -131,20 +136,15 @@ async fn history_with_leader_crashes_is_linearizable() {
                 let event = match rng.gen_range(0..3) {
                     0 => {
                         let ttl_ms = rng.gen_range(100..1500);
-                        let r = flags
-                            .create(vec![CreateFlag {
-                                id: BatchId(id),
-                                ttl_ms,
-                            }])
-                            .await;
+                        let r = flags.create(vec![CreateFlag { id: gw(id), ttl_ms }]).await;
                         observe(id, "CREATE", start, r.map(|f| Some(f[0].state)))
                     }
                     1 => {
-                        let r = flags.set(vec![BatchId(id)]).await;
+                        let r = flags.set(vec![gw(id)]).await;
                         observe(id, "SET", start, r.map(|f| Some(f[0].state)))
                     }
                     _ => {
-                        let r = flags.get(vec![BatchId(id)]).await;
+                        let r = flags.get(vec![gw(id)]).await;
                         observe(id, "GET", start, r.map(|f| f[0].map(|f| f.state)))
                     }
                 };
@@ -172,7 +172,7 @@ async fn history_with_leader_crashes_is_linearizable() {
     assert!(crashes >= 2, "only {crashes} crashes");
     // Every flag ends final once its deadline passed and the sweep ran.
     let flags = cluster.catalog_client();
-    let ids: Vec<BatchId> = (0..40u128).map(BatchId).collect();
+    let ids: Vec<BatchId> = (0..40u128).map(gw).collect();
     let until = Instant::now() + Duration::from_secs(60);
     loop {
         let start = Instant::now();

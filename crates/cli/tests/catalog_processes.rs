@@ -17,18 +17,19 @@ struct Deployment {
 
 impl Deployment {
     fn write(dir: &Path) -> Deployment {
+        mcloud::authority::write_local(&dir.join("trust"), 3, 3).unwrap();
         let catalog_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let cloud_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let endpoint = |p: usize| {
             format!(
-                "{{ url = \"https://127.0.0.1:{}\", ca = \"n{p}/tls/ca.pem\" }}",
+                "{{ url = \"https://127.0.0.1:{}\", ca = \"trust/party{p}.pem\" }}",
                 catalog_ports[p]
             )
         };
         let mut peers = String::new();
         for (p, port) in catalog_ports.iter().enumerate() {
             peers += &format!(
-                "[[catalog.peers]]\nid = {}\nurl = \"https://127.0.0.1:{port}\"\nca = \"n{p}/tls/ca.pem\"\n",
+                "[[catalog.peers]]\nid = {}\nurl = \"https://127.0.0.1:{port}\"\nca = \"trust/party{p}.pem\"\n",
                 p + 1
             );
         }
@@ -36,8 +37,10 @@ impl Deployment {
             let others: Vec<String> = (0..3).filter(|p| *p != party).map(endpoint).collect();
             let text = format!(
                 "data_dir = \"n{party}\"\n\
-                 [catalog]\nlisten = \"127.0.0.1:{}\"\nnode_id = {}\n{peers}\
-                 [cloud]\nlisten = \"127.0.0.1:{}\"\nparty = {party}\nparties = 3\n\
+                 [catalog]\ncredentials = \"trust/voter{party}\"\nlisten = \"127.0.0.1:{}\"\n\
+                 node_id = {}\n{peers}\
+                 [cloud]\ncredentials = \"trust/cloud{party}\"\nlisten = \"127.0.0.1:{}\"\n\
+                 party = {party}\nparties = 3\n\
                  catalog = {}\ncatalog_nodes = [{}]\n",
                 catalog_ports[party],
                 party + 1,
@@ -48,14 +51,15 @@ impl Deployment {
             std::fs::write(dir.join(format!("node{party}.toml")), text).unwrap();
         }
         let mut text = format!(
-            "catalog = {}\ncatalog_nodes = [{}, {}]\n",
+            "catalog = {}\ncatalog_nodes = [{}, {}]\n[credentials]\nsensor = \"trust/sensor.toml\"\n\
+             app = \"trust/collector.token\"\n",
             endpoint(0),
             endpoint(1),
             endpoint(2)
         );
         for (party, port) in cloud_ports.iter().enumerate() {
             text += &format!(
-                "[[clouds]]\nurl = \"https://127.0.0.1:{port}\"\nca = \"n{party}/tls/ca.pem\"\n"
+                "[[clouds]]\nurl = \"https://127.0.0.1:{port}\"\nca = \"trust/party{party}.pem\"\n"
             );
         }
         std::fs::write(dir.join("deployment.toml"), text).unwrap();
@@ -112,7 +116,7 @@ impl Deployment {
 
     /// Catalog node `party`'s status, once it answers.
     async fn catalog_status(&self, party: usize) -> Option<serde_json::Value> {
-        let ca = std::fs::read_to_string(self.dir.join(format!("n{party}/tls/ca.pem"))).ok()?;
+        let ca = std::fs::read_to_string(self.dir.join(format!("trust/party{party}.pem"))).ok()?;
         let http = mcloud_core::tls::client(&[ca]).ok()?;
         let url = format!("https://127.0.0.1:{}/v1/status", self.catalog_ports[party]);
         http.get(url).send().await.ok()?.json().await.ok()

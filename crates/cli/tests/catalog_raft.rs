@@ -4,9 +4,14 @@
 mod common;
 
 use mcloud::cluster::{CatalogSpec, ClusterOptions, LocalCluster, GATEWAY};
-use mcloud_catalog::{CatalogClient, CatalogError, FlagTable};
+use mcloud_catalog::{CatalogError, FlagTable};
 use mcloud_core::wire::{CreateFlag, FlagState};
 use mcloud_core::BatchId;
+
+/// Flag `n` of the gateway sensor, whose session the cluster's catalog clients show.
+fn gw(n: u128) -> BatchId {
+    BatchId(((GATEWAY.sensor as u128) << 96) | n)
+}
 use std::time::{Duration, Instant};
 
 async fn cluster(dir: &std::path::Path, catalog: CatalogSpec) -> LocalCluster {
@@ -22,10 +27,7 @@ async fn cluster(dir: &std::path::Path, catalog: CatalogSpec) -> LocalCluster {
 }
 
 fn create(id: u128, ttl_ms: u64) -> Vec<CreateFlag> {
-    vec![CreateFlag {
-        id: BatchId(id),
-        ttl_ms,
-    }]
+    vec![CreateFlag { id: gw(id), ttl_ms }]
 }
 
 /// Polls `check` until it holds, failing after `secs`.
@@ -91,7 +93,7 @@ async fn restarted_voter_catches_up_from_a_snapshot() {
     for id in 0..120u128 {
         flags.create(create(id, 60_000)).await.unwrap();
         if id % 2 == 0 {
-            flags.set(vec![BatchId(id)]).await.unwrap();
+            flags.set(vec![gw(id)]).await.unwrap();
         }
     }
     restart_and_catch_up(&mut cluster, leader, follower, 60).await;
@@ -110,10 +112,7 @@ async fn restarted_voter_catches_up_from_a_snapshot() {
     // It serves reads (through the leader) and votes again: stopping the leader leaves a
     // majority that includes it.
     cluster.stop_catalog(leader).await;
-    let only_follower = CatalogClient::new(
-        cluster.http(),
-        cluster.catalog_urls()[follower as usize].clone(),
-    );
+    let only_follower = cluster.voter_catalog_client(follower);
     eventually(60, "a new leader after the old one stopped", async || {
         only_follower.create(create(1000, 60_000)).await.is_ok()
     })
@@ -137,7 +136,7 @@ async fn lost_majority_refuses_with_503_and_recovers() {
     let e = flags.create(create(2, 60_000)).await.unwrap_err();
     assert!(e.is_retryable(), "{e}");
     assert!(e.to_string().contains("no leader / no quorum"), "{e}");
-    let e = flags.set(vec![BatchId(1)]).await.unwrap_err();
+    let e = flags.set(vec![gw(1)]).await.unwrap_err();
     assert!(e.to_string().contains("503"), "{e}");
     for v in 0..3 {
         if v != survivor {
@@ -149,7 +148,7 @@ async fn lost_majority_refuses_with_503_and_recovers() {
     })
     .await;
     assert_eq!(
-        flags.set(vec![BatchId(1), BatchId(2)]).await.unwrap()[1].state,
+        flags.set(vec![gw(1), gw(2)]).await.unwrap()[1].state,
         FlagState::True
     );
     cluster.shutdown().await;
@@ -172,14 +171,8 @@ async fn partitioned_minority_never_commits() {
             .faults()
             .isolate_from([leader as u64 + 1]);
     }
-    let minority = CatalogClient::new(
-        cluster.http(),
-        cluster.catalog_urls()[leader as usize].clone(),
-    );
-    let majority = CatalogClient::new(
-        cluster.http(),
-        cluster.catalog_urls()[others[0] as usize].clone(),
-    );
+    let minority = cluster.voter_catalog_client(leader);
+    let majority = cluster.voter_catalog_client(others[0]);
     // The cut-off leader cannot commit: its write fails, and the majority never sees it.
     let e: CatalogError = minority.create(create(7, 60_000)).await.unwrap_err();
     assert!(e.is_retryable(), "{e}");
@@ -187,7 +180,7 @@ async fn partitioned_minority_never_commits() {
         majority.create(create(8, 60_000)).await.is_ok()
     })
     .await;
-    assert_eq!(majority.get(vec![BatchId(7)]).await.unwrap(), vec![None]);
+    assert_eq!(majority.get(vec![gw(7)]).await.unwrap(), vec![None]);
     leader_node.faults().heal();
     for v in &others {
         cluster.catalog_node(*v).unwrap().faults().heal();
@@ -195,12 +188,12 @@ async fn partitioned_minority_never_commits() {
     // After healing, the old leader follows the majority's log: its entry is gone everywhere.
     eventually(60, "the old leader rejoining", async || {
         minority
-            .get(vec![BatchId(8)])
+            .get(vec![gw(8)])
             .await
             .is_ok_and(|f| f[0].is_some())
     })
     .await;
-    assert_eq!(minority.get(vec![BatchId(7)]).await.unwrap(), vec![None]);
+    assert_eq!(minority.get(vec![gw(7)]).await.unwrap(), vec![None]);
     cluster.shutdown().await;
 }
 
@@ -218,7 +211,7 @@ async fn four_partitions_split_requests_and_elect_leaders() {
     let flags = cluster.catalog_client();
     let reqs: Vec<CreateFlag> = (0..400u128)
         .map(|i| CreateFlag {
-            id: BatchId(i * 1_000_003),
+            id: gw(i * 1_000_003),
             ttl_ms: 60_000,
         })
         .collect();
@@ -263,10 +256,10 @@ async fn every_voter_restarted_keeps_every_decision() {
         for id in 0..50u128 {
             flags.create(create(id, 600_000)).await.unwrap();
             if id % 2 == 0 {
-                flags.set(vec![BatchId(id)]).await.unwrap();
+                flags.set(vec![gw(id)]).await.unwrap();
             }
         }
-        let ids: Vec<BatchId> = (0..50u128).map(BatchId).collect();
+        let ids: Vec<BatchId> = (0..50u128).map(gw).collect();
         let before = flags.get(ids.clone()).await.unwrap();
         for v in 0..3 {
             cluster.stop_catalog(v).await;
@@ -295,7 +288,7 @@ async fn every_voter_restarted_keeps_every_decision() {
         })
         .await;
         // A decided flag stays decided: SET of a TRUE flag is idempotent, of an open one works.
-        let set = flags.set(vec![BatchId(0), BatchId(1)]).await.unwrap();
+        let set = flags.set(vec![gw(0), gw(1)]).await.unwrap();
         assert!(set.iter().all(|f| f.state == FlagState::True));
         cluster.shutdown().await;
     }

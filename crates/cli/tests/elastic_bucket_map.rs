@@ -65,7 +65,7 @@ async fn catalog_catches_up(catalog: &CatalogClient, pool: &Pool) -> Assignment 
 async fn catalog_holds_the_current_map_across_migrations_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster(dir.path()).await;
-    let catalog = cluster.catalog_client();
+    let catalog = cluster.cloud_catalog_client(0).unwrap();
     let pool: Arc<Pool> = cluster.cloud(0).unwrap().pool().clone();
     catalog_catches_up(&catalog, &pool).await;
 
@@ -129,7 +129,7 @@ async fn catalog_holds_the_current_map_across_migrations_and_restarts() {
 async fn no_map_is_routed_before_the_catalog_holds_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster(dir.path()).await;
-    let catalog = cluster.catalog_client();
+    let catalog = cluster.cloud_catalog_client(0).unwrap();
     let pool: Arc<Pool> = cluster.cloud(0).unwrap().pool().clone();
     let other = |pool: &Pool, b: usize| 1 - pool.map().owners[b];
     for b in 0..5 {

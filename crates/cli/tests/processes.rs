@@ -18,30 +18,37 @@ struct Deployment {
 
 impl Deployment {
     fn write(dir: &Path) -> Deployment {
+        // One voter (party 0's), three clouds.
+        mcloud::authority::write_local(&dir.join("trust"), 3, 1).unwrap();
         let d = Deployment {
             dir: dir.to_path_buf(),
             catalog_port: free_port(),
             cloud_ports: (0..3).map(|_| free_port()).collect(),
         };
         let catalog = format!(
-            "catalog = {{ url = \"https://127.0.0.1:{}\", ca = \"n0/tls/ca.pem\" }}\n",
+            "catalog = {{ url = \"https://127.0.0.1:{}\", ca = \"trust/party0.pem\" }}\n",
             d.catalog_port
         );
         for party in 0..3 {
             let mut text = format!("data_dir = \"n{party}\"\n");
             if party == 0 {
-                text += &format!("[catalog]\nlisten = \"127.0.0.1:{}\"\n", d.catalog_port);
+                text += &format!(
+                    "[catalog]\ncredentials = \"trust/voter0\"\nlisten = \"127.0.0.1:{}\"\n",
+                    d.catalog_port
+                );
             }
             text += &format!(
-                "[cloud]\nlisten = \"127.0.0.1:{}\"\nparty = {party}\nparties = 3\n{catalog}",
+                "[cloud]\ncredentials = \"trust/cloud{party}\"\nlisten = \"127.0.0.1:{}\"\n\
+                 party = {party}\nparties = 3\n{catalog}",
                 d.cloud_ports[party]
             );
             std::fs::write(dir.join(format!("node{party}.toml")), text).unwrap();
         }
         let mut text = catalog;
+        text += "[credentials]\nsensor = \"trust/sensor.toml\"\napp = \"trust/collector.token\"\n";
         for (party, port) in d.cloud_ports.iter().enumerate() {
             text += &format!(
-                "[[clouds]]\nurl = \"https://127.0.0.1:{port}\"\nca = \"n{party}/tls/ca.pem\"\n"
+                "[[clouds]]\nurl = \"https://127.0.0.1:{port}\"\nca = \"trust/party{party}.pem\"\n"
             );
         }
         std::fs::write(dir.join("deployment.toml"), text).unwrap();
@@ -93,7 +100,7 @@ impl Deployment {
 
     /// Cloud `party`'s status, once it answers.
     async fn cloud_status(&self, party: usize) -> Option<serde_json::Value> {
-        let ca = std::fs::read_to_string(self.dir.join(format!("n{party}/tls/ca.pem"))).ok()?;
+        let ca = std::fs::read_to_string(self.dir.join(format!("trust/party{party}.pem"))).ok()?;
         let http = mcloud_core::tls::client(&[ca]).ok()?;
         let url = format!("https://127.0.0.1:{}/v1/status", self.cloud_ports[party]);
         http.get(url).send().await.ok()?.json().await.ok()
