@@ -11,7 +11,7 @@ use crate::raft::{assignment_path, Assignment};
 use crate::service::{CREATE_PATH, GET_PATH, SET_PATH};
 use crate::{CatalogError, FlagTable};
 use mcloud_core::auth::CallCredentials;
-use mcloud_core::http::{send, CallError};
+use mcloud_core::http::{send, CallError, Endpoint};
 use mcloud_core::wire::{
     CreateFlag, CreateFlagsRequest, Flag, FlagIds, FlagsResponse, GetFlagsResponse,
 };
@@ -24,14 +24,18 @@ use std::time::{Duration, Instant};
 
 #[derive(Clone)]
 pub struct CatalogClient {
-    http: reqwest::Client,
+    /// One client per node, each pinning that node's party's CA.
+    clients: Arc<Vec<reqwest::Client>>,
     nodes: Arc<Vec<String>>,
     /// A sensor's sessions, and the party of each node (a session counts at one party only);
     /// peers need none: their client certificate is in `http`.
-    credentials: Option<(Arc<dyn CallCredentials>, Arc<Vec<u16>>)>,
+    credentials: Option<NodeCredentials>,
     current: Arc<AtomicUsize>,
     leaders: Arc<Leaders>,
 }
+
+/// A sensor's sessions and the party of each node, in node order.
+type NodeCredentials = (Arc<dyn CallCredentials>, Arc<Vec<u16>>);
 
 /// Which known node leads each partition, as last read from a status page.
 #[derive(Default)]
@@ -46,20 +50,16 @@ struct Leaders {
 const REFRESH_EVERY: Duration = Duration::from_millis(250);
 
 impl CatalogClient {
-    /// `base` is a catalog node's `https://host:port`.
-    pub fn new(http: reqwest::Client, base: impl Into<String>) -> CatalogClient {
-        Self::with_nodes(http, vec![base.into()])
+    /// A client of one catalog node.
+    pub fn new(node: Endpoint) -> CatalogClient {
+        Self::with_nodes(vec![node])
     }
 
-    /// A client that knows every catalog node (`https://host:port` each) and fails over
-    /// between them.
-    pub fn with_nodes(http: reqwest::Client, nodes: Vec<String>) -> CatalogClient {
-        let nodes = nodes
-            .into_iter()
-            .map(|b| b.trim_end_matches('/').to_string())
-            .collect();
+    /// A client that knows every catalog node and fails over between them.
+    pub fn with_nodes(nodes: Vec<Endpoint>) -> CatalogClient {
+        let (nodes, clients) = nodes.into_iter().map(|e| (e.url, e.http)).unzip();
         CatalogClient {
-            http,
+            clients: Arc::new(clients),
             nodes: Arc::new(nodes),
             credentials: None,
             current: Arc::new(AtomicUsize::new(0)),
@@ -85,6 +85,15 @@ impl CatalogClient {
 
     pub fn nodes(&self) -> &[String] {
         &self.nodes
+    }
+
+    /// Every node with its client.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.nodes
+            .iter()
+            .zip(self.clients.iter())
+            .map(|(url, http)| Endpoint::new(url.clone(), http.clone()))
+            .collect()
     }
 
     /// The known leader of the one partition all `ids` fall in.
@@ -116,13 +125,13 @@ impl CatalogClient {
         url: &str,
         body: Option<&[u8]>,
     ) -> Result<R, CallError> {
+        let http = &self.clients[node];
         let mut request = match body {
-            Some(b) => self
-                .http
+            Some(b) => http
                 .post(url)
                 .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                 .body(b.to_vec()),
-            None => self.http.get(url),
+            None => http.get(url),
         };
         if let Some((credentials, parties)) = &self.credentials {
             let party = parties.get(node).copied().unwrap_or_default();
@@ -165,8 +174,10 @@ impl CatalogClient {
 
     async fn read_leaders(&self) -> Option<Vec<Option<usize>>> {
         let url = format!("{}/v1/status", self.base());
+        let i = self.current.load(Ordering::Relaxed) % self.nodes.len().max(1);
         let status: serde_json::Value = self
-            .http
+            .clients
+            .get(i)?
             .get(url)
             .timeout(Duration::from_secs(2))
             .send()

@@ -34,10 +34,7 @@ pub struct AnalyticsArgs {
 
 pub async fn run_command(args: AnalyticsArgs) -> Result<()> {
     let deployment = Deployment::load(&args.deployment)?;
-    let collector = Arc::new(Collector::new(
-        deployment.app_client()?,
-        deployment.cloud_urls(),
-    ));
+    let collector = Arc::new(Collector::new(deployment.app_cloud_endpoints()?));
     let runtime = tokio::runtime::Handle::current();
     let options = RunOptions {
         q1: args.query.q1(),

@@ -99,9 +99,9 @@ pub async fn run(args: CatalogArgs) -> Result<()> {
     // through nodes the deployment already knows.
     let targets: Vec<u32> = only.map(|p| vec![p]).unwrap_or((0..partitions).collect());
     // Membership changes need an administrator's certificate; status does not.
-    let admin = deployment.admin_client()?;
+    let admin = deployment.admin_catalog_endpoints()?;
     for p in targets {
-        apply(&admin, &nodes, p, &change).await?;
+        apply(&admin, p, &change).await?;
         eprintln!("partition {p}: {}", describe(&change));
     }
     Ok(())
@@ -131,8 +131,7 @@ const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Sends the change to the first catalog node that can act on it (it forwards to the leader),
 /// going round the nodes until one does or `PATIENCE` runs out.
 async fn apply(
-    http: &reqwest::Client,
-    nodes: &[String],
+    nodes: &[mcloud_core::http::Endpoint],
     partition: u32,
     change: &MembershipChange,
 ) -> Result<()> {
@@ -140,8 +139,8 @@ async fn apply(
     let mut last = None;
     loop {
         for node in nodes {
-            let url = format!("{node}{}", membership_path(partition));
-            match post::<_, Result<(), WireError>>(http, &url, change).await {
+            let url = format!("{}{}", node.url, membership_path(partition));
+            match post::<_, Result<(), WireError>>(&node.http, &url, change).await {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) => match CatalogError::from(e) {
                     // An earlier attempt that answered unclearly (the leader removing itself

@@ -1,7 +1,7 @@
 //! `mcloud bench --catalog`: flag transitions per second and commit latency of a 3-voter
 //! catalog on loopback, for one partition and for four, in the same run.
 
-use crate::cluster::{CatalogSpec, ClusterOptions, ClusterSpec, LocalCluster};
+use crate::cluster::{CatalogSpec, ClusterOptions, ClusterSpec, LocalCluster, GATEWAY};
 use anyhow::{bail, Result};
 use clap::Args;
 use mcloud_catalog::raft::placement::partition_of;
@@ -51,7 +51,7 @@ async fn measure(partitions: u32, args: &CatalogBenchArgs) -> Result<Figures> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.catalog_clients {
-        let flags = cluster.catalog_client();
+        let flags = cluster.catalog_client()?;
         let batch = args.catalog_batch;
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -66,7 +66,9 @@ async fn measure(partitions: u32, args: &CatalogBenchArgs) -> Result<Figures> {
                 let mut ids: Vec<BatchId> = Vec::with_capacity(batch);
                 while ids.len() < batch {
                     next += 1;
-                    let id = BatchId(next.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835));
+                    // The gateway sensor's ids: its session is the one the client shows.
+                    let mixed = next.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+                    let id = BatchId(((GATEWAY.sensor as u128) << 96) | (mixed >> 32));
                     if partition_of(id, partitions) == target {
                         ids.push(id);
                     }

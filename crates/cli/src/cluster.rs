@@ -11,8 +11,9 @@ use mcloud_core::auth::app::AppToken;
 use mcloud_core::auth::authority::{Authority, NodeCredentials, SensorCredentials};
 use mcloud_core::auth::peer::{PeerIdentity, Role};
 use mcloud_core::auth::sensor::SensorScope;
+use mcloud_core::http::Endpoint;
 use mcloud_core::server::{bind, serve, serve_on, RunningServer};
-use mcloud_core::tls;
+use mcloud_core::tls::{self, NodeIdentity};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -293,10 +294,8 @@ impl LocalCluster {
             ..CloudConfig::default()
         };
         let credentials = &self.cloud_credentials[party as usize];
-        let catalog = CatalogClient::with_nodes(
-            credentials.identity.client(credentials.party_cas())?,
-            self.catalog_urls(),
-        );
+        let catalog =
+            CatalogClient::with_nodes(self.catalog_endpoints(Some(&credentials.identity))?);
         let node = CloudNode::open(&self.cloud_dir(party), config, catalog)
             .await
             .with_context(|| format!("opening cloud {party}"))?;
@@ -379,35 +378,59 @@ impl LocalCluster {
             None => self.authority.node(who, &[])?,
         };
         Ok(CatalogClient::with_nodes(
-            credentials.identity.client(credentials.party_cas())?,
-            self.catalog_urls(),
+            self.catalog_endpoints(Some(&credentials.identity))?,
         ))
     }
 
-    /// The catalog as the gateway sensor sees it (its sessions, its own flags).
-    pub fn catalog_client(&self) -> CatalogClient {
-        let sessions = mcloud_client::SensorSessions::new(
+    /// A client that trusts only `party`'s CA and presents `identity`, if any.
+    fn pinned(&self, party: u16, identity: Option<&NodeIdentity>) -> Result<reqwest::Client> {
+        let ca = [self.authority.parties[party as usize].ca.ca_pem()];
+        Ok(match identity {
+            Some(i) => i.client(&ca)?,
+            None => tls::client(&ca)?,
+        })
+    }
+
+    /// The catalog voters, each behind a client pinned to its party's CA.
+    fn catalog_endpoints(&self, identity: Option<&NodeIdentity>) -> Result<Vec<Endpoint>> {
+        self.catalog_urls()
+            .into_iter()
+            .zip(self.catalog_parties())
+            .map(|(url, party)| Ok(Endpoint::new(url, self.pinned(party, identity)?)))
+            .collect()
+    }
+
+    /// The clouds in party order, each behind a client pinned to its party's CA.
+    pub fn cloud_endpoints(&self) -> Result<Vec<Endpoint>> {
+        (0..self.spec.parties)
+            .map(|p| {
+                Ok(Endpoint::new(
+                    self.cloud_urls()[p as usize].clone(),
+                    self.pinned(p, None)?,
+                ))
+            })
+            .collect()
+    }
+
+    fn gateway_sessions(&self) -> Result<Arc<mcloud_client::SensorSessions>> {
+        Ok(Arc::new(mcloud_client::SensorSessions::new(
             self.sensor_credentials(GATEWAY),
-            self.http.clone(),
-            self.cloud_urls(),
-        );
-        CatalogClient::with_nodes(self.http.clone(), self.catalog_urls())
-            .with_credentials(Arc::new(sessions), self.catalog_parties())
+            self.cloud_endpoints()?,
+        )))
+    }
+
+    /// The catalog as the gateway sensor sees it (its sessions, its own flags).
+    pub fn catalog_client(&self) -> Result<CatalogClient> {
+        Ok(CatalogClient::with_nodes(self.catalog_endpoints(None)?)
+            .with_credentials(self.gateway_sessions()?, self.catalog_parties()))
     }
 
     /// The catalog as the gateway sensor sees it through voter `voter` alone.
-    pub fn voter_catalog_client(&self, voter: u16) -> CatalogClient {
-        let sessions = mcloud_client::SensorSessions::new(
-            self.sensor_credentials(GATEWAY),
-            self.http.clone(),
-            self.cloud_urls(),
-        );
+    pub fn voter_catalog_client(&self, voter: u16) -> Result<CatalogClient> {
+        let mut endpoints = self.catalog_endpoints(None)?;
         let party = self.catalog_parties()[voter as usize];
-        CatalogClient::new(
-            self.http.clone(),
-            self.catalog_urls()[voter as usize].clone(),
-        )
-        .with_credentials(Arc::new(sessions), vec![party])
+        Ok(CatalogClient::new(endpoints.swap_remove(voter as usize))
+            .with_credentials(self.gateway_sessions()?, vec![party]))
     }
 
     /// The party of each catalog voter, in voter order.
@@ -424,19 +447,18 @@ impl LocalCluster {
     }
 
     /// The gateway sensor's uploader.
-    pub fn uploader(&self, ttl: Duration) -> Uploader {
+    pub fn uploader(&self, ttl: Duration) -> Result<Uploader> {
         self.uploader_for(GATEWAY, ttl)
     }
 
-    pub fn uploader_for(&self, scope: SensorScope, ttl: Duration) -> Uploader {
-        Uploader::new(
-            self.http.clone(),
-            self.cloud_urls(),
-            CatalogClient::with_nodes(self.http.clone(), self.catalog_urls()),
+    pub fn uploader_for(&self, scope: SensorScope, ttl: Duration) -> Result<Uploader> {
+        Ok(Uploader::new(
+            self.cloud_endpoints()?,
+            CatalogClient::with_nodes(self.catalog_endpoints(None)?),
             self.catalog_parties(),
             self.sensor_credentials(scope),
             ttl,
-        )
+        ))
     }
 
     /// The collector's token: every house, every query kind, for a day.
@@ -452,11 +474,19 @@ impl LocalCluster {
         Ok(tls::app_client(&self.authority.party_cas(), &token.0)?)
     }
 
+    /// The collector, with its token, each cloud pinned to its party's CA.
     pub fn collector(&self) -> Result<Collector> {
-        Ok(Collector::new(
-            self.app_client(&self.app_token()?)?,
-            self.cloud_urls(),
-        ))
+        let token = self.app_token()?;
+        let clouds = (0..self.spec.parties)
+            .map(|p| {
+                let ca = self.authority.parties[p as usize].ca.ca_pem();
+                Ok(Endpoint::new(
+                    self.cloud_urls()[p as usize].clone(),
+                    tls::app_client(&[ca], &token.0)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Collector::new(clouds))
     }
 
     /// A client with party `party`'s administrator certificate (catalog membership).

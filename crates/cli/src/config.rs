@@ -215,12 +215,27 @@ impl ElasticSection {
     }
 }
 
-/// A peer: its URL and the CA certificate pinned for it.
+/// A peer: its URL and its party's CA certificate, pinned for it.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub url: String,
     pub ca: PathBuf,
+}
+
+impl Endpoint {
+    /// The endpoint behind a client that trusts only its CA and presents `identity`, if any.
+    pub fn endpoint(
+        &self,
+        identity: Option<&mcloud_core::tls::NodeIdentity>,
+    ) -> Result<mcloud_core::http::Endpoint> {
+        let ca = [wait_for_ca(&self.ca)?];
+        let http = match identity {
+            Some(i) => i.client(&ca)?,
+            None => mcloud_core::tls::client(&ca)?,
+        };
+        Ok(mcloud_core::http::Endpoint::new(self.url.clone(), http))
+    }
 }
 
 /// Where a deployment's catalog and clouds are, for sensors and the collector.
@@ -386,23 +401,46 @@ impl Deployment {
         Ok(mcloud_core::auth::authority::SensorCredentials::load(path)?)
     }
 
-    /// A client that shows the app token named under `[credentials]` to the clouds.
-    pub fn app_client(&self) -> Result<reqwest::Client> {
+    /// The clouds, each behind a client that pins its party's CA and shows the app token
+    /// named under `[credentials]`.
+    pub fn app_cloud_endpoints(&self) -> Result<Vec<mcloud_core::http::Endpoint>> {
         let path = self.credentials.app.as_ref().context(
             "the deployment names no app token: add `app = \"FILE\"` under [credentials]",
         )?;
         let token =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(mcloud_core::tls::app_client(&self.pinned()?, token.trim())?)
+        self.clouds
+            .iter()
+            .map(|e| {
+                let http = mcloud_core::tls::app_client(&[wait_for_ca(&e.ca)?], token.trim())?;
+                Ok(mcloud_core::http::Endpoint::new(e.url.clone(), http))
+            })
+            .collect()
     }
 
-    /// A client with the administrator's certificate named under `[credentials]`.
-    pub fn admin_client(&self) -> Result<reqwest::Client> {
+    /// The clouds, each behind a client that pins its party's CA (a sensor adds its session).
+    pub fn cloud_endpoints(&self) -> Result<Vec<mcloud_core::http::Endpoint>> {
+        self.clouds.iter().map(|e| e.endpoint(None)).collect()
+    }
+
+    /// The catalog nodes (the primary first), each behind a client that pins its party's CA.
+    pub fn catalog_endpoints(&self) -> Result<Vec<mcloud_core::http::Endpoint>> {
+        self.catalog_list().map(|e| e.endpoint(None)).collect()
+    }
+
+    /// The catalog nodes with the administrator's certificate named under `[credentials]`.
+    pub fn admin_catalog_endpoints(&self) -> Result<Vec<mcloud_core::http::Endpoint>> {
         let dir = self.credentials.admin.as_ref().context(
             "the deployment names no administrator: add `admin = \"DIR\"` under [credentials]",
         )?;
         let identity = mcloud_core::tls::NodeIdentity::load(dir)?;
-        Ok(identity.client(&self.pinned()?)?)
+        self.catalog_list()
+            .map(|e| e.endpoint(Some(&identity)))
+            .collect()
+    }
+
+    fn catalog_list(&self) -> impl Iterator<Item = &Endpoint> {
+        std::iter::once(&self.catalog).chain(&self.catalog_nodes)
     }
 
     fn pinned(&self) -> Result<Vec<String>> {

@@ -123,7 +123,7 @@ pub async fn run_pipeline(
 
 /// A sensor uploading to `cluster`, with its outbox in the cluster's directory.
 pub fn cluster_sensor(cluster: &LocalCluster, pipeline: &PipelineArgs) -> Result<Sensor> {
-    let uploader = cluster.uploader(Duration::from_millis(pipeline.ttl_ms));
+    let uploader = cluster.uploader(Duration::from_millis(pipeline.ttl_ms))?;
     let outbox = Outbox::open(&cluster.dir().join("sensor/outbox.redb"))?;
     Ok(Sensor::new(
         uploader,
@@ -184,7 +184,7 @@ pub async fn finish_pipeline(
 ) -> Result<PipelineRun> {
     let end = readings.iter().map(|r| r.ts).max().unwrap_or(0);
     cluster
-        .uploader(Duration::from_millis(pipeline.ttl_ms))
+        .uploader(Duration::from_millis(pipeline.ttl_ms))?
         .advance_watermark(end, true)
         .await?;
     let wait = Duration::from_millis(pipeline.ttl_ms) + Duration::from_secs(30);

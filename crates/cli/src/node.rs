@@ -71,17 +71,14 @@ pub async fn run(config_path: &Path) -> Result<()> {
         catalog_node = Some(node);
     }
     if let Some(cloud) = &config.cloud {
-        let mut pems = vec![wait_for_ca(&cloud.catalog.ca)?];
-        for e in &cloud.catalog_nodes {
-            pems.push(wait_for_ca(&e.ca)?);
-        }
         let credentials = NodeCredentials::load(&cloud.credentials)
             .with_context(|| format!("cloud credentials {}", cloud.credentials.display()))?;
-        let http = credentials.identity.client(&pems)?;
-        let catalog_urls = std::iter::once(&cloud.catalog)
+        // Each catalog node behind a client that pins its party's CA and shows this cloud's
+        // certificate.
+        let catalog_nodes = std::iter::once(&cloud.catalog)
             .chain(&cloud.catalog_nodes)
-            .map(|e| e.url.clone())
-            .collect();
+            .map(|e| e.endpoint(Some(&credentials.identity)))
+            .collect::<Result<Vec<_>>>()?;
         let section = config.elastic.unwrap_or_default();
         let program = if section.provisioner == ProvisionerKind::OsProcess {
             Some(std::env::current_exe().context("locating the mcloud executable for workers")?)
@@ -99,7 +96,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 elastic,
                 ..CloudConfig::default()
             },
-            CatalogClient::with_nodes(http, catalog_urls),
+            CatalogClient::with_nodes(catalog_nodes),
         )
         .await
         .context("opening the cloud role")?;

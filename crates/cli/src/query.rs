@@ -35,7 +35,7 @@ pub struct QueryArgs {
 
 pub async fn run(args: QueryArgs) -> Result<()> {
     let deployment = Deployment::load(&args.deployment)?;
-    let collector = Collector::new(deployment.app_client()?, deployment.cloud_urls());
+    let collector = Collector::new(deployment.app_cloud_endpoints()?);
     let query = Query {
         from: args.from,
         to: args.to,

@@ -47,11 +47,9 @@ pub struct SensorArgs {
 pub async fn run(args: SensorArgs) -> Result<bool> {
     crate::input::check_speedup(args.speedup)?;
     let deployment = Deployment::load(&args.deployment)?;
-    let http = deployment.client()?;
     let uploader = Uploader::new(
-        http.clone(),
-        deployment.cloud_urls(),
-        CatalogClient::with_nodes(http, deployment.catalog_urls()),
+        deployment.cloud_endpoints()?,
+        CatalogClient::with_nodes(deployment.catalog_endpoints()?),
         deployment.catalog_parties()?,
         deployment.sensor_credentials()?,
         Duration::from_millis(args.ttl_ms),

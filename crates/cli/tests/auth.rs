@@ -86,8 +86,7 @@ async fn outsiders_and_overreaching_members_are_refused() {
     // A sensor session of another party, and a forged one.
     let sessions = mcloud_client::SensorSessions::new(
         cluster.sensor_credentials(GATEWAY),
-        anonymous.clone(),
-        cluster.cloud_urls(),
+        cluster.cloud_endpoints().unwrap(),
     );
     let party1 = sessions.header(1).await.unwrap();
     let answer = anonymous
@@ -115,7 +114,9 @@ async fn outsiders_and_overreaching_members_are_refused() {
         house: Some(3),
         plugs: None,
     };
-    let uploader = cluster.uploader_for(house3.clone(), Duration::from_secs(5));
+    let uploader = cluster
+        .uploader_for(house3.clone(), Duration::from_secs(5))
+        .unwrap();
     let other_house = mcloud_core::Reading {
         id: 1,
         ts: 1_377_986_401,
@@ -139,8 +140,7 @@ async fn outsiders_and_overreaching_members_are_refused() {
         "{outcome:?}"
     );
     let own = cluster.sensor_credentials(house3);
-    let own_sessions =
-        mcloud_client::SensorSessions::new(own, anonymous.clone(), cluster.cloud_urls());
+    let own_sessions = mcloud_client::SensorSessions::new(own, cluster.cloud_endpoints().unwrap());
     let header = own_sessions.header(0).await.unwrap();
     let someone_elses = mcloud_core::wire::FlagIds {
         ids: vec![mcloud_core::BatchId::of_sensor(1)],
@@ -226,5 +226,56 @@ async fn outsiders_and_overreaching_members_are_refused() {
         answer.is_err() || answer.is_ok_and(|a| a.status().as_u16() == 401),
         "a stranger's certificate was accepted"
     );
+    cluster.shutdown().await;
+}
+
+/// Party 1 runs a server with a certificate from its own CA on the address a sensor knows as
+/// cloud 0: the sensor, which pins party 0's CA for cloud 0, never sends it a byte of data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_party_can_pose_as_another_partys_cloud() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(ClusterSpec {
+        parties: 3,
+        window_secs: 60,
+        grace_secs: 60,
+        dir: dir.path().to_path_buf(),
+    })
+    .await
+    .unwrap();
+    let impostor = cluster
+        .authority()
+        .node(
+            PeerIdentity {
+                party: 1,
+                role: Role::Cloud,
+                id: 0,
+            },
+            &mcloud_core::tls::default_names(),
+        )
+        .unwrap();
+    let router = axum::Router::new().route(
+        "/v1/session/challenge",
+        axum::routing::post(|| async { "a challenge of party 1's choosing" }),
+    );
+    let fake = mcloud_core::server::serve(
+        router,
+        "127.0.0.1:0".parse().unwrap(),
+        &impostor.identity,
+        impostor.roots().unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut clouds = cluster.cloud_endpoints().unwrap();
+    clouds[0].url = fake.url();
+    let sessions =
+        mcloud_client::SensorSessions::new(cluster.sensor_credentials(GATEWAY), clouds.clone());
+    let refused = sessions.header(0).await.unwrap_err();
+    assert!(
+        matches!(refused, mcloud_core::http::CallError::Transport { .. }),
+        "{refused}"
+    );
+    // The same server is trusted by a client of party 1, so the refusal is the pinning.
+    assert!(sessions.header(1).await.is_ok());
+    fake.shutdown().await;
     cluster.shutdown().await;
 }

@@ -49,8 +49,7 @@ struct Sensor {
 async fn sensor(cluster: &LocalCluster) -> Sensor {
     let sessions = mcloud_client::SensorSessions::new(
         cluster.sensor_credentials(GATEWAY),
-        cluster.http(),
-        cluster.cloud_urls(),
+        cluster.cloud_endpoints().unwrap(),
     );
     let mut by_node = Vec::new();
     let clouds = cluster.cloud_urls().into_iter().enumerate();
@@ -128,8 +127,8 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
     let http = sensor(&cluster).await;
     let clouds = cluster.cloud_urls();
     let catalog = cluster.catalog_url();
-    let uploader = cluster.uploader(Duration::from_secs(30));
-    let flags = cluster.catalog_client();
+    let uploader = cluster.uploader(Duration::from_secs(30)).unwrap();
+    let flags = cluster.catalog_client().unwrap();
     let data = readings(3);
     let (first, second) = data.split_at(data.len() / 2);
 
@@ -500,7 +499,7 @@ async fn retries_duplicates_and_replays_count_once() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path()).await;
     let http = sensor(&cluster).await;
-    let uploader = cluster.uploader(Duration::from_secs(30));
+    let uploader = cluster.uploader(Duration::from_secs(30)).unwrap();
     let data = readings(2);
     let batch = PlainBatch::new(GATEWAY.sensor, data.clone());
     // The whole transaction twice (a sensor that lost the first answers), then each step again.
@@ -516,8 +515,7 @@ async fn retries_duplicates_and_replays_count_once() {
     let bodies = uploader.encode_shares(&batch).unwrap();
     let sessions = mcloud_client::SensorSessions::new(
         cluster.sensor_credentials(GATEWAY),
-        cluster.http(),
-        cluster.cloud_urls(),
+        cluster.cloud_endpoints().unwrap(),
     );
     for (party, (cloud, body)) in cluster.cloud_urls().iter().zip(&bodies).enumerate() {
         let answer: Result<mcloud_core::wire::UploadAck, _> = sensor_post(
@@ -548,8 +546,7 @@ async fn retries_duplicates_and_replays_count_once() {
     };
     let sessions = mcloud_client::SensorSessions::new(
         cluster.sensor_credentials(GATEWAY),
-        cluster.http(),
-        cluster.cloud_urls(),
+        cluster.cloud_endpoints().unwrap(),
     );
     let http = cluster.http();
     for (party, (cloud, body)) in cluster

@@ -126,7 +126,7 @@ async fn history_with_leader_crashes_is_linearizable() {
     let run_until = Instant::now() + Duration::from_secs(12);
     let mut clients = Vec::new();
     for c in 0..4u64 {
-        let flags = cluster.catalog_client();
+        let flags = cluster.catalog_client().unwrap();
         let history = history.clone();
         clients.push(tokio::spawn(async move {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(c);
@@ -171,7 +171,7 @@ async fn history_with_leader_crashes_is_linearizable() {
     }
     assert!(crashes >= 2, "only {crashes} crashes");
     // Every flag ends final once its deadline passed and the sweep ran.
-    let flags = cluster.catalog_client();
+    let flags = cluster.catalog_client().unwrap();
     let ids: Vec<BatchId> = (0..40u128).map(gw).collect();
     let until = Instant::now() + Duration::from_secs(60);
     loop {

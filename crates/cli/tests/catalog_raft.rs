@@ -89,7 +89,7 @@ fn applied(cluster: &LocalCluster, voter: u16) -> Option<u64> {
 async fn restarted_voter_catches_up_from_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let (mut cluster, leader, follower) = with_a_follower_stopped(dir.path(), 20).await;
-    let flags = cluster.catalog_client();
+    let flags = cluster.catalog_client().unwrap();
     for id in 0..120u128 {
         flags.create(create(id, 60_000)).await.unwrap();
         if id % 2 == 0 {
@@ -112,7 +112,7 @@ async fn restarted_voter_catches_up_from_a_snapshot() {
     // It serves reads (through the leader) and votes again: stopping the leader leaves a
     // majority that includes it.
     cluster.stop_catalog(leader).await;
-    let only_follower = cluster.voter_catalog_client(follower);
+    let only_follower = cluster.voter_catalog_client(follower).unwrap();
     eventually(60, "a new leader after the old one stopped", async || {
         only_follower.create(create(1000, 60_000)).await.is_ok()
     })
@@ -124,7 +124,7 @@ async fn restarted_voter_catches_up_from_a_snapshot() {
 async fn lost_majority_refuses_with_503_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster(dir.path(), CatalogSpec::default()).await;
-    let flags = cluster.catalog_client();
+    let flags = cluster.catalog_client().unwrap();
     flags.create(create(1, 60_000)).await.unwrap();
     let leader = cluster.catalog_leader(0).unwrap();
     let survivor = (leader + 1) % 3;
@@ -171,8 +171,8 @@ async fn partitioned_minority_never_commits() {
             .faults()
             .isolate_from([leader as u64 + 1]);
     }
-    let minority = cluster.voter_catalog_client(leader);
-    let majority = cluster.voter_catalog_client(others[0]);
+    let minority = cluster.voter_catalog_client(leader).unwrap();
+    let majority = cluster.voter_catalog_client(others[0]).unwrap();
     // The cut-off leader cannot commit: its write fails, and the majority never sees it.
     let e: CatalogError = minority.create(create(7, 60_000)).await.unwrap_err();
     assert!(e.is_retryable(), "{e}");
@@ -208,7 +208,7 @@ async fn four_partitions_split_requests_and_elect_leaders() {
         },
     )
     .await;
-    let flags = cluster.catalog_client();
+    let flags = cluster.catalog_client().unwrap();
     let reqs: Vec<CreateFlag> = (0..400u128)
         .map(|i| CreateFlag {
             id: gw(i * 1_000_003),
@@ -252,7 +252,7 @@ async fn every_voter_restarted_keeps_every_decision() {
             },
         )
         .await;
-        let flags = cluster.catalog_client();
+        let flags = cluster.catalog_client().unwrap();
         for id in 0..50u128 {
             flags.create(create(id, 600_000)).await.unwrap();
             if id % 2 == 0 {
@@ -301,7 +301,7 @@ async fn every_voter_restarted_keeps_every_decision() {
 async fn a_lagging_voter_catches_up_from_a_snapshot_larger_than_a_request() {
     let dir = tempfile::tempdir().unwrap();
     let (mut cluster, leader, follower) = with_a_follower_stopped(dir.path(), 20).await;
-    let flags = cluster.catalog_client();
+    let flags = cluster.catalog_client().unwrap();
     let total = 400_000;
     for _ in 0..total / 10_000 {
         flags.create(random_flags(10_000)).await.unwrap();
@@ -330,7 +330,7 @@ async fn a_lagging_voter_catches_up_through_appends_larger_than_a_request() {
     let default_snapshots = CatalogSpec::default().snapshot_every;
     let (mut cluster, leader, follower) =
         with_a_follower_stopped(dir.path(), default_snapshots).await;
-    let flags = cluster.catalog_client();
+    let flags = cluster.catalog_client().unwrap();
     let per_request = mcloud_core::wire::MAX_FLAGS_PER_REQUEST;
     let requests = 6;
     for _ in 0..requests {

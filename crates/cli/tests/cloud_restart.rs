@@ -67,7 +67,7 @@ async fn a_restarted_cloud_resumes_from_its_checkpoint_and_sealed_windows() {
     let batches: Vec<Vec<Reading>> = readings.chunks(100).map(<[Reading]>::to_vec).collect();
     let (first, rest) = batches.split_at(batches.len() / 2);
     let (second, third) = rest.split_at(rest.len() / 2);
-    let uploader = cluster.uploader(Duration::from_secs(5));
+    let uploader = cluster.uploader(Duration::from_secs(5)).unwrap();
 
     upload(&uploader, first).await;
     // Closes the first windows, which the clouds then seal and store.

@@ -128,7 +128,9 @@ async fn readings_too_late_for_their_window_are_reported_not_dropped() {
     .unwrap();
     let readings = synthetic(5);
     let sensor = Sensor::new(
-        cluster.uploader(std::time::Duration::from_secs(10)),
+        cluster
+            .uploader(std::time::Duration::from_secs(10))
+            .unwrap(),
         Outbox::open(&dir.path().join("outbox.redb")).unwrap(),
         SensorConfig {
             batch_size: 100,

@@ -5,7 +5,7 @@ use futures::future::BoxFuture;
 use mcloud_core::auth::authority::SensorCredentials;
 use mcloud_core::auth::sensor::{Challenge, SensorScope, SessionRequest, SessionToken};
 use mcloud_core::auth::{now_secs, CallCredentials};
-use mcloud_core::http::{post, CallError};
+use mcloud_core::http::{post, CallError, Endpoint};
 use mcloud_core::paths::{SESSION_CHALLENGE_PATH, SESSION_PATH};
 use std::sync::Mutex;
 
@@ -15,22 +15,16 @@ const RENEW_BEFORE_SECS: u64 = 300;
 
 pub struct SensorSessions {
     credentials: SensorCredentials,
-    http: reqwest::Client,
     /// Where each party opens sessions (its cloud), in party order.
-    nodes: Vec<String>,
+    nodes: Vec<Endpoint>,
     tokens: Mutex<Vec<Option<SessionToken>>>,
 }
 
 impl SensorSessions {
-    pub fn new(
-        credentials: SensorCredentials,
-        http: reqwest::Client,
-        nodes: Vec<String>,
-    ) -> SensorSessions {
+    pub fn new(credentials: SensorCredentials, nodes: Vec<Endpoint>) -> SensorSessions {
         SensorSessions {
             tokens: Mutex::new(vec![None; nodes.len()]),
             credentials,
-            http,
             nodes,
         }
     }
@@ -61,11 +55,12 @@ impl SensorSessions {
                 message: format!("the sensor holds no key for party {party}"),
             });
         };
+        let url = &node.url;
         let challenge: Challenge =
-            post(&self.http, &format!("{node}{SESSION_CHALLENGE_PATH}"), &()).await?;
+            post(&node.http, &format!("{url}{SESSION_CHALLENGE_PATH}"), &()).await?;
         let request = SessionRequest::answer(self.scope().clone(), challenge, key);
         let token: SessionToken =
-            post(&self.http, &format!("{node}{SESSION_PATH}"), &request).await?;
+            post(&node.http, &format!("{url}{SESSION_PATH}"), &request).await?;
         let header = token.to_header();
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = tokens.get_mut(party as usize) {

@@ -7,7 +7,7 @@ use crate::SensorError;
 use futures::future::join_all;
 use mcloud_catalog::{CatalogClient, CatalogError, FlagTable};
 use mcloud_core::auth::authority::SensorCredentials;
-use mcloud_core::http::{send, CallError};
+use mcloud_core::http::{send, CallError, Endpoint};
 use mcloud_core::paths::{UPLOAD_PATH, WATERMARK_PATH};
 use mcloud_core::upload::split_batch;
 use mcloud_core::wire::{CreateFlag, FlagState, UploadAck, WatermarkRequest};
@@ -41,8 +41,8 @@ pub enum Fate {
 }
 
 pub struct Uploader {
-    http: reqwest::Client,
-    clouds: Vec<String>,
+    /// In party order, each pinning its party's CA.
+    clouds: Vec<Endpoint>,
     sessions: Arc<SensorSessions>,
     catalog: CatalogClient,
     ttl: Duration,
@@ -80,27 +80,17 @@ where
 }
 
 impl Uploader {
-    /// `clouds` are the clouds' base URLs in party order; `catalog_parties` names the party of
-    /// each of `catalog`'s nodes, whose session the sensor shows it.
+    /// `clouds` in party order; `catalog_parties` names the party of each of `catalog`'s
+    /// nodes, whose session the sensor shows it.
     pub fn new(
-        http: reqwest::Client,
-        clouds: Vec<String>,
+        clouds: Vec<Endpoint>,
         catalog: CatalogClient,
         catalog_parties: Vec<u16>,
         credentials: SensorCredentials,
         ttl: Duration,
     ) -> Uploader {
-        let clouds: Vec<String> = clouds
-            .into_iter()
-            .map(|c| c.trim_end_matches('/').to_string())
-            .collect();
-        let sessions = Arc::new(SensorSessions::new(
-            credentials,
-            http.clone(),
-            clouds.clone(),
-        ));
+        let sessions = Arc::new(SensorSessions::new(credentials, clouds.clone()));
         Uploader {
-            http,
             catalog: catalog.with_credentials(sessions.clone(), catalog_parties),
             sessions,
             clouds,
@@ -126,7 +116,7 @@ impl Uploader {
         body: Vec<u8>,
     ) -> Result<R, CallError> {
         let session = self.sessions.header(party as u16).await?;
-        let request = self
+        let request = self.clouds[party]
             .http
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
@@ -145,9 +135,9 @@ impl Uploader {
     pub async fn wait_until_reachable(&self, give_up: Duration) -> Result<(), SensorError> {
         let start = Instant::now();
         let mut backoff = BACKOFF_START;
-        let probe = |base: String| async move {
-            let url = format!("{base}/v1/health");
-            match self.http.get(&url).send().await {
+        let probe = |node: Endpoint| async move {
+            let url = format!("{}/v1/health", node.url);
+            match node.http.get(&url).send().await {
                 Ok(r) if r.status().is_success() => Ok(()),
                 Ok(r) => Err(format!("{url}: {}", r.status())),
                 Err(e) => Err(format!("{url}: {e}")),
@@ -157,7 +147,7 @@ impl Uploader {
             let clouds = join_all(self.clouds.iter().cloned().map(probe));
             // Any catalog node will do: each one routes to the leaders, and a node that is
             // gone for good must not hold the sensor up.
-            let catalog = join_all(self.catalog.nodes().iter().cloned().map(probe));
+            let catalog = join_all(self.catalog.endpoints().into_iter().map(probe));
             let (clouds, catalog) = futures::future::join(clouds, catalog).await;
             let mut failures: Vec<String> = clouds.into_iter().filter_map(Result::err).collect();
             if !catalog.iter().any(Result::is_ok) {
@@ -236,7 +226,7 @@ impl Uploader {
                 .zip(bodies)
                 .enumerate()
                 .map(|(party, (cloud, body))| {
-                    let url = format!("{cloud}{UPLOAD_PATH}");
+                    let url = format!("{}{UPLOAD_PATH}", cloud.url);
                     async move {
                         retry(upload_until, CallError::is_retryable, || {
                             self.sent_bytes
@@ -314,7 +304,7 @@ impl Uploader {
     pub async fn advance_watermark(&self, ts: u64, end_of_stream: bool) -> Result<(), CallError> {
         let body = postcard::to_stdvec(&WatermarkRequest { ts, end_of_stream })?;
         for (party, cloud) in self.clouds.iter().enumerate() {
-            let url = format!("{cloud}{WATERMARK_PATH}");
+            let url = format!("{}{WATERMARK_PATH}", cloud.url);
             let until = Instant::now() + Duration::from_secs(30);
             retry(until, CallError::is_retryable, || {
                 self.post_to::<u64>(party, &url, body.clone())
@@ -322,9 +312,5 @@ impl Uploader {
             .await?;
         }
         Ok(())
-    }
-
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
     }
 }

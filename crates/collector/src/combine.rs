@@ -82,20 +82,20 @@ impl Revealed {
 }
 
 pub struct Collector {
-    http: reqwest::Client,
+    /// One client per cloud, each pinning its party's CA and showing the app's token.
+    http: Vec<reqwest::Client>,
     clouds: Vec<String>,
     /// Bytes of RANGE answers received so far, from all clouds.
     range_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Collector {
-    pub fn new(http: reqwest::Client, clouds: Vec<String>) -> Collector {
+    /// `clouds` in party order.
+    pub fn new(clouds: Vec<mcloud_core::http::Endpoint>) -> Collector {
+        let (clouds, http) = clouds.into_iter().map(|e| (e.url, e.http)).unzip();
         Collector {
             http,
-            clouds: clouds
-                .into_iter()
-                .map(|c| c.trim_end_matches('/').to_string())
-                .collect(),
+            clouds,
             range_bytes: Default::default(),
         }
     }
@@ -105,8 +105,12 @@ impl Collector {
         self.range_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    async fn fetch<T: serde::de::DeserializeOwned>(&self, url: String) -> Result<T, CallError> {
-        mcloud_core::http::get(&self.http, &url).await
+    async fn fetch<T: serde::de::DeserializeOwned>(
+        &self,
+        party: usize,
+        url: String,
+    ) -> Result<T, CallError> {
+        mcloud_core::http::get(&self.http[party], &url).await
     }
 
     /// Asks every cloud for COMPUTE and reveals what all of them can answer.
@@ -126,7 +130,8 @@ impl Collector {
         let answers = join_all(
             urls.iter()
                 .cloned()
-                .map(|u| self.fetch::<ComputeResponse>(u)),
+                .enumerate()
+                .map(|(party, u)| self.fetch::<ComputeResponse>(party, u)),
         )
         .await;
         let mut responses = Vec::with_capacity(answers.len());
@@ -184,19 +189,18 @@ impl Collector {
 
     async fn ranges_at_once(&self, specs: &[RangeSpec]) -> Result<Vec<PlugTotals>, CollectError> {
         let body = postcard::to_stdvec(specs).map_err(CallError::from)?;
-        let calls = self.clouds.iter().map(|c| {
+        let calls = self.clouds.iter().zip(&self.http).map(|(c, http)| {
             let url = format!("{c}/v1/range");
             let body = body.clone();
             async move {
-                let answer = mcloud_core::http::post_bytes_sized::<Vec<RangeResponse>>(
-                    &self.http, &url, body,
-                )
-                .await
-                .map(|(answer, bytes)| {
-                    self.range_bytes
-                        .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
-                    answer
-                });
+                let answer =
+                    mcloud_core::http::post_bytes_sized::<Vec<RangeResponse>>(http, &url, body)
+                        .await
+                        .map(|(answer, bytes)| {
+                            self.range_bytes
+                                .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+                            answer
+                        });
                 (url, answer)
             }
         });

@@ -176,6 +176,24 @@ impl<T: Serialize> IntoResponse for Postcard<T> {
     }
 }
 
+/// A node to call: its base URL and the HTTPS client that trusts exactly its party's CA (and
+/// presents the caller's certificate or token, if any). One client per party: a client that
+/// trusted every party's CA would let any party pose as another party's node.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl Endpoint {
+    pub fn new(url: impl Into<String>, http: reqwest::Client) -> Endpoint {
+        Endpoint {
+            url: url.into().trim_end_matches('/').to_string(),
+            http,
+        }
+    }
+}
+
 /// Why a call to another mcloud role failed.
 #[derive(Debug, Error)]
 pub enum CallError {
