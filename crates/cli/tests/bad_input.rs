@@ -58,7 +58,7 @@ async fn sensor(cluster: &LocalCluster) -> Sensor {
         .into_iter()
         .zip(cluster.catalog_parties())
         .map(|(url, party)| (party as usize, url));
-    for (party, url) in clouds.chain(voters.map(|(p, u)| (p, u))) {
+    for (party, url) in clouds.chain(voters) {
         by_node.push((url, sessions.header(party as u16).await.unwrap()));
     }
     Sensor {
