@@ -307,6 +307,20 @@ impl CatalogClient {
         }
     }
 
+    /// Revokes app tokens by their revocation ids (an administrator's call).
+    pub async fn revoke(&self, ids: Vec<String>) -> Result<(), CatalogError> {
+        crate::raft::types::check_revocations(&ids)?;
+        let body = postcard::to_stdvec(&ids).map_err(CallError::from)?;
+        let leader = self.leader_of_partition(ASSIGNMENT_PARTITION);
+        self.call_leader(mcloud_core::paths::REVOCATIONS_PATH, Some(&body), leader)
+            .await
+    }
+
+    /// The revoked app tokens' ids, as the node asked has applied them.
+    pub async fn revocations(&self) -> Result<Vec<String>, CatalogError> {
+        self.call(mcloud_core::paths::REVOCATIONS_PATH, None).await
+    }
+
     /// Cloud `party`'s stored bucket → worker map, read linearizably.
     pub async fn get_assignment(&self, party: u16) -> Result<Option<Assignment>, CatalogError> {
         let leader = self.leader_of_partition(ASSIGNMENT_PARTITION);

@@ -38,6 +38,9 @@ pub enum CatalogError {
     /// A bucket → worker map request the catalog cannot take (bad party, too many buckets).
     #[error("bucket map: {0}")]
     BadAssignment(String),
+    /// Revocation ids the catalog cannot take (malformed, too many).
+    #[error("revocation: {0}")]
+    BadRevocation(String),
     #[error(transparent)]
     Call(#[from] CallError),
 }
@@ -67,7 +70,9 @@ impl From<CatalogError> for ApiError {
             CatalogError::NoChange(_) => StatusCode::CONFLICT,
             CatalogError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             CatalogError::StaleEpoch { .. } => StatusCode::CONFLICT,
-            CatalogError::BadAssignment(_) => StatusCode::BAD_REQUEST,
+            CatalogError::BadAssignment(_) | CatalogError::BadRevocation(_) => {
+                StatusCode::BAD_REQUEST
+            }
             CatalogError::Call(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             CatalogError::Call(_) => StatusCode::BAD_GATEWAY,
         };

@@ -1,6 +1,6 @@
 //! `mcloud catalog`: the replicated catalog's membership at run time — add voters and
-//! learners, remove nodes, show who leads what. Uploads go on meanwhile: Raft changes
-//! membership through its log, one step at a time.
+//! learners, remove nodes, show who leads what — and the revocation of app tokens. Uploads go
+//! on meanwhile: Raft changes membership through its log, one step at a time.
 
 use crate::config::{wait_for_ca, Deployment};
 use anyhow::{bail, Context, Result};
@@ -10,7 +10,7 @@ use mcloud_catalog::raft::types::WireError;
 use mcloud_catalog::raft::MembershipChange;
 use mcloud_catalog::{CatalogError, Peer};
 use mcloud_core::http::post;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Clone, Debug)]
 pub struct CatalogArgs {
@@ -30,6 +30,16 @@ pub enum CatalogCommand {
     AddVoter(NewMember),
     /// Make a running node a learner: it receives the log but does not vote.
     AddLearner(NewMember),
+    /// Revoke an app token (and every token narrowed from it): every cloud refuses it within
+    /// a second.
+    Revoke {
+        /// The token's file.
+        #[arg(long)]
+        token: PathBuf,
+        /// The deployment's token root (`tokens.pub` of the authority).
+        #[arg(long)]
+        root: PathBuf,
+    },
     /// Remove a voter or learner; removing the leader hands leadership to another voter.
     Remove {
         /// The node's Raft id.
@@ -60,6 +70,9 @@ pub struct NewMember {
 
 pub async fn run(args: CatalogArgs) -> Result<()> {
     let deployment = Deployment::load(&args.deployment)?;
+    if let CatalogCommand::Revoke { token, root } = &args.command {
+        return revoke(&deployment, token, root).await;
+    }
     let http = deployment.client()?;
     let nodes = deployment.catalog_urls();
     let status = statuses(&http, &nodes).await;
@@ -89,6 +102,7 @@ pub async fn run(args: CatalogArgs) -> Result<()> {
             (MembershipChange::AddLearner { id: m.id, peer }, m.partition)
         }
         CatalogCommand::Remove { id, partition } => (MembershipChange::Remove { id }, partition),
+        CatalogCommand::Revoke { .. } => unreachable!("answered above"),
     };
     if let Some(p) = only {
         if p >= partitions {
@@ -104,6 +118,23 @@ pub async fn run(args: CatalogArgs) -> Result<()> {
         apply(&admin, p, &change).await?;
         eprintln!("partition {p}: {}", describe(&change));
     }
+    Ok(())
+}
+
+/// Revokes the token's last block: the token and whatever was narrowed from it stop counting,
+/// the token it was narrowed from (if any) does not.
+async fn revoke(deployment: &Deployment, token: &Path, root: &Path) -> Result<()> {
+    use mcloud_core::auth::app::{AppToken, TokenRoot};
+    let text =
+        std::fs::read_to_string(token).with_context(|| format!("reading {}", token.display()))?;
+    let root_hex =
+        std::fs::read_to_string(root).with_context(|| format!("reading {}", root.display()))?;
+    let ids =
+        AppToken(text.trim().to_string()).revocation_ids(&TokenRoot::from_hex(root_hex.trim())?)?;
+    let last = ids.last().context("the token has no blocks")?.clone();
+    let catalog = mcloud_catalog::CatalogClient::with_nodes(deployment.admin_catalog_endpoints()?);
+    catalog.revoke(vec![last.clone()]).await?;
+    eprintln!("revoked {last}");
     Ok(())
 }
 

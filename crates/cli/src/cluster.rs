@@ -296,11 +296,13 @@ impl LocalCluster {
         let credentials = &self.cloud_credentials[party as usize];
         let catalog =
             CatalogClient::with_nodes(self.catalog_endpoints(Some(&credentials.identity))?);
-        let node = CloudNode::open(&self.cloud_dir(party), config, catalog)
+        let node = CloudNode::open(&self.cloud_dir(party), config, catalog.clone())
             .await
             .with_context(|| format!("opening cloud {party}"))?;
+        let auth = credentials.node_auth();
+        mcloud_cloud::service::watch_revocations(catalog, &auth);
         let server = serve(
-            mcloud_cloud::service::router(node.clone(), credentials.node_auth()),
+            mcloud_cloud::service::router(node.clone(), auth),
             addr,
             &credentials.identity,
             credentials.roots()?,
@@ -487,6 +489,19 @@ impl LocalCluster {
             })
             .collect::<Result<_>>()?;
         Ok(Collector::new(clouds))
+    }
+
+    /// The catalog as party `party`'s administrator sees it (membership, revocations).
+    pub fn admin_catalog_client(&self, party: u16) -> Result<CatalogClient> {
+        let who = PeerIdentity {
+            party,
+            role: Role::Admin,
+            id: 0,
+        };
+        let admin = self.authority.node(who, &[])?;
+        Ok(CatalogClient::with_nodes(
+            self.catalog_endpoints(Some(&admin.identity))?,
+        ))
     }
 
     /// A client with party `party`'s administrator certificate (catalog membership).

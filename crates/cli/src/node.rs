@@ -79,6 +79,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
             .chain(&cloud.catalog_nodes)
             .map(|e| e.endpoint(Some(&credentials.identity)))
             .collect::<Result<Vec<_>>>()?;
+        let catalog = CatalogClient::with_nodes(catalog_nodes);
         let section = config.elastic.unwrap_or_default();
         let program = if section.provisioner == ProvisionerKind::OsProcess {
             Some(std::env::current_exe().context("locating the mcloud executable for workers")?)
@@ -96,12 +97,14 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 elastic,
                 ..CloudConfig::default()
             },
-            CatalogClient::with_nodes(catalog_nodes),
+            catalog.clone(),
         )
         .await
         .context("opening the cloud role")?;
+        let auth = credentials.node_auth();
+        mcloud_cloud::service::watch_revocations(catalog, &auth);
         let server = serve(
-            mcloud_cloud::service::router(node, credentials.node_auth()),
+            mcloud_cloud::service::router(node, auth),
             cloud.listen,
             &credentials.identity,
             credentials.roots()?,

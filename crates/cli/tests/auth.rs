@@ -279,3 +279,87 @@ async fn no_party_can_pose_as_another_partys_cloud() {
     fake.shutdown().await;
     cluster.shutdown().await;
 }
+
+/// A revoked token stops counting at every cloud within moments; the token it was narrowed
+/// from still counts, and only an administrator may revoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_everywhere_and_its_parent_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(ClusterSpec {
+        parties: 3,
+        window_secs: 60,
+        grace_secs: 60,
+        dir: dir.path().to_path_buf(),
+    })
+    .await
+    .unwrap();
+    let root = cluster.authority().tokens.root();
+    let parent = cluster.app_token().unwrap();
+    let child = parent
+        .attenuate(
+            &root,
+            &Attenuation {
+                app: Some("plotter".into()),
+                ..Attenuation::default()
+            },
+        )
+        .unwrap();
+    let ask = |token: mcloud_core::auth::app::AppToken| {
+        let http = cluster.app_client(&token).unwrap();
+        let clouds = cluster.cloud_urls();
+        async move {
+            let mut answers = Vec::new();
+            for cloud in clouds {
+                let r = http
+                    .get(format!("{cloud}/v1/compute?level=house"))
+                    .send()
+                    .await
+                    .unwrap();
+                answers.push(status_and_code(r).await);
+            }
+            answers
+        }
+    };
+    assert!(ask(child.clone()).await.iter().all(|a| a.0 == 200));
+    let last = child.revocation_ids(&root).unwrap().pop().unwrap();
+
+    // A cloud's certificate may not revoke; an administrator's may.
+    let by_cloud = cluster
+        .cloud_catalog_client(0)
+        .unwrap()
+        .revoke(vec![last.clone()])
+        .await
+        .unwrap_err();
+    assert!(by_cloud.to_string().contains("wrong_role"), "{by_cloud}");
+    let malformed = cluster
+        .admin_catalog_client(0)
+        .unwrap()
+        .revoke(vec!["not hex".into()])
+        .await
+        .unwrap_err();
+    assert!(malformed.to_string().contains("hex"), "{malformed}");
+    cluster
+        .admin_catalog_client(0)
+        .unwrap()
+        .revoke(vec![last])
+        .await
+        .unwrap();
+
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answers = ask(child.clone()).await;
+        if answers
+            .iter()
+            .all(|a| *a == (401, "token_revoked".to_string()))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "still served: {answers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ask(parent).await.iter().all(|a| a.0 == 200));
+    cluster.shutdown().await;
+}

@@ -48,6 +48,37 @@ pub fn router(node: Arc<CloudNode>, auth: NodeAuth) -> Router {
         .with_state(state)
 }
 
+/// How often a cloud reads the revoked app tokens from the catalog: a revocation takes effect
+/// within this, at every cloud.
+pub const REVOCATION_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps `auth`'s revoked app tokens in step with the catalog's, until `auth` is dropped with
+/// the cloud's routes.
+pub fn watch_revocations(
+    catalog: mcloud_catalog::CatalogClient,
+    auth: &NodeAuth,
+) -> tokio::task::JoinHandle<()> {
+    let revoked = Arc::downgrade(&auth.revoked);
+    tokio::spawn(async move {
+        loop {
+            match catalog.revocations().await {
+                Ok(ids) => {
+                    let Some(revoked) = revoked.upgrade() else {
+                        return;
+                    };
+                    let mut set = revoked.write().unwrap_or_else(|p| p.into_inner());
+                    set.extend(ids);
+                }
+                Err(e) => tracing::debug!("reading revocations: {e}"),
+            }
+            if revoked.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(REVOCATION_POLL).await;
+        }
+    })
+}
+
 async fn upload(
     State(cloud): Node,
     Extension(scope): Extension<SensorScope>,

@@ -17,6 +17,9 @@ pub const CREATE_PATH: &str = "/v1/flags/create";
 pub const SET_PATH: &str = "/v1/flags/set";
 pub const GET_PATH: &str = "/v1/flags/get";
 
+/// Administrators add revoked app tokens' ids; clouds read them.
+pub const REVOCATIONS_PATH: &str = "/v1/revocations";
+
 /// Anyone.
 pub const HEALTH_PATH: &str = "/v1/health";
 pub const STATUS_PATH: &str = "/v1/status";

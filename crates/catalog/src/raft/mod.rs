@@ -224,6 +224,34 @@ async fn get_assignment(
     Ok(Postcard(node.get_assignment(party_of(&party)?).await?))
 }
 
+async fn post_revocations(
+    State(node): Node,
+    Postcard(ids): Postcard<Vec<String>>,
+) -> Result<Postcard<()>, ApiError> {
+    node.revoke(ids).await?;
+    Ok(Postcard(()))
+}
+
+async fn get_revocations(State(node): Node) -> Result<Postcard<Vec<String>>, ApiError> {
+    Ok(Postcard(node.revocations()?))
+}
+
+/// Revoked app tokens: administrators add, clouds (and administrators) read.
+pub fn revocations_router(node: Arc<CatalogNode>) -> Router {
+    let admins = Router::new()
+        .route(mcloud_core::paths::REVOCATIONS_PATH, post(post_revocations))
+        .layer(from_fn_with_state(ADMIN_ONLY, require_peer));
+    let readers = Router::new()
+        .route(
+            mcloud_core::paths::REVOCATIONS_PATH,
+            axum::routing::get(get_revocations),
+        )
+        .layer(from_fn_with_state(CLOUDS, require_peer));
+    admins.merge(readers).with_state(node)
+}
+
+const ADMIN_ONLY: &[Role] = &[Role::Admin];
+
 /// The clouds' bucket → worker maps: each cloud writes its own; clouds and administrators
 /// read them.
 pub fn assignments_router(node: Arc<CatalogNode>) -> Router {
@@ -248,5 +276,6 @@ pub fn router(node: Arc<CatalogNode>, auth: NodeAuth) -> Router {
         })
     })
     .merge(assignments_router(node.clone()))
+    .merge(revocations_router(node.clone()))
     .merge(internal_router(node))
 }

@@ -415,6 +415,31 @@ impl CatalogNode {
         }
     }
 
+    /// Revokes app tokens: every cloud refuses a token carrying one of `ids` once it has read
+    /// them (clouds poll the catalog).
+    pub async fn revoke(&self, ids: Vec<String>) -> Result<(), CatalogError> {
+        super::types::check_revocations(&ids)?;
+        match self
+            .on_leader(ASSIGNMENT_PARTITION, Forwarded::Op(Op::Revoke(ids)))
+            .await?
+        {
+            ForwardedAnswer::Flags(_) => Ok(()),
+            _ => Err(CatalogError::Storage(
+                "catalog answered a revocation with a read".into(),
+            )),
+        }
+    }
+
+    /// The revoked app tokens' ids as this node has applied them. Not linearizable: the set
+    /// only grows, and a cloud that reads it a moment late refuses the token a moment later.
+    pub fn revocations(&self) -> Result<Vec<String>, CatalogError> {
+        let p = self
+            .partitions
+            .get(ASSIGNMENT_PARTITION as usize)
+            .ok_or_else(|| CatalogError::Unavailable("no catalog partition 0".into()))?;
+        Ok(read(&p.sm).revoked.iter().cloned().collect())
+    }
+
     /// Cloud `party`'s stored bucket → worker map, read linearizably.
     pub async fn get_assignment(&self, party: u16) -> Result<Option<Assignment>, CatalogError> {
         match self

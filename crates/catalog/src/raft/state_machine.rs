@@ -4,8 +4,8 @@
 //! turns every FALSE flag past its deadline into ERROR, so every replica reaches the same table
 //! from the same log whatever its own clock says.
 //!
-//! Next to the flags, partition 0 keeps each cloud's bucket → worker map with its epoch; a map
-//! replaces the stored one only under a greater epoch.
+//! Next to the flags, partition 0 keeps each cloud's bucket → worker map with its epoch (a map
+//! replaces the stored one only under a greater epoch) and the revoked app tokens' ids.
 //!
 //! The applied table lives in memory; redb holds the last snapshot (written durably before the
 //! log may be purged up to it). After a crash the node starts from that snapshot and openraft
@@ -24,7 +24,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::{Database, TableDefinition};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -38,6 +38,8 @@ pub struct SmState {
     pub table: Table,
     /// Each cloud's bucket → worker map, by party.
     pub assignments: BTreeMap<u16, Assignment>,
+    /// Revocation ids of app tokens that no longer count.
+    pub revoked: BTreeSet<String>,
     /// The log's time: the largest proposal time applied so far.
     pub clock: u64,
     pub last_applied: Option<LogId>,
@@ -61,6 +63,15 @@ struct SnapshotData {
     clock: u64,
     flags: Vec<(u128, u8, u64)>,
     assignments: Vec<(u16, Assignment)>,
+    revoked: Vec<String>,
+}
+
+/// A snapshot written before the catalog kept revocations.
+#[derive(Deserialize)]
+struct WithoutRevocations {
+    clock: u64,
+    flags: Vec<(u128, u8, u64)>,
+    assignments: Vec<(u16, Assignment)>,
 }
 
 /// A snapshot written before the catalog kept bucket maps.
@@ -74,6 +85,7 @@ struct FlagsOnlySnapshot {
 struct Restored {
     table: Table,
     assignments: BTreeMap<u16, Assignment>,
+    revoked: BTreeSet<String>,
     clock: u64,
 }
 
@@ -114,6 +126,7 @@ impl StateMachine {
             let restored = Self::decode_state(&stored.data)?;
             state.table = restored.table;
             state.assignments = restored.assignments;
+            state.revoked = restored.revoked;
             state.clock = restored.clock;
             state.last_applied = stored.meta.last_log_id;
             state.membership = stored.meta.last_membership.clone();
@@ -133,6 +146,7 @@ impl StateMachine {
     fn run_batch(
         table: &mut Table,
         assignments: &mut BTreeMap<u16, Assignment>,
+        revoked: &mut BTreeSet<String>,
         clock: &mut u64,
         batch: &Batch,
     ) -> (BatchResult, Changes) {
@@ -158,6 +172,7 @@ impl StateMachine {
                 Op::Assign { party, assignment } => {
                     Self::assign(assignments, *party, assignment).map(|_| (Vec::new(), Vec::new()))
                 }
+                Op::Revoke(ids) => Self::revoke(revoked, ids).map(|_| (Vec::new(), Vec::new())),
             };
             answers.push(match result {
                 Ok((flags, c)) => {
@@ -190,6 +205,19 @@ impl StateMachine {
         Ok(())
     }
 
+    fn revoke(revoked: &mut BTreeSet<String>, ids: &[String]) -> Result<(), crate::CatalogError> {
+        super::types::check_revocations(ids)?;
+        let new = ids.iter().filter(|id| !revoked.contains(*id)).count();
+        if revoked.len() + new > super::types::MAX_REVOCATIONS {
+            return Err(crate::CatalogError::BadRevocation(format!(
+                "the catalog keeps at most {} revocation ids",
+                super::types::MAX_REVOCATIONS
+            )));
+        }
+        revoked.extend(ids.iter().cloned());
+        Ok(())
+    }
+
     /// Writes `snapshot` durably: from now on the node restarts from it.
     fn store_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
         let txn = self.db.begin_write().map_err(|e| io_error(SNAPSHOT, e))?;
@@ -203,15 +231,25 @@ impl StateMachine {
     }
 
     fn decode_state(data: &[u8]) -> Result<Restored, StorageError> {
+        // Older formats first fail to decode as the newer ones (they end earlier).
         let decoded: SnapshotData = match dec(SNAPSHOT, data) {
             Ok(d) => d,
-            Err(e) => match postcard::from_bytes::<FlagsOnlySnapshot>(data) {
+            Err(e) => match postcard::from_bytes::<WithoutRevocations>(data) {
                 Ok(old) => SnapshotData {
                     clock: old.clock,
                     flags: old.flags,
-                    assignments: Vec::new(),
+                    assignments: old.assignments,
+                    revoked: Vec::new(),
                 },
-                Err(_) => return Err(e),
+                Err(_) => match postcard::from_bytes::<FlagsOnlySnapshot>(data) {
+                    Ok(old) => SnapshotData {
+                        clock: old.clock,
+                        flags: old.flags,
+                        assignments: Vec::new(),
+                        revoked: Vec::new(),
+                    },
+                    Err(_) => return Err(e),
+                },
             },
         };
         let mut flags = Vec::with_capacity(decoded.flags.len());
@@ -224,6 +262,7 @@ impl StateMachine {
         Ok(Restored {
             table,
             assignments: decoded.assignments.into_iter().collect(),
+            revoked: decoded.revoked.into_iter().collect(),
             clock: decoded.clock,
         })
     }
@@ -245,6 +284,7 @@ impl StateMachine {
                     .iter()
                     .map(|(p, a)| (*p, a.clone()))
                     .collect(),
+                revoked: state.revoked.iter().cloned().collect(),
             },
         )
     }
@@ -305,6 +345,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let (answer, _) = Self::run_batch(
                         &mut state.table,
                         &mut state.assignments,
+                        &mut state.revoked,
                         &mut clock,
                         batch,
                     );
@@ -349,6 +390,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut guard = write(&shared);
         guard.table = restored.table;
         guard.assignments = restored.assignments;
+        guard.revoked = restored.revoked;
         guard.clock = restored.clock;
         guard.last_applied = meta.last_log_id;
         guard.membership = meta.last_membership.clone();

@@ -31,6 +31,37 @@ pub enum Op {
         party: u16,
         assignment: Assignment,
     },
+    /// Adds app token revocation ids: tokens carrying any of them no longer count anywhere.
+    Revoke(Vec<String>),
+}
+
+/// Most revocation ids one request adds.
+pub const MAX_REVOCATIONS_PER_REQUEST: usize = 256;
+/// Longest revocation id (a biscuit block signature in hex is 128 characters).
+pub const MAX_REVOCATION_ID_CHARS: usize = 256;
+/// Most revocation ids the catalog keeps: every cloud holds them all in memory.
+pub const MAX_REVOCATIONS: usize = 100_000;
+
+/// Refuses revocation ids the catalog will not store, before they reach the log.
+pub fn check_revocations(ids: &[String]) -> Result<(), CatalogError> {
+    if ids.is_empty() || ids.len() > MAX_REVOCATIONS_PER_REQUEST {
+        return Err(CatalogError::BadRevocation(format!(
+            "{} revocation ids in one request; between 1 and {MAX_REVOCATIONS_PER_REQUEST}",
+            ids.len()
+        )));
+    }
+    for id in ids {
+        if id.is_empty()
+            || id.len() > MAX_REVOCATION_ID_CHARS
+            || !id.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(CatalogError::BadRevocation(format!(
+                "revocation id {:?} is not 1 to {MAX_REVOCATION_ID_CHARS} hex digits",
+                id.chars().take(40).collect::<String>()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Most buckets a stored bucket → worker map may have.
@@ -64,6 +95,7 @@ impl Op {
             Op::Create(v) => v.len(),
             Op::Set(v) => v.len(),
             Op::Assign { .. } => 1,
+            Op::Revoke(v) => v.len(),
         }
     }
 
@@ -101,6 +133,7 @@ pub enum WireError {
     NoChange(String),
     StaleEpoch { party: u16, epoch: u64, stored: u64 },
     BadAssignment(String),
+    BadRevocation(String),
 }
 
 impl From<CatalogError> for WireError {
@@ -128,6 +161,7 @@ impl From<CatalogError> for WireError {
                 stored,
             },
             CatalogError::BadAssignment(m) => WireError::BadAssignment(m),
+            CatalogError::BadRevocation(m) => WireError::BadRevocation(m),
             CatalogError::Call(e) if e.is_retryable() => WireError::Unavailable(e.to_string()),
             CatalogError::Call(e) => WireError::Storage(e.to_string()),
         }
@@ -159,6 +193,7 @@ impl From<WireError> for CatalogError {
                 stored,
             },
             WireError::BadAssignment(m) => CatalogError::BadAssignment(m),
+            WireError::BadRevocation(m) => CatalogError::BadRevocation(m),
         }
     }
 }
