@@ -363,3 +363,284 @@ async fn a_revoked_token_is_refused_everywhere_and_its_parent_is_not() {
     assert!(ask(parent).await.iter().all(|a| a.0 == 200));
     cluster.shutdown().await;
 }
+
+/// What a refused request must not change: every cloud's batches, windows and watermark, every
+/// voter's flags, term and membership, the bucket maps and the revocations.
+async fn state(cluster: &LocalCluster) -> Vec<serde_json::Value> {
+    let public = cluster.http();
+    let mut seen = Vec::new();
+    for url in cluster.cloud_urls() {
+        let s: serde_json::Value = public
+            .get(format!("{url}/v1/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen.push(serde_json::json!([
+            s["watermark"],
+            s["closed_before"],
+            s["windows"],
+            s["batches"]
+        ]));
+    }
+    for url in cluster.catalog_urls() {
+        let s: serde_json::Value = public
+            .get(format!("{url}/v1/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for p in s["partitions"].as_array().unwrap() {
+            seen.push(serde_json::json!([p["term"], p["voters"], p["learners"], p["flags"]]));
+        }
+    }
+    let admin = cluster.admin_catalog_client(0).unwrap();
+    for party in 0..3 {
+        let map = admin.get_assignment(party).await.unwrap();
+        seen.push(serde_json::json!(map.map(|m| m.epoch)));
+    }
+    seen.push(serde_json::json!(admin.revocations().await.unwrap()));
+    seen
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Sensor,
+    App,
+    Voter,
+    Admin,
+    Map,
+}
+
+/// Every route × every wrong credential that applies to it: 401 or 403 with the code that names
+/// the reason, and nothing changes anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_route_refuses_every_wrong_credential_and_changes_nothing() {
+    use mcloud_core::auth::app::TokenAuthority;
+    use mcloud_core::auth::sensor::{SessionIssuer, SessionRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(ClusterSpec {
+        parties: 3,
+        window_secs: 60,
+        grace_secs: 60,
+        dir: dir.path().to_path_buf(),
+    })
+    .await
+    .unwrap();
+    // Some real state first, so that "nothing changed" compares something.
+    let batch = mcloud_client::PlainBatch::new(
+        GATEWAY.sensor,
+        vec![mcloud_core::Reading {
+            id: 1,
+            ts: 1_377_986_401,
+            value: 1000,
+            metric: mcloud_core::Metric::Load,
+            group: mcloud_core::GroupKey {
+                house: 3,
+                household: 0,
+                plug: 0,
+            },
+        }],
+    );
+    let uploader = cluster.uploader(Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        uploader
+            .transact(&batch, mcloud_client::Fate::Complete)
+            .await
+            .unwrap(),
+        mcloud_client::Outcome::Committed
+    );
+    let upload_body = uploader.encode_shares(&batch).unwrap().swap_remove(0);
+
+    // Sensor credentials, all for party 0 (cloud 0 and voter 1) unless named otherwise.
+    let now = mcloud_core::auth::now_secs();
+    let party0 = &cluster.authority().parties[0].sensors;
+    let issuer = SessionIssuer::new(party0.clone());
+    let session = |scope: SensorScope, at: u64| {
+        let key = party0.sensor_key(&scope);
+        let req = SessionRequest::answer(scope, issuer.challenge(at), &key);
+        issuer.open(&req, at).unwrap().to_header()
+    };
+    let house3 = SensorScope {
+        sensor: 9,
+        house: Some(3),
+        plugs: None,
+    };
+    let valid_sensor = session(GATEWAY, now);
+    let expired_sensor = session(GATEWAY, now - 2 * 3600);
+    let other_sensor = session(house3.clone(), now);
+    let party1 = {
+        let p1 = &cluster.authority().parties[1].sensors;
+        let i1 = SessionIssuer::new(p1.clone());
+        let req = SessionRequest::answer(GATEWAY, i1.challenge(now), &p1.sensor_key(&GATEWAY));
+        i1.open(&req, now).unwrap().to_header()
+    };
+
+    // App tokens.
+    let root = cluster.authority().tokens.root();
+    let valid_app = cluster.app_token().unwrap();
+    let expired_app = cluster
+        .authority()
+        .tokens
+        .issue_collector("collector", now - 10)
+        .unwrap();
+    let foreign_app = TokenAuthority::generate()
+        .issue_collector("collector", now + 3600)
+        .unwrap();
+    let houses_only = valid_app
+        .attenuate(
+            &root,
+            &Attenuation {
+                levels: Some(vec![GroupLevel::House]),
+                ..Attenuation::default()
+            },
+        )
+        .unwrap();
+    let revoked_app = valid_app
+        .attenuate(
+            &root,
+            &Attenuation {
+                app: Some("revoked".into()),
+                ..Attenuation::default()
+            },
+        )
+        .unwrap();
+    let admin = cluster.admin_catalog_client(0).unwrap();
+    admin
+        .revoke(vec![revoked_app.revocation_ids(&root).unwrap().pop().unwrap()])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Peer certificates.
+    let enrol = |party: u16, role: Role, id: u64| {
+        let c = cluster
+            .authority()
+            .node(PeerIdentity { party, role, id }, &[])
+            .unwrap();
+        c.identity.client(&cluster.authority().party_cas()).unwrap()
+    };
+    let cloud0 = enrol(0, Role::Cloud, 0);
+    let cloud1 = enrol(1, Role::Cloud, 0);
+    let voter2 = enrol(1, Role::Voter, 2);
+    let admin0 = enrol(0, Role::Admin, 0);
+    let anonymous = cluster.http();
+
+    let before = state(&cluster).await;
+    let cloud = &cluster.cloud_urls()[0];
+    let catalog = cluster.catalog_url();
+    let own_flag = postcard::to_stdvec(&mcloud_core::wire::FlagIds {
+        ids: vec![batch.id],
+    })
+    .unwrap();
+    let create = postcard::to_stdvec(&mcloud_core::wire::CreateFlagsRequest {
+        flags: vec![mcloud_core::wire::CreateFlag {
+            id: mcloud_core::BatchId::of_sensor(GATEWAY.sensor),
+            ttl_ms: 1000,
+        }],
+    })
+    .unwrap();
+    let watermark = postcard::to_stdvec(&mcloud_core::wire::WatermarkRequest {
+        ts: u64::MAX / 2,
+        end_of_stream: true,
+    })
+    .unwrap();
+    let map = postcard::to_stdvec(&mcloud_catalog::Assignment {
+        epoch: u64::MAX,
+        owners: vec![0; 4],
+    })
+    .unwrap();
+    let revocation = postcard::to_stdvec(&vec!["ab".to_string()]).unwrap();
+    let routes: Vec<(Kind, &str, String, Vec<u8>)> = vec![
+        (Kind::Sensor, "POST", format!("{cloud}/v1/upload"), upload_body),
+        (Kind::Sensor, "POST", format!("{cloud}/v1/watermark"), watermark),
+        (Kind::Sensor, "POST", format!("{catalog}/v1/flags/create"), create),
+        (Kind::Sensor, "POST", format!("{catalog}/v1/flags/set"), own_flag.clone()),
+        (Kind::App, "GET", format!("{cloud}/v1/compute?level=plug"), vec![]),
+        (Kind::App, "GET", format!("{cloud}/v1/range?from=0&to=60"), vec![]),
+        (Kind::Voter, "POST", format!("{catalog}/v1/raft/0/append"), vec![0]),
+        (Kind::Voter, "POST", format!("{catalog}/v1/raft/0/vote"), vec![0]),
+        (Kind::Voter, "POST", format!("{catalog}/v1/raft/0/snapshot"), vec![0]),
+        (Kind::Voter, "POST", format!("{catalog}/v1/catalog/0/local"), vec![0]),
+        (Kind::Admin, "POST", format!("{catalog}/v1/catalog/0/membership"), vec![0]),
+        (Kind::Admin, "POST", format!("{catalog}/v1/revocations"), revocation),
+        (Kind::Map, "POST", format!("{catalog}/v1/assignments/0"), map),
+    ];
+    let send = |http: &reqwest::Client, method: &str, url: &str, body: &[u8], auth: Option<String>| {
+        let mut r = if method == "GET" {
+            http.get(url)
+        } else {
+            http.post(url).body(body.to_vec())
+        };
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.send()
+    };
+    let mut checked = 0;
+    for (kind, method, url, body) in &routes {
+        // (credential, client, header, expected status, expected code)
+        let mut cases: Vec<(&str, &reqwest::Client, Option<String>, u16, &str)> = Vec::new();
+        match kind {
+            Kind::Sensor => {
+                cases.push(("none", &anonymous, None, 401, "credential_missing"));
+                cases.push(("malformed", &anonymous, Some("Sensor zz".into()), 401, "credential_malformed"));
+                cases.push(("expired", &anonymous, Some(expired_sensor.clone()), 401, "session_expired"));
+                cases.push(("another party's", &anonymous, Some(party1.clone()), 401, "wrong_party"));
+                cases.push(("an app's", &anonymous, Some(format!("Bearer {}", valid_app.0)), 401, "credential_missing"));
+                // The watermark is not a sensor's own yet (see README, Known limits).
+                if !url.contains("watermark") {
+                    cases.push(("another sensor's", &anonymous, Some(other_sensor.clone()), 403, "not_your_batch"));
+                }
+            }
+            Kind::App => {
+                cases.push(("none", &anonymous, None, 401, "credential_missing"));
+                cases.push(("malformed", &anonymous, Some("Bearer not-a-token".into()), 401, "token_malformed"));
+                cases.push(("expired", &anonymous, Some(format!("Bearer {}", expired_app.0)), 401, "token_expired"));
+                cases.push(("revoked", &anonymous, Some(format!("Bearer {}", revoked_app.0)), 401, "token_revoked"));
+                cases.push(("another deployment's", &anonymous, Some(format!("Bearer {}", foreign_app.0)), 401, "token_malformed"));
+                cases.push(("a sensor's", &anonymous, Some(valid_sensor.clone()), 401, "credential_missing"));
+                cases.push(("beyond its scope", &anonymous, Some(format!("Bearer {}", houses_only.0)), 403, "token_out_of_scope"));
+            }
+            Kind::Voter | Kind::Admin | Kind::Map => {
+                cases.push(("none", &anonymous, None, 401, "peer_certificate_missing"));
+                cases.push(("a sensor session", &anonymous, Some(valid_sensor.clone()), 401, "peer_certificate_missing"));
+                match kind {
+                    Kind::Voter => {
+                        cases.push(("a cloud's", &cloud0, None, 403, "wrong_role"));
+                        cases.push(("an administrator's", &admin0, None, 403, "wrong_role"));
+                    }
+                    Kind::Admin => {
+                        cases.push(("a cloud's", &cloud0, None, 403, "wrong_role"));
+                    }
+                    _ => {
+                        cases.push(("another party's cloud", &cloud1, None, 403, "not_your_map"));
+                        cases.push(("a voter's", &voter2, None, 403, "wrong_role"));
+                    }
+                }
+            }
+        }
+        for (what, client, auth, status, code) in cases {
+            let answer = send(client, method, url, body, auth).await.unwrap();
+            assert_eq!(
+                status_and_code(answer).await,
+                (status, code.to_string()),
+                "{method} {url} with {what}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 60, "{checked} cases");
+    assert_eq!(state(&cluster).await, before, "a refused request changed state");
+
+    // The valid credentials pass the gate (what they then ask is checked as before).
+    let answer = send(&anonymous, "POST", &format!("{catalog}/v1/flags/get"), &own_flag, Some(valid_sensor)).await.unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let answer = send(&anonymous, "GET", &format!("{cloud}/v1/compute?level=plug"), &[], Some(format!("Bearer {}", valid_app.0))).await.unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    cluster.shutdown().await;
+}

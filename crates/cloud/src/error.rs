@@ -42,6 +42,8 @@ pub enum CloudError {
     },
     #[error("batch {id}: record key {key} appears twice")]
     DuplicateRecord { id: BatchId, key: u64 },
+    #[error("watermark {ts} is more than {max_future_secs} s in the future")]
+    FutureWatermark { ts: u64, max_future_secs: u64 },
     #[error("batch {id}: record key {key} has timestamp {ts}, more than {max_future_secs} s in the future")]
     FromTheFuture {
         id: BatchId,

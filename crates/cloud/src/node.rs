@@ -18,7 +18,7 @@ use mcloud_core::wire::{
     WatermarkRequest, HISTOGRAM_WINDOW_SECS, MAX_ANSWER_BYTES, MAX_BATCH_RECORDS, MAX_BODY_BYTES,
 };
 use mcloud_core::{BatchId, Window};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -40,6 +40,8 @@ pub struct CloudConfig {
     pub min_histogram_range_secs: u64,
     /// Pre-aggregation workers and their manager.
     pub elastic: ElasticConfig,
+    /// A sensor silent for this long no longer holds windows open (see `advance_watermark`).
+    pub sensor_silence: Duration,
 }
 
 impl Default for CloudConfig {
@@ -53,6 +55,7 @@ impl Default for CloudConfig {
             poll_interval: Duration::from_millis(20),
             min_histogram_range_secs: 3600,
             elastic: ElasticConfig::default(),
+            sensor_silence: Duration::from_secs(60),
         }
     }
 }
@@ -71,6 +74,8 @@ pub struct CloudNode {
     pool: Arc<Pool>,
     /// One gathering of closed windows from the workers at a time.
     sealing: tokio::sync::Mutex<()>,
+    /// Each sensor's reported progress and when it last reported.
+    progress: Mutex<HashMap<u32, (u64, std::time::Instant)>>,
 }
 
 fn now_secs() -> u64 {
@@ -159,6 +164,7 @@ impl CloudNode {
             catalog,
             pool,
             sealing: tokio::sync::Mutex::new(()),
+            progress: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&node);
         let interval = node.config.poll_interval;
@@ -344,17 +350,46 @@ impl CloudNode {
     }
 
     /// Moves the watermark forward (never back), durably; returns the new watermark.
-    pub async fn advance_watermark(&self, req: WatermarkRequest) -> Result<u64, CloudError> {
-        let watermark = if req.end_of_stream {
+    /// Takes sensor `sensor`'s progress report. Each sensor moves only its own progress; the
+    /// windows close by the slowest sensor that still reports (one silent for
+    /// `sensor_silence` no longer counts), so a fast sensor cannot close a window on a slower
+    /// one. The watermark never moves back.
+    pub async fn advance_watermark(
+        &self,
+        req: WatermarkRequest,
+        sensor: u32,
+    ) -> Result<u64, CloudError> {
+        // The same horizon as a reading's: progress past it would close windows that no
+        // honest sensor has reached (every later upload to them would be refused).
+        let horizon = now_secs() + self.config.max_future_secs;
+        if req.ts > horizon {
+            return Err(CloudError::FutureWatermark {
+                ts: req.ts,
+                max_future_secs: self.config.max_future_secs,
+            });
+        }
+        let reported = if req.end_of_stream {
             let window = Window::containing(req.ts, self.config.window_secs);
             window.end.saturating_add(self.config.grace_secs)
         } else {
             req.ts
         };
-        self.values.set_watermark(watermark).await?;
+        let slowest = {
+            let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            let entry = progress.entry(sensor).or_insert((reported, now));
+            *entry = (entry.0.max(reported), now);
+            let silence = self.config.sensor_silence;
+            progress.retain(|_, (_, seen)| now.duration_since(*seen) < silence);
+            progress.values().map(|(ts, _)| *ts).min().unwrap_or(reported)
+        };
+        if slowest <= self.state().watermark() {
+            return Ok(self.state().watermark());
+        }
+        self.values.set_watermark(slowest).await?;
         let now = {
             let mut state = self.state();
-            state.advance(watermark);
+            state.advance(slowest);
             state.watermark()
         };
         self.seal().await?;

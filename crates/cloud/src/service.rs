@@ -89,9 +89,12 @@ async fn upload(
 
 async fn watermark(
     State(cloud): Node,
+    Extension(scope): Extension<SensorScope>,
     Postcard(req): Postcard<WatermarkRequest>,
 ) -> Result<Postcard<u64>, ApiError> {
-    Ok(Postcard(cloud.node.advance_watermark(req).await?))
+    Ok(Postcard(
+        cloud.node.advance_watermark(req, scope.sensor).await?,
+    ))
 }
 
 /// What the request's app token grants for `query` at `level`.

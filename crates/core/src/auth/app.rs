@@ -187,6 +187,8 @@ pub struct Grant {
     pub app: Option<String>,
     pub houses: HouseScope,
     pub revocation_ids: Vec<String>,
+    /// The earliest expiry any block states, if any.
+    pub expires: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -225,6 +227,7 @@ pub fn authorize(
     }
     authorizer.authorize().map_err(|e| refusal(e, request))?;
     grant.revocation_ids = ids;
+    grant.expires = expires;
     Ok(grant)
 }
 
@@ -394,6 +397,7 @@ fn read_grant(blocks: &[Vec<Fact>]) -> Result<(Grant, Option<u64>), AppTokenErro
         app,
         houses,
         revocation_ids: Vec::new(),
+        expires: None,
     };
     Ok((grant, expires.min()))
 }

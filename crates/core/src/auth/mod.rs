@@ -23,7 +23,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use peer::{PeerError, PeerIdentity, Role};
 use sensor::{SensorScope, SessionIssuer};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 /// The client certificate of a connection, as the TLS acceptor found it: `None` when the
@@ -39,7 +39,15 @@ pub struct NodeAuth {
     pub tokens: app::TokenRoot,
     /// Revocation ids of app tokens that no longer count.
     pub revoked: Arc<RwLock<BTreeSet<String>>>,
+    grants: Arc<std::sync::Mutex<HashMap<GrantKey, app::Grant>>>,
 }
+
+/// A token (by its SHA-256) asked for one kind of query at one level.
+type GrantKey = ([u8; 32], app::QueryKind, crate::reading::GroupLevel);
+
+/// Grants remembered at most: a collector asks thousands of times with one token, and
+/// verifying a biscuit (signatures and Datalog) costs far more than the request it guards.
+const GRANT_CACHE: usize = 1024;
 
 impl NodeAuth {
     pub fn new(sessions: SessionIssuer, tokens: app::TokenRoot) -> NodeAuth {
@@ -47,23 +55,47 @@ impl NodeAuth {
             sessions: Arc::new(sessions),
             tokens,
             revoked: Default::default(),
+            grants: Default::default(),
         }
     }
 
-    /// What the app token of a request grants for `request`; 401 or 403 naming why not.
+    /// What the app token of a request grants for `request`; 401 or 403 naming why not. A
+    /// token is verified once per query kind and level; the grant is reused while it has not
+    /// expired and none of its revocation ids is revoked.
     pub fn authorize_app(
         &self,
         bearer: &AppBearer,
         request: &app::AppRequest,
     ) -> Result<app::Grant, ApiError> {
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bearer.0.as_bytes()).as_ref());
+        let key = (digest, request.query, request.level);
         let revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner());
-        app::authorize(&bearer.0, &self.tokens, request, |id| revoked.contains(id)).map_err(|e| {
-            let code = e.code();
-            match e {
-                app::AppTokenError::OutOfScope(_) => ApiError::forbidden(code, e.to_string()),
-                _ => ApiError::unauthenticated(code, e.to_string()),
-            }
-        })
+        let still_good = |g: &app::Grant| {
+            g.expires.is_none_or(|at| request.now <= at)
+                && !g.revocation_ids.iter().any(|id| revoked.contains(id))
+        };
+        if let Some(grant) = self.grants().get(&key).filter(|g| still_good(g)) {
+            return Ok(grant.clone());
+        }
+        let grant = app::authorize(&bearer.0, &self.tokens, request, |id| revoked.contains(id))
+            .map_err(|e| {
+                let code = e.code();
+                match e {
+                    app::AppTokenError::OutOfScope(_) => ApiError::forbidden(code, e.to_string()),
+                    _ => ApiError::unauthenticated(code, e.to_string()),
+                }
+            })?;
+        let mut grants = self.grants();
+        if grants.len() >= GRANT_CACHE {
+            grants.clear();
+        }
+        grants.insert(key, grant.clone());
+        Ok(grant)
+    }
+
+    fn grants(&self) -> std::sync::MutexGuard<'_, HashMap<GrantKey, app::Grant>> {
+        self.grants.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
