@@ -381,7 +381,11 @@ impl CloudNode {
             *entry = (entry.0.max(reported), now);
             let silence = self.config.sensor_silence;
             progress.retain(|_, (_, seen)| now.duration_since(*seen) < silence);
-            progress.values().map(|(ts, _)| *ts).min().unwrap_or(reported)
+            progress
+                .values()
+                .map(|(ts, _)| *ts)
+                .min()
+                .unwrap_or(reported)
         };
         if slowest <= self.state().watermark() {
             return Ok(self.state().watermark());

@@ -68,7 +68,9 @@ impl NodeAuth {
         request: &app::AppRequest,
     ) -> Result<app::Grant, ApiError> {
         let mut digest = [0u8; 32];
-        digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bearer.0.as_bytes()).as_ref());
+        digest.copy_from_slice(
+            ring::digest::digest(&ring::digest::SHA256, bearer.0.as_bytes()).as_ref(),
+        );
         let key = (digest, request.query, request.level);
         let revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner());
         let still_good = |g: &app::Grant| {
