@@ -9,6 +9,33 @@ use mcloud_core::auth::sensor::SensorScope;
 use mcloud_core::reading::GroupLevel;
 use std::time::Duration;
 
+/// A three-party cluster in `dir`, one-minute windows, with `grace_secs` of grace.
+async fn three_parties(dir: &std::path::Path, grace_secs: u64) -> LocalCluster {
+    LocalCluster::start(ClusterSpec {
+        parties: 3,
+        window_secs: 60,
+        grace_secs,
+        dir: dir.to_path_buf(),
+    })
+    .await
+    .unwrap()
+}
+
+/// A load reading of plug 0 of household 0 of `house`.
+fn reading(id: u64, ts: u64, house: u32) -> mcloud_core::Reading {
+    mcloud_core::Reading {
+        id,
+        ts,
+        value: 1000,
+        metric: mcloud_core::Metric::Load,
+        group: mcloud_core::GroupKey {
+            house,
+            household: 0,
+            plug: 0,
+        },
+    }
+}
+
 async fn status_and_code(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
@@ -18,14 +45,7 @@ async fn status_and_code(response: reqwest::Response) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn outsiders_and_overreaching_members_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start(ClusterSpec {
-        parties: 3,
-        window_secs: 60,
-        grace_secs: 60,
-        dir: dir.path().to_path_buf(),
-    })
-    .await
-    .unwrap();
+    let cluster = three_parties(dir.path(), 60).await;
     let anonymous = cluster.http();
     let cloud = &cluster.cloud_urls()[0];
     let catalog = cluster.catalog_url();
@@ -117,17 +137,7 @@ async fn outsiders_and_overreaching_members_are_refused() {
     let uploader = cluster
         .uploader_for(house3.clone(), Duration::from_secs(5))
         .unwrap();
-    let other_house = mcloud_core::Reading {
-        id: 1,
-        ts: 1_377_986_401,
-        value: 1000,
-        metric: mcloud_core::Metric::Load,
-        group: mcloud_core::GroupKey {
-            house: 4,
-            household: 0,
-            plug: 0,
-        },
-    };
+    let other_house = reading(1, 1_377_986_401, 4);
     let outcome = uploader
         .transact(
             &mcloud_client::PlainBatch::new(9, vec![other_house]),
@@ -234,14 +244,7 @@ async fn outsiders_and_overreaching_members_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_party_can_pose_as_another_partys_cloud() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start(ClusterSpec {
-        parties: 3,
-        window_secs: 60,
-        grace_secs: 60,
-        dir: dir.path().to_path_buf(),
-    })
-    .await
-    .unwrap();
+    let cluster = three_parties(dir.path(), 60).await;
     let impostor = cluster
         .authority()
         .node(
@@ -285,14 +288,7 @@ async fn no_party_can_pose_as_another_partys_cloud() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_is_refused_everywhere_and_its_parent_is_not() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start(ClusterSpec {
-        parties: 3,
-        window_secs: 60,
-        grace_secs: 60,
-        dir: dir.path().to_path_buf(),
-    })
-    .await
-    .unwrap();
+    let cluster = three_parties(dir.path(), 60).await;
     let root = cluster.authority().tokens.root();
     let parent = cluster.app_token().unwrap();
     let child = parent
@@ -428,29 +424,9 @@ async fn every_route_refuses_every_wrong_credential_and_changes_nothing() {
     use mcloud_core::auth::app::TokenAuthority;
     use mcloud_core::auth::sensor::{SessionIssuer, SessionRequest};
     let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start(ClusterSpec {
-        parties: 3,
-        window_secs: 60,
-        grace_secs: 60,
-        dir: dir.path().to_path_buf(),
-    })
-    .await
-    .unwrap();
+    let cluster = three_parties(dir.path(), 60).await;
     // Some real state first, so that "nothing changed" compares something.
-    let batch = mcloud_client::PlainBatch::new(
-        GATEWAY.sensor,
-        vec![mcloud_core::Reading {
-            id: 1,
-            ts: 1_377_986_401,
-            value: 1000,
-            metric: mcloud_core::Metric::Load,
-            group: mcloud_core::GroupKey {
-                house: 3,
-                household: 0,
-                plug: 0,
-            },
-        }],
-    );
+    let batch = mcloud_client::PlainBatch::new(GATEWAY.sensor, vec![reading(1, 1_377_986_401, 3)]);
     let uploader = cluster.uploader(Duration::from_secs(30)).unwrap();
     assert_eq!(
         uploader
@@ -818,25 +794,7 @@ async fn every_route_refuses_every_wrong_credential_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fast_sensor_cannot_close_a_window_on_a_slow_one() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start(ClusterSpec {
-        parties: 3,
-        window_secs: 60,
-        grace_secs: 0,
-        dir: dir.path().to_path_buf(),
-    })
-    .await
-    .unwrap();
-    let reading = |id: u64, ts: u64, house: u32| mcloud_core::Reading {
-        id,
-        ts,
-        value: 1000,
-        metric: mcloud_core::Metric::Load,
-        group: mcloud_core::GroupKey {
-            house,
-            household: 0,
-            plug: 0,
-        },
-    };
+    let cluster = three_parties(dir.path(), 0).await;
     let t0 = 1_377_986_400;
     let slow_scope = SensorScope {
         sensor: 9,
