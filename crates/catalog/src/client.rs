@@ -321,6 +321,11 @@ impl CatalogClient {
         self.call(mcloud_core::paths::REVOCATIONS_PATH, None).await
     }
 
+    /// Every owner's access rules, as the node asked has applied them.
+    pub async fn access_rules(&self) -> Result<Vec<crate::raft::AccessRules>, CatalogError> {
+        self.call(mcloud_core::paths::ACCESS_PATH, None).await
+    }
+
     /// Cloud `party`'s stored bucket → worker map, read linearizably.
     pub async fn get_assignment(&self, party: u16) -> Result<Option<Assignment>, CatalogError> {
         let leader = self.leader_of_partition(ASSIGNMENT_PARTITION);

@@ -41,6 +41,9 @@ pub enum CatalogError {
     /// Revocation ids the catalog cannot take (malformed, too many).
     #[error("revocation: {0}")]
     BadRevocation(String),
+    /// Access rules the catalog cannot take (malformed names, too many entries).
+    #[error("access rules: {0}")]
+    BadAccess(String),
     #[error(transparent)]
     Call(#[from] CallError),
 }
@@ -70,9 +73,9 @@ impl From<CatalogError> for ApiError {
             CatalogError::NoChange(_) => StatusCode::CONFLICT,
             CatalogError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             CatalogError::StaleEpoch { .. } => StatusCode::CONFLICT,
-            CatalogError::BadAssignment(_) | CatalogError::BadRevocation(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            CatalogError::BadAssignment(_)
+            | CatalogError::BadRevocation(_)
+            | CatalogError::BadAccess(_) => StatusCode::BAD_REQUEST,
             CatalogError::Call(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             CatalogError::Call(_) => StatusCode::BAD_GATEWAY,
         };

@@ -1,5 +1,6 @@
 //! The `mcloud` command: every role of the system in one binary.
 
+pub mod access;
 pub mod analytics;
 pub mod authority;
 pub mod bench;

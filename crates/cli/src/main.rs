@@ -1,6 +1,6 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use mcloud::{analytics, authority, bench, catalog_admin, demo, node, query, sensor};
+use mcloud::{access, analytics, authority, bench, catalog_admin, demo, node, query, sensor};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -24,6 +24,8 @@ enum Command {
     },
     /// Create a deployment's trust roots and enrol its nodes, sensors and apps.
     Authority(authority::AuthorityArgs),
+    /// Set a house owner's access modifiers: friends, other users, denied apps.
+    Access(access::AccessArgs),
     /// Change or show the replicated catalog's membership at run time.
     Catalog(catalog_admin::CatalogArgs),
     /// Upload a CSV or synthetic stream to a running deployment.
@@ -64,6 +66,7 @@ async fn main() -> Result<ExitCode> {
     let ok = match Cli::parse().command {
         Command::Demo(args) => demo::run(args).await?,
         Command::Node { config } => node::run(&config).await.map(|_| true)?,
+        Command::Access(args) => access::run(args).await.map(|_| true)?,
         Command::Authority(args) => authority::run(args).map(|_| true)?,
         Command::Catalog(args) => catalog_admin::run(args).await.map(|_| true)?,
         Command::Sensor(args) => sensor::run(args).await?,

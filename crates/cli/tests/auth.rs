@@ -866,3 +866,118 @@ async fn a_fast_sensor_cannot_close_a_window_on_a_slow_one() {
     assert_eq!(count, 2);
     cluster.shutdown().await;
 }
+
+/// Owners' access modifiers: a friend's apps see the owner's houses as aggregates (never per
+/// plug, never through RANGE), every user's apps see an owner's houses opened to others, a
+/// denied app sees none of the owner's houses, and only the owner's own token sets the rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn friends_others_and_denied_apps_reach_what_the_owner_says() {
+    use mcloud_catalog::raft::AccessRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = three_parties(dir.path(), 0).await;
+    let t0 = 1_377_986_400;
+    let uploader = cluster.uploader(Duration::from_secs(30)).unwrap();
+    let readings = (3..=5)
+        .map(|h| reading(h as u64, t0 + h as u64, h))
+        .collect();
+    let batch = mcloud_client::PlainBatch::new(GATEWAY.sensor, readings);
+    assert_eq!(
+        uploader
+            .transact(&batch, mcloud_client::Fate::Complete)
+            .await
+            .unwrap(),
+        mcloud_client::Outcome::Committed
+    );
+    uploader.advance_watermark(t0 + 10, true).await.unwrap();
+
+    let tokens = &cluster.authority().tokens;
+    let expires = mcloud_core::auth::now_secs() + 3600;
+    let alice = tokens.issue_owner("alice", &[3], expires).unwrap();
+    let bob = tokens.issue_owner("bob", &[4], expires).unwrap();
+    let carol = tokens.issue_owner("carol", &[5], expires).unwrap();
+    let dave = tokens.issue_owner("dave", &[], expires).unwrap();
+    let named = |token: &mcloud_core::auth::app::AppToken, app: &str| {
+        token
+            .attenuate(
+                &tokens.root(),
+                &Attenuation {
+                    app: Some(app.into()),
+                    ..Attenuation::default()
+                },
+            )
+            .unwrap()
+    };
+    let bobs_spy = named(&bob, "spy");
+    let cloud = cluster.cloud_urls()[1].clone();
+    let houses = |token: mcloud_core::auth::app::AppToken, query: &'static str| {
+        let http = cluster.app_client(&token).unwrap();
+        let url = format!("{cloud}{query}");
+        async move {
+            let r = http.get(&url).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200, "{url}");
+            let bytes = r.bytes().await.unwrap();
+            let mut seen = std::collections::BTreeSet::new();
+            if query.starts_with("/v1/range") {
+                let a: mcloud_core::wire::RangeResponse = postcard::from_bytes(&bytes).unwrap();
+                seen.extend(a.plugs.iter().map(|p| p.plug.house));
+            } else {
+                let a: mcloud_core::wire::ComputeResponse = postcard::from_bytes(&bytes).unwrap();
+                for w in &a.ready {
+                    seen.extend(w.groups.iter().map(|g| g.group.house));
+                }
+            }
+            seen.into_iter().collect::<Vec<u32>>()
+        }
+    };
+    let by_house = "/v1/compute?level=house";
+    let by_plug = "/v1/compute?level=plug";
+    assert_eq!(houses(bob.clone(), by_house).await, vec![4]);
+
+    // Only the owner's own token sets the rules.
+    let set = |token: &mcloud_core::auth::app::AppToken, req: AccessRequest| {
+        let http = cluster.app_client(token).unwrap();
+        let url = format!("{}/v1/access", cluster.catalog_url());
+        async move {
+            let r = http
+                .post(&url)
+                .body(postcard::to_stdvec(&req).unwrap())
+                .send()
+                .await
+                .unwrap();
+            status_and_code(r).await
+        }
+    };
+    let rules = |friends: &[&str], others: bool, denied: &[&str]| AccessRequest {
+        friends: friends.iter().map(|f| f.to_string()).collect(),
+        others,
+        denied_apps: denied.iter().map(|d| d.to_string()).collect(),
+    };
+    let refused = set(&named(&alice, "plotter"), rules(&["mallory"], true, &[])).await;
+    assert_eq!(refused, (403, "not_an_owner".into()));
+    let refused = set(&cluster.app_token().unwrap(), rules(&[], true, &[])).await;
+    assert_eq!(refused, (403, "not_an_owner".into()));
+    let refused = set(&alice, rules(&[&"x".repeat(65)], false, &[])).await;
+    assert_eq!(refused.0, 400);
+    assert_eq!(set(&alice, rules(&["bob"], false, &["spy"])).await.0, 200);
+    assert_eq!(set(&carol, rules(&[], true, &[])).await.0, 200);
+
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while houses(bob.clone(), by_house).await != vec![3, 4, 5] {
+        assert!(
+            std::time::Instant::now() < until,
+            "the rules never reached the cloud"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Aggregates only: per plug and through RANGE, bob sees his own house.
+    assert_eq!(houses(bob.clone(), by_plug).await, vec![4]);
+    let range = "/v1/range?from=1377986400&to=1377986460";
+    assert_eq!(houses(bob.clone(), range).await, vec![4]);
+    // Alice denies the app "spy": bob's spy sees carol's (open) house and its own, not alice's.
+    assert_eq!(houses(bobs_spy, by_house).await, vec![4, 5]);
+    assert_eq!(houses(named(&alice, "spy"), by_house).await, vec![5]);
+    // Dave is nobody's friend: only carol's house, which is open to everyone.
+    assert_eq!(houses(dave, by_house).await, vec![5]);
+    assert_eq!(houses(alice, by_plug).await, vec![3]);
+    cluster.shutdown().await;
+}

@@ -8,7 +8,8 @@ use axum::extract::{Query, State};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use mcloud_core::auth::app::{AppRequest, Grant, HouseScope, QueryKind};
+use mcloud_core::auth::access::Reach;
+use mcloud_core::auth::app::{AppRequest, Grant, QueryKind};
 use mcloud_core::auth::sensor::SensorScope;
 use mcloud_core::auth::{now_secs, require_app, require_sensor, AppBearer, NodeAuth};
 use mcloud_core::http::{ApiError, Postcard, RawBody};
@@ -52,13 +53,14 @@ pub fn router(node: Arc<CloudNode>, auth: NodeAuth) -> Router {
 /// within this, at every cloud.
 pub const REVOCATION_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Keeps `auth`'s revoked app tokens in step with the catalog's, until `auth` is dropped with
-/// the cloud's routes.
+/// Keeps `auth`'s revoked app tokens and owners' access rules in step with the catalog's,
+/// until `auth` is dropped with the cloud's routes.
 pub fn watch_revocations(
     catalog: mcloud_catalog::CatalogClient,
     auth: &NodeAuth,
 ) -> tokio::task::JoinHandle<()> {
     let revoked = Arc::downgrade(&auth.revoked);
+    let access = Arc::downgrade(&auth.access);
     tokio::spawn(async move {
         loop {
             match catalog.revocations().await {
@@ -70,6 +72,16 @@ pub fn watch_revocations(
                     set.extend(ids);
                 }
                 Err(e) => tracing::debug!("reading revocations: {e}"),
+            }
+            match catalog.access_rules().await {
+                Ok(rules) => {
+                    let Some(access) = access.upgrade() else {
+                        return;
+                    };
+                    let mut map = access.write().unwrap_or_else(|p| p.into_inner());
+                    *map = rules.into_iter().map(|r| (r.user.clone(), r)).collect();
+                }
+                Err(e) => tracing::debug!("reading access rules: {e}"),
             }
             if revoked.strong_count() == 0 {
                 return;
@@ -138,11 +150,17 @@ async fn compute(
         )));
     }
     let level = p.level.unwrap_or(GroupLevel::Plug);
-    let grant = grant(&cloud, &bearer, QueryKind::Compute, level)?;
+    let reach = cloud
+        .auth
+        .reach(&grant(&cloud, &bearer, QueryKind::Compute, level)?);
     let mut answer = cloud.node.compute(from, to, level).await?;
-    if let HouseScope::Only(_) = grant.houses {
+    if !reach.is_everything() {
+        // Friends and other users see aggregates: houses and households, never a plug.
+        let aggregate = level != GroupLevel::Plug;
         for window in &mut answer.ready {
-            window.groups.retain(|g| grant.houses.allows(g.group.house));
+            window
+                .groups
+                .retain(|g| reach.allows(g.group.house, aggregate));
         }
     }
     Ok(Postcard(answer))
@@ -156,9 +174,10 @@ fn range_kind(histograms: bool) -> QueryKind {
     }
 }
 
-fn keep_granted(answer: &mut RangeResponse, grant: &Grant) {
-    if let HouseScope::Only(_) = grant.houses {
-        answer.plugs.retain(|p| grant.houses.allows(p.plug.house));
+/// RANGE answers are per plug: only the token's own houses, never what owners share.
+fn keep_granted(answer: &mut RangeResponse, reach: &Reach) {
+    if !reach.is_everything() {
+        answer.plugs.retain(|p| reach.allows(p.plug.house, false));
     }
 }
 
@@ -180,9 +199,14 @@ async fn range(
             "bad RANGE query ({e}); expected from=<unix s>&to=<unix s>[&histograms=true]"
         ))
     })?;
-    let grant = grant(&cloud, &bearer, range_kind(p.histograms), GroupLevel::Plug)?;
+    let reach = cloud.auth.reach(&grant(
+        &cloud,
+        &bearer,
+        range_kind(p.histograms),
+        GroupLevel::Plug,
+    )?);
     let mut answer = cloud.node.range(p.from, p.to, p.histograms).await?;
-    keep_granted(&mut answer, &grant);
+    keep_granted(&mut answer, &reach);
     Ok(Postcard(answer))
 }
 
@@ -202,10 +226,8 @@ async fn ranges(
     let mut grants = Vec::new();
     for kind in [false, true] {
         if specs.iter().any(|s| s.histograms == kind) {
-            grants.push((
-                kind,
-                grant(&cloud, &bearer, range_kind(kind), GroupLevel::Plug)?,
-            ));
+            let granted = grant(&cloud, &bearer, range_kind(kind), GroupLevel::Plug)?;
+            grants.push((kind, cloud.auth.reach(&granted)));
         }
     }
     let mut answers = cloud.node.ranges(&specs).await?;

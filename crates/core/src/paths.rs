@@ -20,6 +20,9 @@ pub const GET_PATH: &str = "/v1/flags/get";
 /// Administrators add revoked app tokens' ids; clouds read them.
 pub const REVOCATIONS_PATH: &str = "/v1/revocations";
 
+/// House owners set their access modifiers (with their token); clouds read them.
+pub const ACCESS_PATH: &str = "/v1/access";
+
 /// Anyone.
 pub const HEALTH_PATH: &str = "/v1/health";
 pub const STATUS_PATH: &str = "/v1/status";

@@ -15,7 +15,7 @@ pub mod types;
 pub use network::Faults;
 pub use node::{CatalogConfig, CatalogNode, MembershipChange, PartitionStatus, StartError};
 pub use openraft::ServerState;
-pub use types::{Assignment, NodeId, Peer, MAX_ASSIGNMENT_BUCKETS};
+pub use types::{AccessRules, Assignment, NodeId, Peer, MAX_ASSIGNMENT_BUCKETS};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -252,6 +252,82 @@ pub fn revocations_router(node: Arc<CatalogNode>) -> Router {
 
 const ADMIN_ONLY: &[Role] = &[Role::Admin];
 
+/// The access modifiers of the owner whose token the request carries.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct AccessRequest {
+    pub friends: Vec<String>,
+    pub others: bool,
+    pub denied_apps: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Access {
+    node: Arc<CatalogNode>,
+    auth: NodeAuth,
+}
+
+/// A house owner sets the rules for the houses its token names; only the owner's own token
+/// (not one handed to an app) may, and a collector's token (every house, nobody's) may not.
+async fn post_access(
+    State(access): State<Access>,
+    Extension(bearer): Extension<mcloud_core::auth::AppBearer>,
+    Postcard(req): Postcard<AccessRequest>,
+) -> Result<Postcard<()>, ApiError> {
+    use mcloud_core::auth::app::{AppRequest, HouseScope, QueryKind};
+    let grant = access.auth.authorize_app(
+        &bearer,
+        &AppRequest {
+            now: mcloud_core::auth::now_secs(),
+            query: QueryKind::Compute,
+            level: mcloud_core::reading::GroupLevel::House,
+        },
+    )?;
+    let HouseScope::Only(houses) = grant.houses else {
+        return Err(ApiError::forbidden(
+            "not_an_owner",
+            format!("{}'s token owns no houses of its own", grant.user),
+        ));
+    };
+    if let Some(app) = grant.app {
+        return Err(ApiError::forbidden(
+            "not_an_owner",
+            format!("app {app} may not set {}'s access rules", grant.user),
+        ));
+    }
+    let rules = AccessRules {
+        user: grant.user,
+        houses: houses.into_iter().collect(),
+        friends: req.friends,
+        others: req.others,
+        denied_apps: req.denied_apps,
+    };
+    access.node.set_access(rules).await?;
+    Ok(Postcard(()))
+}
+
+async fn get_access(State(node): Node) -> Result<Postcard<Vec<AccessRules>>, ApiError> {
+    Ok(Postcard(node.access_rules()?))
+}
+
+/// Owners' access modifiers: owners set theirs with their token, clouds read them all.
+pub fn access_router(node: Arc<CatalogNode>, auth: NodeAuth) -> Router {
+    let owners = Router::new()
+        .route(mcloud_core::paths::ACCESS_PATH, post(post_access))
+        .layer(axum::middleware::from_fn(mcloud_core::auth::require_app))
+        .with_state(Access {
+            node: node.clone(),
+            auth,
+        });
+    let readers = Router::new()
+        .route(
+            mcloud_core::paths::ACCESS_PATH,
+            axum::routing::get(get_access),
+        )
+        .layer(from_fn_with_state(CLOUDS, require_peer))
+        .with_state(node);
+    owners.merge(readers)
+}
+
 /// The clouds' bucket → worker maps: each cloud writes its own; clouds and administrators
 /// read them.
 pub fn assignments_router(node: Arc<CatalogNode>) -> Router {
@@ -268,6 +344,7 @@ pub fn assignments_router(node: Arc<CatalogNode>) -> Router {
 /// page that shows every partition's leader and term.
 pub fn router(node: Arc<CatalogNode>, auth: NodeAuth) -> Router {
     let status_node = node.clone();
+    let access = access_router(node.clone(), auth.clone());
     crate::service::router_with_status(node.clone(), auth, move || {
         serde_json::json!({
             "role": "catalog",
@@ -277,5 +354,6 @@ pub fn router(node: Arc<CatalogNode>, auth: NodeAuth) -> Router {
     })
     .merge(assignments_router(node.clone()))
     .merge(revocations_router(node.clone()))
+    .merge(access)
     .merge(internal_router(node))
 }

@@ -440,6 +440,30 @@ impl CatalogNode {
         Ok(read(&p.sm).revoked.iter().cloned().collect())
     }
 
+    /// Replaces a house owner's access rules.
+    pub async fn set_access(&self, rules: super::types::AccessRules) -> Result<(), CatalogError> {
+        rules.check().map_err(CatalogError::BadAccess)?;
+        match self
+            .on_leader(ASSIGNMENT_PARTITION, Forwarded::Op(Op::SetAccess(rules)))
+            .await?
+        {
+            ForwardedAnswer::Flags(_) => Ok(()),
+            _ => Err(CatalogError::Storage(
+                "catalog answered access rules with a read".into(),
+            )),
+        }
+    }
+
+    /// Every owner's access rules as this node has applied them (not linearizable: clouds
+    /// poll them, as they poll revocations).
+    pub fn access_rules(&self) -> Result<Vec<super::types::AccessRules>, CatalogError> {
+        let p = self
+            .partitions
+            .get(ASSIGNMENT_PARTITION as usize)
+            .ok_or_else(|| CatalogError::Unavailable("no catalog partition 0".into()))?;
+        Ok(read(&p.sm).access.values().cloned().collect())
+    }
+
     /// Cloud `party`'s stored bucket → worker map, read linearizably.
     pub async fn get_assignment(&self, party: u16) -> Result<Option<Assignment>, CatalogError> {
         match self

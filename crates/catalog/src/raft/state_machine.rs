@@ -15,7 +15,7 @@ use super::types::{
     io_error, Batch, BatchResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig, WireError,
 };
-use super::types::{Assignment, Op};
+use super::types::{AccessRules, Assignment, Op};
 use crate::rules::{check_request, check_ttls, Changes, Table};
 use crate::store::{decode, encode};
 use mcloud_core::wire::Flag;
@@ -40,6 +40,8 @@ pub struct SmState {
     pub assignments: BTreeMap<u16, Assignment>,
     /// Revocation ids of app tokens that no longer count.
     pub revoked: BTreeSet<String>,
+    /// House owners' access rules, by user.
+    pub access: BTreeMap<String, AccessRules>,
     /// The log's time: the largest proposal time applied so far.
     pub clock: u64,
     pub last_applied: Option<LogId>,
@@ -60,6 +62,16 @@ fn write(shared: &Shared) -> std::sync::RwLockWriteGuard<'_, SmState> {
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotData {
+    clock: u64,
+    flags: Vec<(u128, u8, u64)>,
+    assignments: Vec<(u16, Assignment)>,
+    revoked: Vec<String>,
+    access: Vec<AccessRules>,
+}
+
+/// A snapshot written before the catalog kept access rules.
+#[derive(Deserialize)]
+struct WithoutAccess {
     clock: u64,
     flags: Vec<(u128, u8, u64)>,
     assignments: Vec<(u16, Assignment)>,
@@ -86,6 +98,7 @@ struct Restored {
     table: Table,
     assignments: BTreeMap<u16, Assignment>,
     revoked: BTreeSet<String>,
+    access: BTreeMap<String, AccessRules>,
     clock: u64,
 }
 
@@ -127,6 +140,7 @@ impl StateMachine {
             state.table = restored.table;
             state.assignments = restored.assignments;
             state.revoked = restored.revoked;
+            state.access = restored.access;
             state.clock = restored.clock;
             state.last_applied = stored.meta.last_log_id;
             state.membership = stored.meta.last_membership.clone();
@@ -147,6 +161,7 @@ impl StateMachine {
         table: &mut Table,
         assignments: &mut BTreeMap<u16, Assignment>,
         revoked: &mut BTreeSet<String>,
+        access: &mut BTreeMap<String, AccessRules>,
         clock: &mut u64,
         batch: &Batch,
     ) -> (BatchResult, Changes) {
@@ -173,6 +188,9 @@ impl StateMachine {
                     Self::assign(assignments, *party, assignment).map(|_| (Vec::new(), Vec::new()))
                 }
                 Op::Revoke(ids) => Self::revoke(revoked, ids).map(|_| (Vec::new(), Vec::new())),
+                Op::SetAccess(rules) => {
+                    Self::set_access(access, rules).map(|_| (Vec::new(), Vec::new()))
+                }
             };
             answers.push(match result {
                 Ok((flags, c)) => {
@@ -218,6 +236,21 @@ impl StateMachine {
         Ok(())
     }
 
+    fn set_access(
+        access: &mut BTreeMap<String, AccessRules>,
+        rules: &AccessRules,
+    ) -> Result<(), crate::CatalogError> {
+        rules.check().map_err(crate::CatalogError::BadAccess)?;
+        if !access.contains_key(&rules.user) && access.len() >= super::types::MAX_OWNERS {
+            return Err(crate::CatalogError::BadAccess(format!(
+                "the catalog keeps rules of at most {} owners",
+                super::types::MAX_OWNERS
+            )));
+        }
+        access.insert(rules.user.clone(), rules.clone());
+        Ok(())
+    }
+
     /// Writes `snapshot` durably: from now on the node restarts from it.
     fn store_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
         let txn = self.db.begin_write().map_err(|e| io_error(SNAPSHOT, e))?;
@@ -231,26 +264,39 @@ impl StateMachine {
     }
 
     fn decode_state(data: &[u8]) -> Result<Restored, StorageError> {
-        // Older formats first fail to decode as the newer ones (they end earlier).
+        // Older formats fail to decode as the newer ones (they end earlier), so each is tried
+        // after the ones that came later.
         let decoded: SnapshotData = match dec(SNAPSHOT, data) {
             Ok(d) => d,
-            Err(e) => match postcard::from_bytes::<WithoutRevocations>(data) {
-                Ok(old) => SnapshotData {
-                    clock: old.clock,
-                    flags: old.flags,
-                    assignments: old.assignments,
-                    revoked: Vec::new(),
-                },
-                Err(_) => match postcard::from_bytes::<FlagsOnlySnapshot>(data) {
-                    Ok(old) => SnapshotData {
+            Err(e) => {
+                if let Ok(old) = postcard::from_bytes::<WithoutAccess>(data) {
+                    SnapshotData {
+                        clock: old.clock,
+                        flags: old.flags,
+                        assignments: old.assignments,
+                        revoked: old.revoked,
+                        access: Vec::new(),
+                    }
+                } else if let Ok(old) = postcard::from_bytes::<WithoutRevocations>(data) {
+                    SnapshotData {
+                        clock: old.clock,
+                        flags: old.flags,
+                        assignments: old.assignments,
+                        revoked: Vec::new(),
+                        access: Vec::new(),
+                    }
+                } else if let Ok(old) = postcard::from_bytes::<FlagsOnlySnapshot>(data) {
+                    SnapshotData {
                         clock: old.clock,
                         flags: old.flags,
                         assignments: Vec::new(),
                         revoked: Vec::new(),
-                    },
-                    Err(_) => return Err(e),
-                },
-            },
+                        access: Vec::new(),
+                    }
+                } else {
+                    return Err(e);
+                }
+            }
         };
         let mut flags = Vec::with_capacity(decoded.flags.len());
         for (id, code, deadline_ms) in decoded.flags {
@@ -263,6 +309,11 @@ impl StateMachine {
             table,
             assignments: decoded.assignments.into_iter().collect(),
             revoked: decoded.revoked.into_iter().collect(),
+            access: decoded
+                .access
+                .into_iter()
+                .map(|r| (r.user.clone(), r))
+                .collect(),
             clock: decoded.clock,
         })
     }
@@ -285,6 +336,7 @@ impl StateMachine {
                     .map(|(p, a)| (*p, a.clone()))
                     .collect(),
                 revoked: state.revoked.iter().cloned().collect(),
+                access: state.access.values().cloned().collect(),
             },
         )
     }
@@ -346,6 +398,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         &mut state.table,
                         &mut state.assignments,
                         &mut state.revoked,
+                        &mut state.access,
                         &mut clock,
                         batch,
                     );
@@ -391,6 +444,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         guard.table = restored.table;
         guard.assignments = restored.assignments;
         guard.revoked = restored.revoked;
+        guard.access = restored.access;
         guard.clock = restored.clock;
         guard.last_applied = meta.last_log_id;
         guard.membership = meta.last_membership.clone();

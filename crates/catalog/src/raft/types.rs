@@ -33,7 +33,14 @@ pub enum Op {
     },
     /// Adds app token revocation ids: tokens carrying any of them no longer count anywhere.
     Revoke(Vec<String>),
+    /// Replaces a house owner's access rules.
+    SetAccess(AccessRules),
 }
+
+pub use mcloud_core::auth::access::AccessRules;
+
+/// Most owners the catalog keeps rules for: every cloud holds them all in memory.
+pub const MAX_OWNERS: usize = 100_000;
 
 /// Most revocation ids one request adds.
 pub const MAX_REVOCATIONS_PER_REQUEST: usize = 256;
@@ -96,6 +103,7 @@ impl Op {
             Op::Set(v) => v.len(),
             Op::Assign { .. } => 1,
             Op::Revoke(v) => v.len(),
+            Op::SetAccess(_) => 1,
         }
     }
 
@@ -134,6 +142,7 @@ pub enum WireError {
     StaleEpoch { party: u16, epoch: u64, stored: u64 },
     BadAssignment(String),
     BadRevocation(String),
+    BadAccess(String),
 }
 
 impl From<CatalogError> for WireError {
@@ -162,6 +171,7 @@ impl From<CatalogError> for WireError {
             },
             CatalogError::BadAssignment(m) => WireError::BadAssignment(m),
             CatalogError::BadRevocation(m) => WireError::BadRevocation(m),
+            CatalogError::BadAccess(m) => WireError::BadAccess(m),
             CatalogError::Call(e) if e.is_retryable() => WireError::Unavailable(e.to_string()),
             CatalogError::Call(e) => WireError::Storage(e.to_string()),
         }
@@ -194,6 +204,7 @@ impl From<WireError> for CatalogError {
             },
             WireError::BadAssignment(m) => CatalogError::BadAssignment(m),
             WireError::BadRevocation(m) => CatalogError::BadRevocation(m),
+            WireError::BadAccess(m) => CatalogError::BadAccess(m),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! A refused caller gets 401 (no valid credential) or 403 (a valid one, not for this), with
 //! a stable code, before its request reaches any state.
 
+pub mod access;
 pub mod app;
 pub mod authority;
 pub mod peer;
@@ -39,6 +40,8 @@ pub struct NodeAuth {
     pub tokens: app::TokenRoot,
     /// Revocation ids of app tokens that no longer count.
     pub revoked: Arc<RwLock<BTreeSet<String>>>,
+    /// Every owner's access modifiers, by user.
+    pub access: Arc<RwLock<std::collections::BTreeMap<String, access::AccessRules>>>,
     grants: Arc<std::sync::Mutex<HashMap<GrantKey, app::Grant>>>,
 }
 
@@ -55,6 +58,7 @@ impl NodeAuth {
             sessions: Arc::new(sessions),
             tokens,
             revoked: Default::default(),
+            access: Default::default(),
             grants: Default::default(),
         }
     }
@@ -94,6 +98,12 @@ impl NodeAuth {
         }
         grants.insert(key, grant.clone());
         Ok(grant)
+    }
+
+    /// What `grant` reaches under the owners' access rules as last read.
+    pub fn reach(&self, grant: &app::Grant) -> access::Reach {
+        let rules = self.access.read().unwrap_or_else(|p| p.into_inner());
+        access::reach(grant, &rules)
     }
 
     fn grants(&self) -> std::sync::MutexGuard<'_, HashMap<GrantKey, app::Grant>> {

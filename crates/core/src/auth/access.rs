@@ -1,0 +1,176 @@
+//! Access modifiers: besides an owner's own apps, whose apps may read an owner's houses. An
+//! owner names friends (their apps may read the houses' aggregates), may open the houses'
+//! aggregates to every other user's apps, and may deny apps by name (the owner's own
+//! included). Friends and other users see aggregates (house and household level, COMPUTE)
+//! only; what each scope may see beyond that is the disclosure policy's to decide.
+
+use super::app::{Grant, HouseScope};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Longest user or app name in access rules.
+pub const MAX_NAME_CHARS: usize = 64;
+/// Most friends, denied apps or houses in one owner's rules.
+pub const MAX_RULE_ENTRIES: usize = 256;
+
+/// A house owner's access modifiers. The houses come from the owner's token when the rules
+/// are set, never from the request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessRules {
+    pub user: String,
+    pub houses: Vec<u32>,
+    /// Users whose apps may read the houses' aggregates.
+    pub friends: Vec<String>,
+    /// Whether any other user's apps may read them too.
+    pub others: bool,
+    /// Apps (by the name their token gives) that may read none of the owner's houses.
+    pub denied_apps: Vec<String>,
+}
+
+impl AccessRules {
+    /// Refuses rules a node will not store, naming why.
+    pub fn check(&self) -> Result<(), String> {
+        let names = std::iter::once(&self.user)
+            .chain(&self.friends)
+            .chain(&self.denied_apps);
+        for name in names {
+            if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+                return Err(format!(
+                    "name {:?} is not 1 to {MAX_NAME_CHARS} characters",
+                    name.chars().take(40).collect::<String>()
+                ));
+            }
+        }
+        for (what, n) in [
+            ("houses", self.houses.len()),
+            ("friends", self.friends.len()),
+            ("denied apps", self.denied_apps.len()),
+        ] {
+            if n > MAX_RULE_ENTRIES {
+                return Err(format!("{n} {what}; at most {MAX_RULE_ENTRIES}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The houses a request may see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reach {
+    /// The token's own houses, at whatever level the token allows.
+    pub own: HouseScope,
+    /// Other owners' houses whose rules let this user's app see their aggregates.
+    pub shared: BTreeSet<u32>,
+    /// Houses whose owners deny this app.
+    pub denied: BTreeSet<u32>,
+}
+
+impl Reach {
+    /// Whether the request may see `house`; `aggregate`: a house- or household-level COMPUTE.
+    pub fn allows(&self, house: u32, aggregate: bool) -> bool {
+        !self.denied.contains(&house)
+            && (self.own.allows(house) || (aggregate && self.shared.contains(&house)))
+    }
+
+    /// Whether every house is allowed (nothing to filter).
+    pub fn is_everything(&self) -> bool {
+        self.own == HouseScope::All && self.denied.is_empty()
+    }
+}
+
+/// What `grant` reaches under the owners' `rules`.
+pub fn reach(grant: &Grant, rules: &BTreeMap<String, AccessRules>) -> Reach {
+    let mut shared = BTreeSet::new();
+    let mut denied = BTreeSet::new();
+    for owner in rules.values() {
+        let app_denied = grant
+            .app
+            .as_ref()
+            .is_some_and(|app| owner.denied_apps.contains(app));
+        if app_denied {
+            denied.extend(owner.houses.iter().copied());
+        } else if owner.user != grant.user && (owner.others || owner.friends.contains(&grant.user))
+        {
+            shared.extend(owner.houses.iter().copied());
+        }
+    }
+    Reach {
+        own: grant.houses.clone(),
+        shared,
+        denied,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(user: &str, app: Option<&str>, houses: &[u32]) -> Grant {
+        Grant {
+            user: user.into(),
+            app: app.map(Into::into),
+            houses: HouseScope::Only(houses.iter().copied().collect()),
+            revocation_ids: Vec::new(),
+            expires: None,
+        }
+    }
+
+    fn rules(
+        user: &str,
+        houses: &[u32],
+        friends: &[&str],
+        others: bool,
+        denied: &[&str],
+    ) -> AccessRules {
+        AccessRules {
+            user: user.into(),
+            houses: houses.to_vec(),
+            friends: friends.iter().map(|f| f.to_string()).collect(),
+            others,
+            denied_apps: denied.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn friends_and_others_see_aggregates_and_denied_apps_see_nothing() {
+        let mut all = BTreeMap::new();
+        all.insert(
+            "alice".into(),
+            rules("alice", &[3], &["bob"], false, &["spy"]),
+        );
+        all.insert("carol".into(), rules("carol", &[5], &[], true, &[]));
+
+        let bob = reach(&grant("bob", Some("plotter"), &[4]), &all);
+        assert!(bob.allows(4, false) && bob.allows(3, true) && bob.allows(5, true));
+        assert!(!bob.allows(3, false), "a friend sees aggregates only");
+        assert!(!bob.allows(6, true));
+
+        let spy = reach(&grant("bob", Some("spy"), &[4]), &all);
+        assert!(!spy.allows(3, true) && spy.allows(4, false));
+        let alices_spy = reach(&grant("alice", Some("spy"), &[3]), &all);
+        assert!(
+            !alices_spy.allows(3, false),
+            "the deny list binds the owner's own apps"
+        );
+
+        let dave = reach(&grant("dave", None, &[]), &all);
+        assert!(dave.allows(5, true) && !dave.allows(3, true));
+
+        let collector = Grant {
+            houses: HouseScope::All,
+            ..grant("collector", Some("spy"), &[])
+        };
+        let r = reach(&collector, &all);
+        assert!(!r.is_everything() && !r.allows(3, true) && r.allows(9, false));
+    }
+
+    #[test]
+    fn oversized_or_unnamed_rules_are_refused() {
+        assert!(rules("alice", &[1], &["bob"], false, &[]).check().is_ok());
+        assert!(rules("", &[1], &[], false, &[]).check().is_err());
+        let long = "x".repeat(MAX_NAME_CHARS + 1);
+        assert!(rules("alice", &[1], &[&long], false, &[]).check().is_err());
+        let many: Vec<u32> = (0..=MAX_RULE_ENTRIES as u32).collect();
+        assert!(rules("alice", &many, &[], false, &[]).check().is_err());
+    }
+}
