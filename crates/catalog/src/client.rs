@@ -316,6 +316,25 @@ impl CatalogClient {
             .await
     }
 
+    /// Revokes sensors by id (an administrator's call).
+    pub async fn revoke_sensors(&self, ids: Vec<u32>) -> Result<(), CatalogError> {
+        crate::raft::types::check_sensor_revocations(&ids)?;
+        let body = postcard::to_stdvec(&ids).map_err(CallError::from)?;
+        let leader = self.leader_of_partition(ASSIGNMENT_PARTITION);
+        self.call_leader(
+            mcloud_core::paths::SENSOR_REVOCATIONS_PATH,
+            Some(&body),
+            leader,
+        )
+        .await
+    }
+
+    /// The revoked sensors, as the node asked has applied them.
+    pub async fn revoked_sensors(&self) -> Result<Vec<u32>, CatalogError> {
+        self.call(mcloud_core::paths::SENSOR_REVOCATIONS_PATH, None)
+            .await
+    }
+
     /// The revoked app tokens' ids, as the node asked has applied them.
     pub async fn revocations(&self) -> Result<Vec<String>, CatalogError> {
         self.call(mcloud_core::paths::REVOCATIONS_PATH, None).await

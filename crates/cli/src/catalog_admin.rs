@@ -40,6 +40,13 @@ pub enum CatalogCommand {
         #[arg(long)]
         root: PathBuf,
     },
+    /// Revoke a sensor's keys: every node refuses its sessions within a second, and it can
+    /// open no new one.
+    RevokeSensor {
+        /// The sensor's id.
+        #[arg(long)]
+        id: u32,
+    },
     /// Remove a voter or learner; removing the leader hands leadership to another voter.
     Remove {
         /// The node's Raft id.
@@ -70,8 +77,16 @@ pub struct NewMember {
 
 pub async fn run(args: CatalogArgs) -> Result<()> {
     let deployment = Deployment::load(&args.deployment)?;
-    if let CatalogCommand::Revoke { token, root } = &args.command {
-        return revoke(&deployment, token, root).await;
+    match &args.command {
+        CatalogCommand::Revoke { token, root } => return revoke(&deployment, token, root).await,
+        CatalogCommand::RevokeSensor { id } => {
+            let catalog =
+                mcloud_catalog::CatalogClient::with_nodes(deployment.admin_catalog_endpoints()?);
+            catalog.revoke_sensors(vec![*id]).await?;
+            eprintln!("revoked sensor {id}");
+            return Ok(());
+        }
+        _ => {}
     }
     let http = deployment.client()?;
     let nodes = deployment.catalog_urls();
@@ -102,7 +117,9 @@ pub async fn run(args: CatalogArgs) -> Result<()> {
             (MembershipChange::AddLearner { id: m.id, peer }, m.partition)
         }
         CatalogCommand::Remove { id, partition } => (MembershipChange::Remove { id }, partition),
-        CatalogCommand::Revoke { .. } => unreachable!("answered above"),
+        CatalogCommand::Revoke { .. } | CatalogCommand::RevokeSensor { .. } => {
+            unreachable!("answered above")
+        }
     };
     if let Some(p) = only {
         if p >= partitions {

@@ -981,3 +981,81 @@ async fn friends_others_and_denied_apps_reach_what_the_owner_says() {
     assert_eq!(houses(alice, by_plug).await, vec![3]);
     cluster.shutdown().await;
 }
+
+/// A revoked sensor's sessions are refused at every cloud and catalog node, it opens no new
+/// one, and other sensors go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_sensor_is_refused_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = three_parties(dir.path(), 60).await;
+    let scope = SensorScope {
+        sensor: 9,
+        house: Some(3),
+        plugs: None,
+    };
+    let sessions = mcloud_client::SensorSessions::new(
+        cluster.sensor_credentials(scope),
+        cluster.cloud_endpoints().unwrap(),
+    );
+    let party0 = sessions.header(0).await.unwrap();
+    let flag = postcard::to_stdvec(&mcloud_core::wire::FlagIds {
+        ids: vec![mcloud_core::BatchId::of_sensor(9)],
+    })
+    .unwrap();
+    let ask = |url: String| {
+        let http = cluster.http();
+        let (session, body) = (party0.clone(), flag.clone());
+        async move {
+            let r = http
+                .post(&url)
+                .header("authorization", session)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            status_and_code(r).await
+        }
+    };
+    let cloud = format!("{}/v1/watermark", cluster.cloud_urls()[0]);
+    let catalog = format!("{}/v1/flags/get", cluster.catalog_url());
+    assert_eq!(ask(catalog.clone()).await.0, 200);
+    let by_cloud = cluster
+        .cloud_catalog_client(0)
+        .unwrap()
+        .revoke_sensors(vec![9])
+        .await
+        .unwrap_err();
+    assert!(by_cloud.to_string().contains("wrong_role"), "{by_cloud}");
+    cluster
+        .admin_catalog_client(0)
+        .unwrap()
+        .revoke_sensors(vec![9])
+        .await
+        .unwrap();
+    let revoked = (401, "sensor_revoked".to_string());
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while ask(cloud.clone()).await != revoked || ask(catalog.clone()).await != revoked {
+        assert!(
+            std::time::Instant::now() < until,
+            "the revocation never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let fresh = mcloud_client::SensorSessions::new(
+        cluster.sensor_credentials(SensorScope {
+            sensor: 9,
+            house: Some(3),
+            plugs: None,
+        }),
+        cluster.cloud_endpoints().unwrap(),
+    );
+    let refused = fresh.header(1).await.unwrap_err();
+    assert!(refused.to_string().contains("sensor_revoked"), "{refused}");
+    // The gateway sensor is not affected.
+    let gateway = cluster.uploader(Duration::from_secs(30)).unwrap();
+    gateway
+        .advance_watermark(1_377_986_400, false)
+        .await
+        .unwrap();
+    cluster.shutdown().await;
+}

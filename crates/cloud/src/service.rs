@@ -53,14 +53,15 @@ pub fn router(node: Arc<CloudNode>, auth: NodeAuth) -> Router {
 /// within this, at every cloud.
 pub const REVOCATION_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Keeps `auth`'s revoked app tokens and owners' access rules in step with the catalog's,
-/// until `auth` is dropped with the cloud's routes.
+/// Keeps `auth`'s revoked app tokens and sensors and owners' access rules in step with the
+/// catalog's, until `auth` is dropped with the cloud's routes.
 pub fn watch_revocations(
     catalog: mcloud_catalog::CatalogClient,
     auth: &NodeAuth,
 ) -> tokio::task::JoinHandle<()> {
     let revoked = Arc::downgrade(&auth.revoked);
     let access = Arc::downgrade(&auth.access);
+    let revoked_sensors = Arc::downgrade(&auth.revoked_sensors);
     tokio::spawn(async move {
         loop {
             match catalog.revocations().await {
@@ -72,6 +73,16 @@ pub fn watch_revocations(
                     set.extend(ids);
                 }
                 Err(e) => tracing::debug!("reading revocations: {e}"),
+            }
+            match catalog.revoked_sensors().await {
+                Ok(ids) => {
+                    let Some(sensors) = revoked_sensors.upgrade() else {
+                        return;
+                    };
+                    let mut set = sensors.write().unwrap_or_else(|p| p.into_inner());
+                    set.extend(ids);
+                }
+                Err(e) => tracing::debug!("reading revoked sensors: {e}"),
             }
             match catalog.access_rules().await {
                 Ok(rules) => {

@@ -19,6 +19,8 @@ pub const GET_PATH: &str = "/v1/flags/get";
 
 /// Administrators add revoked app tokens' ids; clouds read them.
 pub const REVOCATIONS_PATH: &str = "/v1/revocations";
+/// Administrators add revoked sensors; clouds read them.
+pub const SENSOR_REVOCATIONS_PATH: &str = "/v1/revocations/sensors";
 
 /// House owners set their access modifiers (with their token); clouds read them.
 pub const ACCESS_PATH: &str = "/v1/access";

@@ -236,18 +236,54 @@ async fn get_revocations(State(node): Node) -> Result<Postcard<Vec<String>>, Api
     Ok(Postcard(node.revocations()?))
 }
 
-/// Revoked app tokens: administrators add, clouds (and administrators) read.
+async fn post_sensor_revocations(
+    State(node): Node,
+    Postcard(ids): Postcard<Vec<u32>>,
+) -> Result<Postcard<()>, ApiError> {
+    node.revoke_sensors(ids).await?;
+    Ok(Postcard(()))
+}
+
+async fn get_sensor_revocations(State(node): Node) -> Result<Postcard<Vec<u32>>, ApiError> {
+    Ok(Postcard(node.revoked_sensors()?))
+}
+
+/// Revoked app tokens and sensors: administrators add, clouds (and administrators) read.
 pub fn revocations_router(node: Arc<CatalogNode>) -> Router {
+    use mcloud_core::paths::{REVOCATIONS_PATH, SENSOR_REVOCATIONS_PATH};
     let admins = Router::new()
-        .route(mcloud_core::paths::REVOCATIONS_PATH, post(post_revocations))
+        .route(REVOCATIONS_PATH, post(post_revocations))
+        .route(SENSOR_REVOCATIONS_PATH, post(post_sensor_revocations))
         .layer(from_fn_with_state(ADMIN_ONLY, require_peer));
     let readers = Router::new()
+        .route(REVOCATIONS_PATH, axum::routing::get(get_revocations))
         .route(
-            mcloud_core::paths::REVOCATIONS_PATH,
-            axum::routing::get(get_revocations),
+            SENSOR_REVOCATIONS_PATH,
+            axum::routing::get(get_sensor_revocations),
         )
         .layer(from_fn_with_state(CLOUDS, require_peer));
     admins.merge(readers).with_state(node)
+}
+
+/// Keeps the node's own sensor gate in step with the revoked sensors it has applied, until
+/// `auth` is dropped with the node's routes.
+fn watch_local_revocations(node: Arc<CatalogNode>, auth: &NodeAuth) {
+    let revoked = Arc::downgrade(&auth.revoked_sensors);
+    tokio::spawn(async move {
+        loop {
+            let Some(revoked) = revoked.upgrade() else {
+                return;
+            };
+            if let Ok(ids) = node.revoked_sensors() {
+                revoked
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(ids);
+            }
+            drop(revoked);
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
 }
 
 const ADMIN_ONLY: &[Role] = &[Role::Admin];
@@ -345,6 +381,7 @@ pub fn assignments_router(node: Arc<CatalogNode>) -> Router {
 pub fn router(node: Arc<CatalogNode>, auth: NodeAuth) -> Router {
     let status_node = node.clone();
     let access = access_router(node.clone(), auth.clone());
+    watch_local_revocations(node.clone(), &auth);
     crate::service::router_with_status(node.clone(), auth, move || {
         serde_json::json!({
             "role": "catalog",

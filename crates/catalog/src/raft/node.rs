@@ -437,7 +437,35 @@ impl CatalogNode {
             .partitions
             .get(ASSIGNMENT_PARTITION as usize)
             .ok_or_else(|| CatalogError::Unavailable("no catalog partition 0".into()))?;
-        Ok(read(&p.sm).revoked.iter().cloned().collect())
+        Ok(read(&p.sm).registers.revoked.iter().cloned().collect())
+    }
+
+    /// Revokes sensors: every node refuses their sessions once it has read the list.
+    pub async fn revoke_sensors(&self, ids: Vec<u32>) -> Result<(), CatalogError> {
+        super::types::check_sensor_revocations(&ids)?;
+        match self
+            .on_leader(ASSIGNMENT_PARTITION, Forwarded::Op(Op::RevokeSensors(ids)))
+            .await?
+        {
+            ForwardedAnswer::Flags(_) => Ok(()),
+            _ => Err(CatalogError::Storage(
+                "catalog answered a revocation with a read".into(),
+            )),
+        }
+    }
+
+    /// The revoked sensors as this node has applied them.
+    pub fn revoked_sensors(&self) -> Result<Vec<u32>, CatalogError> {
+        let p = self
+            .partitions
+            .get(ASSIGNMENT_PARTITION as usize)
+            .ok_or_else(|| CatalogError::Unavailable("no catalog partition 0".into()))?;
+        Ok(read(&p.sm)
+            .registers
+            .revoked_sensors
+            .iter()
+            .copied()
+            .collect())
     }
 
     /// Replaces a house owner's access rules.
@@ -461,7 +489,7 @@ impl CatalogNode {
             .partitions
             .get(ASSIGNMENT_PARTITION as usize)
             .ok_or_else(|| CatalogError::Unavailable("no catalog partition 0".into()))?;
-        Ok(read(&p.sm).access.values().cloned().collect())
+        Ok(read(&p.sm).registers.access.values().cloned().collect())
     }
 
     /// Cloud `party`'s stored bucket → worker map, read linearizably.

@@ -272,7 +272,7 @@ pub async fn run_reader(
                     let _ = reply.send(Ok(flags));
                 }
                 ReadRequest::Assignment { party, reply } => {
-                    let _ = reply.send(Ok(state.assignments.get(&party).cloned()));
+                    let _ = reply.send(Ok(state.registers.assignments.get(&party).cloned()));
                 }
             }
         }

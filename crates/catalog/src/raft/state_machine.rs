@@ -36,16 +36,25 @@ const SNAPSHOT: &str = "snapshot";
 #[derive(Default)]
 pub struct SmState {
     pub table: Table,
-    /// Each cloud's bucket → worker map, by party.
-    pub assignments: BTreeMap<u16, Assignment>,
-    /// Revocation ids of app tokens that no longer count.
-    pub revoked: BTreeSet<String>,
-    /// House owners' access rules, by user.
-    pub access: BTreeMap<String, AccessRules>,
+    /// What partition 0 keeps besides flags.
+    pub registers: Registers,
     /// The log's time: the largest proposal time applied so far.
     pub clock: u64,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
+}
+
+/// Partition 0's registers next to the flags.
+#[derive(Default)]
+pub struct Registers {
+    /// Each cloud's bucket → worker map, by party.
+    pub assignments: BTreeMap<u16, Assignment>,
+    /// Revocation ids of app tokens that no longer count.
+    pub revoked: BTreeSet<String>,
+    /// Sensors whose keys no longer count.
+    pub revoked_sensors: BTreeSet<u32>,
+    /// House owners' access rules, by user.
+    pub access: BTreeMap<String, AccessRules>,
 }
 
 pub type Shared = Arc<RwLock<SmState>>;
@@ -67,6 +76,7 @@ struct SnapshotData {
     assignments: Vec<(u16, Assignment)>,
     revoked: Vec<String>,
     access: Vec<AccessRules>,
+    revoked_sensors: Vec<u32>,
 }
 
 /// A snapshot written before the catalog kept access rules.
@@ -96,9 +106,7 @@ struct FlagsOnlySnapshot {
 /// What a snapshot restores.
 struct Restored {
     table: Table,
-    assignments: BTreeMap<u16, Assignment>,
-    revoked: BTreeSet<String>,
-    access: BTreeMap<String, AccessRules>,
+    registers: Registers,
     clock: u64,
 }
 
@@ -138,9 +146,7 @@ impl StateMachine {
         if let Some(stored) = stored {
             let restored = Self::decode_state(&stored.data)?;
             state.table = restored.table;
-            state.assignments = restored.assignments;
-            state.revoked = restored.revoked;
-            state.access = restored.access;
+            state.registers = restored.registers;
             state.clock = restored.clock;
             state.last_applied = stored.meta.last_log_id;
             state.membership = stored.meta.last_membership.clone();
@@ -159,9 +165,7 @@ impl StateMachine {
     /// the changes (already applied to `table`).
     fn run_batch(
         table: &mut Table,
-        assignments: &mut BTreeMap<u16, Assignment>,
-        revoked: &mut BTreeSet<String>,
-        access: &mut BTreeMap<String, AccessRules>,
+        registers: &mut Registers,
         clock: &mut u64,
         batch: &Batch,
     ) -> (BatchResult, Changes) {
@@ -185,11 +189,16 @@ impl StateMachine {
                     check_request(ids.iter().copied(), ids.len()).and_then(|_| table.set(ids, now))
                 }
                 Op::Assign { party, assignment } => {
-                    Self::assign(assignments, *party, assignment).map(|_| (Vec::new(), Vec::new()))
+                    Self::assign(&mut registers.assignments, *party, assignment)
+                        .map(|_| (Vec::new(), Vec::new()))
                 }
-                Op::Revoke(ids) => Self::revoke(revoked, ids).map(|_| (Vec::new(), Vec::new())),
+                Op::Revoke(ids) => {
+                    Self::revoke(&mut registers.revoked, ids).map(|_| (Vec::new(), Vec::new()))
+                }
+                Op::RevokeSensors(ids) => Self::revoke_sensors(&mut registers.revoked_sensors, ids)
+                    .map(|_| (Vec::new(), Vec::new())),
                 Op::SetAccess(rules) => {
-                    Self::set_access(access, rules).map(|_| (Vec::new(), Vec::new()))
+                    Self::set_access(&mut registers.access, rules).map(|_| (Vec::new(), Vec::new()))
                 }
             };
             answers.push(match result {
@@ -236,6 +245,19 @@ impl StateMachine {
         Ok(())
     }
 
+    fn revoke_sensors(revoked: &mut BTreeSet<u32>, ids: &[u32]) -> Result<(), crate::CatalogError> {
+        super::types::check_sensor_revocations(ids)?;
+        let new = ids.iter().filter(|id| !revoked.contains(*id)).count();
+        if revoked.len() + new > super::types::MAX_REVOCATIONS {
+            return Err(crate::CatalogError::BadRevocation(format!(
+                "the catalog keeps at most {} revoked sensors",
+                super::types::MAX_REVOCATIONS
+            )));
+        }
+        revoked.extend(ids.iter().copied());
+        Ok(())
+    }
+
     fn set_access(
         access: &mut BTreeMap<String, AccessRules>,
         rules: &AccessRules,
@@ -276,6 +298,7 @@ impl StateMachine {
                         assignments: old.assignments,
                         revoked: old.revoked,
                         access: Vec::new(),
+                        revoked_sensors: Vec::new(),
                     }
                 } else if let Ok(old) = postcard::from_bytes::<WithoutRevocations>(data) {
                     SnapshotData {
@@ -284,6 +307,7 @@ impl StateMachine {
                         assignments: old.assignments,
                         revoked: Vec::new(),
                         access: Vec::new(),
+                        revoked_sensors: Vec::new(),
                     }
                 } else if let Ok(old) = postcard::from_bytes::<FlagsOnlySnapshot>(data) {
                     SnapshotData {
@@ -292,6 +316,7 @@ impl StateMachine {
                         assignments: Vec::new(),
                         revoked: Vec::new(),
                         access: Vec::new(),
+                        revoked_sensors: Vec::new(),
                     }
                 } else {
                     return Err(e);
@@ -307,13 +332,16 @@ impl StateMachine {
         table.apply(&flags);
         Ok(Restored {
             table,
-            assignments: decoded.assignments.into_iter().collect(),
-            revoked: decoded.revoked.into_iter().collect(),
-            access: decoded
-                .access
-                .into_iter()
-                .map(|r| (r.user.clone(), r))
-                .collect(),
+            registers: Registers {
+                assignments: decoded.assignments.into_iter().collect(),
+                revoked: decoded.revoked.into_iter().collect(),
+                revoked_sensors: decoded.revoked_sensors.into_iter().collect(),
+                access: decoded
+                    .access
+                    .into_iter()
+                    .map(|r| (r.user.clone(), r))
+                    .collect(),
+            },
             clock: decoded.clock,
         })
     }
@@ -331,12 +359,14 @@ impl StateMachine {
                 clock: state.clock,
                 flags,
                 assignments: state
+                    .registers
                     .assignments
                     .iter()
                     .map(|(p, a)| (*p, a.clone()))
                     .collect(),
-                revoked: state.revoked.iter().cloned().collect(),
-                access: state.access.values().cloned().collect(),
+                revoked: state.registers.revoked.iter().cloned().collect(),
+                access: state.registers.access.values().cloned().collect(),
+                revoked_sensors: state.registers.revoked_sensors.iter().copied().collect(),
             },
         )
     }
@@ -394,14 +424,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => results.push(BatchResult::default()),
                 EntryPayload::Normal(batch) => {
                     let state = &mut *guard;
-                    let (answer, _) = Self::run_batch(
-                        &mut state.table,
-                        &mut state.assignments,
-                        &mut state.revoked,
-                        &mut state.access,
-                        &mut clock,
-                        batch,
-                    );
+                    let (answer, _) =
+                        Self::run_batch(&mut state.table, &mut state.registers, &mut clock, batch);
                     results.push(answer);
                 }
                 EntryPayload::Membership(m) => {
@@ -442,9 +466,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         let mut guard = write(&shared);
         guard.table = restored.table;
-        guard.assignments = restored.assignments;
-        guard.revoked = restored.revoked;
-        guard.access = restored.access;
+        guard.registers = restored.registers;
         guard.clock = restored.clock;
         guard.last_applied = meta.last_log_id;
         guard.membership = meta.last_membership.clone();
@@ -509,11 +531,47 @@ mod tests {
             clock: 42,
             ..SmState::default()
         };
-        state.assignments.insert(3, map(9, &[2, 0, 1]));
+        state.registers.assignments.insert(3, map(9, &[2, 0, 1]));
+        state.registers.revoked.insert("ab12".into());
+        state.registers.revoked_sensors.insert(9);
+        let rules = AccessRules {
+            user: "alice".into(),
+            houses: vec![3],
+            friends: vec!["bob".into()],
+            others: false,
+            denied_apps: vec!["spy".into()],
+        };
+        state.registers.access.insert("alice".into(), rules);
         let restored =
             StateMachine::decode_state(&StateMachine::encode_state(&state).unwrap()).unwrap();
         assert_eq!(restored.clock, 42);
-        assert_eq!(restored.assignments, state.assignments);
+        assert_eq!(restored.registers.assignments, state.registers.assignments);
+        assert_eq!(restored.registers.revoked, state.registers.revoked);
+        assert_eq!(
+            restored.registers.revoked_sensors,
+            state.registers.revoked_sensors
+        );
+        assert_eq!(restored.registers.access, state.registers.access);
+
+        // A snapshot of the format before access rules and sensor revocations.
+        #[derive(Serialize)]
+        struct WithRevocations {
+            clock: u64,
+            flags: Vec<(u128, u8, u64)>,
+            assignments: Vec<(u16, Assignment)>,
+            revoked: Vec<String>,
+        }
+        let bytes = postcard::to_stdvec(&WithRevocations {
+            clock: 7,
+            flags: Vec::new(),
+            assignments: vec![(3, map(9, &[1]))],
+            revoked: vec!["cd".into()],
+        })
+        .unwrap();
+        let restored = StateMachine::decode_state(&bytes).unwrap();
+        assert_eq!(restored.clock, 7);
+        assert!(restored.registers.revoked.contains("cd"));
+        assert!(restored.registers.access.is_empty());
 
         #[derive(Serialize)]
         struct Old {
@@ -527,6 +585,6 @@ mod tests {
         .unwrap();
         let restored = StateMachine::decode_state(&old).unwrap();
         assert_eq!(restored.clock, 7);
-        assert!(restored.assignments.is_empty());
+        assert!(restored.registers.assignments.is_empty());
     }
 }

@@ -33,6 +33,8 @@ pub enum Op {
     },
     /// Adds app token revocation ids: tokens carrying any of them no longer count anywhere.
     Revoke(Vec<String>),
+    /// Adds sensors whose keys no longer count: their sessions are refused everywhere.
+    RevokeSensors(Vec<u32>),
     /// Replaces a house owner's access rules.
     SetAccess(AccessRules),
 }
@@ -48,6 +50,17 @@ pub const MAX_REVOCATIONS_PER_REQUEST: usize = 256;
 pub const MAX_REVOCATION_ID_CHARS: usize = 256;
 /// Most revocation ids the catalog keeps: every cloud holds them all in memory.
 pub const MAX_REVOCATIONS: usize = 100_000;
+
+/// Refuses sensor revocations the catalog will not store, before they reach the log.
+pub fn check_sensor_revocations(ids: &[u32]) -> Result<(), CatalogError> {
+    if ids.is_empty() || ids.len() > MAX_REVOCATIONS_PER_REQUEST {
+        return Err(CatalogError::BadRevocation(format!(
+            "{} sensors in one request; between 1 and {MAX_REVOCATIONS_PER_REQUEST}",
+            ids.len()
+        )));
+    }
+    Ok(())
+}
 
 /// Refuses revocation ids the catalog will not store, before they reach the log.
 pub fn check_revocations(ids: &[String]) -> Result<(), CatalogError> {
@@ -103,6 +116,7 @@ impl Op {
             Op::Set(v) => v.len(),
             Op::Assign { .. } => 1,
             Op::Revoke(v) => v.len(),
+            Op::RevokeSensors(v) => v.len(),
             Op::SetAccess(_) => 1,
         }
     }

@@ -40,6 +40,8 @@ pub struct NodeAuth {
     pub tokens: app::TokenRoot,
     /// Revocation ids of app tokens that no longer count.
     pub revoked: Arc<RwLock<BTreeSet<String>>>,
+    /// Sensors whose keys no longer count.
+    pub revoked_sensors: Arc<RwLock<BTreeSet<u32>>>,
     /// Every owner's access modifiers, by user.
     pub access: Arc<RwLock<std::collections::BTreeMap<String, access::AccessRules>>>,
     grants: Arc<std::sync::Mutex<HashMap<GrantKey, app::Grant>>>,
@@ -58,6 +60,7 @@ impl NodeAuth {
             sessions: Arc::new(sessions),
             tokens,
             revoked: Default::default(),
+            revoked_sensors: Default::default(),
             access: Default::default(),
             grants: Default::default(),
         }
@@ -100,6 +103,14 @@ impl NodeAuth {
         Ok(grant)
     }
 
+    /// Whether sensor `sensor` has been revoked.
+    pub fn sensor_revoked(&self, sensor: u32) -> bool {
+        self.revoked_sensors
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&sensor)
+    }
+
     /// What `grant` reaches under the owners' access rules as last read.
     pub fn reach(&self, grant: &app::Grant) -> access::Reach {
         let rules = self.access.read().unwrap_or_else(|p| p.into_inner());
@@ -136,12 +147,21 @@ pub async fn require_sensor(
         Some(value) => auth.sessions.verify(value, now_secs()),
     };
     match scope {
+        Ok(scope) if auth.sensor_revoked(scope.sensor) => revoked_sensor(scope.sensor),
         Ok(scope) => {
             request.extensions_mut().insert::<SensorScope>(scope);
             next.run(request).await
         }
         Err(e) => ApiError::unauthenticated(e.code(), e.to_string()).into_response(),
     }
+}
+
+fn revoked_sensor(sensor: u32) -> Response {
+    ApiError::unauthenticated(
+        "sensor_revoked",
+        format!("sensor {sensor}'s keys have been revoked"),
+    )
+    .into_response()
 }
 
 /// An app's token as the request carried it; the handler authorizes it for what it asks.
@@ -224,6 +244,12 @@ pub fn session_router<S: Clone + Send + Sync + 'static>(auth: NodeAuth) -> axum:
         State(auth): State<NodeAuth>,
         Postcard(req): Postcard<sensor::SessionRequest>,
     ) -> Result<Postcard<sensor::SessionToken>, ApiError> {
+        if auth.sensor_revoked(req.scope.sensor) {
+            return Err(ApiError::unauthenticated(
+                "sensor_revoked",
+                format!("sensor {}'s keys have been revoked", req.scope.sensor),
+            ));
+        }
         auth.sessions
             .open(&req, now_secs())
             .map(Postcard)
