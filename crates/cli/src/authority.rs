@@ -139,6 +139,21 @@ pub enum AuthorityCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Revoke a node's (or administrator's) certificate: writes the party's new revocation
+    /// list (`party<P>/crl.pem` in the authority's directory) and installs it into every
+    /// credentials directory named with `--install-into`; nodes read it when they start.
+    RevokeNode {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        party: u16,
+        /// The certificate to revoke (`cert.pem` of its credentials).
+        #[arg(long)]
+        cert: PathBuf,
+        /// A node's credentials directory to install the list into (repeat for more).
+        #[arg(long = "install-into")]
+        install_into: Vec<PathBuf>,
+    },
     /// Make an authority and enrol a whole loopback deployment into `--dir` (the layout of
     /// `examples/local`): every party's CA, voters, clouds, an administrator, a gateway
     /// sensor and a collector token.
@@ -247,6 +262,25 @@ pub fn run(args: AuthorityArgs) -> Result<()> {
             write_secret(&out, &narrowed.0)?;
             eprintln!("narrowed token in {}", out.display());
         }
+        AuthorityCommand::RevokeNode {
+            dir,
+            party,
+            cert,
+            install_into,
+        } => {
+            let authority = Authority::load(&dir)?;
+            let pem = std::fs::read_to_string(&cert)
+                .with_context(|| format!("reading {}", cert.display()))?;
+            let crl = authority.revoke_certificate(&dir, party, &pem)?;
+            for node in &install_into {
+                install_crl(node, party, &crl)?;
+            }
+            eprintln!(
+                "revoked; party {party}'s list is {} (installed into {} credentials directories; nodes read it at start)",
+                dir.join(format!("party{party}/crl.pem")).display(),
+                install_into.len()
+            );
+        }
         AuthorityCommand::Local {
             dir,
             parties,
@@ -260,6 +294,14 @@ pub fn run(args: AuthorityArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Puts party `party`'s revocation list into a node's credentials directory.
+pub fn install_crl(credentials: &Path, party: u16, crl: &str) -> Result<()> {
+    let dir = credentials.join("crls");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("party{party}.pem"));
+    std::fs::write(&path, crl).with_context(|| format!("writing {}", path.display()))
 }
 
 fn until(days: f64) -> Result<u64> {

@@ -1059,3 +1059,44 @@ async fn a_revoked_sensor_is_refused_everywhere() {
         .unwrap();
     cluster.shutdown().await;
 }
+
+/// `mcloud authority revoke-node`: the revoked administrator's certificate no longer proves
+/// anything to a node that installed the party's new list, and the other members still do.
+#[test]
+fn a_revoked_certificate_is_refused_by_nodes_that_installed_the_list() {
+    use mcloud::authority::{run, AuthorityArgs, AuthorityCommand};
+    use mcloud_core::auth::authority::NodeCredentials;
+    let dir = tempfile::tempdir().unwrap();
+    let trust = dir.path().join("trust");
+    mcloud::authority::write_local(&trust, 3, 3).unwrap();
+    run(AuthorityArgs {
+        command: AuthorityCommand::RevokeNode {
+            dir: trust.join("authority"),
+            party: 0,
+            cert: trust.join("admin/cert.pem"),
+            install_into: vec![trust.join("voter0")],
+        },
+    })
+    .unwrap();
+    let admin = NodeCredentials::load(&trust.join("admin")).unwrap();
+    let cloud = NodeCredentials::load(&trust.join("cloud0")).unwrap();
+    let voter = NodeCredentials::load(&trust.join("voter0")).unwrap();
+    let roots = voter.roots().unwrap();
+    assert_eq!(
+        roots.identify(&admin.identity.chain().unwrap()),
+        Err(mcloud_core::auth::peer::PeerError::Revoked)
+    );
+    assert_eq!(
+        roots.identify(&cloud.identity.chain().unwrap()),
+        Ok(cloud.who)
+    );
+    // A node without the list still believes it: the list must be installed everywhere.
+    let stale = NodeCredentials::load(&trust.join("voter1"))
+        .unwrap()
+        .roots()
+        .unwrap();
+    assert_eq!(
+        stale.identify(&admin.identity.chain().unwrap()),
+        Ok(admin.who)
+    );
+}

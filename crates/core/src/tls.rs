@@ -77,6 +77,29 @@ impl PartyCa {
         self.cert.pem()
     }
 
+    /// A revocation list of this CA naming the certificates with `serials` (as
+    /// [`serial_of`] reads them), valid for `days`; `number` orders successive lists.
+    pub fn crl(&self, serials: &[Vec<u8>], number: u64, days: i64) -> Result<String, TlsError> {
+        let now = time::OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::days(days.max(1)),
+            crl_number: rcgen::SerialNumber::from(number.to_be_bytes().to_vec()),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(serial.clone()),
+                    revocation_time: now,
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.cert, &self.key)?.pem()?)
+    }
+
     pub fn key_pem(&self) -> String {
         self.key.serialize_pem()
     }
@@ -178,6 +201,11 @@ impl NodeIdentity {
         write(&dir.join("key.pem"), &self.key_pem, true)?;
         write(&dir.join("cert.pem"), &self.cert_pem, false)?;
         write(&dir.join("ca.pem"), &self.ca_pem, false)
+    }
+
+    /// The certificate, as PEM (public).
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
     }
 
     /// The certificate chain presented in a handshake.
@@ -434,6 +462,18 @@ fn build_client(
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
         .build()?)
+}
+
+/// The serial number of the first certificate in `pem`, as a revocation list names it.
+pub fn serial_of(pem: &str) -> Result<Vec<u8>, TlsError> {
+    let certs = parse_certs(pem, "certificate")?;
+    let cert = certs
+        .first()
+        .ok_or_else(|| TlsError::NoCertificate("certificate".into()))?;
+    CertificateParams::from_ca_cert_der(cert)?
+        .serial_number
+        .map(|s| s.to_bytes())
+        .ok_or_else(|| TlsError::NoCertificate("certificate without a serial number".into()))
 }
 
 /// Reads a pinned CA certificate file.

@@ -141,6 +141,41 @@ impl Authority {
         self.parties.iter().map(|p| p.ca.ca_pem()).collect()
     }
 
+    /// Revokes the certificate `cert_pem` of party `party`: adds its serial to the party's
+    /// list in `dir` (the authority's directory) and returns the party's new revocation list,
+    /// which every node installs in its credentials' `crls/` directory.
+    pub fn revoke_certificate(
+        &self,
+        dir: &Path,
+        party: u16,
+        cert_pem: &str,
+    ) -> Result<String, AuthorityError> {
+        let ca = &self.party(party)?.ca;
+        let list_path = dir.join(format!("party{party}/revoked.txt"));
+        let mut serials: Vec<Vec<u8>> = match std::fs::read_to_string(&list_path) {
+            Ok(text) => text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| {
+                    hex::decode(l.trim()).map_err(|e| AuthorityError::File {
+                        path: list_path.display().to_string(),
+                        message: e.to_string(),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            Err(_) => Vec::new(),
+        };
+        let serial = crate::tls::serial_of(cert_pem)?;
+        if !serials.contains(&serial) {
+            serials.push(serial);
+        }
+        let text: String = serials.iter().map(|s| hex::encode(s) + "\n").collect();
+        write(&list_path, &text, false)?;
+        let crl = ca.crl(&serials, serials.len() as u64, 365)?;
+        write(&dir.join(format!("party{party}/crl.pem")), &crl, false)?;
+        Ok(crl)
+    }
+
     /// Everything a node of `who.party` needs for the role `who.role`.
     pub fn node(
         &self,
@@ -154,6 +189,7 @@ impl Authority {
             sensors: party.sensors.clone(),
             party_cas: self.party_cas(),
             tokens: self.tokens.root(),
+            crls: Vec::new(),
         })
     }
 
@@ -179,6 +215,8 @@ pub struct NodeCredentials {
     sensors: PartySecret,
     party_cas: Vec<String>,
     tokens: TokenRoot,
+    /// The parties' revocation lists installed beside the credentials (`crls/*.pem`).
+    crls: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -224,11 +262,23 @@ impl NodeCredentials {
                 message: e.to_string(),
             })?,
         };
+        let mut crls = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(dir.join("crls")) {
+            let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort();
+            for path in paths
+                .iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "pem"))
+            {
+                crls.push(read(path)?);
+            }
+        }
         Ok(NodeCredentials {
             identity: NodeIdentity::load(dir)?,
             who: file.who,
             sensors,
             party_cas,
+            crls,
             tokens: TokenRoot::from_hex(&file.token_root)
                 .map_err(|e| AuthorityError::Invalid(format!("token root: {e}")))?,
         })
@@ -243,8 +293,9 @@ impl NodeCredentials {
         self.party_cas.get(party as usize)
     }
 
+    /// Every party's CA, refusing what the installed revocation lists name.
     pub fn roots(&self) -> Result<std::sync::Arc<PartyRoots>, TlsError> {
-        PartyRoots::new(&self.party_cas).map(std::sync::Arc::new)
+        PartyRoots::with_crls(&self.party_cas, &self.crls).map(std::sync::Arc::new)
     }
 
     pub fn node_auth(&self) -> NodeAuth {

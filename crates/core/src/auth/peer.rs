@@ -96,6 +96,8 @@ fn party_of_ca_uri(uri: &str) -> Option<u16> {
 pub enum PeerError {
     #[error("no party CA signed the client certificate")]
     UnknownIssuer,
+    #[error("the client certificate has been revoked")]
+    Revoked,
     #[error("the client certificate names no mcloud identity")]
     NoIdentity,
     #[error("the client certificate names {named} but party {signer}'s CA signed it")]
@@ -139,6 +141,20 @@ impl PartyRoots {
     /// Roots from the parties' CA certificates; each names its party. A party may have
     /// several (a CA being rotated out and its successor).
     pub fn new(ca_pems: &[String]) -> Result<PartyRoots, TlsError> {
+        Self::with_crls(ca_pems, &[])
+    }
+
+    /// Roots that also refuse every certificate the revocation lists `crl_pems` name.
+    pub fn with_crls(ca_pems: &[String], crl_pems: &[String]) -> Result<PartyRoots, TlsError> {
+        let mut crls = Vec::new();
+        for pem in crl_pems {
+            for crl in rustls_pemfile::crls(&mut pem.as_bytes()) {
+                crls.push(crl.map_err(|source| TlsError::Io {
+                    path: "revocation list".into(),
+                    source,
+                })?);
+            }
+        }
         let mut by_party = Vec::new();
         let mut all = rustls::RootCertStore::empty();
         for pem in ca_pems {
@@ -148,11 +164,11 @@ impl PartyRoots {
                 roots.add(cert.clone())?;
                 all.add(cert)?;
             }
-            by_party.push((party, verifier(roots, false)?));
+            by_party.push((party, verifier(roots, false, &crls)?));
         }
         Ok(PartyRoots {
             by_party,
-            any: verifier(all, true)?,
+            any: verifier(all, true, &crls)?,
         })
     }
 
@@ -166,12 +182,20 @@ impl PartyRoots {
     pub fn identify(&self, chain: &[CertificateDer<'_>]) -> Result<PeerIdentity, PeerError> {
         let (leaf, intermediates) = chain.split_first().ok_or(PeerError::NoIdentity)?;
         let now = UnixTime::now();
-        let signer = self
-            .by_party
-            .iter()
-            .find(|(_, v)| v.verify_client_cert(leaf, intermediates, now).is_ok())
-            .map(|(party, _)| *party)
-            .ok_or(PeerError::UnknownIssuer)?;
+        let mut signer = None;
+        for (party, v) in &self.by_party {
+            match v.verify_client_cert(leaf, intermediates, now) {
+                Ok(_) => {
+                    signer = Some(*party);
+                    break;
+                }
+                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => {
+                    return Err(PeerError::Revoked)
+                }
+                Err(_) => {}
+            }
+        }
+        let signer = signer.ok_or(PeerError::UnknownIssuer)?;
         let named = uris(leaf)
             .iter()
             .find_map(|u| PeerIdentity::from_uri(u))
@@ -186,11 +210,17 @@ impl PartyRoots {
 fn verifier(
     roots: rustls::RootCertStore,
     optional: bool,
+    crls: &[rustls::pki_types::CertificateRevocationListDer<'static>],
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    // Only the end entity is checked (the CA signs end entities only), and a certificate of
+    // a party whose list is not here is not refused for that.
     let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         crate::tls::provider(),
-    );
+    )
+    .with_crls(crls.iter().cloned())
+    .only_check_end_entity_revocation()
+    .allow_unknown_revocation_status();
     let builder = if optional {
         builder.allow_unauthenticated()
     } else {
@@ -254,5 +284,30 @@ mod tests {
             Err(PeerError::UnknownIssuer)
         );
         assert_eq!(ca_party(&cas[2].ca_pem()).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_revoked_certificate_counts_for_nothing() {
+        let ca = PartyCa::generate(0).unwrap();
+        let who = |id| PeerIdentity {
+            party: 0,
+            role: Role::Voter,
+            id,
+        };
+        let (revoked, kept) = (
+            ca.issue(who(1), &[]).unwrap(),
+            ca.issue(who(2), &[]).unwrap(),
+        );
+        let serial = crate::tls::serial_of(&revoked.cert_pem()).unwrap();
+        let crl = ca.crl(&[serial], 1, 30).unwrap();
+        let roots = PartyRoots::with_crls(&[ca.ca_pem()], &[crl]).unwrap();
+        assert_eq!(
+            roots.identify(&revoked.chain().unwrap()),
+            Err(PeerError::Revoked)
+        );
+        assert_eq!(roots.identify(&kept.chain().unwrap()), Ok(who(2)));
+        // Without the list, both count.
+        let open = PartyRoots::new(&[ca.ca_pem()]).unwrap();
+        assert_eq!(open.identify(&revoked.chain().unwrap()), Ok(who(1)));
     }
 }
