@@ -298,7 +298,7 @@ mod tests {
             ca.issue(who(1), &[]).unwrap(),
             ca.issue(who(2), &[]).unwrap(),
         );
-        let serial = crate::tls::serial_of(&revoked.cert_pem()).unwrap();
+        let serial = crate::tls::serial_of(revoked.cert_pem()).unwrap();
         let crl = ca.crl(&[serial], 1, 30).unwrap();
         let roots = PartyRoots::with_crls(&[ca.ca_pem()], &[crl]).unwrap();
         assert_eq!(
