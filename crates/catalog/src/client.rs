@@ -173,7 +173,7 @@ impl CatalogClient {
     }
 
     async fn read_leaders(&self) -> Option<Vec<Option<usize>>> {
-        let url = format!("{}/v1/status", self.base());
+        let url = format!("{}{}", self.base(), mcloud_core::paths::STATUS_PATH);
         let i = self.current.load(Ordering::Relaxed) % self.nodes.len().max(1);
         let status: serde_json::Value = self
             .clients

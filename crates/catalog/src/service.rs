@@ -33,8 +33,11 @@ pub fn router_with_status<T: FlagTable>(
         .merge(readers)
         .with_state(table)
         .merge(mcloud_core::auth::session_router(auth))
-        .route("/v1/status", get(move || async move { Json(status()) }))
-        .route("/v1/health", get(|| async { "ok" }))
+        .route(
+            mcloud_core::paths::STATUS_PATH,
+            get(move || async move { Json(status()) }),
+        )
+        .route(mcloud_core::paths::HEALTH_PATH, get(|| async { "ok" }))
 }
 
 /// A sensor names only flags of its own batches (their ids carry its id).

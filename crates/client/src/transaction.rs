@@ -8,7 +8,7 @@ use futures::future::join_all;
 use mcloud_catalog::{CatalogClient, CatalogError, FlagTable};
 use mcloud_core::auth::authority::SensorCredentials;
 use mcloud_core::http::{send, CallError, Endpoint};
-use mcloud_core::paths::{UPLOAD_PATH, WATERMARK_PATH};
+use mcloud_core::paths::{HEALTH_PATH, UPLOAD_PATH, WATERMARK_PATH};
 use mcloud_core::upload::split_batch;
 use mcloud_core::wire::{CreateFlag, FlagState, UploadAck, WatermarkRequest};
 use std::future::Future;
@@ -136,7 +136,7 @@ impl Uploader {
         let start = Instant::now();
         let mut backoff = BACKOFF_START;
         let probe = |node: Endpoint| async move {
-            let url = format!("{}/v1/health", node.url);
+            let url = format!("{}{HEALTH_PATH}", node.url);
             match node.http.get(&url).send().await {
                 Ok(r) if r.status().is_success() => Ok(()),
                 Ok(r) => Err(format!("{url}: {}", r.status())),

@@ -44,8 +44,8 @@ pub fn router(node: Arc<CloudNode>, auth: NodeAuth) -> Router {
         .merge(sensor)
         .merge(app)
         .merge(mcloud_core::auth::session_router(auth))
-        .route("/v1/status", get(status))
-        .route("/v1/health", get(|| async { "ok" }))
+        .route(mcloud_core::paths::STATUS_PATH, get(status))
+        .route(mcloud_core::paths::HEALTH_PATH, get(|| async { "ok" }))
         .with_state(state)
 }
 

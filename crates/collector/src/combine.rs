@@ -2,6 +2,7 @@
 
 use futures::future::join_all;
 use mcloud_core::http::CallError;
+use mcloud_core::paths::{COMPUTE_PATH, RANGE_PATH};
 use mcloud_core::reading::{GroupId, GroupKey, GroupLevel, Metric};
 use mcloud_core::stats::RevealError;
 use mcloud_core::wire::{ComputeResponse, RangeResponse, RangeSpec};
@@ -120,7 +121,7 @@ impl Collector {
             .iter()
             .map(|c| {
                 format!(
-                    "{c}/v1/compute?from={}&to={}&level={}",
+                    "{c}{COMPUTE_PATH}?from={}&to={}&level={}",
                     query.from,
                     query.to,
                     query.level.name()
@@ -190,7 +191,7 @@ impl Collector {
     async fn ranges_at_once(&self, specs: &[RangeSpec]) -> Result<Vec<PlugTotals>, CollectError> {
         let body = postcard::to_stdvec(specs).map_err(CallError::from)?;
         let calls = self.clouds.iter().zip(&self.http).map(|(c, http)| {
-            let url = format!("{c}/v1/range");
+            let url = format!("{c}{RANGE_PATH}");
             let body = body.clone();
             async move {
                 let answer =
