@@ -889,6 +889,22 @@ async fn friends_others_and_denied_apps_reach_what_the_owner_says() {
         mcloud_client::Outcome::Committed
     );
     uploader.advance_watermark(t0 + 10, true).await.unwrap();
+    // The window is computable at every cloud before anyone looks.
+    let revealed = cluster
+        .collector()
+        .unwrap()
+        .collect_when_ready(
+            &mcloud_collector::Query {
+                from: t0,
+                to: t0 + 60,
+                level: GroupLevel::House,
+                min_count: 1,
+            },
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(revealed.windows.len(), 1);
 
     let tokens = &cluster.authority().tokens;
     let expires = mcloud_core::auth::now_secs() + 3600;
