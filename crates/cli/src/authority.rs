@@ -49,6 +49,12 @@ pub enum LevelArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum MetricArg {
+    Load,
+    Work,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum QueryArg {
     Compute,
     Range,
@@ -129,6 +135,11 @@ pub enum AuthorityCommand {
         app: Option<String>,
         #[arg(long, value_delimiter = ',')]
         houses: Option<Vec<u32>>,
+        /// Plug ids: the token then sees those plugs' own figures only.
+        #[arg(long, value_delimiter = ',')]
+        plugs: Option<Vec<u32>>,
+        #[arg(long, value_enum, value_delimiter = ',')]
+        metrics: Option<Vec<MetricArg>>,
         #[arg(long, value_enum, value_delimiter = ',')]
         levels: Option<Vec<LevelArg>>,
         #[arg(long, value_enum, value_delimiter = ',')]
@@ -241,6 +252,8 @@ pub fn run(args: AuthorityArgs) -> Result<()> {
             root,
             app,
             houses,
+            plugs,
+            metrics,
             levels,
             queries,
             days,
@@ -254,6 +267,15 @@ pub fn run(args: AuthorityArgs) -> Result<()> {
             let narrow = Attenuation {
                 app,
                 houses,
+                plugs,
+                metrics: metrics.map(|m| {
+                    m.into_iter()
+                        .map(|m| match m {
+                            MetricArg::Load => mcloud_core::Metric::Load,
+                            MetricArg::Work => mcloud_core::Metric::Work,
+                        })
+                        .collect()
+                }),
                 levels: levels.map(|l| l.into_iter().map(level).collect()),
                 queries: queries.map(|q| q.into_iter().map(query).collect()),
                 expires: days.map(until).transpose()?,

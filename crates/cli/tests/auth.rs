@@ -995,6 +995,30 @@ async fn friends_others_and_denied_apps_reach_what_the_owner_says() {
     // Dave is nobody's friend: only carol's house, which is open to everyone.
     assert_eq!(houses(dave, by_house).await, vec![5]);
     assert_eq!(houses(alice, by_plug).await, vec![3]);
+
+    // Plugs and metrics narrow too: a plug-narrowed token sees that plug's own figures, never
+    // a house aggregate other plugs are part of.
+    let collector = cluster.app_token().unwrap();
+    let narrowed = |plugs: &[u32], metrics: &[mcloud_core::Metric]| {
+        collector
+            .attenuate(
+                &tokens.root(),
+                &Attenuation {
+                    plugs: Some(plugs.to_vec()),
+                    metrics: Some(metrics.to_vec()),
+                    ..Attenuation::default()
+                },
+            )
+            .unwrap()
+    };
+    let load = [mcloud_core::Metric::Load];
+    let work = [mcloud_core::Metric::Work];
+    assert_eq!(houses(narrowed(&[0], &load), by_plug).await, vec![3, 4, 5]);
+    assert!(houses(narrowed(&[0], &load), by_house).await.is_empty());
+    assert!(houses(narrowed(&[1], &load), by_plug).await.is_empty());
+    assert!(houses(narrowed(&[0], &work), by_plug).await.is_empty());
+    assert_eq!(houses(narrowed(&[0], &load), range).await, vec![3, 4, 5]);
+    assert!(houses(narrowed(&[0], &work), range).await.is_empty());
     cluster.shutdown().await;
 }
 

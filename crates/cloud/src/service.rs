@@ -14,7 +14,7 @@ use mcloud_core::auth::sensor::SensorScope;
 use mcloud_core::auth::{now_secs, require_app, require_sensor, AppBearer, NodeAuth};
 use mcloud_core::http::{ApiError, Postcard, RawBody};
 use mcloud_core::paths::{COMPUTE_PATH, RANGE_PATH, UPLOAD_PATH, WATERMARK_PATH};
-use mcloud_core::reading::GroupLevel;
+use mcloud_core::reading::{GroupLevel, Metric};
 use mcloud_core::wire::{ComputeResponse, RangeResponse, RangeSpec, UploadAck, WatermarkRequest};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -171,7 +171,7 @@ async fn compute(
         for window in &mut answer.ready {
             window
                 .groups
-                .retain(|g| reach.allows(g.group.house, aggregate));
+                .retain(|g| reach.allows_group(g.group.house, g.group.plug, g.metric, aggregate));
         }
     }
     Ok(Postcard(answer))
@@ -188,7 +188,10 @@ fn range_kind(histograms: bool) -> QueryKind {
 /// RANGE answers are per plug: only the token's own houses, never what owners share.
 fn keep_granted(answer: &mut RangeResponse, reach: &Reach) {
     if !reach.is_everything() {
-        answer.plugs.retain(|p| reach.allows(p.plug.house, false));
+        // A range holds load sums (and load histograms) only.
+        answer
+            .plugs
+            .retain(|p| reach.allows_group(p.plug.house, Some(p.plug.plug), Metric::Load, false));
     }
 }
 

@@ -63,6 +63,10 @@ pub struct Reach {
     pub shared: BTreeSet<u32>,
     /// Houses whose owners deny this app.
     pub denied: BTreeSet<u32>,
+    /// The plugs the token is narrowed to: then only those plugs' own groups.
+    pub plugs: Option<BTreeSet<u32>>,
+    /// The metrics the token is narrowed to.
+    pub metrics: Option<BTreeSet<crate::reading::Metric>>,
 }
 
 impl Reach {
@@ -72,9 +76,32 @@ impl Reach {
             && (self.own.allows(house) || (aggregate && self.shared.contains(&house)))
     }
 
-    /// Whether every house is allowed (nothing to filter).
+    /// Whether a group may be seen: `plug` is the group's plug (`None` for a house or
+    /// household aggregate, which a plug-narrowed token never sees).
+    pub fn allows_group(
+        &self,
+        house: u32,
+        plug: Option<u32>,
+        metric: crate::reading::Metric,
+        aggregate: bool,
+    ) -> bool {
+        self.allows(house, aggregate)
+            && self
+                .plugs
+                .as_ref()
+                .is_none_or(|set| plug.is_some_and(|p| set.contains(&p)))
+            && self
+                .metrics
+                .as_ref()
+                .is_none_or(|set| set.contains(&metric))
+    }
+
+    /// Whether every group is allowed (nothing to filter).
     pub fn is_everything(&self) -> bool {
-        self.own == HouseScope::All && self.denied.is_empty()
+        self.own == HouseScope::All
+            && self.denied.is_empty()
+            && self.plugs.is_none()
+            && self.metrics.is_none()
     }
 }
 
@@ -98,6 +125,8 @@ pub fn reach(grant: &Grant, rules: &BTreeMap<String, AccessRules>) -> Reach {
         own: grant.houses.clone(),
         shared,
         denied,
+        plugs: grant.plugs.clone(),
+        metrics: grant.metrics.clone(),
     }
 }
 
@@ -112,6 +141,8 @@ mod tests {
             houses: HouseScope::Only(houses.iter().copied().collect()),
             revocation_ids: Vec::new(),
             expires: None,
+            plugs: None,
+            metrics: None,
         }
     }
 

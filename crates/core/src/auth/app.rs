@@ -129,6 +129,10 @@ pub struct AppToken(pub String);
 pub struct Attenuation {
     pub app: Option<String>,
     pub houses: Option<Vec<u32>>,
+    /// Plug ids (within a house); a token narrowed to plugs sees those plugs' own groups only,
+    /// never a house or household aggregate that other plugs are part of.
+    pub plugs: Option<Vec<u32>>,
+    pub metrics: Option<Vec<crate::reading::Metric>>,
     pub queries: Option<Vec<QueryKind>>,
     pub levels: Option<Vec<GroupLevel>>,
     pub expires: Option<u64>,
@@ -153,6 +157,14 @@ impl AppToken {
         if let Some(houses) = &narrow.houses {
             let set = houses.iter().map(|h| house_term(*h)).collect();
             block = block.fact(dl::fact("houses", &[Term::Set(set)]))?;
+        }
+        if let Some(plugs) = &narrow.plugs {
+            let set = plugs.iter().map(|p| house_term(*p)).collect();
+            block = block.fact(dl::fact("plugs", &[Term::Set(set)]))?;
+        }
+        if let Some(metrics) = &narrow.metrics {
+            let set = metrics.iter().map(|m| dl::string(m.name())).collect();
+            block = block.fact(dl::fact("metrics", &[Term::Set(set)]))?;
         }
         if let Some(queries) = &narrow.queries {
             block = one_of(block, "query", queries.iter().map(|q| q.name()))?;
@@ -189,6 +201,10 @@ pub struct Grant {
     pub revocation_ids: Vec<String>,
     /// The earliest expiry any block states, if any.
     pub expires: Option<u64>,
+    /// The plugs the token is narrowed to (`None`: every plug of its houses).
+    pub plugs: Option<BTreeSet<u32>>,
+    /// The metrics the token is narrowed to (`None`: every metric).
+    pub metrics: Option<BTreeSet<crate::reading::Metric>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -371,7 +387,38 @@ fn read_grant(blocks: &[Vec<Fact>]) -> Result<(Grant, Option<u64>), AppTokenErro
         houses = HouseScope::All;
     }
     let mut app = None;
+    let mut plugs: Option<BTreeSet<u32>> = None;
+    let mut metrics: Option<BTreeSet<crate::reading::Metric>> = None;
     for block in attenuations {
+        // Plugs and metrics narrow like houses: each block's set intersects what was allowed.
+        for terms in named(block, "plugs") {
+            let set: BTreeSet<u32> = match terms {
+                [Term::Set(set)] => set.iter().filter_map(house).collect(),
+                _ => BTreeSet::new(),
+            };
+            plugs = Some(match plugs {
+                None => set,
+                Some(had) => &had & &set,
+            });
+        }
+        for terms in named(block, "metrics") {
+            let set: BTreeSet<crate::reading::Metric> = match terms {
+                [Term::Set(set)] => set
+                    .iter()
+                    .filter_map(|t| match t {
+                        Term::Str(name) => crate::reading::Metric::ALL
+                            .into_iter()
+                            .find(|m| m.name() == name),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => BTreeSet::new(),
+            };
+            metrics = Some(match metrics {
+                None => set,
+                Some(had) => &had & &set,
+            });
+        }
         // A block's houses only intersect, so no block can add a house; a `houses` fact that
         // is not a set of house numbers narrows to nothing.
         for terms in named(block, "houses") {
@@ -398,6 +445,8 @@ fn read_grant(blocks: &[Vec<Fact>]) -> Result<(Grant, Option<u64>), AppTokenErro
         houses,
         revocation_ids: Vec::new(),
         expires: None,
+        plugs,
+        metrics,
     };
     Ok((grant, expires.min()))
 }
@@ -613,5 +662,36 @@ mod tests {
         assert_eq!(back, granted(&token, &root));
         let again = TokenAuthority::from_private_hex(&authority.private_hex()).unwrap();
         assert_eq!(again.root().to_hex(), root.to_hex());
+    }
+
+    #[test]
+    fn plugs_and_metrics_only_narrow() {
+        let authority = TokenAuthority::generate();
+        let root = authority.root();
+        let token = authority.issue_owner("alice", &[3], 4_000_000_000).unwrap();
+        let narrow = |t: &AppToken, plugs: Vec<u32>, metrics: Vec<crate::reading::Metric>| {
+            t.attenuate(
+                &root,
+                &Attenuation {
+                    plugs: Some(plugs),
+                    metrics: Some(metrics),
+                    ..Attenuation::default()
+                },
+            )
+            .unwrap()
+        };
+        use crate::reading::Metric::{Load, Work};
+        let once = narrow(&token, vec![1, 2], vec![Load, Work]);
+        let twice = narrow(&once, vec![2, 9], vec![Load]);
+        let request = AppRequest {
+            now: 1,
+            query: QueryKind::Compute,
+            level: GroupLevel::Plug,
+        };
+        let grant = authorize(&twice.0, &root, &request, |_| false).unwrap();
+        assert_eq!(grant.plugs, Some([2].into_iter().collect()));
+        assert_eq!(grant.metrics, Some([Load].into_iter().collect()));
+        let plain = authorize(&token.0, &root, &request, |_| false).unwrap();
+        assert_eq!((plain.plugs, plain.metrics), (None, None));
     }
 }
