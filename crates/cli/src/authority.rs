@@ -165,6 +165,26 @@ pub enum AuthorityCommand {
         #[arg(long = "install-into")]
         install_into: Vec<PathBuf>,
     },
+    /// Rotate a party's CA: a new CA signs the party's certificates from now on, the old one
+    /// stays trusted until `retire`. Installs the party's trusted CAs into every credentials
+    /// directory named with `--install-into` (enrol the party's nodes again, then retire).
+    Rotate {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        party: u16,
+        #[arg(long = "install-into")]
+        install_into: Vec<PathBuf>,
+    },
+    /// Stop trusting a party's rotated-out CA; installs the party's trusted CAs as `rotate`.
+    Retire {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        party: u16,
+        #[arg(long = "install-into")]
+        install_into: Vec<PathBuf>,
+    },
     /// Make an authority and enrol a whole loopback deployment into `--dir` (the layout of
     /// `examples/local`): every party's CA, voters, clouds, an administrator, a gateway
     /// sensor and a collector token.
@@ -303,6 +323,16 @@ pub fn run(args: AuthorityArgs) -> Result<()> {
                 install_into.len()
             );
         }
+        AuthorityCommand::Rotate {
+            dir,
+            party,
+            install_into,
+        } => change_party_ca(&dir, party, &install_into, true)?,
+        AuthorityCommand::Retire {
+            dir,
+            party,
+            install_into,
+        } => change_party_ca(&dir, party, &install_into, false)?,
         AuthorityCommand::Local {
             dir,
             parties,
@@ -315,6 +345,33 @@ pub fn run(args: AuthorityArgs) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Rotates (`rotate`) or retires party `party`'s CA and installs the party's trusted CAs
+/// into the credentials directories `install_into`.
+fn change_party_ca(dir: &Path, party: u16, install_into: &[PathBuf], rotate: bool) -> Result<()> {
+    let mut authority = Authority::load(dir)?;
+    if rotate {
+        authority.rotate(party)?;
+    } else {
+        authority.retire(party)?;
+    }
+    authority.save(dir)?;
+    let trusted = authority.party_cas()[party as usize].clone();
+    for node in install_into {
+        let path = node.join(format!("parties/party{party}.pem"));
+        std::fs::write(&path, &trusted).with_context(|| format!("writing {}", path.display()))?;
+    }
+    eprintln!(
+        "party {party}: {} (installed into {} credentials directories; nodes read it at start)",
+        if rotate {
+            "a new CA signs, the old one is still trusted"
+        } else {
+            "retired CAs are no longer trusted"
+        },
+        install_into.len()
+    );
     Ok(())
 }
 

@@ -1140,3 +1140,77 @@ fn a_revoked_certificate_is_refused_by_nodes_that_installed_the_list() {
         Ok(admin.who)
     );
 }
+
+/// `mcloud authority rotate` then `retire`: while both CAs are trusted, certificates of either
+/// count; once the old one is retired, only the new one's do.
+#[test]
+fn a_rotated_party_ca_is_trusted_until_it_is_retired() {
+    use mcloud::authority::{run, AuthorityArgs, AuthorityCommand};
+    use mcloud_core::auth::authority::{Authority, NodeCredentials};
+    use mcloud_core::auth::peer::PeerError;
+    let dir = tempfile::tempdir().unwrap();
+    let trust = dir.path().join("trust");
+    mcloud::authority::write_local(&trust, 3, 3).unwrap();
+    let authority = trust.join("authority");
+    let old_admin = NodeCredentials::load(&trust.join("admin")).unwrap();
+    run(AuthorityArgs {
+        command: AuthorityCommand::Rotate {
+            dir: authority.clone(),
+            party: 0,
+            install_into: vec![trust.join("voter1")],
+        },
+    })
+    .unwrap();
+    let new_admin = Authority::load(&authority)
+        .unwrap()
+        .node(
+            PeerIdentity {
+                party: 0,
+                role: Role::Admin,
+                id: 0,
+            },
+            &[],
+        )
+        .unwrap();
+    let roots = NodeCredentials::load(&trust.join("voter1"))
+        .unwrap()
+        .roots()
+        .unwrap();
+    assert_eq!(
+        roots.identify(&new_admin.identity.chain().unwrap()),
+        Ok(new_admin.who)
+    );
+    assert_eq!(
+        roots.identify(&old_admin.identity.chain().unwrap()),
+        Ok(old_admin.who)
+    );
+    // A node that did not install the party's new CAs does not know the new one yet.
+    let stale = NodeCredentials::load(&trust.join("voter2"))
+        .unwrap()
+        .roots()
+        .unwrap();
+    assert_eq!(
+        stale.identify(&new_admin.identity.chain().unwrap()),
+        Err(PeerError::UnknownIssuer)
+    );
+    run(AuthorityArgs {
+        command: AuthorityCommand::Retire {
+            dir: authority,
+            party: 0,
+            install_into: vec![trust.join("voter1")],
+        },
+    })
+    .unwrap();
+    let roots = NodeCredentials::load(&trust.join("voter1"))
+        .unwrap()
+        .roots()
+        .unwrap();
+    assert_eq!(
+        roots.identify(&new_admin.identity.chain().unwrap()),
+        Ok(new_admin.who)
+    );
+    assert_eq!(
+        roots.identify(&old_admin.identity.chain().unwrap()),
+        Err(PeerError::UnknownIssuer)
+    );
+}

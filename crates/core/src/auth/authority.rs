@@ -60,7 +60,11 @@ fn secret(path: &Path, party: u16) -> Result<PartySecret, AuthorityError> {
 }
 
 pub struct PartyAuthority {
+    /// The CA that signs the party's new certificates.
     pub ca: PartyCa,
+    /// CAs rotated out but still trusted, so the party's nodes keep working until each is
+    /// enrolled again under `ca` (PEM, possibly several).
+    pub retired: Option<String>,
     pub sensors: PartySecret,
 }
 
@@ -80,6 +84,7 @@ impl Authority {
             .map(|party| {
                 Ok(PartyAuthority {
                     ca: PartyCa::generate(party)?,
+                    retired: None,
                     sensors: PartySecret {
                         party,
                         secret: Secret::generate(),
@@ -101,6 +106,12 @@ impl Authority {
             write(&d.join("ca.key"), &p.ca.key_pem(), true)?;
             write(&d.join("sensor.key"), &p.sensors.secret.to_hex(), true)?;
             write(&d.join("ca.pem"), &p.ca.ca_pem(), false)?;
+            match &p.retired {
+                Some(pem) => write(&d.join("retired.pem"), pem, false)?,
+                None => {
+                    let _ = std::fs::remove_file(d.join("retired.pem"));
+                }
+            }
         }
         write(&dir.join("tokens.key"), &self.tokens.private_hex(), true)
     }
@@ -112,8 +123,10 @@ impl Authority {
             if !d.exists() {
                 break;
             }
+            let retired = d.join("retired.pem");
             parties.push(PartyAuthority {
                 ca: PartyCa::load(&read(&d.join("ca.pem"))?, &read(&d.join("ca.key"))?)?,
+                retired: retired.exists().then(|| read(&retired)).transpose()?,
                 sensors: secret(&d.join("sensor.key"), party)?,
             });
         }
@@ -137,8 +150,38 @@ impl Authority {
         })
     }
 
+    /// Each party's trusted CAs (the signing CA first, then any retired one), as clients pin
+    /// them and servers check client certificates against them.
     pub fn party_cas(&self) -> Vec<String> {
-        self.parties.iter().map(|p| p.ca.ca_pem()).collect()
+        self.parties
+            .iter()
+            .map(|p| p.ca.ca_pem() + p.retired.as_deref().unwrap_or(""))
+            .collect()
+    }
+
+    /// Rotates party `party`'s CA: a new one signs from now on, the old one stays trusted
+    /// (retired) until [`Authority::retire`]. Save the authority afterwards.
+    pub fn rotate(&mut self, party: u16) -> Result<(), AuthorityError> {
+        let fresh = PartyCa::generate(party)?;
+        let p = self.party_mut(party)?;
+        let old = std::mem::replace(&mut p.ca, fresh);
+        p.retired = Some(old.ca_pem() + p.retired.as_deref().unwrap_or(""));
+        Ok(())
+    }
+
+    /// Stops trusting party `party`'s retired CAs: certificates they signed count no more.
+    pub fn retire(&mut self, party: u16) -> Result<(), AuthorityError> {
+        self.party_mut(party)?.retired = None;
+        Ok(())
+    }
+
+    fn party_mut(&mut self, party: u16) -> Result<&mut PartyAuthority, AuthorityError> {
+        let parties = self.parties.len();
+        self.parties.get_mut(party as usize).ok_or_else(|| {
+            AuthorityError::Invalid(format!(
+                "party {party} is not one of the deployment's {parties} parties"
+            ))
+        })
     }
 
     /// Revokes the certificate `cert_pem` of party `party`: adds its serial to the party's
