@@ -1214,3 +1214,29 @@ fn a_rotated_party_ca_is_trusted_until_it_is_retired() {
         Err(PeerError::UnknownIssuer)
     );
 }
+
+/// A node-to-node call that fails says so in its status, not inside a 200; the caller still
+/// reads the error from the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_internal_error_never_travels_inside_a_200() {
+    use mcloud_catalog::raft::types::WireError;
+    use mcloud_catalog::raft::MembershipChange;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = three_parties(dir.path(), 60).await;
+    let admin = cluster.admin_client(0).unwrap();
+    let url = format!("{}/v1/catalog/0/membership", cluster.catalog_url());
+    let body = postcard::to_stdvec(&MembershipChange::Remove { id: 99 }).unwrap();
+    let answer = admin.post(&url).body(body.clone()).send().await.unwrap();
+    let status = answer.status().as_u16();
+    assert!((400..600).contains(&status), "{status}");
+    let decoded: Result<(), WireError> =
+        postcard::from_bytes(&answer.bytes().await.unwrap()).unwrap();
+    assert!(decoded.is_err(), "{decoded:?}");
+    // The typed client reads the same error.
+    let typed: Result<(), WireError> =
+        mcloud_core::http::post(&admin, &url, &MembershipChange::Remove { id: 99 })
+            .await
+            .unwrap();
+    assert!(typed.is_err());
+    cluster.shutdown().await;
+}

@@ -331,8 +331,15 @@ async fn read_sized_answer<R: DeserializeOwned>(
     response: reqwest::Response,
 ) -> Result<(R, usize), CallError> {
     let status = response.status();
+    // A node-to-node answer carries its error as postcard under an error status: the caller
+    // expects a `Result` and decodes the error itself.
+    let encoded_error = !status.is_success()
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v == "application/octet-stream");
     let bytes = read_capped(url, response, crate::wire::MAX_ANSWER_BYTES).await?;
-    if !status.is_success() {
+    if !status.is_success() && !encoded_error {
         let (message, code) = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(b) => (b.error, b.code),
             Err(_) => (String::from_utf8_lossy(&bytes).into_owned(), String::new()),

@@ -41,10 +41,41 @@ use types::{TypeConfig, WireError};
 pub const MAX_RAFT_BODY_BYTES: usize = 1 << 30;
 
 fn postcard_answer<T: Serialize>(value: &T) -> Response {
+    encoded(axum::http::StatusCode::OK, value)
+}
+
+fn encoded<T: Serialize>(status: axum::http::StatusCode, value: &T) -> Response {
     match postcard::to_stdvec(value) {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response(),
+        Ok(body) => (
+            status,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            body,
+        )
+            .into_response(),
         Err(e) => ApiError::internal(format!("encoding answer: {e}")).into_response(),
     }
+}
+
+/// A node-to-node answer: the whole `Result` travels as postcard (the caller decodes the
+/// error itself), but an error never travels inside a 200 — its status says what happened.
+fn result_answer<T: Serialize, E: Serialize>(
+    answer: &Result<T, E>,
+    status_of: impl Fn(&E) -> axum::http::StatusCode,
+) -> Response {
+    let status = match answer {
+        Ok(_) => axum::http::StatusCode::OK,
+        Err(e) => status_of(e),
+    };
+    encoded(status, answer)
+}
+
+/// A Raft group that cannot take an RPC (stopped, or failed): the caller tries again later.
+fn raft_status<E>(_: &E) -> axum::http::StatusCode {
+    axum::http::StatusCode::SERVICE_UNAVAILABLE
+}
+
+fn wire_status(e: &WireError) -> axum::http::StatusCode {
+    ApiError::from(crate::CatalogError::from(e.clone())).status
 }
 
 type Node = State<Arc<CatalogNode>>;
@@ -100,7 +131,7 @@ async fn append(
     check_sender(&node, p, &who, rpc.from)?;
     let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
         raft_of(&node, p)?.append_entries(rpc.body).await;
-    Ok(postcard_answer(&answer))
+    Ok(result_answer(&answer, raft_status))
 }
 
 async fn vote(
@@ -113,7 +144,7 @@ async fn vote(
     check_sender(&node, p, &who, rpc.from)?;
     let answer: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
         raft_of(&node, p)?.vote(rpc.body).await;
-    Ok(postcard_answer(&answer))
+    Ok(result_answer(&answer, raft_status))
 }
 
 async fn snapshot(
@@ -140,13 +171,13 @@ async fn snapshot(
         .install_full_snapshot(whole.vote, snapshot)
         .await
         .map(Some);
-    Ok(postcard_answer(&answer))
+    Ok(result_answer(&answer, raft_status))
 }
 
 async fn local(State(node): Node, Path(p): Path<u32>, body: Bytes) -> Result<Response, ApiError> {
     let req: Forwarded = decode(&body)?;
     let answer: Result<ForwardedAnswer, WireError> = node.run_local(p, req).await;
-    Ok(postcard_answer(&answer))
+    Ok(result_answer(&answer, wire_status))
 }
 
 async fn membership(
@@ -159,7 +190,7 @@ async fn membership(
         .change_membership(p, change)
         .await
         .map_err(WireError::from);
-    Ok(postcard_answer(&answer))
+    Ok(result_answer(&answer, wire_status))
 }
 
 const VOTERS: &[Role] = &[Role::Voter];
