@@ -403,93 +403,68 @@ impl CatalogNode {
         assignment: Assignment,
     ) -> Result<(), CatalogError> {
         assignment.check()?;
-        let op = Op::Assign { party, assignment };
+        self.write_register(Op::Assign { party, assignment }).await
+    }
+
+    /// Appends one register operation to partition 0's log, through its leader.
+    async fn write_register(&self, op: Op) -> Result<(), CatalogError> {
         match self
             .on_leader(ASSIGNMENT_PARTITION, Forwarded::Op(op))
             .await?
         {
             ForwardedAnswer::Flags(_) => Ok(()),
             _ => Err(CatalogError::Storage(
-                "catalog answered a bucket map write with a read".into(),
+                "catalog answered a register write with a read".into(),
             )),
         }
+    }
+
+    /// Reads partition 0's registers as this node has applied them.
+    fn read_registers<T>(
+        &self,
+        f: impl FnOnce(&super::state_machine::Registers) -> T,
+    ) -> Result<T, CatalogError> {
+        let p = self
+            .partitions
+            .get(ASSIGNMENT_PARTITION as usize)
+            .ok_or_else(|| CatalogError::Unavailable("no catalog partition 0".into()))?;
+        Ok(f(&read(&p.sm).registers))
     }
 
     /// Revokes app tokens: every cloud refuses a token carrying one of `ids` once it has read
     /// them (clouds poll the catalog).
     pub async fn revoke(&self, ids: Vec<String>) -> Result<(), CatalogError> {
         super::types::check_revocations(&ids)?;
-        match self
-            .on_leader(ASSIGNMENT_PARTITION, Forwarded::Op(Op::Revoke(ids)))
-            .await?
-        {
-            ForwardedAnswer::Flags(_) => Ok(()),
-            _ => Err(CatalogError::Storage(
-                "catalog answered a revocation with a read".into(),
-            )),
-        }
+        self.write_register(Op::Revoke(ids)).await
     }
 
     /// The revoked app tokens' ids as this node has applied them. Not linearizable: the set
     /// only grows, and a cloud that reads it a moment late refuses the token a moment later.
     pub fn revocations(&self) -> Result<Vec<String>, CatalogError> {
-        let p = self
-            .partitions
-            .get(ASSIGNMENT_PARTITION as usize)
-            .ok_or_else(|| CatalogError::Unavailable("no catalog partition 0".into()))?;
-        Ok(read(&p.sm).registers.revoked.iter().cloned().collect())
+        self.read_registers(|r| r.revoked.iter().cloned().collect())
     }
 
     /// Revokes sensors: every node refuses their sessions once it has read the list.
     pub async fn revoke_sensors(&self, ids: Vec<u32>) -> Result<(), CatalogError> {
         super::types::check_sensor_revocations(&ids)?;
-        match self
-            .on_leader(ASSIGNMENT_PARTITION, Forwarded::Op(Op::RevokeSensors(ids)))
-            .await?
-        {
-            ForwardedAnswer::Flags(_) => Ok(()),
-            _ => Err(CatalogError::Storage(
-                "catalog answered a revocation with a read".into(),
-            )),
-        }
+        self.write_register(Op::RevokeSensors(ids)).await
     }
 
     /// The revoked sensors as this node has applied them.
     pub fn revoked_sensors(&self) -> Result<Vec<u32>, CatalogError> {
-        let p = self
-            .partitions
-            .get(ASSIGNMENT_PARTITION as usize)
-            .ok_or_else(|| CatalogError::Unavailable("no catalog partition 0".into()))?;
-        Ok(read(&p.sm)
-            .registers
-            .revoked_sensors
-            .iter()
-            .copied()
-            .collect())
+        self.read_registers(|r| r.revoked_sensors.iter().copied().collect())
     }
 
     /// Replaces a house owner's access rules.
     pub async fn set_access(&self, rules: super::types::AccessRules) -> Result<(), CatalogError> {
         rules.check().map_err(CatalogError::BadAccess)?;
-        match self
-            .on_leader(ASSIGNMENT_PARTITION, Forwarded::Op(Op::SetAccess(rules)))
-            .await?
-        {
-            ForwardedAnswer::Flags(_) => Ok(()),
-            _ => Err(CatalogError::Storage(
-                "catalog answered access rules with a read".into(),
-            )),
-        }
+        self.write_register(Op::SetAccess(rules)).await
     }
 
     /// Every owner's access rules as this node has applied them (not linearizable: clouds
     /// poll them, as they poll revocations).
     pub fn access_rules(&self) -> Result<Vec<super::types::AccessRules>, CatalogError> {
-        let p = self
-            .partitions
-            .get(ASSIGNMENT_PARTITION as usize)
-            .ok_or_else(|| CatalogError::Unavailable("no catalog partition 0".into()))?;
-        Ok(read(&p.sm).registers.access.values().cloned().collect())
+        self.read_registers(|r| r.access.values().cloned().collect())
     }
 
     /// Cloud `party`'s stored bucket → worker map, read linearizably.
