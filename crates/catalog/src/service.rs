@@ -41,20 +41,8 @@ pub fn router_with_status<T: FlagTable>(
 }
 
 /// A sensor names only flags of its own batches (their ids carry its id).
-fn own_ids(scope: &SensorScope, ids: impl Iterator<Item = BatchId>) -> Result<(), ApiError> {
-    for id in ids {
-        if id.sensor() != scope.sensor {
-            return Err(ApiError::forbidden(
-                "not_your_batch",
-                format!(
-                    "flag {id} belongs to sensor {}; this session is sensor {}'s",
-                    id.sensor(),
-                    scope.sensor
-                ),
-            ));
-        }
-    }
-    Ok(())
+fn own_ids(scope: &SensorScope, mut ids: impl Iterator<Item = BatchId>) -> Result<(), ApiError> {
+    ids.try_for_each(|id| mcloud_core::auth::check_own(scope, id))
 }
 
 async fn create<T: FlagTable>(

@@ -622,16 +622,7 @@ impl ReplaySource for CloudNode {
 /// anything else is refused before it is looked at further.
 fn check_scope(batch: &UploadRequest, scope: &SensorScope) -> Result<(), ApiError> {
     let id = batch.batch_id;
-    if id.sensor() != scope.sensor {
-        return Err(ApiError::forbidden(
-            "not_your_batch",
-            format!(
-                "batch {id} belongs to sensor {}; this session is sensor {}'s",
-                id.sensor(),
-                scope.sensor
-            ),
-        ));
-    }
+    mcloud_core::auth::check_own(scope, id)?;
     let groups = batch
         .records
         .iter()

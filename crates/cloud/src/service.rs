@@ -63,43 +63,40 @@ pub fn watch_revocations(
     let access = Arc::downgrade(&auth.access);
     let revoked_sensors = Arc::downgrade(&auth.revoked_sensors);
     tokio::spawn(async move {
-        loop {
-            match catalog.revocations().await {
-                Ok(ids) => {
-                    let Some(revoked) = revoked.upgrade() else {
-                        return;
-                    };
-                    let mut set = revoked.write().unwrap_or_else(|p| p.into_inner());
-                    set.extend(ids);
-                }
-                Err(e) => tracing::debug!("reading revocations: {e}"),
-            }
-            match catalog.revoked_sensors().await {
-                Ok(ids) => {
-                    let Some(sensors) = revoked_sensors.upgrade() else {
-                        return;
-                    };
-                    let mut set = sensors.write().unwrap_or_else(|p| p.into_inner());
-                    set.extend(ids);
-                }
-                Err(e) => tracing::debug!("reading revoked sensors: {e}"),
-            }
-            match catalog.access_rules().await {
-                Ok(rules) => {
-                    let Some(access) = access.upgrade() else {
-                        return;
-                    };
-                    let mut map = access.write().unwrap_or_else(|p| p.into_inner());
-                    *map = rules.into_iter().map(|r| (r.user.clone(), r)).collect();
-                }
-                Err(e) => tracing::debug!("reading access rules: {e}"),
-            }
-            if revoked.strong_count() == 0 {
+        // The three live and die together with `auth`.
+        while revoked.strong_count() > 0 {
+            let tokens = catalog.revocations().await;
+            let sensors = catalog.revoked_sensors().await;
+            let rules = catalog.access_rules().await;
+            let (Some(r), Some(s), Some(a)) = (
+                revoked.upgrade(),
+                revoked_sensors.upgrade(),
+                access.upgrade(),
+            ) else {
                 return;
-            }
+            };
+            update(&r, tokens, "revoked tokens", |set, ids| set.extend(ids));
+            update(&s, sensors, "revoked sensors", |set, ids| set.extend(ids));
+            update(&a, rules, "access rules", |map, rules| {
+                *map = rules.into_iter().map(|r| (r.user.clone(), r)).collect();
+            });
             tokio::time::sleep(REVOCATION_POLL).await;
         }
     })
+}
+
+/// Applies what the catalog answered to one of `auth`'s lists; a failed read keeps the list
+/// as it was until the next poll.
+fn update<T, V>(
+    lock: &std::sync::RwLock<T>,
+    read: Result<V, mcloud_catalog::CatalogError>,
+    what: &str,
+    apply: impl FnOnce(&mut T, V),
+) {
+    match read {
+        Ok(value) => apply(&mut lock.write().unwrap_or_else(|p| p.into_inner()), value),
+        Err(e) => tracing::debug!("reading {what}: {e}"),
+    }
 }
 
 async fn upload(

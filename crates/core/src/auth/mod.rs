@@ -164,6 +164,21 @@ fn revoked_sensor(sensor: u32) -> Response {
     .into_response()
 }
 
+/// A sensor names only its own batches and flags: their ids carry its id.
+pub fn check_own(scope: &SensorScope, id: crate::BatchId) -> Result<(), ApiError> {
+    if id.sensor() == scope.sensor {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(
+        "not_your_batch",
+        format!(
+            "batch {id} belongs to sensor {}; this session is sensor {}'s",
+            id.sensor(),
+            scope.sensor
+        ),
+    ))
+}
+
 /// An app's token as the request carried it; the handler authorizes it for what it asks.
 #[derive(Clone, Debug)]
 pub struct AppBearer(pub String);

@@ -118,28 +118,31 @@ impl Secret {
     }
 
     fn mac(&self, label: &str, parts: &[&[u8]]) -> [u8; 32] {
-        let key = hmac::Key::new(hmac::HMAC_SHA256, &self.0);
-        let mut ctx = hmac::Context::with_key(&key);
-        ctx.update(label.as_bytes());
-        for part in parts {
-            ctx.update(&(part.len() as u64).to_le_bytes());
-            ctx.update(part);
-        }
+        let tag = hmac::sign(&self.key(), &message(label, parts));
         let mut out = [0; 32];
-        out.copy_from_slice(ctx.sign().as_ref());
+        out.copy_from_slice(tag.as_ref());
         out
     }
 
     fn verify(&self, label: &str, parts: &[&[u8]], tag: &[u8; 32]) -> bool {
         // ring compares in constant time; recomputing and comparing with == would not.
-        let key = hmac::Key::new(hmac::HMAC_SHA256, &self.0);
-        let mut message = label.as_bytes().to_vec();
-        for part in parts {
-            message.extend_from_slice(&(part.len() as u64).to_le_bytes());
-            message.extend_from_slice(part);
-        }
-        hmac::verify(&key, &message, tag).is_ok()
+        hmac::verify(&self.key(), &message(label, parts), tag).is_ok()
     }
+
+    fn key(&self) -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, &self.0)
+    }
+}
+
+/// What a MAC covers: the label, then each part with its length, so no two different lists
+/// of parts give the same bytes.
+fn message(label: &str, parts: &[&[u8]]) -> Vec<u8> {
+    let mut message = label.as_bytes().to_vec();
+    for part in parts {
+        message.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        message.extend_from_slice(part);
+    }
+    message
 }
 
 impl std::fmt::Debug for Secret {
