@@ -1091,12 +1091,42 @@ async fn a_revoked_sensor_is_refused_everywhere() {
     );
     let refused = fresh.header(1).await.unwrap_err();
     assert!(refused.to_string().contains("sensor_revoked"), "{refused}");
-    // The gateway sensor is not affected.
+    // The gateway sensor is not affected, and progress beyond the future horizon is refused
+    // by name without moving the watermark.
     let gateway = cluster.uploader(Duration::from_secs(30)).unwrap();
     gateway
         .advance_watermark(1_377_986_400, false)
         .await
         .unwrap();
+    let future = gateway
+        .advance_watermark(u64::MAX / 2, false)
+        .await
+        .unwrap_err();
+    assert!(future.to_string().contains("in the future"), "{future}");
+    let status: serde_json::Value = cluster
+        .http()
+        .get(format!("{}/v1/status", cluster.cloud_urls()[0]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["watermark"], 1_377_986_400u64);
+    // Malformed revocation requests are refused by the catalog itself, not only its client.
+    let admin = cluster.admin_client(0).unwrap();
+    let url = format!("{}/v1/revocations/sensors", cluster.catalog_url());
+    for ids in [Vec::new(), (0..300u32).collect::<Vec<_>>()] {
+        let r = admin
+            .post(&url)
+            .body(postcard::to_stdvec(&ids).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status_and_code(r).await.0, 400, "{} ids", ids.len());
+    }
+    let r = admin.post(&url).body(vec![0xff; 3]).send().await.unwrap();
+    assert_eq!(status_and_code(r).await.0, 400);
     cluster.shutdown().await;
 }
 
