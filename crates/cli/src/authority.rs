@@ -419,7 +419,8 @@ pub fn voter_party(voter: u16, parties: u16) -> u16 {
 /// voter{i}/ cloud{p}/   node credentials (voter i has node id i + 1)
 /// admin/                party 0's administrator
 /// sensor.toml           the gateway sensor (id 1, any house)
-/// collector.token       the collector's app token (30 days)
+/// owner.token           the token of the user who owns houses 0 to 63 (30 days)
+/// collector.token       the deployment collector's token (30 days; other-users scope)
 /// ```
 pub fn write_local(dir: &Path, parties: u16, voters: u16) -> Result<()> {
     if dir.join("authority").exists() {
@@ -471,5 +472,10 @@ pub fn write_local(dir: &Path, parties: u16, voters: u16) -> Result<()> {
         .tokens
         .issue_collector("collector", until(30.0)?)?;
     write_secret(&dir.join("collector.token"), &token.0)?;
+    let houses: Vec<u32> = (0..crate::cluster::LOCAL_HOUSES).collect();
+    let owner = authority
+        .tokens
+        .issue_owner(crate::cluster::OWNER, &houses, until(30.0)?)?;
+    write_secret(&dir.join("owner.token"), &owner.0)?;
     Ok(())
 }

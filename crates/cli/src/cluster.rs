@@ -11,6 +11,7 @@ use mcloud_core::auth::app::AppToken;
 use mcloud_core::auth::authority::{Authority, NodeCredentials, SensorCredentials};
 use mcloud_core::auth::peer::{PeerIdentity, Role};
 use mcloud_core::auth::sensor::SensorScope;
+use mcloud_core::disclosure::DisclosurePolicy;
 use mcloud_core::http::Endpoint;
 use mcloud_core::server::{bind, serve, serve_on, RunningServer};
 use mcloud_core::tls::{self, NodeIdentity};
@@ -37,6 +38,8 @@ pub struct ClusterOptions {
     /// Parties the authority enrols beyond those whose clouds run (parties `parties..`):
     /// members that have not started a cloud yet.
     pub extra_parties: u16,
+    /// The clouds' disclosure policy.
+    pub disclosure: DisclosurePolicy,
 }
 
 /// The replicated catalog of a local cluster.
@@ -78,12 +81,19 @@ pub struct LocalCluster {
     /// Pins every party's CA and shows no credential: health and status only.
     http: reqwest::Client,
     elastic: ElasticConfig,
+    disclosure: DisclosurePolicy,
 }
 
 /// Until when the cluster's own app token is good: a day is longer than any run.
 fn token_expiry() -> u64 {
     mcloud_core::auth::now_secs() + 86_400
 }
+
+/// The user who owns every house of a local deployment.
+pub const OWNER: &str = "owner";
+
+/// Houses the owner's default collector names (the DEBS 2014 data has 40).
+pub const LOCAL_HOUSES: u32 = 64;
 
 /// The sensor every local run uses: a gateway that replays a whole data set (any house).
 pub const GATEWAY: SensorScope = SensorScope {
@@ -108,6 +118,7 @@ impl LocalCluster {
             catalog: catalog_spec,
             elastic,
             extra_parties,
+            disclosure,
         } = options;
         let names = tls::default_names();
         // The deployment's authority, in memory: every member is enrolled here at start.
@@ -151,6 +162,7 @@ impl LocalCluster {
             authority: Arc::new(authority),
             http,
             elastic,
+            disclosure,
         };
         for (voter, listener) in listeners.into_iter().enumerate() {
             let started = cluster.start_catalog_voter(voter as u16, listener).await?;
@@ -291,6 +303,7 @@ impl LocalCluster {
             window_secs: self.spec.window_secs,
             grace_secs: self.spec.grace_secs,
             elastic: self.elastic.clone(),
+            disclosure: self.disclosure.clone(),
             ..CloudConfig::default()
         };
         let credentials = &self.cloud_credentials[party as usize];
@@ -463,7 +476,8 @@ impl LocalCluster {
         ))
     }
 
-    /// The collector's token: every house, every query kind, for a day.
+    /// The deployment collector's token: every house, every query kind, for a day, seen in
+    /// the disclosure policy's other-users scope (aggregates only).
     pub fn app_token(&self) -> Result<AppToken> {
         Ok(self
             .authority
@@ -471,14 +485,28 @@ impl LocalCluster {
             .issue_collector("collector", token_expiry())?)
     }
 
+    /// The token of the user who owns `houses` (the local deployment's houses all belong to
+    /// [`OWNER`]): its own plugs at full granularity, for a day.
+    pub fn owner_token(&self, houses: impl IntoIterator<Item = u32>) -> Result<AppToken> {
+        let houses: Vec<u32> = houses.into_iter().collect();
+        Ok(self
+            .authority
+            .tokens
+            .issue_owner(OWNER, &houses, token_expiry())?)
+    }
+
     /// A client that shows `token` to the clouds.
     pub fn app_client(&self, token: &AppToken) -> Result<reqwest::Client> {
         Ok(tls::app_client(&self.authority.party_cas(), &token.0)?)
     }
 
-    /// The collector, with its token, each cloud pinned to its party's CA.
+    /// The owner's collector over houses 0 to [`LOCAL_HOUSES`] − 1.
     pub fn collector(&self) -> Result<Collector> {
-        let token = self.app_token()?;
+        self.collector_as(&self.owner_token(0..LOCAL_HOUSES)?)
+    }
+
+    /// A collector showing `token`, each cloud pinned to its party's CA.
+    pub fn collector_as(&self, token: &AppToken) -> Result<Collector> {
         let clouds = (0..self.spec.parties)
             .map(|p| {
                 let ca = self.authority.parties[p as usize].ca.ca_pem();
@@ -529,6 +557,8 @@ impl LocalCluster {
         self.sensor_credentials(GATEWAY)
             .save(&trust.join("sensor.toml"))?;
         crate::config::write_secret(&trust.join("collector.token"), &self.app_token()?.0)?;
+        let owner = self.owner_token(0..LOCAL_HOUSES)?;
+        crate::config::write_secret(&trust.join("owner.token"), &owner.0)?;
         let catalog = self.catalog_urls();
         let parties = self.catalog_parties();
         let endpoint = |voter: usize| {
@@ -539,7 +569,7 @@ impl LocalCluster {
         };
         let others: Vec<String> = (1..catalog.len()).map(endpoint).collect();
         let mut text = format!(
-            "catalog = {}\ncatalog_nodes = [{}]\n\n[credentials]\nsensor = \"trust/sensor.toml\"\napp = \"trust/collector.token\"\n\n",
+            "catalog = {}\ncatalog_nodes = [{}]\n\n[credentials]\nsensor = \"trust/sensor.toml\"\napp = \"trust/owner.token\"\n\n",
             endpoint(0),
             others.join(", ")
         );

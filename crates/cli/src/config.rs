@@ -77,6 +77,10 @@ pub struct CloudRole {
     /// The other catalog nodes, for failover when `catalog` is down.
     #[serde(default)]
     pub catalog_nodes: Vec<Endpoint>,
+    /// The deployment's disclosure policy (TOML, the same file at every cloud); the
+    /// built-in default without one.
+    #[serde(default)]
+    pub disclosure: Option<PathBuf>,
 }
 
 fn default_window() -> u64 {

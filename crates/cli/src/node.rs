@@ -87,6 +87,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
             None
         };
         let elastic = section.to_config(program)?;
+        let disclosure = match &cloud.disclosure {
+            Some(path) => mcloud_core::disclosure::DisclosurePolicy::load(path)?,
+            None => Default::default(),
+        };
         let node = CloudNode::open(
             &config.data_dir.join("cloud"),
             CloudConfig {
@@ -95,6 +99,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 window_secs: cloud.window_secs,
                 grace_secs: cloud.grace_secs,
                 elastic,
+                disclosure,
                 ..CloudConfig::default()
             },
             catalog.clone(),

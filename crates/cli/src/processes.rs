@@ -162,7 +162,7 @@ impl ProcessCluster {
             .collect();
         let mut text = format!(
             "catalog = {}\ncatalog_nodes = [{}]\n\n[credentials]\nsensor = \"trust/sensor.toml\"\n\
-             app = \"trust/collector.token\"\nadmin = \"trust/admin\"\n\n",
+             app = \"trust/owner.token\"\nadmin = \"trust/admin\"\n\n",
             cluster.catalog_endpoint(0),
             others.join(", ")
         );

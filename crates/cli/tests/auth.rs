@@ -778,7 +778,7 @@ async fn every_route_refuses_every_wrong_credential_and_changes_nothing() {
     let answer = send(
         &anonymous,
         "GET",
-        &format!("{cloud}/v1/compute?level=plug"),
+        &format!("{cloud}/v1/compute?level=house"),
         &[],
         Some(format!("Bearer {}", valid_app.0)),
     )
@@ -870,11 +870,33 @@ async fn a_fast_sensor_cannot_close_a_window_on_a_slow_one() {
 /// Owners' access modifiers: a friend's apps see the owner's houses as aggregates (never per
 /// plug, never through RANGE), every user's apps see an owner's houses opened to others, a
 /// denied app sees none of the owner's houses, and only the owner's own token sets the rules.
+/// Who reaches which house is the point here, so the disclosure policy lets friends and other
+/// users see every aggregate of one plug, per window (the `disclosure` tests hold the rest).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn friends_others_and_denied_apps_reach_what_the_owner_says() {
     use mcloud_catalog::raft::AccessRequest;
     let dir = tempfile::tempdir().unwrap();
-    let cluster = three_parties(dir.path(), 0).await;
+    let mut disclosure = mcloud_core::disclosure::DisclosurePolicy::default();
+    for rules in [&mut disclosure.friend, &mut disclosure.other] {
+        rules.min_contributors = 1;
+        rules.min_data_windows = 1;
+        rules.stride_windows = 1;
+        rules.max_reveals = 0;
+    }
+    let cluster = LocalCluster::start_with(
+        ClusterSpec {
+            parties: 3,
+            window_secs: 60,
+            grace_secs: 0,
+            dir: dir.path().to_path_buf(),
+        },
+        mcloud::cluster::ClusterOptions {
+            disclosure,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let t0 = 1_377_986_400;
     let uploader = cluster.uploader(Duration::from_secs(30)).unwrap();
     let readings = (3..=5)
@@ -930,6 +952,9 @@ async fn friends_others_and_denied_apps_reach_what_the_owner_says() {
         let url = format!("{cloud}{query}");
         async move {
             let r = http.get(&url).send().await.unwrap();
+            if r.status().as_u16() == 403 {
+                return Err(status_and_code(r).await.1);
+            }
             assert_eq!(r.status().as_u16(), 200, "{url}");
             let bytes = r.bytes().await.unwrap();
             let mut seen = std::collections::BTreeSet::new();
@@ -942,12 +967,12 @@ async fn friends_others_and_denied_apps_reach_what_the_owner_says() {
                     seen.extend(w.groups.iter().map(|g| g.group.house));
                 }
             }
-            seen.into_iter().collect::<Vec<u32>>()
+            Ok(seen.into_iter().collect::<Vec<u32>>())
         }
     };
     let by_house = "/v1/compute?level=house";
     let by_plug = "/v1/compute?level=plug";
-    assert_eq!(houses(bob.clone(), by_house).await, vec![4]);
+    assert_eq!(houses(bob.clone(), by_house).await, Ok(vec![4]));
 
     // Only the owner's own token sets the rules.
     let set = |token: &mcloud_core::auth::app::AppToken, req: AccessRequest| {
@@ -978,7 +1003,7 @@ async fn friends_others_and_denied_apps_reach_what_the_owner_says() {
     assert_eq!(set(&carol, rules(&[], true, &[])).await.0, 200);
 
     let until = std::time::Instant::now() + Duration::from_secs(10);
-    while houses(bob.clone(), by_house).await != vec![3, 4, 5] {
+    while houses(bob.clone(), by_house).await != Ok(vec![3, 4, 5]) {
         assert!(
             std::time::Instant::now() < until,
             "the rules never reached the cloud"
@@ -986,21 +1011,30 @@ async fn friends_others_and_denied_apps_reach_what_the_owner_says() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Aggregates only: per plug and through RANGE, bob sees his own house.
-    assert_eq!(houses(bob.clone(), by_plug).await, vec![4]);
+    assert_eq!(houses(bob.clone(), by_plug).await, Ok(vec![4]));
     let range = "/v1/range?from=1377986400&to=1377986460";
-    assert_eq!(houses(bob.clone(), range).await, vec![4]);
+    assert_eq!(houses(bob.clone(), range).await, Ok(vec![4]));
     // Alice denies the app "spy": bob's spy sees carol's (open) house and its own, not alice's.
-    assert_eq!(houses(bobs_spy, by_house).await, vec![4, 5]);
-    assert_eq!(houses(named(&alice, "spy"), by_house).await, vec![5]);
-    // Dave is nobody's friend: only carol's house, which is open to everyone.
-    assert_eq!(houses(dave, by_house).await, vec![5]);
-    assert_eq!(houses(alice, by_plug).await, vec![3]);
+    assert_eq!(houses(bobs_spy, by_house).await, Ok(vec![4, 5]));
+    assert_eq!(houses(named(&alice, "spy"), by_house).await, Ok(vec![5]));
+    // Dave is nobody's friend: only carol's house, which is open to everyone, and never a plug.
+    assert_eq!(houses(dave.clone(), by_house).await, Ok(vec![5]));
+    assert_eq!(houses(dave, by_plug).await, Err("policy_level".into()));
+    assert_eq!(houses(alice, by_plug).await, Ok(vec![3]));
+    // The deployment's collector owns no house: aggregates of every house, no plug.
+    let collector = cluster.app_token().unwrap();
+    assert_eq!(houses(collector.clone(), by_house).await, Ok(vec![3, 4, 5]));
+    assert_eq!(
+        houses(collector.clone(), by_plug).await,
+        Err("policy_level".into())
+    );
+    assert_eq!(houses(collector, range).await, Err("policy_level".into()));
 
     // Plugs and metrics narrow too: a plug-narrowed token sees that plug's own figures, never
     // a house aggregate other plugs are part of.
-    let collector = cluster.app_token().unwrap();
+    let owner = cluster.owner_token([3, 4, 5]).unwrap();
     let narrowed = |plugs: &[u32], metrics: &[mcloud_core::Metric]| {
-        collector
+        owner
             .attenuate(
                 &tokens.root(),
                 &Attenuation {
@@ -1013,12 +1047,19 @@ async fn friends_others_and_denied_apps_reach_what_the_owner_says() {
     };
     let load = [mcloud_core::Metric::Load];
     let work = [mcloud_core::Metric::Work];
-    assert_eq!(houses(narrowed(&[0], &load), by_plug).await, vec![3, 4, 5]);
-    assert!(houses(narrowed(&[0], &load), by_house).await.is_empty());
-    assert!(houses(narrowed(&[1], &load), by_plug).await.is_empty());
-    assert!(houses(narrowed(&[0], &work), by_plug).await.is_empty());
-    assert_eq!(houses(narrowed(&[0], &load), range).await, vec![3, 4, 5]);
-    assert!(houses(narrowed(&[0], &work), range).await.is_empty());
+    let none = Ok(Vec::new());
+    assert_eq!(
+        houses(narrowed(&[0], &load), by_plug).await,
+        Ok(vec![3, 4, 5])
+    );
+    assert_eq!(houses(narrowed(&[0], &load), by_house).await, none);
+    assert_eq!(houses(narrowed(&[1], &load), by_plug).await, none);
+    assert_eq!(houses(narrowed(&[0], &work), by_plug).await, none);
+    assert_eq!(
+        houses(narrowed(&[0], &load), range).await,
+        Ok(vec![3, 4, 5])
+    );
+    assert_eq!(houses(narrowed(&[0], &work), range).await, none);
     cluster.shutdown().await;
 }
 

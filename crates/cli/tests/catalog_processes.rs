@@ -52,7 +52,7 @@ impl Deployment {
         }
         let mut text = format!(
             "catalog = {}\ncatalog_nodes = [{}, {}]\n[credentials]\nsensor = \"trust/sensor.toml\"\n\
-             app = \"trust/collector.token\"\n",
+             app = \"trust/owner.token\"\n",
             endpoint(0),
             endpoint(1),
             endpoint(2)

@@ -45,7 +45,7 @@ impl Deployment {
             std::fs::write(dir.join(format!("node{party}.toml")), text).unwrap();
         }
         let mut text = catalog;
-        text += "[credentials]\nsensor = \"trust/sensor.toml\"\napp = \"trust/collector.token\"\n";
+        text += "[credentials]\nsensor = \"trust/sensor.toml\"\napp = \"trust/owner.token\"\n";
         for (party, port) in d.cloud_ports.iter().enumerate() {
             text += &format!(
                 "[[clouds]]\nurl = \"https://127.0.0.1:{port}\"\nca = \"trust/party{party}.pem\"\n"

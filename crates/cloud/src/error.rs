@@ -69,6 +69,8 @@ pub enum CloudError {
     Storage(String),
     #[error("elastic workers: {0}")]
     Workers(String),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl From<CloudError> for ApiError {
@@ -82,7 +84,9 @@ impl From<CloudError> for ApiError {
             CloudError::UnknownFlag(_) => ApiError::not_found(message),
             CloudError::FlagFinal { .. } => ApiError::conflict(message),
             CloudError::InProgress(_) | CloudError::Catalog(_) => ApiError::unavailable(message),
-            CloudError::Storage(_) | CloudError::Workers(_) => ApiError::internal(message),
+            CloudError::Storage(_) | CloudError::Workers(_) | CloudError::Config(_) => {
+                ApiError::internal(message)
+            }
             _ => ApiError::bad_request(message),
         }
     }

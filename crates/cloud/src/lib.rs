@@ -4,6 +4,8 @@
 //! with its partial aggregate over committed batches only. It never sees another party's
 //! share, so nothing it holds depends on any single reading.
 
+pub mod audit;
+pub mod disclosure;
 pub mod elastic;
 pub mod error;
 pub mod node;

@@ -1,15 +1,17 @@
 //! The cloud node: upload validation, durable storage, flag polling and COMPUTE.
 
+use crate::audit::AuditLog;
 use crate::elastic::{
     catalog_map::CatalogMaps, BucketState, CheckpointInfo, ElasticConfig, InProcess, Pool,
     ReplaySource,
 };
 use crate::values::ValuesTable;
-use crate::windows::{touched, RangeError, Registered, Windows};
+use crate::windows::{touched, RangeError, Registered, View, Windows};
 use crate::CloudError;
 use bytes::Bytes;
 use mcloud_catalog::{CatalogClient, FlagTable};
 use mcloud_core::auth::sensor::SensorScope;
+use mcloud_core::disclosure::DisclosurePolicy;
 use mcloud_core::http::{decode, ApiError};
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::upload::expand;
@@ -35,9 +37,8 @@ pub struct CloudConfig {
     pub max_future_secs: u64,
     /// How often undecided flags are read from the catalog.
     pub poll_interval: Duration,
-    /// Shortest range over which the cloud reveals its share of a plug's load histogram: a
-    /// collector cannot ask for anything finer, whatever it does with the answers.
-    pub min_histogram_range_secs: u64,
+    /// What each scope of caller may learn; the same at every cloud of a deployment.
+    pub disclosure: DisclosurePolicy,
     /// Pre-aggregation workers and their manager.
     pub elastic: ElasticConfig,
     /// A sensor silent for this long no longer holds windows open (see `advance_watermark`).
@@ -53,7 +54,7 @@ impl Default for CloudConfig {
             grace_secs: 60,
             max_future_secs: 86_400,
             poll_interval: Duration::from_millis(20),
-            min_histogram_range_secs: 3600,
+            disclosure: DisclosurePolicy::default(),
             elastic: ElasticConfig::default(),
             sensor_silence: Duration::from_secs(60),
         }
@@ -76,6 +77,9 @@ pub struct CloudNode {
     sealing: tokio::sync::Mutex<()>,
     /// Each sensor's reported progress and when it last reported.
     progress: Mutex<HashMap<u32, (u64, std::time::Instant)>>,
+    /// Every disclosure, and how often each cell was revealed to whom.
+    audit: AuditLog,
+    policy_hash: [u8; 32],
 }
 
 fn now_secs() -> u64 {
@@ -157,7 +161,14 @@ impl CloudNode {
                 "recovered batches from the values table"
             );
         }
+        config
+            .disclosure
+            .check()
+            .map_err(|e| CloudError::Config(e.to_string()))?;
+        let audit = AuditLog::open(dir)?;
         let node = Arc::new(CloudNode {
+            policy_hash: config.disclosure.hash(),
+            audit,
             config,
             values,
             state: Mutex::new(state),
@@ -472,64 +483,64 @@ impl CloudNode {
         &self.pool
     }
 
-    /// COMPUTE over windows starting in [from, to).
+    pub fn policy(&self) -> &DisclosurePolicy {
+        &self.config.disclosure
+    }
+
+    pub fn policy_hash(&self) -> [u8; 32] {
+        self.policy_hash
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    pub fn party(&self) -> u16 {
+        self.config.party
+    }
+
+    pub fn window_secs(&self) -> u64 {
+        self.config.window_secs
+    }
+
+    /// COMPUTE over windows starting in [from, to), as `view` may see it.
     pub async fn compute(
         &self,
         from: u64,
         to: u64,
         level: GroupLevel,
-    ) -> Result<ComputeResponse, ApiError> {
+        view: &View<'_>,
+    ) -> Result<(ComputeResponse, u64), ApiError> {
         self.seal().await?;
-        let answer =
-            self.state()
-                .compute(self.config.party, self.config.parties, from, to, level)?;
+        let (answer, fewest) = self.state().compute(
+            self.config.party,
+            self.config.parties,
+            from,
+            to,
+            level,
+            view,
+        )?;
         let bytes = postcard::experimental::serialized_size(&answer).unwrap_or(usize::MAX);
         if bytes > MAX_ANSWER_BYTES {
             return Err(ApiError::too_large(format!(
                 "the answer for windows in [{from}, {to}) would have {bytes} bytes, more than {MAX_ANSWER_BYTES}; ask for a narrower range"
             )));
         }
-        Ok(answer)
+        Ok((answer, fewest))
     }
 
-    /// RANGE: per-plug load sums over [from, to), with histograms only for ranges of at least
-    /// `min_histogram_range_secs`.
-    pub async fn range(
+    /// Several RANGEs (per-plug load sums, and histograms if asked), checked first, answered
+    /// after one gathering of closed windows, as `view` may see them.
+    pub async fn ranges(
         &self,
-        from: u64,
-        to: u64,
-        with_histograms: bool,
-    ) -> Result<RangeResponse, ApiError> {
-        let spec = RangeSpec {
-            from,
-            to,
-            histograms: with_histograms,
-        };
-        let mut answers = self.ranges(&[spec]).await?;
-        answers
-            .pop()
-            .ok_or_else(|| ApiError::internal("no answer to one range"))
-    }
-
-    /// Several RANGEs, checked first, answered after one gathering of closed windows.
-    pub async fn ranges(&self, specs: &[RangeSpec]) -> Result<Vec<RangeResponse>, ApiError> {
+        specs: &[RangeSpec],
+        view: &View<'_>,
+    ) -> Result<Vec<RangeResponse>, ApiError> {
         let w = self.config.window_secs;
-        for &RangeSpec {
-            from,
-            to,
-            histograms,
-        } in specs
-        {
+        for &RangeSpec { from, to, .. } in specs {
             if from >= to || from % w != 0 || to % w != 0 {
                 return Err(ApiError::bad_request(format!(
                     "bad RANGE [{from}, {to}): bounds must be increasing multiples of the {w} s window"
-                )));
-            }
-            if histograms && to - from < self.config.min_histogram_range_secs {
-                return Err(ApiError::bad_request(format!(
-                    "histograms are revealed over at least {} s; [{from}, {to}) is {} s",
-                    self.config.min_histogram_range_secs,
-                    to - from
                 )));
             }
         }
@@ -546,6 +557,7 @@ impl CloudNode {
                         s.from,
                         s.to,
                         s.histograms,
+                        view,
                     )
                     .map_err(|e| match e {
                         RangeError::NotReady(e) => ApiError::conflict(e.to_string()),

@@ -1,5 +1,6 @@
 //! The cloud's HTTPS endpoints, grouped by who calls them: sensors (sessions, UPLOAD,
-//! watermark), apps (COMPUTE, RANGE) and anyone (health, status). Each group sits behind its
+//! watermark), apps (COMPUTE, RANGE), the party's administrators (the audit log) and anyone
+//! (health, status). Each group sits behind its
 //! own authentication layer (see `mcloud_core::auth`).
 
 use crate::node::CloudNode;
@@ -8,13 +9,13 @@ use axum::extract::{Query, State};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use mcloud_core::auth::access::Reach;
 use mcloud_core::auth::app::{AppRequest, Grant, QueryKind};
+use mcloud_core::auth::peer::{PeerIdentity, Role};
 use mcloud_core::auth::sensor::SensorScope;
-use mcloud_core::auth::{now_secs, require_app, require_sensor, AppBearer, NodeAuth};
+use mcloud_core::auth::{now_secs, require_app, require_peer, require_sensor, AppBearer, NodeAuth};
 use mcloud_core::http::{ApiError, Postcard, RawBody};
-use mcloud_core::paths::{COMPUTE_PATH, RANGE_PATH, UPLOAD_PATH, WATERMARK_PATH};
-use mcloud_core::reading::{GroupLevel, Metric};
+use mcloud_core::paths::{AUDIT_PATH, COMPUTE_PATH, RANGE_PATH, UPLOAD_PATH, WATERMARK_PATH};
+use mcloud_core::reading::GroupLevel;
 use mcloud_core::wire::{ComputeResponse, RangeResponse, RangeSpec, UploadAck, WatermarkRequest};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -40,9 +41,13 @@ pub fn router(node: Arc<CloudNode>, auth: NodeAuth) -> Router {
         .route(COMPUTE_PATH, get(compute))
         .route(RANGE_PATH, get(range).post(ranges))
         .layer(from_fn(require_app));
+    let admin = Router::new()
+        .route(AUDIT_PATH, get(audit))
+        .layer(from_fn_with_state(ADMINS, require_peer));
     Router::new()
         .merge(sensor)
         .merge(app)
+        .merge(admin)
         .merge(mcloud_core::auth::session_router(auth))
         .route(mcloud_core::paths::STATUS_PATH, get(status))
         .route(mcloud_core::paths::HEALTH_PATH, get(|| async { "ok" }))
@@ -158,20 +163,11 @@ async fn compute(
         )));
     }
     let level = p.level.unwrap_or(GroupLevel::Plug);
-    let reach = cloud
-        .auth
-        .reach(&grant(&cloud, &bearer, QueryKind::Compute, level)?);
-    let mut answer = cloud.node.compute(from, to, level).await?;
-    if !reach.is_everything() {
-        // Friends and other users see aggregates: houses and households, never a plug.
-        let aggregate = level != GroupLevel::Plug;
-        for window in &mut answer.ready {
-            window
-                .groups
-                .retain(|g| reach.allows_group(g.group.house, g.group.plug, g.metric, aggregate));
-        }
-    }
-    Ok(Postcard(answer))
+    let grant = grant(&cloud, &bearer, QueryKind::Compute, level)?;
+    let reach = cloud.auth.reach(&grant);
+    crate::disclosure::compute(&cloud.node, &reach, &grant, from, to, level)
+        .await
+        .map(Postcard)
 }
 
 fn range_kind(histograms: bool) -> QueryKind {
@@ -179,16 +175,6 @@ fn range_kind(histograms: bool) -> QueryKind {
         QueryKind::Histograms
     } else {
         QueryKind::Range
-    }
-}
-
-/// RANGE answers are per plug: only the token's own houses, never what owners share.
-fn keep_granted(answer: &mut RangeResponse, reach: &Reach) {
-    if !reach.is_everything() {
-        // A range holds load sums (and load histograms) only.
-        answer
-            .plugs
-            .retain(|p| reach.allows_group(p.plug.house, Some(p.plug.plug), Metric::Load, false));
     }
 }
 
@@ -210,15 +196,16 @@ async fn range(
             "bad RANGE query ({e}); expected from=<unix s>&to=<unix s>[&histograms=true]"
         ))
     })?;
-    let reach = cloud.auth.reach(&grant(
-        &cloud,
-        &bearer,
-        range_kind(p.histograms),
-        GroupLevel::Plug,
-    )?);
-    let mut answer = cloud.node.range(p.from, p.to, p.histograms).await?;
-    keep_granted(&mut answer, &reach);
-    Ok(Postcard(answer))
+    let spec = RangeSpec {
+        from: p.from,
+        to: p.to,
+        histograms: p.histograms,
+    };
+    let mut answers = answer_ranges(&cloud, &bearer, &[spec]).await?;
+    answers
+        .pop()
+        .map(Postcard)
+        .ok_or_else(|| ApiError::internal("no answer to one range"))
 }
 
 /// Several ranges in one round trip (the analytics ask for all of a boundary's at once).
@@ -233,21 +220,46 @@ async fn ranges(
             specs.len()
         )));
     }
-    // One grant per kind asked for: a token without histograms refuses the whole request.
-    let mut grants = Vec::new();
-    for kind in [false, true] {
-        if specs.iter().any(|s| s.histograms == kind) {
-            let granted = grant(&cloud, &bearer, range_kind(kind), GroupLevel::Plug)?;
-            grants.push((kind, cloud.auth.reach(&granted)));
-        }
+    answer_ranges(&cloud, &bearer, &specs).await.map(Postcard)
+}
+
+/// A token without histograms refuses a request that asks for any: the grant is for the
+/// widest kind asked for.
+async fn answer_ranges(
+    cloud: &Cloud,
+    bearer: &AppBearer,
+    specs: &[RangeSpec],
+) -> Result<Vec<RangeResponse>, ApiError> {
+    let kind = range_kind(specs.iter().any(|s| s.histograms));
+    let granted = grant(cloud, bearer, kind, GroupLevel::Plug)?;
+    let reach = cloud.auth.reach(&granted);
+    crate::disclosure::ranges(&cloud.node, &reach, &granted, specs).await
+}
+
+const ADMINS: &[Role] = &[Role::Admin];
+
+/// The audit log, to this party's administrators only.
+async fn audit(
+    State(cloud): Node,
+    Extension(who): Extension<PeerIdentity>,
+    params: Result<Query<crate::audit::AuditFilter>, QueryRejection>,
+) -> Result<Json<Vec<crate::audit::Disclosure>>, ApiError> {
+    if who.party != cloud.node.party() {
+        return Err(ApiError::forbidden(
+            "wrong_party",
+            format!(
+                "{who} administers party {}, this cloud is party {}",
+                who.party,
+                cloud.node.party()
+            ),
+        ));
     }
-    let mut answers = cloud.node.ranges(&specs).await?;
-    for (spec, answer) in specs.iter().zip(&mut answers) {
-        if let Some((_, g)) = grants.iter().find(|(k, _)| *k == spec.histograms) {
-            keep_granted(answer, g);
-        }
-    }
-    Ok(Postcard(answers))
+    let Query(filter) = params.map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad audit query ({e}); expected [user=..][&app=..][&house=n][&since=<unix s>][&limit=n]"
+        ))
+    })?;
+    Ok(Json(cloud.node.audit().read(&filter)?))
 }
 
 /// Ranges one request may ask for.

@@ -6,6 +6,7 @@
 
 use crate::sums::{add_into, sub_from, WindowSums};
 use crate::CloudError;
+use mcloud_core::disclosure::{block_start, Census, ScopeRules};
 use mcloud_core::reading::{GroupKey, GroupLevel, Metric};
 use mcloud_core::wire::{
     ComputeResponse, GroupPartial, PlugRange, RangeResponse, WindowPartial, WindowPending,
@@ -104,6 +105,14 @@ pub fn touched(times: impl IntoIterator<Item = u64>, window_secs: u64) -> Vec<u6
     windows.sort_unstable();
     windows.dedup();
     windows
+}
+
+/// What one scope of one request may see: its rules, and which (metric, plug) cells its
+/// token reaches in that scope.
+pub struct View<'a> {
+    pub policy: [u8; 32],
+    pub rules: &'a ScopeRules,
+    pub keep: &'a (dyn Fn(Metric, GroupKey) -> bool + Sync),
 }
 
 /// Outcome of registering an upload.
@@ -389,6 +398,7 @@ impl Windows {
         from: u64,
         to: u64,
         with_histograms: bool,
+        view: &View<'_>,
     ) -> Result<RangeResponse, RangeError> {
         let closed_before = self.closed_before();
         if to > closed_before {
@@ -440,9 +450,11 @@ impl Windows {
             // A half-slid range is wrong: it is dropped, not cached.
             return Err(RangeError::Storage(e));
         }
+        let min_windows = i64::from(view.rules.min_data_windows);
         let response = RangeResponse {
             party,
             parties,
+            policy: view.policy,
             from,
             to,
             batches: sums.batches as u64,
@@ -450,6 +462,7 @@ impl Windows {
             plugs: sums
                 .plugs
                 .iter()
+                .filter(|(plug, p)| p.windows >= min_windows && (view.keep)(Metric::Load, **plug))
                 .map(|(plug, p)| PlugRange {
                     plug: *plug,
                     load: p.load,
@@ -538,6 +551,10 @@ impl Windows {
         Ok(())
     }
 
+    /// COMPUTE over the windows starting in [from, to), summed per block of `view`'s scope
+    /// and filtered by it: a block is ready when it is closed and every window in it is
+    /// sealed and decided; of a ready block only the cells the policy lets `view` see leave.
+    /// Also returns the fewest plugs behind any revealed cell (0 if none), for the audit log.
     pub fn compute(
         &self,
         party: u16,
@@ -545,35 +562,63 @@ impl Windows {
         from: u64,
         to: u64,
         level: GroupLevel,
-    ) -> Result<ComputeResponse, CloudError> {
+        view: &View<'_>,
+    ) -> Result<(ComputeResponse, u64), CloudError> {
         let closed_before = self.closed_before();
+        let mut fewest = u64::MAX;
+        let block_secs = view.rules.block_secs(self.window_secs);
+        let mut blocks: BTreeMap<u64, Vec<(u64, &WindowState)>> = BTreeMap::new();
+        for (&start, w) in self.windows.range(from..to.max(from)) {
+            blocks
+                .entry(block_start(start, block_secs))
+                .or_default()
+                .push((start, w));
+        }
         let mut ready = Vec::new();
         let mut pending = Vec::new();
-        for (&start, w) in self.windows.range(from..to.max(from)) {
+        for (start, windows) in blocks {
             let window = Window {
                 start,
-                end: start + self.window_secs,
+                end: start.saturating_add(block_secs),
             };
             let closed = window.end <= closed_before;
-            if !closed || w.undecided > 0 || !w.sealed {
+            let undecided: u64 = windows.iter().map(|(_, w)| w.undecided as u64).sum();
+            if !closed || undecided > 0 || windows.iter().any(|(_, w)| !w.sealed) {
                 pending.push(WindowPending {
                     window,
                     closed,
-                    pending_batches: w.undecided as u64,
+                    pending_batches: undecided,
                 });
                 continue;
             }
             let mut groups: BTreeMap<_, Partial> = BTreeMap::new();
-            for ((metric, key), p) in &self.sums_of(start, w)?.groups {
-                groups
-                    .entry((*metric, level.project(*key)))
-                    .or_default()
-                    .merge(p);
+            let mut census = Census::default();
+            let (mut batches, mut batch_digest) = (0, 0);
+            for (start, w) in windows {
+                batches += w.batches;
+                batch_digest ^= w.digest;
+                for ((metric, key), p) in &self.sums_of(start, w)?.groups {
+                    if !(view.keep)(*metric, *key) {
+                        continue;
+                    }
+                    groups
+                        .entry((*metric, level.project(*key)))
+                        .or_default()
+                        .merge(p);
+                    census.add(start, *metric, *key);
+                }
+            }
+            let revealable = census.revealable(view.rules, level);
+            let total = groups.len() as u64;
+            groups.retain(|cell, _| revealable.contains_key(cell));
+            if let Some(least) = revealable.values().min() {
+                fewest = fewest.min(*least as u64);
             }
             ready.push(WindowPartial {
                 window,
-                batches: w.batches,
-                batch_digest: w.digest,
+                batches,
+                batch_digest,
+                withheld: total - groups.len() as u64,
                 groups: groups
                     .into_iter()
                     .map(|((metric, group), partial)| GroupPartial {
@@ -584,14 +629,16 @@ impl Windows {
                     .collect(),
             });
         }
-        Ok(ComputeResponse {
+        let answer = ComputeResponse {
             party,
             parties,
+            policy: view.policy,
             window_secs: self.window_secs,
             closed_before,
             ready,
             pending,
-        })
+        };
+        Ok((answer, if fewest == u64::MAX { 0 } else { fewest }))
     }
 
     /// Counts for the status page.
@@ -631,6 +678,18 @@ mod tests {
                 plug,
             },
             share: record_values(value),
+        }
+    }
+
+    static OWNER: std::sync::LazyLock<ScopeRules> =
+        std::sync::LazyLock::new(|| mcloud_core::disclosure::DisclosurePolicy::default().owner);
+
+    /// The owner's view of every plug.
+    fn everything() -> View<'static> {
+        View {
+            policy: [0; 32],
+            rules: &OWNER,
+            keep: &|_, _| true,
         }
     }
 
@@ -691,10 +750,10 @@ mod tests {
             (600, 630),
         ];
         for (from, to) in ranges {
-            let slid = w.range(0, 1, from, to, false).unwrap();
+            let slid = w.range(0, 1, from, to, false, &everything()).unwrap();
             let mut fresh = Windows::new(30, 0, 40 * 30);
             std::mem::swap(&mut fresh.windows, &mut w.windows);
-            let expected = fresh.range(0, 1, from, to, false).unwrap();
+            let expected = fresh.range(0, 1, from, to, false, &everything()).unwrap();
             std::mem::swap(&mut fresh.windows, &mut w.windows);
             assert_eq!(slid, expected, "range [{from}, {to})");
             let count: u128 = slid.plugs.iter().map(|p| u128::from(p.load.count)).sum();
@@ -747,15 +806,21 @@ mod tests {
                 (to / 2 / 30 * 30, false),
             ] {
                 assert_eq!(
-                    cold.range(0, 1, from, to, histograms).unwrap(),
-                    hot.range(0, 1, from, to, histograms).unwrap(),
+                    cold.range(0, 1, from, to, histograms, &everything())
+                        .unwrap(),
+                    hot.range(0, 1, from, to, histograms, &everything())
+                        .unwrap(),
                     "range [{from}, {to})"
                 );
             }
         }
         assert_eq!(
-            cold.compute(0, 1, 0, span, GroupLevel::House).unwrap(),
-            hot.compute(0, 1, 0, span, GroupLevel::House).unwrap()
+            cold.compute(0, 1, 0, span, GroupLevel::House, &everything())
+                .unwrap()
+                .0,
+            hot.compute(0, 1, 0, span, GroupLevel::House, &everything())
+                .unwrap()
+                .0
         );
     }
 }

@@ -24,6 +24,13 @@ pub enum CollectError {
     },
     #[error("two clouds claim to be party {0}")]
     DuplicateParty(u16),
+    #[error("cloud {party} decides disclosure by policy {theirs}, cloud {first_party} by {ours}: the clouds must share one policy, nothing was combined")]
+    PolicyMismatch {
+        party: u16,
+        theirs: String,
+        first_party: u16,
+        ours: String,
+    },
     #[error("clouds disagree on window [{}, {}): {detail}", window.start, window.end)]
     Disagreement { window: Window, detail: String },
     #[error("window [{}, {}): {source}", window.start, window.end)]
@@ -65,7 +72,7 @@ pub struct RevealedWindow {
     pub window: Window,
     pub batches: u64,
     pub groups: Vec<RevealedGroup>,
-    /// Groups held back by the minimum-count policy.
+    /// Groups held back by the clouds' disclosure policy and the collector's minimum count.
     pub withheld: u64,
 }
 
@@ -142,6 +149,7 @@ impl Collector {
             self.check_party(url, r.party, r.parties, &mut parties)?;
             responses.push(r);
         }
+        same_policy(responses.iter().map(|r| (r.party, r.policy)))?;
         combine(&responses, query.min_count)
     }
 
@@ -225,6 +233,7 @@ impl Collector {
             }
             per_cloud.push(answer);
         }
+        same_policy(per_cloud.iter().flatten().map(|r| (r.party, r.policy)))?;
         (0..specs.len())
             .map(|i| self.combine_range(per_cloud.iter().map(|answers| &answers[i])))
             .collect()
@@ -298,6 +307,25 @@ impl Collector {
     }
 }
 
+/// Every cloud's answer must come from one disclosure policy: a cloud with a looser one
+/// would reveal what the others withhold.
+fn same_policy(mut answers: impl Iterator<Item = (u16, [u8; 32])>) -> Result<(), CollectError> {
+    let Some((first_party, first)) = answers.next() else {
+        return Ok(());
+    };
+    for (party, policy) in answers {
+        if policy != first {
+            return Err(CollectError::PolicyMismatch {
+                party,
+                theirs: hex::encode(&policy[..8]),
+                first_party,
+                ours: hex::encode(&first[..8]),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Adds the clouds' answers window by window. A window is revealed only when every cloud can
 /// answer for it: either it lists it as ready, or the window is closed there and the cloud
 /// never received a share of it.
@@ -365,7 +393,13 @@ fn combine_window(
         }
     }
     let mut groups = Vec::new();
-    let mut withheld = 0;
+    // What the clouds' policy withheld, then what the collector's minimum count withholds.
+    let mut withheld = parts
+        .iter()
+        .flatten()
+        .map(|p| p.withheld)
+        .max()
+        .unwrap_or(0);
     for ((metric, group), (total, seen_at)) in sums {
         if seen_at != parts.len() {
             return Err(CollectError::Disagreement {

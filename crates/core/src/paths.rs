@@ -11,6 +11,8 @@ pub const WATERMARK_PATH: &str = "/v1/watermark";
 /// Apps → clouds.
 pub const COMPUTE_PATH: &str = "/v1/compute";
 pub const RANGE_PATH: &str = "/v1/range";
+/// A cloud's audit log of disclosures (its party's administrators).
+pub const AUDIT_PATH: &str = "/v1/audit";
 
 /// Sensors → catalog: the flags of their batches (clouds read flags too).
 pub const CREATE_PATH: &str = "/v1/flags/create";

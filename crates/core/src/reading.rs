@@ -46,7 +46,7 @@ impl GroupKey {
 }
 
 /// How finely the collector groups revealed aggregates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupLevel {
     House,

@@ -313,7 +313,8 @@ pub struct GroupPartial {
     pub partial: Partial,
 }
 
-/// One closed window's partial aggregate at one cloud.
+/// One closed window's (or, for scopes that see time in blocks, one block's) partial
+/// aggregate at one cloud.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WindowPartial {
     pub window: Window,
@@ -322,6 +323,8 @@ pub struct WindowPartial {
     pub batches: u64,
     pub batch_digest: u128,
     pub groups: Vec<GroupPartial>,
+    /// Cells the disclosure policy held back (too few plugs or data windows behind them).
+    pub withheld: u64,
 }
 
 /// A window that exists at a cloud but cannot be computed yet.
@@ -338,6 +341,8 @@ pub struct WindowPending {
 pub struct ComputeResponse {
     pub party: u16,
     pub parties: u16,
+    /// Hash of the disclosure policy that decided the answer (see `disclosure`).
+    pub policy: [u8; 32],
     pub window_secs: u64,
     /// Every window that ends at or before this is closed: one this cloud does not list
     /// holds nothing here.
@@ -369,6 +374,8 @@ pub struct RangeSpec {
 pub struct RangeResponse {
     pub party: u16,
     pub parties: u16,
+    /// Hash of the disclosure policy that decided the answer.
+    pub policy: [u8; 32],
     pub from: u64,
     pub to: u64,
     /// Committed batches summed over the range's windows, and the XOR of their fingerprints,

@@ -5,6 +5,7 @@
 //! only; what each scope may see beyond that is the disclosure policy's to decide.
 
 use super::app::{Grant, HouseScope};
+use crate::disclosure::Scope;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -54,13 +55,16 @@ impl AccessRules {
     }
 }
 
-/// The houses a request may see.
+/// The houses a request may see, and in which scope of the disclosure policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reach {
-    /// The token's own houses, at whatever level the token allows.
+    /// The token's own houses (`All` for the deployment's collector, which owns none: it
+    /// sees every house in the other-users scope).
     pub own: HouseScope,
-    /// Other owners' houses whose rules let this user's app see their aggregates.
-    pub shared: BTreeSet<u32>,
+    /// Other owners' houses whose owners name this user a friend.
+    pub friend: BTreeSet<u32>,
+    /// Other owners' houses open to every other user's apps.
+    pub open: BTreeSet<u32>,
     /// Houses whose owners deny this app.
     pub denied: BTreeSet<u32>,
     /// The plugs the token is narrowed to: then only those plugs' own groups.
@@ -70,44 +74,67 @@ pub struct Reach {
 }
 
 impl Reach {
-    /// Whether the request may see `house`; `aggregate`: a house- or household-level COMPUTE.
-    pub fn allows(&self, house: u32, aggregate: bool) -> bool {
-        !self.denied.contains(&house)
-            && (self.own.allows(house) || (aggregate && self.shared.contains(&house)))
+    /// The scope in which the request sees `house`, if it sees it at all.
+    pub fn scope(&self, house: u32) -> Option<Scope> {
+        if self.denied.contains(&house) {
+            return None;
+        }
+        match &self.own {
+            HouseScope::Only(own) if own.contains(&house) => Some(Scope::Owner),
+            HouseScope::All => Some(Scope::Other),
+            _ if self.friend.contains(&house) => Some(Scope::Friend),
+            _ if self.open.contains(&house) => Some(Scope::Other),
+            _ => None,
+        }
     }
 
-    /// Whether a group may be seen: `plug` is the group's plug (`None` for a house or
-    /// household aggregate, which a plug-narrowed token never sees).
-    pub fn allows_group(
-        &self,
-        house: u32,
-        plug: Option<u32>,
-        metric: crate::reading::Metric,
-        aggregate: bool,
-    ) -> bool {
-        self.allows(house, aggregate)
-            && self
-                .plugs
-                .as_ref()
-                .is_none_or(|set| plug.is_some_and(|p| set.contains(&p)))
+    /// Whether the token's own narrowing (plugs, metrics) lets a group be seen: `plug` is the
+    /// group's plug (`None` for a house or household aggregate, which a plug-narrowed token
+    /// never sees).
+    pub fn narrowed_to(&self, plug: Option<u32>, metric: crate::reading::Metric) -> bool {
+        self.plugs
+            .as_ref()
+            .is_none_or(|set| plug.is_some_and(|p| set.contains(&p)))
             && self
                 .metrics
                 .as_ref()
                 .is_none_or(|set| set.contains(&metric))
     }
 
-    /// Whether every group is allowed (nothing to filter).
-    pub fn is_everything(&self) -> bool {
-        self.own == HouseScope::All
-            && self.denied.is_empty()
-            && self.plugs.is_none()
-            && self.metrics.is_none()
+    /// The scopes the request reaches any house in.
+    pub fn scopes(&self) -> BTreeSet<Scope> {
+        let mut scopes = BTreeSet::new();
+        match &self.own {
+            HouseScope::All => {
+                scopes.insert(Scope::Other);
+            }
+            HouseScope::Only(own) if own.iter().any(|h| !self.denied.contains(h)) => {
+                scopes.insert(Scope::Owner);
+            }
+            HouseScope::Only(_) => {}
+        }
+        if self
+            .friend
+            .iter()
+            .any(|h| self.scope(*h) == Some(Scope::Friend))
+        {
+            scopes.insert(Scope::Friend);
+        }
+        if self
+            .open
+            .iter()
+            .any(|h| self.scope(*h) == Some(Scope::Other))
+        {
+            scopes.insert(Scope::Other);
+        }
+        scopes
     }
 }
 
 /// What `grant` reaches under the owners' `rules`.
 pub fn reach(grant: &Grant, rules: &BTreeMap<String, AccessRules>) -> Reach {
-    let mut shared = BTreeSet::new();
+    let mut friend = BTreeSet::new();
+    let mut open = BTreeSet::new();
     let mut denied = BTreeSet::new();
     for owner in rules.values() {
         let app_denied = grant
@@ -116,14 +143,16 @@ pub fn reach(grant: &Grant, rules: &BTreeMap<String, AccessRules>) -> Reach {
             .is_some_and(|app| owner.denied_apps.contains(app));
         if app_denied {
             denied.extend(owner.houses.iter().copied());
-        } else if owner.user != grant.user && (owner.others || owner.friends.contains(&grant.user))
-        {
-            shared.extend(owner.houses.iter().copied());
+        } else if owner.user != grant.user && owner.friends.contains(&grant.user) {
+            friend.extend(owner.houses.iter().copied());
+        } else if owner.user != grant.user && owner.others {
+            open.extend(owner.houses.iter().copied());
         }
     }
     Reach {
         own: grant.houses.clone(),
-        shared,
+        friend,
+        open,
         denied,
         plugs: grant.plugs.clone(),
         metrics: grant.metrics.clone(),
@@ -172,27 +201,37 @@ mod tests {
         all.insert("carol".into(), rules("carol", &[5], &[], true, &[]));
 
         let bob = reach(&grant("bob", Some("plotter"), &[4]), &all);
-        assert!(bob.allows(4, false) && bob.allows(3, true) && bob.allows(5, true));
-        assert!(!bob.allows(3, false), "a friend sees aggregates only");
-        assert!(!bob.allows(6, true));
+        assert_eq!(bob.scope(4), Some(Scope::Owner));
+        assert_eq!(bob.scope(3), Some(Scope::Friend));
+        assert_eq!(bob.scope(5), Some(Scope::Other));
+        assert_eq!(bob.scope(6), None);
+        assert_eq!(bob.scopes().len(), 3);
 
         let spy = reach(&grant("bob", Some("spy"), &[4]), &all);
-        assert!(!spy.allows(3, true) && spy.allows(4, false));
+        assert_eq!(spy.scope(3), None);
+        assert_eq!(spy.scope(4), Some(Scope::Owner));
         let alices_spy = reach(&grant("alice", Some("spy"), &[3]), &all);
-        assert!(
-            !alices_spy.allows(3, false),
+        assert_eq!(
+            alices_spy.scope(3),
+            None,
             "the deny list binds the owner's own apps"
         );
 
         let dave = reach(&grant("dave", None, &[]), &all);
-        assert!(dave.allows(5, true) && !dave.allows(3, true));
+        assert_eq!(dave.scope(5), Some(Scope::Other));
+        assert_eq!(dave.scope(3), None);
 
         let collector = Grant {
             houses: HouseScope::All,
             ..grant("collector", Some("spy"), &[])
         };
         let r = reach(&collector, &all);
-        assert!(!r.is_everything() && !r.allows(3, true) && r.allows(9, false));
+        assert_eq!(r.scope(3), None);
+        assert_eq!(
+            r.scope(9),
+            Some(Scope::Other),
+            "the collector owns no house"
+        );
     }
 
     #[test]
