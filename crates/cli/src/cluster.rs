@@ -544,7 +544,8 @@ impl LocalCluster {
     }
 
     /// Writes a `deployment.toml` for this cluster (URLs, each party's CA, and the gateway
-    /// sensor's keys and the collector's token beside it), so separate processes (`mcloud
+    /// sensor's keys, the owner's and the collector's tokens and party 0's administrator
+    /// beside it), so separate processes (`mcloud
     /// sensor`, `query`, `analytics`) can reach it; returns its path.
     pub fn write_deployment(&self) -> Result<PathBuf> {
         let dir = &self.spec.dir;
@@ -559,6 +560,14 @@ impl LocalCluster {
         crate::config::write_secret(&trust.join("collector.token"), &self.app_token()?.0)?;
         let owner = self.owner_token(0..LOCAL_HOUSES)?;
         crate::config::write_secret(&trust.join("owner.token"), &owner.0)?;
+        let admin = PeerIdentity {
+            party: 0,
+            role: Role::Admin,
+            id: 0,
+        };
+        self.authority
+            .node(admin, &[])?
+            .save(&trust.join("admin"))?;
         let catalog = self.catalog_urls();
         let parties = self.catalog_parties();
         let endpoint = |voter: usize| {
@@ -569,7 +578,7 @@ impl LocalCluster {
         };
         let others: Vec<String> = (1..catalog.len()).map(endpoint).collect();
         let mut text = format!(
-            "catalog = {}\ncatalog_nodes = [{}]\n\n[credentials]\nsensor = \"trust/sensor.toml\"\napp = \"trust/owner.token\"\n\n",
+            "catalog = {}\ncatalog_nodes = [{}]\n\n[credentials]\nsensor = \"trust/sensor.toml\"\napp = \"trust/owner.token\"\nadmin = \"trust/admin\"\n\n",
             endpoint(0),
             others.join(", ")
         );

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use mcloud_client::{Fate, Outbox, Report, Sensor, SensorConfig};
 use mcloud_collector::{check, CheckReport, Query, Reference, RevealedResult};
+use mcloud_core::http::CallError;
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::wire::HISTOGRAM_WINDOW_SECS;
 use mcloud_core::Reading;
@@ -314,9 +315,11 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     )
     .await?;
     let Some(kind) = args.query else {
+        let other = as_another_user(&cluster, args.group, false).await?;
         cluster.shutdown().await;
         write_output(args.output, &run.revealed)?;
         print_summary(&run, readings.len());
+        eprintln!("{other}");
         return Ok(run.check.ok());
     };
     let crashed: HashSet<u64> = run
@@ -331,13 +334,72 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         .copied()
         .collect();
     let queries = run_queries(&cluster, &committed, kind, args.emit).await?;
+    let other = as_another_user(&cluster, args.group, true).await?;
     cluster.shutdown().await;
     if args.out_dir.is_some() || args.output == OutputFormat::Csv {
         crate::queries::write(&queries.private, kind, args.out_dir.as_deref())?;
     }
     print_summary(&run, readings.len());
     crate::queries::print_summary(&queries, kind);
+    eprintln!("{other}");
     Ok(run.check.ok() && queries.q1_problems.is_empty())
+}
+
+/// What the same questions give another user's app (the deployment's collector token, in the
+/// disclosure policy's other-users scope): aggregates in the scope's blocks, or a refusal
+/// naming the rule.
+async fn as_another_user(
+    cluster: &LocalCluster,
+    level: GroupLevel,
+    ranges: bool,
+) -> Result<String> {
+    let collector = cluster.collector_as(&cluster.app_token()?)?;
+    let policy = mcloud_core::disclosure::DisclosurePolicy::default().other;
+    let refused = |e: &mcloud_collector::CollectError| match e {
+        mcloud_collector::CollectError::Call(CallError::Rejected { status, code, .. }) => {
+            Some(format!("refused ({status} {code})"))
+        }
+        _ => None,
+    };
+    let query = Query {
+        from: 0,
+        to: u64::MAX,
+        level,
+        min_count: 1,
+    };
+    let compute = match collector.collect(&query).await {
+        Ok(revealed) => format!(
+            "{} cells in {} blocks of {} windows revealed, {} withheld",
+            revealed
+                .windows
+                .iter()
+                .map(|w| w.groups.len())
+                .sum::<usize>(),
+            revealed.windows.len(),
+            policy.stride_windows,
+            revealed.withheld()
+        ),
+        Err(e) => refused(&e).ok_or(e)?,
+    };
+    let mut out = format!(
+        "as another user's app (at least {} plugs and {} windows of data behind a cell): COMPUTE by {}: {compute}",
+        policy.min_contributors,
+        policy.min_data_windows,
+        level.name()
+    );
+    if ranges {
+        let spec = mcloud_core::wire::RangeSpec {
+            from: 0,
+            to: cluster.spec.window_secs,
+            histograms: false,
+        };
+        let answer = match collector.range(spec).await {
+            Ok(plugs) => format!("{} plugs revealed", plugs.len()),
+            Err(e) => refused(&e).ok_or(e)?,
+        };
+        out += &format!("; per-plug RANGE (Q1, Q2): {answer}");
+    }
+    Ok(out)
 }
 
 pub fn print_summary(run: &PipelineRun, readings: usize) {

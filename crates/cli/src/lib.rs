@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod analytics;
+pub mod audit;
 pub mod authority;
 pub mod bench;
 pub mod bench_debs;

@@ -1,6 +1,8 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use mcloud::{access, analytics, authority, bench, catalog_admin, demo, node, query, sensor};
+use mcloud::{
+    access, analytics, audit, authority, bench, catalog_admin, demo, node, query, sensor,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,6 +28,8 @@ enum Command {
     Authority(authority::AuthorityArgs),
     /// Set a house owner's access modifiers: friends, other users, denied apps.
     Access(access::AccessArgs),
+    /// Read a cloud's audit log of disclosures (its party's administrator).
+    Audit(audit::AuditArgs),
     /// Change or show the replicated catalog's membership at run time.
     Catalog(catalog_admin::CatalogArgs),
     /// Upload a CSV or synthetic stream to a running deployment.
@@ -67,6 +71,7 @@ async fn main() -> Result<ExitCode> {
         Command::Demo(args) => demo::run(args).await?,
         Command::Node { config } => node::run(&config).await.map(|_| true)?,
         Command::Access(args) => access::run(args).await.map(|_| true)?,
+        Command::Audit(args) => audit::run(args).await.map(|_| true)?,
         Command::Authority(args) => authority::run(args).map(|_| true)?,
         Command::Catalog(args) => catalog_admin::run(args).await.map(|_| true)?,
         Command::Sensor(args) => sensor::run(args).await?,

@@ -458,3 +458,25 @@ impl Collector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_of_two_policies_are_never_combined() {
+        assert!(same_policy([(0, [1; 32]), (1, [1; 32]), (2, [1; 32])].into_iter()).is_ok());
+        let e = same_policy([(0, [1; 32]), (1, [1; 32]), (2, [2; 32])].into_iter()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CollectError::PolicyMismatch {
+                    party: 2,
+                    first_party: 0,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+}
