@@ -12,7 +12,7 @@ use mcloud_collector::Query;
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::wire::HISTOGRAM_WINDOW_SECS;
 use mcloud_core::Metric;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub async fn run(mut args: BenchArgs) -> Result<()> {
     if !args.input.duration_given() && args.input.input.is_none() {
@@ -80,6 +80,14 @@ pub async fn run(mut args: BenchArgs) -> Result<()> {
     let peak_kb = figure("peak_rss_kb=");
     let range_bytes = figure("range_bytes=");
     let disk = disk_per_role(temp.path());
+    // The whole run's policy work (the upload phase's COMPUTE polls and the queries). The
+    // clouds answer each request in parallel, so a request waits for the slowest one's policy
+    // work: at most the largest cloud's total.
+    let policy_secs = cluster
+        .policy_times()
+        .iter()
+        .map(Duration::as_secs_f64)
+        .fold(0.0, f64::max);
     cluster.shutdown().await;
 
     let started = Instant::now();
@@ -111,7 +119,18 @@ pub async fn run(mut args: BenchArgs) -> Result<()> {
         (elapsed - uploaded).as_secs_f64(),
         reference_elapsed.as_secs_f64()
     );
+    let queries_secs = (elapsed - uploaded).as_secs_f64();
     println!("private_events_per_s={private:.0}");
+    println!(
+        "private_events_per_s_without_policy={:.0}",
+        events / (elapsed.as_secs_f64() - policy_secs)
+    );
+    println!("query_phase_s={queries_secs:.2}");
+    println!("policy_s={policy_secs:.3}");
+    println!(
+        "policy_share_of_run={:.4}",
+        policy_secs / elapsed.as_secs_f64()
+    );
     println!("plaintext_events_per_s={plaintext:.0}");
     println!("ratio={:.3}", private / plaintext);
     println!("collector_peak_rss_mb={:.1}", peak_kb as f64 / 1024.0);

@@ -80,6 +80,7 @@ pub struct CloudNode {
     /// Every disclosure, and how often each cell was revealed to whom.
     audit: AuditLog,
     policy_hash: [u8; 32],
+    policy_nanos: std::sync::atomic::AtomicU64,
 }
 
 fn now_secs() -> u64 {
@@ -168,6 +169,7 @@ impl CloudNode {
         let audit = AuditLog::open(dir)?;
         let node = Arc::new(CloudNode {
             policy_hash: config.disclosure.hash(),
+            policy_nanos: Default::default(),
             audit,
             config,
             values,
@@ -512,7 +514,7 @@ impl CloudNode {
         view: &View<'_>,
     ) -> Result<(ComputeResponse, u64), ApiError> {
         self.seal().await?;
-        let (answer, fewest) = self.state().compute(
+        let (answer, fewest, policy) = self.state().compute(
             self.config.party,
             self.config.parties,
             from,
@@ -526,7 +528,24 @@ impl CloudNode {
                 "the answer for windows in [{from}, {to}) would have {bytes} bytes, more than {MAX_ANSWER_BYTES}; ask for a narrower range"
             )));
         }
+        self.add_policy_time(policy);
         Ok((answer, fewest))
+    }
+
+    /// Adds to the time this cloud spent deciding disclosure.
+    pub(crate) fn add_policy_time(&self, spent: std::time::Duration) {
+        self.policy_nanos.fetch_add(
+            spent.as_nanos().min(u64::MAX as u128) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Time this cloud has spent deciding disclosure (policy checks, counting contributors,
+    /// choosing cells, the audit log): what `bench --debs` compares with its query phase.
+    pub fn policy_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(
+            self.policy_nanos.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Several RANGEs (per-plug load sums, and histograms if asked), checked first, answered

@@ -563,9 +563,11 @@ impl Windows {
         to: u64,
         level: GroupLevel,
         view: &View<'_>,
-    ) -> Result<(ComputeResponse, u64), CloudError> {
+    ) -> Result<(ComputeResponse, u64, std::time::Duration), CloudError> {
         let closed_before = self.closed_before();
         let mut fewest = u64::MAX;
+        // Time spent on the policy (counting contributors, choosing cells), for the benchmark.
+        let mut policy = std::time::Duration::ZERO;
         let block_secs = view.rules.block_secs(self.window_secs);
         let mut blocks: BTreeMap<u64, Vec<(u64, &WindowState)>> = BTreeMap::new();
         for (&start, w) in self.windows.range(from..to.max(from)) {
@@ -605,15 +607,19 @@ impl Windows {
                         .entry((*metric, level.project(*key)))
                         .or_default()
                         .merge(p);
+                    let counting = std::time::Instant::now();
                     census.add(start, *metric, *key);
+                    policy += counting.elapsed();
                 }
             }
+            let choosing = std::time::Instant::now();
             let revealable = census.revealable(view.rules, level);
             let total = groups.len() as u64;
             groups.retain(|cell, _| revealable.contains_key(cell));
             if let Some(least) = revealable.values().min() {
                 fewest = fewest.min(*least as u64);
             }
+            policy += choosing.elapsed();
             ready.push(WindowPartial {
                 window,
                 batches,
@@ -638,7 +644,7 @@ impl Windows {
             ready,
             pending,
         };
-        Ok((answer, if fewest == u64::MAX { 0 } else { fewest }))
+        Ok((answer, if fewest == u64::MAX { 0 } else { fewest }, policy))
     }
 
     /// Counts for the status page.

@@ -405,7 +405,7 @@ fn safe_subset<Id: Copy + Ord>(
     let (mut revealed, mut left): (Vec<_>, Vec<_>) = parts
         .into_iter()
         .partition(|(_, plugs, windows)| ok(*plugs, windows.len()));
-    revealed.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+    revealed.sort_by_key(|p| (p.1, p.0));
     loop {
         let plugs: usize = left.iter().map(|p| p.1).sum();
         let windows = left
@@ -569,11 +569,12 @@ mod tests {
                 };
                 m.swap(rank, pivot);
                 let inv = pow(m[rank][c].rem_euclid(P), P - 2);
-                for r in 0..m.len() {
-                    if r != rank && m[r][c] % P != 0 {
-                        let f = m[r][c] * inv % P;
-                        for j in 0..cols {
-                            m[r][j] = (m[r][j] - f * m[rank][j]).rem_euclid(P);
+                let pivot_row = m[rank].clone();
+                for (r, row) in m.iter_mut().enumerate() {
+                    if r != rank && row[c] % P != 0 {
+                        let f = row[c] * inv % P;
+                        for (x, p) in row.iter_mut().zip(&pivot_row) {
+                            *x = (*x - f * p).rem_euclid(P);
                         }
                     }
                 }
