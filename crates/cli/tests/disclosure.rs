@@ -287,6 +287,23 @@ async fn the_clouds_refuse_or_withhold_every_attack_and_log_every_disclosure() {
     assert!(lines
         .iter()
         .all(|d| d.user == "collector" && d.query == "compute"));
+    // The log is durable: a restarted cloud still has every entry, and still counts reveals.
+    let mut cluster = cluster;
+    cluster.stop_cloud(0).await;
+    cluster.restart_cloud(0).await.unwrap();
+    let admin = cluster.admin_client(0).unwrap();
+    let url = format!("{}/v1/audit?app=counter", cluster.cloud_urls()[0]);
+    let log: Vec<mcloud_cloud::audit::Disclosure> =
+        admin.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(log.len(), 8);
+    let http = cluster.app_client(&counter).unwrap();
+    let (status, code, _) = ask(
+        &http,
+        &format!("{}{by_house}", cluster.cloud_urls()[0]),
+        None,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (403, "policy_reveals"));
     let wrong_admin = cluster.admin_client(1).unwrap();
     let (status, code, _) = ask(
         &wrong_admin,
