@@ -322,6 +322,9 @@ impl NodeConfig {
         if let Some(cloud) = &mut config.cloud {
             resolve(&base, &mut cloud.credentials);
             resolve(&base, &mut cloud.catalog.ca);
+            if let Some(policy) = &mut cloud.disclosure {
+                resolve(&base, policy);
+            }
             for e in &mut cloud.catalog_nodes {
                 resolve(&base, &mut e.ca);
             }
@@ -618,6 +621,13 @@ provisioner = "os-process"
             );
             assert_eq!(t.cooldown, d.cooldown);
             assert!(elastic.worker_program.is_none());
+            // The example's policy file spells out the built-in default.
+            let cloud = config.cloud.expect("[cloud]");
+            let policy = cloud.disclosure.expect("disclosure");
+            assert_eq!(
+                mcloud_core::disclosure::DisclosurePolicy::load(&policy).unwrap(),
+                mcloud_core::disclosure::DisclosurePolicy::default()
+            );
         }
     }
 
