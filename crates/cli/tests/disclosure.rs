@@ -265,6 +265,23 @@ async fn the_clouds_refuse_or_withhold_every_attack_and_log_every_disclosure() {
         assert_eq!(last.chain.len(), 2, "root block and the app's attenuation");
         assert_eq!((last.from, last.to), (T0, T0 + 3600));
     }
+    // The owner's reads are logged too (committed in groups, and settled before a read).
+    let url = format!("{}/v1/audit?user=owner", cluster.cloud_urls()[0]);
+    let log: Vec<mcloud_cloud::audit::Disclosure> = cluster
+        .admin_client(0)
+        .unwrap()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        log.iter()
+            .any(|d| d.query == "histograms" && d.houses == vec![3, 4]),
+        "{log:?}"
+    );
     // `mcloud audit` reads the same log with the deployment's administrator certificate.
     let deployment = cluster.write_deployment().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mcloud"))

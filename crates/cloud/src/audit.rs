@@ -91,7 +91,8 @@ pub enum AuditError {
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Job {
-    entry: Disclosure,
+    /// `None`: a barrier, so a reader sees every entry recorded before it asked.
+    entry: Option<Disclosure>,
     reveals: Vec<Reveal>,
     /// Who waits for the durable commit (none: an owner's read, durable by the next flush).
     done: Option<oneshot::Sender<Result<u64, AuditError>>>,
@@ -134,7 +135,7 @@ impl AuditLog {
             return self
                 .jobs
                 .send(Job {
-                    entry,
+                    entry: Some(entry),
                     reveals,
                     done: None,
                 })
@@ -143,12 +144,30 @@ impl AuditLog {
         let (done, wait) = oneshot::channel();
         self.jobs
             .send(Job {
-                entry,
+                entry: Some(entry),
                 reveals,
                 done: Some(done),
             })
             .map_err(|_| stopped())?;
         wait.await.map_err(|_| stopped())?.map(|_| ())
+    }
+
+    /// Returns once every entry recorded before the call is committed, so a reader that asks
+    /// next sees them (an owner's entries otherwise wait for their group).
+    pub async fn settle(&self) -> Result<(), CloudError> {
+        let stopped = || CloudError::Storage("audit writer stopped".into());
+        let (done, wait) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                entry: None,
+                reveals: Vec::new(),
+                done: Some(done),
+            })
+            .map_err(|_| stopped())?;
+        match wait.await.map_err(|_| stopped())? {
+            Err(AuditError::Storage(e)) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Newest first, at most `filter.limit` (and [`MAX_READ`]).
@@ -263,6 +282,10 @@ fn commit(
         let mut log = txn.open_table(LOG)?;
         let mut seq = log.last()?.map_or(0, |(k, _)| k.value() + 1);
         'jobs: for job in group.iter_mut() {
+            let Some(entry) = &mut job.entry else {
+                outcomes.push(Ok(seq));
+                continue;
+            };
             let mut raised = Vec::new();
             for r in job.reveals.iter().filter(|r| r.max > 0) {
                 let times = counts.get(r.cell)?.map_or(0, |v| v.value());
@@ -279,8 +302,8 @@ fn commit(
             for (cell, times) in raised {
                 counts.insert(cell, times)?;
             }
-            job.entry.seq = seq;
-            let bytes = serde_json::to_vec(&job.entry)
+            entry.seq = seq;
+            let bytes = serde_json::to_vec(entry)
                 .map_err(|e| CloudError::Storage(format!("audit entry: {e}")))?;
             log.insert(seq, bytes.as_slice())?;
             outcomes.push(Ok(seq));

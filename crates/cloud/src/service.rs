@@ -259,6 +259,7 @@ async fn audit(
             "bad audit query ({e}); expected [user=..][&app=..][&house=n][&since=<unix s>][&limit=n]"
         ))
     })?;
+    cloud.node.audit().settle().await?;
     Ok(Json(cloud.node.audit().read(&filter)?))
 }
 
