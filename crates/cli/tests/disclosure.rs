@@ -2,7 +2,9 @@
 //! given is refused (403 naming the rule) or withheld at every cloud alike, the owner still sees
 //! its own plugs, and every disclosure lands in each cloud's audit log.
 
-use mcloud::cluster::{ClusterSpec, LocalCluster, GATEWAY};
+mod common;
+
+use mcloud::cluster::LocalCluster;
 use mcloud_core::auth::app::{AppToken, Attenuation};
 use mcloud_core::wire::{ComputeResponse, RangeSpec};
 use mcloud_core::{GroupKey, Metric, Reading};
@@ -109,24 +111,8 @@ fn cells(answers: &[ComputeResponse]) -> BTreeSet<(u32, Option<u32>, Option<u32>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clouds_refuse_or_withhold_every_attack_and_log_every_disclosure() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start(ClusterSpec {
-        parties: 3,
-        window_secs: 60,
-        grace_secs: 0,
-        dir: dir.path().to_path_buf(),
-    })
-    .await
-    .unwrap();
-    let uploader = cluster.uploader(Duration::from_secs(30)).unwrap();
-    let batch = mcloud_client::PlainBatch::new(GATEWAY.sensor, readings());
-    assert_eq!(
-        uploader
-            .transact(&batch, mcloud_client::Fate::Complete)
-            .await
-            .unwrap(),
-        mcloud_client::Outcome::Committed
-    );
-    uploader.advance_watermark(T0 + 3600, true).await.unwrap();
+    let cluster = common::cluster(dir.path(), 3, Default::default()).await;
+    common::commit_and_close(&cluster, readings(), T0 + 3600).await;
     // The owner's collector waits until the hour is computable everywhere.
     let owner = cluster.owner_token([3, 4]).unwrap();
     let revealed = cluster
@@ -284,7 +270,7 @@ async fn the_clouds_refuse_or_withhold_every_attack_and_log_every_disclosure() {
     );
     // `mcloud audit` reads the same log with the deployment's administrator certificate.
     let deployment = cluster.write_deployment().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mcloud"))
+    let out = std::process::Command::new(common::BIN)
         .args(["audit", "--deployment"])
         .arg(&deployment)
         .args(["--app", "counter", "--json"])

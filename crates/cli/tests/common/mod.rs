@@ -117,3 +117,24 @@ pub async fn cluster(dir: &Path, parties: u16, options: ClusterOptions) -> Local
     .await
     .unwrap()
 }
+
+/// Uploads `readings` as the gateway sensor in one transaction, which must commit, and ends the
+/// sensor's stream at `end` so every window up to it closes.
+pub async fn commit_and_close(
+    cluster: &LocalCluster,
+    readings: Vec<mcloud_core::Reading>,
+    end: u64,
+) {
+    let uploader = cluster
+        .uploader(std::time::Duration::from_secs(30))
+        .unwrap();
+    let batch = mcloud_client::PlainBatch::new(mcloud::cluster::GATEWAY.sensor, readings);
+    assert_eq!(
+        uploader
+            .transact(&batch, mcloud_client::Fate::Complete)
+            .await
+            .unwrap(),
+        mcloud_client::Outcome::Committed
+    );
+    uploader.advance_watermark(end, true).await.unwrap();
+}
