@@ -590,6 +590,11 @@ impl LocalCluster {
         Ok(path)
     }
 
+    /// The clouds' disclosure policy.
+    pub fn disclosure(&self) -> &DisclosurePolicy {
+        &self.disclosure
+    }
+
     /// Time the running clouds spent deciding disclosure, per cloud.
     pub fn policy_times(&self) -> Vec<Duration> {
         self.clouds

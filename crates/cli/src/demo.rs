@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use mcloud_client::{Fate, Outbox, Report, Sensor, SensorConfig};
 use mcloud_collector::{check, CheckReport, Query, Reference, RevealedResult};
+use mcloud_core::disclosure::{DisclosurePolicy, DpRules};
 use mcloud_core::http::CallError;
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::wire::HISTOGRAM_WINDOW_SECS;
@@ -24,6 +25,10 @@ pub struct DemoArgs {
     /// Number of independent clouds (shares per reading).
     #[arg(long, default_value_t = 3)]
     pub clouds: u16,
+    /// Differential privacy for other users' apps: every cloud adds noise for ε = EPSILON per
+    /// request (readings bounded by 10 kW); the demo reports what it costs in accuracy.
+    #[arg(long, value_name = "EPSILON")]
+    pub dp: Option<f64>,
     /// Tumbling window size in seconds.
     #[arg(long, default_value_t = 60)]
     pub window: u64,
@@ -285,6 +290,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
                 partitions: args.partitions,
                 ..CatalogSpec::default()
             },
+            disclosure: demo_policy(args.dp)?,
             ..ClusterOptions::default()
         },
     )
@@ -315,7 +321,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     )
     .await?;
     let Some(kind) = args.query else {
-        let other = as_another_user(&cluster, args.group, false).await?;
+        let other = as_another_user(&cluster, &readings, args.group, false).await?;
         cluster.shutdown().await;
         write_output(args.output, &run.revealed)?;
         print_summary(&run, readings.len());
@@ -334,7 +340,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         .copied()
         .collect();
     let queries = run_queries(&cluster, &committed, kind, args.emit).await?;
-    let other = as_another_user(&cluster, args.group, true).await?;
+    let other = as_another_user(&cluster, &committed, args.group, true).await?;
     cluster.shutdown().await;
     if args.out_dir.is_some() || args.output == OutputFormat::Csv {
         crate::queries::write(&queries.private, kind, args.out_dir.as_deref())?;
@@ -345,16 +351,66 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     Ok(run.check.ok() && queries.q1_problems.is_empty())
 }
 
+/// The largest reading the demo's noise is calibrated to: 10 kW, in fixed-point units.
+const DP_MAX_VALUE: u64 = 10_000 * mcloud_core::SCALE;
+
+/// The default policy, with noise for other users' apps when `dp` names an ε.
+fn demo_policy(dp: Option<f64>) -> Result<DisclosurePolicy> {
+    let mut policy = DisclosurePolicy::default();
+    if let Some(epsilon) = dp {
+        policy.other.dp = Some(DpRules {
+            epsilon,
+            budget: 100.0 * epsilon,
+            max_value: DP_MAX_VALUE,
+        });
+        policy.check()?;
+    }
+    Ok(policy)
+}
+
+/// How far noisy revealed sums and counts lie from the exact ones: the median relative
+/// error over the revealed cells, for sums and for counts.
+fn dp_error(revealed: &RevealedResult, readings: &[Reading], level: GroupLevel) -> (f64, f64) {
+    let mut exact: std::collections::HashMap<_, mcloud_core::Revealed> = Default::default();
+    let blocks: Vec<mcloud_core::Window> = revealed.windows.iter().map(|w| w.window).collect();
+    for r in readings {
+        if let Some(b) = blocks.iter().find(|b| (b.start..b.end).contains(&r.ts)) {
+            exact
+                .entry((b.start, r.metric, level.project(r.group)))
+                .or_default()
+                .add_value(r.value);
+        }
+    }
+    let mut sums = Vec::new();
+    let mut counts = Vec::new();
+    for w in &revealed.windows {
+        for g in &w.groups {
+            let Some(e) = exact.get(&(w.window.start, g.metric, g.group)) else {
+                continue;
+            };
+            let rel = |noisy: f64, exact: f64| (noisy - exact).abs() / exact.max(1.0);
+            sums.push(rel(g.totals.sum as f64, e.sum as f64));
+            counts.push(rel(g.totals.count as f64, e.count as f64));
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    (median(sums), median(counts))
+}
+
 /// What the same questions give another user's app (the deployment's collector token, in the
 /// disclosure policy's other-users scope): aggregates in the scope's blocks, or a refusal
 /// naming the rule.
 async fn as_another_user(
     cluster: &LocalCluster,
+    readings: &[Reading],
     level: GroupLevel,
     ranges: bool,
 ) -> Result<String> {
     let collector = cluster.collector_as(&cluster.app_token()?)?;
-    let policy = mcloud_core::disclosure::DisclosurePolicy::default().other;
+    let policy = cluster.disclosure().other.clone();
     let refused = |e: &mcloud_collector::CollectError| match e {
         mcloud_collector::CollectError::Call(CallError::Rejected { status, code, .. }) => {
             Some(format!("refused ({status} {code})"))
@@ -368,17 +424,30 @@ async fn as_another_user(
         min_count: 1,
     };
     let compute = match collector.collect(&query).await {
-        Ok(revealed) => format!(
-            "{} cells in {} blocks of {} windows revealed, {} withheld",
-            revealed
-                .windows
-                .iter()
-                .map(|w| w.groups.len())
-                .sum::<usize>(),
-            revealed.windows.len(),
-            policy.stride_windows,
-            revealed.withheld()
-        ),
+        Ok(revealed) => {
+            let mut said = format!(
+                "{} cells in {} blocks of {} windows revealed, {} withheld",
+                revealed
+                    .windows
+                    .iter()
+                    .map(|w| w.groups.len())
+                    .sum::<usize>(),
+                revealed.windows.len(),
+                policy.stride_windows,
+                revealed.withheld()
+            );
+            if let Some(dp) = &policy.dp {
+                let (sums, counts) = dp_error(&revealed, readings, level);
+                said += &format!(
+                    "; with differential privacy (ε = {} per request at every cloud, readings up to {} W): sums off by {:.3} % and counts by {:.4} % (median over cells); variances are mostly noise",
+                    dp.epsilon,
+                    dp.max_value / mcloud_core::SCALE,
+                    100.0 * sums,
+                    100.0 * counts
+                );
+            }
+            said
+        }
         Err(e) => refused(&e).ok_or(e)?,
     };
     let mut out = format!(

@@ -324,3 +324,81 @@ async fn the_clouds_refuse_or_withhold_every_attack_and_log_every_disclosure() {
     assert!(status == 401 || status == 403, "{status}");
     cluster.shutdown().await;
 }
+
+/// With differential privacy on for other users, every cloud adds its own noise to what it
+/// reveals, the collector decodes the noisy totals near the exact ones, and each cloud refuses
+/// a principal whose ε budget is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differential_privacy_adds_noise_and_spends_a_budget_at_every_cloud() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut disclosure = mcloud_core::disclosure::DisclosurePolicy::default();
+    disclosure.other.dp = Some(mcloud_core::disclosure::DpRules {
+        epsilon: 1.0,
+        budget: 2.0,
+        max_value: 10_000 * mcloud_core::SCALE,
+    });
+    let options = mcloud::cluster::ClusterOptions {
+        disclosure,
+        ..Default::default()
+    };
+    let cluster = common::cluster(dir.path(), 3, options).await;
+    common::commit_and_close(&cluster, readings(), T0 + 3600).await;
+    let owner = cluster
+        .collector_as(&cluster.owner_token([3, 4]).unwrap())
+        .unwrap();
+    let query = mcloud_collector::Query {
+        from: T0,
+        to: T0 + 3600,
+        level: mcloud_core::GroupLevel::House,
+        min_count: 1,
+    };
+    // The owner's exact figures, once every window is computable.
+    let exact = owner
+        .collect_when_ready(&query, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let exact_sum: u128 = exact
+        .windows
+        .iter()
+        .flat_map(|w| &w.groups)
+        .filter(|g| g.group.house == 4)
+        .map(|g| g.totals.sum)
+        .sum();
+    let exact_count: u64 = exact
+        .windows
+        .iter()
+        .flat_map(|w| &w.groups)
+        .filter(|g| g.group.house == 4)
+        .map(|g| g.totals.count)
+        .sum();
+    assert_eq!(exact_count, 360);
+
+    let other = cluster.collector_as(&cluster.app_token().unwrap()).unwrap();
+    let mut sums = Vec::new();
+    for _ in 0..2 {
+        let noisy = other.collect(&query).await.unwrap();
+        let house4 = noisy.windows[0]
+            .groups
+            .iter()
+            .find(|g| g.group.house == 4)
+            .expect("house 4 revealed")
+            .totals;
+        // Count noise has scale 3 per cloud; sum noise 3 × 10 kW per cloud.
+        assert!(house4.count.abs_diff(exact_count) < 200, "{house4:?}");
+        let off = (house4.sum as f64 - exact_sum as f64).abs();
+        assert!(off < 3.0 * 30.0 * 10_000_000.0, "sum off by {off}");
+        sums.push(house4.sum);
+    }
+    assert_ne!(sums[0], sums[1], "fresh noise on every request");
+    assert_ne!(sums[0], exact_sum);
+    // The budget (2) allows two requests of ε = 1; the third is refused at every cloud.
+    let (status, code, _) = at_every_cloud(
+        &cluster,
+        &cluster.app_token().unwrap(),
+        &format!("/v1/compute?from={T0}&to={}&level=house", T0 + 3600),
+        None,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (403, "policy_budget"));
+    cluster.shutdown().await;
+}

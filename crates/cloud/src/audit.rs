@@ -21,6 +21,8 @@ use tokio::sync::oneshot;
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("disclosures");
 /// Hash of (principal, cell) → times revealed.
 const REVEALS: TableDefinition<u128, u32> = TableDefinition::new("reveals");
+/// Hash of a principal → millionths of ε it has spent here.
+const BUDGETS: TableDefinition<u128, u64> = TableDefinition::new("budgets");
 
 /// Most entries one read returns.
 pub const MAX_READ: usize = 10_000;
@@ -76,6 +78,13 @@ pub struct Reveal {
     pub name: String,
 }
 
+/// ε a request spends from its principal's budget at this cloud, in millionths.
+pub struct Charge {
+    pub principal: u128,
+    pub micro: u64,
+    pub budget_micro: u64,
+}
+
 /// Why a disclosure was not made.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -83,6 +92,8 @@ pub enum AuditError {
         "{cell} was already revealed {times} times to this principal; the policy allows {max}"
     )]
     TooOften { cell: String, times: u32, max: u32 },
+    #[error("this principal has spent ε = {spent} of its budget of {budget} here; the request needs {needs}")]
+    Budget { spent: f64, budget: f64, needs: f64 },
     #[error(transparent)]
     Storage(#[from] CloudError),
 }
@@ -94,6 +105,7 @@ struct Job {
     /// `None`: a barrier, so a reader sees every entry recorded before it asked.
     entry: Option<Disclosure>,
     reveals: Vec<Reveal>,
+    charge: Option<Charge>,
     /// Who waits for the durable commit (none: an owner's read, durable by the next flush).
     done: Option<oneshot::Sender<Result<u64, AuditError>>>,
 }
@@ -110,6 +122,7 @@ impl AuditLog {
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
         txn.open_table(REVEALS)?;
+        txn.open_table(BUDGETS)?;
         txn.commit()?;
         let db = Arc::new(db);
         let (jobs, queue) = mpsc::channel();
@@ -121,22 +134,25 @@ impl AuditLog {
         Ok(AuditLog { db, jobs })
     }
 
-    /// Counts each of `reveals` and appends `entry` (`durable`: returns once both are on
-    /// disk, or refuses, changing nothing, if any cell would pass its maximum; otherwise
-    /// returns at once and the entry is on disk within [`FLUSH_EVERY`]).
+    /// Counts each of `reveals`, spends `charge` and appends `entry` (`durable`: returns once
+    /// all are on disk, or refuses, changing nothing, if any cell would pass its maximum or
+    /// the budget would be overspent; otherwise returns at once and the entry is on disk
+    /// within [`FLUSH_EVERY`]).
     pub async fn record(
         &self,
         entry: Disclosure,
         reveals: Vec<Reveal>,
+        charge: Option<Charge>,
         durable: bool,
     ) -> Result<(), AuditError> {
         let stopped = || AuditError::Storage(CloudError::Storage("audit writer stopped".into()));
-        if !durable && reveals.is_empty() {
+        if !durable && reveals.is_empty() && charge.is_none() {
             return self
                 .jobs
                 .send(Job {
                     entry: Some(entry),
                     reveals,
+                    charge,
                     done: None,
                 })
                 .map_err(|_| stopped());
@@ -146,6 +162,7 @@ impl AuditLog {
             .send(Job {
                 entry: Some(entry),
                 reveals,
+                charge,
                 done: Some(done),
             })
             .map_err(|_| stopped())?;
@@ -161,6 +178,7 @@ impl AuditLog {
             .send(Job {
                 entry: None,
                 reveals: Vec::new(),
+                charge: None,
                 done: Some(done),
             })
             .map_err(|_| stopped())?;
@@ -279,6 +297,7 @@ fn commit(
     let mut outcomes = Vec::with_capacity(group.len());
     {
         let mut counts = txn.open_table(REVEALS)?;
+        let mut budgets = txn.open_table(BUDGETS)?;
         let mut log = txn.open_table(LOG)?;
         let mut seq = log.last()?.map_or(0, |(k, _)| k.value() + 1);
         'jobs: for job in group.iter_mut() {
@@ -298,6 +317,20 @@ fn commit(
                     continue 'jobs;
                 }
                 raised.push((r.cell, times + 1));
+            }
+            if let Some(c) = &job.charge {
+                let spent = budgets.get(c.principal)?.map_or(0, |v| v.value());
+                let after = spent.saturating_add(c.micro);
+                if after > c.budget_micro {
+                    let eps = |m: u64| m as f64 / 1e6;
+                    outcomes.push(Err(AuditError::Budget {
+                        spent: eps(spent),
+                        budget: eps(c.budget_micro),
+                        needs: eps(c.micro),
+                    }));
+                    continue 'jobs;
+                }
+                budgets.insert(c.principal, after)?;
             }
             for (cell, times) in raised {
                 counts.insert(cell, times)?;

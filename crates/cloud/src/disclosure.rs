@@ -5,13 +5,14 @@
 //! Every cloud applies the same policy to the same committed batches, so all of them refuse
 //! or withhold the same things.
 
-use crate::audit::{AuditError, Disclosure, Reveal};
+use crate::audit::{AuditError, Charge, Disclosure, Reveal};
 use crate::windows::View;
 use crate::CloudNode;
 use mcloud_core::auth::access::Reach;
 use mcloud_core::auth::app::Grant;
-use mcloud_core::disclosure::{Scope, ScopeRules, Violation};
+use mcloud_core::disclosure::{DpRules, Scope, ScopeRules, Violation};
 use mcloud_core::http::ApiError;
+use mcloud_core::noise;
 use mcloud_core::reading::{GroupId, GroupKey, GroupLevel, Metric};
 use mcloud_core::wire::{ComputeResponse, RangeResponse, RangeSpec};
 use std::collections::BTreeSet;
@@ -88,19 +89,57 @@ fn entry(grant: &Grant, query: &str, level: GroupLevel, from: u64, to: u64) -> D
     }
 }
 
-async fn log(node: &CloudNode, entry: Disclosure, reveals: Vec<Reveal>) -> Result<(), ApiError> {
+async fn log(
+    node: &CloudNode,
+    entry: Disclosure,
+    reveals: Vec<Reveal>,
+    charge: Option<Charge>,
+) -> Result<(), ApiError> {
     // See `audit`: only an owner's reads of its own houses wait for the next flush.
     let durable = !reveals.is_empty() || entry.scopes.iter().any(|s| *s != Scope::Owner);
     node.audit()
-        .record(entry, reveals, durable)
+        .record(entry, reveals, charge, durable)
         .await
         .map(|_| ())
         .map_err(|e| match e {
             AuditError::TooOften { .. } => {
                 ApiError::forbidden("policy_reveals", format!("disclosure policy: {e}"))
             }
+            AuditError::Budget { .. } => {
+                ApiError::forbidden("policy_budget", format!("disclosure policy: {e}"))
+            }
             AuditError::Storage(e) => ApiError::from(e),
         })
+}
+
+/// A principal's identity for its ε budget: user and app.
+fn principal_key(grant: &Grant) -> u128 {
+    let text = format!("{}\u{0}{}", grant.user, grant.app.as_deref().unwrap_or(""));
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    u128::from_le_bytes(bytes)
+}
+
+/// Adds this cloud's full draw of noise to its share of every revealed cell (see
+/// `mcloud_core::noise` for why each cloud adds a full one), and says what it costs.
+fn add_noise(answer: &mut ComputeResponse, dp: &DpRules, grant: &Grant) -> Charge {
+    let mut rng = rand::rngs::OsRng;
+    for w in &mut answer.ready {
+        for g in &mut w.groups {
+            let [sum, sumsq, count] = noise::cell_noise(&mut rng, dp.epsilon, dp.max_value);
+            g.partial.sum = noise::add_signed(g.partial.sum, sum);
+            g.partial.sumsq = noise::add_signed(g.partial.sumsq, sumsq);
+            g.partial.count = noise::add_signed(g.partial.count, count);
+        }
+    }
+    answer.noisy = true;
+    let micro = |eps: f64| (eps * 1e6).round() as u64;
+    Charge {
+        principal: principal_key(grant),
+        micro: micro(dp.epsilon),
+        budget_micro: micro(dp.budget),
+    }
 }
 
 /// COMPUTE as the policy lets `grant` see it.
@@ -122,6 +161,7 @@ pub async fn compute(
     let mut houses = BTreeSet::new();
     let mut fewest = u64::MAX;
     let mut cells = 0;
+    let mut charge = None;
     for scope in reach.scopes() {
         let rules = policy.rules(scope);
         if let Err(v) = rules.check_request(scope, level, false, from, to, node.window_secs()) {
@@ -135,8 +175,18 @@ pub async fn compute(
             keep: &keep,
         };
         let asked = std::time::Instant::now();
-        let (answer, least) = node.compute(from, to, level, &view).await?;
+        let (mut answer, least) = node.compute(from, to, level, &view).await?;
         answering += asked.elapsed();
+        if let Some(dp) = &rules.dp {
+            // One request spends ε once, whichever scopes it reaches with noise.
+            let spent = add_noise(&mut answer, dp, grant);
+            if charge
+                .as_ref()
+                .is_none_or(|c: &Charge| c.micro < spent.micro)
+            {
+                charge = Some(spent);
+            }
+        }
         audit.scopes.push(scope);
         for w in &answer.ready {
             audit.withheld += w.withheld;
@@ -170,13 +220,14 @@ pub async fn compute(
     audit.cells = cells;
     audit.houses = houses.into_iter().collect();
     audit.min_contributors = if fewest == u64::MAX { 0 } else { fewest };
-    log(node, audit, reveals).await?;
+    log(node, audit, reveals, charge).await?;
     node.add_policy_time(started.elapsed().saturating_sub(answering));
     Ok(answer)
 }
 
 /// Two scopes' answers in one: blocks of the same bounds hold disjoint houses.
 fn merge(all: &mut ComputeResponse, other: ComputeResponse) {
+    all.noisy |= other.noisy;
     for w in other.ready {
         match all.ready.iter_mut().find(|a| a.window == w.window) {
             Some(a) => {
@@ -268,7 +319,7 @@ pub async fn ranges(
     }
     audit.houses = houses.into_iter().collect();
     audit.min_contributors = u64::from(audit.cells > 0);
-    log(node, audit, reveals).await?;
+    log(node, audit, reveals, None).await?;
     node.add_policy_time(started.elapsed().saturating_sub(answering));
     Ok(answers)
 }

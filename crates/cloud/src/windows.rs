@@ -639,6 +639,7 @@ impl Windows {
             party,
             parties,
             policy: view.policy,
+            noisy: false,
             window_secs: self.window_secs,
             closed_before,
             ready,

@@ -358,7 +358,9 @@ pub fn combine(responses: &[ComputeResponse], min_count: u64) -> Result<Revealed
                 }
             }
         }
-        out.windows.push(combine_window(window, &parts, min_count)?);
+        let noisy = responses.iter().any(|r| r.noisy);
+        out.windows
+            .push(combine_window(window, &parts, min_count, noisy)?);
     }
     Ok(out)
 }
@@ -367,6 +369,7 @@ fn combine_window(
     window: Window,
     parts: &[Option<&mcloud_core::wire::WindowPartial>],
     min_count: u64,
+    noisy: bool,
 ) -> Result<RevealedWindow, CollectError> {
     let fingerprint = |p: &Option<&mcloud_core::wire::WindowPartial>| {
         p.map(|w| (w.batches, w.batch_digest)).unwrap_or((0, 0))
@@ -410,8 +413,12 @@ fn combine_window(
                 ),
             });
         }
-        let totals = Totals::from_combined(&total)
-            .map_err(|source| CollectError::Reveal { window, source })?;
+        let totals = if noisy {
+            Totals::from_noisy(&total)
+        } else {
+            Totals::from_combined(&total)
+                .map_err(|source| CollectError::Reveal { window, source })?
+        };
         if totals.count < min_count {
             withheld += 1;
             continue;

@@ -73,7 +73,30 @@ pub struct ScopeRules {
     pub metrics: Vec<Metric>,
     /// Per-plug load histograms (owner only: a histogram is per plug).
     pub histograms: bool,
+    /// Differential privacy for this scope (not the owner's): off without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<DpRules>,
 }
+
+/// Noise every cloud adds to what it reveals to a scope (see [`crate::noise`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpRules {
+    /// ε each request spends: every revealed cell of it is ε-differentially private with
+    /// respect to any one reading, even if every cloud but one colludes with the collector.
+    pub epsilon: f64,
+    /// ε one principal may spend at one cloud, over all its requests.
+    pub budget: f64,
+    /// The largest reading a sensor sends, in fixed-point units (value × 1000): the
+    /// sensitivity the noise is calibrated to.
+    pub max_value: u64,
+}
+
+impl Eq for DpRules {}
+
+/// Bounds a policy's DP rules must keep.
+pub const MAX_EPSILON: f64 = 10.0;
+pub const MAX_DP_VALUE: u64 = 1 << 40;
 
 /// One policy per deployment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +121,7 @@ impl Default for DisclosurePolicy {
                 levels: vec![GroupLevel::House, GroupLevel::Household, GroupLevel::Plug],
                 metrics: Metric::ALL.to_vec(),
                 histograms: true,
+                dp: None,
             },
             friend: ScopeRules {
                 min_contributors: 3,
@@ -107,6 +131,7 @@ impl Default for DisclosurePolicy {
                 levels: vec![GroupLevel::House, GroupLevel::Household],
                 metrics: Metric::ALL.to_vec(),
                 histograms: false,
+                dp: None,
             },
             other: ScopeRules {
                 min_contributors: 5,
@@ -116,6 +141,7 @@ impl Default for DisclosurePolicy {
                 levels: vec![GroupLevel::House, GroupLevel::Household],
                 metrics: Metric::ALL.to_vec(),
                 histograms: false,
+                dp: None,
             },
         }
     }
@@ -186,6 +212,33 @@ impl DisclosurePolicy {
             for (name, value, low, high) in bounded {
                 if !(low..=high).contains(&value) {
                     return Err(bad(format!("{name} = {value} is outside {low}..={high}")));
+                }
+            }
+            if let Some(dp) = &rules.dp {
+                if scope == Scope::Owner {
+                    return Err(bad(
+                        "the owner sees its own data exactly: no noise in its scope".into(),
+                    ));
+                }
+                let finite = dp.epsilon.is_finite() && dp.budget.is_finite();
+                if !finite || dp.epsilon <= 0.0 || dp.epsilon > MAX_EPSILON {
+                    return Err(bad(format!(
+                        "dp.epsilon = {} is outside (0, {MAX_EPSILON}]",
+                        dp.epsilon
+                    )));
+                }
+                if dp.budget < dp.epsilon || dp.budget > 1000.0 * MAX_EPSILON {
+                    return Err(bad(format!(
+                        "dp.budget = {} must be at least dp.epsilon and at most {}",
+                        dp.budget,
+                        1000.0 * MAX_EPSILON
+                    )));
+                }
+                if dp.max_value == 0 || dp.max_value > MAX_DP_VALUE {
+                    return Err(bad(format!(
+                        "dp.max_value = {} is outside 1..={MAX_DP_VALUE}",
+                        dp.max_value
+                    )));
                 }
             }
             if rules.min_data_windows > rules.stride_windows {

@@ -8,6 +8,7 @@ pub mod disclosure;
 pub mod fixed;
 pub mod histogram;
 pub mod http;
+pub mod noise;
 pub mod paths;
 pub mod reading;
 pub mod samples;

@@ -76,6 +76,17 @@ impl Revealed {
         })
     }
 
+    /// A total that carries differential-privacy noise (see `noise`): read signed, since
+    /// noise may take it below zero, and clamped at zero.
+    pub fn from_noisy(total: &Partial) -> Revealed {
+        let clamp = |f| crate::noise::signed(f).max(0) as u128;
+        Revealed {
+            count: clamp(total.count).min(u64::MAX as u128) as u64,
+            sum: clamp(total.sum),
+            sumsq: clamp(total.sumsq),
+        }
+    }
+
     pub fn add_value(&mut self, value: u64) {
         let v = value as u128;
         self.count += 1;

@@ -343,6 +343,8 @@ pub struct ComputeResponse {
     pub parties: u16,
     /// Hash of the disclosure policy that decided the answer (see `disclosure`).
     pub policy: [u8; 32],
+    /// Whether the cloud added differential-privacy noise to its shares (see `noise`).
+    pub noisy: bool,
     pub window_secs: u64,
     /// Every window that ends at or before this is closed: one this cloud does not list
     /// holds nothing here.
