@@ -2,6 +2,8 @@
 //! a real cluster (in-process TLS servers on loopback): each is now refused with 401 or 403
 //! and a stable code, and the legitimate path still works.
 
+mod common;
+
 use mcloud::cluster::{ClusterSpec, LocalCluster, GATEWAY};
 use mcloud_core::auth::app::Attenuation;
 use mcloud_core::auth::peer::{PeerIdentity, Role};
@@ -898,19 +900,10 @@ async fn friends_others_and_denied_apps_reach_what_the_owner_says() {
     .await
     .unwrap();
     let t0 = 1_377_986_400;
-    let uploader = cluster.uploader(Duration::from_secs(30)).unwrap();
     let readings = (3..=5)
         .map(|h| reading(h as u64, t0 + h as u64, h))
         .collect();
-    let batch = mcloud_client::PlainBatch::new(GATEWAY.sensor, readings);
-    assert_eq!(
-        uploader
-            .transact(&batch, mcloud_client::Fate::Complete)
-            .await
-            .unwrap(),
-        mcloud_client::Outcome::Committed
-    );
-    uploader.advance_watermark(t0 + 10, true).await.unwrap();
+    common::commit_and_close(&cluster, readings, t0 + 10).await;
     // The window is computable at every cloud before anyone looks.
     let revealed = cluster
         .collector()

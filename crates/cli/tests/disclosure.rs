@@ -108,6 +108,17 @@ fn cells(answers: &[ComputeResponse]) -> BTreeSet<(u32, Option<u32>, Option<u32>
     per_cloud.into_iter().next().unwrap_or_default()
 }
 
+/// Cloud `party`'s audit log as its administrator reads it, filtered by `query`.
+async fn audit_log(
+    cluster: &LocalCluster,
+    party: u16,
+    query: &str,
+) -> Vec<mcloud_cloud::audit::Disclosure> {
+    let url = format!("{}/v1/audit?{query}", cluster.cloud_urls()[party as usize]);
+    let admin = cluster.admin_client(party).unwrap();
+    admin.get(&url).send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clouds_refuse_or_withhold_every_attack_and_log_every_disclosure() {
     let dir = tempfile::tempdir().unwrap();
@@ -232,13 +243,7 @@ async fn the_clouds_refuse_or_withhold_every_attack_and_log_every_disclosure() {
 
     // Every disclosure is in every cloud's audit log, for that party's administrators only.
     for party in 0..3u16 {
-        let admin = cluster.admin_client(party).unwrap();
-        let url = format!(
-            "{}/v1/audit?user=collector&app=counter",
-            cluster.cloud_urls()[party as usize]
-        );
-        let log: Vec<mcloud_cloud::audit::Disclosure> =
-            admin.get(&url).send().await.unwrap().json().await.unwrap();
+        let log = audit_log(&cluster, party, "user=collector&app=counter").await;
         assert_eq!(
             log.len(),
             8,
@@ -252,17 +257,7 @@ async fn the_clouds_refuse_or_withhold_every_attack_and_log_every_disclosure() {
         assert_eq!((last.from, last.to), (T0, T0 + 3600));
     }
     // The owner's reads are logged too (committed in groups, and settled before a read).
-    let url = format!("{}/v1/audit?user=owner", cluster.cloud_urls()[0]);
-    let log: Vec<mcloud_cloud::audit::Disclosure> = cluster
-        .admin_client(0)
-        .unwrap()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log = audit_log(&cluster, 0, "user=owner").await;
     assert!(
         log.iter()
             .any(|d| d.query == "histograms" && d.houses == vec![3, 4]),
@@ -294,11 +289,7 @@ async fn the_clouds_refuse_or_withhold_every_attack_and_log_every_disclosure() {
     let mut cluster = cluster;
     cluster.stop_cloud(0).await;
     cluster.restart_cloud(0).await.unwrap();
-    let admin = cluster.admin_client(0).unwrap();
-    let url = format!("{}/v1/audit?app=counter", cluster.cloud_urls()[0]);
-    let log: Vec<mcloud_cloud::audit::Disclosure> =
-        admin.get(&url).send().await.unwrap().json().await.unwrap();
-    assert_eq!(log.len(), 8);
+    assert_eq!(audit_log(&cluster, 0, "app=counter").await.len(), 8);
     let http = cluster.app_client(&counter).unwrap();
     let (status, code, _) = ask(
         &http,
@@ -307,6 +298,21 @@ async fn the_clouds_refuse_or_withhold_every_attack_and_log_every_disclosure() {
     )
     .await;
     assert_eq!((status, code.as_str()), (403, "policy_reveals"));
+    // No certificate, or a malformed filter: refused by name, nothing read.
+    let (status, code, _) = ask(
+        &cluster.http(),
+        &format!("{}/v1/audit", cluster.cloud_urls()[0]),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "{code}");
+    let (status, code, _) = ask(
+        &cluster.admin_client(0).unwrap(),
+        &format!("{}/v1/audit?limit=-1", cluster.cloud_urls()[0]),
+        None,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (400, "bad_request"));
     let wrong_admin = cluster.admin_client(1).unwrap();
     let (status, code, _) = ask(
         &wrong_admin,

@@ -43,20 +43,24 @@ fn keep<'a>(
     }
 }
 
+/// The first 128 bits of SHA-256: a compact key for the audit log's counters.
+fn key_of(text: &str) -> u128 {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    u128::from_le_bytes(bytes)
+}
+
 /// A cell's identity for the reveal counts: principal (user and app) and cell.
 fn cell_key(grant: &Grant, metric: Metric, group: &GroupId, from: u64, to: u64) -> u128 {
-    let text = format!(
+    key_of(&format!(
         "{}\u{0}{}\u{0}{metric}\u{0}{}\u{0}{:?}\u{0}{:?}\u{0}{from}\u{0}{to}",
         grant.user,
         grant.app.as_deref().unwrap_or(""),
         group.house,
         group.household,
         group.plug
-    );
-    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest.as_ref()[..16]);
-    u128::from_le_bytes(bytes)
+    ))
 }
 
 fn describe(metric: Metric, group: &GroupId, from: u64, to: u64) -> String {
@@ -114,11 +118,11 @@ async fn log(
 
 /// A principal's identity for its ε budget: user and app.
 fn principal_key(grant: &Grant) -> u128 {
-    let text = format!("{}\u{0}{}", grant.user, grant.app.as_deref().unwrap_or(""));
-    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest.as_ref()[..16]);
-    u128::from_le_bytes(bytes)
+    key_of(&format!(
+        "{}\u{0}{}",
+        grant.user,
+        grant.app.as_deref().unwrap_or("")
+    ))
 }
 
 /// Adds this cloud's full draw of noise to its share of every revealed cell (see

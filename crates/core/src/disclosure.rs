@@ -56,7 +56,7 @@ impl Scope {
 }
 
 /// What one scope may see.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScopeRules {
     /// Fewest distinct plugs behind any revealed cell.
@@ -92,14 +92,12 @@ pub struct DpRules {
     pub max_value: u64,
 }
 
-impl Eq for DpRules {}
-
 /// Bounds a policy's DP rules must keep.
 pub const MAX_EPSILON: f64 = 10.0;
 pub const MAX_DP_VALUE: u64 = 1 << 40;
 
 /// One policy per deployment.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisclosurePolicy {
     pub owner: ScopeRules,
