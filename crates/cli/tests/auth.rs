@@ -1115,16 +1115,33 @@ async fn a_revoked_sensor_is_refused_everywhere() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let fresh = mcloud_client::SensorSessions::new(
-        cluster.sensor_credentials(SensorScope {
-            sensor: 9,
-            house: Some(3),
-            plugs: None,
-        }),
-        cluster.cloud_endpoints().unwrap(),
-    );
-    let refused = fresh.header(1).await.unwrap_err();
-    assert!(refused.to_string().contains("sensor_revoked"), "{refused}");
+    // A session that opened is cached, so each attempt starts from fresh sessions.
+    let fresh = || {
+        mcloud_client::SensorSessions::new(
+            cluster.sensor_credentials(SensorScope {
+                sensor: 9,
+                house: Some(3),
+                plugs: None,
+            }),
+            cluster.cloud_endpoints().unwrap(),
+        )
+    };
+    // Each cloud reads the revocations on its own poll, so every party is waited for.
+    for party in 0..3 {
+        let refused = loop {
+            match fresh().header(party).await {
+                Err(e) => break e,
+                Ok(_) => {
+                    assert!(
+                        std::time::Instant::now() < until,
+                        "party {party} still opens sessions for the revoked sensor"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        assert!(refused.to_string().contains("sensor_revoked"), "{refused}");
+    }
     // The gateway sensor is not affected, and progress beyond the future horizon is refused
     // by name without moving the watermark.
     let gateway = cluster.uploader(Duration::from_secs(30)).unwrap();
