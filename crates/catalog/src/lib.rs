@@ -15,7 +15,7 @@ pub mod store;
 
 pub use client::CatalogClient;
 pub use error::CatalogError;
-pub use raft::{Assignment, CatalogConfig, CatalogNode, Peer, MAX_ASSIGNMENT_BUCKETS};
+pub use raft::{Assignment, CatalogConfig, CatalogNode, Peer, MAX_ASSIGNMENT_BUCKETS, MAX_EPOCH};
 pub use store::FlagStore;
 
 use mcloud_core::wire::{CreateFlag, Flag};

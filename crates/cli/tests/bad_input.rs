@@ -323,6 +323,21 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
         400,
         "appears twice",
     );
+    // A histogram window in the year 2100, and one whose end would wrap past u64::MAX.
+    for start in [4_102_444_800, u64::MAX - 15] {
+        let mut far = decoded(seed_party);
+        far.histograms[0].window_start = start;
+        expect(
+            post_raw(
+                &http,
+                &upload_to(seed_party),
+                postcard::to_stdvec(&far).unwrap(),
+            )
+            .await,
+            400,
+            &format!("window start {start} is more than"),
+        );
+    }
 
     // Unknown flag: shares uploaded without CREATE.
     let unknown = PlainBatch::new(GATEWAY.sensor, second.to_vec());

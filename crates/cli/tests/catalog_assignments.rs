@@ -116,6 +116,13 @@ async fn stale_epochs_are_refused_and_survive_a_full_restart() {
             put(&client, P, &oversized).await,
             Err(CatalogError::BadAssignment(_))
         ));
+        // Epochs are bounded: one at u64::MAX would leave every later map stale.
+        for epoch in [0, mcloud_catalog::MAX_EPOCH + 1, u64::MAX] {
+            match put(&client, P, &map(epoch, &[0, 1, 0, 1])).await {
+                Err(CatalogError::BadAssignment(m)) => assert!(m.contains("epoch"), "{m}"),
+                other => panic!("epoch {epoch} was not refused: {other:?}"),
+            }
+        }
         let url = format!("{}/v1/assignments/not-a-party", cluster.catalog_url());
         let answer = cluster
             .admin_client(0)

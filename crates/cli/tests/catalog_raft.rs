@@ -345,3 +345,102 @@ async fn a_lagging_voter_catches_up_through_appends_larger_than_a_request() {
     assert_eq!(status.flags.open, (requests * per_request) as u64);
     cluster.shutdown().await;
 }
+
+/// A voter that sends a term near `u64::MAX` (which made openraft panic, durably: the vote is
+/// stored) or speaks in another voter's name is refused by name, and the catalog goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_voter_can_neither_crash_the_others_nor_speak_for_a_third() {
+    use mcloud_catalog::raft::network::Envelope;
+    use mcloud_catalog::raft::types::{TypeConfig, Vote};
+    use mcloud_core::auth::peer::{PeerIdentity, Role};
+    use openraft::raft::{AppendEntriesRequest, VoteRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), CatalogSpec::default()).await;
+    let catalog = cluster.catalog_client().unwrap();
+    catalog.create(create(1, 60_000)).await.unwrap();
+    // Voter 2's own certificate: the sender is authenticated, its numbers are not trusted.
+    let voter = cluster
+        .authority()
+        .node(
+            PeerIdentity {
+                party: 0,
+                role: Role::Voter,
+                id: 2,
+            },
+            &[],
+        )
+        .unwrap();
+    let http = voter
+        .identity
+        .client(&cluster.authority().party_cas())
+        .unwrap();
+    let send = |url: String, body: Vec<u8>| {
+        let http = http.clone();
+        async move {
+            let r = http.post(url).body(body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            (
+                status,
+                body["code"].as_str().unwrap_or("").to_string(),
+                body,
+            )
+        }
+    };
+    for target in [0, 2] {
+        let base = &cluster.catalog_urls()[target];
+        let huge = Envelope {
+            from: 2,
+            body: AppendEntriesRequest::<TypeConfig> {
+                vote: Vote::new_committed(u64::MAX, 2),
+                prev_log_id: None,
+                entries: Vec::new(),
+                leader_commit: None,
+            },
+        };
+        let (status, code, body) = send(
+            format!("{base}/v1/raft/0/append"),
+            postcard::to_stdvec(&huge).unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "raft_out_of_bounds"),
+            "{body}"
+        );
+        assert!(
+            body["error"].as_str().unwrap().contains("vote term"),
+            "{body}"
+        );
+        let for_another = Envelope {
+            from: 2,
+            body: VoteRequest {
+                vote: Vote::new(7, 3),
+                last_log_id: None,
+            },
+        };
+        let (status, code, body) = send(
+            format!("{base}/v1/raft/0/vote"),
+            postcard::to_stdvec(&for_another).unwrap(),
+        )
+        .await;
+        assert_eq!((status, code.as_str()), (403, "wrong_sender"), "{body}");
+    }
+    // Nobody's term moved, and the catalog still commits.
+    for url in cluster.catalog_urls() {
+        let status: serde_json::Value = cluster
+            .http()
+            .get(format!("{url}/v1/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let term = status["partitions"][0]["term"].as_u64().unwrap();
+        assert!(term < 100, "{url}: term {term}");
+    }
+    let committed = catalog.set(vec![gw(1)]).await.unwrap();
+    assert_eq!(committed[0].state, FlagState::True);
+}

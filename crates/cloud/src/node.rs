@@ -257,9 +257,16 @@ impl CloudNode {
                 limit: MAX_BODY_BYTES,
             });
         }
+        // Every timestamp from outside is held to the horizon before any window arithmetic.
+        let horizon = now_secs().saturating_add(self.config.max_future_secs);
         let mut cells = HashSet::with_capacity(batch.histograms.len());
         for h in &batch.histograms {
-            let problem = if h.window_start % HISTOGRAM_WINDOW_SECS != 0 {
+            let problem = if h.window_start > horizon {
+                format!(
+                    "window start {} is more than {} s in the future",
+                    h.window_start, self.config.max_future_secs
+                )
+            } else if h.window_start % HISTOGRAM_WINDOW_SECS != 0 {
                 format!(
                     "window start {} is not a multiple of {HISTOGRAM_WINDOW_SECS} s",
                     h.window_start
@@ -275,7 +282,6 @@ impl CloudNode {
                 problem,
             });
         }
-        let horizon = now_secs() + self.config.max_future_secs;
         let mut keys = HashSet::with_capacity(batch.records.len());
         for r in &batch.records {
             if !keys.insert(r.key) {
@@ -374,7 +380,7 @@ impl CloudNode {
     ) -> Result<u64, CloudError> {
         // The same horizon as a reading's: progress past it would close windows that no
         // honest sensor has reached (every later upload to them would be refused).
-        let horizon = now_secs() + self.config.max_future_secs;
+        let horizon = now_secs().saturating_add(self.config.max_future_secs);
         if req.ts > horizon {
             return Err(CloudError::FutureWatermark {
                 ts: req.ts,

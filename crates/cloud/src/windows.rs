@@ -292,13 +292,13 @@ impl Windows {
         let closed_before = self.closed_before();
         if let Some(&start) = windows
             .iter()
-            .find(|&&s| s + self.window_secs <= closed_before)
+            .find(|&&s| s.saturating_add(self.window_secs) <= closed_before)
         {
             return Err(CloudError::WindowClosed {
                 id,
                 window: Window {
                     start,
-                    end: start + self.window_secs,
+                    end: start.saturating_add(self.window_secs),
                 },
                 watermark: self.watermark(),
             });
@@ -422,7 +422,7 @@ impl Windows {
             return Err(RangeError::NotReady(NotReady {
                 window: Window {
                     start,
-                    end: start + self.window_secs,
+                    end: start.saturating_add(self.window_secs),
                 },
                 reason,
             }));

@@ -12,9 +12,10 @@ impl Window {
     /// The window of `size` seconds (aligned to Unix time) that contains `ts`.
     pub fn containing(ts: u64, size: u64) -> Window {
         let start = ts - ts % size;
+        // Callers bound timestamps first; saturating keeps a window well-formed regardless.
         Window {
             start,
-            end: start + size,
+            end: start.saturating_add(size),
         }
     }
 }

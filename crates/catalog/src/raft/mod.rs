@@ -3,6 +3,7 @@
 
 // openraft fixes the storage error type, and it is large; boxing it would only add copies.
 #![allow(clippy::result_large_err)]
+pub mod bounds;
 pub mod log_store;
 pub mod network;
 pub mod node;
@@ -15,7 +16,7 @@ pub mod types;
 pub use network::Faults;
 pub use node::{CatalogConfig, CatalogNode, MembershipChange, PartitionStatus, StartError};
 pub use openraft::ServerState;
-pub use types::{AccessRules, Assignment, NodeId, Peer, MAX_ASSIGNMENT_BUCKETS};
+pub use types::{AccessRules, Assignment, NodeId, Peer, MAX_ASSIGNMENT_BUCKETS, MAX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -35,10 +36,6 @@ use serde::Serialize;
 use snapshot_transfer::SnapshotChunk;
 use std::sync::Arc;
 use types::{TypeConfig, WireError};
-
-/// Largest Raft RPC body read in chunked encoding. Senders keep every request under
-/// `wire::MAX_BODY_BYTES` (snapshots travel in chunks, appends carry fewer entries when large).
-pub const MAX_RAFT_BODY_BYTES: usize = 1 << 30;
 
 fn postcard_answer<T: Serialize>(value: &T) -> Response {
     encoded(axum::http::StatusCode::OK, value)
@@ -121,6 +118,15 @@ fn check_sender(
 
 type Sender = Extension<PeerIdentity>;
 
+/// A Raft message with a number out of bounds is refused whole, before openraft sees it.
+fn out_of_bounds(e: bounds::BoundError) -> ApiError {
+    let status = match e {
+        bounds::BoundError::NotTheSender { .. } => axum::http::StatusCode::FORBIDDEN,
+        _ => axum::http::StatusCode::BAD_REQUEST,
+    };
+    ApiError::coded(status, e.code(), e.to_string())
+}
+
 async fn append(
     State(node): Node,
     Extension(who): Sender,
@@ -129,6 +135,7 @@ async fn append(
 ) -> Result<Response, ApiError> {
     let rpc: Envelope<AppendEntriesRequest<TypeConfig>> = decode(&body)?;
     check_sender(&node, p, &who, rpc.from)?;
+    bounds::check_append(&rpc.body, rpc.from).map_err(out_of_bounds)?;
     let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
         raft_of(&node, p)?.append_entries(rpc.body).await;
     Ok(result_answer(&answer, raft_status))
@@ -142,6 +149,7 @@ async fn vote(
 ) -> Result<Response, ApiError> {
     let rpc: Envelope<VoteRequest<NodeId>> = decode(&body)?;
     check_sender(&node, p, &who, rpc.from)?;
+    bounds::check_vote(&rpc.body, rpc.from).map_err(out_of_bounds)?;
     let answer: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
         raft_of(&node, p)?.vote(rpc.body).await;
     Ok(result_answer(&answer, raft_status))
@@ -155,6 +163,7 @@ async fn snapshot(
 ) -> Result<Response, ApiError> {
     let rpc: Envelope<SnapshotChunk> = decode(&body)?;
     check_sender(&node, p, &who, rpc.from)?;
+    bounds::check_snapshot(&rpc.body, rpc.from).map_err(out_of_bounds)?;
     let raft = raft_of(&node, p)?;
     let Some(whole) = node
         .incoming_snapshots()
@@ -213,9 +222,9 @@ pub fn internal_router(node: Arc<CatalogNode>) -> Router {
         .layer(from_fn_with_state(ADMINS, require_peer));
     voters
         .merge(admins)
+        // One body limit for every route, the server's: snapshots travel in chunks and a
+        // catch-up append carries fewer entries when large, so no Raft RPC needs more.
         .with_state(node)
-        // Snapshots and catch-up batches can be larger than any client request.
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_RAFT_BODY_BYTES))
 }
 
 /// Where cloud `party`'s bucket → worker map is written (POST) and read (GET).

@@ -403,6 +403,16 @@ impl CatalogNode {
         assignment: Assignment,
     ) -> Result<(), CatalogError> {
         assignment.check()?;
+        // Epochs only grow, so a map stale against what this node has applied is stale at
+        // the leader too: it is refused here rather than as a log entry.
+        let stored = self.read_registers(|r| r.assignments.get(&party).map(|a| a.epoch))?;
+        if let Some(stored) = stored.filter(|&s| assignment.epoch <= s) {
+            return Err(CatalogError::StaleEpoch {
+                party,
+                epoch: assignment.epoch,
+                stored,
+            });
+        }
         self.write_register(Op::Assign { party, assignment }).await
     }
 

@@ -86,6 +86,10 @@ pub fn check_revocations(ids: &[String]) -> Result<(), CatalogError> {
 
 /// Most buckets a stored bucket → worker map may have.
 pub const MAX_ASSIGNMENT_BUCKETS: usize = 65536;
+/// Largest epoch a bucket → worker map may carry. A cloud raises its epoch by one per map
+/// change (a few per second at most), so no honest cloud comes near; a stored epoch at
+/// `u64::MAX` would leave every later map stale forever.
+pub const MAX_EPOCH: u64 = 1 << 48;
 
 /// A cloud's bucket → worker map as the catalog keeps it: the worker id of each bucket, under
 /// the epoch the cloud gave that map. Epochs only grow, so a late write of an older map never
@@ -103,6 +107,12 @@ impl Assignment {
             return Err(CatalogError::BadAssignment(format!(
                 "{} buckets in one map; the limit is {MAX_ASSIGNMENT_BUCKETS}",
                 self.owners.len()
+            )));
+        }
+        if self.epoch == 0 || self.epoch > MAX_EPOCH {
+            return Err(CatalogError::BadAssignment(format!(
+                "epoch {} is outside 1..={MAX_EPOCH}",
+                self.epoch
             )));
         }
         Ok(())

@@ -51,6 +51,14 @@ pub(super) async fn store_map(
     loop {
         match store.store(map.epoch, &map.owners).await {
             Ok(()) => return Ok(()),
+            Err(MapStoreError::Stale { stored }) if stored >= mcloud_catalog::MAX_EPOCH => {
+                // No epoch above it is allowed: retrying would spin forever.
+                return Err(CloudError::Workers(format!(
+                    "the stored bucket map's epoch {stored} is at or beyond the bound of {}; \
+                     no newer map can be stored",
+                    mcloud_catalog::MAX_EPOCH
+                )));
+            }
             Err(MapStoreError::Stale { stored }) => {
                 tracing::info!(
                     epoch = map.epoch,
@@ -126,5 +134,71 @@ impl Pool {
             *routing = std::sync::Arc::new(next);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    /// A store that holds a map at `stored` and counts the writes it is sent.
+    struct Holding {
+        stored: u64,
+        writes: AtomicU64,
+    }
+
+    impl MapStore for Holding {
+        fn load(&self) -> BoxFuture<'_, Result<Option<StoredMap>, MapStoreError>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn store<'a>(
+            &'a self,
+            epoch: u64,
+            _: &'a [WorkerId],
+        ) -> BoxFuture<'a, Result<(), MapStoreError>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            let stored = self.stored;
+            Box::pin(async move {
+                if epoch <= stored {
+                    Err(MapStoreError::Stale { stored })
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    fn map(epoch: u64) -> MapVersion {
+        MapVersion {
+            epoch,
+            owners: Arc::new(vec![0; 4]),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_newer_stored_map_is_overtaken_once() {
+        let store = Holding {
+            stored: 41,
+            writes: AtomicU64::new(0),
+        };
+        let mut next = map(3);
+        store_map(&store, &mut next, None).await.unwrap();
+        assert_eq!(next.epoch, 42);
+        assert_eq!(store.writes.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn an_epoch_at_the_bound_is_an_error_not_a_retry_loop() {
+        for stored in [mcloud_catalog::MAX_EPOCH, u64::MAX] {
+            let store = Holding {
+                stored,
+                writes: AtomicU64::new(0),
+            };
+            let e = store_map(&store, &mut map(1), None).await.unwrap_err();
+            assert!(e.to_string().contains("beyond the bound"), "{e}");
+            assert_eq!(store.writes.load(Ordering::Relaxed), 1);
+        }
     }
 }
