@@ -502,7 +502,7 @@ mod tests {
     fn only_a_greater_epoch_replaces_a_map() {
         let mut maps = BTreeMap::new();
         StateMachine::assign(&mut maps, 1, &map(5, &[0, 1])).unwrap();
-        for stale in [5, 4, 0] {
+        for stale in [5, 4, 1] {
             match StateMachine::assign(&mut maps, 1, &map(stale, &[9])) {
                 Err(crate::CatalogError::StaleEpoch {
                     party: 1,
