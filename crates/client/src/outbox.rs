@@ -7,9 +7,11 @@
 use crate::SensorError;
 pub use mcloud_core::upload::PlainHistogram;
 use mcloud_core::{BatchId, Reading};
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 const OUTBOX: TableDefinition<u128, &[u8]> = TableDefinition::new("outbox");
 
@@ -53,27 +55,44 @@ impl PlainBatch {
     }
 }
 
+/// How often at most an emptied outbox is replaced by a fresh file (see [`Outbox::remove`]).
+const FRESH_FILE_EVERY: Duration = Duration::from_secs(10);
+
 pub struct Outbox {
-    db: Database,
+    path: PathBuf,
+    /// Replaced as a whole when the outbox is emptied.
+    db: RwLock<Database>,
+    fresh_since: Mutex<Instant>,
 }
 
 impl Outbox {
+    /// Opens (or creates) the outbox at `path`, readable by its owner only: it holds readings
+    /// in plaintext until their batches settle.
     pub fn open(path: &Path) -> Result<Outbox, SensorError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| SensorError::Outbox(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| outbox_error(dir, e))?;
         }
-        let db = Database::create(path)?;
-        let txn = db.begin_write()?;
-        txn.open_table(OUTBOX)?;
-        txn.commit()?;
-        Ok(Outbox { db })
+        // A fresh file that was never renamed into place: the old one is still the outbox.
+        let _ = std::fs::remove_file(fresh_path(path));
+        let db = open_private(path)?;
+        let outbox = Outbox {
+            path: path.to_path_buf(),
+            db: RwLock::new(db),
+            fresh_since: Mutex::new(Instant::now()),
+        };
+        outbox.replace_if_empty()?;
+        Ok(outbox)
+    }
+
+    fn db(&self) -> std::sync::RwLockReadGuard<'_, Database> {
+        self.db.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds `batch` (and removes `replaces`, if given) in one durable transaction.
     pub fn put(&self, batch: &PlainBatch, replaces: Option<BatchId>) -> Result<(), SensorError> {
         let bytes = postcard::to_stdvec(batch)?;
-        let txn = self.db.begin_write()?;
+        let db = self.db();
+        let txn = db.begin_write()?;
         {
             let mut table = txn.open_table(OUTBOX)?;
             if let Some(old) = replaces {
@@ -87,17 +106,59 @@ impl Outbox {
 
     /// Removes a settled batch. Not flushed on its own: if the removal is lost in a crash the
     /// batch is simply retried, and every step of a retry is idempotent.
+    ///
+    /// A removed row's bytes stay in the file's free pages until they are reused, so when
+    /// the outbox is empty (every batch settled) it is replaced by a fresh file, at most every
+    /// [`FRESH_FILE_EVERY`]: settled readings then live in no file at all.
     pub fn remove(&self, id: BatchId) -> Result<(), SensorError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Eventual);
-        txn.open_table(OUTBOX)?.remove(id.0)?;
-        txn.commit()?;
+        let empty = {
+            let db = self.db();
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Eventual);
+            let empty = {
+                let mut table = txn.open_table(OUTBOX)?;
+                table.remove(id.0)?;
+                table.is_empty()?
+            };
+            txn.commit()?;
+            empty
+        };
+        let due = self
+            .fresh_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+            >= FRESH_FILE_EVERY;
+        if empty && due {
+            self.replace_if_empty()?;
+        }
+        Ok(())
+    }
+
+    /// Swaps in a fresh, empty file if no batch is waiting; a crash midway leaves either the
+    /// old file or the new one in place, both holding every waiting batch (none).
+    fn replace_if_empty(&self) -> Result<(), SensorError> {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !db.begin_read()?.open_table(OUTBOX)?.is_empty()? {
+            return Ok(());
+        }
+        let fresh = fresh_path(&self.path);
+        let _ = std::fs::remove_file(&fresh);
+        *db = open_private(&fresh)?;
+        std::fs::rename(&fresh, &self.path).map_err(|e| outbox_error(&self.path, e))?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| outbox_error(dir, e))?;
+        }
+        *self.fresh_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         Ok(())
     }
 
     /// Every batch still waiting, e.g. after a restart.
     pub fn pending(&self) -> Result<Vec<PlainBatch>, SensorError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db();
+        let txn = db.begin_read()?;
         let table = txn.open_table(OUTBOX)?;
         let mut out = Vec::new();
         for entry in table.iter()? {
@@ -106,6 +167,33 @@ impl Outbox {
         }
         Ok(out)
     }
+}
+
+fn fresh_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".fresh");
+    PathBuf::from(name)
+}
+
+fn outbox_error(path: &Path, e: std::io::Error) -> SensorError {
+    SensorError::Outbox(format!("{}: {e}", path.display()))
+}
+
+/// Opens the database at `path` with mode 0600, tightening an existing file's mode too.
+fn open_private(path: &Path) -> Result<Database, SensorError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)))
+        .map_err(|e| outbox_error(path, e))?;
+    let db = Database::create(path)?;
+    let txn = db.begin_write()?;
+    txn.open_table(OUTBOX)?;
+    txn.commit()?;
+    Ok(db)
 }
 
 #[cfg(test)]
@@ -141,5 +229,49 @@ mod tests {
         assert_ne!(first.seed, second.seed);
         outbox.remove(second.id).unwrap();
         assert!(outbox.pending().unwrap().is_empty());
+    }
+
+    /// The outbox holds plaintext readings: only its owner may read the file, and once every
+    /// batch settled no file holds them any more.
+    #[test]
+    fn the_file_is_private_and_settled_readings_leave_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.redb");
+        // A file left readable by an older version is tightened on open.
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let marker = 0x5EC12E7u32;
+        let reading = |id| Reading {
+            id,
+            ts: 10,
+            value: u64::from(marker),
+            metric: Metric::Load,
+            group: GroupKey {
+                house: 1,
+                household: 2,
+                plug: 3,
+            },
+        };
+        let outbox = Outbox::open(&path).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        let batch = PlainBatch::new(1, (0..2000).map(reading).collect());
+        outbox.put(&batch, None).unwrap();
+        let encoded = postcard::to_stdvec(&batch.readings[0]).unwrap();
+        let holds = |p: &Path| {
+            let bytes = std::fs::read(p).unwrap();
+            bytes.windows(encoded.len()).any(|w| w == encoded.as_slice())
+        };
+        assert!(holds(&path), "the outbox should hold the waiting batch");
+        *outbox.fresh_since.lock().unwrap() -= FRESH_FILE_EVERY;
+        outbox.remove(batch.id).unwrap();
+        assert!(!holds(&path), "a settled reading is still in the outbox file");
+        assert_eq!(mode(&path), 0o600);
+        assert!(outbox.pending().unwrap().is_empty());
+        // The swapped-in file is the outbox: it takes batches and keeps them across a reopen.
+        outbox.put(&batch, None).unwrap();
+        drop(outbox);
+        assert_eq!(Outbox::open(&path).unwrap().pending().unwrap(), vec![batch]);
     }
 }
