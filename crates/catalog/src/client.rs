@@ -279,6 +279,14 @@ impl CatalogClient {
 impl CatalogClient {
     /// Stores cloud `party`'s bucket → worker map unless the catalog holds one with an equal
     /// or greater epoch; then the error is `StaleEpoch` with the stored epoch.
+    /// Reports that cloud `party` holds no unsettled batch received before `before_ms`.
+    pub async fn report_settled(&self, party: u16, before_ms: u64) -> Result<(), CatalogError> {
+        let body = postcard::to_stdvec(&before_ms).map_err(CallError::from)?;
+        let leader = self.leader_of_partition(ASSIGNMENT_PARTITION);
+        let path = crate::raft::settled_path(party);
+        self.call_leader::<()>(&path, Some(&body), leader).await
+    }
+
     pub async fn put_assignment(
         &self,
         party: u16,

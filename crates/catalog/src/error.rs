@@ -44,6 +44,9 @@ pub enum CatalogError {
     /// Access rules the catalog cannot take (malformed names, too many entries).
     #[error("access rules: {0}")]
     BadAccess(String),
+    /// A cloud's settled time the catalog cannot take (in the future).
+    #[error("settled time: {0}")]
+    BadSettled(String),
     #[error(transparent)]
     Call(#[from] CallError),
 }
@@ -75,7 +78,8 @@ impl From<CatalogError> for ApiError {
             CatalogError::StaleEpoch { .. } => StatusCode::CONFLICT,
             CatalogError::BadAssignment(_)
             | CatalogError::BadRevocation(_)
-            | CatalogError::BadAccess(_) => StatusCode::BAD_REQUEST,
+            | CatalogError::BadAccess(_)
+            | CatalogError::BadSettled(_) => StatusCode::BAD_REQUEST,
             CatalogError::Call(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             CatalogError::Call(_) => StatusCode::BAD_GATEWAY,
         };

@@ -18,6 +18,8 @@ pub struct Table {
     pub flags: HashMap<BatchId, Flag>,
     /// FALSE flags by deadline, for the sweep.
     open: BTreeSet<(u64, BatchId)>,
+    /// TRUE and ERROR flags by deadline, for pruning.
+    decided: BTreeSet<(u64, BatchId)>,
 }
 
 /// Counts by state, for status pages.
@@ -86,11 +88,32 @@ impl Table {
         for (id, flag) in changes {
             if let Some(old) = self.flags.insert(*id, *flag) {
                 self.open.remove(&(old.deadline_ms, *id));
+                self.decided.remove(&(old.deadline_ms, *id));
             }
             if flag.state == FlagState::False {
                 self.open.insert((flag.deadline_ms, *id));
+            } else {
+                self.decided.insert((flag.deadline_ms, *id));
             }
         }
+    }
+
+    /// True when some TRUE or ERROR flag's deadline is before `before`.
+    pub fn has_prunable(&self, before: u64) -> bool {
+        self.decided
+            .first()
+            .is_some_and(|(deadline, _)| *deadline < before)
+    }
+
+    /// Forgets every TRUE and ERROR flag whose deadline is before `before`; FALSE flags are
+    /// never dropped. Returns how many were.
+    pub fn prune(&mut self, before: u64) -> usize {
+        let kept = self.decided.split_off(&(before, BatchId(0)));
+        let gone = std::mem::replace(&mut self.decided, kept);
+        for (_, id) in &gone {
+            self.flags.remove(id);
+        }
+        gone.len()
     }
 
     /// ERROR for every FALSE flag whose deadline is before `now`.
@@ -147,9 +170,12 @@ impl Table {
                     })
                 }
                 None => {
+                    // `now` is the entry's time, which a leader proposes: at the end of time
+                    // the deadline stays there instead of overflowing (a panic every replica
+                    // would meet again each time it replays the log).
                     let flag = Flag {
                         state: FlagState::False,
-                        deadline_ms: now + r.ttl_ms,
+                        deadline_ms: now.saturating_add(r.ttl_ms),
                     };
                     changes.push((r.id, flag));
                     out.push(flag);
@@ -192,5 +218,24 @@ impl Table {
             }
         }
         Ok((out, changes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (`catalog_requests`): a CREATE applied at a time near `u64::MAX` (the
+    /// time of a Raft entry, which the leader sets) overflowed the deadline.
+    #[test]
+    fn a_create_at_the_end_of_time_keeps_its_deadline_there() {
+        let id = BatchId(1);
+        let request = [CreateFlag {
+            id,
+            ttl_ms: MAX_TTL_MS,
+        }];
+        let (flags, changes) = Table::default().create(&request, u64::MAX - 1).unwrap();
+        assert_eq!(flags[0].deadline_ms, u64::MAX);
+        assert_eq!(changes, vec![(id, flags[0])]);
     }
 }

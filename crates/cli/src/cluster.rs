@@ -40,6 +40,8 @@ pub struct ClusterOptions {
     pub extra_parties: u16,
     /// The clouds' disclosure policy.
     pub disclosure: DisclosurePolicy,
+    /// The clouds' retention (None: [`mcloud_cloud::DEFAULT_RETENTION_SECS`]).
+    pub retention_secs: Option<u64>,
 }
 
 /// The replicated catalog of a local cluster.
@@ -51,6 +53,8 @@ pub struct CatalogSpec {
     pub partitions: u32,
     /// Log entries between snapshots.
     pub snapshot_every: u64,
+    /// How long decided flags outlive their deadline and the clouds' settled times.
+    pub keep_decided_ms: u64,
 }
 
 impl Default for CatalogSpec {
@@ -59,6 +63,7 @@ impl Default for CatalogSpec {
             voters: 3,
             partitions: 1,
             snapshot_every: 5000,
+            keep_decided_ms: mcloud_catalog::raft::node::KEEP_DECIDED_MS,
         }
     }
 }
@@ -82,6 +87,7 @@ pub struct LocalCluster {
     http: reqwest::Client,
     elastic: ElasticConfig,
     disclosure: DisclosurePolicy,
+    retention_secs: Option<u64>,
 }
 
 /// Until when the cluster's own app token is good: a day is longer than any run.
@@ -119,6 +125,7 @@ impl LocalCluster {
             elastic,
             extra_parties,
             disclosure,
+            retention_secs,
         } = options;
         let names = tls::default_names();
         // The deployment's authority, in memory: every member is enrolled here at start.
@@ -163,6 +170,7 @@ impl LocalCluster {
             http,
             elastic,
             disclosure,
+            retention_secs,
         };
         for (voter, listener) in listeners.into_iter().enumerate() {
             let started = cluster.start_catalog_voter(voter as u16, listener).await?;
@@ -210,6 +218,7 @@ impl LocalCluster {
         );
         config.partitions = self.catalog_spec.partitions;
         config.snapshot_every = self.catalog_spec.snapshot_every;
+        config.keep_decided_ms = self.catalog_spec.keep_decided_ms;
         // A restarted voter's files are released only once its old Raft tasks have finished.
         let started = Instant::now();
         let node = loop {
@@ -304,6 +313,9 @@ impl LocalCluster {
             grace_secs: self.spec.grace_secs,
             elastic: self.elastic.clone(),
             disclosure: self.disclosure.clone(),
+            retention_secs: self
+                .retention_secs
+                .unwrap_or(mcloud_cloud::DEFAULT_RETENTION_SECS),
             ..CloudConfig::default()
         };
         let credentials = &self.cloud_credentials[party as usize];

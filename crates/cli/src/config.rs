@@ -81,6 +81,13 @@ pub struct CloudRole {
     /// built-in default without one.
     #[serde(default)]
     pub disclosure: Option<PathBuf>,
+    /// How long sealed windows and their batches are kept (seconds; at least three hours).
+    #[serde(default = "default_retention")]
+    pub retention_secs: u64,
+}
+
+fn default_retention() -> u64 {
+    mcloud_cloud::DEFAULT_RETENTION_SECS
 }
 
 fn default_window() -> u64 {

@@ -12,6 +12,9 @@ pub mod catalog_bench;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+/// The fuzz targets' bodies: the libFuzzer targets in `fuzz/` and the stable corpus test
+/// (`tests/fuzz_corpus.rs`) share them, so what fuzzing found stays tested on stable.
+pub mod fuzzing;
 pub mod input;
 pub mod node;
 pub mod plot;
@@ -21,3 +24,4 @@ pub mod queries;
 pub mod query;
 pub mod ramp;
 pub mod sensor;
+pub mod soak;

@@ -1,7 +1,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use mcloud::{
-    access, analytics, audit, authority, bench, catalog_admin, demo, node, query, sensor,
+    access, analytics, audit, authority, bench, catalog_admin, demo, node, query, sensor, soak,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +40,9 @@ enum Command {
     Analytics(analytics::AnalyticsArgs),
     /// Measure private against plaintext throughput.
     Bench(bench::BenchArgs),
+    /// Run the deployment as processes under steady load for minutes, killing one node a
+    /// minute, and record memory, open files and disk per process.
+    Soak(soak::SoakArgs),
     /// A pre-aggregation worker process; started by a cloud node, not by hand. Reads its TLS
     /// credentials for the link to the node from stdin.
     Worker {
@@ -78,6 +81,7 @@ async fn main() -> Result<ExitCode> {
         Command::Query(args) => query::run(args).await.map(|_| true)?,
         Command::Analytics(args) => analytics::run_command(args).await.map(|_| true)?,
         Command::Bench(args) => bench::run(args).await.map(|_| true)?,
+        Command::Soak(args) => soak::run(args).await?,
         Command::Worker {
             connect,
             id,

@@ -100,6 +100,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 grace_secs: cloud.grace_secs,
                 elastic,
                 disclosure,
+                retention_secs: cloud.retention_secs,
                 ..CloudConfig::default()
             },
             catalog.clone(),

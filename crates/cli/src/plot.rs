@@ -100,3 +100,38 @@ fn grid<DB: DrawingBackend>(
     }
     Ok(())
 }
+
+/// The soak plot, drawn without text like the elasticity plot: the top panel holds every
+/// process's resident memory, the bottom its data directory's size, both over the run's
+/// seconds (one colour per process, the same in both panels; the figures are in the CSV).
+/// One process's samples: (seconds, resident MB, disk MB).
+pub type SoakSeries = (String, Vec<(f64, f64, f64)>);
+
+pub fn soak(path: &Path, series: &[SoakSeries]) -> Result<()> {
+    let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
+    let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (top, bottom) = root.split_vertically(HEIGHT / 2);
+    let points = || series.iter().flat_map(|(_, v)| v.iter());
+    let end = points().map(|p| p.0).fold(1.0, f64::max);
+    let rss = points().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let disk = points().map(|p| p.2).fold(1.0, f64::max) * 1.1;
+    for (area, peak, pick) in [(top, rss, 1usize), (bottom, disk, 2usize)] {
+        let area = area.margin(20, 20, 30, 30);
+        let mut chart = ChartBuilder::on(&area)
+            .build_cartesian_2d(0.0..end, 0.0..peak)
+            .map_err(|e| err(&e))?;
+        grid(&mut chart, end, peak).map_err(|e| err(&e))?;
+        for (i, (_, v)) in series.iter().enumerate() {
+            let colour = Palette99::pick(i).stroke_width(2);
+            chart
+                .draw_series(LineSeries::new(
+                    v.iter().map(|p| (p.0, if pick == 1 { p.1 } else { p.2 })),
+                    colour,
+                ))
+                .map_err(|e| err(&e))?;
+        }
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

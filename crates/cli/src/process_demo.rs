@@ -147,6 +147,7 @@ pub async fn run(args: &DemoArgs, readings: &[Reading], window: u64, dir: &Path)
         partitions: args.partitions,
         window_secs: window,
         grace_secs: args.grace,
+        retention_secs: None,
     })?;
     cluster.start_all()?;
     let http = cluster.wait_ready(Duration::from_secs(60)).await?;
@@ -299,7 +300,7 @@ pub async fn run(args: &DemoArgs, readings: &[Reading], window: u64, dir: &Path)
 }
 
 /// Compares the collector's CSV with the reference's, row by row (order aside).
-fn compare_csv(revealed: &str, expected: &str) -> (usize, Vec<String>) {
+pub(crate) fn compare_csv(revealed: &str, expected: &str) -> (usize, Vec<String>) {
     let rows = |csv: &str| -> BTreeSet<String> { csv.lines().skip(1).map(str::to_owned).collect() };
     let (got, want) = (rows(revealed), rows(expected));
     let mut problems = Vec::new();

@@ -30,7 +30,7 @@ impl fmt::Display for Role {
 }
 
 impl Role {
-    fn name(&self) -> String {
+    pub fn name(&self) -> String {
         match self {
             Role::Catalog(i) => format!("catalog{i}"),
             Role::Cloud(i) => format!("cloud{i}"),
@@ -52,6 +52,8 @@ pub struct ProcessSpec {
     pub partitions: u32,
     pub window_secs: u64,
     pub grace_secs: u64,
+    /// The clouds' `retention_secs` (None: their default).
+    pub retention_secs: Option<u64>,
 }
 
 pub struct ProcessCluster {
@@ -155,6 +157,10 @@ impl ProcessCluster {
                 cluster.catalog_endpoint(first),
                 others.join(", ")
             );
+            let text = match cluster.spec.retention_secs {
+                Some(secs) => format!("{text}retention_secs = {secs}\n"),
+                None => text,
+            };
             cluster.write_file(&format!("cloud{party}.toml"), &text)?;
         }
         let others: Vec<String> = (1..cluster.spec.voters)
@@ -280,6 +286,11 @@ impl ProcessCluster {
         child.kill().with_context(|| format!("killing {role}"))?;
         let _ = child.wait();
         Ok(())
+    }
+
+    /// The process id of `role`, while it runs.
+    pub fn pid(&mut self, role: Role) -> Option<u32> {
+        self.slot(role).as_ref().map(Child::id)
     }
 
     pub fn is_running(&mut self, role: Role) -> bool {

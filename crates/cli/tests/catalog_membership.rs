@@ -63,6 +63,7 @@ async fn voters_are_added_and_removed_while_uploads_go_on() {
         partitions: 2,
         window_secs: 60,
         grace_secs: 60,
+        retention_secs: None,
     })
     .unwrap();
     cluster.start_all().unwrap();

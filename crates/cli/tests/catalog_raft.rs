@@ -429,15 +429,7 @@ async fn a_hostile_voter_can_neither_crash_the_others_nor_speak_for_a_third() {
     }
     // Nobody's term moved, and the catalog still commits.
     for url in cluster.catalog_urls() {
-        let status: serde_json::Value = cluster
-            .http()
-            .get(format!("{url}/v1/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = common::json(&cluster.http(), &format!("{url}/v1/status")).await;
         let term = status["partitions"][0]["term"].as_u64().unwrap();
         assert!(term < 100, "{url}: term {term}");
     }

@@ -2,10 +2,12 @@
 //! the batches the checkpoint lacks, and still reveals exactly the plaintext reference; a worker
 //! that fails after the restart is rebuilt from the same checkpoint.
 
+mod common;
+
 use mcloud::cluster::{ClusterOptions, ClusterSpec, LocalCluster, GATEWAY};
 use mcloud_client::{Fate, Outcome, PlainBatch, Uploader};
 use mcloud_cloud::elastic::ElasticConfig;
-use mcloud_collector::{check, Query, Reference};
+use mcloud_collector::Reference;
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
 use mcloud_core::Reading;
@@ -102,21 +104,6 @@ async fn a_restarted_cloud_resumes_from_its_checkpoint_and_sealed_windows() {
     upload(&uploader, third).await;
     let last = readings.iter().map(|r| r.ts).max().unwrap();
     uploader.advance_watermark(last, true).await.unwrap();
-    let query = Query {
-        from: 0,
-        to: u64::MAX,
-        level: GroupLevel::Plug,
-        min_count: 1,
-    };
-    let revealed = cluster
-        .collector()
-        .unwrap()
-        .collect_when_ready(&query, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert!(revealed.not_ready.is_empty(), "{:?}", revealed.not_ready);
-    let report = check(&revealed, &reference, 1);
-    assert!(report.ok(), "{:?}", report.problems);
-    assert_eq!(report.matched, reference.groups().count() as u64);
+    common::assert_reveals(&cluster, &reference, GroupLevel::Plug).await;
     cluster.shutdown().await;
 }

@@ -261,12 +261,17 @@ mod tests {
         let encoded = postcard::to_stdvec(&batch.readings[0]).unwrap();
         let holds = |p: &Path| {
             let bytes = std::fs::read(p).unwrap();
-            bytes.windows(encoded.len()).any(|w| w == encoded.as_slice())
+            bytes
+                .windows(encoded.len())
+                .any(|w| w == encoded.as_slice())
         };
         assert!(holds(&path), "the outbox should hold the waiting batch");
         *outbox.fresh_since.lock().unwrap() -= FRESH_FILE_EVERY;
         outbox.remove(batch.id).unwrap();
-        assert!(!holds(&path), "a settled reading is still in the outbox file");
+        assert!(
+            !holds(&path),
+            "a settled reading is still in the outbox file"
+        );
         assert_eq!(mode(&path), 0o600);
         assert!(outbox.pending().unwrap().is_empty());
         // The swapped-in file is the outbox: it takes batches and keeps them across a reopen.

@@ -8,6 +8,7 @@
 //! an owner's analytics ask thousands of times a day, and one fsync each cost them a third of
 //! their run (measured with `bench --debs`), for entries that reveal nothing to anyone else.
 
+use crate::reopen::Reopening;
 use crate::CloudError;
 use mcloud_core::disclosure::Scope;
 use mcloud_core::reading::GroupLevel;
@@ -112,19 +113,20 @@ struct Job {
 
 #[derive(Clone)]
 pub struct AuditLog {
-    db: Arc<Database>,
+    db: Arc<Reopening>,
     jobs: mpsc::Sender<Job>,
 }
 
 impl AuditLog {
     pub fn open(dir: &Path) -> Result<AuditLog, CloudError> {
-        let db = Database::create(dir.join("audit.redb"))?;
+        let path = dir.join("audit.redb");
+        let db = Database::create(&path)?;
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
         txn.open_table(REVEALS)?;
         txn.open_table(BUDGETS)?;
         txn.commit()?;
-        let db = Arc::new(db);
+        let db = Arc::new(Reopening::new(path, db));
         let (jobs, queue) = mpsc::channel();
         let writer_db = db.clone();
         std::thread::Builder::new()
@@ -191,7 +193,8 @@ impl AuditLog {
     /// Newest first, at most `filter.limit` (and [`MAX_READ`]).
     pub fn read(&self, filter: &AuditFilter) -> Result<Vec<Disclosure>, CloudError> {
         let limit = filter.limit.unwrap_or(MAX_READ).min(MAX_READ);
-        let txn = self.db.begin_read()?;
+        let db = self.db.get()?;
+        let txn = db.begin_read()?;
         let log = txn.open_table(LOG)?;
         let mut out = Vec::new();
         for entry in log.iter()?.rev() {
@@ -211,7 +214,7 @@ impl AuditLog {
 
 /// Commits whatever jobs are waiting in one transaction: durable (fsync) if anyone waits,
 /// otherwise not, with an empty durable commit once a second to persist those.
-fn writer(db: &Database, queue: &mpsc::Receiver<Job>) {
+fn writer(db: &Reopening, queue: &mpsc::Receiver<Job>) {
     let mut dirty = false;
     loop {
         let first = match queue.recv_timeout(FLUSH_EVERY) {
@@ -220,7 +223,10 @@ fn writer(db: &Database, queue: &mpsc::Receiver<Job>) {
                 if dirty {
                     match flush(db) {
                         Ok(()) => dirty = false,
-                        Err(e) => tracing::warn!("audit log: flush failed: {e}"),
+                        Err(e) => {
+                            tracing::warn!("audit log: flush failed: {e}");
+                            db.reopen(&e.to_string());
+                        }
                     }
                 }
                 continue;
@@ -245,7 +251,7 @@ fn writer(db: &Database, queue: &mpsc::Receiver<Job>) {
             group.push(job);
         }
         let durable = group.iter().any(|j| j.done.is_some());
-        match commit(db, &mut group, durable) {
+        match db.get().and_then(|open| commit(&open, &mut group, durable)) {
             Ok(outcomes) => {
                 dirty = !durable;
                 for (job, outcome) in group.into_iter().zip(outcomes) {
@@ -256,12 +262,18 @@ fn writer(db: &Database, queue: &mpsc::Receiver<Job>) {
             }
             Err(e) => {
                 tracing::warn!("audit log: commit failed: {e}");
+                let message = match &e {
+                    CloudError::Storage(message) => message.clone(),
+                    other => other.to_string(),
+                };
                 for job in group {
                     if let Some(done) = job.done {
-                        let _ =
-                            done.send(Err(AuditError::Storage(CloudError::Storage(e.to_string()))));
+                        let _ = done.send(Err(AuditError::Storage(CloudError::Storage(
+                            message.clone(),
+                        ))));
                     }
                 }
+                db.reopen(&message);
             }
         }
     }
@@ -273,8 +285,8 @@ fn writer(db: &Database, queue: &mpsc::Receiver<Job>) {
 }
 
 /// An empty durable commit persists every commit before it.
-fn flush(db: &Database) -> Result<(), CloudError> {
-    db.begin_write()?.commit()?;
+fn flush(db: &Reopening) -> Result<(), CloudError> {
+    db.get()?.begin_write()?.commit()?;
     Ok(())
 }
 

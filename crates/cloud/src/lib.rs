@@ -9,10 +9,11 @@ pub mod disclosure;
 pub mod elastic;
 pub mod error;
 pub mod node;
+mod reopen;
 pub mod service;
 pub mod sums;
 pub mod values;
 pub mod windows;
 
 pub use error::CloudError;
-pub use node::{CloudConfig, CloudNode};
+pub use node::{CloudConfig, CloudNode, DEFAULT_RETENTION_SECS, MIN_RETENTION_SECS};

@@ -43,7 +43,17 @@ pub struct CloudConfig {
     pub elastic: ElasticConfig,
     /// A sensor silent for this long no longer holds windows open (see `advance_watermark`).
     pub sensor_silence: Duration,
+    /// How long sealed windows and the batches behind them are kept, counted back from the
+    /// newest closed window; older ones are dropped from memory and disk, and ranges reaching
+    /// before the horizon are refused.
+    pub retention_secs: u64,
 }
+
+/// Default retention: a week of windows, enough for load prediction over past days.
+pub const DEFAULT_RETENTION_SECS: u64 = 7 * 86_400;
+/// Shortest retention a cloud accepts: past the hot windows kept in memory
+/// ([`crate::windows::HOT_SECS`]) and any flag's deadline, so nothing still open is dropped.
+pub const MIN_RETENTION_SECS: u64 = 3 * 3600;
 
 impl Default for CloudConfig {
     fn default() -> Self {
@@ -57,12 +67,16 @@ impl Default for CloudConfig {
             disclosure: DisclosurePolicy::default(),
             elastic: ElasticConfig::default(),
             sensor_silence: Duration::from_secs(60),
+            retention_secs: DEFAULT_RETENTION_SECS,
         }
     }
 }
 
 /// How long a starting node waits for the catalog to read its stored bucket map.
 const STORED_MAP_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a cloud tells the catalog which flags it no longer needs.
+const SETTLED_EVERY: Duration = Duration::from_secs(5);
 
 /// Most flags asked about in one catalog call.
 const POLL_CHUNK: usize = 10_000;
@@ -75,6 +89,8 @@ pub struct CloudNode {
     pool: Arc<Pool>,
     /// One gathering of closed windows from the workers at a time.
     sealing: tokio::sync::Mutex<()>,
+    /// Windows sealed in memory whose store failed, stored first by the next gathering.
+    unstored: Mutex<Vec<(u64, Vec<u8>)>>,
     /// Each sensor's reported progress and when it last reported.
     progress: Mutex<HashMap<u32, (u64, std::time::Instant)>>,
     /// Every disclosure, and how often each cell was revealed to whom.
@@ -120,7 +136,14 @@ impl CloudNode {
             STORED_MAP_WAIT,
         )
         .await?;
+        if config.retention_secs < MIN_RETENTION_SECS {
+            return Err(CloudError::Config(format!(
+                "retention_secs = {} is shorter than the minimum of {MIN_RETENTION_SECS}",
+                config.retention_secs
+            )));
+        }
         let mut state = Windows::new(config.window_secs, config.grace_secs, recovered.watermark);
+        state.restore_retained_from(recovered.retained_from);
         let mut sealed = Vec::with_capacity(recovered.sealed.len());
         for (start, bytes) in recovered.sealed {
             let window = postcard::from_bytes(&bytes)
@@ -177,6 +200,7 @@ impl CloudNode {
             catalog,
             pool,
             sealing: tokio::sync::Mutex::new(()),
+            unstored: Mutex::new(Vec::new()),
             progress: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&node);
@@ -186,9 +210,21 @@ impl CloudNode {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_checkpoint = std::time::Instant::now();
+            let mut last_settled = None::<std::time::Instant>;
             loop {
                 tick.tick().await;
                 let Some(node) = weak.upgrade() else { break };
+                if last_settled.is_none_or(|t| t.elapsed() >= SETTLED_EVERY) {
+                    last_settled = Some(std::time::Instant::now());
+                    let before_ms = node.state().settled_before();
+                    if let Err(e) = node
+                        .catalog
+                        .report_settled(node.config.party, before_ms)
+                        .await
+                    {
+                        tracing::debug!(party = node.config.party, "reporting settled: {e}");
+                    }
+                }
                 if node.pool.needs_recovery() {
                     if let Err(e) = node.pool.recover(node.as_ref()).await {
                         tracing::error!(party = node.config.party, "recovering workers: {e}");
@@ -221,82 +257,7 @@ impl CloudNode {
     /// Checks an upload's metadata before its shares are expanded, so a batch that is refused
     /// costs no PRG work; `expand` then checks the shares themselves.
     fn validate(&self, batch: &UploadRequest) -> Result<(), CloudError> {
-        let id = batch.batch_id;
-        if batch.parties != self.config.parties {
-            return Err(CloudError::WrongShareCount {
-                id,
-                got: batch.parties,
-                expected: self.config.parties,
-            });
-        }
-        if batch.party != self.config.party {
-            return Err(CloudError::WrongParty {
-                id,
-                got: batch.party,
-                expected: self.config.party,
-            });
-        }
-        if batch.records.is_empty() && batch.histograms.is_empty() {
-            return Err(CloudError::EmptyBatch(id));
-        }
-        let items = batch.records.len() + batch.histograms.len();
-        if items > MAX_BATCH_RECORDS {
-            return Err(CloudError::TooManyRecords {
-                id,
-                records: items,
-                limit: MAX_BATCH_RECORDS,
-            });
-        }
-        // Every party refuses what its explicit party must refuse, so a seed party never
-        // expands more shares than an explicit body could carry.
-        let bytes = batch.explicit_share_bytes();
-        if bytes > MAX_BODY_BYTES {
-            return Err(CloudError::SharesTooLarge {
-                id,
-                bytes,
-                limit: MAX_BODY_BYTES,
-            });
-        }
-        // Every timestamp from outside is held to the horizon before any window arithmetic.
-        let horizon = now_secs().saturating_add(self.config.max_future_secs);
-        let mut cells = HashSet::with_capacity(batch.histograms.len());
-        for h in &batch.histograms {
-            let problem = if h.window_start > horizon {
-                format!(
-                    "window start {} is more than {} s in the future",
-                    h.window_start, self.config.max_future_secs
-                )
-            } else if h.window_start % HISTOGRAM_WINDOW_SECS != 0 {
-                format!(
-                    "window start {} is not a multiple of {HISTOGRAM_WINDOW_SECS} s",
-                    h.window_start
-                )
-            } else if !cells.insert((h.plug, h.window_start)) {
-                "appears twice".to_string()
-            } else {
-                continue;
-            };
-            return Err(CloudError::BadHistogram {
-                id,
-                plug: h.plug,
-                problem,
-            });
-        }
-        let mut keys = HashSet::with_capacity(batch.records.len());
-        for r in &batch.records {
-            if !keys.insert(r.key) {
-                return Err(CloudError::DuplicateRecord { id, key: r.key });
-            }
-            if r.ts > horizon {
-                return Err(CloudError::FromTheFuture {
-                    id,
-                    key: r.key,
-                    ts: r.ts,
-                    max_future_secs: self.config.max_future_secs,
-                });
-            }
-        }
-        Ok(())
+        validate_upload(&self.config, batch, now_secs())
     }
 
     /// UPLOAD: validates, expands the shares, checks the flag, stores the body durably as
@@ -378,21 +339,7 @@ impl CloudNode {
         req: WatermarkRequest,
         sensor: u32,
     ) -> Result<u64, CloudError> {
-        // The same horizon as a reading's: progress past it would close windows that no
-        // honest sensor has reached (every later upload to them would be refused).
-        let horizon = now_secs().saturating_add(self.config.max_future_secs);
-        if req.ts > horizon {
-            return Err(CloudError::FutureWatermark {
-                ts: req.ts,
-                max_future_secs: self.config.max_future_secs,
-            });
-        }
-        let reported = if req.end_of_stream {
-            let window = Window::containing(req.ts, self.config.window_secs);
-            window.end.saturating_add(self.config.grace_secs)
-        } else {
-            req.ts
-        };
+        let reported = watermark_progress(&self.config, &req, now_secs())?;
         let slowest = {
             let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
             let now = std::time::Instant::now();
@@ -452,33 +399,85 @@ impl CloudNode {
     /// then on they are answered from here.
     pub async fn seal(&self) -> Result<(), CloudError> {
         let _one = self.sealing.lock().await;
+        // Windows sealed by an earlier call whose store failed (a full disk) go first: they
+        // are answered from memory until stored, and must be stored before they cool.
+        let mut stored =
+            std::mem::take(&mut *self.unstored.lock().unwrap_or_else(|p| p.into_inner()));
         let ready = self.state().sealable();
-        if ready.is_empty() {
-            return Ok(());
-        }
-        let Some(mut sums) = self.pool.take(ready.clone()).await else {
-            // A worker's buckets are being rebuilt: the windows stay unanswered until then.
-            return Ok(());
-        };
-        let stored = {
-            let mut state = self.state();
-            let mut stored = Vec::with_capacity(ready.len());
-            for start in &ready {
-                state.seal(*start, sums.remove(start).unwrap_or_default());
-                if let Some(window) = state.sealed_window(*start) {
-                    let bytes = postcard::to_stdvec(&window)
-                        .map_err(|e| CloudError::Storage(format!("window {start}: {e}")))?;
-                    stored.push((*start, bytes));
+        if !ready.is_empty() {
+            if let Some(mut sums) = self.pool.take(ready.clone()).await {
+                let mut state = self.state();
+                for start in &ready {
+                    state.seal(*start, sums.remove(start).unwrap_or_default());
+                    if let Some(window) = state.sealed_window(*start) {
+                        let bytes = postcard::to_stdvec(&window)
+                            .map_err(|e| CloudError::Storage(format!("window {start}: {e}")))?;
+                        stored.push((*start, bytes));
+                    }
                 }
             }
-            stored
-        };
+            // Else a worker's buckets are being rebuilt: the windows stay unanswered until then.
+        }
+        if stored.is_empty() {
+            return Ok(());
+        }
+        let windows: Vec<u64> = stored.iter().map(|(start, _)| *start).collect();
         // Stored before the workers drop them: checkpoints taken from now on lack these
         // windows, and a restart must still find their sums.
-        self.values.save_sealed(stored).await?;
+        if let Err(e) = self.values.save_sealed(stored.clone()).await {
+            *self.unstored.lock().unwrap_or_else(|p| p.into_inner()) = stored;
+            return Err(e);
+        }
         self.state().cool();
-        self.pool.forget(ready);
-        Ok(())
+        self.pool.forget(windows);
+        self.retain().await
+    }
+
+    /// Drops the windows and batches that passed the retention horizon, from memory and then
+    /// from the values table. The horizon is aligned to every scope's block, so a block is
+    /// either whole or gone: a COMPUTE never answers a block with its first windows missing.
+    async fn retain(&self) -> Result<(), CloudError> {
+        let (windows, batches, horizon) = {
+            let mut state = self.state();
+            let raw = state
+                .closed_before()
+                .saturating_sub(self.config.retention_secs);
+            let align = self.retention_alignment();
+            let horizon = raw - raw % align;
+            let (windows, batches) = state.forget_before(horizon);
+            (windows, batches, horizon)
+        };
+        if windows.is_empty() && batches.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(
+            party = self.config.party,
+            horizon,
+            windows = windows.len(),
+            batches = batches.len(),
+            "dropping what passed the retention horizon"
+        );
+        self.values.prune(horizon, batches).await
+    }
+
+    /// The least common multiple of the window and every scope's block, in seconds.
+    fn retention_alignment(&self) -> u64 {
+        fn gcd(a: u64, b: u64) -> u64 {
+            if b == 0 {
+                a
+            } else {
+                gcd(b, a % b)
+            }
+        }
+        let policy = &self.config.disclosure;
+        let window = self.config.window_secs.max(1);
+        [&policy.owner, &policy.friend, &policy.other]
+            .iter()
+            .map(|rules| rules.block_secs(window))
+            .fold(window, |l, b| {
+                let b = b.max(1);
+                (l / gcd(l, b)).saturating_mul(b)
+            })
     }
 
     /// Fault injection for tests: kills worker `id` of this node's pool; the node notices and
@@ -561,14 +560,7 @@ impl CloudNode {
         specs: &[RangeSpec],
         view: &View<'_>,
     ) -> Result<Vec<RangeResponse>, ApiError> {
-        let w = self.config.window_secs;
-        for &RangeSpec { from, to, .. } in specs {
-            if from >= to || from % w != 0 || to % w != 0 {
-                return Err(ApiError::bad_request(format!(
-                    "bad RANGE [{from}, {to}): bounds must be increasing multiples of the {w} s window"
-                )));
-            }
-        }
+        check_range_specs(specs, self.config.window_secs)?;
         self.seal().await?;
         let mut state = self.state();
         let mut bytes = 0usize;
@@ -586,6 +578,11 @@ impl CloudNode {
                     )
                     .map_err(|e| match e {
                         RangeError::NotReady(e) => ApiError::conflict(e.to_string()),
+                        e @ RangeError::PastRetention { .. } => ApiError::coded(
+                            axum::http::StatusCode::GONE,
+                            "past_retention",
+                            e.to_string(),
+                        ),
                         RangeError::Storage(e) => ApiError::from(e),
                     })?;
                 bytes = bytes.saturating_add(
@@ -609,8 +606,142 @@ impl CloudNode {
         status["parties"] = self.config.parties.into();
         status["window_secs"] = self.config.window_secs.into();
         status["elastic"] = self.pool.status();
+        let (windows, batches) = self.state().remembered();
+        let (stored_batches, stored_windows) = self.values.stored().unwrap_or((0, 0));
+        status["retention"] = serde_json::json!({
+            "retention_secs": self.config.retention_secs,
+            "retained_from": self.state().retained_from(),
+            "windows_in_memory": windows,
+            "batches_in_memory": batches,
+            "stored_batches": stored_batches,
+            "stored_windows": stored_windows,
+        });
         status
     }
+}
+
+/// Checks an upload's metadata at `now` (Unix seconds) for a cloud configured with `config`,
+/// before its shares are expanded, so a batch that is refused costs no PRG work; `expand`
+/// then checks the shares themselves. Public for the fuzz targets (`mcloud::fuzzing`).
+pub fn validate_upload(
+    config: &CloudConfig,
+    batch: &UploadRequest,
+    now: u64,
+) -> Result<(), CloudError> {
+    let id = batch.batch_id;
+    if batch.parties != config.parties {
+        return Err(CloudError::WrongShareCount {
+            id,
+            got: batch.parties,
+            expected: config.parties,
+        });
+    }
+    if batch.party != config.party {
+        return Err(CloudError::WrongParty {
+            id,
+            got: batch.party,
+            expected: config.party,
+        });
+    }
+    if batch.records.is_empty() && batch.histograms.is_empty() {
+        return Err(CloudError::EmptyBatch(id));
+    }
+    let items = batch.records.len() + batch.histograms.len();
+    if items > MAX_BATCH_RECORDS {
+        return Err(CloudError::TooManyRecords {
+            id,
+            records: items,
+            limit: MAX_BATCH_RECORDS,
+        });
+    }
+    // Every party refuses what its explicit party must refuse, so a seed party never
+    // expands more shares than an explicit body could carry.
+    let bytes = batch.explicit_share_bytes();
+    if bytes > MAX_BODY_BYTES {
+        return Err(CloudError::SharesTooLarge {
+            id,
+            bytes,
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    // Every timestamp from outside is held to the horizon before any window arithmetic.
+    let horizon = now.saturating_add(config.max_future_secs);
+    let mut cells = HashSet::with_capacity(batch.histograms.len());
+    for h in &batch.histograms {
+        let problem = if h.window_start > horizon {
+            format!(
+                "window start {} is more than {} s in the future",
+                h.window_start, config.max_future_secs
+            )
+        } else if h.window_start % HISTOGRAM_WINDOW_SECS != 0 {
+            format!(
+                "window start {} is not a multiple of {HISTOGRAM_WINDOW_SECS} s",
+                h.window_start
+            )
+        } else if !cells.insert((h.plug, h.window_start)) {
+            "appears twice".to_string()
+        } else {
+            continue;
+        };
+        return Err(CloudError::BadHistogram {
+            id,
+            plug: h.plug,
+            problem,
+        });
+    }
+    let mut keys = HashSet::with_capacity(batch.records.len());
+    for r in &batch.records {
+        if !keys.insert(r.key) {
+            return Err(CloudError::DuplicateRecord { id, key: r.key });
+        }
+        if r.ts > horizon {
+            return Err(CloudError::FromTheFuture {
+                id,
+                key: r.key,
+                ts: r.ts,
+                max_future_secs: config.max_future_secs,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The progress a sensor's watermark report stands for at `now` (Unix seconds), or why it is
+/// refused. Public for the fuzz targets (`mcloud::fuzzing`).
+pub fn watermark_progress(
+    config: &CloudConfig,
+    req: &WatermarkRequest,
+    now: u64,
+) -> Result<u64, CloudError> {
+    // The same horizon as a reading's: progress past it would close windows that no
+    // honest sensor has reached (every later upload to them would be refused).
+    let horizon = now.saturating_add(config.max_future_secs);
+    if req.ts > horizon {
+        return Err(CloudError::FutureWatermark {
+            ts: req.ts,
+            max_future_secs: config.max_future_secs,
+        });
+    }
+    Ok(if req.end_of_stream {
+        let window = Window::containing(req.ts, config.window_secs);
+        window.end.saturating_add(config.grace_secs)
+    } else {
+        req.ts
+    })
+}
+
+/// Refuses RANGE specs whose bounds are not increasing multiples of the `window_secs`
+/// window. Public for the fuzz targets (`mcloud::fuzzing`).
+pub fn check_range_specs(specs: &[RangeSpec], window_secs: u64) -> Result<(), ApiError> {
+    let w = window_secs;
+    for &RangeSpec { from, to, .. } in specs {
+        if from >= to || from % w != 0 || to % w != 0 {
+            return Err(ApiError::bad_request(format!(
+                "bad RANGE [{from}, {to}): bounds must be increasing multiples of the {w} s window"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A batch as the values table holds it: the body as received.
@@ -619,7 +750,7 @@ fn decode_stored(id: BatchId, bytes: &[u8]) -> Result<UploadRequest, CloudError>
 }
 
 /// The windows a batch touches, from its metadata.
-fn windows_of(request: &UploadRequest, window_secs: u64) -> Vec<u64> {
+pub fn windows_of(request: &UploadRequest, window_secs: u64) -> Vec<u64> {
     touched(
         request
             .records
@@ -657,7 +788,7 @@ impl ReplaySource for CloudNode {
 
 /// A sensor uploads only batches it made (the id names it) and only readings of its plugs;
 /// anything else is refused before it is looked at further.
-fn check_scope(batch: &UploadRequest, scope: &SensorScope) -> Result<(), ApiError> {
+pub fn check_scope(batch: &UploadRequest, scope: &SensorScope) -> Result<(), ApiError> {
     let id = batch.batch_id;
     mcloud_core::auth::check_own(scope, id)?;
     let groups = batch

@@ -151,18 +151,7 @@ async fn compute(
     Extension(bearer): Extension<AppBearer>,
     params: Result<Query<ComputeParams>, QueryRejection>,
 ) -> Result<Postcard<ComputeResponse>, ApiError> {
-    let Query(p) = params.map_err(|e| {
-        ApiError::bad_request(format!(
-            "bad COMPUTE query ({e}); expected from=<unix s>&to=<unix s>&level=house|household|plug"
-        ))
-    })?;
-    let (from, to) = (p.from.unwrap_or(0), p.to.unwrap_or(u64::MAX));
-    if from > to {
-        return Err(ApiError::bad_request(format!(
-            "bad COMPUTE range: from {from} is after to {to}"
-        )));
-    }
-    let level = p.level.unwrap_or(GroupLevel::Plug);
+    let (from, to, level) = compute_params(params)?;
     let grant = grant(&cloud, &bearer, QueryKind::Compute, level)?;
     let reach = cloud.auth.reach(&grant);
     crate::disclosure::compute(&cloud.node, &reach, &grant, from, to, level)
@@ -191,16 +180,7 @@ async fn range(
     Extension(bearer): Extension<AppBearer>,
     params: Result<Query<RangeParams>, QueryRejection>,
 ) -> Result<Postcard<RangeResponse>, ApiError> {
-    let Query(p) = params.map_err(|e| {
-        ApiError::bad_request(format!(
-            "bad RANGE query ({e}); expected from=<unix s>&to=<unix s>[&histograms=true]"
-        ))
-    })?;
-    let spec = RangeSpec {
-        from: p.from,
-        to: p.to,
-        histograms: p.histograms,
-    };
+    let spec = range_params(params)?;
     let mut answers = answer_ranges(&cloud, &bearer, &[spec]).await?;
     answers
         .pop()
@@ -214,12 +194,7 @@ async fn ranges(
     Extension(bearer): Extension<AppBearer>,
     Postcard(specs): Postcard<Vec<RangeSpec>>,
 ) -> Result<Postcard<Vec<RangeResponse>>, ApiError> {
-    if specs.len() > MAX_RANGES_PER_REQUEST {
-        return Err(ApiError::too_large(format!(
-            "{} ranges in one request; the limit is {MAX_RANGES_PER_REQUEST}",
-            specs.len()
-        )));
-    }
+    check_range_list(&specs)?;
     answer_ranges(&cloud, &bearer, &specs).await.map(Postcard)
 }
 
@@ -254,17 +229,90 @@ async fn audit(
             ),
         ));
     }
-    let Query(filter) = params.map_err(|e| {
-        ApiError::bad_request(format!(
-            "bad audit query ({e}); expected [user=..][&app=..][&house=n][&since=<unix s>][&limit=n]"
-        ))
-    })?;
+    let filter = audit_params(params)?;
     cloud.node.audit().settle().await?;
     Ok(Json(cloud.node.audit().read(&filter)?))
 }
 
 /// Ranges one request may ask for.
-const MAX_RANGES_PER_REQUEST: usize = 1024;
+pub const MAX_RANGES_PER_REQUEST: usize = 1024;
+
+/// COMPUTE's query as the handler reads it: (from, to, level), or the 400 it answers.
+fn compute_params(
+    params: Result<Query<ComputeParams>, QueryRejection>,
+) -> Result<(u64, u64, GroupLevel), ApiError> {
+    let Query(p) = params.map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad COMPUTE query ({e}); expected from=<unix s>&to=<unix s>&level=house|household|plug"
+        ))
+    })?;
+    let (from, to) = (p.from.unwrap_or(0), p.to.unwrap_or(u64::MAX));
+    if from > to {
+        return Err(ApiError::bad_request(format!(
+            "bad COMPUTE range: from {from} is after to {to}"
+        )));
+    }
+    Ok((from, to, p.level.unwrap_or(GroupLevel::Plug)))
+}
+
+/// RANGE's query as the handler reads it, or the 400 it answers.
+fn range_params(params: Result<Query<RangeParams>, QueryRejection>) -> Result<RangeSpec, ApiError> {
+    let Query(p) = params.map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad RANGE query ({e}); expected from=<unix s>&to=<unix s>[&histograms=true]"
+        ))
+    })?;
+    Ok(RangeSpec {
+        from: p.from,
+        to: p.to,
+        histograms: p.histograms,
+    })
+}
+
+/// The audit query as the handler reads it, or the 400 it answers.
+fn audit_params(
+    params: Result<Query<crate::audit::AuditFilter>, QueryRejection>,
+) -> Result<crate::audit::AuditFilter, ApiError> {
+    let Query(filter) = params.map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad audit query ({e}); expected [user=..][&app=..][&house=n][&since=<unix s>][&limit=n]"
+        ))
+    })?;
+    Ok(filter)
+}
+
+/// Refuses a range-list body with more ranges than one request may ask for.
+pub fn check_range_list(specs: &[RangeSpec]) -> Result<(), ApiError> {
+    if specs.len() > MAX_RANGES_PER_REQUEST {
+        return Err(ApiError::too_large(format!(
+            "{} ranges in one request; the limit is {MAX_RANGES_PER_REQUEST}",
+            specs.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The request parsers behind the handlers above, on a request URI as the server received it:
+/// what the fuzz targets (`mcloud::fuzzing`) drive without a server.
+pub mod parse {
+    use super::*;
+    use axum::http::Uri;
+
+    /// COMPUTE's query string: (from, to, level).
+    pub fn compute(uri: &Uri) -> Result<(u64, u64, GroupLevel), ApiError> {
+        compute_params(Query::try_from_uri(uri))
+    }
+
+    /// RANGE's query string.
+    pub fn range(uri: &Uri) -> Result<RangeSpec, ApiError> {
+        range_params(Query::try_from_uri(uri))
+    }
+
+    /// The audit log's query string.
+    pub fn audit(uri: &Uri) -> Result<crate::audit::AuditFilter, ApiError> {
+        audit_params(Query::try_from_uri(uri))
+    }
+}
 
 async fn status(State(cloud): Node) -> Json<serde_json::Value> {
     Json(cloud.node.status())

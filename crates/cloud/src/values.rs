@@ -7,6 +7,7 @@
 //! the buckets' state with the set of batches it covers, and the sums of sealed windows.
 
 use crate::elastic::{BucketState, Checkpoint};
+use crate::reopen::Reopening;
 use crate::CloudError;
 use bytes::Bytes;
 use mcloud_core::BatchId;
@@ -26,6 +27,8 @@ const COVERED: TableDefinition<u128, u8> = TableDefinition::new("covered");
 /// Window start → its sealed sums.
 const SEALED: TableDefinition<u64, &[u8]> = TableDefinition::new("sealed");
 const WATERMARK: &str = "watermark";
+/// Windows starting before this were dropped by the retention policy.
+const RETAINED_FROM: &str = "retained_from";
 
 /// Most bytes one group commit carries, so one transaction stays short.
 const MAX_GROUP_BYTES: usize = 64 << 20;
@@ -42,6 +45,11 @@ enum Write {
         covered: Vec<BatchId>,
     },
     Sealed(Vec<(u64, Vec<u8>)>),
+    /// Drops sealed windows starting before `horizon` and these batches.
+    Prune {
+        horizon: u64,
+        batches: Vec<BatchId>,
+    },
 }
 
 struct Job {
@@ -58,19 +66,22 @@ pub struct Recovered {
     pub covered: HashSet<BatchId>,
     /// Sealed windows: start → encoded sums.
     pub sealed: Vec<(u64, Vec<u8>)>,
+    /// Windows starting before this were dropped (0: none was).
+    pub retained_from: u64,
 }
 
 #[derive(Clone)]
 pub struct ValuesTable {
     jobs: mpsc::Sender<Job>,
-    db: Arc<Database>,
+    db: Arc<Reopening>,
 }
 
 impl ValuesTable {
     pub fn open(dir: &Path) -> Result<(ValuesTable, Recovered), CloudError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| CloudError::Storage(format!("{}: {e}", dir.display())))?;
-        let db = Database::create(dir.join("values.redb"))?;
+        let path = dir.join("values.redb");
+        let db = Database::create(&path)?;
         let txn = db.begin_write()?;
         txn.open_table(BATCHES)?;
         txn.open_table(META)?;
@@ -104,13 +115,14 @@ impl ValuesTable {
             Recovered {
                 batches: out,
                 watermark: meta.get(WATERMARK)?.map(|v| v.value()).unwrap_or(0),
+                retained_from: meta.get(RETAINED_FROM)?.map(|v| v.value()).unwrap_or(0),
                 checkpoint,
                 covered,
                 sealed,
             }
         };
         let (jobs, queue) = mpsc::channel();
-        let db = Arc::new(db);
+        let db = Arc::new(Reopening::new(path, db));
         let writer_db = db.clone();
         std::thread::Builder::new()
             .name("values-writer".into())
@@ -121,14 +133,16 @@ impl ValuesTable {
 
     /// The stored sums of a sealed window, if it is stored.
     pub fn read_sealed(&self, start: u64) -> Result<Option<Vec<u8>>, CloudError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db.get()?;
+        let txn = db.begin_read()?;
         let sealed = txn.open_table(SEALED)?;
         Ok(sealed.get(start)?.map(|bytes| bytes.value().to_vec()))
     }
 
     /// The stored bytes of these batches (those that are stored), for a replay.
     pub fn read(&self, ids: &[BatchId]) -> Result<Vec<(BatchId, Vec<u8>)>, CloudError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db.get()?;
+        let txn = db.begin_read()?;
         let batches = txn.open_table(BATCHES)?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
@@ -144,7 +158,8 @@ impl ValuesTable {
         &self,
         buckets: &[usize],
     ) -> Result<Vec<(usize, BucketState)>, CloudError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db.get()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(CHECKPOINT)?;
         let mut out = Vec::new();
         for &b in buckets {
@@ -197,6 +212,22 @@ impl ValuesTable {
     pub async fn save_sealed(&self, windows: Vec<(u64, Vec<u8>)>) -> Result<(), CloudError> {
         self.submit(Write::Sealed(windows)).await
     }
+
+    /// Drops the sealed windows starting before `horizon` and `batches` (whose windows all
+    /// start before it), and remembers the horizon for a restart.
+    pub async fn prune(&self, horizon: u64, batches: Vec<BatchId>) -> Result<(), CloudError> {
+        self.submit(Write::Prune { horizon, batches }).await
+    }
+
+    /// How many batches and sealed windows are stored (the status page shows they stay flat).
+    pub fn stored(&self) -> Result<(u64, u64), CloudError> {
+        use redb::ReadableTableMetadata;
+        let db = self.db.get()?;
+        let txn = db.begin_read()?;
+        let batches = txn.open_table(BATCHES)?.len()?;
+        let sealed = txn.open_table(SEALED)?.len()?;
+        Ok((batches, sealed))
+    }
 }
 
 fn decode_state(bucket: u32, bytes: &[u8]) -> Result<(usize, BucketState), CloudError> {
@@ -205,7 +236,7 @@ fn decode_state(bucket: u32, bytes: &[u8]) -> Result<(usize, BucketState), Cloud
         .map_err(|e| CloudError::Storage(format!("checkpoint of bucket {bucket}: {e}")))
 }
 
-fn writer(db: Arc<Database>, queue: mpsc::Receiver<Job>) {
+fn writer(db: Arc<Reopening>, queue: mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
         let mut bytes = 0;
@@ -220,13 +251,21 @@ fn writer(db: Arc<Database>, queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let result = commit(&db, &group);
+        let result = db.get().and_then(|open| commit(&open, &group));
+        let failed = result.as_ref().err().map(|e| match e {
+            CloudError::Storage(message) => message.clone(),
+            other => other.to_string(),
+        });
         for Job { done, .. } in group {
-            let answer = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(CloudError::Storage(e.to_string())),
+            let answer = match &failed {
+                None => Ok(()),
+                Some(message) => Err(CloudError::Storage(message.clone())),
             };
             let _ = done.send(answer);
+        }
+        if let Some(message) = failed {
+            tracing::error!("values table: a write failed, nothing of it was stored: {message}");
+            db.reopen(&message);
         }
     }
 }
@@ -240,6 +279,7 @@ fn commit(db: &Database, group: &[Job]) -> Result<(), CloudError> {
         let mut covered_table = txn.open_table(COVERED)?;
         let mut sealed = txn.open_table(SEALED)?;
         let mut watermark = meta.get(WATERMARK)?.map(|v| v.value()).unwrap_or(0);
+        let mut retained_from = meta.get(RETAINED_FROM)?.map(|v| v.value()).unwrap_or(0);
         for job in group {
             match &job.write {
                 Write::Batch { id, bytes } => {
@@ -260,9 +300,21 @@ fn commit(db: &Database, group: &[Job]) -> Result<(), CloudError> {
                         sealed.insert(*start, bytes.as_slice())?;
                     }
                 }
+                Write::Prune {
+                    horizon,
+                    batches: ids,
+                } => {
+                    sealed.retain_in(..*horizon, |_, _| false)?;
+                    for id in ids {
+                        batches.remove(id.0)?;
+                        covered_table.remove(id.0)?;
+                    }
+                    retained_from = retained_from.max(*horizon);
+                }
             }
         }
         meta.insert(WATERMARK, watermark)?;
+        meta.insert(RETAINED_FROM, retained_from)?;
     }
     txn.commit()?;
     Ok(())

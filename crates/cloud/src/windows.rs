@@ -41,6 +41,8 @@ struct PlugSums {
 pub enum RangeError {
     #[error(transparent)]
     NotReady(#[from] NotReady),
+    #[error("the range starts at {from}, before the retention horizon {horizon}: windows before it are no longer kept")]
+    PastRetention { from: u64, horizon: u64 },
     #[error(transparent)]
     Storage(CloudError),
 }
@@ -59,8 +61,9 @@ enum Stage {
     /// Durable and acknowledged; the flag is not final yet.
     Pending(Vec<u64>),
     /// Final, TRUE (committed) or ERROR: remembered to recognise retries and to replay
-    /// the batch to a worker that replaces a failed one.
-    Done(bool),
+    /// the batch to a worker that replaces a failed one, until its last window (`last`)
+    /// passes the retention horizon.
+    Done { committed: bool, last: u64 },
 }
 
 /// A window's bookkeeping; its sums stay empty until the workers' are gathered (sealed).
@@ -133,6 +136,19 @@ pub struct Windows {
     /// Windows not sealed yet: every RANGE and COMPUTE first asks which may be sealed, and
     /// scanning all windows for them made each request cost as much as the history is long.
     unsealed: BTreeSet<u64>,
+    /// Windows starting before this were dropped by the retention policy.
+    retained_from: u64,
+    /// When each batch not settled yet arrived (wall clock, ms; a restored one: when it was
+    /// restored). A batch is settled once its flag is final here or its windows are sealed:
+    /// the catalog may forget the flags of batches settled at every cloud.
+    received: HashMap<BatchId, u64>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Windows {
@@ -146,7 +162,67 @@ impl Windows {
             ranges: Vec::new(),
             cold_store: None,
             unsealed: BTreeSet::new(),
+            retained_from: 0,
+            received: HashMap::new(),
         }
+    }
+
+    /// Every batch that arrived before this (wall clock, ms) is settled here; now when none
+    /// is waiting.
+    pub fn settled_before(&self) -> u64 {
+        self.received.values().copied().min().unwrap_or_else(now_ms)
+    }
+
+    /// Windows starting before this were dropped (0: none ever was).
+    pub fn retained_from(&self) -> u64 {
+        self.retained_from
+    }
+
+    /// Drops every sealed window starting before `horizon` and every batch whose last window
+    /// starts before it, and refuses ranges reaching before it from now on; returns the
+    /// dropped windows and batches, for the values table to drop too. A window that old
+    /// and still unsealed (a batch whose flag never became final) goes too: nothing can
+    /// read it any more.
+    pub fn forget_before(&mut self, horizon: u64) -> (Vec<u64>, Vec<BatchId>) {
+        if horizon <= self.retained_from {
+            return (Vec::new(), Vec::new());
+        }
+        self.retained_from = horizon;
+        let kept = self.windows.split_off(&horizon);
+        let windows: Vec<u64> = std::mem::replace(&mut self.windows, kept)
+            .into_keys()
+            .collect();
+        self.unsealed = self.unsealed.split_off(&horizon);
+        let mut batches = Vec::new();
+        self.batches.retain(|id, stage| {
+            let last = match stage {
+                Stage::Done { last, .. } => *last,
+                // A batch every window of which is sealed and gone can add to nothing.
+                Stage::Pending(w) => w.last().copied().unwrap_or(0),
+                Stage::Storing(_) => return true,
+            };
+            let keep = last >= horizon;
+            if !keep {
+                batches.push(*id);
+            }
+            keep
+        });
+        for id in &batches {
+            self.received.remove(id);
+        }
+        // Sliding a cached range would subtract windows that are gone.
+        self.ranges.retain(|r| r.from >= horizon);
+        (windows, batches)
+    }
+
+    /// After a restart: what the values table says was dropped before.
+    pub fn restore_retained_from(&mut self, horizon: u64) {
+        self.retained_from = self.retained_from.max(horizon);
+    }
+
+    /// How many windows and batches are remembered (the status page shows they stay flat).
+    pub fn remembered(&self) -> (usize, usize) {
+        (self.windows.len(), self.batches.len())
     }
 
     /// From now on, sealed windows older than [`HOT_SECS`] leave memory and are read back
@@ -263,7 +339,7 @@ impl Windows {
     /// The final flag of a batch: Some(true) committed, Some(false) ERROR, None undecided.
     pub fn outcome(&self, id: &BatchId) -> Option<bool> {
         match self.batches.get(id) {
-            Some(Stage::Done(committed)) => Some(*committed),
+            Some(Stage::Done { committed, .. }) => Some(*committed),
             _ => None,
         }
     }
@@ -311,20 +387,22 @@ impl Windows {
             }
         }
         self.batches.insert(id, Stage::Storing(windows));
+        self.received.insert(id, now_ms());
         Ok(Registered::New)
     }
 
     /// The batch is durable: it now waits for its flag.
     pub fn stored(&mut self, id: BatchId) {
         if let Some(stage) = self.batches.get_mut(&id) {
-            if let Stage::Storing(windows) = std::mem::replace(stage, Stage::Done(false)) {
-                *stage = Stage::Pending(windows);
+            if let Stage::Storing(windows) = stage {
+                *stage = Stage::Pending(std::mem::take(windows));
             }
         }
     }
 
     /// Storing failed: forget the batch as if it never came.
     pub fn abort(&mut self, id: BatchId) {
+        self.received.remove(&id);
         if let Some(Stage::Storing(windows)) = self.batches.remove(&id) {
             for start in &windows {
                 if let Some(w) = self.windows.get_mut(start) {
@@ -339,6 +417,23 @@ impl Windows {
         if self.batches.contains_key(&id) {
             return;
         }
+        // Its windows are sealed: what it added is in their stored sums and nothing more can
+        // be, so its flag is not needed (and is not replayed to a rebuilt worker).
+        if windows
+            .iter()
+            .all(|s| self.windows.get(s).is_some_and(|w| w.sealed))
+        {
+            let last = windows.last().copied().unwrap_or(0);
+            self.batches.insert(
+                id,
+                Stage::Done {
+                    committed: false,
+                    last,
+                },
+            );
+            return;
+        }
+        self.received.insert(id, now_ms());
         for &start in &windows {
             let w = self.windows.entry(start).or_default();
             if !w.sealed {
@@ -370,8 +465,14 @@ impl Windows {
         if !matches!(stage, Stage::Pending(_)) {
             return;
         }
-        let Stage::Pending(windows) = std::mem::replace(stage, Stage::Done(committed)) else {
+        let Stage::Pending(windows) = stage else {
             return;
+        };
+        let windows = std::mem::take(windows);
+        self.received.remove(&id);
+        *stage = Stage::Done {
+            committed,
+            last: windows.last().copied().unwrap_or(0),
         };
         for &start in &windows {
             // Only a window restored sealed can be sealed with a batch still pending in it:
@@ -400,6 +501,12 @@ impl Windows {
         with_histograms: bool,
         view: &View<'_>,
     ) -> Result<RangeResponse, RangeError> {
+        if from < self.retained_from {
+            return Err(RangeError::PastRetention {
+                from,
+                horizon: self.retained_from,
+            });
+        }
         let closed_before = self.closed_before();
         if to > closed_before {
             return Err(RangeError::NotReady(NotReady {
@@ -660,7 +767,7 @@ impl Windows {
         let undecided = self
             .batches
             .values()
-            .filter(|s| !matches!(s, Stage::Done(_)))
+            .filter(|s| !matches!(s, Stage::Done { .. }))
             .count();
         serde_json::json!({
             "watermark": self.watermark(),

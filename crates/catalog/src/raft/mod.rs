@@ -257,6 +257,28 @@ async fn put_assignment(
     Ok(Postcard(()))
 }
 
+/// Where cloud `party` reports its settled time (POST, a postcard `u64` of ms).
+pub fn settled_path(party: u16) -> String {
+    format!("/v1/settled/{party}")
+}
+
+async fn post_settled(
+    State(node): Node,
+    Extension(who): Sender,
+    Path(party): Path<String>,
+    Postcard(before_ms): Postcard<u64>,
+) -> Result<Postcard<()>, ApiError> {
+    let party = party_of(&party)?;
+    if who.role != Role::Cloud || who.party != party {
+        return Err(ApiError::forbidden(
+            "not_your_cloud",
+            format!("only cloud {party} reports its settled time, not {who}"),
+        ));
+    }
+    node.report_settled(party, before_ms).await?;
+    Ok(Postcard(()))
+}
+
 async fn get_assignment(
     State(node): Node,
     Path(party): Path<String>,
@@ -412,6 +434,7 @@ pub fn assignments_router(node: Arc<CatalogNode>) -> Router {
             "/v1/assignments/{party}",
             post(put_assignment).get(get_assignment),
         )
+        .route("/v1/settled/{party}", post(post_settled))
         .layer(from_fn_with_state(CLOUDS, require_peer))
         .with_state(node)
 }

@@ -47,7 +47,15 @@ pub struct CatalogConfig {
     pub commit_timeout: Duration,
     /// The voter's certificate, presented to its peers.
     pub identity: mcloud_core::tls::NodeIdentity,
+    /// How long a TRUE or ERROR flag is kept past both its deadline and the time every cloud
+    /// confirmed it settled (so a sensor still learns its batch's fate, and clocks may differ).
+    pub keep_decided_ms: u64,
 }
+
+/// Default of [`CatalogConfig::keep_decided_ms`]: an hour.
+pub const KEEP_DECIDED_MS: u64 = 3_600_000;
+/// How far ahead of this node's clock a cloud's settled time may lie.
+const SETTLED_AHEAD_MS: u64 = 600_000;
 
 impl CatalogConfig {
     pub fn new(
@@ -68,6 +76,7 @@ impl CatalogConfig {
             election_timeout_ms: (500, 1000),
             snapshot_every: 5000,
             commit_timeout: Duration::from_secs(3),
+            keep_decided_ms: KEEP_DECIDED_MS,
         }
     }
 }
@@ -86,6 +95,8 @@ pub enum StartError {
 
 struct Partition {
     raft: Raft,
+    /// Tells the log's failing writes to stop retrying, so a shutdown is not held up.
+    log_closing: Arc<std::sync::atomic::AtomicBool>,
     sm: Shared,
     proposals: mpsc::Sender<Proposal>,
     reads: mpsc::Sender<ReadRequest>,
@@ -98,6 +109,7 @@ pub struct CatalogNode {
     faults: Faults,
     peers: BTreeMap<NodeId, Peer>,
     incoming_snapshots: super::snapshot_transfer::Assembler,
+    keep_decided_ms: u64,
 }
 
 /// A forwarded operation, run by the receiving node itself (never forwarded again).
@@ -186,6 +198,7 @@ impl CatalogNode {
         for p in 0..config.partitions {
             let dir = config.dir.join(format!("p{p}"));
             let log = LogStore::open(&dir).map_err(|e| StartError::Storage(e.to_string()))?;
+            let log_closing = log.closing();
             let sm = StateMachine::open(&dir).map_err(|e| StartError::Storage(e.to_string()))?;
             let shared = sm.shared();
             let network = Network {
@@ -226,6 +239,7 @@ impl CatalogNode {
             }
             partitions.push(Partition {
                 raft,
+                log_closing,
                 sm: shared,
                 proposals: ptx,
                 reads: rtx,
@@ -238,6 +252,7 @@ impl CatalogNode {
             faults,
             peers: config.peers,
             incoming_snapshots: Default::default(),
+            keep_decided_ms: config.keep_decided_ms,
         });
         spawn_sweeper(Arc::downgrade(&node));
         Ok(node)
@@ -262,6 +277,8 @@ impl CatalogNode {
     /// Stops every Raft instance; the node answers 503 afterwards.
     pub async fn shutdown(&self) {
         for p in &self.partitions {
+            p.log_closing
+                .store(true, std::sync::atomic::Ordering::Release);
             if let Err(e) = p.raft.shutdown().await {
                 tracing::warn!("stopping a catalog partition: {e}");
             }
@@ -439,6 +456,23 @@ impl CatalogNode {
             .get(ASSIGNMENT_PARTITION as usize)
             .ok_or_else(|| CatalogError::Unavailable("no catalog partition 0".into()))?;
         Ok(f(&read(&p.sm).registers))
+    }
+
+    /// Cloud `party` confirms it holds no unsettled batch received before `before_ms`; the
+    /// catalog then may forget decided flags older than that (see [`CatalogConfig::keep_decided_ms`]).
+    /// A time no later than the stored one changes nothing and writes no log entry.
+    pub async fn report_settled(&self, party: u16, before_ms: u64) -> Result<(), CatalogError> {
+        let ahead = now_ms().saturating_add(SETTLED_AHEAD_MS);
+        if before_ms > ahead {
+            return Err(CatalogError::BadSettled(format!(
+                "{before_ms} ms is more than {SETTLED_AHEAD_MS} ms ahead of the catalog's clock"
+            )));
+        }
+        let stored = self.read_registers(|r| r.settled.get(&party).copied())?;
+        if stored.is_some_and(|s| s >= before_ms) {
+            return Ok(());
+        }
+        self.write_register(Op::Settled { party, before_ms }).await
     }
 
     /// Revokes app tokens: every cloud refuses a token carrying one of `ids` once it has read
@@ -742,16 +776,43 @@ impl CatalogNode {
 
 /// The leader of each partition proposes a sweep entry when some FALSE flag passed its
 /// deadline, so ERROR is decided through the log.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
 fn spawn_sweeper(node: std::sync::Weak<CatalogNode>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut pruned = std::time::Instant::now();
         loop {
             tick.tick().await;
             let Some(node) = node.upgrade() else { break };
             let now = now_ms();
+            // Decided flags every cloud is done with are forgotten, at most once a second.
+            // Only a leader prunes, and it never waits for the state machine's lock: applying
+            // a large entry holds it, and a blocked sweeper would hold a runtime thread too.
+            let leads = (0..node.partitions.len()).any(|i| node.is_leader(i as u32));
+            let prune_before = (leads && pruned.elapsed() >= PRUNE_EVERY)
+                .then(|| {
+                    let p = node.partitions.get(ASSIGNMENT_PARTITION as usize)?;
+                    let state = p.sm.try_read().ok()?;
+                    state.registers.prune_before(now, node.keep_decided_ms)
+                })
+                .flatten();
+            if prune_before.is_some() {
+                pruned = std::time::Instant::now();
+            }
             for (i, p) in node.partitions.iter().enumerate() {
-                if node.is_leader(i as u32) && read(&p.sm).table.has_expired(now) {
+                let leader = node.is_leader(i as u32);
+                if let Some(before_ms) = prune_before
+                    .filter(|&b| leader && p.sm.try_read().is_ok_and(|st| st.table.has_prunable(b)))
+                {
+                    let (tx, _rx) = oneshot::channel();
+                    let _ = p.proposals.try_send(Proposal {
+                        op: Some(Op::Prune { before_ms }),
+                        reply: tx,
+                    });
+                }
+                if leader && read(&p.sm).table.has_expired(now) {
                     let (tx, _rx) = oneshot::channel();
                     // A full queue means entries are being proposed anyway, and each of them
                     // sweeps too.

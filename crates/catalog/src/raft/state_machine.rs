@@ -55,6 +55,24 @@ pub struct Registers {
     pub revoked_sensors: BTreeSet<u32>,
     /// House owners' access rules, by user.
     pub access: BTreeMap<String, AccessRules>,
+    /// Each cloud's settled time (see `Op::Settled`), by party.
+    pub settled: BTreeMap<u16, u64>,
+}
+
+impl Registers {
+    /// Before when decided flags may be forgotten: `keep_ms` before the earliest settled time
+    /// of every cloud that stored a bucket map (and before `now`). None while some cloud has
+    /// not reported: its stored batches may still need their flags.
+    pub fn prune_before(&self, now: u64, keep_ms: u64) -> Option<u64> {
+        let mut earliest = now;
+        for party in self.assignments.keys() {
+            earliest = earliest.min(*self.settled.get(party)?);
+        }
+        if self.assignments.is_empty() {
+            return None;
+        }
+        Some(earliest.saturating_sub(keep_ms))
+    }
 }
 
 pub type Shared = Arc<RwLock<SmState>>;
@@ -71,6 +89,18 @@ fn write(shared: &Shared) -> std::sync::RwLockWriteGuard<'_, SmState> {
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotData {
+    clock: u64,
+    flags: Vec<(u128, u8, u64)>,
+    assignments: Vec<(u16, Assignment)>,
+    revoked: Vec<String>,
+    access: Vec<AccessRules>,
+    revoked_sensors: Vec<u32>,
+    settled: Vec<(u16, u64)>,
+}
+
+/// A snapshot written before the catalog kept the clouds' settled times.
+#[derive(Deserialize)]
+struct WithoutSettled {
     clock: u64,
     flags: Vec<(u128, u8, u64)>,
     assignments: Vec<(u16, Assignment)>,
@@ -200,6 +230,15 @@ impl StateMachine {
                 Op::SetAccess(rules) => {
                     Self::set_access(&mut registers.access, rules).map(|_| (Vec::new(), Vec::new()))
                 }
+                Op::Settled { party, before_ms } => {
+                    let at = registers.settled.entry(*party).or_default();
+                    *at = (*at).max(*before_ms);
+                    Ok((Vec::new(), Vec::new()))
+                }
+                Op::Prune { before_ms } => {
+                    table.prune(*before_ms);
+                    Ok((Vec::new(), Vec::new()))
+                }
             };
             answers.push(match result {
                 Ok((flags, c)) => {
@@ -291,7 +330,17 @@ impl StateMachine {
         let decoded: SnapshotData = match dec(SNAPSHOT, data) {
             Ok(d) => d,
             Err(e) => {
-                if let Ok(old) = postcard::from_bytes::<WithoutAccess>(data) {
+                if let Ok(old) = postcard::from_bytes::<WithoutSettled>(data) {
+                    SnapshotData {
+                        clock: old.clock,
+                        flags: old.flags,
+                        assignments: old.assignments,
+                        revoked: old.revoked,
+                        access: old.access,
+                        revoked_sensors: old.revoked_sensors,
+                        settled: Vec::new(),
+                    }
+                } else if let Ok(old) = postcard::from_bytes::<WithoutAccess>(data) {
                     SnapshotData {
                         clock: old.clock,
                         flags: old.flags,
@@ -299,6 +348,7 @@ impl StateMachine {
                         revoked: old.revoked,
                         access: Vec::new(),
                         revoked_sensors: Vec::new(),
+                        settled: Vec::new(),
                     }
                 } else if let Ok(old) = postcard::from_bytes::<WithoutRevocations>(data) {
                     SnapshotData {
@@ -308,6 +358,7 @@ impl StateMachine {
                         revoked: Vec::new(),
                         access: Vec::new(),
                         revoked_sensors: Vec::new(),
+                        settled: Vec::new(),
                     }
                 } else if let Ok(old) = postcard::from_bytes::<FlagsOnlySnapshot>(data) {
                     SnapshotData {
@@ -317,6 +368,7 @@ impl StateMachine {
                         revoked: Vec::new(),
                         access: Vec::new(),
                         revoked_sensors: Vec::new(),
+                        settled: Vec::new(),
                     }
                 } else {
                     return Err(e);
@@ -341,6 +393,7 @@ impl StateMachine {
                     .into_iter()
                     .map(|r| (r.user.clone(), r))
                     .collect(),
+                settled: decoded.settled.into_iter().collect(),
             },
             clock: decoded.clock,
         })
@@ -367,6 +420,12 @@ impl StateMachine {
                 revoked: state.registers.revoked.iter().cloned().collect(),
                 access: state.registers.access.values().cloned().collect(),
                 revoked_sensors: state.registers.revoked_sensors.iter().copied().collect(),
+                settled: state
+                    .registers
+                    .settled
+                    .iter()
+                    .map(|(p, t)| (*p, *t))
+                    .collect(),
             },
         )
     }
@@ -526,6 +585,38 @@ mod tests {
     }
 
     #[test]
+    fn only_decided_flags_past_every_clouds_settled_time_are_pruned() {
+        let mut registers = Registers::default();
+        // No cloud known yet: nothing may be pruned.
+        assert_eq!(registers.prune_before(10_000, 100), None);
+        registers.assignments.insert(0, map(1, &[0]));
+        registers.assignments.insert(1, map(1, &[0]));
+        registers.settled.insert(0, 5_000);
+        // Cloud 1 has not reported.
+        assert_eq!(registers.prune_before(10_000, 100), None);
+        registers.settled.insert(1, 7_000);
+        assert_eq!(registers.prune_before(10_000, 100), Some(4_900));
+        assert_eq!(registers.prune_before(3_000, 100), Some(2_900));
+
+        let mut table = Table::default();
+        let flag = |state, deadline_ms| Flag { state, deadline_ms };
+        use mcloud_core::wire::FlagState::{Error, False, True};
+        table.apply(&[
+            (BatchId(1), flag(True, 1_000)),
+            (BatchId(2), flag(Error, 2_000)),
+            (BatchId(3), flag(False, 1_000)),
+            (BatchId(4), flag(True, 6_000)),
+        ]);
+        assert!(table.has_prunable(4_900));
+        assert_eq!(table.prune(4_900), 2);
+        assert!(!table.has_prunable(4_900));
+        // An open flag stays whatever its deadline; a newer decided one stays too.
+        assert!(table.stored(&BatchId(3)).is_some());
+        assert!(table.stored(&BatchId(4)).is_some());
+        assert!(table.stored(&BatchId(1)).is_none());
+    }
+
+    #[test]
     fn snapshots_carry_the_maps_and_older_snapshots_still_load() {
         let mut state = SmState {
             clock: 42,
@@ -542,8 +633,10 @@ mod tests {
             denied_apps: vec!["spy".into()],
         };
         state.registers.access.insert("alice".into(), rules);
+        state.registers.settled.insert(3, 1_000);
         let restored =
             StateMachine::decode_state(&StateMachine::encode_state(&state).unwrap()).unwrap();
+        assert_eq!(restored.registers.settled, state.registers.settled);
         assert_eq!(restored.clock, 42);
         assert_eq!(restored.registers.assignments, state.registers.assignments);
         assert_eq!(restored.registers.revoked, state.registers.revoked);

@@ -37,6 +37,17 @@ pub enum Op {
     RevokeSensors(Vec<u32>),
     /// Replaces a house owner's access rules.
     SetAccess(AccessRules),
+    /// Cloud `party` holds no unsettled batch it received before `before_ms` (its wall
+    /// clock): it needs no flag whose deadline is earlier. Only ever moves forward.
+    Settled {
+        party: u16,
+        before_ms: u64,
+    },
+    /// Forgets the TRUE and ERROR flags whose deadline is before `before_ms`; proposed by a
+    /// partition's leader from the clouds' settled times, so every replica prunes the same.
+    Prune {
+        before_ms: u64,
+    },
 }
 
 pub use mcloud_core::auth::access::AccessRules;
@@ -127,7 +138,7 @@ impl Op {
             Op::Assign { .. } => 1,
             Op::Revoke(v) => v.len(),
             Op::RevokeSensors(v) => v.len(),
-            Op::SetAccess(_) => 1,
+            Op::SetAccess(_) | Op::Settled { .. } | Op::Prune { .. } => 1,
         }
     }
 
@@ -167,6 +178,7 @@ pub enum WireError {
     BadAssignment(String),
     BadRevocation(String),
     BadAccess(String),
+    BadSettled(String),
 }
 
 impl From<CatalogError> for WireError {
@@ -196,6 +208,7 @@ impl From<CatalogError> for WireError {
             CatalogError::BadAssignment(m) => WireError::BadAssignment(m),
             CatalogError::BadRevocation(m) => WireError::BadRevocation(m),
             CatalogError::BadAccess(m) => WireError::BadAccess(m),
+            CatalogError::BadSettled(m) => WireError::BadSettled(m),
             CatalogError::Call(e) if e.is_retryable() => WireError::Unavailable(e.to_string()),
             CatalogError::Call(e) => WireError::Storage(e.to_string()),
         }
@@ -229,6 +242,7 @@ impl From<WireError> for CatalogError {
             WireError::BadAssignment(m) => CatalogError::BadAssignment(m),
             WireError::BadRevocation(m) => CatalogError::BadRevocation(m),
             WireError::BadAccess(m) => CatalogError::BadAccess(m),
+            WireError::BadSettled(m) => CatalogError::BadSettled(m),
         }
     }
 }

@@ -138,3 +138,29 @@ pub async fn commit_and_close(
     );
     uploader.advance_watermark(end, true).await.unwrap();
 }
+
+/// The JSON `http` gets from `url` (status pages).
+pub async fn json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// Reveals every ready window of `cluster` at `level` as its owner and asserts that it equals
+/// `reference` group by group, with nothing left unready.
+pub async fn assert_reveals(cluster: &LocalCluster, reference: &Reference, level: GroupLevel) {
+    let query = mcloud_collector::Query {
+        from: 0,
+        to: u64::MAX,
+        level,
+        min_count: 1,
+    };
+    let revealed = cluster
+        .collector()
+        .unwrap()
+        .collect_when_ready(&query, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(revealed.not_ready.is_empty(), "{:?}", revealed.not_ready);
+    let report = mcloud_collector::check(&revealed, reference, 1);
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.matched, reference.groups().count() as u64);
+}

@@ -4,8 +4,7 @@ use crate::sums::{add_into, BatchPartial, Cell, WindowSums};
 use mcloud_core::reading::GroupKey;
 use mcloud_core::{BatchId, Partial, Window};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::BuildHasher;
+use std::collections::{BTreeMap, HashMap};
 
 /// The bucket of a plug. A fixed mixing function rather than std's randomly seeded hasher:
 /// the map must mean the same in every process and after every restart.
@@ -61,18 +60,18 @@ pub struct BucketState {
 impl BucketState {
     /// Adds a committed batch's partial to the windows, except to those in `gathered`: the
     /// node holds their sums already.
-    pub fn apply<S: BuildHasher>(
+    pub fn apply(
         &mut self,
         partial: BatchPartial,
         window_secs: u64,
-        gathered: &HashSet<u64, S>,
+        gathered: impl Fn(u64) -> bool,
     ) {
         // A worker's partials hold their cells in cell order, window first: each window is
         // looked up once per run of its cells rather than once per cell.
         let mut cells = partial.cells.into_iter().peekable();
         while let Some(((start, metric, group), p)) = cells.next() {
             let run = |c: &(Cell, Partial)| c.0 .0 == start;
-            if gathered.contains(&start) {
+            if gathered(start) {
                 while cells.next_if(run).is_some() {}
                 continue;
             }
@@ -84,7 +83,7 @@ impl BucketState {
         }
         for (cell, counts) in partial.histograms {
             let start = Window::containing(cell.0, window_secs).start;
-            if gathered.contains(&start) {
+            if gathered(start) {
                 continue;
             }
             add_into(

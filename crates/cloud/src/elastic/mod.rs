@@ -12,6 +12,7 @@ pub mod manager;
 pub mod map_store;
 mod migration;
 pub mod provisioner;
+mod recent;
 mod recovery;
 pub mod remote;
 pub mod worker;

@@ -4,12 +4,13 @@
 //! over already contains them.
 
 use super::buckets::{bucket_of, BucketOf, BucketState};
+use super::recent::Recent;
 use crate::sums::{BatchPartial, Cell, WindowSums};
 use mcloud_core::reading::{GroupKey, Metric};
 use mcloud_core::wire::UploadBatch;
 use mcloud_core::{BatchId, CountField, Partial, Window};
 use rustc_hash::FxBuildHasher;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -84,14 +85,14 @@ pub struct Worker {
     buckets: HashMap<usize, BucketState, FxBuildHasher>,
     /// Final flags seen, so a pending partial that arrives with a bucket after its flag was
     /// decided here is applied (or dropped) rather than left waiting forever.
-    decided: HashMap<BatchId, bool>,
+    decided: Recent<BatchId, bool>,
     /// Buckets holding a pending partial of each batch (a bucket may be listed twice; the
     /// second visit finds nothing left).
     pending: HashMap<BatchId, Vec<usize>>,
     /// Windows the node has gathered. Anything that still reaches one of them (a bucket's
     /// state handed over across the gathering, a partial decided after it, a replay) was
     /// counted already or belongs to nothing: it is dropped rather than kept for ever.
-    forgotten: HashSet<u64, FxBuildHasher>,
+    forgotten: Recent<u64, (), FxBuildHasher>,
     shared: Arc<WorkerShared>,
     /// Simulated operator cost per record (models a heavier operator in demos).
     record_cost: Duration,
@@ -110,9 +111,9 @@ impl Worker {
             id,
             window_secs,
             buckets: HashMap::default(),
-            decided: HashMap::new(),
+            decided: Recent::default(),
             pending: HashMap::new(),
-            forgotten: HashSet::default(),
+            forgotten: Recent::default(),
             shared,
             record_cost,
             scratch: Scratch::default(),
@@ -164,6 +165,8 @@ impl Worker {
             Msg::Forget { windows } => self.forget(&windows),
             Msg::Checkpoint { reply } => {
                 let _ = reply.send(self.snapshot());
+                self.decided.age();
+                self.forgotten.age();
             }
             Msg::Crash => {
                 tracing::warn!(worker = self.id, "worker crashing on request");
@@ -237,7 +240,7 @@ impl Worker {
             if let Some(state) = self.buckets.get_mut(&b) {
                 if let Some(partial) = state.pending.remove(&id) {
                     if committed {
-                        state.apply(partial, self.window_secs, &self.forgotten);
+                        state.apply(partial, self.window_secs, |w| self.forgotten.contains(&w));
                     }
                 }
             }
@@ -264,7 +267,7 @@ impl Worker {
     ) -> bool {
         let state = self.buckets.entry(bucket).or_default();
         match outcome {
-            Some(true) => state.apply(partial, self.window_secs, &self.forgotten),
+            Some(true) => state.apply(partial, self.window_secs, |w| self.forgotten.contains(&w)),
             Some(false) => {}
             None => {
                 state.pending.insert(id, partial);
@@ -322,6 +325,11 @@ impl Worker {
         out
     }
 
+    /// Final flags and gathered windows remembered (see [`Recent`] for why they stay few).
+    pub fn remembered(&self) -> (usize, usize) {
+        (self.decided.len(), self.forgotten.len())
+    }
+
     fn snapshot(&self) -> Vec<(usize, BucketState)> {
         self.buckets
             .iter()
@@ -331,7 +339,9 @@ impl Worker {
     }
 
     fn forget(&mut self, windows: &[u64]) {
-        self.forgotten.extend(windows.iter().copied());
+        for &start in windows {
+            self.forgotten.insert(start, ());
+        }
         for state in self.buckets.values_mut() {
             for start in windows {
                 state.windows.remove(start);
@@ -491,6 +501,40 @@ mod tests {
             reply,
         });
         rx.try_recv().unwrap_or_default()
+    }
+
+    /// A worker under steady load remembers only the flags and gathered windows of the last
+    /// two checkpoint periods, not every one it ever heard of.
+    #[test]
+    fn memory_of_flags_and_gathered_windows_stays_flat() {
+        let buckets = 16;
+        let owners: Arc<Vec<WorkerId>> = Arc::new(vec![0; buckets]);
+        let mut w = Worker::new(0, 60, Arc::new(WorkerShared::new(buckets)), Duration::ZERO);
+        let mut most = (0, 0);
+        for round in 0..50u128 {
+            for i in 0..20 {
+                let id = round * 20 + i + 1;
+                w.handle(Msg::Process {
+                    batch: Arc::new(batch(id, 50, 30, id as u64)),
+                    owners: owners.clone(),
+                });
+                w.handle(Msg::Decide {
+                    id: BatchId(id),
+                    committed: true,
+                });
+            }
+            let windows: Vec<u64> = (0..10).map(|k| (round as u64 * 10 + k) * 60).collect();
+            take(&mut w, &windows);
+            w.handle(Msg::Forget {
+                windows: Arc::new(windows),
+            });
+            let (reply, _rx) = oneshot::channel();
+            w.handle(Msg::Checkpoint { reply });
+            let (d, f) = w.remembered();
+            most = (most.0.max(d), most.1.max(f));
+        }
+        // Two rounds' worth at most, after a thousand batches and five hundred windows.
+        assert!(most.0 <= 40 && most.1 <= 20, "{most:?}");
     }
 
     #[test]

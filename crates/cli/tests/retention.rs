@@ -1,0 +1,248 @@
+//! Retention: a cloud keeps sealed windows and the batches behind them for `retention_secs`
+//! back from the newest closed window, drops the rest from memory and disk, refuses ranges
+//! that reach before the horizon by name, and keeps all of that across a restart — while
+//! what it still holds reveals exactly the plaintext reference.
+
+mod common;
+
+use mcloud::cluster::{ClusterOptions, LocalCluster, GATEWAY};
+use mcloud_catalog::FlagTable;
+use mcloud_client::{Fate, Outcome, PlainBatch};
+use mcloud_collector::Reference;
+use mcloud_core::reading::GroupLevel;
+use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
+use mcloud_core::Reading;
+use std::time::Duration;
+
+const WINDOW: u64 = 60;
+const RETENTION: u64 = mcloud_cloud::MIN_RETENTION_SECS;
+
+fn retention(cluster: &LocalCluster, party: u16) -> serde_json::Value {
+    cluster.cloud(party).unwrap().status()["retention"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_past_the_horizon_leave_memory_and_disk_and_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = common::cluster(
+        dir.path(),
+        2,
+        ClusterOptions {
+            retention_secs: Some(RETENTION),
+            ..Default::default()
+        },
+    )
+    .await;
+    // Twelve hours of two plugs, once a minute, in batches of ten minutes.
+    let readings: Vec<Reading> = Synthetic::new(SyntheticConfig {
+        houses: 1,
+        households_per_house: 1,
+        plugs_per_household: 2,
+        duration_secs: 12 * 3600,
+        interval_secs: 60,
+        ..Default::default()
+    })
+    .collect();
+    let batches: Vec<Vec<Reading>> = readings.chunks(40).map(<[Reading]>::to_vec).collect();
+    let uploader = cluster.uploader(Duration::from_secs(30)).unwrap();
+    for b in &batches {
+        let outcome = uploader
+            .transact(&PlainBatch::new(GATEWAY.sensor, b.clone()), Fate::Complete)
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Committed);
+    }
+    let last = readings.iter().map(|r| r.ts).max().unwrap();
+    uploader.advance_watermark(last, true).await.unwrap();
+
+    // The horizon: the retention back from the end of the newest closed window (the end of
+    // the stream closes every window), aligned down to the longest block of the disclosure
+    // policy (an hour by default).
+    let window = |ts: u64| ts - ts % WINDOW;
+    let closed_before = window(last) + WINDOW;
+    let raw = closed_before - RETENTION;
+    let horizon = raw - raw % 3600;
+    let kept_windows = readings
+        .iter()
+        .map(|r| window(r.ts))
+        .filter(|&w| w >= horizon && w + WINDOW <= closed_before)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u64;
+    let kept_batches = batches
+        .iter()
+        .filter(|b| b.iter().map(|r| window(r.ts)).max().unwrap() >= horizon)
+        .count() as u64;
+    assert!(kept_batches < batches.len() as u64 / 2);
+    for party in 0..2 {
+        common::wait_for(60, "the retention horizon", async || {
+            let r = retention(&cluster, party);
+            let done = r["retained_from"] == horizon && r["stored_windows"] == kept_windows;
+            if !done {
+                eprintln!("party {party}: {r}, waiting for {horizon} and {kept_windows} windows");
+            }
+            done.then_some(())
+        })
+        .await;
+        let r = retention(&cluster, party);
+        assert_eq!(r["stored_batches"], kept_batches, "party {party}: {r}");
+        assert_eq!(r["batches_in_memory"], kept_batches, "party {party}: {r}");
+        assert!(
+            r["windows_in_memory"].as_u64().unwrap() <= kept_windows + 2,
+            "party {party}: {r}"
+        );
+    }
+
+    let owner = cluster
+        .app_client(&cluster.owner_token(0..1).unwrap())
+        .unwrap();
+    let range = |cluster: &LocalCluster, from: u64, to: u64| {
+        let url = format!("{}/v1/range?from={from}&to={to}", cluster.cloud_urls()[0]);
+        let owner = owner.clone();
+        async move {
+            let r = owner.get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            (status, body)
+        }
+    };
+    let refused = |(status, body): (u16, serde_json::Value)| {
+        assert_eq!(status, 410, "{body}");
+        assert_eq!(body["code"], "past_retention", "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains(&horizon.to_string()),
+            "{body}"
+        );
+    };
+    refused(range(&cluster, horizon - 3600, horizon).await);
+    refused(range(&cluster, horizon - 60, horizon + 3600).await);
+    assert_eq!(range(&cluster, horizon, horizon + 3600).await.0, 200);
+
+    // What is kept reveals exactly the plaintext reference over the kept windows.
+    let mut reference = Reference::new(WINDOW, GroupLevel::Plug);
+    for r in readings.iter().filter(|r| r.ts >= horizon) {
+        reference.add(r);
+    }
+    common::assert_reveals(&cluster, &reference, GroupLevel::Plug).await;
+
+    // A restart finds the horizon, the kept windows and batches and nothing else.
+    let before = retention(&cluster, 0);
+    cluster.restart_cloud(0).await.unwrap();
+    let after = retention(&cluster, 0);
+    for field in ["retained_from", "stored_windows", "stored_batches"] {
+        assert_eq!(before[field], after[field], "{field}: {before} vs {after}");
+    }
+    refused(range(&cluster, horizon - 3600, horizon).await);
+    assert_eq!(range(&cluster, horizon, horizon + 3600).await.0, 200);
+    cluster.shutdown().await;
+}
+
+/// Decided flags in every catalog partition, as voter 0 has applied them.
+async fn decided_flags(cluster: &LocalCluster) -> u64 {
+    let status = common::json(
+        &cluster.http(),
+        &format!("{}/v1/status", cluster.catalog_urls()[0]),
+    )
+    .await;
+    status["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            p["flags"]["committed"].as_u64().unwrap() + p["flags"]["errored"].as_u64().unwrap()
+        })
+        .sum()
+}
+
+/// The catalog forgets a decided flag once every cloud that stored a bucket map confirmed it
+/// no longer needs it, never before, and never a flag still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decided_flags_are_forgotten_once_every_cloud_is_done_with_them() {
+    const LATE: u16 = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = common::cluster(
+        dir.path(),
+        2,
+        ClusterOptions {
+            catalog: mcloud::cluster::CatalogSpec {
+                partitions: 2,
+                keep_decided_ms: 500,
+                ..Default::default()
+            },
+            // Party 2 is enrolled but runs no cloud: it stands for a cloud that is down.
+            extra_parties: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let readings: Vec<Reading> = Synthetic::new(SyntheticConfig {
+        houses: 1,
+        households_per_house: 1,
+        plugs_per_household: 2,
+        duration_secs: 3600,
+        interval_secs: 60,
+        ..Default::default()
+    })
+    .collect();
+    // Flags are forgotten only past their deadline: short ones keep the test short.
+    let uploader = cluster.uploader(Duration::from_secs(5)).unwrap();
+    let upload = async |part: &[Reading]| {
+        let batch = PlainBatch::new(GATEWAY.sensor, part.to_vec());
+        let outcome = uploader.transact(&batch, Fate::Complete).await.unwrap();
+        assert_eq!(outcome, Outcome::Committed);
+        batch.id
+    };
+    let (first, second) = readings.split_at(readings.len() / 2);
+    let mut ids = Vec::new();
+    for part in first.chunks(20) {
+        ids.push(upload(part).await);
+    }
+    common::wait_for(60, "the decided flags to be forgotten", async || {
+        (decided_flags(&cluster).await == 0).then_some(())
+    })
+    .await;
+    let catalog = cluster.catalog_client().unwrap();
+    let flags = catalog.get(ids.clone()).await.unwrap();
+    assert!(flags.iter().all(Option::is_none), "{flags:?}");
+
+    // A cloud that stored a map and has not said it is done holds every decided flag.
+    let late = cluster.cloud_catalog_client(LATE).unwrap();
+    late.put_assignment(
+        LATE,
+        &mcloud_catalog::Assignment {
+            epoch: 1,
+            owners: vec![0; 4],
+        },
+    )
+    .await
+    .unwrap();
+    let mut held = Vec::new();
+    for part in second.chunks(20) {
+        held.push(upload(part).await);
+    }
+    // Past their deadline and several settled reports of the running clouds.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(decided_flags(&cluster).await, held.len() as u64);
+    // A time far ahead of the catalog's clock is refused by name.
+    let ahead = mcloud_core::auth::now_secs() * 1000 + 3_600_000;
+    let e = late.report_settled(LATE, ahead).await.unwrap_err();
+    assert!(
+        e.to_string().contains("ahead of the catalog's clock"),
+        "{e}"
+    );
+    let now = mcloud_core::auth::now_secs() * 1000;
+    late.report_settled(LATE, now).await.unwrap();
+    common::wait_for(60, "the held flags to be forgotten", async || {
+        (decided_flags(&cluster).await == 0).then_some(())
+    })
+    .await;
+    // Only its own cloud reports a party's time.
+    let e = late.report_settled(0, now).await.unwrap_err();
+    assert!(
+        e.to_string().contains("not_your_cloud") || e.to_string().contains("403"),
+        "{e}"
+    );
+    cluster.shutdown().await;
+}
