@@ -90,7 +90,7 @@ pub struct CloudNode {
     /// One gathering of closed windows from the workers at a time.
     sealing: tokio::sync::Mutex<()>,
     /// Windows sealed in memory whose store failed, stored first by the next gathering.
-    unstored: Mutex<Vec<(u64, Vec<u8>)>>,
+    unstored: Mutex<Vec<u64>>,
     /// Each sensor's reported progress and when it last reported.
     progress: Mutex<HashMap<u32, (u64, std::time::Instant)>>,
     /// Every disclosure, and how often each cell was revealed to whom.
@@ -401,7 +401,7 @@ impl CloudNode {
         let _one = self.sealing.lock().await;
         // Windows sealed by an earlier call whose store failed (a full disk) go first: they
         // are answered from memory until stored, and must be stored before they cool.
-        let mut stored =
+        let mut windows =
             std::mem::take(&mut *self.unstored.lock().unwrap_or_else(|p| p.into_inner()));
         let ready = self.state().sealable();
         if !ready.is_empty() {
@@ -409,23 +409,30 @@ impl CloudNode {
                 let mut state = self.state();
                 for start in &ready {
                     state.seal(*start, sums.remove(start).unwrap_or_default());
-                    if let Some(window) = state.sealed_window(*start) {
-                        let bytes = postcard::to_stdvec(&window)
-                            .map_err(|e| CloudError::Storage(format!("window {start}: {e}")))?;
-                        stored.push((*start, bytes));
-                    }
                 }
+                windows.extend(ready);
             }
             // Else a worker's buckets are being rebuilt: the windows stay unanswered until then.
         }
-        if stored.is_empty() {
+        if windows.is_empty() {
             return Ok(());
         }
-        let windows: Vec<u64> = stored.iter().map(|(start, _)| *start).collect();
+        let stored = {
+            let state = self.state();
+            let mut stored = Vec::with_capacity(windows.len());
+            for start in &windows {
+                if let Some(window) = state.sealed_window(*start) {
+                    let bytes = postcard::to_stdvec(&window)
+                        .map_err(|e| CloudError::Storage(format!("window {start}: {e}")))?;
+                    stored.push((*start, bytes));
+                }
+            }
+            stored
+        };
         // Stored before the workers drop them: checkpoints taken from now on lack these
         // windows, and a restart must still find their sums.
-        if let Err(e) = self.values.save_sealed(stored.clone()).await {
-            *self.unstored.lock().unwrap_or_else(|p| p.into_inner()) = stored;
+        if let Err(e) = self.values.save_sealed(stored).await {
+            *self.unstored.lock().unwrap_or_else(|p| p.into_inner()) = windows;
             return Err(e);
         }
         self.state().cool();
