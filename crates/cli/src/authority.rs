@@ -423,6 +423,17 @@ pub fn voter_party(voter: u16, parties: u16) -> u16 {
 /// collector.token       the deployment collector's token (30 days; other-users scope)
 /// ```
 pub fn write_local(dir: &Path, parties: u16, voters: u16) -> Result<()> {
+    write_local_with_names(dir, parties, voters, &[])
+}
+
+/// As [`write_local`], with node certificates that also cover `extra_names` (the addresses
+/// of a deployment whose roles do not all listen on loopback).
+pub fn write_local_with_names(
+    dir: &Path,
+    parties: u16,
+    voters: u16,
+    extra_names: &[String],
+) -> Result<()> {
     if dir.join("authority").exists() {
         bail!(
             "{} already holds an enrolled deployment; remove it to start over",
@@ -438,7 +449,8 @@ pub fn write_local(dir: &Path, parties: u16, voters: u16) -> Result<()> {
     for (p, pem) in authority.party_cas().iter().enumerate() {
         std::fs::write(dir.join(format!("party{p}.pem")), pem)?;
     }
-    let names = default_names();
+    let mut names = default_names();
+    names.extend(extra_names.iter().cloned());
     for voter in 0..voters {
         let who = PeerIdentity {
             party: voter_party(voter, parties),

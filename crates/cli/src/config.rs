@@ -41,6 +41,18 @@ pub struct CatalogRole {
     /// Start without creating any group and wait to be added with `mcloud catalog add-voter`.
     #[serde(default)]
     pub join: bool,
+    /// How long a decided flag stays after its deadline once every cloud settled past it
+    /// (seconds, at least a minute), for sensors that ask about their batches late.
+    #[serde(default = "default_keep_decided")]
+    pub keep_decided_secs: u64,
+}
+
+/// Least `keep_decided_secs`: below it a sensor still retrying a batch could find its flag
+/// gone within the same upload.
+pub const MIN_KEEP_DECIDED_SECS: u64 = 60;
+
+fn default_keep_decided() -> u64 {
+    mcloud_catalog::raft::node::KEEP_DECIDED_MS / 1000
 }
 
 /// A catalog voter as its peers see it.

@@ -920,7 +920,8 @@ fn append(data: &[u8]) {
     let Ok(rpc) = decode::<Envelope<Append>>(data) else {
         return;
     };
-    if bounds::check_append(&rpc.body, rpc.from).is_err() {
+    let now = mcloud_catalog::now_ms();
+    if bounds::check_append(&rpc.body, rpc.from, now).is_err() {
         return;
     }
     let body = rpc.body;
@@ -931,6 +932,13 @@ fn append(data: &[u8]) {
     for (i, entry) in body.entries.iter().enumerate() {
         assert_log_id_bounded(Some(entry.get_log_id()));
         assert_eq!(entry.get_log_id().index, first + i as u64, "a gap passed");
+        if let openraft::EntryPayload::Normal(batch) = &entry.payload {
+            assert!(
+                batch.now_ms <= now + bounds::MAX_CLOCK_AHEAD_MS,
+                "an entry stamped {} ms passed",
+                batch.now_ms
+            );
+        }
     }
     if body.entries.is_empty() {
         return;
@@ -987,9 +995,13 @@ fn snapshot_chunks(mut data: &[u8]) {
     }
 }
 
-/// Installs snapshot data in a fresh state machine, as a follower does; when it restores,
-/// a snapshot built from it restores the same state again.
+/// Installs snapshot data in a fresh state machine, as a follower does once the data passed
+/// its checks; what it installs is in bounds, and a snapshot built from it restores the same
+/// state again.
 fn install(meta: &SnapshotMeta, data: Vec<u8>) {
+    if StateMachine::check_peer_snapshot(&data, mcloud_catalog::now_ms()).is_err() {
+        return;
+    }
     let mut machine = FreshMachine::new();
     let installed = runtime().block_on(
         machine
@@ -997,6 +1009,7 @@ fn install(meta: &SnapshotMeta, data: Vec<u8>) {
             .install_snapshot(meta, Box::new(Cursor::new(data))),
     );
     if installed.is_ok() {
+        assert_kept_in_bounds(machine.get());
         assert_snapshot_roundtrip(machine.get());
     }
 }

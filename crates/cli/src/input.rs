@@ -92,16 +92,53 @@ impl InputArgs {
             }
             None => {
                 let config = self.synthetic_config();
-                let description = format!(
-                    "synthetic: {} plugs in {} houses, {} h at {} s",
-                    config.plugs(),
-                    config.houses,
-                    self.duration_hours(),
-                    config.interval_secs
-                );
+                let description = self.synthetic_description(&config);
                 Ok((Synthetic::new(config).collect(), description))
             }
         }
+    }
+}
+
+/// An input as a stream: a synthetic one is generated as it is sent, so a long run holds no
+/// more of it in memory than the batches in flight.
+pub struct Stream {
+    pub readings: Box<dyn Iterator<Item = Reading> + Send>,
+    pub len: u64,
+    /// The newest timestamp in the input.
+    pub end: Option<u64>,
+    pub description: String,
+}
+
+impl InputArgs {
+    pub fn stream(&self) -> Result<Stream> {
+        if self.input.is_some() {
+            let (readings, description) = self.load()?;
+            return Ok(Stream {
+                len: readings.len() as u64,
+                end: readings.iter().map(|r| r.ts).max(),
+                readings: Box::new(readings.into_iter()),
+                description,
+            });
+        }
+        let config = self.synthetic_config();
+        let steps = config.duration_secs.div_ceil(config.interval_secs.max(1));
+        Ok(Stream {
+            len: config.len(),
+            end: (!config.is_empty())
+                .then(|| config.start_ts + (steps - 1) * config.interval_secs.max(1)),
+            description: self.synthetic_description(&config),
+            readings: Box::new(Synthetic::new(config)),
+        })
+    }
+
+    fn synthetic_description(&self, config: &SyntheticConfig) -> String {
+        format!(
+            "synthetic: {} plugs in {} houses, {} h at {} s",
+            config.plugs(),
+            config.houses,
+            self.duration_hours(),
+            config.interval_secs
+        )
     }
 }
 

@@ -50,6 +50,16 @@ pub async fn run(config_path: &Path) -> Result<()> {
         );
         catalog_config.partitions = catalog.partitions;
         catalog_config.join = catalog.join;
+        if catalog.keep_decided_secs < crate::config::MIN_KEEP_DECIDED_SECS
+            || catalog.keep_decided_secs > u64::MAX / 1000
+        {
+            anyhow::bail!(
+                "keep_decided_secs = {} is below the least of {} s or too large",
+                catalog.keep_decided_secs,
+                crate::config::MIN_KEEP_DECIDED_SECS
+            );
+        }
+        catalog_config.keep_decided_ms = catalog.keep_decided_secs * 1000;
         let node = CatalogNode::start(catalog_config)
             .await
             .context("starting the catalog role")?;

@@ -148,6 +148,8 @@ pub async fn run(args: &DemoArgs, readings: &[Reading], window: u64, dir: &Path)
         window_secs: window,
         grace_secs: args.grace,
         retention_secs: None,
+        keep_decided_secs: None,
+        namespaces: false,
     })?;
     cluster.start_all()?;
     let http = cluster.wait_ready(Duration::from_secs(60)).await?;

@@ -3,6 +3,7 @@
 //! restarted on the same address and data. Used by `mcloud demo --processes` and by the
 //! tests that kill real processes.
 
+use crate::netns::Network;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -54,10 +55,16 @@ pub struct ProcessSpec {
     pub grace_secs: u64,
     /// The clouds' `retention_secs` (None: their default).
     pub retention_secs: Option<u64>,
+    /// The voters' `keep_decided_secs` (None: their default).
+    pub keep_decided_secs: Option<u64>,
+    /// Each role in a network namespace of its own ([`Network`]), so the links between
+    /// roles can be cut; needs root. Otherwise every role listens on loopback.
+    pub namespaces: bool,
 }
 
 pub struct ProcessCluster {
     spec: ProcessSpec,
+    network: Option<Network>,
     catalog_ports: Vec<u16>,
     cloud_ports: Vec<u16>,
     catalogs: Vec<Option<Child>>,
@@ -96,7 +103,13 @@ impl ProcessCluster {
         let cloud_ports = (0..spec.parties)
             .map(|_| free_port())
             .collect::<Result<Vec<_>>>()?;
+        let network = if spec.namespaces {
+            Some(Network::create(catalog_ports.len() + spec.parties)?)
+        } else {
+            None
+        };
         let cluster = ProcessCluster {
+            network,
             catalogs: (0..catalog_ports.len()).map(|_| None).collect(),
             clouds: (0..spec.parties).map(|_| None).collect(),
             spec,
@@ -104,10 +117,17 @@ impl ProcessCluster {
             cloud_ports,
         };
         // Every member's credentials, from an authority made for this deployment.
-        crate::authority::write_local(
+        let addresses: Vec<String> = match &cluster.network {
+            Some(net) => (0..cluster.catalog_ports.len() + cluster.spec.parties)
+                .map(|i| net.address(i).to_string())
+                .collect(),
+            None => Vec::new(),
+        };
+        crate::authority::write_local_with_names(
             &cluster.spec.dir.join("trust"),
             cluster.spec.parties as u16,
             cluster.catalog_ports.len() as u16,
+            &addresses,
         )?;
         let mut peers = String::new();
         for i in 0..cluster.spec.voters {
@@ -132,11 +152,17 @@ impl ProcessCluster {
                 peers.clone()
             };
             let text = format!(
-                "data_dir = \"catalog{i}\"\n[catalog]\nlisten = \"127.0.0.1:{}\"\nnode_id = {}\n\
-                 credentials = \"trust/voter{i}\"\npartitions = {}\njoin = {join}\n{peers}",
+                "data_dir = \"catalog{i}\"\n[catalog]\nlisten = \"{}:{}\"\nnode_id = {}\n\
+                 credentials = \"trust/voter{i}\"\npartitions = {}\njoin = {join}\n{}{peers}",
+                cluster.host_of(Role::Catalog(i)),
                 cluster.catalog_ports[i],
                 i + 1,
                 cluster.spec.partitions,
+                cluster
+                    .spec
+                    .keep_decided_secs
+                    .map(|s| format!("keep_decided_secs = {s}\n"))
+                    .unwrap_or_default(),
             );
             cluster.write_file(&format!("catalog{i}.toml"), &text)?;
         }
@@ -147,9 +173,10 @@ impl ProcessCluster {
                 .map(|v| cluster.catalog_endpoint(v))
                 .collect();
             let text = format!(
-                "data_dir = \"cloud{party}\"\n[cloud]\nlisten = \"127.0.0.1:{}\"\nparty = {party}\n\
+                "data_dir = \"cloud{party}\"\n[cloud]\nlisten = \"{}:{}\"\nparty = {party}\n\
                  credentials = \"trust/cloud{party}\"\n\
                  parties = {}\nwindow_secs = {}\ngrace_secs = {}\ncatalog = {}\ncatalog_nodes = [{}]\n",
+                cluster.host_of(Role::Cloud(party)),
                 cluster.cloud_ports[party],
                 cluster.spec.parties,
                 cluster.spec.window_secs,
@@ -174,8 +201,8 @@ impl ProcessCluster {
         );
         for party in 0..cluster.spec.parties {
             text += &format!(
-                "[[clouds]]\nurl = \"https://127.0.0.1:{}\"\nca = \"trust/party{party}.pem\"\n",
-                cluster.cloud_ports[party]
+                "[[clouds]]\nurl = \"{}\"\nca = \"trust/party{party}.pem\"\n",
+                cluster.cloud_url(party)
             );
         }
         cluster.write_file("deployment.toml", &text)?;
@@ -219,7 +246,11 @@ impl ProcessCluster {
 
     /// Where a catalog node's peers find it.
     pub fn catalog_url(&self, i: usize) -> String {
-        format!("https://127.0.0.1:{}", self.catalog_ports[i])
+        format!(
+            "https://{}:{}",
+            self.host_of(Role::Catalog(i)),
+            self.catalog_ports[i]
+        )
     }
 
     /// The CA of catalog node `i`'s party, which its peers pin.
@@ -228,7 +259,32 @@ impl ProcessCluster {
     }
 
     pub fn cloud_url(&self, party: usize) -> String {
-        format!("https://127.0.0.1:{}", self.cloud_ports[party])
+        format!(
+            "https://{}:{}",
+            self.host_of(Role::Cloud(party)),
+            self.cloud_ports[party]
+        )
+    }
+
+    /// The namespaces the roles run in, when [`ProcessSpec::namespaces`] asked for them.
+    pub fn network(&self) -> Option<&Network> {
+        self.network.as_ref()
+    }
+
+    /// `role`'s index among the network's members: catalog nodes first, then clouds.
+    pub fn member(&self, role: Role) -> usize {
+        match role {
+            Role::Catalog(i) => i,
+            Role::Cloud(p) => self.catalog_ports.len() + p,
+        }
+    }
+
+    /// The address `role` listens on.
+    fn host_of(&self, role: Role) -> String {
+        match &self.network {
+            Some(net) => net.address(self.member(role)).to_string(),
+            None => "127.0.0.1".into(),
+        }
     }
 
     /// Every catalog node, spares included.
@@ -254,7 +310,11 @@ impl ProcessCluster {
             .append(true)
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
-        let child = Command::new(&self.spec.bin)
+        let mut command = match &self.network {
+            Some(net) => net.command(self.member(role), &self.spec.bin),
+            None => Command::new(&self.spec.bin),
+        };
+        let child = command
             .args(["node", "--config"])
             .arg(self.config_path(role))
             // The error, not a backtrace, belongs at the end of the log.

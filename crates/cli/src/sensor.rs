@@ -41,6 +41,10 @@ pub struct SensorArgs {
     /// Replay at this multiple of real time; default: as fast as possible.
     #[arg(long)]
     pub speedup: Option<f64>,
+    /// Also write each committed batch's timing here as CSV (seconds since the start,
+    /// readings, commit latency in ms).
+    #[arg(long)]
+    pub commits_csv: Option<PathBuf>,
 }
 
 /// Returns false when some readings did not commit (they are listed on stderr).
@@ -73,18 +77,41 @@ pub async fn run(args: SensorArgs) -> Result<bool> {
             resumed.committed_batches, resumed.committed_readings
         );
     }
-    let (readings, description) = args.input.load()?;
-    eprintln!("input: {description}: {} readings", readings.len());
-    let bar = progress(readings.len() as u64, "uploading");
-    let end = readings.iter().map(|r| r.ts).max();
+    let input = args.input.stream()?;
+    eprintln!("input: {}: {} readings", input.description, input.len);
+    let bar = progress(input.len, "uploading");
+    let end = input.end;
     let report = sensor
-        .send(readings, |_| Fate::Complete, |n| bar.inc(n))
+        .send(input.readings, |_| Fate::Complete, |n| bar.inc(n))
         .await?;
     bar.finish_and_clear();
     if let (Some(end), false) = (end, args.no_flush) {
         sensor.uploader().advance_watermark(end, true).await?;
     }
+    if let Some(path) = &args.commits_csv {
+        write_commits(path, &report)?;
+    }
     Ok(print_report(&resumed, &report))
+}
+
+fn write_commits(path: &std::path::Path, report: &Report) -> Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("{}", path.display()))?,
+    );
+    writeln!(f, "secs,readings,latency_ms")?;
+    for c in &report.commits {
+        writeln!(
+            f,
+            "{:.3},{},{:.2}",
+            c.at.as_secs_f64(),
+            c.readings,
+            c.latency.as_secs_f64() * 1e3
+        )?;
+    }
+    f.flush()?;
+    Ok(())
 }
 
 fn print_report(resumed: &Report, report: &Report) -> bool {
@@ -92,6 +119,20 @@ fn print_report(resumed: &Report, report: &Report) -> bool {
         "sensor: {} batches ({} readings) committed, {} retried under a new flag",
         report.committed_batches, report.committed_readings, report.retried_batches
     );
+    if !report.commits.is_empty() {
+        let ms: Vec<f64> = report
+            .commits
+            .iter()
+            .map(|c| c.latency.as_secs_f64() * 1e3)
+            .collect();
+        let pct = |p| mcloud_cloud::elastic::percentile(&ms, p);
+        eprintln!(
+            "sensor: commit latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            pct(0.5),
+            pct(0.99),
+            pct(1.0)
+        );
+    }
     let mut clean = true;
     for r in [resumed, report] {
         for (what, list) in [("missed its window", &r.missed), ("rejected", &r.rejected)] {

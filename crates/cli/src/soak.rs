@@ -3,13 +3,16 @@
 //! every `--kill-every` seconds (the roles in turn). Event time runs faster than real time,
 //! so the clouds' retention horizon (three hours of windows) is passed within minutes and
 //! memory and disk should stop growing; every few seconds it records each process's resident
-//! memory, open files and data directory size, and at the end it checks every window the
-//! clouds still hold against the plaintext reference.
+//! memory, open files and data directory size, the sensor reports each batch's commit
+//! latency, and at the end it checks every window the clouds still hold against the plaintext
+//! reference.
 
 use crate::input::InputArgs;
+use crate::plot::{CommitPoint, ProcessSeries};
 use crate::processes::{Owned, ProcessCluster, ProcessSpec, Role};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use mcloud_cloud::elastic::percentile;
 use mcloud_collector::Reference;
 use mcloud_core::reading::GroupLevel;
 use std::io::Write;
@@ -22,8 +25,8 @@ pub struct SoakArgs {
     /// How long the load runs.
     #[arg(long, default_value_t = 10)]
     pub minutes: u64,
-    /// Readings per second the sensor sends (100 plugs; event time runs `rate / 100` times
-    /// faster than real time).
+    /// Readings per second the sensor sends (100 plugs, each reading load and work every
+    /// second of event time, so event time runs `rate / 200` times faster than real time).
     #[arg(long, default_value_t = 2000)]
     pub rate: u64,
     /// Seconds between two SIGKILLs (voter 0, cloud 0, voter 1, cloud 1, ... in turn).
@@ -40,9 +43,16 @@ pub struct SoakArgs {
 const PARTIES: usize = 3;
 const VOTERS: usize = 3;
 const PLUGS: u64 = 100;
+/// Load and work.
+const READINGS_PER_STEP: u64 = 2;
 const WINDOW: u64 = 30;
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 const DOWN_FOR: Duration = Duration::from_secs(2);
+/// The voters keep decided flags this long (the default is an hour), so their files level
+/// off within a run of an hour too.
+const KEEP_DECIDED: Duration = Duration::from_secs(600);
+/// The interval over which committed throughput and latency percentiles are taken.
+const LATENCY_EVERY: Duration = Duration::from_secs(30);
 
 /// One process's figures at one moment.
 struct Sample {
@@ -54,8 +64,9 @@ struct Sample {
 }
 
 pub async fn run(args: SoakArgs) -> Result<bool> {
-    if args.minutes == 0 || args.rate < PLUGS || args.kill_every == 0 {
-        bail!("--minutes and --kill-every must be at least 1 and --rate at least {PLUGS}");
+    let min_rate = PLUGS * READINGS_PER_STEP;
+    if args.minutes == 0 || args.rate < min_rate || args.kill_every == 0 {
+        bail!("--minutes and --kill-every must be at least 1 and --rate at least {min_rate}");
     }
     let temp;
     let dir = match &args.dir {
@@ -76,11 +87,13 @@ pub async fn run(args: SoakArgs) -> Result<bool> {
         window_secs: WINDOW,
         grace_secs: WINDOW,
         retention_secs: Some(mcloud_cloud::MIN_RETENTION_SECS),
+        keep_decided_secs: Some(KEEP_DECIDED.as_secs()),
+        namespaces: false,
     })?;
     cluster.start_all()?;
     let http = cluster.wait_ready(Duration::from_secs(60)).await?;
 
-    let speedup = args.rate as f64 / PLUGS as f64;
+    let speedup = args.rate as f64 / (PLUGS * READINGS_PER_STEP) as f64;
     let input = InputArgs {
         input: None,
         houses: 10,
@@ -108,6 +121,8 @@ pub async fn run(args: SoakArgs) -> Result<bool> {
             .arg(dir.join("sensor/outbox.redb"))
             .args(input.to_args())
             .args(["--speedup", &speedup.to_string()])
+            .arg("--commits-csv")
+            .arg(dir.join("sensor/commits.csv"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("logs/sensor.log"))?)
             .spawn()
@@ -119,7 +134,7 @@ pub async fn run(args: SoakArgs) -> Result<bool> {
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut next_sample = Duration::ZERO;
-    let mut kills = 0usize;
+    let mut kills = Vec::new();
     let mut down: Option<(Role, Instant)> = None;
     let status = loop {
         if let Some(status) = sensor.0.try_wait()? {
@@ -135,12 +150,12 @@ pub async fn run(args: SoakArgs) -> Result<bool> {
                 cluster.start(role)?;
                 down = None;
             }
-        } else if now >= Duration::from_secs(args.kill_every * (kills as u64 + 1)) {
-            let role = roles[kills % roles.len()];
+        } else if now >= Duration::from_secs(args.kill_every * (kills.len() as u64 + 1)) {
+            let role = roles[kills.len() % roles.len()];
             cluster.kill(role)?;
             eprintln!("soak: {:>7.1} s  SIGKILL {role}", now.as_secs_f64());
             down = Some((role, Instant::now()));
-            kills += 1;
+            kills.push(now.as_secs_f64());
         }
         if now >= next_sample {
             next_sample += SAMPLE_EVERY;
@@ -196,8 +211,15 @@ pub async fn run(args: SoakArgs) -> Result<bool> {
     );
     problems.extend(mismatches);
 
-    write_samples(&args.out, &samples)?;
-    report(&samples, streamed, args.rate, kills);
+    let commits = match std::fs::read_to_string(dir.join("sensor/commits.csv")) {
+        Ok(text) => commit_intervals(&text),
+        Err(e) => {
+            problems.push(format!("the sensor wrote no commit timings: {e}"));
+            Vec::new()
+        }
+    };
+    write_samples(&args.out, &samples, &commits, args.rate as f64, &kills)?;
+    report(&samples, &commits, streamed, args.rate, kills.len());
     if problems.is_empty() {
         eprintln!(
             "check: OK, all {matched} rows of the windows kept (from {horizon}) equal the plaintext reference"
@@ -268,7 +290,57 @@ fn du(path: &Path) -> u64 {
         .sum()
 }
 
-fn write_samples(out: &Path, samples: &[Sample]) -> Result<()> {
+/// The sensor's commits (`secs,readings,latency_ms` per batch) cut into intervals of
+/// `LATENCY_EVERY`: readings committed per second and latency percentiles in each.
+fn commit_intervals(csv: &str) -> Vec<CommitPoint> {
+    let mut intervals: std::collections::BTreeMap<u64, (u64, Vec<f64>)> = Default::default();
+    for line in csv.lines().skip(1) {
+        let mut fields = line.split(',');
+        let (Some(secs), Some(readings), Some(ms)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (Ok(secs), Ok(readings), Ok(ms)) = (
+            secs.parse::<f64>(),
+            readings.parse::<u64>(),
+            ms.parse::<f64>(),
+        ) else {
+            continue;
+        };
+        let slot = intervals
+            .entry((secs / LATENCY_EVERY.as_secs_f64()) as u64)
+            .or_default();
+        slot.0 += readings;
+        slot.1.push(ms);
+    }
+    let every = LATENCY_EVERY.as_secs_f64();
+    // The last interval ends with the last commit, so its rate is not diluted by time after.
+    let last = csv
+        .lines()
+        .filter_map(|l| l.split(',').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    intervals
+        .into_iter()
+        .map(|(slot, (readings, ms))| {
+            let start = slot as f64 * every;
+            let end = (start + every).min(last.max(start + 1.0));
+            CommitPoint {
+                secs: end,
+                readings_per_s: readings as f64 / (end - start),
+                p50_ms: percentile(&ms, 0.5),
+                p99_ms: percentile(&ms, 0.99),
+            }
+        })
+        .collect()
+}
+
+fn write_samples(
+    out: &Path,
+    samples: &[Sample],
+    commits: &[CommitPoint],
+    offered: f64,
+    kills: &[f64],
+) -> Result<()> {
     let csv = out.with_extension("csv");
     let mut f = std::fs::File::create(&csv).with_context(|| format!("{}", csv.display()))?;
     writeln!(f, "secs,role,rss_kb,open_files,disk_bytes")?;
@@ -279,38 +351,76 @@ fn write_samples(out: &Path, samples: &[Sample]) -> Result<()> {
             s.secs, s.role, s.rss_kb, s.open_files, s.disk_bytes
         )?;
     }
-    let series: Vec<crate::plot::SoakSeries> = {
-        let mut by_role: std::collections::BTreeMap<&str, Vec<(f64, f64, f64)>> =
-            Default::default();
-        for s in samples {
-            by_role.entry(&s.role).or_default().push((
-                s.secs,
-                s.rss_kb as f64 / 1024.0,
-                s.disk_bytes as f64 / (1 << 20) as f64,
-            ));
-        }
-        by_role
-            .into_iter()
-            .map(|(r, v)| (r.to_string(), v))
-            .collect()
-    };
-    crate::plot::soak(&out.with_extension("png"), &series)?;
+    let latency_csv = out.with_file_name(format!(
+        "{}-commits.csv",
+        out.file_name().and_then(|n| n.to_str()).unwrap_or("soak")
+    ));
+    let mut f = std::fs::File::create(&latency_csv)
+        .with_context(|| format!("{}", latency_csv.display()))?;
+    writeln!(f, "secs,committed_readings_per_s,p50_ms,p99_ms")?;
+    for c in commits {
+        writeln!(
+            f,
+            "{:.0},{:.1},{:.1},{:.1}",
+            c.secs, c.readings_per_s, c.p50_ms, c.p99_ms
+        )?;
+    }
+    let mut by_role: std::collections::BTreeMap<&str, Vec<(f64, f64, f64, f64)>> =
+        Default::default();
+    for s in samples {
+        by_role.entry(&s.role).or_default().push((
+            s.secs,
+            s.rss_kb as f64 / 1024.0,
+            s.disk_bytes as f64 / (1 << 20) as f64,
+            s.open_files as f64,
+        ));
+    }
+    let processes: Vec<ProcessSeries> = by_role
+        .into_iter()
+        .map(|(name, points)| ProcessSeries {
+            name: name.to_string(),
+            points,
+        })
+        .collect();
+    let png = out.with_extension("png");
+    crate::plot::soak(&png, &processes, commits, offered, kills)?;
     eprintln!(
-        "samples: {} and {}",
+        "samples: {}, {} and {}",
         csv.display(),
-        out.with_extension("png").display()
+        latency_csv.display(),
+        png.display()
     );
     Ok(())
 }
 
 /// Per process: memory and disk in the first and the last quarter of the run, so growth
 /// shows as a difference.
-fn report(samples: &[Sample], streamed: Duration, rate: u64, kills: usize) {
+fn report(
+    samples: &[Sample],
+    commits: &[CommitPoint],
+    streamed: Duration,
+    rate: u64,
+    kills: usize,
+) {
     let end = streamed.as_secs_f64();
     eprintln!(
         "ran {:.0} s at {rate} readings/s offered, {kills} processes killed and restarted",
         end
     );
+    if !commits.is_empty() {
+        let rates: Vec<f64> = commits.iter().map(|c| c.readings_per_s).collect();
+        let p99s: Vec<f64> = commits.iter().map(|c| c.p99_ms).collect();
+        let p50s: Vec<f64> = commits.iter().map(|c| c.p50_ms).collect();
+        eprintln!(
+            "committed readings/s per {} s: median {:.0}, lowest {:.0}; commit latency p50 (median interval) {:.0} ms, p99 median {:.0} ms, worst interval {:.0} ms",
+            LATENCY_EVERY.as_secs(),
+            percentile(&rates, 0.5),
+            rates.iter().copied().fold(f64::INFINITY, f64::min),
+            percentile(&p50s, 0.5),
+            percentile(&p99s, 0.5),
+            p99s.iter().copied().fold(0.0, f64::max)
+        );
+    }
     let mut roles: Vec<&str> = samples.iter().map(|s| s.role.as_str()).collect();
     roles.sort_unstable();
     roles.dedup();

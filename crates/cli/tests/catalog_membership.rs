@@ -64,6 +64,8 @@ async fn voters_are_added_and_removed_while_uploads_go_on() {
         window_secs: 60,
         grace_secs: 60,
         retention_secs: None,
+        keep_decided_secs: None,
+        namespaces: false,
     })
     .unwrap();
     cluster.start_all().unwrap();

@@ -64,6 +64,18 @@ pub struct Report {
     pub crashed: Vec<Unsettled>,
     /// Upload body bytes sent to all clouds, retries included.
     pub upload_bytes: u64,
+    /// Each committed batch's timing, in the order they settled.
+    pub commits: Vec<Commit>,
+}
+
+/// When one batch committed and how long its transaction took, from the moment it was free
+/// to leave (its pacing release, or at once) to its flag TRUE, retries included.
+#[derive(Clone, Copy, Debug)]
+pub struct Commit {
+    /// Since the run started.
+    pub at: Duration,
+    pub latency: Duration,
+    pub readings: u64,
 }
 
 pub struct Sensor {
@@ -133,8 +145,9 @@ impl Sensor {
     ) -> Result<Report, SensorError> {
         let mut report = Report::default();
         let sent_before = self.uploader.sent_bytes();
-        let mut tasks: JoinSet<Result<(PlainBatch, Outcome, u32, u64), SensorError>> =
-            JoinSet::new();
+        type Settled = (PlainBatch, Outcome, u32, u64, Duration);
+        let mut tasks: JoinSet<Result<Settled, SensorError>> = JoinSet::new();
+        let run_started = tokio::time::Instant::now();
         let mut batches = batches.into_iter();
         let mut low = LowWatermark::new(report_progress);
         let mut pace = Pace::new(self.config.speedup.filter(|_| report_progress));
@@ -156,15 +169,16 @@ impl Sensor {
                     if let Some(at) = release {
                         tokio::time::sleep_until(at).await;
                     }
+                    let free = tokio::time::Instant::now();
                     let (batch, outcome, attempts) =
                         deliver(&uploader, &outbox, &config, batch, fate).await?;
-                    Ok((batch, outcome, attempts, min_ts))
+                    Ok((batch, outcome, attempts, min_ts, free.elapsed()))
                 });
             }
             let Some(joined) = tasks.join_next().await else {
                 break;
             };
-            let (batch, outcome, attempts, min_ts) =
+            let (batch, outcome, attempts, min_ts, latency) =
                 joined.map_err(|e| SensorError::Outbox(format!("sensor task failed: {e}")))??;
             low.settled(min_ts);
             settled += 1;
@@ -189,6 +203,11 @@ impl Sensor {
                 Outcome::Committed => {
                     report.committed_batches += 1;
                     report.committed_readings += n;
+                    report.commits.push(Commit {
+                        at: run_started.elapsed(),
+                        latency,
+                        readings: n,
+                    });
                 }
                 Outcome::Missed(reason) => report.missed.push(unsettled(reason)),
                 Outcome::Expired(reason) | Outcome::Rejected(reason) => {

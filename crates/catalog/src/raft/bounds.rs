@@ -10,7 +10,7 @@
 use super::snapshot_transfer::SnapshotChunk;
 use super::types::{Entry, LogId, NodeId, TypeConfig, Vote};
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
-use openraft::RaftLogId;
+use openraft::{EntryPayload, RaftLogId};
 use thiserror::Error;
 
 /// Largest term a message may carry.
@@ -21,6 +21,10 @@ pub const MAX_LOG_INDEX: u64 = 1 << 54;
 pub const MAX_NODE_ID: NodeId = 1 << 32;
 /// Longest snapshot id (the sender's is the last log id and a counter, a few dozen bytes).
 pub const MAX_SNAPSHOT_ID_CHARS: usize = 256;
+/// How far ahead of the receiver's clock an entry's time may be. Every flag deadline is
+/// measured against the entries' times, so one entry stamped in the far future would turn
+/// every open flag ERROR at once; honest voters' clocks agree to well within this.
+pub const MAX_CLOCK_AHEAD_MS: u64 = 10 * 60 * 1000;
 
 #[derive(Debug, Error, PartialEq)]
 pub enum BoundError {
@@ -40,6 +44,12 @@ pub enum BoundError {
     },
     #[error("snapshot id of {0} characters is longer than {MAX_SNAPSHOT_ID_CHARS}")]
     SnapshotId(usize),
+    #[error("{what} time {time_ms} ms is more than {MAX_CLOCK_AHEAD_MS} ms ahead of this node's clock ({now_ms} ms)")]
+    Clock {
+        what: &'static str,
+        time_ms: u64,
+        now_ms: u64,
+    },
 }
 
 impl BoundError {
@@ -93,11 +103,25 @@ fn log_id(what: &'static str, id: Option<&LogId>) -> Result<(), BoundError> {
     Ok(())
 }
 
-/// An append from `from`: its vote is the sender's, and every log id is in bounds and the
-/// entries' indexes run on from `prev_log_id` without a gap.
+/// A time from another node, held to `now_ms` (this node's clock) plus [`MAX_CLOCK_AHEAD_MS`].
+pub fn clock(what: &'static str, time_ms: u64, now_ms: u64) -> Result<(), BoundError> {
+    if time_ms > now_ms.saturating_add(MAX_CLOCK_AHEAD_MS) {
+        return Err(BoundError::Clock {
+            what,
+            time_ms,
+            now_ms,
+        });
+    }
+    Ok(())
+}
+
+/// An append from `from`, received at `now_ms`: its vote is the sender's, every log id is in
+/// bounds, the entries' indexes run on from `prev_log_id` without a gap, and no entry's time
+/// is far ahead of this node's clock.
 pub fn check_append(
     rpc: &AppendEntriesRequest<TypeConfig>,
     from: NodeId,
+    now_ms: u64,
 ) -> Result<(), BoundError> {
     vote(&rpc.vote, from)?;
     log_id("previous log id", rpc.prev_log_id.as_ref())?;
@@ -114,6 +138,9 @@ pub fn check_append(
                 index: id.index,
                 expected,
             });
+        }
+        if let EntryPayload::Normal(batch) = &entry.payload {
+            clock("entry", batch.now_ms, now_ms)?;
         }
     }
     Ok(())
@@ -142,7 +169,10 @@ pub fn check_snapshot(chunk: &SnapshotChunk, from: NodeId) -> Result<(), BoundEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{CommittedLeaderId, EntryPayload};
+    use crate::raft::types::Batch;
+    use openraft::CommittedLeaderId;
+
+    const NOW: u64 = 1_800_000_000_000;
 
     fn id(term: u64, node: NodeId, index: u64) -> LogId {
         LogId::new(CommittedLeaderId::new(term, node), index)
@@ -166,24 +196,41 @@ mod tests {
     #[test]
     fn an_honest_append_passes() {
         assert_eq!(
-            check_append(&append(3, &[id(3, 1, 5), id(3, 1, 6)]), 1),
+            check_append(&append(3, &[id(3, 1, 5), id(3, 1, 6)]), 1, NOW),
             Ok(())
         );
     }
 
     #[test]
     fn out_of_bound_numbers_are_named() {
-        let e = check_append(&append(u64::MAX, &[]), 1).unwrap_err();
+        let e = check_append(&append(u64::MAX, &[]), 1, NOW).unwrap_err();
         assert!(
             e.to_string().contains("vote term 18446744073709551615"),
             "{e}"
         );
-        let e = check_append(&append(3, &[id(3, 1, 5), id(3, 1, u64::MAX)]), 1).unwrap_err();
+        let e = check_append(&append(3, &[id(3, 1, 5), id(3, 1, u64::MAX)]), 1, NOW).unwrap_err();
         assert_eq!(e.code(), "raft_out_of_bounds");
-        let e = check_append(&append(3, &[id(3, 1, 5), id(3, 1, 9)]), 1).unwrap_err();
+        let e = check_append(&append(3, &[id(3, 1, 5), id(3, 1, 9)]), 1, NOW).unwrap_err();
         assert!(matches!(e, BoundError::Gap { position: 1, .. }), "{e}");
-        let e = check_append(&append(3, &[id(3, u64::MAX, 5)]), 1).unwrap_err();
+        let e = check_append(&append(3, &[id(3, u64::MAX, 5)]), 1, NOW).unwrap_err();
         assert!(matches!(e, BoundError::Node { .. }), "{e}");
+    }
+
+    #[test]
+    fn an_entry_stamped_far_ahead_is_refused() {
+        let mut rpc = append(3, &[id(3, 1, 5)]);
+        let stamped = |now_ms| {
+            EntryPayload::Normal(Batch {
+                now_ms,
+                ops: Vec::new(),
+            })
+        };
+        rpc.entries[0].payload = stamped(NOW + 1_000);
+        assert_eq!(check_append(&rpc, 1, NOW), Ok(()));
+        rpc.entries[0].payload = stamped(u64::MAX);
+        let e = check_append(&rpc, 1, NOW).unwrap_err();
+        assert!(matches!(e, BoundError::Clock { what: "entry", .. }), "{e}");
+        assert_eq!(e.code(), "raft_out_of_bounds");
     }
 
     #[test]

@@ -34,6 +34,7 @@ use openraft::error::RaftError;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
 use serde::Serialize;
 use snapshot_transfer::SnapshotChunk;
+use state_machine::StateMachine;
 use std::sync::Arc;
 use types::{TypeConfig, WireError};
 
@@ -135,7 +136,7 @@ async fn append(
 ) -> Result<Response, ApiError> {
     let rpc: Envelope<AppendEntriesRequest<TypeConfig>> = decode(&body)?;
     check_sender(&node, p, &who, rpc.from)?;
-    bounds::check_append(&rpc.body, rpc.from).map_err(out_of_bounds)?;
+    bounds::check_append(&rpc.body, rpc.from, crate::now_ms()).map_err(out_of_bounds)?;
     let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
         raft_of(&node, p)?.append_entries(rpc.body).await;
     Ok(result_answer(&answer, raft_status))
@@ -172,6 +173,14 @@ async fn snapshot(
     else {
         return Ok(postcard_answer(&SnapshotChunkAnswer::Ok(None)));
     };
+    // Refused here, not in the state machine: a storage error there would stop the group.
+    StateMachine::check_peer_snapshot(&whole.data, crate::now_ms()).map_err(|e| {
+        ApiError::coded(
+            axum::http::StatusCode::BAD_REQUEST,
+            "bad_snapshot",
+            format!("snapshot from node {}: {e}", rpc.from),
+        )
+    })?;
     let snapshot = openraft::Snapshot {
         meta: whole.meta,
         snapshot: Box::new(std::io::Cursor::new(whole.data)),

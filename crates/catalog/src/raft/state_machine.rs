@@ -325,6 +325,86 @@ impl StateMachine {
     }
 
     fn decode_state(data: &[u8]) -> Result<Restored, StorageError> {
+        let decoded = Self::decode_data(data)?;
+        let mut flags = Vec::with_capacity(decoded.flags.len());
+        for (id, code, deadline_ms) in decoded.flags {
+            let state = decode(code).map_err(|e| io_error(SNAPSHOT, e))?;
+            flags.push((BatchId(id), Flag { state, deadline_ms }));
+        }
+        let mut table = Table::default();
+        table.apply(&flags);
+        Ok(Restored {
+            table,
+            registers: Registers {
+                assignments: decoded.assignments.into_iter().collect(),
+                revoked: decoded.revoked.into_iter().collect(),
+                revoked_sensors: decoded.revoked_sensors.into_iter().collect(),
+                access: decoded
+                    .access
+                    .into_iter()
+                    .map(|r| (r.user.clone(), r))
+                    .collect(),
+                settled: decoded.settled.into_iter().collect(),
+            },
+            clock: decoded.clock,
+        })
+    }
+
+    /// Checks a snapshot a peer sent, received at `now_ms`, as the requests that built it
+    /// were checked: a snapshot is installed whole and replaces every register, so without
+    /// this a peer could install what no request could have written (an epoch at
+    /// `u64::MAX`, a clock years ahead that expires every open flag at once).
+    pub fn check_peer_snapshot(data: &[u8], now_ms: u64) -> Result<(), String> {
+        let decoded = Self::decode_data(data).map_err(|e| format!("undecodable: {e}"))?;
+        let ahead = |what: &'static str, t: u64| {
+            super::bounds::clock(what, t, now_ms).map_err(|e| e.to_string())
+        };
+        ahead("snapshot clock", decoded.clock)?;
+        for (id, code, deadline_ms) in &decoded.flags {
+            decode(*code).map_err(|e| format!("flag {id:032x}: {e}"))?;
+            ahead(
+                "flag deadline",
+                deadline_ms.saturating_sub(crate::rules::MAX_TTL_MS),
+            )?;
+        }
+        if decoded.assignments.len() > usize::from(u16::MAX) {
+            return Err(format!("{} bucket maps", decoded.assignments.len()));
+        }
+        for (party, a) in &decoded.assignments {
+            a.check()
+                .map_err(|e| format!("party {party}'s bucket map: {e}"))?;
+        }
+        if decoded.revoked.len() > super::types::MAX_REVOCATIONS
+            || decoded.revoked_sensors.len() > super::types::MAX_REVOCATIONS
+        {
+            return Err(format!(
+                "more than {} revocations",
+                super::types::MAX_REVOCATIONS
+            ));
+        }
+        for chunk in decoded
+            .revoked
+            .chunks(super::types::MAX_REVOCATIONS_PER_REQUEST)
+        {
+            super::types::check_revocations(chunk).map_err(|e| e.to_string())?;
+        }
+        if decoded.access.len() > super::types::MAX_OWNERS {
+            return Err(format!(
+                "rules of {} owners, more than {}",
+                decoded.access.len(),
+                super::types::MAX_OWNERS
+            ));
+        }
+        for rules in &decoded.access {
+            rules.check()?;
+        }
+        for (party, t) in &decoded.settled {
+            ahead("settled time", *t).map_err(|e| format!("party {party}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn decode_data(data: &[u8]) -> Result<SnapshotData, StorageError> {
         // Older formats fail to decode as the newer ones (they end earlier), so each is tried
         // after the ones that came later.
         let decoded: SnapshotData = match dec(SNAPSHOT, data) {
@@ -375,28 +455,7 @@ impl StateMachine {
                 }
             }
         };
-        let mut flags = Vec::with_capacity(decoded.flags.len());
-        for (id, code, deadline_ms) in decoded.flags {
-            let state = decode(code).map_err(|e| io_error(SNAPSHOT, e))?;
-            flags.push((BatchId(id), Flag { state, deadline_ms }));
-        }
-        let mut table = Table::default();
-        table.apply(&flags);
-        Ok(Restored {
-            table,
-            registers: Registers {
-                assignments: decoded.assignments.into_iter().collect(),
-                revoked: decoded.revoked.into_iter().collect(),
-                revoked_sensors: decoded.revoked_sensors.into_iter().collect(),
-                access: decoded
-                    .access
-                    .into_iter()
-                    .map(|r| (r.user.clone(), r))
-                    .collect(),
-                settled: decoded.settled.into_iter().collect(),
-            },
-            clock: decoded.clock,
-        })
+        Ok(decoded)
     }
 
     fn encode_state(state: &SmState) -> Result<Vec<u8>, StorageError> {
@@ -614,6 +673,62 @@ mod tests {
         assert!(table.stored(&BatchId(3)).is_some());
         assert!(table.stored(&BatchId(4)).is_some());
         assert!(table.stored(&BatchId(1)).is_none());
+    }
+
+    #[test]
+    fn a_peer_snapshot_is_checked_like_the_requests_that_built_it() {
+        let now = 1_800_000_000_000;
+        let honest = || {
+            let mut state = SmState {
+                clock: now - 5,
+                ..SmState::default()
+            };
+            state.registers.assignments.insert(1, map(9, &[0, 1]));
+            state.registers.settled.insert(1, now - 10);
+            state
+        };
+        let check = |state: &SmState| {
+            StateMachine::check_peer_snapshot(&StateMachine::encode_state(state).unwrap(), now)
+        };
+        assert_eq!(check(&honest()), Ok(()));
+        let refused = |change: &dyn Fn(&mut SmState), needle: &str| {
+            let mut state = honest();
+            change(&mut state);
+            let e = check(&state).unwrap_err();
+            assert!(e.contains(needle), "{needle}: {e}");
+        };
+        refused(&|s| s.clock = u64::MAX, "snapshot clock");
+        refused(
+            &|s| {
+                s.registers.assignments.insert(2, map(u64::MAX, &[0]));
+            },
+            "party 2's bucket map",
+        );
+        refused(
+            &|s| {
+                s.registers.revoked.insert("not hex".into());
+            },
+            "revocation id",
+        );
+        refused(
+            &|s| {
+                s.registers.settled.insert(3, u64::MAX);
+            },
+            "party 3",
+        );
+        refused(
+            &|s| {
+                s.table.apply(&[(
+                    BatchId(7),
+                    Flag {
+                        state: mcloud_core::wire::FlagState::False,
+                        deadline_ms: u64::MAX,
+                    },
+                )])
+            },
+            "flag deadline",
+        );
+        assert!(StateMachine::check_peer_snapshot(b"\xff\xff", now).is_err());
     }
 
     #[test]

@@ -588,6 +588,25 @@ fn read_loop(
     kill(&child);
 }
 
+impl Request {
+    /// A frame that names a bucket this worker was not started with is not the node's: it
+    /// would index past the worker's per-bucket counters.
+    fn check(&self, buckets: usize) -> Result<(), String> {
+        match self {
+            Request::Process { owners, .. } if owners.len() != buckets => Err(format!(
+                "a batch frame with a map of {} buckets, where this worker has {buckets}",
+                owners.len()
+            )),
+            Request::Release { bucket } | Request::Install { bucket, .. } if *bucket >= buckets => {
+                Err(format!(
+                    "a frame for bucket {bucket}, where this worker has {buckets}"
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The `mcloud worker` process: connects to its node at `connect` (an IP address and port)
 /// with `credentials` (the node's [`PrivateLink::client_pem`] for this worker, which it
 /// received on stdin) and serves it until told to stop or the connection ends.
@@ -629,6 +648,7 @@ pub fn serve_worker(
             // The node closed the connection: nothing of ours is durable, just leave.
             Err(_) => return Ok(()),
         };
+        request.check(buckets).map_err(|e| fail(&e))?;
         let started = Instant::now();
         let (body, stop) = match request {
             Request::Process { batch, owners } => {
@@ -706,5 +726,40 @@ pub fn serve_worker(
         if stop {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(owners: Vec<WorkerId>) -> Request {
+        Request::Process {
+            batch: UploadBatch {
+                batch_id: BatchId(1),
+                party: 0,
+                parties: 2,
+                records: Vec::new(),
+                histograms: Vec::new(),
+            },
+            owners,
+        }
+    }
+
+    #[test]
+    fn frames_for_buckets_the_worker_lacks_are_refused() {
+        assert_eq!(process(vec![1; 4]).check(4), Ok(()));
+        // An empty map divided by zero and a longer one indexed past the counters.
+        for owners in [vec![], vec![1; 5]] {
+            let e = process(owners).check(4).unwrap_err();
+            assert!(e.contains("where this worker has 4"), "{e}");
+        }
+        assert!(Request::Release { bucket: 3 }.check(4).is_ok());
+        assert!(Request::Release { bucket: 4 }.check(4).is_err());
+        let install = Request::Install {
+            bucket: usize::MAX,
+            state: BucketState::default(),
+        };
+        assert!(install.check(4).is_err());
     }
 }
