@@ -324,6 +324,14 @@ impl CatalogClient {
             .await
     }
 
+    /// Forgets cloud `party`, which left the deployment for good (an administrator's call):
+    /// decided flags stop waiting for its settled reports.
+    pub async fn forget_cloud(&self, party: u16) -> Result<(), CatalogError> {
+        let leader = self.leader_of_partition(ASSIGNMENT_PARTITION);
+        self.call_leader(&crate::raft::forget_cloud_path(party), Some(&[]), leader)
+            .await
+    }
+
     /// Revokes sensors by id (an administrator's call).
     pub async fn revoke_sensors(&self, ids: Vec<u32>) -> Result<(), CatalogError> {
         crate::raft::types::check_sensor_revocations(&ids)?;

@@ -47,6 +47,14 @@ pub enum CatalogCommand {
         #[arg(long)]
         id: u32,
     },
+    /// Forget a cloud that left the deployment for good: its bucket map and settled time go,
+    /// and decided flags no longer wait for it before they are pruned. Only for a cloud that
+    /// will not come back; a running one would have to store its map again.
+    ForgetCloud {
+        /// The cloud's party.
+        #[arg(long)]
+        party: u16,
+    },
     /// Remove a voter or learner; removing the leader hands leadership to another voter.
     Remove {
         /// The node's Raft id.
@@ -86,6 +94,13 @@ pub async fn run(args: CatalogArgs) -> Result<()> {
             eprintln!("revoked sensor {id}");
             return Ok(());
         }
+        CatalogCommand::ForgetCloud { party } => {
+            let catalog =
+                mcloud_catalog::CatalogClient::with_nodes(deployment.admin_catalog_endpoints()?);
+            catalog.forget_cloud(*party).await?;
+            eprintln!("forgot cloud {party}: decided flags no longer wait for it");
+            return Ok(());
+        }
         _ => {}
     }
     let http = deployment.client()?;
@@ -117,7 +132,9 @@ pub async fn run(args: CatalogArgs) -> Result<()> {
             (MembershipChange::AddLearner { id: m.id, peer }, m.partition)
         }
         CatalogCommand::Remove { id, partition } => (MembershipChange::Remove { id }, partition),
-        CatalogCommand::Revoke { .. } | CatalogCommand::RevokeSensor { .. } => {
+        CatalogCommand::Revoke { .. }
+        | CatalogCommand::RevokeSensor { .. }
+        | CatalogCommand::ForgetCloud { .. } => {
             unreachable!("answered above")
         }
     };

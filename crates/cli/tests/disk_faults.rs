@@ -494,8 +494,9 @@ async fn cloud_disk_fault(test: &str, fault: Fault) {
         Fault::Full => disk.fill(),
         Fault::ReadOnly => disk.turn_read_only(),
     }
-    // A batch the disk refuses is refused by name (500), never acknowledged: the sensor does
-    // not SET its flag, which ends ERROR at its deadline. A full disk may still take a small
+    // A batch the disk refuses is refused by name (503 `storage_unavailable`), never
+    // acknowledged: the uploader retries until the flag's deadline, does not SET it, and the
+    // flag ends ERROR (a sensor then sends the batch again under a new flag). A full disk may still take a small
     // commit that fits in pages redb already holds; such a batch is acknowledged, committed
     // and must count like any other.
     let mut stored = 0;
@@ -507,7 +508,7 @@ async fn cloud_disk_fault(test: &str, fault: Fault) {
             }
             Outcome::Rejected(reason) | Outcome::Expired(reason) => {
                 assert!(
-                    reason.contains("500") && reason.contains(fault.problem()),
+                    reason.contains("503") && reason.contains(fault.problem()),
                     "batch {}: {reason}",
                     batch.id
                 );
@@ -534,7 +535,7 @@ async fn cloud_disk_fault(test: &str, fault: Fault) {
     assert_eq!(during_fault.windows.len(), before.windows.len());
     // Other users' reads must be in the audit log before they are answered: refused, by name.
     let e = other.collect(&house_level).await.unwrap_err().to_string();
-    assert!(e.contains("500") && e.contains(fault.problem()), "{e}");
+    assert!(e.contains("503") && e.contains(fault.problem()), "{e}");
 
     match fault {
         Fault::Full => disk.free(),

@@ -244,5 +244,40 @@ async fn decided_flags_are_forgotten_once_every_cloud_is_done_with_them() {
         e.to_string().contains("not_your_cloud") || e.to_string().contains("403"),
         "{e}"
     );
+
+    // A cloud that left for good stops holding flags once an administrator forgets it, and
+    // only an administrator may.
+    late.put_assignment(
+        LATE,
+        &mcloud_catalog::Assignment {
+            epoch: 2,
+            owners: vec![0; 4],
+        },
+    )
+    .await
+    .unwrap();
+    let (third, _) = second.split_at(second.len() / 2);
+    for part in third.chunks(20) {
+        upload(part).await;
+    }
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(
+        decided_flags(&cluster).await > 0,
+        "held by the silent cloud"
+    );
+    let e = late.forget_cloud(LATE).await.unwrap_err().to_string();
+    assert!(e.contains("403"), "a cloud may not forget one: {e}");
+    cluster
+        .admin_catalog_client(0)
+        .unwrap()
+        .forget_cloud(LATE)
+        .await
+        .unwrap();
+    common::wait_for(
+        60,
+        "the flags held for the forgotten cloud to go",
+        async || (decided_flags(&cluster).await == 0).then_some(()),
+    )
+    .await;
     cluster.shutdown().await;
 }

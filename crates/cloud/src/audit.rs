@@ -20,8 +20,13 @@ use tokio::sync::oneshot;
 
 /// Sequence number → the disclosure, as JSON (read by people through `mcloud audit`).
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("disclosures");
-/// Hash of (principal, cell) → times revealed.
-const REVEALS: TableDefinition<u128, u32> = TableDefinition::new("reveals");
+/// (the cell's first second, hash of (principal, cell)) → times revealed. Keyed by time
+/// first so the counts of cells past the retention horizon, which no query can reach any
+/// more, leave in one range.
+const REVEALS: TableDefinition<(u64, u128), u32> = TableDefinition::new("reveals_by_start");
+/// Hash of (principal, cell) → times revealed, as files written before the counts were keyed
+/// by time hold them: still counted, never written, and not dropped by retention.
+const LEGACY_REVEALS: TableDefinition<u128, u32> = TableDefinition::new("reveals");
 /// Hash of a principal → millionths of ε it has spent here.
 const BUDGETS: TableDefinition<u128, u64> = TableDefinition::new("budgets");
 
@@ -75,6 +80,8 @@ impl AuditFilter {
 /// A cell revealed to a principal, with the most times the policy allows it (0: no limit).
 pub struct Reveal {
     pub cell: u128,
+    /// The cell's first second.
+    pub start: u64,
     pub max: u32,
     pub name: String,
 }
@@ -124,6 +131,7 @@ impl AuditLog {
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
         txn.open_table(REVEALS)?;
+        txn.open_table(LEGACY_REVEALS)?;
         txn.open_table(BUDGETS)?;
         txn.commit()?;
         let db = Arc::new(Reopening::new(path, db));
@@ -188,6 +196,52 @@ impl AuditLog {
             Err(AuditError::Storage(e)) => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// Drops the reveal counts of cells starting before `start` (past the retention horizon:
+    /// no query reaches them again) and the disclosures recorded before `at` (Unix seconds);
+    /// returns how many of each left.
+    pub async fn forget_before(&self, start: u64, at: u64) -> Result<(u64, u64), CloudError> {
+        let db = self.db.clone();
+        let job = move || -> Result<(u64, u64), CloudError> {
+            let open = db.get()?;
+            let txn = open.begin_write()?;
+            let mut counts = 0u64;
+            let entries;
+            {
+                let mut reveals = txn.open_table(REVEALS)?;
+                reveals.retain_in(..(start, 0u128), |_, _| {
+                    counts += 1;
+                    false
+                })?;
+                let mut log = txn.open_table(LOG)?;
+                // Sequence numbers follow time, so the old entries are a prefix; one pass
+                // drops at most `MAX_FORGET` (the rest go at the next call).
+                let mut old = Vec::new();
+                for entry in log.iter()? {
+                    let (seq, bytes) = entry?;
+                    let recorded =
+                        serde_json::from_slice::<Disclosure>(bytes.value()).map_or(0, |d| d.at);
+                    if recorded >= at || old.len() >= MAX_FORGET {
+                        break;
+                    }
+                    old.push(seq.value());
+                }
+                for seq in &old {
+                    log.remove(seq)?;
+                }
+                entries = old.len() as u64;
+            }
+            txn.commit()?;
+            Ok((counts, entries))
+        };
+        let result = tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| CloudError::Storage(format!("audit retention: {e}")))?;
+        if let Err(e) = &result {
+            self.db.reopen(&e.to_string());
+        }
+        result
     }
 
     /// Newest first, at most `filter.limit` (and [`MAX_READ`]).
@@ -296,6 +350,9 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(100);
 /// Jobs in one transaction at most.
 const MAX_GROUP: usize = 1024;
 
+/// Disclosures one retention pass drops at most, so its transaction stays small.
+const MAX_FORGET: usize = 100_000;
+
 /// One transaction for `group`: per job, its counts and its entry, or its refusal.
 fn commit(
     db: &Database,
@@ -309,6 +366,7 @@ fn commit(
     let mut outcomes = Vec::with_capacity(group.len());
     {
         let mut counts = txn.open_table(REVEALS)?;
+        let legacy = txn.open_table(LEGACY_REVEALS)?;
         let mut budgets = txn.open_table(BUDGETS)?;
         let mut log = txn.open_table(LOG)?;
         let mut seq = log.last()?.map_or(0, |(k, _)| k.value() + 1);
@@ -319,7 +377,8 @@ fn commit(
             };
             let mut raised = Vec::new();
             for r in job.reveals.iter().filter(|r| r.max > 0) {
-                let times = counts.get(r.cell)?.map_or(0, |v| v.value());
+                let fresh = counts.get((r.start, r.cell))?.map_or(0, |v| v.value());
+                let times = fresh.saturating_add(legacy.get(r.cell)?.map_or(0, |v| v.value()));
                 if times >= r.max {
                     outcomes.push(Err(AuditError::TooOften {
                         cell: r.name.clone(),
@@ -328,7 +387,7 @@ fn commit(
                     }));
                     continue 'jobs;
                 }
-                raised.push((r.cell, times + 1));
+                raised.push(((r.start, r.cell), fresh + 1));
             }
             if let Some(c) = &job.charge {
                 let spent = budgets.get(c.principal)?.map_or(0, |v| v.value());
@@ -357,4 +416,75 @@ fn commit(
     }
     txn.commit()?;
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disclosure(at: u64) -> Disclosure {
+        Disclosure {
+            seq: 0,
+            at,
+            user: "ann".into(),
+            app: None,
+            chain: Vec::new(),
+            scopes: Vec::new(),
+            query: "compute".into(),
+            level: GroupLevel::Plug,
+            from: 0,
+            to: 60,
+            houses: vec![1],
+            cells: 1,
+            withheld: 0,
+            min_contributors: 1,
+        }
+    }
+
+    fn reveal(cell: u128, start: u64) -> Reveal {
+        Reveal {
+            cell,
+            start,
+            max: 2,
+            name: format!("cell {cell}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn counts_and_entries_past_the_horizon_leave_and_the_rest_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        for (at, cell, start) in [(1_000, 1, 100), (2_000, 2, 200), (3_000, 2, 200)] {
+            log.record(disclosure(at), vec![reveal(cell, start)], None, true)
+                .await
+                .unwrap();
+        }
+        // Cell 2 has reached its maximum.
+        let refused = log
+            .record(disclosure(3_500), vec![reveal(2, 200)], None, true)
+            .await;
+        assert!(matches!(
+            refused,
+            Err(AuditError::TooOften { times: 2, .. })
+        ));
+
+        let (counts, entries) = log.forget_before(150, 2_500).await.unwrap();
+        assert_eq!((counts, entries), (1, 2));
+        let kept: Vec<u64> = log
+            .read(&AuditFilter::default())
+            .unwrap()
+            .iter()
+            .map(|d| d.at)
+            .collect();
+        assert_eq!(kept, vec![3_000]);
+        // Cell 2's count is still there; cell 1's left with its window.
+        let refused = log
+            .record(disclosure(4_000), vec![reveal(2, 200)], None, true)
+            .await;
+        assert!(matches!(
+            refused,
+            Err(AuditError::TooOften { times: 2, .. })
+        ));
+        assert_eq!(log.forget_before(150, 2_500).await.unwrap(), (0, 0));
+    }
 }

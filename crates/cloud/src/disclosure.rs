@@ -202,6 +202,7 @@ pub async fn compute(
                 }
                 reveals.push(Reveal {
                     cell: cell_key(grant, g.metric, &g.group, w.window.start, w.window.end),
+                    start: w.window.start,
                     max: rules.max_reveals,
                     name: describe(g.metric, &g.group, w.window.start, w.window.end),
                 });
@@ -315,6 +316,7 @@ pub async fn ranges(
                 let group = GroupLevel::Plug.project(p.plug);
                 reveals.push(Reveal {
                     cell: cell_key(grant, Metric::Load, &group, a.from, a.to),
+                    start: a.from,
                     max: rules.max_reveals,
                     name: describe(Metric::Load, &group, a.from, a.to),
                 });

@@ -84,9 +84,15 @@ impl From<CloudError> for ApiError {
             CloudError::UnknownFlag(_) => ApiError::not_found(message),
             CloudError::FlagFinal { .. } => ApiError::conflict(message),
             CloudError::InProgress(_) | CloudError::Catalog(_) => ApiError::unavailable(message),
-            CloudError::Storage(_) | CloudError::Workers(_) | CloudError::Config(_) => {
-                ApiError::internal(message)
-            }
+            // A failed write is refused, never acknowledged, and most such failures pass (a
+            // full disk gets space back, the file is reopened): 503, so a sensor retries
+            // within its flag's deadline and then under a new flag.
+            CloudError::Storage(_) => ApiError::coded(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                message,
+            ),
+            CloudError::Workers(_) | CloudError::Config(_) => ApiError::internal(message),
             _ => ApiError::bad_request(message),
         }
     }

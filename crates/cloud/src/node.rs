@@ -211,18 +211,25 @@ impl CloudNode {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_checkpoint = std::time::Instant::now();
             let mut last_settled = None::<std::time::Instant>;
+            // What the catalog last took: the same time again would only be another log entry.
+            let mut reported = None::<u64>;
             loop {
                 tick.tick().await;
                 let Some(node) = weak.upgrade() else { break };
                 if last_settled.is_none_or(|t| t.elapsed() >= SETTLED_EVERY) {
                     last_settled = Some(std::time::Instant::now());
                     let before_ms = node.state().settled_before();
-                    if let Err(e) = node
-                        .catalog
-                        .report_settled(node.config.party, before_ms)
-                        .await
-                    {
-                        tracing::debug!(party = node.config.party, "reporting settled: {e}");
+                    if reported != Some(before_ms) {
+                        match node
+                            .catalog
+                            .report_settled(node.config.party, before_ms)
+                            .await
+                        {
+                            Ok(()) => reported = Some(before_ms),
+                            Err(e) => {
+                                tracing::debug!(party = node.config.party, "reporting settled: {e}")
+                            }
+                        }
                     }
                 }
                 if node.pool.needs_recovery() {
@@ -464,7 +471,11 @@ impl CloudNode {
             batches = batches.len(),
             "dropping what passed the retention horizon"
         );
-        self.values.prune(horizon, batches).await
+        self.values.prune(horizon, batches).await?;
+        // The audit log keeps disclosures for as long as the data they were about, by the
+        // wall clock (when they were made); reveal counts go with their windows.
+        let at = mcloud_core::auth::now_secs().saturating_sub(self.config.retention_secs);
+        self.audit.forget_before(horizon, at).await.map(|_| ())
     }
 
     /// The least common multiple of the window and every scope's block, in seconds.

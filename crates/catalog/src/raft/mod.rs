@@ -319,12 +319,22 @@ async fn get_sensor_revocations(State(node): Node) -> Result<Postcard<Vec<u32>>,
     Ok(Postcard(node.revoked_sensors()?))
 }
 
-/// Revoked app tokens and sensors: administrators add, clouds (and administrators) read.
+async fn post_forget_cloud(
+    State(node): Node,
+    Path(party): Path<u16>,
+) -> Result<Postcard<()>, ApiError> {
+    node.forget_cloud(party).await?;
+    Ok(Postcard(()))
+}
+
+/// Revoked app tokens and sensors, and clouds that left for good: administrators write,
+/// clouds (and administrators) read the revocations.
 pub fn revocations_router(node: Arc<CatalogNode>) -> Router {
     use mcloud_core::paths::{REVOCATIONS_PATH, SENSOR_REVOCATIONS_PATH};
     let admins = Router::new()
         .route(REVOCATIONS_PATH, post(post_revocations))
         .route(SENSOR_REVOCATIONS_PATH, post(post_sensor_revocations))
+        .route(FORGET_CLOUD_PATH, post(post_forget_cloud))
         .layer(from_fn_with_state(ADMIN_ONLY, require_peer));
     let readers = Router::new()
         .route(REVOCATIONS_PATH, axum::routing::get(get_revocations))
@@ -358,6 +368,14 @@ fn watch_local_revocations(node: Arc<CatalogNode>, auth: &NodeAuth) {
 }
 
 const ADMIN_ONLY: &[Role] = &[Role::Admin];
+
+/// Where an administrator tells the catalog that a cloud left for good.
+pub const FORGET_CLOUD_PATH: &str = "/v1/clouds/{party}/forget";
+
+/// [`FORGET_CLOUD_PATH`] for `party`.
+pub fn forget_cloud_path(party: u16) -> String {
+    FORGET_CLOUD_PATH.replace("{party}", &party.to_string())
+}
 
 /// The access modifiers of the owner whose token the request carries.
 #[derive(serde::Serialize, serde::Deserialize)]

@@ -488,6 +488,12 @@ impl CatalogNode {
         self.read_registers(|r| r.revoked.iter().cloned().collect())
     }
 
+    /// Forgets cloud `party` (it left the deployment for good): its bucket map and settled
+    /// time, so decided flags no longer wait for it.
+    pub async fn forget_cloud(&self, party: u16) -> Result<(), CatalogError> {
+        self.write_register(Op::ForgetCloud { party }).await
+    }
+
     /// Revokes sensors: every node refuses their sessions once it has read the list.
     pub async fn revoke_sensors(&self, ids: Vec<u32>) -> Result<(), CatalogError> {
         super::types::check_sensor_revocations(&ids)?;

@@ -235,6 +235,11 @@ impl StateMachine {
                     *at = (*at).max(*before_ms);
                     Ok((Vec::new(), Vec::new()))
                 }
+                Op::ForgetCloud { party } => {
+                    registers.assignments.remove(party);
+                    registers.settled.remove(party);
+                    Ok((Vec::new(), Vec::new()))
+                }
                 Op::Prune { before_ms } => {
                     table.prune(*before_ms);
                     Ok((Vec::new(), Vec::new()))

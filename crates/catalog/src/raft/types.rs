@@ -48,6 +48,11 @@ pub enum Op {
     Prune {
         before_ms: u64,
     },
+    /// Cloud `party` has left the deployment for good: its bucket map and settled time go,
+    /// and decided flags stop waiting for it to report.
+    ForgetCloud {
+        party: u16,
+    },
 }
 
 pub use mcloud_core::auth::access::AccessRules;
@@ -138,7 +143,7 @@ impl Op {
             Op::Assign { .. } => 1,
             Op::Revoke(v) => v.len(),
             Op::RevokeSensors(v) => v.len(),
-            Op::SetAccess(_) | Op::Settled { .. } | Op::Prune { .. } => 1,
+            Op::SetAccess(_) | Op::Settled { .. } | Op::Prune { .. } | Op::ForgetCloud { .. } => 1,
         }
     }
 
