@@ -118,7 +118,7 @@ impl FreshMachine {
     fn new() -> FreshMachine {
         let dir = scratch();
         FreshMachine {
-            machine: StateMachine::open(dir.path()).unwrap(),
+            machine: StateMachine::open(dir.path(), Default::default()).unwrap(),
             _dir: dir,
         }
     }

@@ -898,3 +898,83 @@ async fn a_voter_whose_disk_turns_read_only_catches_up_after_a_remount() {
     )
     .await;
 }
+
+/// The state machine's snapshot file refuses writes while the Raft log still takes them
+/// (`chattr +i` on `raft-state.redb`, which fails every write through the open handle with
+/// `EPERM`): building a snapshot failed, and openraft stopped the voter's group for good.
+/// Now the voter says why once, waits, and stores the snapshot once the file takes writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_whose_snapshot_write_fails_stores_it_once_the_file_takes_writes() {
+    const TEST: &str = "a_voter_whose_snapshot_write_fails_stores_it_once_the_file_takes_writes";
+    watch();
+    let dir = tempfile::tempdir().unwrap();
+    let voter: u16 = 2;
+    let mut cluster = common::cluster(
+        dir.path(),
+        1,
+        ClusterOptions {
+            catalog: mcloud::cluster::CatalogSpec {
+                snapshot_every: 20,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    place_leader(&mut cluster, voter, false).await;
+    let state_file = find_file(
+        &dir.path().join(format!("catalog{voter}")),
+        "raft-state.redb",
+    )
+    .expect("the voter's state machine file");
+    let path = state_file.to_string_lossy().to_string();
+    if let Err(e) = run("chattr", &["+i", &path]) {
+        eprintln!("SKIPPED {TEST}: making a file immutable needs root on ext4 or xfs: {e}");
+        cluster.shutdown().await;
+        return;
+    }
+    let mut flags = Vec::new();
+    for _ in 0..5 {
+        flags.extend(create_and_set(&cluster, 50).await);
+    }
+    let reported = common::wait_for(60, "the voter reporting its snapshot write", async || {
+        let lines = log_lines(&path);
+        lines
+            .iter()
+            .any(|l| l.contains("ERROR") && l.contains("Operation not permitted"))
+            .then_some(lines)
+    })
+    .await;
+    assert!(!reported.is_empty());
+    run("chattr", &["-i", &path]).unwrap();
+    flags.extend(create_and_set(&cluster, 50).await);
+    caught_up(
+        &cluster,
+        voter,
+        "the voter applying again once the file takes writes",
+    )
+    .await;
+    common::wait_for(30, "the voter's snapshot stored", async || {
+        voter_status(&cluster, voter).await?["snapshot"].as_u64()
+    })
+    .await;
+    cluster.restart_catalog(voter).await.unwrap();
+    caught_up(&cluster, voter, "the restarted voter catching up").await;
+    flags_read_through(&cluster, voter, &flags).await;
+    cluster.shutdown().await;
+    assert_no_panics();
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if path.file_name().is_some_and(|n| n == name) {
+            return Some(path);
+        }
+    }
+    None
+}

@@ -1,13 +1,9 @@
 //! The Raft log and vote in redb. Every append and vote is one durable write transaction, so
 //! an entry this node acknowledged to the leader survives a crash of this node.
-//!
-//! A write the disk refuses (full, read-only) is retried until the disk takes it, on the
-//! database opened again (redb refuses every transaction on a handle whose file once failed):
-//! openraft stops a group for good on any storage error, so returning it would leave this
-//! voter out of the group until the node restarts, even once the disk has room again. While
-//! it retries, the voter takes no part in the group (the others go on if they are a majority);
-//! a node that shuts down stops retrying.
+//! A write the disk refuses (full, read-only) is retried until the disk takes it
+//! ([`DurableFile`]).
 
+use super::durable::DurableFile;
 use super::types::{io_error, Entry, LogId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
@@ -16,10 +12,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -29,18 +24,8 @@ const PURGED: &str = "purged";
 
 #[derive(Clone)]
 pub struct LogStore {
-    path: PathBuf,
-    /// Replaced after a failed write; `Err`: closed, and why.
-    db: Arc<RwLock<Result<Arc<Database>, String>>>,
-    /// Set when the node shuts down: a failing write stops retrying.
-    closing: Arc<AtomicBool>,
+    file: DurableFile,
 }
-
-/// First and longest pause between two attempts of a write the disk refused.
-const RETRY_START: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_secs(1);
-/// How long reopening the log waits for reads still running on the old handle.
-const READERS_GONE: Duration = Duration::from_secs(10);
 
 fn enc<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>, StorageError> {
     postcard::to_stdvec(v).map_err(|e| io_error(what, e))
@@ -53,56 +38,34 @@ fn dec<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, StorageError> {
 impl LogStore {
     pub fn open(dir: &Path) -> Result<LogStore, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| io_error(&dir.display().to_string(), e))?;
-        let path = dir.join("raft-log.redb");
-        let db = Database::create(&path).map_err(|e| io_error("log", e))?;
+        let file = DurableFile::open(
+            &dir.join("raft-log.redb"),
+            "raft log",
+            Arc::new(AtomicBool::new(false)),
+        )?;
+        let db = file.db()?;
         let txn = db.begin_write().map_err(|e| io_error("log", e))?;
         txn.open_table(LOG).map_err(|e| io_error("log", e))?;
         txn.open_table(META).map_err(|e| io_error("log", e))?;
         txn.commit().map_err(|e| io_error("log", e))?;
-        Ok(LogStore {
-            path,
-            db: Arc::new(RwLock::new(Ok(Arc::new(db)))),
-            closing: Arc::new(AtomicBool::new(false)),
-        })
+        Ok(LogStore { file })
     }
 
-    /// Set to make failing writes give up (the node is shutting down).
+    /// Set to make failing writes give up (the node is shutting down); the state machine
+    /// shares it.
     pub fn closing(&self) -> Arc<AtomicBool> {
-        self.closing.clone()
+        self.file.closing()
     }
 
-    /// The open database: hold it while a transaction on it runs.
     fn db(&self) -> Result<Arc<Database>, StorageError> {
-        match &*self.db.read().unwrap_or_else(|p| p.into_inner()) {
-            Ok(db) => Ok(db.clone()),
-            Err(why) => Err(io_error(&self.path.display().to_string(), why)),
-        }
+        self.file.db()
     }
 
-    /// Closes the database once no read holds it and opens it again; readers wait meanwhile.
-    fn reopen(&self) {
-        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
-        let old = std::mem::replace(&mut *slot, Err("being reopened".into()));
-        if let Ok(mut old) = old {
-            let until = std::time::Instant::now() + READERS_GONE;
-            loop {
-                match Arc::try_unwrap(old) {
-                    // The file and its lock are released here.
-                    Ok(db) => break drop(db),
-                    Err(shared) if std::time::Instant::now() < until => {
-                        old = shared;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(shared) => {
-                        *slot = Ok(shared);
-                        return;
-                    }
-                }
-            }
-        }
-        *slot = Database::create(&self.path)
-            .map(Arc::new)
-            .map_err(|e| format!("closed after a failed write; opening it again failed: {e}"));
+    async fn write<F>(&self, what: &'static str, f: F) -> Result<(), StorageError>
+    where
+        F: Fn(&redb::WriteTransaction) -> Result<(), StorageError> + Send + Sync + 'static,
+    {
+        self.file.write(what, f).await
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
@@ -111,50 +74,6 @@ impl LogStore {
         let table = txn.open_table(META).map_err(|e| io_error(key, e))?;
         let value = table.get(key).map_err(|e| io_error(key, e))?;
         value.map(|v| dec(key, v.value())).transpose()
-    }
-
-    /// Writes on a blocking thread (redb commits wait for fsync), until the disk takes it or
-    /// the node shuts down.
-    async fn write<F>(&self, what: &'static str, f: F) -> Result<(), StorageError>
-    where
-        F: Fn(&redb::WriteTransaction) -> Result<(), StorageError> + Send + Sync + 'static,
-    {
-        let f = Arc::new(f);
-        let mut pause = RETRY_START;
-        let mut failures = 0u32;
-        loop {
-            let (store, f) = (self.clone(), f.clone());
-            let result = tokio::task::spawn_blocking(move || {
-                let db = store.db()?;
-                let txn = db.begin_write().map_err(|e| io_error(what, e))?;
-                f(&txn)?;
-                txn.commit().map_err(|e| io_error(what, e))
-            })
-            .await
-            .map_err(|e| io_error(what, e))?;
-            let e = match result {
-                Ok(()) => {
-                    if failures > 0 {
-                        tracing::info!(path = %self.path.display(), failures, "raft log: {what} stored after the disk refused it");
-                    }
-                    return Ok(());
-                }
-                Err(e) => e,
-            };
-            if self.closing.load(Ordering::Acquire) {
-                return Err(e);
-            }
-            failures += 1;
-            if failures == 1 {
-                tracing::error!(path = %self.path.display(), "raft log: {what} failed; this voter takes no part in its group until the disk takes it (retrying): {e}");
-            } else if failures % 30 == 0 {
-                tracing::warn!(path = %self.path.display(), failures, "raft log: {what} still failing: {e}");
-            }
-            let store = self.clone();
-            let _ = tokio::task::spawn_blocking(move || store.reopen()).await;
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(RETRY_MAX);
-        }
     }
 
     async fn put_meta<T: Serialize>(&self, key: &'static str, v: &T) -> Result<(), StorageError> {

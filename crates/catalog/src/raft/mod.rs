@@ -4,6 +4,7 @@
 // openraft fixes the storage error type, and it is large; boxing it would only add copies.
 #![allow(clippy::result_large_err)]
 pub mod bounds;
+pub mod durable;
 pub mod log_store;
 pub mod network;
 pub mod node;

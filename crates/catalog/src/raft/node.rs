@@ -199,7 +199,8 @@ impl CatalogNode {
             let dir = config.dir.join(format!("p{p}"));
             let log = LogStore::open(&dir).map_err(|e| StartError::Storage(e.to_string()))?;
             let log_closing = log.closing();
-            let sm = StateMachine::open(&dir).map_err(|e| StartError::Storage(e.to_string()))?;
+            let sm = StateMachine::open(&dir, log_closing.clone())
+                .map_err(|e| StartError::Storage(e.to_string()))?;
             let shared = sm.shared();
             let network = Network {
                 partition: p,

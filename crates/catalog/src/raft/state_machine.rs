@@ -11,6 +11,7 @@
 //! log may be purged up to it). After a crash the node starts from that snapshot and openraft
 //! applies the durable log after it again, so applying an entry costs no storage write at all.
 
+use super::durable::DurableFile;
 use super::types::{
     io_error, Batch, BatchResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig, WireError,
@@ -22,11 +23,12 @@ use mcloud_core::wire::Flag;
 use mcloud_core::BatchId;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use redb::{Database, TableDefinition};
+use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -147,7 +149,8 @@ struct StoredSnapshot {
 }
 
 pub struct StateMachine {
-    db: Arc<Database>,
+    /// Holds the last snapshot; its writes retry until the disk takes them.
+    file: DurableFile,
     shared: Shared,
 }
 
@@ -160,9 +163,11 @@ fn dec<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, Storag
 }
 
 impl StateMachine {
-    pub fn open(dir: &Path) -> Result<StateMachine, StorageError> {
+    /// Opens the state machine in `dir`; its writes stop retrying once `closing` is set.
+    pub fn open(dir: &Path, closing: Arc<AtomicBool>) -> Result<StateMachine, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| io_error(&dir.display().to_string(), e))?;
-        let db = Database::create(dir.join("raft-state.redb")).map_err(|e| io_error("sm", e))?;
+        let file = DurableFile::open(&dir.join("raft-state.redb"), "raft state", closing)?;
+        let db = file.db()?;
         let txn = db.begin_write().map_err(|e| io_error("sm", e))?;
         txn.open_table(META).map_err(|e| io_error("sm", e))?;
         txn.commit().map_err(|e| io_error("sm", e))?;
@@ -181,8 +186,9 @@ impl StateMachine {
             state.last_applied = stored.meta.last_log_id;
             state.membership = stored.meta.last_membership.clone();
         }
+        drop(db);
         Ok(StateMachine {
-            db: Arc::new(db),
+            file,
             shared: Arc::new(RwLock::new(state)),
         })
     }
@@ -318,15 +324,16 @@ impl StateMachine {
     }
 
     /// Writes `snapshot` durably: from now on the node restarts from it.
-    fn store_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
-        let txn = self.db.begin_write().map_err(|e| io_error(SNAPSHOT, e))?;
-        {
-            let mut meta = txn.open_table(META).map_err(|e| io_error(SNAPSHOT, e))?;
-            let bytes = enc(SNAPSHOT, snapshot)?;
-            meta.insert(SNAPSHOT, bytes.as_slice())
-                .map_err(|e| io_error(SNAPSHOT, e))?;
-        }
-        txn.commit().map_err(|e| io_error(SNAPSHOT, e))
+    async fn store_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
+        let bytes = enc(SNAPSHOT, snapshot)?;
+        self.file
+            .write(SNAPSHOT, move |txn| {
+                let mut meta = txn.open_table(META).map_err(|e| io_error(SNAPSHOT, e))?;
+                meta.insert(SNAPSHOT, bytes.as_slice())
+                    .map_err(|e| io_error(SNAPSHOT, e))?;
+                Ok(())
+            })
+            .await
     }
 
     fn decode_state(data: &[u8]) -> Result<Restored, StorageError> {
@@ -514,7 +521,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         };
         let stored = StoredSnapshot { meta, data };
         // Durable before openraft may purge the log up to it.
-        self.store_snapshot(&stored)?;
+        self.store_snapshot(&stored).await?;
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
@@ -565,7 +572,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         StateMachine {
-            db: self.db.clone(),
+            file: self.file.clone(),
             shared: self.shared.clone(),
         }
     }
@@ -585,7 +592,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data,
         };
-        self.store_snapshot(&stored)?;
+        self.store_snapshot(&stored).await?;
         let shared = self.shared.clone();
         let mut guard = write(&shared);
         guard.table = restored.table;
@@ -597,7 +604,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let txn = self.db.begin_read().map_err(|e| io_error("snapshot", e))?;
+        let db = self.file.db()?;
+        let txn = db.begin_read().map_err(|e| io_error("snapshot", e))?;
         let meta = txn.open_table(META).map_err(|e| io_error("snapshot", e))?;
         let Some(bytes) = meta.get(SNAPSHOT).map_err(|e| io_error("snapshot", e))? else {
             return Ok(None);
