@@ -8,7 +8,7 @@ use common::{expected_rows, rows_of, wait_for, Proc, BIN, SYNTHETIC_ARGS};
 
 use mcloud::processes::{ProcessCluster, ProcessSpec, Role};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn catalog(cluster: &ProcessCluster, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -156,35 +156,11 @@ async fn voters_are_added_and_removed_while_uploads_go_on() {
     success(&status);
     assert!(String::from_utf8_lossy(&status.stdout).contains("Leader"));
 
-    let until = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = sensor.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < until,
-            "the sensor did not finish:\n{}",
-            cluster.log_tail("sensor", 30)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(
-        status.success(),
-        "sensor failed: {}",
-        cluster.log_tail("sensor", 30)
-    );
+    common::sensor_succeeds(&mut sensor, &cluster, 180).await;
     assert!(cluster.is_running(joining));
 
-    let out = Command::new(BIN)
-        .arg("query")
-        .arg("--deployment")
-        .arg(cluster.deployment_path())
-        .args(["--group", "plug", "--output", "csv", "--wait-secs", "60"])
-        .output()
-        .unwrap();
-    success(&out);
     assert_eq!(
-        rows_of(&String::from_utf8_lossy(&out.stdout)),
+        rows_of(&common::query_plugs(&cluster.deployment_path(), 60)),
         expected_rows()
     );
 

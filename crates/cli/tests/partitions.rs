@@ -11,7 +11,7 @@ use common::{expected_rows, rows_of, wait_for, Proc, BIN, SYNTHETIC_ARGS};
 use mcloud::netns::Network;
 use mcloud::processes::{ProcessCluster, ProcessSpec, Role};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const VOTERS: usize = 3;
 const PARTIES: usize = 3;
@@ -131,41 +131,14 @@ async fn partitions_heal_without_losing_or_double_counting_a_reading() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     net.heal_host(voter).unwrap();
 
-    let until = Instant::now() + Duration::from_secs(240);
-    let status = loop {
-        if let Some(status) = sensor.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < until,
-            "the sensor did not finish:\n{}",
-            cluster.log_tail("sensor", 30)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert!(
-        status.success(),
-        "sensor failed: {}",
-        cluster.log_tail("sensor", 30)
-    );
+    common::sensor_succeeds(&mut sensor, &cluster, 240).await;
     eprintln!("{}", cluster.log_tail("sensor", 2));
     let exited = cluster.exited();
     assert!(exited.is_empty(), "{}", exited.join("\n"));
 
-    let out = Command::new(BIN)
-        .arg("query")
-        .arg("--deployment")
-        .arg(cluster.deployment_path())
-        .args(["--group", "plug", "--output", "csv", "--wait-secs", "90"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let csv = common::query_plugs(&cluster.deployment_path(), 90);
     assert_eq!(
-        rows_of(&String::from_utf8_lossy(&out.stdout)),
+        rows_of(&csv),
         expected_rows(),
         "revealed sums differ from the reference"
     );

@@ -164,3 +164,48 @@ pub async fn assert_reveals(cluster: &LocalCluster, reference: &Reference, level
     assert!(report.ok(), "{:?}", report.problems);
     assert_eq!(report.matched, reference.groups().count() as u64);
 }
+
+/// Waits up to `secs` for a sensor process to end, and asserts it succeeded (the end of its
+/// log otherwise).
+pub async fn sensor_succeeds(
+    sensor: &mut Proc,
+    cluster: &mcloud::processes::ProcessCluster,
+    secs: u64,
+) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let status = loop {
+        if let Some(status) = sensor.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the sensor did not finish:\n{}",
+            cluster.log_tail("sensor", 30)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        status.success(),
+        "sensor failed: {}",
+        cluster.log_tail("sensor", 30)
+    );
+}
+
+/// `mcloud query --group plug --output csv` against `deployment`, waiting up to `wait_secs`
+/// for the windows; its stdout.
+pub fn query_plugs(deployment: &Path, wait_secs: u64) -> String {
+    let out = std::process::Command::new(BIN)
+        .arg("query")
+        .arg("--deployment")
+        .arg(deployment)
+        .args(["--group", "plug", "--output", "csv", "--wait-secs"])
+        .arg(wait_secs.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
