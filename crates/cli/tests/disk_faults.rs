@@ -281,8 +281,39 @@ impl Write for Tee {
     }
 }
 
-/// Starts keeping the roles' logs and counting panics (once per process).
-fn watch() {
+/// One test at a time: each starts a whole deployment and makes it fail on purpose, and
+/// `cargo test` runs a file's tests in parallel, so together they would starve each other's
+/// elections on a small machine; a panic is also counted for the test that caused it.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Held for a whole test: the turn in [`SERIAL`] and the panics counted before it began.
+struct Watch {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+    panics_before: usize,
+}
+
+impl Watch {
+    fn assert_no_panics(&self) {
+        assert_eq!(
+            PANICS.load(Ordering::SeqCst),
+            self.panics_before,
+            "a role panicked"
+        );
+    }
+}
+
+/// Waits for this test's turn, then starts keeping the roles' logs and counting panics (once
+/// per process).
+async fn watch() -> Watch {
+    let turn = SERIAL.lock().await;
+    init_watch();
+    Watch {
+        _turn: turn,
+        panics_before: PANICS.load(Ordering::SeqCst),
+    }
+}
+
+fn init_watch() {
     LOGS.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let sink = buffer.clone();
@@ -314,10 +345,6 @@ fn log_lines(needle: &str) -> Vec<String> {
         .filter(|l| l.contains(needle))
         .map(str::to_string)
         .collect()
-}
-
-fn assert_no_panics() {
-    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "a role panicked");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -458,7 +485,7 @@ async fn refused_flags_end_error(cluster: &LocalCluster, ledger: &Ledger) {
 /// rest is uploaded; the revealed aggregates must equal the plaintext reference of exactly the
 /// committed batches, before and after a restart of that cloud.
 async fn cloud_disk_fault(test: &str, fault: Fault) {
-    watch();
+    let watch = watch().await;
     let dir = tempfile::tempdir().unwrap();
     let Some(disk) = disk_or_skip(
         test,
@@ -562,7 +589,7 @@ async fn cloud_disk_fault(test: &str, fault: Fault) {
     cluster.restart_cloud(FAULTY_CLOUD).await.unwrap();
     check_revealed(&cluster, &ledger, u64::MAX).await;
     cluster.shutdown().await;
-    assert_no_panics();
+    watch.assert_no_panics();
     drop(disk);
 }
 
@@ -589,7 +616,7 @@ async fn a_cloud_whose_disk_turns_read_only_refuses_uploads_by_name_and_recovers
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_sealed_while_the_disk_was_full_is_still_answered_once_cold() {
     let test = "a_window_sealed_while_the_disk_was_full_is_still_answered_once_cold";
-    watch();
+    let watch = watch().await;
     let dir = tempfile::tempdir().unwrap();
     let Some(disk) = disk_or_skip(
         test,
@@ -651,6 +678,7 @@ async fn a_window_sealed_while_the_disk_was_full_is_still_answered_once_cold() {
     check_revealed(&cluster, &ledger, u64::MAX).await;
     cluster.shutdown().await;
     drop(disk);
+    watch.assert_no_panics();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -771,7 +799,7 @@ async fn place_leader(cluster: &mut LocalCluster, voter: u16, lead: bool) {
 /// catalog goes on with the other two, the faulty voter says why once (no loop, no panic), the
 /// disk comes back, the voter catches up, and a full restart of it opens its files.
 async fn voter_disk_fault(test: &str, fault: Fault, lead: bool) {
-    watch();
+    let watch = watch().await;
     let dir = tempfile::tempdir().unwrap();
     let voter: u16 = 2;
     let voter_dir = dir.path().join(format!("catalog{voter}"));
@@ -865,7 +893,7 @@ async fn voter_disk_fault(test: &str, fault: Fault, lead: bool) {
         "{counts:?}"
     );
     cluster.shutdown().await;
-    assert_no_panics();
+    watch.assert_no_panics();
     drop(disk);
 }
 
@@ -906,7 +934,7 @@ async fn a_voter_whose_disk_turns_read_only_catches_up_after_a_remount() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_voter_whose_snapshot_write_fails_stores_it_once_the_file_takes_writes() {
     const TEST: &str = "a_voter_whose_snapshot_write_fails_stores_it_once_the_file_takes_writes";
-    watch();
+    let watch = watch().await;
     let dir = tempfile::tempdir().unwrap();
     let voter: u16 = 2;
     let mut cluster = common::cluster(
@@ -962,7 +990,7 @@ async fn a_voter_whose_snapshot_write_fails_stores_it_once_the_file_takes_writes
     caught_up(&cluster, voter, "the restarted voter catching up").await;
     flags_read_through(&cluster, voter, &flags).await;
     cluster.shutdown().await;
-    assert_no_panics();
+    watch.assert_no_panics();
 }
 
 fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
