@@ -294,6 +294,7 @@ fn du(path: &Path) -> u64 {
 /// `LATENCY_EVERY`: readings committed per second and latency percentiles in each.
 fn commit_intervals(csv: &str) -> Vec<CommitPoint> {
     let mut intervals: std::collections::BTreeMap<u64, (u64, Vec<f64>)> = Default::default();
+    let mut last = 0.0f64;
     for line in csv.lines().skip(1) {
         let mut fields = line.split(',');
         let (Some(secs), Some(readings), Some(ms)) = (fields.next(), fields.next(), fields.next())
@@ -307,6 +308,7 @@ fn commit_intervals(csv: &str) -> Vec<CommitPoint> {
         ) else {
             continue;
         };
+        last = last.max(secs);
         let slot = intervals
             .entry((secs / LATENCY_EVERY.as_secs_f64()) as u64)
             .or_default();
@@ -315,10 +317,6 @@ fn commit_intervals(csv: &str) -> Vec<CommitPoint> {
     }
     let every = LATENCY_EVERY.as_secs_f64();
     // The last interval ends with the last commit, so its rate is not diluted by time after.
-    let last = csv
-        .lines()
-        .filter_map(|l| l.split(',').next()?.parse::<f64>().ok())
-        .fold(0.0, f64::max);
     intervals
         .into_iter()
         .map(|(slot, (readings, ms))| {

@@ -12,7 +12,7 @@ use crate::reopen::Reopening;
 use crate::CloudError;
 use mcloud_core::disclosure::Scope;
 use mcloud_core::reading::GroupLevel;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -367,6 +367,9 @@ fn commit(
     {
         let mut counts = txn.open_table(REVEALS)?;
         let legacy = txn.open_table(LEGACY_REVEALS)?;
+        // Only files from before the counts were keyed by window hold any: the lookup per
+        // reveal is skipped everywhere else.
+        let has_legacy = !legacy.is_empty()?;
         let mut budgets = txn.open_table(BUDGETS)?;
         let mut log = txn.open_table(LOG)?;
         let mut seq = log.last()?.map_or(0, |(k, _)| k.value() + 1);
@@ -378,7 +381,12 @@ fn commit(
             let mut raised = Vec::new();
             for r in job.reveals.iter().filter(|r| r.max > 0) {
                 let fresh = counts.get((r.start, r.cell))?.map_or(0, |v| v.value());
-                let times = fresh.saturating_add(legacy.get(r.cell)?.map_or(0, |v| v.value()));
+                let old = if has_legacy {
+                    legacy.get(r.cell)?.map_or(0, |v| v.value())
+                } else {
+                    0
+                };
+                let times = fresh.saturating_add(old);
                 if times >= r.max {
                     outcomes.push(Err(AuditError::TooOften {
                         cell: r.name.clone(),
