@@ -42,7 +42,7 @@ impl FlagStore {
     pub fn open(dir: &Path) -> Result<Arc<FlagStore>, CatalogError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| CatalogError::Storage(format!("{}: {e}", dir.display())))?;
-        let db = Database::create(dir.join("flags.redb"))?;
+        let db = mcloud_core::database::open(dir.join("flags.redb"))?;
         let mut table = Table::default();
         {
             let txn = db.begin_write()?;

@@ -6,7 +6,7 @@ use crate::input::{progress, write_output, InputArgs, OutputFormat};
 use crate::queries::{run_queries, EmitArg, QueryKind};
 use anyhow::{bail, Result};
 use clap::Args;
-use mcloud_client::{Fate, Outbox, Report, Sensor, SensorConfig};
+use mcloud_client::{Fate, Outbox, Report, Sensor, SensorConfig, Settled};
 use mcloud_collector::{check, CheckReport, Query, Reference, RevealedResult};
 use mcloud_core::disclosure::{DisclosurePolicy, DpRules};
 use mcloud_core::http::CallError;
@@ -172,7 +172,9 @@ pub async fn send_readings(
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let report = sensor
-        .send(readings.iter().copied(), fate, |n| bar.inc(n))
+        .send(readings.iter().copied(), fate, |s: &Settled| {
+            bar.inc(s.readings)
+        })
         .await?;
     bar.finish_and_clear();
     Ok(report)

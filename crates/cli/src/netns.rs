@@ -4,8 +4,12 @@
 //! answers with a quick refusal). The harness itself sits on the bridge too, so a sensor or a
 //! query run from it reaches every role until its own link to one is cut.
 //!
-//! Needs root (or CAP_NET_ADMIN) and the `ip` tool. Packet loss and delay would need `tc
-//! netem`, which this kernel does not offer; partitions need only routing.
+//! Packet loss is an nftables rule in a member's namespace that drops a random share of what
+//! crosses its link, both ways: `tc netem` would do the same (and add delay), but it needs the
+//! `sch_netem` module, which not every kernel has, while nftables' `numgen random` is built
+//! into the ones that filter at all.
+//!
+//! Needs root (or CAP_NET_ADMIN) and the `ip` tool; packet loss also needs `nft` (nftables).
 
 use anyhow::{bail, Context, Result};
 use std::net::Ipv4Addr;
@@ -122,6 +126,69 @@ impl Network {
 
     pub fn heal_host(&self, i: usize) -> Result<()> {
         self.route("del", i, self.host())
+    }
+
+    /// Whether [`Network::lose`] can work here: the `nft` tool is installed.
+    pub fn loss_available() -> bool {
+        Command::new("nft")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Member `i` drops `per_mille`/1000 of the packets it sends and of those it receives on
+    /// its link, each packet drawn at random, until [`Network::stop_losing`]. A packet between
+    /// two lossy members crosses two such draws.
+    pub fn lose(&self, i: usize, per_mille: u16) -> Result<()> {
+        if per_mille > 1000 {
+            bail!("{per_mille} per mille is more than every packet");
+        }
+        let rules = format!(
+            "table inet mcloss {{
+               chain inbound {{ type filter hook input priority 0; iifname \"eth0\" numgen random mod 1000 < {per_mille} counter drop; }}
+               chain outbound {{ type filter hook output priority 0; oifname \"eth0\" numgen random mod 1000 < {per_mille} counter drop; }}
+             }}"
+        );
+        self.nft(i, &["-f", "-"], Some(&rules)).map(drop)
+    }
+
+    /// Stops the loss on member `i`; returns how many packets it dropped, both ways.
+    pub fn stop_losing(&self, i: usize) -> Result<u64> {
+        let listing = self.nft(i, &["list", "table", "inet", "mcloss"], None)?;
+        // Each rule lists as `... counter packets N bytes M drop`.
+        let dropped = listing
+            .split("counter packets ")
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        self.nft(i, &["delete", "table", "inet", "mcloss"], None)?;
+        Ok(dropped)
+    }
+
+    /// Runs `nft` in member `i`'s namespace; returns what it printed.
+    fn nft(&self, i: usize, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.namespace(i), "nft"])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running `nft` (nftables) in a namespace")?;
+        if let Some(mut pipe) = child.stdin.take() {
+            pipe.write_all(stdin.unwrap_or_default().as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "nft {} in {}: {}",
+                args.join(" "),
+                self.namespace(i),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// A blackhole route in member `i`'s namespace: what it sends to `to` is dropped, so

@@ -5,7 +5,7 @@ use crate::input::{progress, InputArgs};
 use anyhow::Result;
 use clap::Args;
 use mcloud_catalog::CatalogClient;
-use mcloud_client::{Fate, Outbox, Report, Sensor, SensorConfig, Uploader};
+use mcloud_client::{Commit, Fate, Outbox, Report, Sensor, SensorConfig, Settled, Uploader};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -41,8 +41,8 @@ pub struct SensorArgs {
     /// Replay at this multiple of real time; default: as fast as possible.
     #[arg(long)]
     pub speedup: Option<f64>,
-    /// Also write each committed batch's timing here as CSV (seconds since the start,
-    /// readings, commit latency in ms).
+    /// Also append each committed batch's timing here as CSV, as it commits (Unix time in
+    /// seconds, readings, commit latency in ms): a restarted sensor continues the file.
     #[arg(long)]
     pub commits_csv: Option<PathBuf>,
 }
@@ -70,7 +70,19 @@ pub async fn run(args: SensorArgs) -> Result<bool> {
             ..SensorConfig::default()
         },
     );
-    let resumed = sensor.resume().await?;
+    let mut commits = match &args.commits_csv {
+        Some(path) => Some(CommitLog::open(path)?),
+        None => None,
+    };
+    let mut failed_log = None;
+    let mut log = |settled: &Settled| {
+        if let (Some(log), Some(c)) = (commits.as_mut(), settled.commit) {
+            if let Err(e) = log.append(&c) {
+                failed_log.get_or_insert(e);
+            }
+        }
+    };
+    let resumed = sensor.resume(&mut log).await?;
     if resumed.committed_batches > 0 {
         eprintln!(
             "outbox: {} batches ({} readings) from an earlier run committed",
@@ -82,36 +94,67 @@ pub async fn run(args: SensorArgs) -> Result<bool> {
     let bar = progress(input.len, "uploading");
     let end = input.end;
     let report = sensor
-        .send(input.readings, |_| Fate::Complete, |n| bar.inc(n))
+        .send(
+            input.readings,
+            |_| Fate::Complete,
+            |settled: &Settled| {
+                bar.inc(settled.readings);
+                log(settled);
+            },
+        )
         .await?;
     bar.finish_and_clear();
+    if report.skipped_batches > 0 {
+        eprintln!(
+            "input: the first {} batches were taken by an earlier run with this outbox; continued after them",
+            report.skipped_batches
+        );
+    }
     if let (Some(end), false) = (end, args.no_flush) {
         sensor.uploader().advance_watermark(end, true).await?;
     }
-    if let Some(path) = &args.commits_csv {
-        write_commits(path, &report)?;
+    if let Some(e) = failed_log {
+        return Err(e);
     }
     Ok(print_report(&resumed, &report))
 }
 
-fn write_commits(path: &std::path::Path, report: &Report) -> Result<()> {
-    use anyhow::Context;
-    use std::io::Write;
-    let mut f = std::io::BufWriter::new(
-        std::fs::File::create(path).with_context(|| format!("{}", path.display()))?,
-    );
-    writeln!(f, "secs,readings,latency_ms")?;
-    for c in &report.commits {
-        writeln!(
-            f,
-            "{:.3},{},{:.2}",
-            c.at.as_secs_f64(),
+/// The commit timings file, one line per committed batch, flushed as each commits so a
+/// killed sensor leaves what it committed.
+struct CommitLog {
+    file: std::fs::File,
+}
+
+impl CommitLog {
+    fn open(path: &std::path::Path) -> Result<CommitLog> {
+        use anyhow::Context;
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("{}", path.display()))?;
+        if file.metadata()?.len() == 0 {
+            writeln!(file, "unix_secs,readings,latency_ms")?;
+        }
+        Ok(CommitLog { file })
+    }
+
+    fn append(&mut self, c: &Commit) -> Result<()> {
+        use std::io::Write;
+        let at =
+            c.at.duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+        // One write per line, so lines of two runs never interleave mid-line.
+        let line = format!(
+            "{:.3},{},{:.2}\n",
+            at.as_secs_f64(),
             c.readings,
             c.latency.as_secs_f64() * 1e3
-        )?;
+        );
+        self.file.write_all(line.as_bytes())?;
+        Ok(())
     }
-    f.flush()?;
-    Ok(())
 }
 
 fn print_report(resumed: &Report, report: &Report) -> bool {

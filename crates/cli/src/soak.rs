@@ -1,6 +1,7 @@
 //! `mcloud soak`: the three-party deployment as separate processes under a steady synthetic
-//! load for a number of minutes, with one catalog voter or cloud SIGKILLed and restarted
-//! every `--kill-every` seconds (the roles in turn). Event time runs faster than real time,
+//! load for a number of minutes, with one catalog voter, cloud or the sensor SIGKILLed and
+//! restarted every `--kill-every` seconds (the roles in turn; a restarted sensor resumes its
+//! outbox and continues its input after the batches it had taken). Event time runs faster than real time,
 //! so the clouds' retention horizon (three hours of windows) is passed within minutes and
 //! memory and disk should stop growing; every few seconds it records each process's resident
 //! memory, open files and data directory size, the sensor reports each batch's commit
@@ -29,7 +30,8 @@ pub struct SoakArgs {
     /// second of event time, so event time runs `rate / 200` times faster than real time).
     #[arg(long, default_value_t = 2000)]
     pub rate: u64,
-    /// Seconds between two SIGKILLs (voter 0, cloud 0, voter 1, cloud 1, ... in turn).
+    /// Seconds between two SIGKILLs (voter 0, cloud 0, voter 1, cloud 1, voter 2, cloud 2,
+    /// the sensor, in turn).
     #[arg(long, default_value_t = 60)]
     pub kill_every: u64,
     /// Where the samples go: `<out>.csv` and `<out>.png`.
@@ -112,11 +114,12 @@ pub async fn run(args: SoakArgs) -> Result<bool> {
         input.duration_hours(),
         args.kill_every
     );
-    let mut sensor = Owned(
-        Command::new(&bin)
-            .arg("sensor")
+    let deployment = cluster.deployment_path();
+    let sensor_command = || -> Result<Command> {
+        let mut c = Command::new(&bin);
+        c.arg("sensor")
             .arg("--deployment")
-            .arg(cluster.deployment_path())
+            .arg(&deployment)
             .arg("--outbox")
             .arg(dir.join("sensor/outbox.redb"))
             .args(input.to_args())
@@ -124,46 +127,81 @@ pub async fn run(args: SoakArgs) -> Result<bool> {
             .arg("--commits-csv")
             .arg(dir.join("sensor/commits.csv"))
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("logs/sensor.log"))?)
-            .spawn()
-            .context("starting the sensor process")?,
-    );
-    let roles: Vec<Role> = (0..VOTERS)
-        .flat_map(|i| [Role::Catalog(i), Role::Cloud(i % PARTIES)])
+            // Appended: a restarted sensor's log follows the killed one's.
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("logs/sensor.log"))?,
+            );
+        Ok(c)
+    };
+    let spawn_sensor = || -> Result<Owned> {
+        Ok(Owned(
+            sensor_command()?
+                .spawn()
+                .context("starting the sensor process")?,
+        ))
+    };
+    let mut sensor = Some(spawn_sensor()?);
+    // Voter 0, cloud 0, voter 1, cloud 1, voter 2, cloud 2, the sensor, and again.
+    let mut victims: Vec<Option<Role>> = (0..VOTERS)
+        .flat_map(|i| [Some(Role::Catalog(i)), Some(Role::Cloud(i % PARTIES))])
         .collect();
+    victims.push(None);
+    let roles: Vec<Role> = victims.iter().flatten().copied().collect();
     let started = Instant::now();
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
     let mut samples = Vec::new();
     let mut next_sample = Duration::ZERO;
     let mut kills = Vec::new();
-    let mut down: Option<(Role, Instant)> = None;
+    let mut down: Option<(Option<Role>, Instant)> = None;
     let status = loop {
-        if let Some(status) = sensor.0.try_wait()? {
-            break status;
+        if let Some(running) = sensor.as_mut() {
+            if let Some(status) = running.0.try_wait()? {
+                break status;
+            }
         }
         let exited = cluster.exited();
         if !exited.is_empty() {
             bail!("a process died on its own:\n{}", exited.join("\n"));
         }
         let now = started.elapsed();
-        if let Some((role, at)) = down {
+        if let Some((victim, at)) = down {
             if at.elapsed() >= DOWN_FOR {
-                cluster.start(role)?;
+                match victim {
+                    Some(role) => cluster.start(role)?,
+                    None => sensor = Some(spawn_sensor()?),
+                }
                 down = None;
             }
         } else if now >= Duration::from_secs(args.kill_every * (kills.len() as u64 + 1)) {
-            let role = roles[kills.len() % roles.len()];
-            cluster.kill(role)?;
-            eprintln!("soak: {:>7.1} s  SIGKILL {role}", now.as_secs_f64());
-            down = Some((role, Instant::now()));
+            let victim = victims[kills.len() % victims.len()];
+            let name = match victim {
+                Some(role) => {
+                    cluster.kill(role)?;
+                    role.name()
+                }
+                None => {
+                    // Dropping the handle SIGKILLs the process and reaps it.
+                    sensor = None;
+                    "the sensor".into()
+                }
+            };
+            eprintln!("soak: {:>7.1} s  SIGKILL {name}", now.as_secs_f64());
+            down = Some((victim, Instant::now()));
             kills.push(now.as_secs_f64());
         }
         if now >= next_sample {
             next_sample += SAMPLE_EVERY;
-            sample(&mut cluster, &roles, &dir, sensor.0.id(), now, &mut samples);
+            let pid = sensor.as_ref().map(|s| s.0.id());
+            sample(&mut cluster, &roles, &dir, pid, now, &mut samples);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    if let Some((role, _)) = down {
+    if let Some((Some(role), _)) = down {
         cluster.start(role)?;
     }
     let streamed = started.elapsed();
@@ -212,7 +250,7 @@ pub async fn run(args: SoakArgs) -> Result<bool> {
     problems.extend(mismatches);
 
     let commits = match std::fs::read_to_string(dir.join("sensor/commits.csv")) {
-        Ok(text) => commit_intervals(&text),
+        Ok(text) => commit_intervals(&text, started_unix),
         Err(e) => {
             problems.push(format!("the sensor wrote no commit timings: {e}"));
             Vec::new()
@@ -239,7 +277,7 @@ fn sample(
     cluster: &mut ProcessCluster,
     roles: &[Role],
     dir: &Path,
-    sensor: u32,
+    sensor: Option<u32>,
     at: Duration,
     out: &mut Vec<Sample>,
 ) {
@@ -253,7 +291,7 @@ fn sample(
             (role.name(), cluster.pid(role), data)
         })
         .collect();
-    procs.push(("sensor".into(), Some(sensor), dir.join("sensor")));
+    procs.push(("sensor".into(), sensor, dir.join("sensor")));
     for (role, pid, data) in procs {
         let Some(pid) = pid else { continue };
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -290,9 +328,10 @@ fn du(path: &Path) -> u64 {
         .sum()
 }
 
-/// The sensor's commits (`secs,readings,latency_ms` per batch) cut into intervals of
-/// `LATENCY_EVERY`: readings committed per second and latency percentiles in each.
-fn commit_intervals(csv: &str) -> Vec<CommitPoint> {
+/// The sensor's commits (`unix_secs,readings,latency_ms` per batch), on the soak's time line
+/// from `start_unix`, cut into intervals of `LATENCY_EVERY`: readings committed per second
+/// and latency percentiles in each.
+fn commit_intervals(csv: &str, start_unix: f64) -> Vec<CommitPoint> {
     let mut intervals: std::collections::BTreeMap<u64, (u64, Vec<f64>)> = Default::default();
     let mut last = 0.0f64;
     for line in csv.lines().skip(1) {
@@ -301,13 +340,14 @@ fn commit_intervals(csv: &str) -> Vec<CommitPoint> {
         else {
             continue;
         };
-        let (Ok(secs), Ok(readings), Ok(ms)) = (
+        let (Ok(unix), Ok(readings), Ok(ms)) = (
             secs.parse::<f64>(),
             readings.parse::<u64>(),
             ms.parse::<f64>(),
         ) else {
             continue;
         };
+        let secs = (unix - start_unix).max(0.0);
         last = last.max(secs);
         let slot = intervals
             .entry((secs / LATENCY_EVERY.as_secs_f64()) as u64)

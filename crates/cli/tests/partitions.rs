@@ -1,9 +1,11 @@
-//! Network partitions between real processes: every catalog voter and cloud runs `mcloud
-//! node` in a Linux network namespace of its own (`mcloud::netns`), and links are cut with
-//! blackhole routes while a sensor uploads: the catalog leader from the other voters, a cloud
+//! Network partitions and packet loss between real processes: every catalog voter and cloud
+//! runs `mcloud node` in a Linux network namespace of its own (`mcloud::netns`). While a
+//! sensor uploads, every link first drops a random 10 % of its packets each way (nftables),
+//! then links are cut with blackhole routes: the catalog leader from the other voters, a cloud
 //! from every voter, the sensor from a cloud and from a voter. After each cut heals, the
 //! upload ends with every batch committed once and the revealed sums equal to the plaintext
-//! reference. Needs root (network namespaces); prints SKIPPED without.
+//! reference. Needs root (network namespaces); prints SKIPPED without, and skips only the
+//! loss phase without `nft`.
 
 mod common;
 use common::{expected_rows, rows_of, wait_for, Proc, BIN, SYNTHETIC_ARGS};
@@ -82,6 +84,24 @@ async fn partitions_heal_without_losing_or_double_counting_a_reading() {
     );
     let net = cluster.network().expect("namespaces were asked for");
     let all: Vec<usize> = (0..VOTERS).collect();
+
+    // 0. Every member loses 10 % of what it sends and receives: TCP retransmits, requests
+    //    time out and are retried, and the upload goes on, slower.
+    if Network::loss_available() {
+        let members = VOTERS + PARTIES;
+        for i in 0..members {
+            net.lose(i, 100).unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let mut dropped = 0;
+        for i in 0..members {
+            dropped += net.stop_losing(i).unwrap();
+        }
+        eprintln!("packet loss: {dropped} packets dropped in 12 s");
+        assert!(dropped > 0, "the loss rules dropped nothing");
+    } else {
+        eprintln!("SKIPPED packet loss phase: needs `nft` (nftables)");
+    }
 
     // 1. The leader loses both other voters: they elect another, and uploads go on.
     let old = wait_for(30, "a leader", async || {

@@ -1,7 +1,8 @@
 //! Separate OS processes talking over loopback TLS, as in a real deployment: `mcloud node` for
 //! each party, `mcloud sensor` and `mcloud query`. A cloud killed with SIGKILL in the middle
-//! of an upload and restarted loses no acknowledged share; a sensor started before any cloud
-//! exists keeps its batches and delivers them when the clouds come up.
+//! of an upload and restarted loses no acknowledged share; a sensor killed the same way and
+//! restarted continues its input where it stopped, sending no reading twice; a sensor started
+//! before any cloud exists keeps its batches and delivers them when the clouds come up.
 
 mod common;
 use common::{expected_rows, free_port, rows_of, Proc, BIN, SYNTHETIC_ARGS};
@@ -178,5 +179,49 @@ async fn a_sensor_started_before_the_clouds_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let _nodes: Vec<Proc> = (0..3).map(|p| d.start_node(p)).collect();
     wait_success(sensor, Duration::from_secs(120));
+    assert_eq!(rows_of(&d.query_csv()), expected_rows());
+}
+
+/// SIGKILL the sensor mid-upload, start it again on the same outbox and input: it sends what
+/// its outbox held, skips the batches it had already taken, and the revealed sums equal the
+/// reference exactly (a reading sent twice or left out would show).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensor_killed_mid_upload_continues_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Deployment::write(dir.path());
+    let _nodes: Vec<Proc> = (0..3).map(|p| d.start_node(p)).collect();
+    let paced = ["--batch-size", "40", "--in-flight", "2", "--speedup", "40"];
+    let sensor = d.sensor(&paced);
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let batches = d
+            .cloud_status(0)
+            .await
+            .and_then(|s| s["batches"].as_u64())
+            .unwrap_or(0);
+        if batches >= 20 {
+            break;
+        }
+        assert!(Instant::now() < until, "cloud 0 never received batches");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut sensor = sensor;
+    assert!(
+        sensor.0.try_wait().unwrap().is_none(),
+        "the sensor finished before the kill"
+    );
+    drop(sensor); // SIGKILL
+    let mut again = d.sensor(&paced);
+    let status = again.0.wait().unwrap();
+    let mut err = String::new();
+    if let Some(mut e) = again.0.stderr.take() {
+        use std::io::Read;
+        e.read_to_string(&mut err).unwrap();
+    }
+    assert!(status.success(), "restarted sensor failed: {err}");
+    assert!(
+        err.contains("taken by an earlier run"),
+        "the restarted sensor did not continue after the batches it had taken: {err}"
+    );
     assert_eq!(rows_of(&d.query_csv()), expected_rows());
 }

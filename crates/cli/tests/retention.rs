@@ -33,7 +33,8 @@ async fn windows_past_the_horizon_leave_memory_and_disk_and_are_refused_by_name(
         },
     )
     .await;
-    // Twelve hours of two plugs, once a minute, in batches of ten minutes.
+    // Twelve hours of two plugs, once a minute, in batches of 25 minutes: some batches
+    // straddle the (hour-aligned) horizon, kept for their later windows only.
     let readings: Vec<Reading> = Synthetic::new(SyntheticConfig {
         houses: 1,
         households_per_house: 1,
@@ -43,7 +44,7 @@ async fn windows_past_the_horizon_leave_memory_and_disk_and_are_refused_by_name(
         ..Default::default()
     })
     .collect();
-    let batches: Vec<Vec<Reading>> = readings.chunks(40).map(<[Reading]>::to_vec).collect();
+    let batches: Vec<Vec<Reading>> = readings.chunks(50).map(<[Reading]>::to_vec).collect();
     let uploader = cluster.uploader(Duration::from_secs(30)).unwrap();
     for b in &batches {
         let outcome = uploader
@@ -136,6 +137,9 @@ async fn windows_past_the_horizon_leave_memory_and_disk_and_are_refused_by_name(
     }
     refused(range(&cluster, horizon - 3600, horizon).await);
     assert_eq!(range(&cluster, horizon, horizon + 3600).await.0, 200);
+    // The restarted cloud replayed the straddling batches for their kept windows only: it
+    // holds no window the other has dropped, and both still reveal the reference.
+    common::assert_reveals(&cluster, &reference, GroupLevel::Plug).await;
     cluster.shutdown().await;
 }
 

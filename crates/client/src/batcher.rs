@@ -202,4 +202,22 @@ mod tests {
             .iter()
             .all(|c| c.batch.histograms.is_empty() && c.held_back.is_none()));
     }
+
+    /// A restarted sensor cuts its input again and drops the batches it had taken: what
+    /// follows is what the first run would have sent next, histograms of the windows open
+    /// at the restart included.
+    #[test]
+    fn cutting_again_and_skipping_continues_the_same_batches() {
+        let content = |c: Cut| (c.batch.readings, c.batch.histograms, c.held_back);
+        let whole: Vec<_> = Batcher::new(1, stream(7, 1, 600), 50, true)
+            .map(content)
+            .collect();
+        for taken in [1, 13, 40, whole.len() - 1] {
+            let rest: Vec<_> = Batcher::new(1, stream(7, 1, 600), 50, true)
+                .skip(taken)
+                .map(content)
+                .collect();
+            assert_eq!(rest, whole[taken..], "after {taken} batches");
+        }
+    }
 }

@@ -12,6 +12,6 @@ pub mod transaction;
 
 pub use error::SensorError;
 pub use outbox::{Outbox, PlainBatch, PlainHistogram};
-pub use sensor::{Commit, Report, Sensor, SensorConfig};
+pub use sensor::{Commit, Report, Sensor, SensorConfig, Settled};
 pub use session::SensorSessions;
 pub use transaction::{Fate, Outcome, Uploader};

@@ -3,6 +3,10 @@
 //! crashes or loses its network resumes from here. Each batch keeps the seed its shares were
 //! drawn from: a retry must send every cloud the same shares as the first attempt, because the
 //! clouds that already hold the batch will not take a second version.
+//!
+//! Beside the batches it keeps the sensor's place in its input ([`Cursor`]), written in the
+//! transaction that adds each new batch: a restarted sensor skips what already entered the
+//! outbox, so no reading is sent twice under two batch ids and none is left out.
 
 use crate::SensorError;
 pub use mcloud_core::upload::PlainHistogram;
@@ -14,6 +18,20 @@ use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 const OUTBOX: TableDefinition<u128, &[u8]> = TableDefinition::new("outbox");
+const CURSOR: TableDefinition<&str, &[u8]> = TableDefinition::new("cursor");
+const CURSOR_KEY: &str = "input";
+
+/// How far a sensor got in its input: `cuts` batches cut from the input named by `input`
+/// (a digest of its first readings) entered the outbox, cut `batch_size` readings at most,
+/// with or without histograms. The batcher cuts the same input the same way every time, so
+/// cutting it again and dropping the first `cuts` batches continues exactly where it stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub input: [u8; 32],
+    pub batch_size: u64,
+    pub histograms: bool,
+    pub cuts: u64,
+}
 
 /// Readings (and load histograms of completed 30 s windows) travelling as one batch, under
 /// one flag. `seed` is the master seed every cloud's body is derived from.
@@ -104,6 +122,28 @@ impl Outbox {
         Ok(())
     }
 
+    /// Adds a batch newly cut from the input and moves the cursor past it, in one durable
+    /// transaction: a crash leaves either both or neither.
+    pub fn put_cut(&self, batch: &PlainBatch, cursor: &Cursor) -> Result<(), SensorError> {
+        let bytes = postcard::to_stdvec(batch)?;
+        let place = postcard::to_stdvec(cursor)?;
+        let db = self.db();
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(OUTBOX)?
+                .insert(batch.id.0, bytes.as_slice())?;
+            txn.open_table(CURSOR)?
+                .insert(CURSOR_KEY, place.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Where the last run stood in its input, if it cut any batch.
+    pub fn cursor(&self) -> Result<Option<Cursor>, SensorError> {
+        read_cursor(&self.db())
+    }
+
     /// Removes a settled batch. Not flushed on its own: if the removal is lost in a crash the
     /// batch is simply retried, and every step of a retry is idempotent.
     ///
@@ -144,7 +184,17 @@ impl Outbox {
         }
         let fresh = fresh_path(&self.path);
         let _ = std::fs::remove_file(&fresh);
-        *db = open_private(&fresh)?;
+        let cursor = read_cursor(&db)?;
+        let new = open_private(&fresh)?;
+        // The place in the input moves to the new file before it becomes the outbox.
+        if let Some(cursor) = cursor {
+            let place = postcard::to_stdvec(&cursor)?;
+            let txn = new.begin_write()?;
+            txn.open_table(CURSOR)?
+                .insert(CURSOR_KEY, place.as_slice())?;
+            txn.commit()?;
+        }
+        *db = new;
         std::fs::rename(&fresh, &self.path).map_err(|e| outbox_error(&self.path, e))?;
         if let Some(dir) = self.path.parent() {
             std::fs::File::open(dir)
@@ -169,6 +219,16 @@ impl Outbox {
     }
 }
 
+fn read_cursor(db: &Database) -> Result<Option<Cursor>, SensorError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(CURSOR)?;
+    let cursor = match table.get(CURSOR_KEY)? {
+        Some(bytes) => Some(postcard::from_bytes(bytes.value())?),
+        None => None,
+    };
+    Ok(cursor)
+}
+
 fn fresh_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".fresh");
@@ -189,9 +249,10 @@ fn open_private(path: &Path) -> Result<Database, SensorError> {
         .open(path)
         .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)))
         .map_err(|e| outbox_error(path, e))?;
-    let db = Database::create(path)?;
+    let db = mcloud_core::database::open(path)?;
     let txn = db.begin_write()?;
     txn.open_table(OUTBOX)?;
+    txn.open_table(CURSOR)?;
     txn.commit()?;
     Ok(db)
 }
@@ -278,5 +339,32 @@ mod tests {
         outbox.put(&batch, None).unwrap();
         drop(outbox);
         assert_eq!(Outbox::open(&path).unwrap().pending().unwrap(), vec![batch]);
+    }
+
+    /// The place in the input is written with the batch that moves it, and stays when an
+    /// emptied outbox is swapped for a fresh file and when the outbox is opened again.
+    #[test]
+    fn the_cursor_moves_with_its_batch_and_survives_a_fresh_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.redb");
+        let outbox = Outbox::open(&path).unwrap();
+        assert_eq!(outbox.cursor().unwrap(), None);
+        let batch = PlainBatch::new(1, Vec::new());
+        let cursor = Cursor {
+            input: [7; 32],
+            batch_size: 64,
+            histograms: true,
+            cuts: 3,
+        };
+        outbox.put_cut(&batch, &cursor).unwrap();
+        assert_eq!(outbox.pending().unwrap(), vec![batch.clone()]);
+        assert_eq!(outbox.cursor().unwrap(), Some(cursor));
+        *outbox.fresh_since.lock().unwrap() -= FRESH_FILE_EVERY;
+        outbox.remove(batch.id).unwrap();
+        assert_eq!(outbox.cursor().unwrap(), Some(cursor));
+        drop(outbox);
+        let outbox = Outbox::open(&path).unwrap();
+        assert!(outbox.pending().unwrap().is_empty());
+        assert_eq!(outbox.cursor().unwrap(), Some(cursor));
     }
 }

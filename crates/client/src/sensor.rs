@@ -3,7 +3,7 @@
 //! a round trip, and retries an expired batch under a new flag while its window is open.
 
 use crate::batcher::Batcher;
-use crate::outbox::{Outbox, PlainBatch};
+use crate::outbox::{Cursor, Outbox, PlainBatch};
 use crate::transaction::{Fate, Outcome, Uploader};
 use crate::SensorError;
 use mcloud_core::{BatchId, Reading};
@@ -66,14 +66,18 @@ pub struct Report {
     pub upload_bytes: u64,
     /// Each committed batch's timing, in the order they settled.
     pub commits: Vec<Commit>,
+    /// Batches of this input that an earlier run had already taken into the outbox, and so
+    /// were not cut again.
+    pub skipped_batches: u64,
 }
 
 /// When one batch committed and how long its transaction took, from the moment it was free
 /// to leave (its pacing release, or at once) to its flag TRUE, retries included.
 #[derive(Clone, Copy, Debug)]
 pub struct Commit {
-    /// Since the run started.
-    pub at: Duration,
+    /// The wall-clock time it committed at: a restarted sensor's commits continue the
+    /// earlier run's on the same time line.
+    pub at: std::time::SystemTime,
     pub latency: Duration,
     pub readings: u64,
 }
@@ -97,69 +101,115 @@ impl Sensor {
         &self.uploader
     }
 
-    /// Sends every batch left in the outbox by an earlier run.
-    pub async fn resume(&self) -> Result<Report, SensorError> {
+    /// Sends every batch left in the outbox by an earlier run; `progress` hears of each as
+    /// it settles.
+    pub async fn resume(&self, progress: impl FnMut(&Settled)) -> Result<Report, SensorError> {
         let pending = self.outbox.pending()?;
         if !pending.is_empty() {
             tracing::info!(batches = pending.len(), "resuming batches from the outbox");
         }
         // Outbox order is not time order, so these batches report no progress.
         self.run(
-            pending.into_iter().map(|b| (b, Fate::Complete, None)),
+            pending.into_iter().map(|b| (b, Fate::Complete, None, None)),
             false,
-            |_| {},
+            progress,
         )
         .await
     }
 
     /// Batches `readings` and sends them; `fate` decides per batch index whether the
-    /// transaction completes (fault injection uses it), `progress` hears of settled readings.
+    /// transaction completes (fault injection uses it), `progress` hears of settled batches.
     /// While the input is in timestamp order the clouds hear the sensor's low watermark, so
     /// windows close as the stream moves on.
+    ///
+    /// If an earlier run with this outbox took batches from the same input (the same first
+    /// readings), those are skipped: a restarted sensor continues where it stopped.
     pub async fn send(
         &self,
         readings: impl IntoIterator<Item = Reading>,
         mut fate: impl FnMut(usize) -> Fate,
-        progress: impl Fn(u64),
+        progress: impl FnMut(&Settled),
     ) -> Result<Report, SensorError> {
+        let mut readings = readings.into_iter();
+        let head: Vec<Reading> = readings.by_ref().take(INPUT_NAMED_BY).collect();
+        let mut cursor = Cursor {
+            input: input_digest(&head)?,
+            batch_size: self.config.batch_size as u64,
+            histograms: self.config.histograms,
+            cuts: 0,
+        };
+        let skip = match self.outbox.cursor()? {
+            Some(taken) if taken.input == cursor.input => {
+                if (taken.batch_size, taken.histograms) != (cursor.batch_size, cursor.histograms) {
+                    let settings = |c: &Cursor| {
+                        format!("batch size {}, histograms {}", c.batch_size, c.histograms)
+                    };
+                    return Err(SensorError::CursorSettings {
+                        taken: settings(&taken),
+                        asked: settings(&cursor),
+                    });
+                }
+                taken.cuts
+            }
+            Some(_) => {
+                tracing::info!("the outbox last took batches from another input; this one starts at its beginning");
+                0
+            }
+            None => 0,
+        };
+        if skip > 0 {
+            tracing::info!(
+                batches = skip,
+                "skipping the batches an earlier run took from this input"
+            );
+        }
         let mut index = 0;
         let batches = Batcher::new(
             self.uploader.sensor(),
-            readings.into_iter(),
+            head.into_iter().chain(readings),
             self.config.batch_size,
             self.config.histograms,
         )
+        // Cut again, so the batcher's open windows hold what they held before; not sent again.
+        .skip(usize::try_from(skip).unwrap_or(usize::MAX))
         .map(move |cut| {
             let f = fate(index);
             index += 1;
-            (cut.batch, f, cut.held_back)
+            cursor.cuts = skip + index as u64;
+            (cut.batch, f, cut.held_back, Some(cursor))
         });
-        self.run(batches, true, progress).await
+        let mut report = self.run(batches, true, progress).await?;
+        report.skipped_batches = skip;
+        Ok(report)
     }
 
+    /// Sends `batches`: each with its fate, the oldest window the batcher still holds back,
+    /// and, for a batch newly cut from the input, the cursor just past it.
     async fn run(
         &self,
-        batches: impl IntoIterator<Item = (PlainBatch, Fate, Option<u64>)>,
+        batches: impl IntoIterator<Item = (PlainBatch, Fate, Option<u64>, Option<Cursor>)>,
         report_progress: bool,
-        progress: impl Fn(u64),
+        mut progress: impl FnMut(&Settled),
     ) -> Result<Report, SensorError> {
         let mut report = Report::default();
         let sent_before = self.uploader.sent_bytes();
-        type Settled = (PlainBatch, Outcome, u32, u64, Duration);
-        let mut tasks: JoinSet<Result<Settled, SensorError>> = JoinSet::new();
-        let run_started = tokio::time::Instant::now();
+        type Joined = (PlainBatch, Outcome, u32, u64, Duration);
+        let mut tasks: JoinSet<Result<Joined, SensorError>> = JoinSet::new();
         let mut batches = batches.into_iter();
         let mut low = LowWatermark::new(report_progress);
         let mut pace = Pace::new(self.config.speedup.filter(|_| report_progress));
         let mut settled = 0u64;
         loop {
             while tasks.len() < self.config.in_flight {
-                let Some((batch, fate, held_back)) = batches.next() else {
+                let Some((batch, fate, held_back, cursor)) = batches.next() else {
                     break;
                 };
                 let min_ts = low.started(&batch, held_back);
                 let release = pace.release(&batch);
-                self.outbox.put(&batch, None)?;
+                match cursor {
+                    Some(cursor) => self.outbox.put_cut(&batch, &cursor)?,
+                    None => self.outbox.put(&batch, None)?,
+                }
                 let (uploader, outbox, config) = (
                     self.uploader.clone(),
                     self.outbox.clone(),
@@ -199,15 +249,18 @@ impl Sensor {
                 readings: batch.readings.clone(),
                 reason,
             };
+            let mut commit = None;
             match outcome {
                 Outcome::Committed => {
                     report.committed_batches += 1;
                     report.committed_readings += n;
-                    report.commits.push(Commit {
-                        at: run_started.elapsed(),
+                    let c = Commit {
+                        at: std::time::SystemTime::now(),
                         latency,
                         readings: n,
-                    });
+                    };
+                    report.commits.push(c);
+                    commit = Some(c);
                 }
                 Outcome::Missed(reason) => report.missed.push(unsettled(reason)),
                 Outcome::Expired(reason) | Outcome::Rejected(reason) => {
@@ -217,11 +270,31 @@ impl Sensor {
                     .crashed
                     .push(unsettled("sensor stopped before SET".into())),
             }
-            progress(n);
+            progress(&Settled {
+                readings: n,
+                commit,
+            });
         }
         report.upload_bytes = self.uploader.sent_bytes() - sent_before;
         Ok(report)
     }
+}
+
+/// One batch settled, as `progress` hears of it.
+pub struct Settled {
+    pub readings: u64,
+    /// Its timing, if it committed.
+    pub commit: Option<Commit>,
+}
+
+/// How many of the first readings name an input (see [`Cursor`]).
+const INPUT_NAMED_BY: usize = 64;
+
+fn input_digest(head: &[Reading]) -> Result<[u8; 32], SensorError> {
+    let bytes = postcard::to_stdvec(head)?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+    Ok(out)
 }
 
 /// Replay pacing: a batch leaves once the wall clock, scaled by the speedup, has reached its

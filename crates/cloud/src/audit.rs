@@ -127,7 +127,7 @@ pub struct AuditLog {
 impl AuditLog {
     pub fn open(dir: &Path) -> Result<AuditLog, CloudError> {
         let path = dir.join("audit.redb");
-        let db = Database::create(&path)?;
+        let db = mcloud_core::database::open(&path)?;
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
         txn.open_table(REVEALS)?;

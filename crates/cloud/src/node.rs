@@ -154,22 +154,25 @@ impl CloudNode {
         // The checkpoint first, then the batches it does not cover: they add up to the state
         // the buckets had, whichever workers now own them.
         pool.restore(recovered.checkpoint).await?;
-        let restored = recovered.batches.len();
+        let mut restored = 0;
         let mut replayed = 0;
-        for (id, bytes) in recovered.batches {
+        values.each_batch(|id, bytes| {
+            restored += 1;
             if state.is_known(&id) {
-                continue;
+                return Ok(());
             }
-            let request = decode_stored(id, &bytes)?;
-            state.restore(id, windows_of(&request, config.window_secs));
+            let request = decode_stored(id, bytes)?;
+            let horizon = state.retained_from();
+            let mut windows = windows_of(&request, config.window_secs);
+            windows.retain(|&start| start >= horizon);
+            state.restore(id, windows);
             // Only the batches the checkpoint lacks are expanded: the others' shares are in it.
             if !recovered.covered.contains(&id) {
-                let batch = expand(request)
-                    .map_err(|e| CloudError::Storage(format!("stored batch {id}: {e}")))?;
-                pool.dispatch(Arc::new(batch));
+                pool.dispatch(Arc::new(expand_kept(id, request, horizon)?));
                 replayed += 1;
             }
-        }
+            Ok(())
+        })?;
         // Every sealed window is in the values table: all but the recent ones leave memory.
         state.keep_cold_in(Box::new(values.clone()));
         let sealed_count = sealed.len();
@@ -763,6 +766,22 @@ pub fn check_range_specs(specs: &[RangeSpec], window_secs: u64) -> Result<(), Ap
 }
 
 /// A batch as the values table holds it: the body as received.
+/// A stored batch's shares as workers take them, without those of windows before the
+/// retention `horizon`. A batch that straddles the horizon stays stored for its later
+/// windows; its earlier ones are gone from the state, and replaying their shares would bring
+/// them back, held by this cloud alone.
+fn expand_kept(
+    id: BatchId,
+    request: UploadRequest,
+    horizon: u64,
+) -> Result<UploadBatch, CloudError> {
+    let mut batch =
+        expand(request).map_err(|e| CloudError::Storage(format!("stored batch {id}: {e}")))?;
+    batch.records.retain(|r| r.ts >= horizon);
+    batch.histograms.retain(|h| h.window_start >= horizon);
+    Ok(batch)
+}
+
 fn decode_stored(id: BatchId, bytes: &[u8]) -> Result<UploadRequest, CloudError> {
     decode(bytes).map_err(|e| CloudError::Storage(format!("stored batch {id}: {}", e.message)))
 }
@@ -785,8 +804,8 @@ impl ReplaySource for CloudNode {
             .read(ids)?
             .into_iter()
             .map(|(id, bytes)| {
-                expand(decode_stored(id, &bytes)?)
-                    .map_err(|e| CloudError::Storage(format!("stored batch {id}: {e}")))
+                let horizon = self.state().retained_from();
+                expand_kept(id, decode_stored(id, &bytes)?, horizon)
             })
             .collect()
     }

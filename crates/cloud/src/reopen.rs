@@ -74,7 +74,7 @@ impl Reopening {
                 }
             }
         }
-        let reopened = match Database::create(&self.path) {
+        let reopened = match mcloud_core::database::open(&self.path) {
             Ok(db) => {
                 tracing::info!(path = %self.path.display(), "reopened after a failed write ({cause})");
                 Ok(Arc::new(db))

@@ -57,9 +57,8 @@ struct Job {
     done: oneshot::Sender<Result<(), CloudError>>,
 }
 
-/// What a restarted node finds on disk.
+/// What a restarted node finds on disk, besides the batches ([`ValuesTable::each_batch`]).
 pub struct Recovered {
-    pub batches: Vec<(BatchId, Vec<u8>)>,
     pub watermark: u64,
     /// The latest checkpoint's bucket states.
     pub checkpoint: Vec<(usize, BucketState)>,
@@ -81,7 +80,7 @@ impl ValuesTable {
         std::fs::create_dir_all(dir)
             .map_err(|e| CloudError::Storage(format!("{}: {e}", dir.display())))?;
         let path = dir.join("values.redb");
-        let db = Database::create(&path)?;
+        let db = mcloud_core::database::open(&path)?;
         let txn = db.begin_write()?;
         txn.open_table(BATCHES)?;
         txn.open_table(META)?;
@@ -91,13 +90,7 @@ impl ValuesTable {
         txn.commit()?;
         let recovered = {
             let txn = db.begin_read()?;
-            let batches = txn.open_table(BATCHES)?;
             let meta = txn.open_table(META)?;
-            let mut out = Vec::new();
-            for entry in batches.iter()? {
-                let (id, bytes) = entry?;
-                out.push((BatchId(id.value()), bytes.value().to_vec()));
-            }
             let mut checkpoint = Vec::new();
             for entry in txn.open_table(CHECKPOINT)?.iter()? {
                 let (bucket, bytes) = entry?;
@@ -113,7 +106,6 @@ impl ValuesTable {
                 sealed.push((start.value(), bytes.value().to_vec()));
             }
             Recovered {
-                batches: out,
                 watermark: meta.get(WATERMARK)?.map(|v| v.value()).unwrap_or(0),
                 retained_from: meta.get(RETAINED_FROM)?.map(|v| v.value()).unwrap_or(0),
                 checkpoint,
@@ -137,6 +129,21 @@ impl ValuesTable {
         let txn = db.begin_read()?;
         let sealed = txn.open_table(SEALED)?;
         Ok(sealed.get(start)?.map(|bytes| bytes.value().to_vec()))
+    }
+
+    /// Calls `f` with every stored batch in id order, one at a time: a restart reads them all,
+    /// and holding them all at once would take as much memory as the table has on disk.
+    pub fn each_batch(
+        &self,
+        mut f: impl FnMut(BatchId, &[u8]) -> Result<(), CloudError>,
+    ) -> Result<(), CloudError> {
+        let db = self.db.get()?;
+        let txn = db.begin_read()?;
+        for entry in txn.open_table(BATCHES)?.iter()? {
+            let (id, bytes) = entry?;
+            f(BatchId(id.value()), bytes.value())?;
+        }
+        Ok(())
     }
 
     /// The stored bytes of these batches (those that are stored), for a replay.

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod csv;
+pub mod database;
 pub mod disclosure;
 pub mod fixed;
 pub mod histogram;

@@ -35,7 +35,7 @@ impl DurableFile {
         label: &'static str,
         closing: Arc<AtomicBool>,
     ) -> Result<DurableFile, StorageError> {
-        let db = Database::create(path).map_err(|e| io_error(label, e))?;
+        let db = mcloud_core::database::open(path).map_err(|e| io_error(label, e))?;
         Ok(DurableFile {
             path: path.to_path_buf(),
             label,
@@ -77,7 +77,7 @@ impl DurableFile {
                 }
             }
         }
-        *slot = Database::create(&self.path)
+        *slot = mcloud_core::database::open(&self.path)
             .map(Arc::new)
             .map_err(|e| format!("closed after a failed write; opening it again failed: {e}"));
     }
