@@ -182,7 +182,7 @@ pub async fn run(args: SoakArgs) -> Result<bool> {
             let name = match victim {
                 Some(role) => {
                     cluster.kill(role)?;
-                    role.name()
+                    role.to_string()
                 }
                 None => {
                     // Dropping the handle SIGKILLs the process and reaps it.

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod disclosure;
 pub mod elastic;
 pub mod error;
+mod metrics;
 pub mod node;
 mod reopen;
 pub mod service;

@@ -5,6 +5,7 @@ use crate::elastic::{
     catalog_map::CatalogMaps, BucketState, CheckpointInfo, ElasticConfig, InProcess, Pool,
     ReplaySource,
 };
+use crate::metrics::{CloudCollector, CloudMetrics};
 use crate::values::ValuesTable;
 use crate::windows::{touched, RangeError, Registered, View, Windows};
 use crate::CloudError;
@@ -13,6 +14,7 @@ use mcloud_catalog::{CatalogClient, FlagTable};
 use mcloud_core::auth::sensor::SensorScope;
 use mcloud_core::disclosure::DisclosurePolicy;
 use mcloud_core::http::{decode, ApiError};
+use mcloud_core::metrics::Metrics;
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::upload::expand;
 use mcloud_core::wire::{
@@ -97,6 +99,9 @@ pub struct CloudNode {
     audit: AuditLog,
     policy_hash: [u8; 32],
     policy_nanos: std::sync::atomic::AtomicU64,
+    /// What `/metrics` serves for this cloud.
+    metrics: Metrics,
+    recorded: CloudMetrics,
 }
 
 fn now_secs() -> u64 {
@@ -193,6 +198,8 @@ impl CloudNode {
             .check()
             .map_err(|e| CloudError::Config(e.to_string()))?;
         let audit = AuditLog::open(dir)?;
+        let metrics = Metrics::new();
+        let recorded = CloudMetrics::register(&metrics, pool.pause_histogram());
         let node = Arc::new(CloudNode {
             policy_hash: config.disclosure.hash(),
             policy_nanos: Default::default(),
@@ -205,7 +212,11 @@ impl CloudNode {
             sealing: tokio::sync::Mutex::new(()),
             unstored: Mutex::new(Vec::new()),
             progress: Mutex::new(HashMap::new()),
+            metrics,
+            recorded,
         });
+        node.metrics
+            .register_collector(Box::new(CloudCollector(Arc::downgrade(&node))));
         let weak = Arc::downgrade(&node);
         let interval = node.config.poll_interval;
         let checkpoint_period = node.config.elastic.checkpoint_period;
@@ -256,6 +267,22 @@ impl CloudNode {
 
     pub fn config(&self) -> &CloudConfig {
         &self.config
+    }
+
+    /// This cloud's Prometheus registry, for its server's `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Windows and batches held in memory.
+    pub(crate) fn remembered(&self) -> (usize, usize) {
+        self.state().remembered()
+    }
+
+    /// The watermark and the end of the closed windows, in event time.
+    pub(crate) fn event_time(&self) -> (u64, u64) {
+        let state = self.state();
+        (state.watermark(), state.closed_before())
     }
 
     fn state(&self) -> MutexGuard<'_, Windows> {
@@ -319,6 +346,7 @@ impl CloudNode {
         // every worker hears of the batch before it hears of its flag.
         self.pool.dispatch(Arc::new(batch));
         self.state().stored(id);
+        self.recorded.batch("stored");
         Ok(UploadAck {
             batch_id: id,
             duplicate: false,
@@ -329,11 +357,14 @@ impl CloudNode {
     /// rebuilt from it and the batches after it; returns None when no checkpoint could be
     /// taken now (some bucket awaits recovery).
     pub async fn checkpoint(&self) -> Result<Option<CheckpointInfo>, CloudError> {
+        let started = std::time::Instant::now();
         let info = self
             .pool
             .checkpoint(|cp| self.values.save_checkpoint(cp))
             .await?;
         if let Some(info) = &info {
+            self.recorded
+                .checkpoint_took(started.elapsed().as_secs_f64());
             tracing::debug!(party = self.config.party, ?info, "checkpoint stored");
         }
         Ok(info)
@@ -400,6 +431,8 @@ impl CloudNode {
                 // before the workers were told.
                 self.pool.decide(*id, committed);
                 state.decide(*id, committed);
+                self.recorded
+                    .batch(if committed { "committed" } else { "aborted" });
             }
         }
         self.seal().await

@@ -29,6 +29,7 @@ struct Cloud {
 type Node = State<Cloud>;
 
 pub fn router(node: Arc<CloudNode>, auth: NodeAuth) -> Router {
+    let metrics = node.metrics().clone();
     let state = Cloud {
         node,
         auth: auth.clone(),
@@ -44,14 +45,15 @@ pub fn router(node: Arc<CloudNode>, auth: NodeAuth) -> Router {
     let admin = Router::new()
         .route(AUDIT_PATH, get(audit))
         .layer(from_fn_with_state(ADMINS, require_peer));
-    Router::new()
+    let router = Router::new()
         .merge(sensor)
         .merge(app)
         .merge(admin)
         .merge(mcloud_core::auth::session_router(auth))
         .route(mcloud_core::paths::STATUS_PATH, get(status))
         .route(mcloud_core::paths::HEALTH_PATH, get(|| async { "ok" }))
-        .with_state(state)
+        .with_state(state);
+    metrics.instrument(router)
 }
 
 /// How often a cloud reads the revoked app tokens from the catalog: a revocation takes effect

@@ -9,6 +9,7 @@ pub mod disclosure;
 pub mod fixed;
 pub mod histogram;
 pub mod http;
+pub mod metrics;
 pub mod noise;
 pub mod paths;
 pub mod reading;

@@ -6,6 +6,7 @@
 pub mod bounds;
 pub mod durable;
 pub mod log_store;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod placement;
@@ -470,10 +471,11 @@ pub fn assignments_router(node: Arc<CatalogNode>) -> Router {
 /// Everything a catalog node serves: the flags API, the clouds' bucket maps, the node-to-node endpoints and a status
 /// page that shows every partition's leader and term.
 pub fn router(node: Arc<CatalogNode>, auth: NodeAuth) -> Router {
+    let metrics = metrics::register(&node);
     let status_node = node.clone();
     let access = access_router(node.clone(), auth.clone());
     watch_local_revocations(node.clone(), &auth);
-    crate::service::router_with_status(node.clone(), auth, move || {
+    let router = crate::service::router_with_status(node.clone(), auth, move || {
         serde_json::json!({
             "role": "catalog",
             "node_id": status_node.id(),
@@ -483,5 +485,6 @@ pub fn router(node: Arc<CatalogNode>, auth: NodeAuth) -> Router {
     .merge(assignments_router(node.clone()))
     .merge(revocations_router(node.clone()))
     .merge(access)
-    .merge(internal_router(node))
+    .merge(internal_router(node));
+    metrics.instrument(router)
 }

@@ -110,6 +110,8 @@ pub struct CatalogNode {
     peers: BTreeMap<NodeId, Peer>,
     incoming_snapshots: super::snapshot_transfer::Assembler,
     keep_decided_ms: u64,
+    /// How long each Raft write took to commit, for the metrics.
+    commit_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// A forwarded operation, run by the receiving node itself (never forwarded again).
@@ -194,6 +196,7 @@ impl CatalogNode {
         let timeouts = Timeouts {
             commit: config.commit_timeout,
         };
+        let commit_seconds = mcloud_core::metrics::seconds_histogram();
         let mut partitions = Vec::new();
         for p in 0..config.partitions {
             let dir = config.dir.join(format!("p{p}"));
@@ -213,7 +216,13 @@ impl CatalogNode {
                 .map_err(|e| StartError::Storage(e.to_string()))?;
             let (ptx, prx) = mpsc::channel(4096);
             let (rtx, rrx) = mpsc::channel(4096);
-            tokio::spawn(run_proposer(p, raft.clone(), timeouts.clone(), prx));
+            tokio::spawn(run_proposer(
+                p,
+                raft.clone(),
+                timeouts.clone(),
+                commit_seconds.clone(),
+                prx,
+            ));
             tokio::spawn(run_reader(
                 p,
                 raft.clone(),
@@ -254,6 +263,7 @@ impl CatalogNode {
             peers: config.peers,
             incoming_snapshots: Default::default(),
             keep_decided_ms: config.keep_decided_ms,
+            commit_seconds,
         });
         spawn_sweeper(Arc::downgrade(&node));
         Ok(node)
@@ -289,6 +299,11 @@ impl CatalogNode {
     /// Snapshot chunks from leaders, assembled until a snapshot is whole.
     pub fn incoming_snapshots(&self) -> &super::snapshot_transfer::Assembler {
         &self.incoming_snapshots
+    }
+
+    /// Every Raft write's time to commit, in seconds (shared with the proposers).
+    pub fn commit_histogram(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.commit_seconds.clone()
     }
 
     pub fn status(&self) -> Vec<PartitionStatus> {

@@ -88,6 +88,7 @@ pub async fn run_proposer(
     partition: u32,
     raft: Raft,
     timeouts: Timeouts,
+    commit_seconds: prometheus_client::metrics::histogram::Histogram,
     mut rx: mpsc::Receiver<Proposal>,
 ) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -108,6 +109,7 @@ pub async fn run_proposer(
         }
         let raft = raft.clone();
         let timeouts = timeouts.clone();
+        let commit_seconds = commit_seconds.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let mut ops = Vec::with_capacity(pending.len());
@@ -126,14 +128,18 @@ pub async fn run_proposer(
                 now_ms: now_ms(),
                 ops,
             };
+            let started = std::time::Instant::now();
             let result = tokio::time::timeout(timeouts.commit, raft.client_write(batch)).await;
             let answers: Vec<OpAnswer> = match result {
-                Ok(Ok(response)) => response
-                    .data
-                    .0
-                    .into_iter()
-                    .map(|r| r.map_err(LocalError::Failed))
-                    .collect(),
+                Ok(Ok(response)) => {
+                    commit_seconds.observe(started.elapsed().as_secs_f64());
+                    response
+                        .data
+                        .0
+                        .into_iter()
+                        .map(|r| r.map_err(LocalError::Failed))
+                        .collect()
+                }
                 Ok(Err(e)) => {
                     let e = write_error(partition, e);
                     return reply_all(replies.into_iter().chain(sweeps), &e);

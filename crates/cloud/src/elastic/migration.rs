@@ -109,6 +109,7 @@ impl Pool {
             match joined {
                 Ok(Ok(pause)) => {
                     moved += 1;
+                    self.pause_seconds.observe(pause / 1e3);
                     let mut pauses = lock(&self.pauses_ms);
                     pauses.push_back(pause);
                     while pauses.len() > PAUSES_KEPT {

@@ -135,6 +135,8 @@ pub struct Pool {
     decisions: Mutex<VecDeque<Decision>>,
     counters: Mutex<Counters>,
     pauses_ms: Mutex<VecDeque<f64>>,
+    /// Every pause, for the metrics (the recent ones above are for the status page).
+    pause_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Records aggregated by workers that have since stopped.
     retired_records: AtomicU64,
     /// Batches in the order they were routed since the latest checkpoint: what a rebuild
@@ -254,6 +256,7 @@ impl Pool {
                 ..Counters::default()
             }),
             pauses_ms: Mutex::new(VecDeque::new()),
+            pause_seconds: mcloud_core::metrics::seconds_histogram(),
             retired_records: AtomicU64::new(0),
             routed: Mutex::new(Vec::new()),
             last_checkpoint: Mutex::new(None),
@@ -480,6 +483,11 @@ impl Pool {
 
     pub fn decisions(&self) -> Vec<Decision> {
         lock(&self.decisions).iter().cloned().collect()
+    }
+
+    /// Every handover pause, in seconds (the handle shares its counts with the pool).
+    pub fn pause_histogram(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.pause_seconds.clone()
     }
 
     /// Handover pauses measured so far (milliseconds, most recent last).
