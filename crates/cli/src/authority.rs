@@ -196,6 +196,10 @@ pub enum AuthorityCommand {
         /// Catalog voters (node ids 1..=N; voter i belongs to party (i - 1) % parties).
         #[arg(long, default_value_t = 3)]
         voters: u16,
+        /// DNS names or IP addresses every node certificate covers besides localhost and
+        /// loopback (the service names of a container deployment).
+        #[arg(long = "name")]
+        names: Vec<String>,
     },
 }
 
@@ -337,8 +341,9 @@ pub fn run(args: AuthorityArgs) -> Result<()> {
             dir,
             parties,
             voters,
+            names,
         } => {
-            write_local(&dir, parties, voters)?;
+            write_local_with_names(&dir, parties, voters, &names)?;
             eprintln!(
                 "{parties} parties, {voters} voters, an administrator, a gateway sensor and a collector enrolled into {}",
                 dir.display()
