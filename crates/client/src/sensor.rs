@@ -408,6 +408,7 @@ async fn deliver(
             .wait_until_reachable(config.wait_for_clouds)
             .await?;
         let outcome = uploader.transact(&batch, fate).await?;
+        tracing::debug!(batch = %batch.id, attempts, ?outcome, "transaction settled");
         match outcome {
             Outcome::Expired(ref reason) if attempts < config.max_attempts => {
                 tracing::info!(batch = %batch.id, attempts, "flag expired ({reason}); retrying under a new flag");

@@ -188,6 +188,9 @@ impl Uploader {
     }
 
     /// Runs the transaction for `batch` as far as `fate` allows.
+    // The span names the batch in every event of its transaction; the clouds log the same id
+    // when they store it and when its flag is final, so one batch can be followed to reveal.
+    #[tracing::instrument(level = "debug", skip_all, fields(batch = %batch.id))]
     pub async fn transact(&self, batch: &PlainBatch, fate: Fate) -> Result<Outcome, SensorError> {
         let bodies = self.encode_shares(batch)?;
         let ttl_ms = self.ttl.as_millis() as u64;

@@ -312,6 +312,7 @@ impl CloudNode {
         }
         self.validate(&request)?;
         let partial = windows_of(&request, self.config.window_secs);
+        let partial_windows = (partial.first().copied(), partial.last().copied());
         let batch = expand(request).map_err(CloudError::from)?;
         let flag = self
             .catalog
@@ -347,6 +348,7 @@ impl CloudNode {
         self.pool.dispatch(Arc::new(batch));
         self.state().stored(id);
         self.recorded.batch("stored");
+        tracing::debug!(party = self.config.party, batch = %id, windows = ?partial_windows, "batch stored");
         Ok(UploadAck {
             batch_id: id,
             duplicate: false,
@@ -433,6 +435,7 @@ impl CloudNode {
                 state.decide(*id, committed);
                 self.recorded
                     .batch(if committed { "committed" } else { "aborted" });
+                tracing::debug!(party = self.config.party, batch = %id, committed, "flag final");
             }
         }
         self.seal().await
@@ -452,6 +455,7 @@ impl CloudNode {
                 let mut state = self.state();
                 for start in &ready {
                     state.seal(*start, sums.remove(start).unwrap_or_default());
+                    tracing::debug!(party = self.config.party, window = *start, "window sealed");
                 }
                 windows.extend(ready);
             }

@@ -359,8 +359,19 @@ pub fn combine(responses: &[ComputeResponse], min_count: u64) -> Result<Revealed
             }
         }
         let noisy = responses.iter().any(|r| r.noisy);
-        out.windows
-            .push(combine_window(window, &parts, min_count, noisy)?);
+        let revealed = combine_window(window, &parts, min_count, noisy)?;
+        tracing::debug!(
+            window = window.start,
+            batches = parts
+                .iter()
+                .flatten()
+                .map(|p| p.batches)
+                .next()
+                .unwrap_or(0),
+            groups = revealed.groups.len(),
+            "window revealed"
+        );
+        out.windows.push(revealed);
     }
     Ok(out)
 }
