@@ -4,10 +4,10 @@
 //! every voter and the revealed sums equal to the plaintext reference.
 
 mod common;
-use common::{expected_rows, rows_of, wait_for, Proc, BIN, SYNTHETIC_ARGS};
+use common::{expected_rows, rows_of, wait_for, BIN};
 
 use mcloud::processes::{ProcessCluster, ProcessSpec, Role};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 fn catalog(cluster: &ProcessCluster, args: &[&str]) -> Output {
@@ -55,17 +55,9 @@ async fn voters(
 async fn voters_are_added_and_removed_while_uploads_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = ProcessCluster::write(ProcessSpec {
-        bin: BIN.into(),
-        dir: dir.path().to_path_buf(),
-        parties: 3,
-        voters: 3,
         spare_catalogs: 1,
         partitions: 2,
-        window_secs: 60,
-        grace_secs: 60,
-        retention_secs: None,
-        keep_decided_secs: None,
-        namespaces: false,
+        ..common::process_spec(dir.path())
     })
     .unwrap();
     cluster.start_all().unwrap();
@@ -82,19 +74,9 @@ async fn voters_are_added_and_removed_while_uploads_go_on() {
     .await;
 
     // Paced, so the membership changes happen while batches are in flight.
-    let mut sensor = Proc(
-        Command::new(BIN)
-            .arg("sensor")
-            .arg("--deployment")
-            .arg(cluster.deployment_path())
-            .arg("--outbox")
-            .arg(dir.path().join("sensor/outbox.redb"))
-            .args(SYNTHETIC_ARGS)
-            .args(["--batch-size", "20", "--in-flight", "2", "--speedup", "40"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("logs/sensor.log")).unwrap())
-            .spawn()
-            .unwrap(),
+    let mut sensor = common::start_sensor(
+        &cluster,
+        &["--batch-size", "20", "--in-flight", "2", "--speedup", "40"],
     );
 
     // Wrong requests are refused with the reason and change nothing.

@@ -6,11 +6,8 @@
 //! one leader among the voters, Raft writes committed at the leader).
 
 mod common;
-use common::{Proc, BIN, SYNTHETIC_ARGS};
-
-use mcloud::processes::{ProcessCluster, ProcessSpec};
+use mcloud::processes::ProcessCluster;
 use prometheus_parse::{Sample, Scrape, Value};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 async fn scrape(http: &reqwest::Client, base: &str) -> Scrape {
@@ -62,36 +59,10 @@ fn number(s: &Sample) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_serves_metrics_that_parse_and_add_up() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = ProcessCluster::write(ProcessSpec {
-        bin: BIN.into(),
-        dir: dir.path().to_path_buf(),
-        parties: 3,
-        voters: 3,
-        spare_catalogs: 0,
-        partitions: 1,
-        window_secs: 60,
-        grace_secs: 60,
-        retention_secs: None,
-        keep_decided_secs: None,
-        namespaces: false,
-    })
-    .unwrap();
+    let mut cluster = ProcessCluster::write(common::process_spec(dir.path())).unwrap();
     cluster.start_all().unwrap();
     let http = cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
-    let mut sensor = Proc(
-        Command::new(BIN)
-            .arg("sensor")
-            .arg("--deployment")
-            .arg(cluster.deployment_path())
-            .arg("--outbox")
-            .arg(dir.path().join("sensor/outbox.redb"))
-            .args(SYNTHETIC_ARGS)
-            .args(["--batch-size", "100"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("logs/sensor.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut sensor = common::start_sensor(&cluster, &["--batch-size", "100"]);
     common::sensor_succeeds(&mut sensor, &cluster, 120).await;
     let sensor_log = std::fs::read_to_string(dir.path().join("logs/sensor.log")).unwrap();
     let batches: f64 = sensor_log

@@ -8,11 +8,10 @@
 //! loss phase without `nft`.
 
 mod common;
-use common::{expected_rows, rows_of, wait_for, Proc, BIN, SYNTHETIC_ARGS};
+use common::{expected_rows, rows_of, wait_for};
 
 use mcloud::netns::Network;
 use mcloud::processes::{ProcessCluster, ProcessSpec, Role};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const VOTERS: usize = 3;
@@ -49,17 +48,10 @@ async fn partitions_heal_without_losing_or_double_counting_a_reading() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = ProcessCluster::write(ProcessSpec {
-        bin: BIN.into(),
-        dir: dir.path().to_path_buf(),
         parties: PARTIES,
         voters: VOTERS,
-        spare_catalogs: 0,
-        partitions: 1,
-        window_secs: 60,
-        grace_secs: 60,
-        retention_secs: None,
-        keep_decided_secs: None,
         namespaces: true,
+        ..common::process_spec(dir.path())
     })
     .unwrap();
     cluster.start_all().unwrap();
@@ -67,20 +59,18 @@ async fn partitions_heal_without_losing_or_double_counting_a_reading() {
     let member = |role| cluster.member(role);
 
     // Paced, so every cut falls while batches are in flight.
-    let mut sensor = Proc(
-        Command::new(BIN)
-            .arg("sensor")
-            .arg("--deployment")
-            .arg(cluster.deployment_path())
-            .arg("--outbox")
-            .arg(dir.path().join("sensor/outbox.redb"))
-            .args(SYNTHETIC_ARGS)
-            .args(["--batch-size", "20", "--in-flight", "2", "--speedup", "15"])
-            .args(["--ttl-ms", "10000"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("logs/sensor.log")).unwrap())
-            .spawn()
-            .unwrap(),
+    let mut sensor = common::start_sensor(
+        &cluster,
+        &[
+            "--batch-size",
+            "20",
+            "--in-flight",
+            "2",
+            "--speedup",
+            "15",
+            "--ttl-ms",
+            "10000",
+        ],
     );
     let net = cluster.network().expect("namespaces were asked for");
     let all: Vec<usize> = (0..VOTERS).collect();

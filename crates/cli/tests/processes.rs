@@ -99,6 +99,26 @@ impl Deployment {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Waits until cloud `party` holds at least `n` batches (a minute at most).
+    async fn wait_for_batches(&self, party: usize, n: u64) {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let batches = self
+                .cloud_status(party)
+                .await
+                .and_then(|s| s["batches"].as_u64())
+                .unwrap_or(0);
+            if batches >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "cloud {party} never received {n} batches"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Cloud `party`'s status, once it answers.
     async fn cloud_status(&self, party: usize) -> Option<serde_json::Value> {
         let ca = std::fs::read_to_string(self.dir.join(format!("trust/party{party}.pem"))).ok()?;
@@ -134,19 +154,7 @@ async fn a_cloud_killed_mid_upload_loses_no_acknowledged_share() {
     let _n2 = d.start_node(2);
     let mut sensor = d.sensor(&["--batch-size", "40", "--in-flight", "2"]);
     // Kill cloud 1 once it holds part of the stream, then bring it back on its data.
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let batches = d
-            .cloud_status(1)
-            .await
-            .and_then(|s| s["batches"].as_u64())
-            .unwrap_or(0);
-        if batches >= 20 {
-            break;
-        }
-        assert!(Instant::now() < until, "cloud 1 never received batches");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    d.wait_for_batches(1, 20).await;
     let held = d.cloud_status(1).await.unwrap()["batches"]
         .as_u64()
         .unwrap();
@@ -192,19 +200,7 @@ async fn a_sensor_killed_mid_upload_continues_where_it_stopped() {
     let _nodes: Vec<Proc> = (0..3).map(|p| d.start_node(p)).collect();
     let paced = ["--batch-size", "40", "--in-flight", "2", "--speedup", "40"];
     let sensor = d.sensor(&paced);
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let batches = d
-            .cloud_status(0)
-            .await
-            .and_then(|s| s["batches"].as_u64())
-            .unwrap_or(0);
-        if batches >= 20 {
-            break;
-        }
-        assert!(Instant::now() < until, "cloud 0 never received batches");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    d.wait_for_batches(0, 20).await;
     let mut sensor = sensor;
     assert!(
         sensor.0.try_wait().unwrap().is_none(),

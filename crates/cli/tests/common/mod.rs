@@ -209,3 +209,42 @@ pub fn query_plugs(deployment: &Path, wait_secs: u64) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Three parties of `mcloud node` processes in `dir`, three voters, one partition, 60 s
+/// windows: what most process tests start from (they change the fields they need).
+pub fn process_spec(dir: &Path) -> mcloud::processes::ProcessSpec {
+    mcloud::processes::ProcessSpec {
+        bin: BIN.into(),
+        dir: dir.to_path_buf(),
+        parties: 3,
+        voters: 3,
+        spare_catalogs: 0,
+        partitions: 1,
+        window_secs: 60,
+        grace_secs: 60,
+        retention_secs: None,
+        keep_decided_secs: None,
+        namespaces: false,
+    }
+}
+
+/// `mcloud sensor` on the synthetic input against `cluster`, with its outbox and log in the
+/// cluster's directory and `extra` options (batch size, pacing).
+pub fn start_sensor(cluster: &mcloud::processes::ProcessCluster, extra: &[&str]) -> Proc {
+    let dir = cluster.dir();
+    let log = std::fs::File::create(dir.join("logs/sensor.log")).unwrap();
+    Proc(
+        std::process::Command::new(BIN)
+            .arg("sensor")
+            .arg("--deployment")
+            .arg(cluster.deployment_path())
+            .arg("--outbox")
+            .arg(dir.join("sensor/outbox.redb"))
+            .args(SYNTHETIC_ARGS)
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
