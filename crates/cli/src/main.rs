@@ -1,7 +1,8 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use mcloud::{
-    access, analytics, audit, authority, bench, catalog_admin, demo, node, query, sensor, soak,
+    access, analytics, audit, authority, bench, bridge, catalog_admin, demo, node, query, sensor,
+    soak,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ enum Command {
     Catalog(catalog_admin::CatalogArgs),
     /// Upload a CSV or synthetic stream to a running deployment.
     Sensor(sensor::SensorArgs),
+    /// Take readings that devices publish to an MQTT broker and upload them, each exactly once.
+    Bridge(bridge::BridgeArgs),
     /// Reveal the aggregates of a running deployment.
     Query(query::QueryArgs),
     /// Run DEBS 2014 Q1 and Q2 against a running deployment (the collector role).
@@ -78,6 +81,7 @@ async fn main() -> Result<ExitCode> {
         Command::Authority(args) => authority::run(args).map(|_| true)?,
         Command::Catalog(args) => catalog_admin::run(args).await.map(|_| true)?,
         Command::Sensor(args) => sensor::run(args).await?,
+        Command::Bridge(args) => bridge::run(args).await?,
         Command::Query(args) => query::run(args).await.map(|_| true)?,
         Command::Analytics(args) => analytics::run_command(args).await.map(|_| true)?,
         Command::Bench(args) => bench::run(args).await.map(|_| true)?,

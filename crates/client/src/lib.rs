@@ -11,7 +11,7 @@ pub mod session;
 pub mod transaction;
 
 pub use error::SensorError;
-pub use outbox::{Outbox, PlainBatch, PlainHistogram};
+pub use outbox::{Outbox, PlainBatch, PlainHistogram, Received};
 pub use sensor::{Commit, Report, Sensor, SensorConfig, Settled};
 pub use session::SensorSessions;
 pub use transaction::{Fate, Outcome, Uploader};

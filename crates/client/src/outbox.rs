@@ -20,6 +20,14 @@ use std::time::{Duration, Instant};
 const OUTBOX: TableDefinition<u128, &[u8]> = TableDefinition::new("outbox");
 const CURSOR: TableDefinition<&str, &[u8]> = TableDefinition::new("cursor");
 const CURSOR_KEY: &str = "input";
+/// Under this key in the cursor table: the bridge forgot the ids of readings older than this.
+const SEEN_FROM_KEY: &str = "seen_from";
+/// A bridge's readings, by reading id, from the moment they are acknowledged to the broker
+/// until they are cut into a batch.
+const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
+/// Ids of the readings a bridge took, with their timestamps, so a broker's redelivery of one
+/// is recognised.
+const SEEN: TableDefinition<u64, u64> = TableDefinition::new("seen");
 
 /// How far a sensor got in its input: `cuts` batches cut from the input named by `input`
 /// (a digest of its first readings) entered the outbox, cut `batch_size` readings at most,
@@ -71,6 +79,17 @@ impl PlainBatch {
             self.histograms.clone(),
         )
     }
+}
+
+/// What [`Outbox::receive`] made of a group of readings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Received {
+    /// Taken into the inbox.
+    pub new: Vec<Reading>,
+    /// Taken before (a broker's redelivery, or a device publishing twice).
+    pub repeated: usize,
+    /// Older than the ids still remembered.
+    pub late: usize,
 }
 
 /// How often at most an emptied outbox is replaced by a fresh file (see [`Outbox::remove`]).
@@ -139,6 +158,96 @@ impl Outbox {
         Ok(())
     }
 
+    /// Takes the readings not taken before into the inbox, durably. A bridge acknowledges a
+    /// message to its broker only after this returned, and a message the broker delivers
+    /// again adds nothing. A reading older than the ids still remembered
+    /// ([`Outbox::forget_seen_before`]) cannot be told from a repeat and is late at the clouds
+    /// anyway: it is counted as late and not taken.
+    pub fn receive(&self, readings: &[Reading]) -> Result<Received, SensorError> {
+        let db = self.db();
+        let txn = db.begin_write()?;
+        let mut out = Received::default();
+        {
+            let from = match txn.open_table(CURSOR)?.get(SEEN_FROM_KEY)? {
+                Some(bytes) => postcard::from_bytes::<u64>(bytes.value())?,
+                None => 0,
+            };
+            let mut seen = txn.open_table(SEEN)?;
+            let mut inbox = txn.open_table(INBOX)?;
+            for r in readings {
+                if r.ts < from {
+                    out.late += 1;
+                    continue;
+                }
+                if seen.get(r.id)?.is_some() {
+                    out.repeated += 1;
+                    continue;
+                }
+                seen.insert(r.id, r.ts)?;
+                inbox.insert(r.id, postcard::to_stdvec(r)?.as_slice())?;
+                out.new.push(*r);
+            }
+        }
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Moves every reading in the inbox into batches of sensor `sensor` (in timestamp order,
+    /// at most `batch_size` each), in one transaction; returns how many batches it made.
+    pub fn cut_inbox(&self, sensor: u32, batch_size: usize) -> Result<usize, SensorError> {
+        let db = self.db();
+        let txn = db.begin_write()?;
+        let mut batches = 0;
+        {
+            let mut inbox = txn.open_table(INBOX)?;
+            let mut readings = Vec::new();
+            for entry in inbox.iter()? {
+                readings.push(postcard::from_bytes::<Reading>(entry?.1.value())?);
+            }
+            readings.sort_by_key(|r| (r.ts, r.id));
+            let mut outbox = txn.open_table(OUTBOX)?;
+            for chunk in readings.chunks(batch_size.max(1)) {
+                let batch = PlainBatch::new(sensor, chunk.to_vec());
+                outbox.insert(batch.id.0, postcard::to_stdvec(&batch)?.as_slice())?;
+                batches += 1;
+            }
+            inbox.retain(|_, _| false)?;
+        }
+        txn.commit()?;
+        Ok(batches)
+    }
+
+    /// The oldest timestamp still in the inbox.
+    pub fn inbox_oldest(&self) -> Result<Option<u64>, SensorError> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        let mut oldest = None::<u64>;
+        for entry in txn.open_table(INBOX)?.iter()? {
+            let r: Reading = postcard::from_bytes(entry?.1.value())?;
+            oldest = Some(oldest.map_or(r.ts, |o| o.min(r.ts)));
+        }
+        Ok(oldest)
+    }
+
+    /// Forgets the ids of readings older than `before`: the clouds refuse such a reading as
+    /// late, so a redelivery of it cannot be counted twice either.
+    pub fn forget_seen_before(&self, before: u64) -> Result<(), SensorError> {
+        let db = self.db();
+        let txn = db.begin_write()?;
+        let mut cursor = txn.open_table(CURSOR)?;
+        let from = match cursor.get(SEEN_FROM_KEY)? {
+            Some(bytes) => postcard::from_bytes::<u64>(bytes.value())?,
+            None => 0,
+        };
+        if before > from {
+            cursor.insert(SEEN_FROM_KEY, postcard::to_stdvec(&before)?.as_slice())?;
+            txn.open_table(SEEN)?.retain(|_, ts| ts >= before)?;
+        }
+        drop(cursor);
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Where the last run stood in its input, if it cut any batch.
     pub fn cursor(&self) -> Result<Option<Cursor>, SensorError> {
         read_cursor(&self.db())
@@ -179,19 +288,32 @@ impl Outbox {
     /// old file or the new one in place, both holding every waiting batch (none).
     fn replace_if_empty(&self) -> Result<(), SensorError> {
         let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
-        if !db.begin_read()?.open_table(OUTBOX)?.is_empty()? {
-            return Ok(());
+        {
+            let txn = db.begin_read()?;
+            if !txn.open_table(OUTBOX)?.is_empty()? || !txn.open_table(INBOX)?.is_empty()? {
+                return Ok(());
+            }
         }
         let fresh = fresh_path(&self.path);
         let _ = std::fs::remove_file(&fresh);
-        let cursor = read_cursor(&db)?;
         let new = open_private(&fresh)?;
-        // The place in the input moves to the new file before it becomes the outbox.
-        if let Some(cursor) = cursor {
-            let place = postcard::to_stdvec(&cursor)?;
+        // The place in the input and the ids a bridge took (no readings) move to the new file
+        // before it becomes the outbox.
+        {
+            let old = db.begin_read()?;
             let txn = new.begin_write()?;
-            txn.open_table(CURSOR)?
-                .insert(CURSOR_KEY, place.as_slice())?;
+            {
+                let mut cursor = txn.open_table(CURSOR)?;
+                for entry in old.open_table(CURSOR)?.iter()? {
+                    let (key, value) = entry?;
+                    cursor.insert(key.value(), value.value())?;
+                }
+                let mut seen = txn.open_table(SEEN)?;
+                for entry in old.open_table(SEEN)?.iter()? {
+                    let (id, ts) = entry?;
+                    seen.insert(id.value(), ts.value())?;
+                }
+            }
             txn.commit()?;
         }
         *db = new;
@@ -253,6 +375,8 @@ fn open_private(path: &Path) -> Result<Database, SensorError> {
     let txn = db.begin_write()?;
     txn.open_table(OUTBOX)?;
     txn.open_table(CURSOR)?;
+    txn.open_table(INBOX)?;
+    txn.open_table(SEEN)?;
     txn.commit()?;
     Ok(db)
 }
@@ -366,5 +490,64 @@ mod tests {
         let outbox = Outbox::open(&path).unwrap();
         assert!(outbox.pending().unwrap().is_empty());
         assert_eq!(outbox.cursor().unwrap(), Some(cursor));
+    }
+
+    /// A bridge's readings: a redelivered one is recognised before and after it was cut into
+    /// a batch, cutting empties the inbox into batches in one step, and what was seen travels
+    /// with the file when an emptied outbox is swapped for a fresh one.
+    #[test]
+    fn received_readings_are_taken_once_and_cut_into_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.redb");
+        let reading = |id: u64| Reading {
+            id,
+            ts: 1000 + id,
+            value: id,
+            metric: Metric::Load,
+            group: GroupKey {
+                house: 0,
+                household: 0,
+                plug: 1,
+            },
+        };
+        let outbox = Outbox::open(&path).unwrap();
+        let first: Vec<Reading> = (0..5).map(reading).collect();
+        assert_eq!(outbox.receive(&first).unwrap().new.len(), 5);
+        let again: Vec<Reading> = (3..8).map(reading).collect();
+        let received = outbox.receive(&again).unwrap();
+        assert_eq!(received.new, (5..8).map(reading).collect::<Vec<_>>());
+        assert_eq!(received.repeated, 2);
+        assert_eq!(outbox.inbox_oldest().unwrap(), Some(1000));
+        assert_eq!(outbox.cut_inbox(9, 3).unwrap(), 3);
+        assert_eq!(outbox.inbox_oldest().unwrap(), None);
+        let mut cut: Vec<Reading> = outbox
+            .pending()
+            .unwrap()
+            .into_iter()
+            .flat_map(|b| b.readings)
+            .collect();
+        cut.sort_by_key(|r| r.id);
+        assert_eq!(cut, (0..8).map(reading).collect::<Vec<_>>());
+        assert_eq!(
+            outbox.receive(&first).unwrap().repeated,
+            5,
+            "redelivered after the cut"
+        );
+        for b in outbox.pending().unwrap() {
+            *outbox.fresh_since.lock().unwrap() -= FRESH_FILE_EVERY;
+            outbox.remove(b.id).unwrap();
+        }
+        drop(outbox);
+        let outbox = Outbox::open(&path).unwrap();
+        assert_eq!(
+            outbox.receive(&first).unwrap().repeated,
+            5,
+            "after a fresh file"
+        );
+        // Ids older than 1004 are forgotten: those readings are late now, the rest repeats.
+        outbox.forget_seen_before(1004).unwrap();
+        let received = outbox.receive(&first).unwrap();
+        assert_eq!((received.late, received.repeated), (4, 1));
+        assert!(received.new.is_empty());
     }
 }

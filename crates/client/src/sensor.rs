@@ -101,6 +101,10 @@ impl Sensor {
         &self.uploader
     }
 
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
     /// Sends every batch left in the outbox by an earlier run; `progress` hears of each as
     /// it settles.
     pub async fn resume(&self, progress: impl FnMut(&Settled)) -> Result<Report, SensorError> {

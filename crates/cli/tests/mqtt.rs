@@ -1,0 +1,171 @@
+//! MQTT ingest against a real Mosquitto broker: devices publish DEBS CSV lines with QoS 1,
+//! `mcloud bridge` takes them into a three-party deployment of `mcloud node` processes. The
+//! bridge is SIGKILLed in the middle; what is published while it is down waits in the
+//! broker's persistent session, and part of the stream is published twice. Every reading is
+//! still counted exactly once: the revealed sums equal the plaintext reference. Needs
+//! `mosquitto` (Debian package; `.ci/run` installs it); prints SKIPPED without.
+
+mod common;
+use common::{expected_rows, rows_of, Proc, BIN};
+
+use mcloud::processes::ProcessCluster;
+use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn mosquitto() -> Option<&'static str> {
+    ["mosquitto", "/usr/sbin/mosquitto"].into_iter().find(|p| {
+        Command::new(p)
+            .arg("-h")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    })
+}
+
+/// Publishes every line of `lines` as one QoS 1 message, as a device would.
+fn publish(port: u16, lines: &[String]) {
+    let mut child = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", "mcloud/readings/house0", "-q", "1", "-l"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub (mosquitto-clients)");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for line in lines {
+            writeln!(stdin, "{line}").unwrap();
+        }
+    }
+    assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
+}
+
+fn bridge(cluster: &ProcessCluster, port: u16, log: &Path) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Proc(
+        Command::new(BIN)
+            .arg("bridge")
+            .arg("--deployment")
+            .arg(cluster.deployment_path())
+            .args(["--mqtt", &format!("127.0.0.1:{port}")])
+            .arg("--outbox")
+            .arg(cluster.dir().join("bridge/outbox.redb"))
+            .args(["--batch-size", "200", "--round-ms", "200"])
+            .args(["--idle-exit-secs", "4"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits until the bridge's log has said `what` `times` times.
+fn wait_in_log(log: &Path, what: &str, times: usize) {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(what).count() >= times {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "the bridge never said {what:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_stream_is_counted_once_across_a_bridge_crash_and_redeliveries() {
+    let Some(broker) = mosquitto() else {
+        eprintln!("SKIPPED mqtt: mosquitto is not installed (Debian: mosquitto mosquitto-clients)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let conf = dir.path().join("mosquitto.conf");
+    // The broker keeps every message for a subscriber that is away (no queue limit), as a
+    // deployment that must not lose readings would configure it.
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
+             max_inflight_messages 200\npersistence false\n"
+        ),
+    )
+    .unwrap();
+    let _broker = Proc(
+        Command::new(broker)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("mosquitto.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut cluster = ProcessCluster::write(common::process_spec(dir.path())).unwrap();
+    cluster.start_all().unwrap();
+    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+
+    // The synthetic input `expected_rows` describes, one CSV line per reading.
+    let lines: Vec<String> = Synthetic::new(SyntheticConfig {
+        houses: 2,
+        households_per_house: 1,
+        plugs_per_household: 3,
+        duration_secs: 900,
+        interval_secs: 1,
+        ..Default::default()
+    })
+    .map(|r| mcloud_core::csv::format_line(&r))
+    .collect();
+    let (first, second) = lines.split_at(lines.len() / 2);
+
+    let log = dir.path().join("logs/bridge.log");
+    let running = bridge(&cluster, port, &log);
+    wait_in_log(&log, "subscribed", 1);
+    publish(port, first);
+    // Part of it is in flight or committed; the rest waits in the broker or the inbox.
+    let http = cluster.http().unwrap();
+    common::wait_for(60, "batches at cloud 0", async || {
+        let url = format!("{}/v1/status", cluster.cloud_url(0));
+        let status = common::json(&http, &url).await;
+        (status["batches"].as_u64().unwrap_or(0) >= 5).then_some(())
+    })
+    .await;
+    drop(running); // SIGKILL
+
+    // While the bridge is down: the rest, and a repeat of the newest thousand readings.
+    publish(port, second);
+    publish(port, &first[first.len() - 1000..]);
+    let mut again = bridge(&cluster, port, &log);
+    let status = again.0.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "the restarted bridge failed:\n{text}");
+    // "bridge: M messages, T readings taken (R delivered again, L late, ...": a repeat is
+    // recognised by its id, or, once older than the progress reported, dropped as late.
+    let summary = text.lines().last().unwrap_or_default();
+    let count = |after: &str| -> u64 {
+        summary
+            .split(after)
+            .next()
+            .and_then(|head| head.rsplit([' ', '(']).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count before {after:?} in {summary}"))
+    };
+    let not_taken = count(" delivered again") + count(" late");
+    assert!(not_taken >= 1000, "repeats taken again: {summary}");
+
+    let csv = common::query_plugs(&cluster.deployment_path(), 60);
+    assert_eq!(
+        rows_of(&csv),
+        expected_rows(),
+        "revealed sums differ from the reference"
+    );
+}
