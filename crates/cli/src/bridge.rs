@@ -93,11 +93,8 @@ pub async fn run(args: BridgeArgs) -> Result<bool> {
         .set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(10));
+    // It subscribes once connected, unless the broker kept its session (and subscription).
     let (client, events) = AsyncClient::new(options, 1024);
-    client
-        .subscribe(&args.topic, QoS::AtLeastOnce)
-        .await
-        .context("subscribing")?;
     eprintln!(
         "bridge: {} on {}, client id {}",
         args.topic, args.mqtt, args.client_id
