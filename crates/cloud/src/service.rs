@@ -53,7 +53,7 @@ pub fn router(node: Arc<CloudNode>, auth: NodeAuth) -> Router {
         .route(mcloud_core::paths::STATUS_PATH, get(status))
         .route(mcloud_core::paths::HEALTH_PATH, get(|| async { "ok" }))
         .with_state(state);
-    metrics.instrument(router)
+    metrics.instrument(mcloud_core::console::with_console(router))
 }
 
 /// How often a cloud reads the revoked app tokens from the catalog: a revocation takes effect

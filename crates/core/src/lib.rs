@@ -3,6 +3,7 @@
 //! convention and the TLS identities that protect every share in transit.
 
 pub mod auth;
+pub mod console;
 pub mod csv;
 pub mod database;
 pub mod disclosure;

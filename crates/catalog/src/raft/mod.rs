@@ -486,5 +486,5 @@ pub fn router(node: Arc<CatalogNode>, auth: NodeAuth) -> Router {
     .merge(revocations_router(node.clone()))
     .merge(access)
     .merge(internal_router(node));
-    metrics.instrument(router)
+    metrics.instrument(mcloud_core::console::with_console(router))
 }

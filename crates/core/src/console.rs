@@ -1,0 +1,17 @@
+//! The web console: one page, built into the binary (it works offline), that every node
+//! serves at `GET /console`. It reads the node's own `/v1/status` and `/metrics` every second
+//! and draws them; like those it needs no credential and shows counts and timings only.
+
+use axum::response::Html;
+use axum::routing::get;
+use axum::Router;
+
+/// Where the console is served.
+pub const CONSOLE_PATH: &str = "/console";
+
+const PAGE: &str = include_str!("../assets/console.html");
+
+/// `router` with the console page.
+pub fn with_console(router: Router) -> Router {
+    router.route(CONSOLE_PATH, get(|| async { Html(PAGE) }))
+}
