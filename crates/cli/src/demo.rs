@@ -63,6 +63,10 @@ pub struct DemoArgs {
     /// Keep all state here instead of in a temporary directory.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// After the demo, keep the deployment running with every node's web console (their
+    /// URLs are printed) until Ctrl-C.
+    #[arg(long)]
+    pub console: bool,
     /// Raft groups the catalog's flags keyspace is split into.
     #[arg(long, default_value_t = 1)]
     pub partitions: u32,
@@ -324,6 +328,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     .await?;
     let Some(kind) = args.query else {
         let other = as_another_user(&cluster, &readings, args.group, false).await?;
+        hold_for_console(&cluster, args.console).await;
         cluster.shutdown().await;
         write_output(args.output, &run.revealed)?;
         print_summary(&run, readings.len());
@@ -343,6 +348,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         .collect();
     let queries = run_queries(&cluster, &committed, kind, args.emit).await?;
     let other = as_another_user(&cluster, &committed, args.group, true).await?;
+    hold_for_console(&cluster, args.console).await;
     cluster.shutdown().await;
     if args.out_dir.is_some() || args.output == OutputFormat::Csv {
         crate::queries::write(&queries.private, kind, args.out_dir.as_deref())?;
@@ -506,4 +512,23 @@ pub fn print_summary(run: &PipelineRun, readings: usize) {
             eprintln!("  {p}");
         }
     }
+}
+
+/// With `--console`: prints every node's console and waits for Ctrl-C.
+async fn hold_for_console(cluster: &LocalCluster, console: bool) {
+    if !console {
+        return;
+    }
+    let path = mcloud_core::console::CONSOLE_PATH;
+    for url in cluster.catalog_urls() {
+        eprintln!("console: {url}{path}  (catalog voter)");
+    }
+    for (party, url) in cluster.cloud_urls().iter().enumerate() {
+        eprintln!("console: {url}{path}  (cloud {party})");
+    }
+    eprintln!(
+        "the browser must accept the parties' CAs (in {}); Ctrl-C stops the deployment",
+        cluster.dir().join("trust").display()
+    );
+    let _ = tokio::signal::ctrl_c().await;
 }
