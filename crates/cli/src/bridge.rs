@@ -64,6 +64,12 @@ pub struct BridgeArgs {
 /// Most messages taken into the inbox in one transaction.
 const RECEIVE_GROUP: usize = 256;
 
+/// A reading stamped further ahead of the wall clock than this is refused as malformed: the
+/// clouds refuse it too (their `max_future_secs` defaults to a day), and taken as the newest
+/// reading it would push the bridge's progress where no cloud follows, so no window would
+/// close again.
+const MAX_AHEAD_SECS: u64 = 86_400;
+
 /// Returns false when some readings did not commit (they are listed on stderr).
 pub async fn run(args: BridgeArgs) -> Result<bool> {
     let deployment = Deployment::load(&args.deployment)?;
@@ -298,6 +304,10 @@ fn parse(p: &Publish, progress: &Progress) -> Vec<Reading> {
             continue;
         }
         match mcloud_core::csv::parse_line(i + 1, line) {
+            Ok(r) if r.ts > mcloud_core::auth::now_secs().saturating_add(MAX_AHEAD_SECS) => {
+                progress.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(topic = %p.topic, ts = r.ts, "dropped a reading stamped more than a day ahead");
+            }
             Ok(r) => out.push(r),
             Err(e) => {
                 progress.malformed.fetch_add(1, Ordering::Relaxed);
@@ -323,4 +333,28 @@ fn report_failures(r: &Report) -> bool {
         }
     }
     clean
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every line of a message is a reading or is counted as malformed: a line that does not
+    /// parse, one stamped more than a day ahead, and a message that is not text.
+    #[test]
+    fn a_message_gives_its_readings_and_counts_the_rest() {
+        let progress = Progress::default();
+        let future = mcloud_core::auth::now_secs() + 2 * MAX_AHEAD_SECS;
+        let payload = format!(
+            "1,1377986401,19.927,1,11,0,0\n\nnot,a,reading\n2,{future},1.000,1,11,0,0\n3,1377986402,0.500,0,11,0,0\n"
+        );
+        let message = Publish::new("mcloud/readings/h0", QoS::AtLeastOnce, payload);
+        let readings = parse(&message, &progress);
+        assert_eq!(readings.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(progress.malformed.load(Ordering::Relaxed), 2);
+        let binary = Publish::new("mcloud/readings/h0", QoS::AtLeastOnce, vec![0xff, 0xfe]);
+        assert!(parse(&binary, &progress).is_empty());
+        assert_eq!(progress.malformed.load(Ordering::Relaxed), 3);
+        assert_eq!(progress.messages.load(Ordering::Relaxed), 2);
+    }
 }
