@@ -125,7 +125,7 @@ pub async fn run(args: BridgeArgs) -> Result<bool> {
         let outbox = sensor.outbox();
         outbox.cut_inbox(sensor.uploader().sensor(), args.batch_size.max(1))?;
         let round = sensor.resume(|_| {}).await?;
-        clean &= report_failures(&round);
+        clean &= crate::sensor::report_failures(&round);
         totals.committed_batches += round.committed_batches;
         totals.committed_readings += round.committed_readings;
         // Progress: behind the newest reading by the lateness allowed, and never past a
@@ -316,23 +316,6 @@ fn parse(p: &Publish, progress: &Progress) -> Vec<Reading> {
         }
     }
     out
-}
-
-/// Lists what did not commit; returns whether everything did.
-fn report_failures(r: &Report) -> bool {
-    let mut clean = true;
-    for (what, list) in [("missed its window", &r.missed), ("rejected", &r.rejected)] {
-        for b in list {
-            clean = false;
-            eprintln!(
-                "batch {} ({} readings) {what}: {}",
-                b.id,
-                b.readings.len(),
-                b.reason
-            );
-        }
-    }
-    clean
 }
 
 #[cfg(test)]

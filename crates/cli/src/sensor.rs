@@ -176,18 +176,22 @@ fn print_report(resumed: &Report, report: &Report) -> bool {
             pct(1.0)
         );
     }
+    // Both, even when the first already failed: every batch that did not commit is listed.
+    report_failures(resumed) & report_failures(report)
+}
+
+/// Lists the batches of `r` that did not commit; returns whether every one did.
+pub fn report_failures(r: &Report) -> bool {
     let mut clean = true;
-    for r in [resumed, report] {
-        for (what, list) in [("missed its window", &r.missed), ("rejected", &r.rejected)] {
-            for b in list {
-                clean = false;
-                eprintln!(
-                    "batch {} ({} readings) {what}: {}",
-                    b.id,
-                    b.readings.len(),
-                    b.reason
-                );
-            }
+    for (what, list) in [("missed its window", &r.missed), ("rejected", &r.rejected)] {
+        for b in list {
+            clean = false;
+            eprintln!(
+                "batch {} ({} readings) {what}: {}",
+                b.id,
+                b.readings.len(),
+                b.reason
+            );
         }
     }
     clean

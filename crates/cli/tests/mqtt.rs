@@ -9,7 +9,6 @@ mod common;
 use common::{expected_rows, rows_of, Proc, BIN};
 
 use mcloud::processes::ProcessCluster;
-use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -115,16 +114,10 @@ async fn an_mqtt_stream_is_counted_once_across_a_bridge_crash_and_redeliveries()
     cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
 
     // The synthetic input `expected_rows` describes, one CSV line per reading.
-    let lines: Vec<String> = Synthetic::new(SyntheticConfig {
-        houses: 2,
-        households_per_house: 1,
-        plugs_per_household: 3,
-        duration_secs: 900,
-        interval_secs: 1,
-        ..Default::default()
-    })
-    .map(|r| mcloud_core::csv::format_line(&r))
-    .collect();
+    let lines: Vec<String> = common::synthetic_readings()
+        .iter()
+        .map(mcloud_core::csv::format_line)
+        .collect();
     let (first, second) = lines.split_at(lines.len() / 2);
 
     let log = dir.path().join("logs/bridge.log");

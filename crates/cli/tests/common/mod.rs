@@ -38,9 +38,9 @@ pub const SYNTHETIC_ARGS: [&str; 10] = [
     "1",
 ];
 
-/// The CSV `mcloud query` must print, from the same synthetic input in plaintext.
-pub fn expected_rows() -> BTreeMap<String, String> {
-    let readings: Vec<_> = Synthetic::new(SyntheticConfig {
+/// The readings `SYNTHETIC_ARGS` make.
+pub fn synthetic_readings() -> Vec<mcloud_core::Reading> {
+    Synthetic::new(SyntheticConfig {
         houses: 2,
         households_per_house: 1,
         plugs_per_household: 3,
@@ -48,7 +48,12 @@ pub fn expected_rows() -> BTreeMap<String, String> {
         interval_secs: 1,
         ..Default::default()
     })
-    .collect();
+    .collect()
+}
+
+/// The CSV `mcloud query` must print, from the same synthetic input in plaintext.
+pub fn expected_rows() -> BTreeMap<String, String> {
+    let readings = synthetic_readings();
     let mut reference = Reference::new(60, GroupLevel::Plug);
     readings.iter().for_each(|r| reference.add(r));
     reference
