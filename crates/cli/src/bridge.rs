@@ -11,8 +11,7 @@
 use crate::config::Deployment;
 use anyhow::{Context, Result};
 use clap::Args;
-use mcloud_catalog::CatalogClient;
-use mcloud_client::{Outbox, Report, Sensor, SensorConfig, Uploader};
+use mcloud_client::{Outbox, Report, Sensor, SensorConfig};
 use mcloud_core::Reading;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use std::path::PathBuf;
@@ -73,13 +72,7 @@ const MAX_AHEAD_SECS: u64 = 86_400;
 /// Returns false when some readings did not commit (they are listed on stderr).
 pub async fn run(args: BridgeArgs) -> Result<bool> {
     let deployment = Deployment::load(&args.deployment)?;
-    let uploader = Uploader::new(
-        deployment.cloud_endpoints()?,
-        CatalogClient::with_nodes(deployment.catalog_endpoints()?),
-        deployment.catalog_parties()?,
-        deployment.sensor_credentials()?,
-        Duration::from_millis(args.ttl_ms),
-    );
+    let uploader = deployment.uploader(Duration::from_millis(args.ttl_ms))?;
     let sensor = Arc::new(Sensor::new(
         uploader,
         Outbox::open(&args.outbox)?,

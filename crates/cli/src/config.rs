@@ -382,6 +382,18 @@ impl NodeConfig {
 }
 
 impl Deployment {
+    /// The sensor side of this deployment: its clouds, catalog and sensor keys, with flags
+    /// that expire after `ttl` (what `mcloud sensor` and `mcloud bridge` upload through).
+    pub fn uploader(&self, ttl: std::time::Duration) -> Result<mcloud_client::Uploader> {
+        Ok(mcloud_client::Uploader::new(
+            self.cloud_endpoints()?,
+            mcloud_catalog::CatalogClient::with_nodes(self.catalog_endpoints()?),
+            self.catalog_parties()?,
+            self.sensor_credentials()?,
+            ttl,
+        ))
+    }
+
     pub fn load(path: &Path) -> Result<Deployment> {
         let mut d: Deployment = read_toml(path)?;
         let base = base_of(path);

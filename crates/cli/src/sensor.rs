@@ -4,8 +4,7 @@ use crate::config::Deployment;
 use crate::input::{progress, InputArgs};
 use anyhow::Result;
 use clap::Args;
-use mcloud_catalog::CatalogClient;
-use mcloud_client::{Commit, Fate, Outbox, Report, Sensor, SensorConfig, Settled, Uploader};
+use mcloud_client::{Commit, Fate, Outbox, Report, Sensor, SensorConfig, Settled};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -51,13 +50,7 @@ pub struct SensorArgs {
 pub async fn run(args: SensorArgs) -> Result<bool> {
     crate::input::check_speedup(args.speedup)?;
     let deployment = Deployment::load(&args.deployment)?;
-    let uploader = Uploader::new(
-        deployment.cloud_endpoints()?,
-        CatalogClient::with_nodes(deployment.catalog_endpoints()?),
-        deployment.catalog_parties()?,
-        deployment.sensor_credentials()?,
-        Duration::from_millis(args.ttl_ms),
-    );
+    let uploader = deployment.uploader(Duration::from_millis(args.ttl_ms))?;
     let sensor = Sensor::new(
         uploader,
         Outbox::open(&args.outbox)?,
