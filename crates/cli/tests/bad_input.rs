@@ -612,3 +612,77 @@ async fn retries_duplicates_and_replays_count_once() {
     assert_eq!(revealed.windows.iter().map(|w| w.batches).max(), Some(1));
     cluster.shutdown().await;
 }
+
+/// A sensor that hangs up in the middle of an upload (a crash, a lost link) drops the cloud's
+/// request while the batch is being stored. The cloud still finishes storing it: the
+/// sensor's retry is recognised as a duplicate, the transaction commits, and its windows are
+/// revealed. Cut short with the request, the batch stayed claimed forever, and every window
+/// it touched waited for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_short_by_its_sensor_is_stored_whole() {
+    use std::future::Future;
+    use std::task::Poll;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path()).await;
+    let uploader = cluster.uploader(Duration::from_secs(30)).unwrap();
+    let data = readings(3);
+    let batch = PlainBatch::new(GATEWAY.sensor, data.clone());
+    // The flag, with nothing uploaded under it yet.
+    assert_eq!(
+        uploader
+            .transact(&batch, mcloud_client::Fate::DieAfter(0))
+            .await
+            .unwrap(),
+        mcloud_client::Outcome::Crashed
+    );
+    let node = cluster.cloud(0).unwrap();
+    let body = uploader.encode_shares(&batch).unwrap().remove(0);
+    let claimed = |node: &mcloud_cloud::CloudNode| node.status()["batches"].as_u64() == Some(1);
+    let scope = GATEWAY;
+    let mut upload = Box::pin(node.upload(body.into(), &scope));
+    // Driven until the cloud has claimed the batch, then dropped as a closed connection
+    // drops it.
+    while !claimed(&node) {
+        let polled = std::future::poll_fn(|cx| Poll::Ready(upload.as_mut().poll(cx))).await;
+        assert!(
+            polled.is_pending(),
+            "the upload ended before it was cut short: {:?}",
+            polled.map(|r| r.map_err(|e| e.to_string()))
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(upload);
+
+    assert_eq!(
+        uploader
+            .transact(&batch, mcloud_client::Fate::Complete)
+            .await
+            .unwrap(),
+        mcloud_client::Outcome::Committed
+    );
+    uploader
+        .advance_watermark(data.iter().map(|r| r.ts).max().unwrap(), true)
+        .await
+        .unwrap();
+    let mut reference = Reference::new(60, GroupLevel::House);
+    data.iter().for_each(|r| reference.add(r));
+    let revealed = cluster
+        .collector()
+        .unwrap()
+        .collect_when_ready(
+            &Query {
+                from: 0,
+                to: u64::MAX,
+                level: GroupLevel::House,
+                min_count: 1,
+            },
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert!(revealed.not_ready.is_empty(), "{:?}", revealed.not_ready);
+    let report = check(&revealed, &reference, 1);
+    assert!(report.ok(), "{:?}", report.problems);
+    assert!(report.matched > 0);
+    cluster.shutdown().await;
+}

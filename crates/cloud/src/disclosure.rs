@@ -16,6 +16,7 @@ use mcloud_core::noise;
 use mcloud_core::reading::{GroupId, GroupKey, GroupLevel, Metric};
 use mcloud_core::wire::{ComputeResponse, RangeResponse, RangeSpec};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 fn refusal(v: Violation) -> ApiError {
     ApiError::forbidden(v.code, v.to_string())
@@ -94,7 +95,7 @@ fn entry(grant: &Grant, query: &str, level: GroupLevel, from: u64, to: u64) -> D
 }
 
 async fn log(
-    node: &CloudNode,
+    node: &Arc<CloudNode>,
     entry: Disclosure,
     reveals: Vec<Reveal>,
     charge: Option<Charge>,
@@ -148,7 +149,7 @@ fn add_noise(answer: &mut ComputeResponse, dp: &DpRules, grant: &Grant) -> Charg
 
 /// COMPUTE as the policy lets `grant` see it.
 pub async fn compute(
-    node: &CloudNode,
+    node: &Arc<CloudNode>,
     reach: &Reach,
     grant: &Grant,
     from: u64,
@@ -253,7 +254,7 @@ fn merge(all: &mut ComputeResponse, other: ComputeResponse) {
 
 /// RANGE answers are per plug, which only the owner's scope may see.
 pub async fn ranges(
-    node: &CloudNode,
+    node: &Arc<CloudNode>,
     reach: &Reach,
     grant: &Grant,
     specs: &[RangeSpec],

@@ -300,7 +300,11 @@ impl CloudNode {
     /// UPLOAD: validates, expands the shares, checks the flag, stores the body durably as
     /// received (a seed party's stays a seed), then acknowledges.
     /// Stores one share batch of the sensor whose session carries `scope`.
-    pub async fn upload(&self, body: Bytes, scope: &SensorScope) -> Result<UploadAck, ApiError> {
+    pub async fn upload(
+        self: &Arc<Self>,
+        body: Bytes,
+        scope: &SensorScope,
+    ) -> Result<UploadAck, ApiError> {
         let request: UploadRequest = decode(&body)?;
         check_scope(&request, scope)?;
         let id = request.batch_id;
@@ -339,16 +343,26 @@ impl CloudNode {
             }
             Registered::New => {}
         }
-        if let Err(e) = self.values.append(id, body).await {
-            self.state().abort(id);
-            return Err(e.into());
-        }
-        // Routed before it is marked stored: the flag poller only decides stored batches, so
-        // every worker hears of the batch before it hears of its flag.
-        self.pool.dispatch(Arc::new(batch));
-        self.state().stored(id);
-        self.recorded.batch("stored");
-        tracing::debug!(party = self.config.party, batch = %id, windows = ?partial_windows, "batch stored");
+        // From the claim on, storing runs to its end in a task of its own. Cut short with the
+        // request (a sensor that hangs up mid-upload drops it), the batch would stay claimed
+        // but never stored: its retries would be refused as in progress, its flag never
+        // polled, and every window it touches would wait for it forever.
+        let node = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = node.values.append(id, body).await {
+                node.state().abort(id);
+                return Err(e);
+            }
+            // Routed before it is marked stored: the flag poller only decides stored
+            // batches, so every worker hears of the batch before it hears of its flag.
+            node.pool.dispatch(Arc::new(batch));
+            node.state().stored(id);
+            node.recorded.batch("stored");
+            tracing::debug!(party = node.config.party, batch = %id, windows = ?partial_windows, "batch stored");
+            Ok(())
+        })
+        .await
+        .map_err(|e| CloudError::Storage(format!("storing batch {id}: {e}")))??;
         Ok(UploadAck {
             batch_id: id,
             duplicate: false,
@@ -378,7 +392,7 @@ impl CloudNode {
     /// `sensor_silence` no longer counts), so a fast sensor cannot close a window on a slower
     /// one. The watermark never moves back.
     pub async fn advance_watermark(
-        &self,
+        self: &Arc<Self>,
         req: WatermarkRequest,
         sensor: u32,
     ) -> Result<u64, CloudError> {
@@ -410,7 +424,7 @@ impl CloudNode {
     }
 
     /// Reads undecided flags from the catalog and applies the final ones.
-    pub async fn poll_flags(&self) -> Result<(), CloudError> {
+    pub async fn poll_flags(self: &Arc<Self>) -> Result<(), CloudError> {
         let ids = self.state().undecided_ids();
         for chunk in ids.chunks(POLL_CHUNK) {
             let flags = self
@@ -443,7 +457,17 @@ impl CloudNode {
 
     /// Gathers from the workers the sums of windows that are closed and fully decided; from
     /// then on they are answered from here.
-    pub async fn seal(&self) -> Result<(), CloudError> {
+    pub async fn seal(self: &Arc<Self>) -> Result<(), CloudError> {
+        // Runs to its end in a task of its own: a caller cut short (a sensor or collector
+        // that hangs up while its request seals windows) must not leave windows sealed in
+        // memory but never stored, which the workers would then keep forever.
+        let node = self.clone();
+        tokio::spawn(async move { node.seal_now().await })
+            .await
+            .map_err(|e| CloudError::Storage(format!("sealing windows: {e}")))?
+    }
+
+    async fn seal_now(&self) -> Result<(), CloudError> {
         let _one = self.sealing.lock().await;
         // Windows sealed by an earlier call whose store failed (a full disk) go first: they
         // are answered from memory until stored, and must be stored before they cool.
@@ -570,7 +594,7 @@ impl CloudNode {
 
     /// COMPUTE over windows starting in [from, to), as `view` may see it.
     pub async fn compute(
-        &self,
+        self: &Arc<Self>,
         from: u64,
         to: u64,
         level: GroupLevel,
@@ -614,7 +638,7 @@ impl CloudNode {
     /// Several RANGEs (per-plug load sums, and histograms if asked), checked first, answered
     /// after one gathering of closed windows, as `view` may see them.
     pub async fn ranges(
-        &self,
+        self: &Arc<Self>,
         specs: &[RangeSpec],
         view: &View<'_>,
     ) -> Result<Vec<RangeResponse>, ApiError> {

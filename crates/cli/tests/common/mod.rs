@@ -93,6 +93,18 @@ pub fn rows_of(csv: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The rows of `got` that are missing from, extra to, or different in `want`, one per line
+/// (empty when they are equal): a failed comparison names only what differs.
+pub fn row_differences(got: &BTreeMap<String, String>, want: &BTreeMap<String, String>) -> String {
+    let keys: std::collections::BTreeSet<&String> = got.keys().chain(want.keys()).collect();
+    keys.into_iter()
+        .filter_map(|k| match (got.get(k), want.get(k)) {
+            (Some(g), Some(w)) if g == w => None,
+            (g, w) => Some(format!("{k}: got {g:?}, want {w:?}\n")),
+        })
+        .collect()
+}
+
 /// Polls `f` every 100 ms until it gives a value; fails the test after `secs`.
 pub async fn wait_for<T>(secs: u64, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
@@ -212,6 +224,8 @@ pub fn query_plugs(deployment: &Path, wait_secs: u64) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Windows not ready are named there: a failed comparison of rows is read beside it.
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
