@@ -77,6 +77,17 @@ pub async fn run_command(args: AnalyticsArgs) -> Result<()> {
         elapsed.as_secs_f64(),
     );
     eprintln!("range_bytes={}", counter.range_bytes());
+    let implausible = counter.implausible();
+    if !implausible.is_empty() {
+        // The queries ran without these plugs in these ranges.
+        eprintln!(
+            "analytics: {} plug ranges withheld as implausible",
+            implausible.len()
+        );
+        for withheld in implausible.iter().take(10) {
+            eprintln!("  withheld: {withheld}");
+        }
+    }
     if let Some(kb) = peak_rss_kb() {
         eprintln!("peak_rss_kb={kb}");
     }

@@ -48,12 +48,16 @@ pub async fn run(args: QueryArgs) -> Result<()> {
     write_output(args.output, &revealed)?;
     let groups: usize = revealed.windows.iter().map(|w| w.groups.len()).sum();
     eprintln!(
-        "query: {} windows revealed, {} groups, {} withheld below the minimum count, {} windows not ready",
+        "query: {} windows revealed, {} groups, {} withheld below the minimum count, {} withheld as implausible, {} windows not ready",
         revealed.windows.len(),
         groups,
         revealed.withheld(),
+        revealed.implausible.len(),
         revealed.not_ready.len()
     );
+    for withheld in revealed.implausible.iter().take(10) {
+        eprintln!("  withheld: {withheld}");
+    }
     for (w, why) in revealed.not_ready.iter().take(10) {
         eprintln!("  window [{}, {}) not ready: {why}", w.start, w.end);
     }

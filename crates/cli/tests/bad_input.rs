@@ -502,6 +502,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
             .filter(|w| w.window.end <= closed_until)
             .collect(),
         not_ready: vec![],
+        implausible: vec![],
     };
     let report = check(&revealed_closed, &reference, 1);
     assert!(report.ok(), "{:?}", report.problems);
@@ -684,5 +685,110 @@ async fn an_upload_cut_short_by_its_sensor_is_stored_whole() {
     let report = check(&revealed, &reference, 1);
     assert!(report.ok(), "{:?}", report.problems);
     assert!(report.matched > 0);
+    cluster.shutdown().await;
+}
+
+/// One committed batch whose count shares add up to 2^100 + 1 (a broken or malicious sensor:
+/// the clouds check the shape of shares, not their values) is withheld with its group alone
+/// and reported by name; every other group is revealed and equals the reference. Before,
+/// every later query failed as a whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_implausible_group_is_withheld_alone_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path()).await;
+    let uploader = cluster.uploader(Duration::from_secs(30)).unwrap();
+    let data = readings(3);
+    let good = PlainBatch::new(GATEWAY.sensor, data.clone());
+    assert_eq!(
+        uploader
+            .transact(&good, mcloud_client::Fate::Complete)
+            .await
+            .unwrap(),
+        mcloud_client::Outcome::Committed
+    );
+    // One reading of a house the good batch does not have, in its first window.
+    let bad = PlainBatch::new(
+        GATEWAY.sensor,
+        vec![Reading {
+            id: 1 << 40,
+            group: mcloud_core::GroupKey {
+                house: 9,
+                household: 0,
+                plug: 0,
+            },
+            ..data[0]
+        }],
+    );
+    assert_eq!(
+        uploader
+            .transact(&bad, mcloud_client::Fate::DieAfter(0))
+            .await
+            .unwrap(),
+        mcloud_client::Outcome::Crashed
+    );
+    let mut bodies = uploader.encode_shares(&bad).unwrap();
+    let explicit = usize::from(explicit_party(bad.id, 3));
+    let mut body: UploadRequest = postcard::from_bytes(&bodies[explicit]).unwrap();
+    let Shares::Explicit { records, .. } = &mut body.shares else {
+        panic!("cloud {explicit} receives explicit shares");
+    };
+    records[0][2] += mcloud_core::Field::from(1u128 << 100);
+    bodies[explicit] = postcard::to_stdvec(&body).unwrap();
+    let sessions = mcloud_client::SensorSessions::new(
+        cluster.sensor_credentials(GATEWAY),
+        cluster.cloud_endpoints().unwrap(),
+    );
+    for (party, (cloud, body)) in cluster.cloud_urls().iter().zip(bodies).enumerate() {
+        let ack: mcloud_core::wire::UploadAck = sensor_post(
+            &sessions,
+            &cluster.http(),
+            party,
+            format!("{cloud}/v1/upload"),
+            body,
+        )
+        .await
+        .unwrap();
+        assert!(!ack.duplicate);
+    }
+    cluster
+        .catalog_client()
+        .unwrap()
+        .set(vec![bad.id])
+        .await
+        .unwrap();
+    uploader
+        .advance_watermark(data.iter().map(|r| r.ts).max().unwrap(), true)
+        .await
+        .unwrap();
+
+    for level in [GroupLevel::House, GroupLevel::Plug] {
+        let revealed = cluster
+            .collector()
+            .unwrap()
+            .collect_when_ready(
+                &Query {
+                    from: 0,
+                    to: u64::MAX,
+                    level,
+                    min_count: 1,
+                },
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap();
+        assert!(revealed.not_ready.is_empty(), "{:?}", revealed.not_ready);
+        let [withheld] = &revealed.implausible[..] else {
+            panic!("one group withheld: {:?}", revealed.implausible);
+        };
+        assert_eq!(withheld.group.house, 9);
+        assert_eq!(withheld.error.code(), "implausible_count");
+        assert!(withheld.window.start <= data[0].ts && data[0].ts < withheld.window.end);
+        let mut reference = Reference::new(60, level);
+        data.iter().for_each(|r| reference.add(r));
+        let report = check(&revealed, &reference, 1);
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert!(report.problems[0].contains("implausible_count"));
+        assert_eq!(report.matched, reference.groups().count() as u64);
+    }
     cluster.shutdown().await;
 }

@@ -33,12 +33,35 @@ pub enum CollectError {
     },
     #[error("clouds disagree on window [{}, {}): {detail}", window.start, window.end)]
     Disagreement { window: Window, detail: String },
-    #[error("window [{}, {}): {source}", window.start, window.end)]
-    Reveal {
-        window: Window,
-        #[source]
-        source: RevealError,
-    },
+}
+
+/// A group withheld because its combined totals are implausible (see [`RevealError`]): a
+/// batch in it carried shares that do not add up to readings. Only this group (and the
+/// coarser groups that contain it) is withheld; every other group is revealed, so one bad
+/// sensor cannot block a whole query.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Implausible {
+    pub window: Window,
+    pub metric: Metric,
+    pub group: GroupId,
+    pub error: RevealError,
+}
+
+impl std::fmt::Display for Implausible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "window [{}, {}) {} house {}",
+            self.window.start, self.window.end, self.metric, self.group.house
+        )?;
+        if let Some(h) = self.group.household {
+            write!(f, " household {h}")?;
+        }
+        if let Some(p) = self.group.plug {
+            write!(f, " plug {p}")?;
+        }
+        write!(f, ": {} ({})", self.error, self.error.code())
+    }
 }
 
 /// Largest histogram count taken as a count. Real counts stay far below it (a day of
@@ -81,6 +104,8 @@ pub struct Revealed {
     pub windows: Vec<RevealedWindow>,
     /// Windows not computable yet at some cloud, with the reason.
     pub not_ready: Vec<(Window, String)>,
+    /// Groups withheld because their totals are implausible.
+    pub implausible: Vec<Implausible>,
 }
 
 impl Revealed {
@@ -95,6 +120,8 @@ pub struct Collector {
     clouds: Vec<String>,
     /// Bytes of RANGE answers received so far, from all clouds.
     range_bytes: std::sync::atomic::AtomicU64,
+    /// Plugs withheld from RANGE answers so far because their totals are implausible.
+    implausible: std::sync::Mutex<Vec<Implausible>>,
 }
 
 impl Collector {
@@ -105,7 +132,16 @@ impl Collector {
             http,
             clouds,
             range_bytes: Default::default(),
+            implausible: Default::default(),
         }
+    }
+
+    /// The plugs withheld from RANGE answers so far (the analytics then go without them).
+    pub fn implausible(&self) -> Vec<Implausible> {
+        self.implausible
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Bytes of RANGE answers received so far, from all clouds.
@@ -286,22 +322,34 @@ impl Collector {
                     ),
                 });
             }
-            let totals = Totals::from_combined(&load)
-                .map_err(|source| CollectError::Reveal { window, source })?;
             let counts = histogram
                 .iter()
                 .map(|c| {
                     let n = u64::from(*c);
-                    if n > MAX_PLAUSIBLE_COUNT {
-                        return Err(CollectError::Reveal {
-                            window,
-                            source: RevealError::new(u128::from(n)),
-                        });
+                    match n > MAX_PLAUSIBLE_COUNT {
+                        true => Err(RevealError::Count(u128::from(n))),
+                        false => Ok(n),
                     }
-                    Ok(n)
                 })
-                .collect::<Result<Vec<u64>, _>>()?;
-            out.insert(plug, (totals, counts));
+                .collect::<Result<Vec<u64>, _>>();
+            match Totals::from_combined(&load).and_then(|t| Ok((t, counts?))) {
+                Ok(totals) => {
+                    out.insert(plug, totals);
+                }
+                Err(error) => {
+                    let withheld = Implausible {
+                        window,
+                        metric: Metric::Load,
+                        group: GroupLevel::Plug.project(plug),
+                        error,
+                    };
+                    tracing::warn!("withheld from a range: {withheld}");
+                    self.implausible
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(withheld);
+                }
+            }
         }
         Ok(out)
     }
@@ -359,7 +407,7 @@ pub fn combine(responses: &[ComputeResponse], min_count: u64) -> Result<Revealed
             }
         }
         let noisy = responses.iter().any(|r| r.noisy);
-        let revealed = combine_window(window, &parts, min_count, noisy)?;
+        let revealed = combine_window(window, &parts, min_count, noisy, &mut out.implausible)?;
         tracing::debug!(
             window = window.start,
             batches = parts
@@ -381,6 +429,7 @@ fn combine_window(
     parts: &[Option<&mcloud_core::wire::WindowPartial>],
     min_count: u64,
     noisy: bool,
+    implausible: &mut Vec<Implausible>,
 ) -> Result<RevealedWindow, CollectError> {
     let fingerprint = |p: &Option<&mcloud_core::wire::WindowPartial>| {
         p.map(|w| (w.batches, w.batch_digest)).unwrap_or((0, 0))
@@ -427,8 +476,18 @@ fn combine_window(
         let totals = if noisy {
             Totals::from_noisy(&total)
         } else {
-            Totals::from_combined(&total)
-                .map_err(|source| CollectError::Reveal { window, source })?
+            match Totals::from_combined(&total) {
+                Ok(totals) => totals,
+                Err(error) => {
+                    implausible.push(Implausible {
+                        window,
+                        metric,
+                        group,
+                        error,
+                    });
+                    continue;
+                }
+            }
         };
         if totals.count < min_count {
             withheld += 1;

@@ -10,6 +10,7 @@ pub mod reference;
 
 pub use analytics::CloudSource;
 pub use combine::{
-    CollectError, Collector, Query, Revealed as RevealedResult, RevealedGroup, RevealedWindow,
+    CollectError, Collector, Implausible, Query, Revealed as RevealedResult, RevealedGroup,
+    RevealedWindow,
 };
 pub use reference::{check, CheckReport, Reference};

@@ -62,7 +62,26 @@ pub fn write_json(out: &mut impl Write, revealed: &Revealed) -> io::Result<()> {
             })
         })
         .collect();
-    serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ "windows": windows }))?;
+    let implausible: Vec<_> = revealed
+        .implausible
+        .iter()
+        .map(|i| {
+            serde_json::json!({
+                "window_start": i.window.start,
+                "window_end": i.window.end,
+                "metric": i.metric,
+                "house_id": i.group.house,
+                "household_id": i.group.household,
+                "plug_id": i.group.plug,
+                "code": i.error.code(),
+                "error": i.error.to_string(),
+            })
+        })
+        .collect();
+    serde_json::to_writer_pretty(
+        &mut *out,
+        &serde_json::json!({ "windows": windows, "implausible": implausible }),
+    )?;
     writeln!(out)
 }
 

@@ -67,6 +67,7 @@ impl Reference {
         Revealed {
             windows,
             not_ready: Vec::new(),
+            implausible: Vec::new(),
         }
     }
 }
@@ -95,6 +96,11 @@ pub fn check(revealed: &Revealed, reference: &Reference, min_count: u64) -> Chec
             "window [{}, {}) was never revealed: {why}",
             window.start, window.end
         ));
+    }
+    for withheld in &revealed.implausible {
+        report
+            .problems
+            .push(format!("withheld as implausible: {withheld}"));
     }
     for RevealedWindow { window, groups, .. } in &revealed.windows {
         for g in groups {

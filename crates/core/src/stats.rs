@@ -46,13 +46,27 @@ impl Partial {
     }
 }
 
-#[derive(Debug, Error, PartialEq)]
-#[error("combined count {0} is not a plausible count: the parties' partial aggregates do not belong together")]
-pub struct RevealError(u128);
+/// Combined totals that no set of readings could have: the group holds a batch whose shares
+/// do not add up to readings (a broken or malicious sensor; the clouds check shapes, not
+/// values), or the clouds' partials do not belong together.
+#[derive(Clone, Debug, Error, PartialEq)]
+pub enum RevealError {
+    #[error("combined count {0} is not a plausible count")]
+    Count(u128),
+    #[error("combined sum {sum} is more than {count} readings of at most {max} add up to", max = fixed::MAX_FIXED)]
+    Sum { sum: u128, count: u64 },
+    #[error("combined sum of squares {sumsq} cannot come from {count} readings summing to {sum}")]
+    Squares { sumsq: u128, sum: u128, count: u64 },
+}
 
 impl RevealError {
-    pub fn new(value: u128) -> RevealError {
-        RevealError(value)
+    /// A short stable name, for reports that are matched by machines.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RevealError::Count(_) => "implausible_count",
+            RevealError::Sum { .. } => "implausible_sum",
+            RevealError::Squares { .. } => "implausible_squares",
+        }
     }
 }
 
@@ -66,14 +80,35 @@ pub struct Revealed {
 
 impl Revealed {
     /// Decodes the sum of all parties' partials.
+    /// Refuses totals that no readings in `0..=MAX_FIXED` could give: each reading x adds
+    /// 1, x and x², so sum ≤ count·MAX, sumsq ≤ sum·MAX, and sum² ≤ count·sumsq
+    /// (Cauchy–Schwarz). Shares that do not belong together are uniform over the field and
+    /// land outside these bounds all but surely, so such a batch is caught here instead of
+    /// skewing its group. A batch crafted to stay inside them is not: only a proof of each
+    /// reading's range and square, checked by the clouds, could catch that.
     pub fn from_combined(total: &Partial) -> Result<Revealed, RevealError> {
         let count = u128::from(total.count);
-        let count = u64::try_from(count).map_err(|_| RevealError(count))?;
-        Ok(Revealed {
-            count,
-            sum: u128::from(total.sum),
-            sumsq: u128::from(total.sumsq),
-        })
+        let count = u64::try_from(count).map_err(|_| RevealError::Count(count))?;
+        let (sum, sumsq) = (u128::from(total.sum), u128::from(total.sumsq));
+        let max = u128::from(fixed::MAX_FIXED);
+        // count < 2^64 and MAX_FIXED = 2^40: the product fits.
+        if sum > u128::from(count) * max {
+            return Err(RevealError::Sum { sum, count });
+        }
+        let squares = RevealError::Squares { sumsq, sum, count };
+        if sum.checked_mul(max).is_some_and(|bound| sumsq > bound) {
+            return Err(squares);
+        }
+        let spread = match (sum.checked_mul(sum), sumsq.checked_mul(u128::from(count))) {
+            (Some(sum2), Some(nq)) => sum2 <= nq,
+            // Past 2^128 (many readings near the bound): in floating point, with a margin
+            // far wider than its rounding, so real totals are never refused.
+            _ => (sum as f64) * (sum as f64) <= (sumsq as f64) * (count as f64) * (1.0 + 1e-9),
+        };
+        if !spread {
+            return Err(squares);
+        }
+        Ok(Revealed { count, sum, sumsq })
     }
 
     /// A total that carries differential-privacy noise (see `noise`): read signed, since
@@ -171,6 +206,62 @@ mod tests {
             for &v in &values { expected.add_value(v); }
             prop_assert_eq!(revealed, expected);
         }
+    }
+
+    proptest! {
+        /// Totals of real readings, small or at the bound, are never refused.
+        #[test]
+        fn real_totals_are_plausible(values in proptest::collection::vec(prop_oneof![0u64..=1000, Just(fixed::MAX_FIXED), 0..=fixed::MAX_FIXED], 0..50)) {
+            let mut expected = Revealed::default();
+            let mut total = Partial::default();
+            for &v in &values {
+                expected.add_value(v);
+                total.add_shares(&crate::share::record_values(v));
+            }
+            prop_assert_eq!(Revealed::from_combined(&total), Ok(expected));
+        }
+    }
+
+    /// What a bad batch does to a group's totals: a count past 2^64, a sum larger than its
+    /// count of readings allows, a forged square too large or too small for its readings.
+    #[test]
+    fn implausible_totals_are_refused_by_name() {
+        let of = |values: &[u64]| {
+            let mut total = Partial::default();
+            for &v in values {
+                total.add_shares(&crate::share::record_values(v));
+            }
+            total
+        };
+        let mut huge_count = of(&[5, 7]);
+        huge_count.count += Field::from(1u128 << 100);
+        assert_eq!(
+            Revealed::from_combined(&huge_count).unwrap_err().code(),
+            "implausible_count"
+        );
+        let mut huge_sum = of(&[5, 7]);
+        huge_sum.sum += Field::from(u128::from(fixed::MAX_FIXED) * 2);
+        assert_eq!(
+            Revealed::from_combined(&huge_sum).unwrap_err().code(),
+            "implausible_sum"
+        );
+        // Beside a real 10: a forged square of 2^50 for 1 is more than readings summing to 11
+        // can have; a forged 1 for 20 leaves sum² = 900 > 2·(100 + 1).
+        for forged in [[1u64, 1 << 50], [20, 1]] {
+            let mut total = of(&[10]);
+            total.sum += Field::from(u128::from(forged[0]));
+            total.sumsq += Field::from(u128::from(forged[1]));
+            total.count += Field::one();
+            assert_eq!(
+                Revealed::from_combined(&total).unwrap_err().code(),
+                "implausible_squares",
+                "{forged:?}"
+            );
+        }
+        // A count of zero with values in it.
+        let mut ghost = Partial::default();
+        ghost.sum += Field::one();
+        assert!(Revealed::from_combined(&ghost).is_err());
     }
 
     #[test]
