@@ -843,6 +843,14 @@ async fn a_fast_sensor_cannot_close_a_window_on_a_slow_one() {
         matches!(&late, mcloud_client::Outcome::Missed(_)),
         "{late:?}"
     );
+    // Counted as late where an operator looks (metrics, console), at every cloud.
+    for party in 0..3 {
+        let text = cluster.cloud(party).unwrap().metrics().encode();
+        assert!(
+            text.contains("mcloud_cloud_batches_total{outcome=\"late\"} 1"),
+            "cloud {party}:\n{text}"
+        );
+    }
     let revealed = cluster
         .collector()
         .unwrap()

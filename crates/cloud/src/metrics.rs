@@ -14,7 +14,7 @@ use std::sync::Weak;
 /// What a cloud records as it happens.
 pub(crate) struct CloudMetrics {
     /// Batches by outcome: `stored` (acknowledged to the sensor), then `committed` or
-    /// `aborted` when their flag is final.
+    /// `aborted` when their flag is final; `late` (refused: a window they touch had closed).
     batches: Family<Labels, Counter>,
     checkpoint_seconds: Histogram,
 }
@@ -27,7 +27,7 @@ impl CloudMetrics {
         };
         metrics.register(
             "mcloud_cloud_batches",
-            "Batches by outcome: stored (acknowledged), committed or aborted (flag final)",
+            "Batches by outcome: stored (acknowledged), committed or aborted (flag final), late (refused: a window had closed)",
             m.batches.clone(),
         );
         metrics.register_with_unit(

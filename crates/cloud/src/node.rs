@@ -334,7 +334,11 @@ impl CloudNode {
             }
             Some(_) => {}
         }
-        match self.state().register(id, partial)? {
+        let registered = self.state().register(id, partial);
+        if let Err(CloudError::WindowClosed { .. }) = registered {
+            self.recorded.batch("late");
+        }
+        match registered? {
             Registered::Duplicate => {
                 return Ok(UploadAck {
                     batch_id: id,
