@@ -12,6 +12,7 @@ pub mod catalog_admin;
 pub mod catalog_bench;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod demo;
 /// The fuzz targets' bodies: the libFuzzer targets in `fuzz/` and the stable corpus test
 /// (`tests/fuzz_corpus.rs`) share them, so what fuzzing found stays tested on stable.

@@ -1,8 +1,8 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use mcloud::{
-    access, analytics, audit, authority, bench, bridge, catalog_admin, demo, node, query, sensor,
-    soak,
+    access, analytics, audit, authority, bench, bridge, catalog_admin, console, demo, node, query,
+    sensor, soak,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +41,9 @@ enum Command {
     Query(query::QueryArgs),
     /// Run DEBS 2014 Q1 and Q2 against a running deployment (the collector role).
     Analytics(analytics::AnalyticsArgs),
+    /// Serve a web console of the whole deployment: every node's health and the latest
+    /// revealed windows.
+    Console(console::ConsoleArgs),
     /// Measure private against plaintext throughput.
     Bench(bench::BenchArgs),
     /// Run the deployment as processes under steady load for minutes, killing one node a
@@ -84,6 +87,7 @@ async fn main() -> Result<ExitCode> {
         Command::Bridge(args) => bridge::run(args).await?,
         Command::Query(args) => query::run(args).await.map(|_| true)?,
         Command::Analytics(args) => analytics::run_command(args).await.map(|_| true)?,
+        Command::Console(args) => console::run(args).await.map(|_| true)?,
         Command::Bench(args) => bench::run(args).await.map(|_| true)?,
         Command::Soak(args) => soak::run(args).await?,
         Command::Worker {

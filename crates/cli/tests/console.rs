@@ -91,4 +91,69 @@ async fn the_console_shows_live_figures_in_a_browser() {
     }
     assert_eq!(leaders, 1, "one voter shows itself leading partition 0");
     common::sensor_succeeds(&mut sensor, &cluster, 120).await;
+
+    deployment_console(browser, &mut cluster).await;
+}
+
+/// `mcloud console` over the same deployment, once the sensor's stream ended: every node up,
+/// the latest windows revealed per house; without its key nothing is answered; a cloud that
+/// is killed shows as down, and the windows can no longer be revealed without it.
+async fn deployment_console(browser: &str, cluster: &mut ProcessCluster) {
+    let port = common::free_port();
+    let mut console = std::process::Command::new(common::BIN)
+        .arg("console")
+        .arg("--deployment")
+        .arg(cluster.deployment_path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(console.stdout.take().unwrap()),
+        &mut first_line,
+    )
+    .unwrap();
+    let _console = common::Proc(console);
+    let url = first_line
+        .trim()
+        .strip_prefix("console: ")
+        .unwrap_or_else(|| panic!("no URL printed: {first_line:?}"))
+        .to_string();
+    assert!(
+        url.starts_with(&format!("http://127.0.0.1:{port}/?key=")),
+        "{url}"
+    );
+
+    let unkeyed = reqwest::get(format!("http://127.0.0.1:{port}/api/overview"))
+        .await
+        .unwrap();
+    assert_eq!(unkeyed.status().as_u16(), 401);
+    let answer: serde_json::Value = unkeyed.json().await.unwrap();
+    assert_eq!(answer["code"], "console_key");
+    let wrong = reqwest::get(format!("http://127.0.0.1:{port}/?key=0123"))
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+
+    let dom = rendered(browser, &url);
+    assert_eq!(element(&dom, "reachable"), "6 of 6", "{dom}");
+    // The synthetic input is 15 minutes of 60 s windows, all closed at the end of the stream;
+    // the console reveals the latest ten.
+    assert_eq!(element(&dom, "revealed-count"), "10", "{dom}");
+    assert_eq!(element(&dom, "implausible-count"), "0");
+    assert!(
+        dom.contains("house 0: 180, ") && dom.contains("house 1: 180, "),
+        "{dom}"
+    );
+
+    cluster.kill(mcloud::processes::Role::Cloud(1)).unwrap();
+    let dom = rendered(browser, &url);
+    assert_eq!(element(&dom, "reachable"), "5 of 6", "{dom}");
+    let row = &dom[dom.find("id=\"node-cloud-1\"").expect("cloud 1's row")..];
+    assert!(
+        row[..row.find("</tr>").unwrap()].contains(">down<"),
+        "{row}"
+    );
 }
