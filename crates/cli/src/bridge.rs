@@ -13,8 +13,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 use mcloud_client::{Outbox, Report, Sensor, SensorConfig};
 use mcloud_core::Reading;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
-use std::path::PathBuf;
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
+};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +29,17 @@ pub struct BridgeArgs {
     /// The MQTT broker, `host:port`.
     #[arg(long, default_value = "127.0.0.1:1883")]
     pub mqtt: String,
+    /// Speak TLS to the broker, trusting only this CA (PEM) for its certificate, which must
+    /// name the host of `--mqtt`. Without it the connection is plain MQTT: keep that to a
+    /// broker on the same host or network.
+    #[arg(long)]
+    pub mqtt_ca: Option<PathBuf>,
+    /// A client certificate chain (PEM) for a broker that asks for one (with `--mqtt-key`).
+    #[arg(long, requires = "mqtt_key", requires = "mqtt_ca")]
+    pub mqtt_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires = "mqtt_cert")]
+    pub mqtt_key: Option<PathBuf>,
     /// The topic filter to subscribe to; each message carries DEBS CSV lines
     /// (`id,timestamp,value,property,plug_id,household_id,house_id`).
     #[arg(long, default_value = "mcloud/readings/#")]
@@ -92,6 +105,11 @@ pub async fn run(args: BridgeArgs) -> Result<bool> {
         .set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(10));
+    if let Some(ca) = &args.mqtt_ca {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            broker_tls(ca, args.mqtt_cert.as_deref(), args.mqtt_key.as_deref())?,
+        )));
+    }
     // It subscribes once connected, unless the broker kept its session (and subscription).
     let (client, events) = AsyncClient::new(options, 1024);
     eprintln!(
@@ -162,6 +180,25 @@ pub async fn run(args: BridgeArgs) -> Result<bool> {
         totals.committed_readings
     );
     Ok(clean)
+}
+
+/// The TLS client configuration for the broker: its CA, and a client certificate if given.
+fn broker_tls(
+    ca: &Path,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Arc<rustls::ClientConfig>> {
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let ca = read(ca)?;
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    Ok(mcloud_core::tls::service_client_config(
+        &ca,
+        identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+    )?)
 }
 
 #[derive(Default)]

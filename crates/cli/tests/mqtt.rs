@@ -2,8 +2,10 @@
 //! `mcloud bridge` takes them into a three-party deployment of `mcloud node` processes. The
 //! bridge is SIGKILLed in the middle; what is published while it is down waits in the
 //! broker's persistent session, and part of the stream is published twice. Every reading is
-//! still counted exactly once: the revealed sums equal the plaintext reference. Needs
-//! `mosquitto` (Debian package; `.ci/run` installs it); prints SKIPPED without.
+//! still counted exactly once: the revealed sums equal the plaintext reference. The same over
+//! TLS with client certificates, and a broker the bridge does not trust is refused. Needs
+//! `mosquitto` (Debian packages mosquitto, mosquitto-clients; `.ci/run` installs them);
+//! prints SKIPPED without.
 
 mod common;
 use common::{expected_rows, rows_of, Proc, BIN};
@@ -24,10 +26,119 @@ fn mosquitto() -> Option<&'static str> {
     })
 }
 
+/// A broker's and its clients' certificates, made for one test: the broker's CA signs the
+/// broker's certificate (for 127.0.0.1) and the clients' (the bridge's, the devices').
+struct Pki {
+    dir: std::path::PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        // Every certificate names itself: OpenSSL (the broker's) takes a certificate whose
+        // subject equals its issuer for self-signed, whatever signed it.
+        let params = |name: &str, sans: Vec<String>| {
+            let mut p = CertificateParams::new(sans).unwrap();
+            p.distinguished_name.push(DnType::CommonName, name);
+            p
+        };
+        let new_ca = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = params(name, Vec::new());
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            (p.self_signed(&key).unwrap(), key)
+        };
+        let (ca, ca_key) = new_ca("broker CA");
+        let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
+        write("ca.pem", ca.pem());
+        for (name, san) in [("broker", "127.0.0.1"), ("client", "mcloud-bridge")] {
+            let key = KeyPair::generate().unwrap();
+            let cert = params(name, vec![san.to_string()])
+                .signed_by(&key, &ca, &ca_key)
+                .unwrap();
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        }
+        // A CA that signed nothing here: trusting it alone, the broker's certificate fails.
+        write("other-ca.pem", new_ca("another CA").0.pem());
+        Pki {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// The listener's TLS lines: the broker asks every client for a certificate of its CA.
+    fn listener(&self) -> String {
+        format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            self.path("ca.pem"),
+            self.path("broker.pem"),
+            self.path("broker.key")
+        )
+    }
+
+    /// `mcloud bridge`'s TLS options, trusting the CA in file `ca`.
+    fn bridge_args(&self, ca: &str) -> Vec<String> {
+        vec![
+            "--mqtt-ca".into(),
+            self.path(ca),
+            "--mqtt-cert".into(),
+            self.path("client.pem"),
+            "--mqtt-key".into(),
+            self.path("client.key"),
+        ]
+    }
+
+    /// `mosquitto_pub`'s, as a device with a certificate of the broker's CA.
+    fn publisher_args(&self) -> Vec<String> {
+        vec![
+            "--cafile".into(),
+            self.path("ca.pem"),
+            "--cert".into(),
+            self.path("client.pem"),
+            "--key".into(),
+            self.path("client.key"),
+        ]
+    }
+}
+
+/// Starts Mosquitto on `port`, with TLS if `pki` is given. The broker keeps every message
+/// for a subscriber that is away (no queue limit), as a deployment that must not lose
+/// readings would configure it.
+fn start_broker(broker: &str, dir: &Path, port: u16, pki: Option<&Pki>) -> Proc {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\n{}allow_anonymous true\nmax_queued_messages 0\n\
+             max_inflight_messages 200\npersistence false\n",
+            pki.map(Pki::listener).unwrap_or_default()
+        ),
+    )
+    .unwrap();
+    Proc(
+        Command::new(broker)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("mosquitto.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// Publishes every line of `lines` as one QoS 1 message, as a device would.
 fn publish(port: u16, lines: &[String]) {
+    publish_with(port, lines, &[]);
+}
+
+fn publish_with(port: u16, lines: &[String], tls: &[String]) {
     let mut child = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(tls)
         .args(["-t", "mcloud/readings/house0", "-q", "1", "-l"])
         .stdin(Stdio::piped())
         .spawn()
@@ -43,6 +154,10 @@ fn publish(port: u16, lines: &[String]) {
 }
 
 fn bridge(cluster: &ProcessCluster, port: u16, log: &Path) -> Proc {
+    bridge_with(cluster, port, log, &[])
+}
+
+fn bridge_with(cluster: &ProcessCluster, port: u16, log: &Path, extra: &[String]) -> Proc {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -58,6 +173,7 @@ fn bridge(cluster: &ProcessCluster, port: u16, log: &Path) -> Proc {
             .arg(cluster.dir().join("bridge/outbox.redb"))
             .args(["--batch-size", "200", "--round-ms", "200"])
             .args(["--idle-exit-secs", "4"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -89,26 +205,7 @@ async fn an_mqtt_stream_is_counted_once_across_a_bridge_crash_and_redeliveries()
     };
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let conf = dir.path().join("mosquitto.conf");
-    // The broker keeps every message for a subscriber that is away (no queue limit), as a
-    // deployment that must not lose readings would configure it.
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
-             max_inflight_messages 200\npersistence false\n"
-        ),
-    )
-    .unwrap();
-    let _broker = Proc(
-        Command::new(broker)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("mosquitto.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let _broker = start_broker(broker, dir.path(), port, None);
     let mut cluster = ProcessCluster::write(common::process_spec(dir.path())).unwrap();
     cluster.start_all().unwrap();
     cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
@@ -161,5 +258,60 @@ async fn an_mqtt_stream_is_counted_once_across_a_bridge_crash_and_redeliveries()
         differences.is_empty(),
         "revealed sums differ from the reference:\n{differences}bridge log:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+/// The bridge speaks TLS to a broker that asks for client certificates: trusting the
+/// broker's CA and showing a certificate of it, every reading is counted once; trusting
+/// another CA, it refuses the broker's certificate, says so, and never subscribes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_speaks_tls_to_its_broker_and_refuses_one_it_does_not_trust() {
+    let Some(broker) = mosquitto() else {
+        eprintln!("SKIPPED mqtt: mosquitto is not installed (Debian: mosquitto mosquitto-clients)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let port = common::free_port();
+    let _broker = start_broker(broker, dir.path(), port, Some(&pki));
+    let mut cluster = ProcessCluster::write(common::process_spec(dir.path())).unwrap();
+    cluster.start_all().unwrap();
+    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+
+    let untrusting_log = dir.path().join("logs/untrusting.log");
+    let untrusting = bridge_with(
+        &cluster,
+        port,
+        &untrusting_log,
+        &[
+            pki.bridge_args("other-ca.pem"),
+            vec!["--client-id".into(), "untrusting".into()],
+        ]
+        .concat(),
+    );
+    wait_in_log(&untrusting_log, "mqtt:", 1);
+    drop(untrusting);
+    let text = std::fs::read_to_string(&untrusting_log).unwrap();
+    assert!(
+        text.contains("certificate") && !text.contains("subscribed"),
+        "a broker whose certificate the bridge does not trust:\n{text}"
+    );
+
+    let log = dir.path().join("logs/bridge.log");
+    let mut bridge = bridge_with(&cluster, port, &log, &pki.bridge_args("ca.pem"));
+    wait_in_log(&log, "subscribed", 1);
+    let lines: Vec<String> = common::synthetic_readings()
+        .iter()
+        .map(mcloud_core::csv::format_line)
+        .collect();
+    publish_with(port, &lines, &pki.publisher_args());
+    let status = bridge.0.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "the bridge failed:\n{text}");
+    let csv = common::query_plugs(&cluster.deployment_path(), 60);
+    let differences = common::row_differences(&rows_of(&csv), &expected_rows());
+    assert!(
+        differences.is_empty(),
+        "revealed sums differ from the reference:\n{differences}bridge log:\n{text}"
     );
 }

@@ -340,6 +340,30 @@ pub fn link_client_config(pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsErr
     Ok(Arc::new(config))
 }
 
+/// A client of a service outside the deployment (an MQTT broker): trusts only the CAs in
+/// `ca_pem` (the service's own, not the system's roots), and presents `identity` (a
+/// certificate chain PEM and its key PEM) when the service asks for a client certificate.
+pub fn service_client_config(
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in parse_certs(ca_pem, "the service's CA")? {
+        roots.add(cert)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(
+            parse_certs(chain, "the client certificate")?,
+            parse_key(key, "the client key")?,
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
 fn new_ca(name: &str) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
     let key = KeyPair::generate()?;
     let cert = ca_params(name, None)?.self_signed(&key)?;
