@@ -12,6 +12,7 @@ use crate::config::Deployment;
 use anyhow::{Context, Result};
 use clap::Args;
 use mcloud_client::{Outbox, Report, Sensor, SensorConfig};
+use mcloud_core::wire::HISTOGRAM_WINDOW_SECS;
 use mcloud_core::Reading;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
@@ -67,6 +68,12 @@ pub struct BridgeArgs {
     /// readings arrive out of order; a reading older than the progress reported is late.
     #[arg(long, default_value_t = 5)]
     pub lateness_secs: u64,
+    /// Also share per-plug load histograms per 30 s window (needed by Q2; the clouds must use
+    /// 30 s windows). Readings then wait in the inbox until the stream (less
+    /// `--lateness-secs`) has passed their window, so each window's histogram leaves about
+    /// once.
+    #[arg(long)]
+    pub histograms: bool,
     /// Exit once no message arrived for this long and everything received is settled,
     /// closing the windows it covered (for replays and tests); default: run until stopped.
     #[arg(long)]
@@ -134,14 +141,28 @@ pub async fn run(args: BridgeArgs) -> Result<bool> {
             return receiver.await?.map(|()| false);
         }
         let outbox = sensor.outbox();
-        outbox.cut_inbox(sensor.uploader().sensor(), args.batch_size.max(1))?;
+        let newest = progress.newest.load(Ordering::Relaxed);
+        let idle = progress.idle();
+        let ending = args
+            .idle_exit_secs
+            .is_some_and(|limit| idle >= Duration::from_secs(limit));
+        // With histograms, only windows the stream has passed are cut (all when ending).
+        let before = (args.histograms && !ending).then(|| {
+            let passed = newest.saturating_sub(args.lateness_secs);
+            passed - passed % HISTOGRAM_WINDOW_SECS
+        });
+        outbox.cut_inbox(
+            sensor.uploader().sensor(),
+            args.batch_size.max(1),
+            args.histograms,
+            before,
+        )?;
         let round = sensor.resume(|_| {}).await?;
         clean &= crate::sensor::report_failures(&round);
         totals.committed_batches += round.committed_batches;
         totals.committed_readings += round.committed_readings;
         // Progress: behind the newest reading by the lateness allowed, and never past a
         // reading that is still in the inbox.
-        let newest = progress.newest.load(Ordering::Relaxed);
         let mut low = newest.saturating_sub(args.lateness_secs);
         if let Some(oldest) = outbox.inbox_oldest()? {
             low = low.min(oldest);
@@ -157,10 +178,9 @@ pub async fn run(args: BridgeArgs) -> Result<bool> {
                 Err(e) => tracing::warn!("reporting progress: {e}"),
             }
         }
-        let idle = progress.idle();
-        if let Some(limit) = args.idle_exit_secs {
+        if ending {
             let settled = outbox.inbox_oldest()?.is_none() && outbox.pending()?.is_empty();
-            if settled && idle >= Duration::from_secs(limit) {
+            if settled {
                 if newest > 0 {
                     sensor.uploader().advance_watermark(newest, true).await?;
                 }

@@ -298,7 +298,14 @@ async fn the_bridge_speaks_tls_to_its_broker_and_refuses_one_it_does_not_trust()
     );
 
     let log = dir.path().join("logs/bridge.log");
-    let mut bridge = bridge_with(&cluster, port, &log, &pki.bridge_args("ca.pem"));
+    // With Q2's histograms too: readings wait for their 30 s window to pass, and the
+    // histograms the clouds take add up to what was published.
+    let mut bridge = bridge_with(
+        &cluster,
+        port,
+        &log,
+        &[pki.bridge_args("ca.pem"), vec!["--histograms".into()]].concat(),
+    );
     wait_in_log(&log, "subscribed", 1);
     let lines: Vec<String> = common::synthetic_readings()
         .iter()
@@ -313,5 +320,39 @@ async fn the_bridge_speaks_tls_to_its_broker_and_refuses_one_it_does_not_trust()
     assert!(
         differences.is_empty(),
         "revealed sums differ from the reference:\n{differences}bridge log:\n{text}"
+    );
+
+    // Each plug's load histogram over the whole stream, as the owner reads it.
+    let readings = common::synthetic_readings();
+    let mut expected: std::collections::BTreeMap<mcloud_core::GroupKey, Vec<u64>> =
+        Default::default();
+    for r in readings
+        .iter()
+        .filter(|r| r.metric == mcloud_core::Metric::Load)
+    {
+        expected
+            .entry(r.group)
+            .or_insert_with(|| vec![0; mcloud_core::histogram::BUCKETS])
+            [mcloud_core::histogram::bucket_of(r.value)] += 1;
+    }
+    let deployment = mcloud::config::Deployment::load(&cluster.deployment_path()).unwrap();
+    let collector = mcloud_collector::Collector::new(deployment.app_cloud_endpoints().unwrap());
+    let first = readings.iter().map(|r| r.ts).min().unwrap();
+    let last = readings.iter().map(|r| r.ts).max().unwrap();
+    let answer = collector
+        .range(mcloud_core::wire::RangeSpec {
+            from: first - first % 60,
+            to: last - last % 60 + 60,
+            histograms: true,
+        })
+        .await
+        .unwrap();
+    let revealed: std::collections::BTreeMap<_, _> = answer
+        .into_iter()
+        .map(|(plug, (_, counts))| (plug, counts))
+        .collect();
+    assert_eq!(
+        revealed, expected,
+        "revealed histograms differ from the readings'"
     );
 }

@@ -8,6 +8,7 @@
 //! transaction that adds each new batch: a restarted sensor skips what already entered the
 //! outbox, so no reading is sent twice under two batch ids and none is left out.
 
+use crate::batcher::Batcher;
 use crate::SensorError;
 pub use mcloud_core::upload::PlainHistogram;
 use mcloud_core::{BatchId, Reading};
@@ -192,9 +193,20 @@ impl Outbox {
         Ok(out)
     }
 
-    /// Moves every reading in the inbox into batches of sensor `sensor` (in timestamp order,
-    /// at most `batch_size` each), in one transaction; returns how many batches it made.
-    pub fn cut_inbox(&self, sensor: u32, batch_size: usize) -> Result<usize, SensorError> {
+    /// Moves the readings in the inbox stamped before `before` (all of them if `None`) into
+    /// batches of sensor `sensor`, in one transaction, and returns how many batches it made.
+    /// They are cut in timestamp order as [`Batcher`] cuts a sensor's stream: at most
+    /// `batch_size` readings and a bounded body each, with the load histograms of their
+    /// 30 s windows if `histograms`. The clouds add up histograms of the same plug and
+    /// window, so a reading of a window already cut may still follow in a later cut.
+    pub fn cut_inbox(
+        &self,
+        sensor: u32,
+        batch_size: usize,
+        histograms: bool,
+        before: Option<u64>,
+    ) -> Result<usize, SensorError> {
+        let before = before.unwrap_or(u64::MAX);
         let db = self.db();
         let txn = db.begin_write()?;
         let mut batches = 0;
@@ -202,16 +214,21 @@ impl Outbox {
             let mut inbox = txn.open_table(INBOX)?;
             let mut readings = Vec::new();
             for entry in inbox.iter()? {
-                readings.push(postcard::from_bytes::<Reading>(entry?.1.value())?);
+                let reading = postcard::from_bytes::<Reading>(entry?.1.value())?;
+                if reading.ts < before {
+                    readings.push(reading);
+                }
             }
             readings.sort_by_key(|r| (r.ts, r.id));
             let mut outbox = txn.open_table(OUTBOX)?;
-            for chunk in readings.chunks(batch_size.max(1)) {
-                let batch = PlainBatch::new(sensor, chunk.to_vec());
+            for cut in Batcher::new(sensor, readings.into_iter(), batch_size, histograms) {
+                let batch = cut.batch;
                 outbox.insert(batch.id.0, postcard::to_stdvec(&batch)?.as_slice())?;
                 batches += 1;
             }
-            inbox.retain(|_, _| false)?;
+            inbox.retain(|_, bytes| {
+                postcard::from_bytes::<Reading>(bytes).map_or(true, |r| r.ts >= before)
+            })?;
         }
         txn.commit()?;
         Ok(batches)
@@ -518,7 +535,26 @@ mod tests {
         assert_eq!(received.new, (5..8).map(reading).collect::<Vec<_>>());
         assert_eq!(received.repeated, 2);
         assert_eq!(outbox.inbox_oldest().unwrap(), Some(1000));
-        assert_eq!(outbox.cut_inbox(9, 3).unwrap(), 3);
+        // Only what is older than 1006 first: two batches of three, and the histogram of
+        // their window in a third (a batch was full when the input ended).
+        assert_eq!(outbox.cut_inbox(9, 3, true, Some(1006)).unwrap(), 3);
+        assert_eq!(outbox.inbox_oldest().unwrap(), Some(1006));
+        let histogram_count = |outbox: &Outbox| -> u64 {
+            outbox
+                .pending()
+                .unwrap()
+                .iter()
+                .flat_map(|b| &b.histograms)
+                .map(|h| h.counts.iter().sum::<u64>())
+                .sum()
+        };
+        assert_eq!(histogram_count(&outbox), 6);
+        assert_eq!(outbox.cut_inbox(9, 3, true, None).unwrap(), 1);
+        assert_eq!(
+            histogram_count(&outbox),
+            8,
+            "a later cut adds the window's rest"
+        );
         assert_eq!(outbox.inbox_oldest().unwrap(), None);
         let mut cut: Vec<Reading> = outbox
             .pending()
