@@ -526,6 +526,13 @@ async fn hold_for_console(cluster: &LocalCluster, console: bool) {
     for (party, url) in cluster.cloud_urls().iter().enumerate() {
         eprintln!("console: {url}{path}  (cloud {party})");
     }
+    match cluster.write_deployment() {
+        Ok(deployment) => eprintln!(
+            "the whole deployment: mcloud console --deployment {}",
+            deployment.display()
+        ),
+        Err(e) => tracing::warn!("writing the deployment file for `mcloud console`: {e:#}"),
+    }
     eprintln!(
         "the browser must accept the parties' CAs (in {}); Ctrl-C stops the deployment",
         cluster.dir().join("trust").display()
