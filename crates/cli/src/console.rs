@@ -47,6 +47,7 @@ pub struct ConsoleArgs {
 }
 
 struct Console {
+    page: String,
     /// The key's tag under `mac`: a request's key is checked with `hmac::verify`, which
     /// compares in constant time, so answer times do not give the key away.
     key_tag: ring::hmac::Tag,
@@ -82,6 +83,7 @@ pub async fn run(args: ConsoleArgs) -> Result<()> {
     let key = hex::encode(rand::random::<[u8; 16]>());
     let mac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &rand::random::<[u8; 32]>());
     let console = Arc::new(Console {
+        page: mcloud_core::console::styled(PAGE),
         key_tag: ring::hmac::sign(&mac, key.as_bytes()),
         mac,
         windows: args.windows.clamp(1, 1000),
@@ -119,7 +121,7 @@ async fn page(State(console): State<Arc<Console>>, UrlQuery(p): UrlQuery<KeyPara
     if !allowed(&console, &p.key) {
         return refused();
     }
-    Html(PAGE).into_response()
+    Html(console.page.clone()).into_response()
 }
 
 async fn overview(

@@ -2,6 +2,8 @@
 //! after all the bad requests, the revealed aggregates still equal the plaintext reference
 //! over the good batches only.
 
+mod common;
+
 use mcloud::cluster::{ClusterSpec, LocalCluster, GATEWAY};
 use mcloud_catalog::FlagTable;
 use mcloud_client::PlainBatch;
@@ -108,6 +110,16 @@ fn expect(answer: (u16, String), status: u16, words: &str) {
         answer.1.contains(words),
         "answer {answer:?} does not name the problem ({words:?})"
     );
+}
+
+/// Runs `batch`'s transaction as far as `fate` allows; it must end as `outcome`.
+async fn transact(
+    uploader: &mcloud_client::Uploader,
+    batch: &PlainBatch,
+    fate: mcloud_client::Fate,
+    outcome: mcloud_client::Outcome,
+) {
+    assert_eq!(uploader.transact(batch, fate).await.unwrap(), outcome);
 }
 
 async fn status(http: &reqwest::Client, url: &str) -> serde_json::Value {
@@ -629,13 +641,13 @@ async fn an_upload_cut_short_by_its_sensor_is_stored_whole() {
     let data = readings(3);
     let batch = PlainBatch::new(GATEWAY.sensor, data.clone());
     // The flag, with nothing uploaded under it yet.
-    assert_eq!(
-        uploader
-            .transact(&batch, mcloud_client::Fate::DieAfter(0))
-            .await
-            .unwrap(),
-        mcloud_client::Outcome::Crashed
-    );
+    transact(
+        &uploader,
+        &batch,
+        mcloud_client::Fate::DieAfter(0),
+        mcloud_client::Outcome::Crashed,
+    )
+    .await;
     let node = cluster.cloud(0).unwrap();
     let body = uploader.encode_shares(&batch).unwrap().remove(0);
     let claimed = |node: &mcloud_cloud::CloudNode| node.status()["batches"].as_u64() == Some(1);
@@ -654,37 +666,20 @@ async fn an_upload_cut_short_by_its_sensor_is_stored_whole() {
     }
     drop(upload);
 
-    assert_eq!(
-        uploader
-            .transact(&batch, mcloud_client::Fate::Complete)
-            .await
-            .unwrap(),
-        mcloud_client::Outcome::Committed
-    );
+    transact(
+        &uploader,
+        &batch,
+        mcloud_client::Fate::Complete,
+        mcloud_client::Outcome::Committed,
+    )
+    .await;
     uploader
         .advance_watermark(data.iter().map(|r| r.ts).max().unwrap(), true)
         .await
         .unwrap();
     let mut reference = Reference::new(60, GroupLevel::House);
     data.iter().for_each(|r| reference.add(r));
-    let revealed = cluster
-        .collector()
-        .unwrap()
-        .collect_when_ready(
-            &Query {
-                from: 0,
-                to: u64::MAX,
-                level: GroupLevel::House,
-                min_count: 1,
-            },
-            Duration::from_secs(20),
-        )
-        .await
-        .unwrap();
-    assert!(revealed.not_ready.is_empty(), "{:?}", revealed.not_ready);
-    let report = check(&revealed, &reference, 1);
-    assert!(report.ok(), "{:?}", report.problems);
-    assert!(report.matched > 0);
+    common::assert_reveals(&cluster, &reference, GroupLevel::House).await;
     cluster.shutdown().await;
 }
 
@@ -699,13 +694,13 @@ async fn an_implausible_group_is_withheld_alone_and_reported() {
     let uploader = cluster.uploader(Duration::from_secs(30)).unwrap();
     let data = readings(3);
     let good = PlainBatch::new(GATEWAY.sensor, data.clone());
-    assert_eq!(
-        uploader
-            .transact(&good, mcloud_client::Fate::Complete)
-            .await
-            .unwrap(),
-        mcloud_client::Outcome::Committed
-    );
+    transact(
+        &uploader,
+        &good,
+        mcloud_client::Fate::Complete,
+        mcloud_client::Outcome::Committed,
+    )
+    .await;
     // One reading of a house the good batch does not have, in its first window.
     let bad = PlainBatch::new(
         GATEWAY.sensor,
@@ -719,13 +714,13 @@ async fn an_implausible_group_is_withheld_alone_and_reported() {
             ..data[0]
         }],
     );
-    assert_eq!(
-        uploader
-            .transact(&bad, mcloud_client::Fate::DieAfter(0))
-            .await
-            .unwrap(),
-        mcloud_client::Outcome::Crashed
-    );
+    transact(
+        &uploader,
+        &bad,
+        mcloud_client::Fate::DieAfter(0),
+        mcloud_client::Outcome::Crashed,
+    )
+    .await;
     let mut bodies = uploader.encode_shares(&bad).unwrap();
     let explicit = usize::from(explicit_party(bad.id, 3));
     let mut body: UploadRequest = postcard::from_bytes(&bodies[explicit]).unwrap();

@@ -11,7 +11,16 @@ pub const CONSOLE_PATH: &str = "/console";
 
 const PAGE: &str = include_str!("../assets/console.html");
 
+/// The style every console page shares (this node's and `mcloud console`'s).
+const STYLE: &str = include_str!("../assets/console.css");
+
+/// A console page with the shared style in place of its `/* console.css */` marker.
+pub fn styled(page: &str) -> String {
+    page.replace("/* console.css */", STYLE)
+}
+
 /// `router` with the console page.
 pub fn with_console(router: Router) -> Router {
-    router.route(CONSOLE_PATH, get(|| async { Html(PAGE) }))
+    let page = styled(PAGE);
+    router.route(CONSOLE_PATH, get(|| async move { Html(page) }))
 }
