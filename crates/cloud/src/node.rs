@@ -149,18 +149,24 @@ impl CloudNode {
         }
         let mut state = Windows::new(config.window_secs, config.grace_secs, recovered.watermark);
         state.restore_retained_from(recovered.retained_from);
-        let mut sealed = Vec::with_capacity(recovered.sealed.len());
-        for (start, bytes) in recovered.sealed {
-            let window = postcard::from_bytes(&bytes)
+        // Only the recent windows' sums come back into memory (as `Windows::cool` leaves
+        // them), one window at a time.
+        let hot_from = recovered
+            .newest_sealed
+            .map_or(0, |newest| newest.saturating_sub(crate::windows::HOT_SECS));
+        let mut sealed = Vec::new();
+        values.each_sealed(|start, bytes| {
+            let window = postcard::from_bytes(bytes)
                 .map_err(|e| CloudError::Storage(format!("stored window {start}: {e}")))?;
-            state.restore_sealed(start, window);
+            state.restore_sealed(start, window, start < hot_from);
             sealed.push(start);
-        }
+            Ok(())
+        })?;
         // The checkpoint first, then the batches it does not cover: they add up to the state
         // the buckets had, whichever workers now own them.
         pool.restore(recovered.checkpoint).await?;
         let mut restored = 0;
-        let mut replayed = 0;
+        let mut uncovered = Vec::new();
         values.each_batch(|id, bytes| {
             restored += 1;
             if state.is_known(&id) {
@@ -171,13 +177,25 @@ impl CloudNode {
             let mut windows = windows_of(&request, config.window_secs);
             windows.retain(|&start| start >= horizon);
             state.restore(id, windows);
-            // Only the batches the checkpoint lacks are expanded: the others' shares are in it.
+            // Only the batches the checkpoint lacks are replayed: the others' shares are in it.
             if !recovered.covered.contains(&id) {
-                pool.dispatch(Arc::new(expand_kept(id, request, horizon)?));
-                replayed += 1;
+                uncovered.push(id);
             }
             Ok(())
         })?;
+        // A few at a time, each group aggregated before the next is read: dispatched all at
+        // once, every expanded batch would wait in the workers' queues together, and the
+        // allocator keeps such a peak after it is freed (a restarted cloud came back tens of
+        // MB bigger, restart after restart).
+        let horizon = state.retained_from();
+        for group in uncovered.chunks(REPLAY_GROUP) {
+            for (id, bytes) in values.read(group)? {
+                let request = decode_stored(id, &bytes)?;
+                pool.dispatch(Arc::new(expand_kept(id, request, horizon)?));
+            }
+            pool.settle().await;
+        }
+        let replayed = uncovered.len();
         // Every sealed window is in the values table: all but the recent ones leave memory.
         state.keep_cold_in(Box::new(values.clone()));
         let sealed_count = sealed.len();
@@ -835,6 +853,9 @@ pub fn check_range_specs(specs: &[RangeSpec], window_secs: u64) -> Result<(), Ap
 /// retention `horizon`. A batch that straddles the horizon stays stored for its later
 /// windows; its earlier ones are gone from the state, and replaying their shares would bring
 /// them back, held by this cloud alone.
+/// Batches replayed at a restart before waiting for the workers to aggregate them.
+const REPLAY_GROUP: usize = 4;
+
 fn expand_kept(
     id: BatchId,
     request: UploadRequest,

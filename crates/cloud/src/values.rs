@@ -57,14 +57,15 @@ struct Job {
     done: oneshot::Sender<Result<(), CloudError>>,
 }
 
-/// What a restarted node finds on disk, besides the batches ([`ValuesTable::each_batch`]).
+/// What a restarted node finds on disk, besides the batches ([`ValuesTable::each_batch`])
+/// and the sealed windows ([`ValuesTable::each_sealed`]).
 pub struct Recovered {
     pub watermark: u64,
     /// The latest checkpoint's bucket states.
     pub checkpoint: Vec<(usize, BucketState)>,
     pub covered: HashSet<BatchId>,
-    /// Sealed windows: start → encoded sums.
-    pub sealed: Vec<(u64, Vec<u8>)>,
+    /// The newest sealed window's start.
+    pub newest_sealed: Option<u64>,
     /// Windows starting before this were dropped (0: none was).
     pub retained_from: u64,
 }
@@ -100,17 +101,16 @@ impl ValuesTable {
             for entry in txn.open_table(COVERED)?.iter()? {
                 covered.insert(BatchId(entry?.0.value()));
             }
-            let mut sealed = Vec::new();
-            for entry in txn.open_table(SEALED)?.iter()? {
-                let (start, bytes) = entry?;
-                sealed.push((start.value(), bytes.value().to_vec()));
-            }
+            let newest_sealed = txn
+                .open_table(SEALED)?
+                .last()?
+                .map(|(start, _)| start.value());
             Recovered {
                 watermark: meta.get(WATERMARK)?.map(|v| v.value()).unwrap_or(0),
                 retained_from: meta.get(RETAINED_FROM)?.map(|v| v.value()).unwrap_or(0),
                 checkpoint,
                 covered,
-                sealed,
+                newest_sealed,
             }
         };
         let (jobs, queue) = mpsc::channel();
@@ -142,6 +142,22 @@ impl ValuesTable {
         for entry in txn.open_table(BATCHES)?.iter()? {
             let (id, bytes) = entry?;
             f(BatchId(id.value()), bytes.value())?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every sealed window's start and encoded sums, one at a time: a restart
+    /// keeps only the recent ones' sums, and reading them all at once would hold every
+    /// window's histograms together (the allocator keeps such a peak after it is freed).
+    pub fn each_sealed(
+        &self,
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), CloudError>,
+    ) -> Result<(), CloudError> {
+        let db = self.db.get()?;
+        let txn = db.begin_read()?;
+        for entry in txn.open_table(SEALED)?.iter()? {
+            let (start, bytes) = entry?;
+            f(start.value(), bytes.value())?;
         }
         Ok(())
     }

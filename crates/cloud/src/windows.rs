@@ -312,17 +312,23 @@ impl Windows {
 
     /// A window sealed before a restart: answered from what was stored. Its batches, restored
     /// afterwards, neither hold it open nor add to it again.
-    pub fn restore_sealed(&mut self, start: u64, stored: SealedWindow) {
+    /// A sealed window found in the values table; a `cold` one keeps its fingerprint here
+    /// and its sums only there.
+    pub fn restore_sealed(&mut self, start: u64, stored: SealedWindow, cold: bool) {
         self.unsealed.remove(&start);
         self.windows.insert(
             start,
             WindowState {
                 undecided: 0,
-                sums: stored.sums,
+                sums: if cold {
+                    WindowSums::default()
+                } else {
+                    stored.sums
+                },
                 batches: stored.batches,
                 digest: stored.digest,
                 sealed: true,
-                cold: false,
+                cold,
             },
         );
     }

@@ -377,6 +377,29 @@ impl Pool {
         }
     }
 
+    /// Waits until every worker has handled what was sent to it before (a worker answers
+    /// messages in order); a worker that stops meanwhile is left to recovery.
+    pub async fn settle(&self) {
+        let replies: Vec<_> = {
+            let routing = self.routing.read().unwrap_or_else(|p| p.into_inner());
+            routing
+                .workers
+                .values()
+                .filter_map(|w| {
+                    let (reply, rx) = tokio::sync::oneshot::channel();
+                    let take = Msg::Take {
+                        windows: Arc::new(Vec::new()),
+                        reply,
+                    };
+                    w.tx.send(take).ok().map(|()| rx)
+                })
+                .collect()
+        };
+        for rx in replies {
+            let _ = rx.await;
+        }
+    }
+
     /// A batch's flag is final. Call in the same order relative to `dispatch` as the node
     /// learnt of the batch: after it.
     pub fn decide(&self, id: BatchId, committed: bool) {
