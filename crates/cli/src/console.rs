@@ -176,10 +176,11 @@ fn figures(role: &str, status: &Value) -> Value {
             "window_secs": status["window_secs"],
             "batches": status["batches"],
             "undecided_batches": status["undecided_batches"],
-            "workers": status["elastic"]["workers"],
+            // Worker id → buckets it owns.
+            "workers": status["elastic"]["workers"].as_object().map_or(0, |w| w.len()),
         });
     }
-    let partitions: Vec<Value> = status
+    let partitions: Vec<Value> = status["partitions"]
         .as_array()
         .map(|ps| {
             ps.iter()

@@ -147,6 +147,21 @@ async fn deployment_console(browser: &str, cluster: &mut ProcessCluster) {
         dom.contains("house 0: 180, ") && dom.contains("house 1: 180, "),
         "{dom}"
     );
+    // Each node's own figures: a cloud's workers, a voter's partition and its leader.
+    let row = |id: &str| -> String {
+        let row = &dom[dom.find(&format!("id=\"{id}\"")).expect(id)..];
+        row[..row.find("</tr>").unwrap()].to_string()
+    };
+    assert!(
+        row("node-cloud-0").contains(" 1 workers"),
+        "{}",
+        row("node-cloud-0")
+    );
+    assert!(
+        row("node-catalog-voter-1").contains("partition 0: "),
+        "{dom}"
+    );
+    assert!(row("node-catalog-voter-1").contains(", leader "), "{dom}");
 
     cluster.kill(mcloud::processes::Role::Cloud(1)).unwrap();
     let dom = rendered(browser, &url);
