@@ -184,9 +184,8 @@ impl CloudNode {
             Ok(())
         })?;
         // A few at a time, each group aggregated before the next is read: dispatched all at
-        // once, every expanded batch would wait in the workers' queues together, and the
-        // allocator keeps such a peak after it is freed (a restarted cloud came back tens of
-        // MB bigger, restart after restart).
+        // once, every expanded batch since the checkpoint would wait in the workers' queues
+        // together, a peak that grows with the time between checkpoints.
         let horizon = state.retained_from();
         for group in uncovered.chunks(REPLAY_GROUP) {
             for (id, bytes) in values.read(group)? {
@@ -853,9 +852,6 @@ pub fn check_range_specs(specs: &[RangeSpec], window_secs: u64) -> Result<(), Ap
 /// retention `horizon`. A batch that straddles the horizon stays stored for its later
 /// windows; its earlier ones are gone from the state, and replaying their shares would bring
 /// them back, held by this cloud alone.
-/// Batches replayed at a restart before waiting for the workers to aggregate them.
-const REPLAY_GROUP: usize = 4;
-
 fn expand_kept(
     id: BatchId,
     request: UploadRequest,
@@ -867,6 +863,9 @@ fn expand_kept(
     batch.histograms.retain(|h| h.window_start >= horizon);
     Ok(batch)
 }
+
+/// Batches replayed at a restart before waiting for the workers to aggregate them.
+const REPLAY_GROUP: usize = 4;
 
 fn decode_stored(id: BatchId, bytes: &[u8]) -> Result<UploadRequest, CloudError> {
     decode(bytes).map_err(|e| CloudError::Storage(format!("stored batch {id}: {}", e.message)))

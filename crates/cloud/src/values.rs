@@ -148,7 +148,7 @@ impl ValuesTable {
 
     /// Calls `f` with every sealed window's start and encoded sums, one at a time: a restart
     /// keeps only the recent ones' sums, and reading them all at once would hold every
-    /// window's histograms together (the allocator keeps such a peak after it is freed).
+    /// window's histograms within the retention horizon together.
     pub fn each_sealed(
         &self,
         mut f: impl FnMut(u64, &[u8]) -> Result<(), CloudError>,

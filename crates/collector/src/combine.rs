@@ -326,9 +326,10 @@ impl Collector {
                 .iter()
                 .map(|c| {
                     let n = u64::from(*c);
-                    match n > MAX_PLAUSIBLE_COUNT {
-                        true => Err(RevealError::Count(u128::from(n))),
-                        false => Ok(n),
+                    if n > MAX_PLAUSIBLE_COUNT {
+                        Err(RevealError::Count(u128::from(n)))
+                    } else {
+                        Ok(n)
                     }
                 })
                 .collect::<Result<Vec<u64>, _>>();

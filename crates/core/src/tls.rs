@@ -347,21 +347,14 @@ pub fn service_client_config(
     ca_pem: &str,
     identity: Option<(&str, &str)>,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in parse_certs(ca_pem, "the service's CA")? {
-        roots.add(cert)?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    let config = match identity {
-        Some((chain, key)) => builder.with_client_auth_cert(
+    let identity = match identity {
+        Some((chain, key)) => Some((
             parse_certs(chain, "the client certificate")?,
             parse_key(key, "the client key")?,
-        )?,
-        None => builder.with_no_client_auth(),
+        )),
+        None => None,
     };
-    Ok(Arc::new(config))
+    Ok(Arc::new(client_config(&[ca_pem.to_string()], identity)?))
 }
 
 fn new_ca(name: &str) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
@@ -454,11 +447,11 @@ pub fn app_client(pinned_ca_pems: &[String], token: &str) -> Result<reqwest::Cli
 
 type ClientCert = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
-fn build_client(
+/// A TLS client that trusts exactly the pinned CAs and shows `identity`, if any.
+fn client_config(
     pinned_ca_pems: &[String],
     identity: Option<ClientCert>,
-    bearer: Option<reqwest::header::HeaderValue>,
-) -> Result<reqwest::Client, TlsError> {
+) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for (i, pem) in pinned_ca_pems.iter().enumerate() {
         for cert in parse_certs(pem, &format!("pinned CA #{i}"))? {
@@ -468,10 +461,18 @@ fn build_client(
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
-    let mut config = match identity {
+    Ok(match identity {
         Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
         None => builder.with_no_client_auth(),
-    };
+    })
+}
+
+fn build_client(
+    pinned_ca_pems: &[String],
+    identity: Option<ClientCert>,
+    bearer: Option<reqwest::header::HeaderValue>,
+) -> Result<reqwest::Client, TlsError> {
+    let mut config = client_config(pinned_ca_pems, identity)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(mut bearer) = bearer {
