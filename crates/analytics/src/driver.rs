@@ -92,7 +92,21 @@ pub fn run_into<S: AggregateSource + ?Sized>(
     options: RunOptions,
     sink: &mut dyn RowSink,
 ) -> Result<(), AnalyticsError> {
-    let mut q1 = Q1::new(first_ts - first_ts % WINDOW_SECS);
+    let history_from = first_ts - first_ts % WINDOW_SECS;
+    run_since(source, history_from, first_ts, last_ts, options, sink)
+}
+
+/// [`run_into`] where Q1's history (earlier days' slices) goes back to `history_from`
+/// rather than to `first_ts`: rows for a recent range, predicted from older data.
+pub fn run_since<S: AggregateSource + ?Sized>(
+    source: &mut S,
+    history_from: u64,
+    first_ts: u64,
+    last_ts: u64,
+    options: RunOptions,
+    sink: &mut dyn RowSink,
+) -> Result<(), AnalyticsError> {
+    let mut q1 = Q1::new(history_from);
     let mut q2 = Q2::new(options.emit);
     let mut announced = boundaries(first_ts, last_ts).peekable();
     let lookahead = source.lookahead() as u64;

@@ -11,14 +11,15 @@ pub mod driver;
 pub use mcloud_core::histogram;
 pub mod q1;
 pub mod q2;
+pub mod recent;
 pub mod reference;
 pub mod source;
 
 pub use check::q1_mismatches;
 pub use csv_out::{q2_agreement, write_q1, write_q2, Agreement, CsvSink, Q1_HEADER, Q2_HEADER};
 pub use driver::{
-    boundaries, run, run_into, run_readings, run_reference, run_windows, Output, RowSink,
-    RunOptions,
+    boundaries, run, run_into, run_readings, run_reference, run_since, run_windows, Output,
+    RowSink, RunOptions,
 };
 pub use q1::{Q1Row, Q1, SLICE_MINUTES};
 pub use q2::{changes_only, Emit, Q2Row, Q2Window, Q2};

@@ -3,7 +3,9 @@
 //! the page reads `/api/overview`: every cloud's and catalog voter's health from its public
 //! status page (reachable or not, how long it took to answer, its key figures), and the
 //! latest revealed windows per house, asked through the collector with the deployment's app
-//! token, so it shows no more than `mcloud query` would show that app.
+//! token, so it shows no more than `mcloud query` would show that app. Every ten seconds it
+//! reads `/api/analytics`: Q1's forecasts against the load that came and Q2's outliers, per
+//! house, over the last hour of event time, computed as `mcloud analytics` computes them.
 //!
 //! Those aggregates must not reach whoever else can open a port on the machine: the server
 //! listens on loopback by default and answers only requests that carry the random key it
@@ -18,7 +20,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use clap::Args;
 use futures::future::join_all;
-use mcloud_collector::{Collector, Query, RevealedResult};
+use mcloud_analytics::WINDOW_SECS;
+use mcloud_collector::{CloudSource, Collector, Query, RevealedResult};
 use mcloud_core::reading::GroupLevel;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -44,6 +47,10 @@ pub struct ConsoleArgs {
     /// How many of the latest closed windows are revealed.
     #[arg(long, default_value_t = 10)]
     pub windows: u64,
+    /// Minutes of event time, up to the last closed window, over which forecasts and outliers
+    /// are shown (5 to 1440; the clouds must use 30 s windows).
+    #[arg(long, default_value_t = 60)]
+    pub analytics_minutes: u64,
 }
 
 struct Console {
@@ -56,7 +63,11 @@ struct Console {
     /// (role, party or voter, url, client) for every node, clouds first.
     nodes: Vec<(&'static str, u64, String, reqwest::Client)>,
     /// Absent when the deployment file holds no app token: then only health is shown.
-    collector: Option<Collector>,
+    collector: Option<Arc<Collector>>,
+    analytics_secs: u64,
+    /// The last analytics answer and the boundary it ends at: it changes only when the
+    /// clouds close another window, and the lock keeps two pages from computing it twice.
+    analytics: tokio::sync::Mutex<Option<(u64, Value)>>,
 }
 
 #[derive(Deserialize)]
@@ -74,7 +85,7 @@ pub async fn run(args: ConsoleArgs) -> Result<()> {
         nodes.push(("catalog voter", voter as u64 + 1, e.url, e.http));
     }
     let collector = match deployment.app_cloud_endpoints() {
-        Ok(endpoints) => Some(Collector::new(endpoints)),
+        Ok(endpoints) => Some(Arc::new(Collector::new(endpoints))),
         Err(e) => {
             tracing::warn!("no revealed windows on the console: {e:#}");
             None
@@ -89,10 +100,13 @@ pub async fn run(args: ConsoleArgs) -> Result<()> {
         windows: args.windows.clamp(1, 1000),
         nodes,
         collector,
+        analytics_secs: args.analytics_minutes.clamp(5, 1440) * 60,
+        analytics: tokio::sync::Mutex::new(None),
     });
     let app = Router::new()
         .route("/", get(page))
         .route("/api/overview", get(overview))
+        .route("/api/analytics", get(analytics))
         .with_state(console);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -145,6 +159,100 @@ async fn overview(
     Json(json!({ "nodes": nodes, "revealed": revealed })).into_response()
 }
 
+async fn analytics(
+    State(console): State<Arc<Console>>,
+    UrlQuery(p): UrlQuery<KeyParam>,
+) -> Response {
+    if !allowed(&console, &p.key) {
+        return refused();
+    }
+    let Some(collector) = console.collector.clone() else {
+        return Json(json!({"error": "the deployment file holds no app token"})).into_response();
+    };
+    let clouds = join_all(
+        console
+            .nodes
+            .iter()
+            .filter(|(role, ..)| *role == "cloud")
+            .map(|(role, id, url, http)| node_health(role, *id, url, http)),
+    )
+    .await;
+    let answer = match analytics_range(&clouds, console.analytics_secs) {
+        Err(why) => json!({ "error": why }),
+        Ok((kept_from, from, to)) => {
+            let mut cached = console.analytics.lock().await;
+            match cached.as_ref() {
+                Some((ended, answer)) if *ended == to => answer.clone(),
+                _ => {
+                    let answer = recent(collector, kept_from, from, to).await;
+                    *cached = Some((to, answer.clone()));
+                    answer
+                }
+            }
+        }
+    };
+    Json(answer).into_response()
+}
+
+/// The range the analytics run over, `(kept_from, from, to)`: the last `secs` before the
+/// window every cloud has closed, and the retention horizon before which no cloud answers;
+/// or why there is none.
+fn analytics_range(clouds: &[Value], secs: u64) -> Result<(u64, u64, u64), String> {
+    if clouds.iter().any(|c| c["ok"] != true) {
+        return Err("a cloud is unreachable, so no window can be revealed".into());
+    }
+    for cloud in clouds {
+        let window = cloud["figures"]["window_secs"].as_u64().unwrap_or(0);
+        if window != WINDOW_SECS {
+            return Err(format!(
+                "forecasts and outliers need {WINDOW_SECS} s windows; cloud {} uses {window} s",
+                cloud["id"]
+            ));
+        }
+    }
+    let closed = clouds
+        .iter()
+        .filter_map(|c| c["figures"]["closed_before"].as_u64())
+        .min()
+        .unwrap_or(0);
+    let to = closed - closed % WINDOW_SECS;
+    if to == 0 {
+        return Err("no window closed yet".into());
+    }
+    let kept_from = clouds
+        .iter()
+        .filter_map(|c| c["figures"]["retained_from"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let kept_from = kept_from.div_ceil(WINDOW_SECS) * WINDOW_SECS;
+    let from = to.saturating_sub(secs).max(kept_from);
+    if from >= to {
+        return Err("every window before the last closed one is past the clouds' retention".into());
+    }
+    Ok((kept_from, from, to))
+}
+
+/// Runs the queries through the collector on a blocking thread, as `mcloud analytics` does.
+async fn recent(collector: Arc<Collector>, kept_from: u64, from: u64, to: u64) -> Value {
+    let runtime = tokio::runtime::Handle::current();
+    let started = Instant::now();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut source = CloudSource::new(collector, runtime);
+        mcloud_analytics::recent::recent(&mut source, kept_from, from, to)
+    })
+    .await;
+    match answer {
+        Ok(Ok(recent)) => {
+            let mut answer = json!(recent);
+            answer["seconds"] = json!(started.elapsed().as_secs_f64());
+            answer["kept_from"] = json!(kept_from);
+            answer
+        }
+        Ok(Err(e)) => json!({ "error": e.to_string() }),
+        Err(e) => json!({ "error": format!("analytics task: {e}") }),
+    }
+}
+
 /// One node's health: whether its status page answered within [`STATUS_TIMEOUT`], how long
 /// it took, and the figures an operator looks at first.
 async fn node_health(role: &str, id: u64, url: &str, http: &reqwest::Client) -> Value {
@@ -174,6 +282,7 @@ fn figures(role: &str, status: &Value) -> Value {
             "watermark": status["watermark"],
             "closed_before": status["closed_before"],
             "window_secs": status["window_secs"],
+            "retained_from": status["retention"]["retained_from"],
             "batches": status["batches"],
             "undecided_batches": status["undecided_batches"],
             // Worker id → buckets it owns.

@@ -64,7 +64,8 @@ pub struct DemoArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// After the demo, keep the deployment running with every node's web console (their
-    /// URLs are printed) until Ctrl-C.
+    /// URLs are printed) until Ctrl-C. With `--load-profile ramp` the URLs are printed before
+    /// the load starts.
     #[arg(long)]
     pub console: bool,
     /// Raft groups the catalog's flags keyspace is split into.
@@ -515,10 +516,16 @@ pub fn print_summary(run: &PipelineRun, readings: usize) {
 }
 
 /// With `--console`: prints every node's console and waits for Ctrl-C.
-async fn hold_for_console(cluster: &LocalCluster, console: bool) {
+pub async fn hold_for_console(cluster: &LocalCluster, console: bool) {
     if !console {
         return;
     }
+    print_consoles(cluster);
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Every node's console URL and the `mcloud console` command for the whole deployment.
+pub fn print_consoles(cluster: &LocalCluster) {
     let path = mcloud_core::console::CONSOLE_PATH;
     for url in cluster.catalog_urls() {
         eprintln!("console: {url}{path}  (catalog voter)");
@@ -537,5 +544,4 @@ async fn hold_for_console(cluster: &LocalCluster, console: bool) {
         "the browser must accept the parties' CAs (in {}); Ctrl-C stops the deployment",
         cluster.dir().join("trust").display()
     );
-    let _ = tokio::signal::ctrl_c().await;
 }

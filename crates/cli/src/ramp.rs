@@ -123,6 +123,10 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         ramp.base_rate * 10,
         ramp.record_cost_us
     );
+    if args.console {
+        // Printed before the load starts, so the consoles can follow the whole ramp.
+        crate::demo::print_consoles(&cluster);
+    }
     let mut pipeline = args.pipeline.clone();
     pipeline.batch_size = pipeline.batch_size.min(250);
     let sensor = cluster_sensor(&cluster, &pipeline)?;
@@ -169,7 +173,6 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         min_count: args.min_count,
     };
     let run = finish_pipeline(&cluster, &readings, report, &pipeline, &query, start).await?;
-    cluster.shutdown().await;
 
     let rows = rows(&decisions, &offered, pool_start);
     std::fs::create_dir_all(&ramp.plot_dir)?;
@@ -196,6 +199,11 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         counters.migrations
     );
     eprintln!("wrote {} and {}", csv.display(), png.display());
+    if args.console {
+        eprintln!("the ramp is over; the consoles stay up until Ctrl-C");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    cluster.shutdown().await;
     Ok(run.check.ok())
 }
 

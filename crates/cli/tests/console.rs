@@ -6,6 +6,8 @@
 mod common;
 
 use mcloud::processes::ProcessCluster;
+use mcloud_analytics::recent::recent;
+use mcloud_analytics::{windows_from_readings, MemorySource};
 use std::process::Command;
 use std::time::Duration;
 
@@ -82,6 +84,11 @@ async fn the_console_shows_live_figures_in_a_browser() {
     })
     .await;
     assert!(element(&later, "workers").parse::<u32>().unwrap() >= 1);
+    // The manager's periods come from the node, so the elasticity chart has them at once.
+    assert!(
+        element(&later, "periods").parse::<u32>().unwrap() >= 2,
+        "{later}"
+    );
 
     let mut leaders = 0;
     for i in 0..cluster.catalog_nodes() {
@@ -99,33 +106,7 @@ async fn the_console_shows_live_figures_in_a_browser() {
 /// the latest windows revealed per house; without its key nothing is answered; a cloud that
 /// is killed shows as down, and the windows can no longer be revealed without it.
 async fn deployment_console(browser: &str, cluster: &mut ProcessCluster) {
-    let port = common::free_port();
-    let mut console = std::process::Command::new(common::BIN)
-        .arg("console")
-        .arg("--deployment")
-        .arg(cluster.deployment_path())
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first_line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(console.stdout.take().unwrap()),
-        &mut first_line,
-    )
-    .unwrap();
-    let _console = common::Proc(console);
-    let url = first_line
-        .trim()
-        .strip_prefix("console: ")
-        .unwrap_or_else(|| panic!("no URL printed: {first_line:?}"))
-        .to_string();
-    assert!(
-        url.starts_with(&format!("http://127.0.0.1:{port}/?key=")),
-        "{url}"
-    );
-
+    let (_console, port, url) = start_console(cluster);
     let unkeyed = reqwest::get(format!("http://127.0.0.1:{port}/api/overview"))
         .await
         .unwrap();
@@ -169,6 +150,117 @@ async fn deployment_console(browser: &str, cluster: &mut ProcessCluster) {
     let row = &dom[dom.find("id=\"node-cloud-1\"").expect("cloud 1's row")..];
     assert!(
         row[..row.find("</tr>").unwrap()].contains(">down<"),
+        "{row}"
+    );
+}
+
+/// `mcloud console` over `cluster`: the process, its port and the URL with its key.
+fn start_console(cluster: &ProcessCluster) -> (common::Proc, u16, String) {
+    let port = common::free_port();
+    let mut console = std::process::Command::new(common::BIN)
+        .arg("console")
+        .arg("--deployment")
+        .arg(cluster.deployment_path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(console.stdout.take().unwrap()),
+        &mut first_line,
+    )
+    .unwrap();
+    let url = first_line
+        .trim()
+        .strip_prefix("console: ")
+        .unwrap_or_else(|| panic!("no URL printed: {first_line:?}"))
+        .to_string();
+    assert!(
+        url.starts_with(&format!("http://127.0.0.1:{port}/?key=")),
+        "{url}"
+    );
+    (common::Proc(console), port, url)
+}
+
+/// With 30 s windows and Q2's histograms, the deployment console shows Q1's forecasts and
+/// the load per house, and Q2's outlier shares: the same figures as the plaintext readings
+/// give, drawn in the browser; without the key, nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deployment_console_shows_forecasts_and_outliers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = common::process_spec(dir.path());
+    spec.window_secs = 30;
+    let mut cluster = ProcessCluster::write(spec).unwrap();
+    cluster.start_all().unwrap();
+    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let mut sensor = common::start_sensor(&cluster, &["--histograms", "--batch-size", "400"]);
+    common::sensor_succeeds(&mut sensor, &cluster, 120).await;
+
+    let (_console, port, url) = start_console(&cluster);
+    let api = format!("http://127.0.0.1:{port}/api/analytics");
+    assert_eq!(reqwest::get(&api).await.unwrap().status().as_u16(), 401);
+    let key = url.split_once("?key=").unwrap().1;
+    let got: serde_json::Value = reqwest::get(format!("{api}?key={key}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(got["error"].is_null(), "{got}");
+
+    let (kept_from, from, to) = (
+        got["kept_from"].as_u64().unwrap(),
+        got["from"].as_u64().unwrap(),
+        got["to"].as_u64().unwrap(),
+    );
+    let readings = common::synthetic_readings();
+    let last = readings.iter().map(|r| r.ts).max().unwrap();
+    assert!(
+        to > last,
+        "the whole stream is closed: to {to}, last reading {last}"
+    );
+    let mut plain = MemorySource::new(windows_from_readings(&readings)).unwrap();
+    let want = serde_json::to_value(recent(&mut plain, kept_from, from, to).unwrap()).unwrap();
+    let houses = want["houses"].as_array().unwrap();
+    assert_eq!(houses.len(), 2);
+    assert_eq!(got["houses"].as_array().unwrap().len(), 2);
+    for (got, want) in got["houses"].as_array().unwrap().iter().zip(houses) {
+        assert_eq!(got["house"], want["house"]);
+        assert_eq!(got["outliers"], want["outliers"], "house {}", want["house"]);
+        for series in ["forecast", "actual"] {
+            let (g, w) = (
+                got[series].as_array().unwrap(),
+                want[series].as_array().unwrap(),
+            );
+            assert!(!w.is_empty(), "house {} has no {series}", want["house"]);
+            assert_eq!(g.len(), w.len(), "house {} {series}", want["house"]);
+            for (g, w) in g.iter().zip(w) {
+                assert_eq!(g[0], w[0]);
+                let (g, w) = (g[1].as_f64().unwrap(), w[1].as_f64().unwrap());
+                assert!(
+                    (g - w).abs() < 1e-6,
+                    "house {} {series}: {g} W, readings give {w} W",
+                    want["house"]
+                );
+            }
+        }
+    }
+
+    let Some(browser) = chromium() else {
+        eprintln!("SKIPPED the browser part of the analytics console: no chromium");
+        return;
+    };
+    let dom = rendered(browser, &url);
+    assert!(
+        dom.contains("id=\"forecast-0\"") && dom.contains("id=\"forecast-1\""),
+        "{dom}"
+    );
+    let row = &dom[dom.find("id=\"outliers-1\"").expect("house 1's outliers")..];
+    let plugs = want["houses"][1]["outliers"][0]["plugs"].as_u64().unwrap();
+    assert!(
+        row[..row.find("</tr>").unwrap()].contains(&format!(" of {plugs} (")),
         "{row}"
     );
 }

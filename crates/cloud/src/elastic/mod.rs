@@ -844,6 +844,19 @@ impl Pool {
             .filter_map(|w| w.pid.map(|p| (w.id, p)))
             .collect();
         let recent: Vec<&Decision> = decisions.iter().rev().take(20).collect();
+        // Every kept period, compact, so a console opened mid-run draws the run so far.
+        let history: Vec<[f64; 5]> = decisions
+            .iter()
+            .map(|d| {
+                [
+                    d.at,
+                    d.workers as f64,
+                    d.average,
+                    d.std_dev,
+                    d.records as f64,
+                ]
+            })
+            .collect();
         serde_json::json!({
             "provisioner": self.provisioner.name(),
             "epoch": routing.epoch,
@@ -862,6 +875,7 @@ impl Pool {
                 "p99": percentile(&pauses, 0.99),
             },
             "decisions": recent,
+            "history": history,
         })
     }
 }
