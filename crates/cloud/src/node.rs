@@ -80,6 +80,10 @@ const STORED_MAP_WAIT: Duration = Duration::from_secs(5);
 /// How often a cloud tells the catalog which flags it no longer needs.
 const SETTLED_EVERY: Duration = Duration::from_secs(5);
 
+/// How often a cloud hands its freed heap back (`mcloud_core::memory`): rarely enough that
+/// the walk costs nothing measurable, often enough that a burst's memory does not stay.
+const RELEASE_HEAP_EVERY: Duration = Duration::from_secs(15);
+
 /// Most flags asked about in one catalog call.
 const POLL_CHUNK: usize = 10_000;
 
@@ -195,6 +199,9 @@ impl CloudNode {
             pool.settle().await;
         }
         let replayed = uncovered.len();
+        // The burst of decoding and replay above is over; without this its freed memory stays
+        // with the process for its lifetime.
+        mcloud_core::memory::release_free_heap();
         // Every sealed window is in the values table: all but the recent ones leave memory.
         state.keep_cold_in(Box::new(values.clone()));
         let sealed_count = sealed.len();
@@ -241,6 +248,7 @@ impl CloudNode {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_checkpoint = std::time::Instant::now();
+            let mut last_release = std::time::Instant::now();
             let mut last_settled = None::<std::time::Instant>;
             // What the catalog last took: the same time again would only be another log entry.
             let mut reported = None::<u64>;
@@ -270,6 +278,10 @@ impl CloudNode {
                 }
                 if let Err(e) = node.poll_flags().await {
                     tracing::warn!(party = node.config.party, "reading flags: {e}");
+                }
+                if last_release.elapsed() >= RELEASE_HEAP_EVERY {
+                    last_release = std::time::Instant::now();
+                    mcloud_core::memory::release_free_heap();
                 }
                 if checkpoint_period.is_some_and(|p| last_checkpoint.elapsed() >= p) {
                     last_checkpoint = std::time::Instant::now();

@@ -10,6 +10,7 @@ pub mod disclosure;
 pub mod fixed;
 pub mod histogram;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod noise;
 pub mod paths;
