@@ -2,10 +2,11 @@
 //! Q1's predictions, loads are the slices' per-plug averages summed per house, outliers are
 //! Q2's rows at the last boundary.
 
-use mcloud_analytics::recent::{recent, SLICE_MINUTES};
+use mcloud_analytics::recent::{recent, HouseRecent, SLICE_MINUTES};
 use mcloud_analytics::reference::{q1_reference, q2_reference};
 use mcloud_analytics::{
-    boundaries, windows_from_readings, AggregateSource, CountSum, Emit, MemorySource, SourceError,
+    boundaries, windows_from_readings, AggregateSource, CountSum, Emit, MemorySource, Q2Row,
+    SourceError,
 };
 use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
 use mcloud_core::GroupKey;
@@ -23,6 +24,21 @@ fn readings() -> Vec<Reading> {
         ..Default::default()
     })
     .collect()
+}
+
+/// The house's outlier shares are the reference Q2 rows of that house.
+fn assert_outliers_equal(house: &HouseRecent, q2: &[Q2Row]) {
+    let want: Vec<(&str, u32, u32)> = q2
+        .iter()
+        .filter(|r| r.house == house.house)
+        .map(|r| (r.window.label(), r.above, r.plugs))
+        .collect();
+    let got: Vec<(&str, u32, u32)> = house
+        .outliers
+        .iter()
+        .map(|o| (o.window, o.above, o.plugs))
+        .collect();
+    assert_eq!(got, want, "house {}", house.house);
 }
 
 #[test]
@@ -104,17 +120,7 @@ fn recent_forecasts_loads_and_outliers_equal_the_references() {
                     .is_some_and(|a| (a - w).abs() > 0.01)
             })
             .count();
-        let want: Vec<(&str, u32, u32)> = q2
-            .iter()
-            .filter(|r| r.house == house.house)
-            .map(|r| (r.window.label(), r.above, r.plugs))
-            .collect();
-        let got: Vec<(&str, u32, u32)> = house
-            .outliers
-            .iter()
-            .map(|o| (o.window, o.above, o.plugs))
-            .collect();
-        assert_eq!(got, want, "house {}", house.house);
+        assert_outliers_equal(house, &q2);
     }
     assert!(
         moved_by_history > 10,
@@ -180,16 +186,6 @@ fn nothing_before_the_retention_horizon_is_asked_for() {
         .collect();
     let q2 = q2_reference(&kept, [to], Emit::Every);
     for house in &got.houses {
-        let want: Vec<(&str, u32, u32)> = q2
-            .iter()
-            .filter(|r| r.house == house.house)
-            .map(|r| (r.window.label(), r.above, r.plugs))
-            .collect();
-        let got: Vec<(&str, u32, u32)> = house
-            .outliers
-            .iter()
-            .map(|o| (o.window, o.above, o.plugs))
-            .collect();
-        assert_eq!(got, want);
+        assert_outliers_equal(house, &q2);
     }
 }

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod noise;
 pub mod paths;
 pub mod reading;
+pub mod robust;
 pub mod samples;
 pub mod server;
 pub mod share;
