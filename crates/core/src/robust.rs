@@ -18,13 +18,16 @@
 //!   bound): a sensor can put a valid reading in a wrong bucket, never add more than one
 //!   reading to the histogram.
 //!
-//! Every check is one multiplication gate (`b (b − 1)`, `x · x`, `h (h − 1)`) or linear, so
-//! the circuit uses a single [`Mul`] gadget: prio's proof system is analysed for one gadget.
-//! Linear checks with a constant take `1/num_shares` of it per share, so the shares' outputs
-//! add up to the check on the whole input.
+//! Every check is one multiplication gate (`b (b − 1)`, `h (h − 1)`, `x · x`) or linear. The
+//! gates are summed about √gates at a time, each weighted by a power of joint randomness, in
+//! a single gadget (`ParallelSum` of [`Mul`], as prio's own histogram type does): prio's proof
+//! system is analysed for one gadget, and a gadget called once per gate would make the proof
+//! and the verifier's work grow with the square of the gates. Linear checks with a constant
+//! take `1/num_shares` of it per share, so the shares' outputs add up to the check on the
+//! whole input.
 
 use prio::field::{Field128, FieldElement, FieldElementWithInteger};
-use prio::flp::gadgets::Mul;
+use prio::flp::gadgets::{Mul, ParallelSum, ParallelSumGadget};
 use prio::flp::{Flp, FlpError, Gadget, Type};
 use prio::vdaf::prio3::Prio3;
 use prio::vdaf::xof::XofTurboShake128;
@@ -59,6 +62,8 @@ pub struct ReadingCircuit {
     last_weight: u64,
     /// H: histogram buckets, 0 for none.
     buckets: usize,
+    /// Gates summed per gadget call.
+    chunk: usize,
 }
 
 impl ReadingCircuit {
@@ -77,11 +82,15 @@ impl ReadingCircuit {
         }
         let bits = max.ilog2() as usize + 1;
         let last_weight = max - ((1u64 << (bits - 1)) - 1);
+        let gates = bits + buckets + 1;
         Ok(ReadingCircuit {
             max,
             bits,
             last_weight,
             buckets,
+            // About √gates per call keeps both the proof and the verifier's work near √gates
+            // and linear in the gates; one gate per call would make the verifier quadratic.
+            chunk: (gates as f64).sqrt().ceil() as usize,
         })
     }
 
@@ -101,9 +110,14 @@ impl ReadingCircuit {
             .fold(Field128::zero(), |x, (i, b)| x + *b * self.weight(i))
     }
 
-    /// Multiplication gates: one per bit, the square, one per bucket.
+    /// Multiplication gates: one per bit, one per bucket, the square.
+    fn gates(&self) -> usize {
+        self.bits + self.buckets + 1
+    }
+
+    /// Calls of the gadget, each summing `chunk` gates.
     fn calls(&self) -> usize {
-        self.bits + 1 + self.buckets
+        self.gates().div_ceil(self.chunk)
     }
 }
 
@@ -111,7 +125,10 @@ impl Flp for ReadingCircuit {
     type Field = Field128;
 
     fn gadget(&self) -> Vec<Box<dyn Gadget<Field128>>> {
-        vec![Box::new(Mul::new(self.calls()))]
+        vec![Box::new(ParallelSum::new(
+            Mul::new(self.calls()),
+            self.chunk,
+        ))]
     }
 
     fn num_gadgets(&self) -> usize {
@@ -133,18 +150,37 @@ impl Flp for ReadingCircuit {
         let (count, rest) = (input[0], &input[1..]);
         let (bits, rest) = rest.split_at(self.bits);
         let (square, histogram) = (rest[0], &rest[1..]);
-        let mul = &mut g[0];
-        let mut out = Vec::with_capacity(self.eval_output_len());
-        out.push(count - one);
-        for b in bits {
-            out.push(mul.eval(&[*b, *b - one])?);
-        }
         let x = self.reading(bits);
-        out.push(mul.eval(&[x, x])? - square);
-        if self.buckets > 0 {
-            for h in histogram {
-                out.push(mul.eval(&[*h, *h - one])?);
+        // Every gate is a product a·b that must be 0: e(e − 1) for the bits and buckets, then
+        // x·x, whose claimed value s is taken off after the sum.
+        let gates = bits
+            .iter()
+            .chain(histogram)
+            .map(|e| (*e, *e - one))
+            .chain(std::iter::once((x, x)));
+        let mut sum = Field128::zero();
+        let mut square_weight = Field128::zero();
+        let mut args = vec![Field128::zero(); 2 * self.chunk];
+        let gates: Vec<(Field128, Field128)> = gates.collect();
+        for (chunk, r) in gates.chunks(self.chunk).zip(joint_rand) {
+            // Powers of one joint random value weigh the gates of a chunk, so a gate that is
+            // not 0 cannot be cancelled by another (but with negligible probability).
+            let mut weight = *r;
+            for (pair, (a, b)) in args.chunks_exact_mut(2).zip(chunk) {
+                pair[0] = weight * *a;
+                pair[1] = *b;
+                square_weight = weight;
+                weight *= *r;
             }
+            for pair in args[2 * chunk.len()..].chunks_exact_mut(2) {
+                pair[0] = Field128::zero();
+                pair[1] = Field128::zero();
+            }
+            sum += g[0].eval(&args)?;
+        }
+        // The square's gate is the last one: its weight is the last one used.
+        let mut out = vec![count - one, sum - square_weight * square];
+        if self.buckets > 0 {
             let hot = histogram.iter().fold(Field128::zero(), |a, h| a + *h);
             out.push(hot - count);
         }
@@ -156,31 +192,30 @@ impl Flp for ReadingCircuit {
     }
 
     fn proof_len(&self) -> usize {
-        // Mul: arity 2, degree 2, over wire polynomials of (1 + calls).next_power_of_two().
-        2 + 2 * ((1 + self.calls()).next_power_of_two() - 1) + 1
+        // The gadget's arity (2 per gate of a chunk) of seed values, then the gadget
+        // polynomial: degree 2 over wire polynomials of (1 + calls).next_power_of_two().
+        2 * self.chunk + 2 * ((1 + self.calls()).next_power_of_two() - 1) + 1
     }
 
     fn verifier_len(&self) -> usize {
-        // The gadget's arity plus one, and the circuit's output.
-        2 + 1 + 1
+        // The circuit's output, the gadget's arity, the gadget's output.
+        2 + 2 * self.chunk
     }
 
     fn joint_rand_len(&self) -> usize {
-        0
+        self.calls()
     }
 
     fn eval_output_len(&self) -> usize {
-        1 + self.bits
-            + 1
-            + if self.buckets > 0 {
-                self.buckets + 1
-            } else {
-                0
-            }
+        if self.buckets > 0 {
+            3
+        } else {
+            2
+        }
     }
 
     fn prove_rand_len(&self) -> usize {
-        2
+        2 * self.chunk
     }
 }
 
@@ -290,13 +325,20 @@ mod tests {
     fn accepted(typ: &ReadingCircuit, input: &[Field128], shares: usize) -> bool {
         let prove_rand = Field128::random_vector(typ.prove_rand_len());
         let query_rand = Field128::random_vector(typ.query_rand_len());
-        let proof = typ.prove(input, &prove_rand, &[]).unwrap();
+        let joint_rand = Field128::random_vector(typ.joint_rand_len());
+        let proof = typ.prove(input, &prove_rand, &joint_rand).unwrap();
         let input_shares = split(input, shares);
         let proof_shares = split(&proof, shares);
         let verifier = (0..shares)
             .map(|i| {
-                typ.query(&input_shares[i], &proof_shares[i], &query_rand, &[], shares)
-                    .unwrap()
+                typ.query(
+                    &input_shares[i],
+                    &proof_shares[i],
+                    &query_rand,
+                    &joint_rand,
+                    shares,
+                )
+                .unwrap()
             })
             .reduce(|a, b| a.iter().zip(&b).map(|(x, y)| *x + *y).collect())
             .unwrap();
