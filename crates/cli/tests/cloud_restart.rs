@@ -107,3 +107,75 @@ async fn a_restarted_cloud_resumes_from_its_checkpoint_and_sealed_windows() {
     common::assert_reveals(&cluster, &reference, GroupLevel::Plug).await;
     cluster.shutdown().await;
 }
+
+/// A restart does not replay a batch whose windows were all sealed before it: such a batch
+/// is restored as decided, its shares are in the stored sums, and a replayed partial would
+/// wait in a worker for a flag nobody sends, carried by every later checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_leaves_batches_of_sealed_windows_out_of_the_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let elastic = ElasticConfig {
+        buckets: 32,
+        workers: 2,
+        period: None,
+        checkpoint_period: None,
+        ..ElasticConfig::default()
+    };
+    let mut cluster = LocalCluster::start_with(
+        ClusterSpec {
+            parties: 2,
+            window_secs: WINDOW,
+            grace_secs: WINDOW,
+            dir: dir.path().to_path_buf(),
+        },
+        ClusterOptions {
+            elastic,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let readings: Vec<Reading> = Synthetic::new(SyntheticConfig {
+        houses: 2,
+        households_per_house: 1,
+        plugs_per_household: 3,
+        duration_secs: 20 * 60,
+        interval_secs: 10,
+        ..Default::default()
+    })
+    .collect();
+    let mut reference = Reference::new(WINDOW, GroupLevel::Plug);
+    for r in &readings {
+        reference.add(r);
+    }
+    let batches: Vec<Vec<Reading>> = readings.chunks(60).map(<[Reading]>::to_vec).collect();
+    let (first, second) = batches.split_at(batches.len() / 2);
+    let uploader = cluster.uploader(Duration::from_secs(5)).unwrap();
+    upload(&uploader, first).await;
+    let node = cluster.cloud(0).unwrap();
+    node.checkpoint().await.unwrap().expect("a checkpoint");
+    // The rest after the checkpoint, every window closed and sealed before the restart.
+    upload(&uploader, second).await;
+    let last = readings.iter().map(|r| r.ts).max().unwrap();
+    uploader.advance_watermark(last, true).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while node.status()["windows_in_workers"].as_u64() != Some(0) {
+        assert!(Instant::now() < until, "windows were not sealed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(node.pool().uncheckpointed(), second.len());
+    drop(node);
+
+    cluster.restart_cloud(0).await.unwrap();
+    let node = cluster.cloud(0).unwrap();
+    assert_eq!(
+        node.pool().uncheckpointed(),
+        0,
+        "batches of sealed windows were replayed"
+    );
+    let info = node.checkpoint().await.unwrap().expect("a checkpoint");
+    assert_eq!(info.buckets, 0, "the workers hold something: {info:?}");
+    drop(node);
+    common::assert_reveals(&cluster, &reference, GroupLevel::Plug).await;
+    cluster.shutdown().await;
+}

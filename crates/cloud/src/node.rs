@@ -168,6 +168,11 @@ impl CloudNode {
         })?;
         // The checkpoint first, then the batches it does not cover: they add up to the state
         // the buckets had, whichever workers now own them.
+        let checkpointed_pending: HashSet<BatchId> = recovered
+            .checkpoint
+            .iter()
+            .flat_map(|(_, state)| state.pending.keys().copied())
+            .collect();
         pool.restore(recovered.checkpoint).await?;
         let mut restored = 0;
         let mut uncovered = Vec::new();
@@ -182,7 +187,10 @@ impl CloudNode {
             windows.retain(|&start| start >= horizon);
             state.restore(id, windows);
             // Only the batches the checkpoint lacks are replayed: the others' shares are in it.
-            if !recovered.covered.contains(&id) {
+            // Nor one whose windows are all sealed (restored as decided, with no flag to tell
+            // the workers): its shares are in their stored sums, and a replayed partial would
+            // wait in a worker for a decision that never comes, carried by every checkpoint.
+            if !recovered.covered.contains(&id) && state.outcome(&id) != Some(false) {
                 uncovered.push(id);
             }
             Ok(())
@@ -190,13 +198,27 @@ impl CloudNode {
         // A few at a time, each group aggregated before the next is read: dispatched all at
         // once, every expanded batch since the checkpoint would wait in the workers' queues
         // together, a peak that grows with the time between checkpoints.
+        // A replayed batch's shares in windows already sealed are in those windows' stored
+        // sums: left out, so no worker holds them again.
         let horizon = state.retained_from();
+        let gathered: HashSet<u64> = state.sealed().into_iter().collect();
+        let keep = |start: u64| start >= horizon && !gathered.contains(&start);
         for group in uncovered.chunks(REPLAY_GROUP) {
             for (id, bytes) in values.read(group)? {
                 let request = decode_stored(id, &bytes)?;
-                pool.dispatch(Arc::new(expand_kept(id, request, horizon)?));
+                let batch = expand_kept(id, request, config.window_secs, keep)?;
+                pool.dispatch(Arc::new(batch));
             }
             pool.settle().await;
+        }
+        // Partials the checkpoint kept waiting for a flag, of batches that no flag will reach
+        // now: restored as decided because their windows were sealed since (their shares are
+        // in the stored sums), or dropped by retention. Dropped here, or every later
+        // checkpoint would carry them.
+        for id in checkpointed_pending {
+            if !state.is_known(&id) || state.outcome(&id) == Some(false) {
+                pool.decide(id, false);
+            }
         }
         let replayed = uncovered.len();
         // The burst of decoding and replay above is over; without this its freed memory stays
@@ -859,20 +881,21 @@ pub fn check_range_specs(specs: &[RangeSpec], window_secs: u64) -> Result<(), Ap
     Ok(())
 }
 
-/// A batch as the values table holds it: the body as received.
-/// A stored batch's shares as workers take them, without those of windows before the
-/// retention `horizon`. A batch that straddles the horizon stays stored for its later
-/// windows; its earlier ones are gone from the state, and replaying their shares would bring
-/// them back, held by this cloud alone.
+/// A stored batch's shares as workers take them: only those of windows `keep` keeps. Windows
+/// before the retention horizon never are: a batch that straddles the horizon stays stored
+/// for its later windows; its earlier ones are gone from the state, and replaying their
+/// shares would bring them back, held by this cloud alone.
 fn expand_kept(
     id: BatchId,
     request: UploadRequest,
-    horizon: u64,
+    window_secs: u64,
+    keep: impl Fn(u64) -> bool,
 ) -> Result<UploadBatch, CloudError> {
     let mut batch =
         expand(request).map_err(|e| CloudError::Storage(format!("stored batch {id}: {e}")))?;
-    batch.records.retain(|r| r.ts >= horizon);
-    batch.histograms.retain(|h| h.window_start >= horizon);
+    let kept = |ts: u64| keep(Window::containing(ts, window_secs).start);
+    batch.records.retain(|r| kept(r.ts));
+    batch.histograms.retain(|h| kept(h.window_start));
     Ok(batch)
 }
 
@@ -902,7 +925,11 @@ impl ReplaySource for CloudNode {
             .into_iter()
             .map(|(id, bytes)| {
                 let horizon = self.state().retained_from();
-                expand_kept(id, decode_stored(id, &bytes)?, horizon)
+                let request = decode_stored(id, &bytes)?;
+                // Sealed windows are left to the `Forget` that follows a rebuild's replay.
+                expand_kept(id, request, self.config.window_secs, |start| {
+                    start >= horizon
+                })
             })
             .collect()
     }
