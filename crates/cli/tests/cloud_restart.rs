@@ -28,23 +28,21 @@ async fn upload(uploader: &Uploader, batches: &[Vec<Reading>]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_cloud_resumes_from_its_checkpoint_and_sealed_windows() {
-    let dir = tempfile::tempdir().unwrap();
+/// Two clouds of two workers each, whose checkpoints the test takes at chosen points.
+async fn two_clouds(dir: &std::path::Path) -> LocalCluster {
     let elastic = ElasticConfig {
         buckets: 32,
         workers: 2,
         period: None,
-        // Taken by the test, at chosen points.
         checkpoint_period: None,
         ..ElasticConfig::default()
     };
-    let mut cluster = LocalCluster::start_with(
+    LocalCluster::start_with(
         ClusterSpec {
             parties: 2,
             window_secs: WINDOW,
             grace_secs: WINDOW,
-            dir: dir.path().to_path_buf(),
+            dir: dir.to_path_buf(),
         },
         ClusterOptions {
             elastic,
@@ -52,13 +50,17 @@ async fn a_restarted_cloud_resumes_from_its_checkpoint_and_sealed_windows() {
         },
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// 20 minutes of 2 houses of 3 plugs per household, and their per-plug reference.
+fn readings(households: u32, interval_secs: u64) -> (Vec<Reading>, Reference) {
     let readings: Vec<Reading> = Synthetic::new(SyntheticConfig {
         houses: 2,
-        households_per_house: 2,
+        households_per_house: households,
         plugs_per_household: 3,
         duration_secs: 20 * 60,
-        interval_secs: 5,
+        interval_secs,
         ..Default::default()
     })
     .collect();
@@ -66,6 +68,14 @@ async fn a_restarted_cloud_resumes_from_its_checkpoint_and_sealed_windows() {
     for r in &readings {
         reference.add(r);
     }
+    (readings, reference)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_cloud_resumes_from_its_checkpoint_and_sealed_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = two_clouds(dir.path()).await;
+    let (readings, reference) = readings(2, 5);
     let batches: Vec<Vec<Reading>> = readings.chunks(100).map(<[Reading]>::to_vec).collect();
     let (first, rest) = batches.split_at(batches.len() / 2);
     let (second, third) = rest.split_at(rest.len() / 2);
@@ -114,40 +124,8 @@ async fn a_restarted_cloud_resumes_from_its_checkpoint_and_sealed_windows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_leaves_batches_of_sealed_windows_out_of_the_workers() {
     let dir = tempfile::tempdir().unwrap();
-    let elastic = ElasticConfig {
-        buckets: 32,
-        workers: 2,
-        period: None,
-        checkpoint_period: None,
-        ..ElasticConfig::default()
-    };
-    let mut cluster = LocalCluster::start_with(
-        ClusterSpec {
-            parties: 2,
-            window_secs: WINDOW,
-            grace_secs: WINDOW,
-            dir: dir.path().to_path_buf(),
-        },
-        ClusterOptions {
-            elastic,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let readings: Vec<Reading> = Synthetic::new(SyntheticConfig {
-        houses: 2,
-        households_per_house: 1,
-        plugs_per_household: 3,
-        duration_secs: 20 * 60,
-        interval_secs: 10,
-        ..Default::default()
-    })
-    .collect();
-    let mut reference = Reference::new(WINDOW, GroupLevel::Plug);
-    for r in &readings {
-        reference.add(r);
-    }
+    let mut cluster = two_clouds(dir.path()).await;
+    let (readings, reference) = readings(1, 10);
     let batches: Vec<Vec<Reading>> = readings.chunks(60).map(<[Reading]>::to_vec).collect();
     let (first, second) = batches.split_at(batches.len() / 2);
     let uploader = cluster.uploader(Duration::from_secs(5)).unwrap();
