@@ -197,11 +197,11 @@ impl CloudNode {
         })?;
         // A few at a time, each group aggregated before the next is read: dispatched all at
         // once, every expanded batch since the checkpoint would wait in the workers' queues
-        // together, a peak that grows with the time between checkpoints.
-        // A replayed batch's shares in windows already sealed are in those windows' stored
-        // sums: left out, so no worker holds them again.
+        // together, a peak that grows with the time between checkpoints. A replayed batch's
+        // shares in windows already sealed are in those windows' stored sums: left out, so no
+        // worker holds them again.
         let horizon = state.retained_from();
-        let gathered: HashSet<u64> = state.sealed().into_iter().collect();
+        let gathered: HashSet<u64> = sealed.iter().copied().collect();
         let keep = |start: u64| start >= horizon && !gathered.contains(&start);
         for group in uncovered.chunks(REPLAY_GROUP) {
             for (id, bytes) in values.read(group)? {
@@ -881,10 +881,10 @@ pub fn check_range_specs(specs: &[RangeSpec], window_secs: u64) -> Result<(), Ap
     Ok(())
 }
 
-/// A stored batch's shares as workers take them: only those of windows `keep` keeps. Windows
-/// before the retention horizon never are: a batch that straddles the horizon stays stored
-/// for its later windows; its earlier ones are gone from the state, and replaying their
-/// shares would bring them back, held by this cloud alone.
+/// A stored batch's shares as workers take them: only those of windows `keep` keeps. Every
+/// caller drops the windows before the retention horizon: a batch that straddles it stays
+/// stored for its later windows; its earlier ones are gone from the state, and replaying
+/// their shares would bring them back, held by this cloud alone.
 fn expand_kept(
     id: BatchId,
     request: UploadRequest,
