@@ -54,6 +54,11 @@ pub struct CatalogConfig {
 
 /// Default of [`CatalogConfig::keep_decided_ms`]: an hour.
 pub const KEEP_DECIDED_MS: u64 = 3_600_000;
+/// Most flags in one log entry. openraft gives every AppendEntries one heartbeat interval
+/// (100 ms) and retries a timed-out one unchanged, and one entry cannot be split across
+/// requests: an entry of a whole 100,000-flag request (about 2.5 MB) that a slow follower
+/// cannot take in 100 ms would stall it for good. 4096 flags are about 100 KB.
+pub const ITEMS_PER_ENTRY: usize = 4096;
 /// How far ahead of this node's clock a cloud's settled time may lie.
 const SETTLED_AHEAD_MS: u64 = 600_000;
 
@@ -628,6 +633,7 @@ impl CatalogNode {
             .collect()
     }
 
+    /// Cuts a write into log entries of at most [`ITEMS_PER_ENTRY`] flags each, per partition.
     async fn write_split<T: Clone>(
         &self,
         items: Vec<T>,
@@ -635,8 +641,16 @@ impl CatalogNode {
         make: impl Fn(Vec<T>) -> Op,
     ) -> Result<Vec<Flag>, CatalogError> {
         let total = items.len();
-        let groups = self.split(items, id);
-        let calls = groups.into_iter().map(|(p, pos, items)| {
+        let groups = self
+            .split(items, id)
+            .into_iter()
+            .flat_map(|(p, pos, items)| {
+                let mut items = items.into_iter();
+                pos.chunks(ITEMS_PER_ENTRY)
+                    .map(|pos| (p, pos.to_vec(), items.by_ref().take(pos.len()).collect()))
+                    .collect::<Vec<(u32, Vec<usize>, Vec<T>)>>()
+            });
+        let calls = groups.map(|(p, pos, items)| {
             let op = make(items);
             async move { (pos, self.on_leader(p, Forwarded::Op(op)).await) }
         });
