@@ -58,7 +58,7 @@ pub const KEEP_DECIDED_MS: u64 = 3_600_000;
 /// (100 ms) and retries a timed-out one unchanged, and one entry cannot be split across
 /// requests: an entry of a whole 100,000-flag request (about 2.5 MB) that a slow follower
 /// cannot take in 100 ms would stall it for good. 4096 flags are about 100 KB.
-pub const ITEMS_PER_ENTRY: usize = 4096;
+const ITEMS_PER_ENTRY: usize = 4096;
 /// How far ahead of this node's clock a cloud's settled time may lie.
 const SETTLED_AHEAD_MS: u64 = 600_000;
 
