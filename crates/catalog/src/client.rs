@@ -8,12 +8,12 @@
 use crate::raft::node::ASSIGNMENT_PARTITION;
 use crate::raft::placement::partition_of;
 use crate::raft::{assignment_path, Assignment};
-use crate::service::{CREATE_PATH, GET_PATH, SET_PATH};
+use crate::service::{CREATE_PATH, GET_PATH, SET_PATH, VERDICT_PATH};
 use crate::{CatalogError, FlagTable};
 use mcloud_core::auth::CallCredentials;
 use mcloud_core::http::{send, CallError, Endpoint};
 use mcloud_core::wire::{
-    CreateFlag, CreateFlagsRequest, Flag, FlagIds, FlagsResponse, GetFlagsResponse,
+    CreateFlag, CreateFlagsRequest, Flag, FlagIds, FlagsResponse, GetFlagsResponse, VerdictRequest,
 };
 use mcloud_core::BatchId;
 use serde::de::DeserializeOwned;
@@ -382,6 +382,14 @@ impl FlagTable for CatalogClient {
         let request = FlagIds { ids };
         let r: FlagsResponse = self
             .call_ids(SET_PATH, &request, request.ids.iter().copied())
+            .await?;
+        Ok(r.flags)
+    }
+
+    async fn verdict(&self, ids: Vec<BatchId>, valid: bool) -> Result<Vec<Flag>, CatalogError> {
+        let request = VerdictRequest { ids, valid };
+        let r: FlagsResponse = self
+            .call_ids(VERDICT_PATH, &request, request.ids.iter().copied())
             .await?;
         Ok(r.flags)
     }

@@ -12,6 +12,10 @@ pub enum CatalogError {
     AlreadyFinal { id: BatchId, state: FlagState },
     #[error("flag {id} missed its deadline ({late_ms} ms late) and is already ERROR: a final flag never changes")]
     DeadlineMissed { id: BatchId, late_ms: u64 },
+    #[error("flag {0} is a robust batch's: its clouds set it once they verified its reports, never its sensor")]
+    DecidedByClouds(BatchId),
+    #[error("flag {0} is not a robust batch's: only its sensor sets it")]
+    NotRobust(BatchId),
     #[error("ttl_ms {ttl_ms} for flag {id} is out of range 1..={max}")]
     BadTtl { id: BatchId, ttl_ms: u64, max: u64 },
     #[error("flag {0} appears twice in one request")]
@@ -69,6 +73,8 @@ impl From<CatalogError> for ApiError {
             CatalogError::AlreadyFinal { .. } | CatalogError::DeadlineMissed { .. } => {
                 StatusCode::CONFLICT
             }
+            CatalogError::DecidedByClouds(_) => StatusCode::FORBIDDEN,
+            CatalogError::NotRobust(_) => StatusCode::CONFLICT,
             CatalogError::BadTtl { .. } | CatalogError::DuplicateId(_) => StatusCode::BAD_REQUEST,
             CatalogError::TooMany(_) => StatusCode::PAYLOAD_TOO_LARGE,
             CatalogError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,

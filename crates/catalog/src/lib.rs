@@ -37,6 +37,14 @@ pub trait FlagTable: Send + Sync + 'static {
         ids: Vec<BatchId>,
     ) -> impl Future<Output = Result<Vec<Flag>, CatalogError>> + Send;
 
+    /// VERDICT (a cloud, on robust flags only): TRUE for `valid` (before the deadline), ERROR
+    /// otherwise, at once.
+    fn verdict(
+        &self,
+        ids: Vec<BatchId>,
+        valid: bool,
+    ) -> impl Future<Output = Result<Vec<Flag>, CatalogError>> + Send;
+
     /// GET: the flags as they are now (a FALSE flag past its deadline reads ERROR).
     fn get(
         &self,

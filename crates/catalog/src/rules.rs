@@ -65,7 +65,7 @@ impl Table {
         self.flags.get(id).map(|f| match f.state {
             FlagState::False if now > f.deadline_ms => Flag {
                 state: FlagState::Error,
-                deadline_ms: f.deadline_ms,
+                ..*f
             },
             _ => *f,
         })
@@ -121,14 +121,15 @@ impl Table {
         self.open
             .iter()
             .take_while(|(deadline, _)| *deadline < now)
-            .map(|&(deadline_ms, id)| {
-                (
+            .filter_map(|&(_, id)| {
+                let flag = self.flags.get(&id)?;
+                Some((
                     id,
                     Flag {
                         state: FlagState::Error,
-                        deadline_ms,
+                        ..*flag
                     },
-                )
+                ))
             })
             .collect()
     }
@@ -176,6 +177,7 @@ impl Table {
                     let flag = Flag {
                         state: FlagState::False,
                         deadline_ms: now.saturating_add(r.ttl_ms),
+                        robust: r.robust,
                     };
                     changes.push((r.id, flag));
                     out.push(flag);
@@ -191,10 +193,13 @@ impl Table {
         let mut changes = Vec::new();
         for id in ids {
             let flag = self.stored(id).ok_or(CatalogError::Unknown(*id))?;
+            if flag.robust {
+                return Err(CatalogError::DecidedByClouds(*id));
+            }
             match flag.state {
                 FlagState::True => out.push(flag),
-                // ERROR only ever comes from a missed deadline, whether or not the sweep has
-                // written it yet, so both answers are the same.
+                // A plain flag's ERROR only ever comes from a missed deadline, whether or not
+                // the sweep has written it yet, so both answers are the same.
                 FlagState::Error => {
                     return Err(CatalogError::DeadlineMissed {
                         id: *id,
@@ -210,11 +215,55 @@ impl Table {
                 FlagState::False => {
                     let flag = Flag {
                         state: FlagState::True,
-                        deadline_ms: flag.deadline_ms,
+                        ..flag
                     };
                     changes.push((*id, flag));
                     out.push(flag);
                 }
+            }
+        }
+        Ok((out, changes))
+    }
+
+    /// A cloud's verdict at `now` on robust flags; the request was checked with
+    /// `check_request`. `valid` turns FALSE into TRUE before the deadline (a verdict after it
+    /// missed it, as a late SET does); an invalid batch's flag becomes ERROR at once. Repeating
+    /// a verdict is idempotent; contradicting a final flag is refused.
+    pub fn verdict(
+        &self,
+        ids: &[BatchId],
+        valid: bool,
+        now: u64,
+    ) -> Result<(Vec<Flag>, Changes), CatalogError> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut changes = Vec::new();
+        for id in ids {
+            let flag = self.stored(id).ok_or(CatalogError::Unknown(*id))?;
+            if !flag.robust {
+                return Err(CatalogError::NotRobust(*id));
+            }
+            let wanted = if valid {
+                FlagState::True
+            } else {
+                FlagState::Error
+            };
+            match flag.state {
+                state if state == wanted => out.push(flag),
+                FlagState::False if valid && now > flag.deadline_ms => {
+                    return Err(CatalogError::DeadlineMissed {
+                        id: *id,
+                        late_ms: now - flag.deadline_ms,
+                    })
+                }
+                FlagState::False => {
+                    let flag = Flag {
+                        state: wanted,
+                        ..flag
+                    };
+                    changes.push((*id, flag));
+                    out.push(flag);
+                }
+                state => return Err(CatalogError::AlreadyFinal { id: *id, state }),
             }
         }
         Ok((out, changes))
@@ -233,9 +282,58 @@ mod tests {
         let request = [CreateFlag {
             id,
             ttl_ms: MAX_TTL_MS,
+            robust: false,
         }];
         let (flags, changes) = Table::default().create(&request, u64::MAX - 1).unwrap();
         assert_eq!(flags[0].deadline_ms, u64::MAX);
         assert_eq!(changes, vec![(id, flags[0])]);
+    }
+
+    #[test]
+    fn only_a_verdict_decides_a_robust_flag_and_only_a_robust_one() {
+        let create = |id: u128, robust| CreateFlag {
+            id: BatchId(id),
+            ttl_ms: 1_000,
+            robust,
+        };
+        let mut table = Table::default();
+        let (_, changes) = table
+            .create(&[create(1, true), create(2, true), create(3, false)], 0)
+            .unwrap();
+        table.apply(&changes);
+        let (one, two, plain) = (BatchId(1), BatchId(2), BatchId(3));
+        // The sensor cannot SET its robust flag; a cloud cannot give a plain one a verdict.
+        assert!(matches!(
+            table.set(&[one], 10),
+            Err(CatalogError::DecidedByClouds(id)) if id == one
+        ));
+        assert!(matches!(
+            table.verdict(&[plain], true, 10),
+            Err(CatalogError::NotRobust(id)) if id == plain
+        ));
+        let (flags, changes) = table.verdict(&[one], true, 10).unwrap();
+        assert_eq!(flags[0].state, FlagState::True);
+        table.apply(&changes);
+        let (flags, changes) = table.verdict(&[two], false, 10).unwrap();
+        assert_eq!(flags[0].state, FlagState::Error);
+        table.apply(&changes);
+        // Repeating is idempotent; contradicting is refused and changes nothing.
+        assert!(table.verdict(&[one], true, 20).unwrap().1.is_empty());
+        assert!(table.verdict(&[two], false, 20).unwrap().1.is_empty());
+        assert!(matches!(
+            table.verdict(&[one], false, 20),
+            Err(CatalogError::AlreadyFinal { .. })
+        ));
+        assert!(matches!(
+            table.verdict(&[two], true, 20),
+            Err(CatalogError::AlreadyFinal { .. })
+        ));
+        // A valid verdict after the deadline comes too late.
+        let (_, changes) = table.create(&[create(4, true)], 0).unwrap();
+        table.apply(&changes);
+        assert!(matches!(
+            table.verdict(&[BatchId(4)], true, 2_000),
+            Err(CatalogError::DeadlineMissed { .. })
+        ));
     }
 }

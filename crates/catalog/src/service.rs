@@ -1,19 +1,25 @@
-//! The catalog's flags endpoints, for sensors (their own flags) and clouds (any flag).
+//! The catalog's flags endpoints, for sensors (their own flags) and clouds (any flag, and the
+//! verdict on robust ones).
 
 use crate::FlagTable;
 use axum::extract::State;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use mcloud_core::auth::peer::PeerIdentity;
+use mcloud_core::auth::peer::{PeerIdentity, Role};
 use mcloud_core::auth::sensor::SensorScope;
-use mcloud_core::auth::{require_sensor, require_sensor_or_peer, NodeAuth};
+use mcloud_core::auth::{require_peer, require_sensor, require_sensor_or_peer, NodeAuth};
 use mcloud_core::http::{ApiError, Postcard};
-use mcloud_core::wire::{CreateFlagsRequest, FlagIds, FlagsResponse, GetFlagsResponse};
+use mcloud_core::wire::{
+    CreateFlagsRequest, FlagIds, FlagsResponse, GetFlagsResponse, VerdictRequest,
+};
 use mcloud_core::BatchId;
 use std::sync::Arc;
 
-pub use mcloud_core::paths::{CREATE_PATH, GET_PATH, SET_PATH};
+pub use mcloud_core::paths::{CREATE_PATH, GET_PATH, SET_PATH, VERDICT_PATH};
+
+/// Who may give a verdict on robust flags: the clouds that verify them.
+const CLOUDS: &[Role] = &[Role::Cloud];
 
 /// Routes for a catalog backed by `table`, with `status` answering `/v1/status`.
 pub fn router_with_status<T: FlagTable>(
@@ -29,8 +35,12 @@ pub fn router_with_status<T: FlagTable>(
     let readers = Router::new()
         .route(GET_PATH, post(read::<T>))
         .layer(from_fn_with_state(auth.clone(), require_sensor_or_peer));
+    let clouds = Router::new()
+        .route(VERDICT_PATH, post(verdict::<T>))
+        .layer(from_fn_with_state(CLOUDS, require_peer));
     sensors
         .merge(readers)
+        .merge(clouds)
         .with_state(table)
         .merge(mcloud_core::auth::session_router(auth))
         .route(
@@ -62,6 +72,21 @@ async fn set<T: FlagTable>(
 ) -> Result<Postcard<FlagsResponse>, ApiError> {
     own_ids(&scope, req.ids.iter().copied())?;
     let flags = table.set(req.ids).await?;
+    Ok(Postcard(FlagsResponse { flags }))
+}
+
+async fn verdict<T: FlagTable>(
+    State(table): State<Arc<T>>,
+    Extension(cloud): Extension<PeerIdentity>,
+    Postcard(req): Postcard<VerdictRequest>,
+) -> Result<Postcard<FlagsResponse>, ApiError> {
+    let flags = table.verdict(req.ids.clone(), req.valid).await?;
+    tracing::debug!(
+        party = cloud.party,
+        batches = req.ids.len(),
+        valid = req.valid,
+        "verdict on robust flags"
+    );
     Ok(Postcard(FlagsResponse { flags }))
 }
 

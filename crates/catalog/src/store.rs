@@ -15,21 +15,35 @@ pub use crate::rules::{FlagCounts, MAX_TTL_MS};
 
 const FLAGS: TableDefinition<u128, (u8, u64)> = TableDefinition::new("flags");
 
-pub(crate) fn encode(state: FlagState) -> u8 {
-    match state {
+/// A robust flag's state code carries this bit.
+const ROBUST_BIT: u8 = 0x80;
+
+pub(crate) fn encode(flag: &Flag) -> u8 {
+    let state = match flag.state {
         FlagState::False => 0,
         FlagState::True => 1,
         FlagState::Error => 2,
+    };
+    if flag.robust {
+        state | ROBUST_BIT
+    } else {
+        state
     }
 }
 
-pub(crate) fn decode(code: u8) -> Result<FlagState, CatalogError> {
-    match code {
-        0 => Ok(FlagState::False),
-        1 => Ok(FlagState::True),
-        2 => Ok(FlagState::Error),
-        other => Err(CatalogError::Storage(format!("corrupt flag state {other}"))),
-    }
+/// The flag stored as `code` and `deadline_ms`.
+pub(crate) fn decode(code: u8, deadline_ms: u64) -> Result<Flag, CatalogError> {
+    let state = match code & !ROBUST_BIT {
+        0 => FlagState::False,
+        1 => FlagState::True,
+        2 => FlagState::Error,
+        other => return Err(CatalogError::Storage(format!("corrupt flag state {other}"))),
+    };
+    Ok(Flag {
+        state,
+        deadline_ms,
+        robust: code & ROBUST_BIT != 0,
+    })
 }
 
 pub struct FlagStore {
@@ -53,9 +67,8 @@ impl FlagStore {
             let mut loaded = Vec::new();
             for entry in flags.iter()? {
                 let (id, value) = entry?;
-                let (state, deadline_ms) = value.value();
-                let state = decode(state)?;
-                loaded.push((BatchId(id.value()), Flag { state, deadline_ms }));
+                let (code, deadline_ms) = value.value();
+                loaded.push((BatchId(id.value()), decode(code, deadline_ms)?));
             }
             table.apply(&loaded);
         }
@@ -91,7 +104,7 @@ impl FlagStore {
         {
             let mut flags = txn.open_table(FLAGS)?;
             for (id, flag) in changes {
-                flags.insert(id.0, (encode(flag.state), flag.deadline_ms))?;
+                flags.insert(id.0, (encode(flag), flag.deadline_ms))?;
             }
         }
         txn.commit()?;
@@ -130,6 +143,20 @@ impl FlagStore {
         Ok(out)
     }
 
+    fn verdict_now(
+        &self,
+        ids: &[BatchId],
+        valid: bool,
+        now: u64,
+    ) -> Result<Vec<Flag>, CatalogError> {
+        check_request(ids.iter().copied(), ids.len())?;
+        let mut table = self.lock();
+        let (out, changes) = table.verdict(ids, valid, now)?;
+        self.persist(&changes)?;
+        table.apply(&changes);
+        Ok(out)
+    }
+
     fn get_now(&self, ids: &[BatchId], now: u64) -> Result<Vec<Option<Flag>>, CatalogError> {
         if ids.len() > MAX_FLAGS_PER_REQUEST {
             return Err(CatalogError::TooMany(ids.len()));
@@ -150,6 +177,10 @@ impl FlagTable for Arc<FlagStore> {
         tokio::task::block_in_place(|| self.set_now(&ids, now_ms()))
     }
 
+    async fn verdict(&self, ids: Vec<BatchId>, valid: bool) -> Result<Vec<Flag>, CatalogError> {
+        tokio::task::block_in_place(|| self.verdict_now(&ids, valid, now_ms()))
+    }
+
     async fn get(&self, ids: Vec<BatchId>) -> Result<Vec<Option<Flag>>, CatalogError> {
         self.get_now(&ids, now_ms())
     }
@@ -163,6 +194,7 @@ mod tests {
         CreateFlag {
             id: BatchId(id),
             ttl_ms,
+            robust: false,
         }
     }
 

@@ -77,7 +77,11 @@ async fn measure(partitions: u32, args: &CatalogBenchArgs) -> Result<Figures> {
                 flags
                     .create(
                         ids.iter()
-                            .map(|&id| CreateFlag { id, ttl_ms: 60_000 })
+                            .map(|&id| CreateFlag {
+                                id,
+                                ttl_ms: 60_000,
+                                robust: false,
+                            })
                             .collect(),
                     )
                     .await?;

@@ -13,7 +13,7 @@ use mcloud_core::auth::peer::{PeerIdentity, Role};
 use mcloud_core::auth::sensor::SensorScope;
 use mcloud_core::disclosure::DisclosurePolicy;
 use mcloud_core::http::Endpoint;
-use mcloud_core::server::{bind, serve, serve_on, RunningServer};
+use mcloud_core::server::{bind, serve_on, RunningServer};
 use mcloud_core::tls::{self, NodeIdentity};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -42,6 +42,8 @@ pub struct ClusterOptions {
     pub disclosure: DisclosurePolicy,
     /// The clouds' retention (None: [`mcloud_cloud::DEFAULT_RETENTION_SECS`]).
     pub retention_secs: Option<u64>,
+    /// Robust mode: the clouds verify every report's proof together before it counts.
+    pub robust: bool,
 }
 
 /// The replicated catalog of a local cluster.
@@ -88,6 +90,8 @@ pub struct LocalCluster {
     elastic: ElasticConfig,
     disclosure: DisclosurePolicy,
     retention_secs: Option<u64>,
+    /// The clouds' shared verification key, in robust mode.
+    verify_key: Option<mcloud_core::robust::VerifyKey>,
 }
 
 /// Until when the cluster's own app token is good: a day is longer than any run.
@@ -126,6 +130,7 @@ impl LocalCluster {
             extra_parties,
             disclosure,
             retention_secs,
+            robust,
         } = options;
         let names = tls::default_names();
         // The deployment's authority, in memory: every member is enrolled here at start.
@@ -171,6 +176,7 @@ impl LocalCluster {
             elastic,
             disclosure,
             retention_secs,
+            verify_key: robust.then(mcloud_core::robust::VerifyKey::random),
         };
         for (voter, listener) in listeners.into_iter().enumerate() {
             let started = cluster.start_catalog_voter(voter as u16, listener).await?;
@@ -179,10 +185,17 @@ impl LocalCluster {
         cluster
             .wait_for_catalog_leaders(Duration::from_secs(30))
             .await?;
-        for party in 0..cluster.spec.parties {
-            let (server, node) = cluster.start_cloud(party, loopback()).await?;
-            cluster.cloud_addrs.push(server.addr);
-            cluster.clouds.push(Some((server, node)));
+        // Robust clouds call each other, so every address is known before any cloud starts.
+        let listeners = (0..cluster.spec.parties)
+            .map(|_| bind(loopback()))
+            .collect::<Result<Vec<_>, _>>()?;
+        cluster.cloud_addrs = listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<Result<Vec<_>, _>>()?;
+        for (party, listener) in listeners.into_iter().enumerate() {
+            let started = cluster.start_cloud(party as u16, listener).await?;
+            cluster.clouds.push(Some(started));
         }
         Ok(cluster)
     }
@@ -304,8 +317,23 @@ impl LocalCluster {
     async fn start_cloud(
         &self,
         party: u16,
-        addr: SocketAddr,
+        listener: std::net::TcpListener,
     ) -> Result<(RunningServer, Arc<CloudNode>)> {
+        let credentials = &self.cloud_credentials[party as usize];
+        let robust = match &self.verify_key {
+            Some(key) => Some(mcloud_cloud::robust::RobustConfig {
+                verify_key: key.clone(),
+                clouds: (0..self.spec.parties)
+                    .map(|p| {
+                        Ok(Endpoint::new(
+                            self.cloud_urls()[p as usize].clone(),
+                            self.pinned(p, Some(&credentials.identity))?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            }),
+            None => None,
+        };
         let config = CloudConfig {
             party,
             parties: self.spec.parties,
@@ -316,9 +344,9 @@ impl LocalCluster {
             retention_secs: self
                 .retention_secs
                 .unwrap_or(mcloud_cloud::DEFAULT_RETENTION_SECS),
+            robust,
             ..CloudConfig::default()
         };
-        let credentials = &self.cloud_credentials[party as usize];
         let catalog =
             CatalogClient::with_nodes(self.catalog_endpoints(Some(&credentials.identity))?);
         let node = CloudNode::open(&self.cloud_dir(party), config, catalog.clone())
@@ -326,9 +354,9 @@ impl LocalCluster {
             .with_context(|| format!("opening cloud {party}"))?;
         let auth = credentials.node_auth();
         mcloud_cloud::service::watch_revocations(catalog, &auth);
-        let server = serve(
+        let server = serve_on(
+            listener,
             mcloud_cloud::service::router(node.clone(), auth),
-            addr,
             &credentials.identity,
             credentials.roots()?,
         )
@@ -351,7 +379,7 @@ impl LocalCluster {
     pub async fn restart_cloud(&mut self, party: u16) -> Result<()> {
         self.stop_cloud(party).await;
         let addr = self.cloud_addrs[party as usize];
-        let started = self.start_cloud(party, addr).await?;
+        let started = self.start_cloud(party, bind(addr)?).await?;
         self.clouds[party as usize] = Some(started);
         Ok(())
     }
@@ -479,13 +507,23 @@ impl LocalCluster {
     }
 
     pub fn uploader_for(&self, scope: SensorScope, ttl: Duration) -> Result<Uploader> {
-        Ok(Uploader::new(
+        let uploader = Uploader::new(
             self.cloud_endpoints()?,
             CatalogClient::with_nodes(self.catalog_endpoints(None)?),
             self.catalog_parties(),
             self.sensor_credentials(scope),
             ttl,
-        ))
+        );
+        Ok(if self.is_robust() {
+            uploader.robust(None)?
+        } else {
+            uploader
+        })
+    }
+
+    /// True when the clouds run robust mode (every sensor must send robust reports).
+    pub fn is_robust(&self) -> bool {
+        self.verify_key.is_some()
     }
 
     /// The deployment collector's token: every house, every query kind, for a day, seen in

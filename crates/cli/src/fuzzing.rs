@@ -721,7 +721,11 @@ fn set_flags(data: &[u8]) {
         .ids
         .iter()
         .step_by(2)
-        .map(|&id| CreateFlag { id, ttl_ms: 1000 })
+        .map(|&id| CreateFlag {
+            id,
+            ttl_ms: 1000,
+            robust: false,
+        })
         .collect();
     let start = now.saturating_sub(500);
     let (_, changes) = table.create(&known, start).unwrap();
@@ -1507,7 +1511,11 @@ pub fn seeds(repo: &Path, csv: &str) -> Vec<(&'static str, String, Vec<u8>)> {
     let create = CreateFlagsRequest {
         flags: ids
             .iter()
-            .map(|&id| CreateFlag { id, ttl_ms: 30_000 })
+            .map(|&id| CreateFlag {
+                id,
+                ttl_ms: 30_000,
+                robust: false,
+            })
             .collect(),
     };
     add(

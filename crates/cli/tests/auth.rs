@@ -528,6 +528,7 @@ async fn every_route_refuses_every_wrong_credential_and_changes_nothing() {
         flags: vec![mcloud_core::wire::CreateFlag {
             id: mcloud_core::BatchId::of_sensor(GATEWAY.sensor),
             ttl_ms: 1000,
+            robust: false,
         }],
     })
     .unwrap();

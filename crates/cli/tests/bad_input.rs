@@ -186,6 +186,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
         .create(vec![CreateFlag {
             id: bad.id,
             ttl_ms: 30_000,
+            robust: false,
         }])
         .await
         .unwrap();
@@ -385,6 +386,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
                 flags: vec![CreateFlag {
                     id: BatchId::of_sensor(GATEWAY.sensor),
                     ttl_ms: 0,
+                    robust: false,
                 }],
             })
             .unwrap(),
@@ -400,6 +402,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
         .create(vec![CreateFlag {
             id: late.id,
             ttl_ms: 1,
+            robust: false,
         }])
         .await
         .unwrap();
@@ -475,6 +478,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
         .create(vec![CreateFlag {
             id: closed.id,
             ttl_ms: 30_000,
+            robust: false,
         }])
         .await
         .unwrap();

@@ -136,7 +136,13 @@ async fn history_with_leader_crashes_is_linearizable() {
                 let event = match rng.gen_range(0..3) {
                     0 => {
                         let ttl_ms = rng.gen_range(100..1500);
-                        let r = flags.create(vec![CreateFlag { id: gw(id), ttl_ms }]).await;
+                        let r = flags
+                            .create(vec![CreateFlag {
+                                id: gw(id),
+                                ttl_ms,
+                                robust: false,
+                            }])
+                            .await;
                         observe(id, "CREATE", start, r.map(|f| Some(f[0].state)))
                     }
                     1 => {

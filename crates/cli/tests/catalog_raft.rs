@@ -27,7 +27,11 @@ async fn cluster(dir: &std::path::Path, catalog: CatalogSpec) -> LocalCluster {
 }
 
 fn create(id: u128, ttl_ms: u64) -> Vec<CreateFlag> {
-    vec![CreateFlag { id: gw(id), ttl_ms }]
+    vec![CreateFlag {
+        id: gw(id),
+        ttl_ms,
+        robust: false,
+    }]
 }
 
 /// Polls `check` until it holds, failing after `secs`.
@@ -68,6 +72,7 @@ fn random_flags(n: usize) -> Vec<CreateFlag> {
         .map(|_| CreateFlag {
             id: BatchId::of_sensor(GATEWAY.sensor),
             ttl_ms: 600_000,
+            robust: false,
         })
         .collect()
 }
@@ -213,6 +218,7 @@ async fn four_partitions_split_requests_and_elect_leaders() {
         .map(|i| CreateFlag {
             id: gw(i * 1_000_003),
             ttl_ms: 60_000,
+            robust: false,
         })
         .collect();
     let ids: Vec<BatchId> = reqs.iter().map(|r| r.id).collect();

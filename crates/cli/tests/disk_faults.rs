@@ -690,6 +690,7 @@ fn new_flags(n: usize) -> Vec<CreateFlag> {
         .map(|_| CreateFlag {
             id: BatchId::of_sensor(GATEWAY.sensor),
             ttl_ms: 600_000,
+            robust: false,
         })
         .collect()
 }

@@ -35,6 +35,9 @@ pub struct Batcher<I> {
     /// The 30 s window of the newest reading: histograms complete when it moves on.
     window: Option<u64>,
     ended: bool,
+    /// The largest body of so many records and histograms: plain shares', or robust
+    /// reports' (several times larger: each carries its share of a proof).
+    body_bytes_max: fn(usize, usize) -> usize,
 }
 
 impl<I: Iterator<Item = Reading>> Batcher<I> {
@@ -48,17 +51,26 @@ impl<I: Iterator<Item = Reading>> Batcher<I> {
             waiting: VecDeque::new(),
             window: None,
             ended: false,
+            body_bytes_max: upload_wire_bytes_max,
         }
     }
 
-    fn fits(readings: usize, histograms: usize) -> bool {
+    /// Cuts batches whose robust reports (`mcloud_core::robust`) fit the byte target.
+    pub fn robust(mut self, robust: bool) -> Batcher<I> {
+        if robust {
+            self.body_bytes_max = mcloud_core::robust::upload_wire_bytes_max;
+        }
+        self
+    }
+
+    fn fits(&self, readings: usize, histograms: usize) -> bool {
         readings + histograms <= MAX_BATCH_RECORDS
-            && upload_wire_bytes_max(readings, histograms) <= UPLOAD_TARGET_BYTES
+            && (self.body_bytes_max)(readings, histograms) <= UPLOAD_TARGET_BYTES
     }
 
     /// Moves waiting histograms into `out` while they fit beside `readings` readings.
     fn take_waiting(&mut self, readings: usize, out: &mut Vec<PlainHistogram>) {
-        while !self.waiting.is_empty() && Self::fits(readings, out.len() + 1) {
+        while !self.waiting.is_empty() && self.fits(readings, out.len() + 1) {
             out.extend(self.waiting.pop_front());
         }
     }
@@ -86,7 +98,7 @@ impl<I: Iterator<Item = Reading>> Iterator for Batcher<I> {
         let mut readings = Vec::new();
         while !self.ended
             && readings.len() < self.batch_size
-            && Self::fits(readings.len() + 1, histograms.len())
+            && self.fits(readings.len() + 1, histograms.len())
         {
             let Some(reading) = self.readings.next() else {
                 self.ended = true;

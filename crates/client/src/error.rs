@@ -10,6 +10,8 @@ pub enum SensorError {
     Split(#[from] mcloud_core::upload::SplitError),
     #[error("the outbox holds a position in this input taken with {taken}; this run asks for {asked}. Run with the same settings, or with a fresh outbox once its batches are settled")]
     CursorSettings { taken: String, asked: String },
+    #[error("robust reports: {0}")]
+    Robust(String),
     #[error("{0} clouds configured; a batch is split for at most 65535")]
     TooManyClouds(usize),
     #[error("gave up after {waited_secs} s: {what} still unreachable ({last_error})")]

@@ -174,6 +174,7 @@ impl Sensor {
             self.config.batch_size,
             self.config.histograms,
         )
+        .robust(self.uploader.is_robust())
         // Cut again, so the batcher's open windows hold what they held before; not sent again.
         .skip(usize::try_from(skip).unwrap_or(usize::MAX))
         .map(move |cut| {

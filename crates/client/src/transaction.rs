@@ -8,7 +8,10 @@ use futures::future::join_all;
 use mcloud_catalog::{CatalogClient, CatalogError, FlagTable};
 use mcloud_core::auth::authority::SensorCredentials;
 use mcloud_core::http::{send, CallError, Endpoint};
-use mcloud_core::paths::{HEALTH_PATH, UPLOAD_PATH, WATERMARK_PATH};
+use mcloud_core::paths::{
+    HEALTH_PATH, ROBUST_SETTLE_PATH, ROBUST_UPLOAD_PATH, UPLOAD_PATH, WATERMARK_PATH,
+};
+use mcloud_core::robust::{Forgery, Robust, SettleAnswer, SettleRequest};
 use mcloud_core::upload::split_batch;
 use mcloud_core::wire::{CreateFlag, FlagState, UploadAck, WatermarkRequest};
 use std::future::Future;
@@ -48,6 +51,16 @@ pub struct Uploader {
     ttl: Duration,
     /// Upload body bytes sent so far (every attempt counts: they all cross the network).
     sent_bytes: std::sync::atomic::AtomicU64,
+    /// Robust mode: every batch goes as proven reports, and its leader cloud decides it.
+    robust: Option<RobustSender>,
+}
+
+/// How a sensor of a robust deployment makes its reports.
+#[derive(Clone)]
+struct RobustSender {
+    robust: Arc<Robust>,
+    /// Set only to show the clouds refusing a broken or hostile sensor.
+    forgery: Option<Forgery>,
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(20);
@@ -96,7 +109,26 @@ impl Uploader {
             clouds,
             ttl,
             sent_bytes: Default::default(),
+            robust: None,
         }
+    }
+
+    /// Sends every batch as robust reports (the deployment's clouds must run robust mode).
+    /// With `forgery`, one report of each batch is invalid, as a broken or hostile sensor's
+    /// would be: for showing that the clouds refuse it.
+    pub fn robust(mut self, forgery: Option<Forgery>) -> Result<Uploader, SensorError> {
+        let parties = u16::try_from(self.clouds.len())
+            .map_err(|_| SensorError::TooManyClouds(self.clouds.len()))?;
+        let robust = Robust::new(parties).map_err(|e| SensorError::Robust(e.to_string()))?;
+        self.robust = Some(RobustSender {
+            robust: Arc::new(robust),
+            forgery,
+        });
+        Ok(self)
+    }
+
+    pub fn is_robust(&self) -> bool {
+        self.robust.is_some()
     }
 
     pub fn parties(&self) -> usize {
@@ -187,12 +219,37 @@ impl Uploader {
         .collect()
     }
 
+    /// The upload bodies of `batch`, and the path they go to: plain shares, or robust
+    /// reports (proving is the sensor's heaviest work, so it runs off the async threads).
+    async fn bodies(
+        &self,
+        batch: &PlainBatch,
+    ) -> Result<(Vec<Vec<u8>>, &'static str), SensorError> {
+        let Some(sender) = self.robust.clone() else {
+            return Ok((self.encode_shares(batch)?, UPLOAD_PATH));
+        };
+        let batch = batch.clone();
+        let requests = tokio::task::spawn_blocking(move || {
+            sender
+                .robust
+                .shard_batch(batch.id, &batch.readings, &batch.histograms, sender.forgery)
+        })
+        .await
+        .map_err(|e| SensorError::Robust(e.to_string()))?
+        .map_err(|e| SensorError::Robust(e.to_string()))?;
+        let bodies = requests
+            .iter()
+            .map(postcard::to_stdvec)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((bodies, ROBUST_UPLOAD_PATH))
+    }
+
     /// Runs the transaction for `batch` as far as `fate` allows.
     // The span names the batch in every event of its transaction; the clouds log the same id
     // when they store it and when its flag is final, so one batch can be followed to reveal.
     #[tracing::instrument(level = "debug", skip_all, fields(batch = %batch.id))]
     pub async fn transact(&self, batch: &PlainBatch, fate: Fate) -> Result<Outcome, SensorError> {
-        let bodies = self.encode_shares(batch)?;
+        let (bodies, path) = self.bodies(batch).await?;
         let ttl_ms = self.ttl.as_millis() as u64;
         // CREATE is idempotent and the deadline starts when the leader applies it, so waiting
         // out an election costs the batch nothing.
@@ -201,6 +258,7 @@ impl Uploader {
             self.catalog.create(vec![CreateFlag {
                 id: batch.id,
                 ttl_ms,
+                robust: self.is_robust(),
             }])
         })
         .await;
@@ -229,7 +287,7 @@ impl Uploader {
                 .zip(bodies)
                 .enumerate()
                 .map(|(party, (cloud, body))| {
-                    let url = format!("{}{UPLOAD_PATH}", cloud.url);
+                    let url = format!("{}{path}", cloud.url);
                     async move {
                         retry(upload_until, CallError::is_retryable, || {
                             self.sent_bytes
@@ -259,6 +317,9 @@ impl Uploader {
         if fate != Fate::Complete {
             return Ok(Outcome::Crashed);
         }
+        if self.is_robust() {
+            return Ok(self.settle_robust(batch, upload_until).await);
+        }
         let set = retry(
             upload_until + Duration::from_secs(5),
             CatalogError::is_retryable,
@@ -272,6 +333,42 @@ impl Uploader {
             Ok(_) => Outcome::Rejected("catalog did not confirm TRUE".into()),
             Err(e) => self.settle(batch, e.to_string()).await,
         })
+    }
+
+    /// Asks the batch's leader cloud to verify it with the others; its verdict decides the
+    /// flag. A leader that cannot be asked leaves the flag to its deadline.
+    async fn settle_robust(&self, batch: &PlainBatch, until: Instant) -> Outcome {
+        let parties = self.clouds.len() as u16;
+        let leader = mcloud_core::robust::party_of(batch.id, 0, parties);
+        let url = format!(
+            "{}{ROBUST_SETTLE_PATH}",
+            self.clouds[usize::from(leader)].url
+        );
+        let body = match postcard::to_stdvec(&SettleRequest { batch_id: batch.id }) {
+            Ok(body) => body,
+            Err(e) => return Outcome::Rejected(e.to_string()),
+        };
+        let answer = retry(
+            until + Duration::from_secs(5),
+            CallError::is_retryable,
+            || self.post_to::<SettleAnswer>(usize::from(leader), &url, body.clone()),
+        )
+        .await;
+        match answer {
+            Ok(a) if a.valid => Outcome::Committed,
+            Ok(a) => {
+                let reason = format!(
+                    "robust verification refused the batch: {}",
+                    a.reason.unwrap_or_default()
+                );
+                if a.invalid_report {
+                    Outcome::Rejected(reason)
+                } else {
+                    Outcome::Expired(reason)
+                }
+            }
+            Err(e) => self.settle(batch, e.to_string()).await,
+        }
     }
 
     /// After a refusal that concerns the flag, the flag itself says what became of the batch:

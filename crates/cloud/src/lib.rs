@@ -11,6 +11,7 @@ pub mod error;
 mod metrics;
 pub mod node;
 mod reopen;
+pub mod robust;
 pub mod service;
 pub mod sums;
 pub mod values;

@@ -9,6 +9,7 @@ use crate::metrics::{CloudCollector, CloudMetrics};
 use crate::values::ValuesTable;
 use crate::windows::{touched, RangeError, Registered, View, Windows};
 use crate::CloudError;
+use axum::http::StatusCode;
 use bytes::Bytes;
 use mcloud_catalog::{CatalogClient, FlagTable};
 use mcloud_core::auth::sensor::SensorScope;
@@ -18,8 +19,9 @@ use mcloud_core::metrics::Metrics;
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::upload::expand;
 use mcloud_core::wire::{
-    ComputeResponse, FlagState, RangeResponse, RangeSpec, UploadAck, UploadBatch, UploadRequest,
-    WatermarkRequest, HISTOGRAM_WINDOW_SECS, MAX_ANSWER_BYTES, MAX_BATCH_RECORDS, MAX_BODY_BYTES,
+    ComputeResponse, FlagState, RangeResponse, RangeSpec, Shares, UploadAck, UploadBatch,
+    UploadRequest, WatermarkRequest, HISTOGRAM_WINDOW_SECS, MAX_ANSWER_BYTES, MAX_BATCH_RECORDS,
+    MAX_BODY_BYTES,
 };
 use mcloud_core::{BatchId, Window};
 use std::collections::{HashMap, HashSet};
@@ -49,6 +51,9 @@ pub struct CloudConfig {
     /// newest closed window; older ones are dropped from memory and disk, and ranges reaching
     /// before the horizon are refused.
     pub retention_secs: u64,
+    /// Robust mode: every batch arrives as reports whose validity the clouds verify together
+    /// before it counts (`crate::robust`); plain uploads are refused. None for plain mode.
+    pub robust: Option<crate::robust::RobustConfig>,
 }
 
 /// Default retention: a week of windows, enough for load prediction over past days.
@@ -70,6 +75,7 @@ impl Default for CloudConfig {
             elastic: ElasticConfig::default(),
             sensor_silence: Duration::from_secs(60),
             retention_secs: DEFAULT_RETENTION_SECS,
+            robust: None,
         }
     }
 }
@@ -106,9 +112,11 @@ pub struct CloudNode {
     /// What `/metrics` serves for this cloud.
     metrics: Metrics,
     recorded: CloudMetrics,
+    /// Robust mode's verifier, when on.
+    robust: Option<crate::robust::Verifier>,
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -243,6 +251,10 @@ impl CloudNode {
             .disclosure
             .check()
             .map_err(|e| CloudError::Config(e.to_string()))?;
+        let robust = match &config.robust {
+            Some(r) => Some(crate::robust::Verifier::new(r.clone(), config.parties)?),
+            None => None,
+        };
         let audit = AuditLog::open(dir)?;
         let metrics = Metrics::new();
         let recorded = CloudMetrics::register(&metrics, pool.pause_histogram());
@@ -260,6 +272,7 @@ impl CloudNode {
             progress: Mutex::new(HashMap::new()),
             metrics,
             recorded,
+            robust,
         });
         node.metrics
             .register_collector(Box::new(CloudCollector(Arc::downgrade(&node))));
@@ -298,6 +311,7 @@ impl CloudNode {
                         tracing::error!(party = node.config.party, "recovering workers: {e}");
                     }
                 }
+                node.forget_expired(mcloud_catalog::now_ms());
                 if let Err(e) = node.poll_flags().await {
                     tracing::warn!(party = node.config.party, "reading flags: {e}");
                 }
@@ -314,6 +328,23 @@ impl CloudNode {
             }
         });
         Ok(node)
+    }
+
+    pub(crate) fn robust(&self) -> Option<&crate::robust::Verifier> {
+        self.robust.as_ref()
+    }
+
+    pub(crate) fn catalog(&self) -> &CatalogClient {
+        &self.catalog
+    }
+
+    pub(crate) fn is_known(&self, id: &BatchId) -> bool {
+        self.state().is_known(id)
+    }
+
+    /// Refused robust batches of `sensor` so far (0 in plain mode).
+    pub fn refused_batches(&self, sensor: u32) -> u64 {
+        self.robust.as_ref().map_or(0, |r| r.refused(sensor))
     }
 
     pub fn config(&self) -> &CloudConfig {
@@ -356,7 +387,23 @@ impl CloudNode {
         body: Bytes,
         scope: &SensorScope,
     ) -> Result<UploadAck, ApiError> {
+        if self.robust.is_some() {
+            return Err(ApiError::coded(
+                StatusCode::BAD_REQUEST,
+                "robust_deployment",
+                format!(
+                    "this deployment is robust: send robust reports to {}",
+                    mcloud_core::paths::ROBUST_UPLOAD_PATH
+                ),
+            ));
+        }
         let request: UploadRequest = decode(&body)?;
+        if matches!(request.shares, Shares::Verified { .. }) {
+            return Err(ApiError::bad_request(format!(
+                "batch {}: verified shares come only from a cloud's own verification",
+                request.batch_id
+            )));
+        }
         check_scope(&request, scope)?;
         let id = request.batch_id;
         if self.state().is_known(&id) {
@@ -367,37 +414,76 @@ impl CloudNode {
         }
         self.validate(&request)?;
         let partial = windows_of(&request, self.config.window_secs);
-        let partial_windows = (partial.first().copied(), partial.last().copied());
         let batch = expand(request).map_err(CloudError::from)?;
+        self.check_open_flag(id, false).await?;
+        if let Registered::Duplicate = self.register(id, partial)? {
+            return Ok(UploadAck {
+                batch_id: id,
+                duplicate: true,
+            });
+        }
+        self.store(id, body, batch).await?;
+        Ok(UploadAck {
+            batch_id: id,
+            duplicate: false,
+        })
+    }
+
+    /// The flag of batch `id` as an upload needs it: created, still FALSE, and robust exactly
+    /// when the upload is.
+    pub(crate) async fn check_open_flag(
+        &self,
+        id: BatchId,
+        robust: bool,
+    ) -> Result<mcloud_core::wire::Flag, ApiError> {
         let flag = self
             .catalog
             .get(vec![id])
             .await
             .map_err(|e| CloudError::Catalog(e.to_string()))?;
         match flag.first().copied().flatten() {
-            None => return Err(CloudError::UnknownFlag(id).into()),
-            Some(f) if f.state != FlagState::False => {
-                return Err(CloudError::FlagFinal {
-                    id,
-                    state: f.state.to_string(),
-                }
-                .into())
+            None => Err(CloudError::UnknownFlag(id).into()),
+            Some(f) if f.state != FlagState::False => Err(CloudError::FlagFinal {
+                id,
+                state: f.state.to_string(),
             }
-            Some(_) => {}
+            .into()),
+            Some(f) if f.robust != robust => Err(ApiError::coded(
+                StatusCode::BAD_REQUEST,
+                "flag_kind",
+                if f.robust {
+                    format!("flag {id} is a robust batch's: upload its robust reports")
+                } else {
+                    format!("flag {id} is a plain batch's: create it robust for robust reports")
+                },
+            )),
+            Some(f) => Ok(f),
         }
-        let registered = self.state().register(id, partial);
+    }
+
+    /// Claims batch `id` for the windows it touches, so none of them closes before the
+    /// batch is decided; a window already closed refuses it.
+    pub(crate) fn register(&self, id: BatchId, windows: Vec<u64>) -> Result<Registered, ApiError> {
+        let registered = self.state().register(id, windows);
         if let Err(CloudError::WindowClosed { .. }) = registered {
             self.recorded.batch("late");
         }
-        match registered? {
-            Registered::Duplicate => {
-                return Ok(UploadAck {
-                    batch_id: id,
-                    duplicate: true,
-                })
-            }
-            Registered::New => {}
-        }
+        Ok(registered?)
+    }
+
+    /// Gives up a claimed batch that will not be stored.
+    pub(crate) fn abort(&self, id: BatchId) {
+        self.state().abort(id);
+    }
+
+    /// Stores a claimed batch's body durably, routes its shares to the workers, and marks it
+    /// stored: from then on its flag decides it.
+    pub(crate) async fn store(
+        self: &Arc<Self>,
+        id: BatchId,
+        body: Bytes,
+        batch: UploadBatch,
+    ) -> Result<(), ApiError> {
         // From the claim on, storing runs to its end in a task of its own. Cut short with the
         // request (a sensor that hangs up mid-upload drops it), the batch would stay claimed
         // but never stored: its retries would be refused as in progress, its flag never
@@ -413,15 +499,12 @@ impl CloudNode {
             node.pool.dispatch(Arc::new(batch));
             node.state().stored(id);
             node.recorded.batch("stored");
-            tracing::debug!(party = node.config.party, batch = %id, windows = ?partial_windows, "batch stored");
+            tracing::debug!(party = node.config.party, batch = %id, "batch stored");
             Ok(())
         })
         .await
         .map_err(|e| CloudError::Storage(format!("storing batch {id}: {e}")))??;
-        Ok(UploadAck {
-            batch_id: id,
-            duplicate: false,
-        })
+        Ok(())
     }
 
     /// Checkpoints the workers' bucket state durably, so a failed worker's buckets are
@@ -753,6 +836,9 @@ impl CloudNode {
             "stored_batches": stored_batches,
             "stored_windows": stored_windows,
         });
+        if let Some(robust) = &self.robust {
+            status["robust"] = robust.status();
+        }
         status
     }
 }

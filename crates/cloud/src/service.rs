@@ -1,7 +1,7 @@
-//! The cloud's HTTPS endpoints, grouped by who calls them: sensors (sessions, UPLOAD,
-//! watermark), apps (COMPUTE, RANGE), the party's administrators (the audit log) and anyone
-//! (health, status). Each group sits behind its
-//! own authentication layer (see `mcloud_core::auth`).
+//! The cloud's HTTPS endpoints, grouped by who calls them: sensors (sessions, UPLOAD, robust
+//! UPLOAD and SETTLE, watermark), apps (COMPUTE, RANGE), the other clouds (robust
+//! verification), the party's administrators (the audit log) and anyone (health, status).
+//! Each group sits behind its own authentication layer (see `mcloud_core::auth`).
 
 use crate::node::CloudNode;
 use axum::extract::rejection::QueryRejection;
@@ -14,8 +14,13 @@ use mcloud_core::auth::peer::{PeerIdentity, Role};
 use mcloud_core::auth::sensor::SensorScope;
 use mcloud_core::auth::{now_secs, require_app, require_peer, require_sensor, AppBearer, NodeAuth};
 use mcloud_core::http::{ApiError, Postcard, RawBody};
-use mcloud_core::paths::{AUDIT_PATH, COMPUTE_PATH, RANGE_PATH, UPLOAD_PATH, WATERMARK_PATH};
+use mcloud_core::paths::{
+    AUDIT_PATH, COMPUTE_PATH, PEER_FINISH_PATH, PEER_VERIFIER_SHARES_PATH, RANGE_PATH,
+    ROBUST_SETTLE_PATH, ROBUST_UPLOAD_PATH, UPLOAD_PATH, WATERMARK_PATH,
+};
 use mcloud_core::reading::GroupLevel;
+use mcloud_core::robust::VerifierShares;
+use mcloud_core::robust::{FinishRequest, SettleAnswer, SettleRequest};
 use mcloud_core::wire::{ComputeResponse, RangeResponse, RangeSpec, UploadAck, WatermarkRequest};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -36,6 +41,8 @@ pub fn router(node: Arc<CloudNode>, auth: NodeAuth) -> Router {
     };
     let sensor = Router::new()
         .route(UPLOAD_PATH, post(upload))
+        .route(ROBUST_UPLOAD_PATH, post(robust_upload))
+        .route(ROBUST_SETTLE_PATH, post(settle))
         .route(WATERMARK_PATH, post(watermark))
         .layer(from_fn_with_state(auth.clone(), require_sensor));
     let app = Router::new()
@@ -45,10 +52,15 @@ pub fn router(node: Arc<CloudNode>, auth: NodeAuth) -> Router {
     let admin = Router::new()
         .route(AUDIT_PATH, get(audit))
         .layer(from_fn_with_state(ADMINS, require_peer));
+    let peers = Router::new()
+        .route(PEER_VERIFIER_SHARES_PATH, post(verifier_shares))
+        .route(PEER_FINISH_PATH, post(finish))
+        .layer(from_fn_with_state(CLOUDS, require_peer));
     let router = Router::new()
         .merge(sensor)
         .merge(app)
         .merge(admin)
+        .merge(peers)
         .merge(mcloud_core::auth::session_router(auth))
         .route(mcloud_core::paths::STATUS_PATH, get(status))
         .route(mcloud_core::paths::HEALTH_PATH, get(|| async { "ok" }))
@@ -112,6 +124,36 @@ async fn upload(
     RawBody(body): RawBody,
 ) -> Result<Postcard<UploadAck>, ApiError> {
     cloud.node.upload(body, &scope).await.map(Postcard)
+}
+
+async fn robust_upload(
+    State(cloud): Node,
+    Extension(scope): Extension<SensorScope>,
+    RawBody(body): RawBody,
+) -> Result<Postcard<UploadAck>, ApiError> {
+    cloud.node.robust_upload(body, &scope).await.map(Postcard)
+}
+
+async fn settle(
+    State(cloud): Node,
+    Extension(scope): Extension<SensorScope>,
+    Postcard(req): Postcard<SettleRequest>,
+) -> Result<Postcard<SettleAnswer>, ApiError> {
+    cloud.node.settle(req, &scope).await.map(Postcard)
+}
+
+async fn verifier_shares(
+    State(cloud): Node,
+    Postcard(req): Postcard<SettleRequest>,
+) -> Result<Postcard<VerifierShares>, ApiError> {
+    cloud.node.verifier_shares(req).await.map(Postcard)
+}
+
+async fn finish(
+    State(cloud): Node,
+    Postcard(req): Postcard<FinishRequest>,
+) -> Result<Postcard<()>, ApiError> {
+    cloud.node.finish(req).await.map(Postcard)
 }
 
 async fn watermark(
@@ -214,6 +256,8 @@ async fn answer_ranges(
 }
 
 const ADMINS: &[Role] = &[Role::Admin];
+/// Robust verification is among the clouds only.
+const CLOUDS: &[Role] = &[Role::Cloud];
 
 /// The audit log, to this party's administrators only.
 async fn audit(

@@ -1,43 +1,81 @@
-//! Robust reports (`mcloud_core::robust`): what one reading's proof costs the sensor (shard)
-//! and the clouds (each cloud's verification, and combining their verifier shares), among 3
-//! clouds, with and without the 195-bucket load histogram.
+//! Robust reports (`mcloud_core::robust`): what proving costs a sensor (shard) and what
+//! verifying costs the clouds (every cloud's prepare, the leader's combine, every cloud's
+//! finish), per record and per load histogram, among 3 clouds.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mcloud_core::robust::{vdaf, RobustReading};
-use prio::vdaf::{Aggregator, Client};
+use mcloud_core::reading::{GroupKey, Metric, Reading};
+use mcloud_core::robust::{party_of, Robust, VerifierShares, VerifyKey};
+use mcloud_core::upload::PlainHistogram;
+use mcloud_core::BatchId;
 use std::hint::black_box;
 
-const CTX: &[u8] = b"mcloud robust bench";
+const CLOUDS: u16 = 3;
+/// Reports per batch in the bench: enough that per-batch costs vanish.
+const REPORTS: usize = 64;
+
+fn inputs(histograms: bool) -> (Vec<Reading>, Vec<PlainHistogram>) {
+    let group = GroupKey {
+        house: 1,
+        household: 0,
+        plug: 2,
+    };
+    if histograms {
+        let mut counts = vec![0; mcloud_core::histogram::BUCKETS];
+        counts[17] = 25;
+        counts[18] = 5;
+        let h = (0..REPORTS)
+            .map(|i| PlainHistogram {
+                plug: group,
+                window_start: 30 * i as u64,
+                counts: counts.clone(),
+            })
+            .collect();
+        (Vec::new(), h)
+    } else {
+        let r = (0..REPORTS as u64)
+            .map(|k| Reading {
+                id: k,
+                ts: k,
+                value: 123_456 + k,
+                metric: Metric::Load,
+                group,
+            })
+            .collect();
+        (r, Vec::new())
+    }
+}
 
 fn robust(c: &mut Criterion) {
+    let robust = Robust::new(CLOUDS).unwrap();
+    let key = VerifyKey::random();
+    let id = BatchId(5);
     let mut group = c.benchmark_group("robust");
-    group.throughput(Throughput::Elements(1));
-    for buckets in [0, mcloud_core::histogram::BUCKETS] {
-        let vdaf = vdaf(3, mcloud_core::fixed::MAX_FIXED, buckets).unwrap();
-        let reading = RobustReading {
-            value: 123_456,
-            bucket: (buckets > 0).then_some(17),
-        };
-        let nonce = [7; 16];
-        let key = [3; 32];
-        group.bench_with_input(BenchmarkId::new("shard", buckets), &reading, |b, r| {
-            b.iter(|| black_box(vdaf.shard(CTX, r, &nonce).unwrap()))
+    group.throughput(Throughput::Elements(REPORTS as u64));
+    for (name, histograms) in [("record", false), ("histogram", true)] {
+        let (readings, hists) = inputs(histograms);
+        group.bench_function(BenchmarkId::new("shard", name), |b| {
+            b.iter(|| black_box(robust.shard_batch(id, &readings, &hists, None).unwrap()))
         });
-        let (public, inputs) = vdaf.shard(CTX, &reading, &nonce).unwrap();
-        group.bench_with_input(
-            BenchmarkId::new("verify_all_clouds", buckets),
-            &(),
-            |b, _| {
-                b.iter(|| {
-                    let shares = (0..3).map(|agg| {
-                        vdaf.verify_init(&key, CTX, agg, &(), &nonce, &public, &inputs[agg])
+        let bodies = robust.shard_batch(id, &readings, &hists, None).unwrap();
+        group.bench_function(BenchmarkId::new("verify_all_clouds", name), |b| {
+            b.iter(|| {
+                let prepared: Vec<_> = (0..CLOUDS)
+                    .map(|p| robust.prepare(&key, p, &bodies[p as usize]).unwrap())
+                    .collect();
+                let shares: Vec<VerifierShares> = (0..CLOUDS as usize)
+                    .map(|agg| {
+                        prepared[party_of(id, agg, CLOUDS) as usize]
+                            .shares()
                             .unwrap()
-                            .1
-                    });
-                    black_box(vdaf.verifier_shares_to_message(CTX, &(), shares).unwrap())
-                })
-            },
-        );
+                    })
+                    .collect();
+                let leader = party_of(id, 0, CLOUDS) as usize;
+                let messages = robust.combine(&prepared[leader], &shares).unwrap();
+                for p in prepared {
+                    black_box(robust.finish(p, &messages).unwrap());
+                }
+            })
+        });
     }
     group.finish();
 }

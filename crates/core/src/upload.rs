@@ -175,8 +175,10 @@ pub fn split_batch(
 
 /// Turns an upload body into the batch of explicit shares the cloud aggregates: a seed is
 /// expanded (every record's 3 elements in record order, then every histogram's buckets in
-/// order), explicit shares are checked to fit the metadata exactly. Refuses a body that
-/// disagrees with `explicit_party` on which kind of shares this party receives.
+/// order), explicit and verified shares are checked to fit the metadata exactly. Refuses a
+/// body that disagrees with `explicit_party` on which kind of shares this party receives.
+/// Verified shares are a cloud's own (see `Shares::Verified`): the cloud refuses them from a
+/// sensor before this.
 pub fn expand(request: UploadRequest) -> Result<UploadBatch, ExpandError> {
     let UploadRequest {
         batch_id: id,
@@ -191,6 +193,13 @@ pub fn expand(request: UploadRequest) -> Result<UploadBatch, ExpandError> {
     }
     let explicit = explicit_party(id, parties);
     let (record_shares, count_shares) = match shares {
+        Shares::Verified {
+            records: record_shares,
+            histograms: count_shares,
+        } => {
+            check_explicit_lengths(id, &records, &histograms, &record_shares, &count_shares)?;
+            (record_shares, count_shares)
+        }
         Shares::Explicit {
             records: record_shares,
             histograms: count_shares,
@@ -203,20 +212,7 @@ pub fn expand(request: UploadRequest) -> Result<UploadBatch, ExpandError> {
                     explicit,
                 });
             }
-            if record_shares.len() != records.len() {
-                return Err(ExpandError::RecordShares {
-                    id,
-                    got: record_shares.len(),
-                    records: records.len(),
-                });
-            }
-            if Some(count_shares.len()) != histograms.len().checked_mul(BUCKETS) {
-                return Err(ExpandError::HistogramShares {
-                    id,
-                    got: count_shares.len(),
-                    histograms: histograms.len(),
-                });
-            }
+            check_explicit_lengths(id, &records, &histograms, &record_shares, &count_shares)?;
             (record_shares, count_shares)
         }
         Shares::Seed(seed) => {
@@ -265,6 +261,31 @@ pub fn expand(request: UploadRequest) -> Result<UploadBatch, ExpandError> {
             })
             .collect(),
     })
+}
+
+/// Explicit shares must fit the metadata exactly: one per record, `BUCKETS` per histogram.
+fn check_explicit_lengths(
+    id: BatchId,
+    records: &[RecordMeta],
+    histograms: &[HistogramMeta],
+    record_shares: &[RecordShares],
+    count_shares: &[CountField],
+) -> Result<(), ExpandError> {
+    if record_shares.len() != records.len() {
+        return Err(ExpandError::RecordShares {
+            id,
+            got: record_shares.len(),
+            records: records.len(),
+        });
+    }
+    if Some(count_shares.len()) != histograms.len().checked_mul(BUCKETS) {
+        return Err(ExpandError::HistogramShares {
+            id,
+            got: count_shares.len(),
+            histograms: histograms.len(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

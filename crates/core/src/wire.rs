@@ -152,6 +152,12 @@ pub enum Shares {
         /// `histogram::BUCKETS` per histogram, histogram after histogram.
         histograms: Vec<CountField>,
     },
+    /// A cloud's own output shares of a verified robust batch (`crate::robust`), laid out as
+    /// `Explicit`: only ever stored by the cloud that verified them, and refused in an upload.
+    Verified {
+        records: Vec<RecordShares>,
+        histograms: Vec<CountField>,
+    },
 }
 
 /// UPLOAD: one cloud's body for one batch. The metadata is the same at every party; only
@@ -262,6 +268,9 @@ impl fmt::Display for FlagState {
 pub struct Flag {
     pub state: FlagState,
     pub deadline_ms: u64,
+    /// A robust batch's flag: only its clouds decide it, once they verified its reports
+    /// (`crate::robust`); its sensor's SET is refused.
+    pub robust: bool,
 }
 
 impl Flag {
@@ -274,6 +283,16 @@ impl Flag {
 pub struct CreateFlag {
     pub id: BatchId,
     pub ttl_ms: u64,
+    /// For a robust batch: see `Flag::robust`.
+    pub robust: bool,
+}
+
+/// A cloud's verdict on robust batches it led the verification of: TRUE for `valid`, ERROR
+/// otherwise.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerdictRequest {
+    pub ids: Vec<BatchId>,
+    pub valid: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

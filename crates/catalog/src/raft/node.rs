@@ -874,6 +874,12 @@ impl FlagTable for Arc<CatalogNode> {
         self.write_split(ids, |id| *id, Op::Set).await
     }
 
+    async fn verdict(&self, ids: Vec<BatchId>, valid: bool) -> Result<Vec<Flag>, CatalogError> {
+        check_request(ids.iter().copied(), ids.len())?;
+        self.write_split(ids, |id| *id, |ids| Op::Verdict { ids, valid })
+            .await
+    }
+
     async fn get(&self, ids: Vec<BatchId>) -> Result<Vec<Option<Flag>>, CatalogError> {
         if ids.len() > MAX_FLAGS_PER_REQUEST {
             return Err(CatalogError::TooMany(ids.len()));

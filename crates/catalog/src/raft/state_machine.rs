@@ -19,7 +19,6 @@ use super::types::{
 use super::types::{AccessRules, Assignment, Op};
 use crate::rules::{check_request, check_ttls, Changes, Table};
 use crate::store::{decode, encode};
-use mcloud_core::wire::Flag;
 use mcloud_core::BatchId;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
@@ -224,6 +223,8 @@ impl StateMachine {
                 Op::Set(ids) => {
                     check_request(ids.iter().copied(), ids.len()).and_then(|_| table.set(ids, now))
                 }
+                Op::Verdict { ids, valid } => check_request(ids.iter().copied(), ids.len())
+                    .and_then(|_| table.verdict(ids, *valid, now)),
                 Op::Assign { party, assignment } => {
                     Self::assign(&mut registers.assignments, *party, assignment)
                         .map(|_| (Vec::new(), Vec::new()))
@@ -340,8 +341,8 @@ impl StateMachine {
         let decoded = Self::decode_data(data)?;
         let mut flags = Vec::with_capacity(decoded.flags.len());
         for (id, code, deadline_ms) in decoded.flags {
-            let state = decode(code).map_err(|e| io_error(SNAPSHOT, e))?;
-            flags.push((BatchId(id), Flag { state, deadline_ms }));
+            let flag = decode(code, deadline_ms).map_err(|e| io_error(SNAPSHOT, e))?;
+            flags.push((BatchId(id), flag));
         }
         let mut table = Table::default();
         table.apply(&flags);
@@ -373,7 +374,7 @@ impl StateMachine {
         };
         ahead("snapshot clock", decoded.clock)?;
         for (id, code, deadline_ms) in &decoded.flags {
-            decode(*code).map_err(|e| format!("flag {id:032x}: {e}"))?;
+            decode(*code, *deadline_ms).map_err(|e| format!("flag {id:032x}: {e}"))?;
             ahead(
                 "flag deadline",
                 deadline_ms.saturating_sub(crate::rules::MAX_TTL_MS),
@@ -475,7 +476,7 @@ impl StateMachine {
             .table
             .flags
             .iter()
-            .map(|(id, f)| (id.0, encode(f.state), f.deadline_ms))
+            .map(|(id, f)| (id.0, encode(f), f.deadline_ms))
             .collect();
         enc(
             SNAPSHOT,
@@ -621,6 +622,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mcloud_core::wire::Flag;
 
     fn map(epoch: u64, owners: &[u32]) -> Assignment {
         Assignment {
@@ -671,7 +673,11 @@ mod tests {
         assert_eq!(registers.prune_before(3_000, 100), Some(2_900));
 
         let mut table = Table::default();
-        let flag = |state, deadline_ms| Flag { state, deadline_ms };
+        let flag = |state, deadline_ms| Flag {
+            state,
+            deadline_ms,
+            robust: false,
+        };
         use mcloud_core::wire::FlagState::{Error, False, True};
         table.apply(&[
             (BatchId(1), flag(True, 1_000)),
@@ -736,6 +742,7 @@ mod tests {
                     Flag {
                         state: mcloud_core::wire::FlagState::False,
                         deadline_ms: u64::MAX,
+                        robust: false,
                     },
                 )])
             },

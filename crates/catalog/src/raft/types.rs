@@ -26,6 +26,11 @@ impl std::fmt::Display for Peer {
 pub enum Op {
     Create(Vec<CreateFlag>),
     Set(Vec<BatchId>),
+    /// A cloud's verdict on robust batches: TRUE for `valid`, ERROR otherwise.
+    Verdict {
+        ids: Vec<BatchId>,
+        valid: bool,
+    },
     /// Replaces a cloud's bucket → worker map if `assignment` is newer than the stored one.
     Assign {
         party: u16,
@@ -140,6 +145,7 @@ impl Op {
         match self {
             Op::Create(v) => v.len(),
             Op::Set(v) => v.len(),
+            Op::Verdict { ids, .. } => ids.len(),
             Op::Assign { .. } => 1,
             Op::Revoke(v) => v.len(),
             Op::RevokeSensors(v) => v.len(),
@@ -172,6 +178,8 @@ pub enum WireError {
     Unknown(BatchId),
     AlreadyFinal { id: BatchId, state: FlagState },
     DeadlineMissed { id: BatchId, late_ms: u64 },
+    DecidedByClouds(BatchId),
+    NotRobust(BatchId),
     BadTtl { id: BatchId, ttl_ms: u64, max: u64 },
     DuplicateId(BatchId),
     TooMany(usize),
@@ -196,6 +204,8 @@ impl From<CatalogError> for WireError {
             }
             CatalogError::BadTtl { id, ttl_ms, max } => WireError::BadTtl { id, ttl_ms, max },
             CatalogError::DuplicateId(id) => WireError::DuplicateId(id),
+            CatalogError::DecidedByClouds(id) => WireError::DecidedByClouds(id),
+            CatalogError::NotRobust(id) => WireError::NotRobust(id),
             CatalogError::TooMany(n) => WireError::TooMany(n),
             CatalogError::Storage(m) => WireError::Storage(m),
             CatalogError::Membership(m) => WireError::Membership(m),
@@ -230,6 +240,8 @@ impl From<WireError> for CatalogError {
             }
             WireError::BadTtl { id, ttl_ms, max } => CatalogError::BadTtl { id, ttl_ms, max },
             WireError::DuplicateId(id) => CatalogError::DuplicateId(id),
+            WireError::DecidedByClouds(id) => CatalogError::DecidedByClouds(id),
+            WireError::NotRobust(id) => CatalogError::NotRobust(id),
             WireError::TooMany(n) => CatalogError::TooMany(n),
             WireError::Storage(m) => CatalogError::Storage(m),
             WireError::Unavailable(m) => CatalogError::Unavailable(m),

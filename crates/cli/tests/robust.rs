@@ -1,0 +1,161 @@
+//! Robust mode end to end, over real TLS between real cloud nodes: valid reports reveal exactly
+//! the plaintext reference, and every kind of invalid report is refused at every cloud, its
+//! flag ends ERROR, the refusal is counted against its sensor, and nothing of it counts.
+
+mod common;
+
+use mcloud::cluster::{ClusterOptions, ClusterSpec, LocalCluster, GATEWAY};
+use mcloud_catalog::FlagTable;
+use mcloud_client::{Fate, Outcome, PlainBatch, PlainHistogram};
+use mcloud_collector::Reference;
+use mcloud_core::auth::sensor::SensorScope;
+use mcloud_core::reading::GroupLevel;
+use mcloud_core::robust::Forgery;
+use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
+use mcloud_core::wire::FlagState;
+use mcloud_core::Reading;
+use std::time::Duration;
+
+const WINDOW: u64 = 60;
+const CLOUDS: u16 = 3;
+
+async fn robust_cluster(dir: &std::path::Path) -> LocalCluster {
+    LocalCluster::start_with(
+        ClusterSpec {
+            parties: CLOUDS,
+            window_secs: WINDOW,
+            grace_secs: WINDOW,
+            dir: dir.to_path_buf(),
+        },
+        ClusterOptions {
+            robust: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// 20 minutes of 2 houses of 3 plugs, a reading every 10 s.
+fn readings() -> Vec<Reading> {
+    Synthetic::new(SyntheticConfig {
+        houses: 2,
+        households_per_house: 1,
+        plugs_per_household: 3,
+        duration_secs: 20 * 60,
+        interval_secs: 10,
+        ..Default::default()
+    })
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_reports_reveal_the_reference_and_every_forgery_is_refused_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = robust_cluster(dir.path()).await;
+    let ttl = Duration::from_secs(10);
+    let readings = readings();
+    let mut reference = Reference::new(WINDOW, GroupLevel::Plug);
+    readings.iter().for_each(|r| reference.add(r));
+
+    let honest = cluster.uploader(ttl).unwrap();
+    assert!(honest.is_robust());
+    let batches: Vec<PlainBatch> = readings
+        .chunks(100)
+        .map(|c| PlainBatch::new(GATEWAY.sensor, c.to_vec()))
+        .collect();
+    for batch in &batches {
+        let outcome = honest.transact(batch, Fate::Complete).await.unwrap();
+        assert_eq!(outcome, Outcome::Committed);
+    }
+    // A batch sent again (a retry after a lost answer) is acknowledged and counts once.
+    let again = honest.transact(&batches[0], Fate::Complete).await.unwrap();
+    assert_eq!(again, Outcome::Committed);
+
+    // Each forging sensor sends readings that would change every group they touch.
+    let catalog = cluster.cloud_catalog_client(0).unwrap();
+    for (i, forgery) in Forgery::ALL.into_iter().enumerate() {
+        let scope = SensorScope {
+            sensor: 100 + i as u32,
+            house: None,
+            plugs: None,
+        };
+        let forger = cluster
+            .uploader_for(scope.clone(), ttl)
+            .unwrap()
+            .robust(Some(forgery))
+            .unwrap();
+        let forged: Vec<Reading> = readings[..40]
+            .iter()
+            .map(|r| Reading {
+                value: r.value + 1_000,
+                ..*r
+            })
+            .collect();
+        let histogram = PlainHistogram {
+            plug: forged[0].group,
+            window_start: forged[0].ts - forged[0].ts % 30,
+            counts: {
+                let mut c = vec![0; mcloud_core::histogram::BUCKETS];
+                c[5] = 3;
+                c
+            },
+        };
+        let batch = PlainBatch::with_histograms(scope.sensor, forged, vec![histogram]);
+        let outcome = forger.transact(&batch, Fate::Complete).await.unwrap();
+        let Outcome::Rejected(reason) = &outcome else {
+            panic!("{forgery:?}: {outcome:?}");
+        };
+        assert!(
+            reason.contains("robust verification refused"),
+            "{forgery:?}: {reason}"
+        );
+        let flag = catalog.get(vec![batch.id]).await.unwrap()[0].unwrap();
+        assert_eq!(flag.state, FlagState::Error, "{forgery:?}");
+        for party in 0..CLOUDS {
+            let node = cluster.cloud(party).unwrap();
+            assert_eq!(
+                node.refused_batches(scope.sensor),
+                1,
+                "{forgery:?} at cloud {party}"
+            );
+            assert_eq!(
+                node.status()["robust"]["pending_batches"],
+                0,
+                "{forgery:?} at cloud {party}"
+            );
+        }
+    }
+    assert_eq!(cluster.cloud(0).unwrap().refused_batches(GATEWAY.sensor), 0);
+
+    let last = readings.iter().map(|r| r.ts).max().unwrap();
+    honest.advance_watermark(last, true).await.unwrap();
+    common::assert_reveals(&cluster, &reference, GroupLevel::Plug).await;
+    cluster.shutdown().await;
+}
+
+/// A robust deployment takes robust reports only: a plain upload is refused before anything
+/// is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_robust_deployment_refuses_plain_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = robust_cluster(dir.path()).await;
+    let plain = mcloud_client::Uploader::new(
+        cluster.cloud_endpoints().unwrap(),
+        cluster.catalog_client().unwrap(),
+        cluster.catalog_parties(),
+        cluster.sensor_credentials(GATEWAY),
+        Duration::from_secs(5),
+    );
+    let batch = PlainBatch::new(GATEWAY.sensor, readings()[..10].to_vec());
+    let outcome = plain.transact(&batch, Fate::Complete).await.unwrap();
+    let Outcome::Rejected(reason) = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert!(reason.contains("robust_deployment"), "{reason}");
+    for party in 0..CLOUDS {
+        let status = cluster.cloud(party).unwrap().status();
+        assert_eq!(status["batches"], 0, "cloud {party}: {status}");
+    }
+    cluster.shutdown().await;
+}
