@@ -1,7 +1,7 @@
 //! `mcloud bench`: the same synthetic input through the private pipeline (N clouds) and
 //! through the same code with sharing off (one server, plain values), in one run.
 
-use crate::cluster::{ClusterSpec, LocalCluster};
+use crate::cluster::{ClusterOptions, ClusterSpec, LocalCluster};
 use crate::demo::{run_pipeline, PipelineArgs};
 use crate::input::InputArgs;
 use anyhow::{bail, Result};
@@ -31,16 +31,31 @@ pub struct BenchArgs {
     /// reaction to a load step.
     #[arg(long)]
     pub elastic: bool,
+    /// Robust mode against plain mode on the same input (records and load histograms), both
+    /// among the same number of clouds: reports and readings per second.
+    #[arg(long)]
+    pub robust: bool,
 }
 
-async fn measure(parties: u16, readings: &[Reading], args: &BenchArgs) -> Result<f64> {
+async fn measure(
+    parties: u16,
+    readings: &[Reading],
+    args: &BenchArgs,
+    robust: bool,
+) -> Result<f64> {
     let temp = tempfile::tempdir()?;
-    let cluster = LocalCluster::start(ClusterSpec {
-        parties,
-        window_secs: 60,
-        grace_secs: 60,
-        dir: temp.path().to_path_buf(),
-    })
+    let cluster = LocalCluster::start_with(
+        ClusterSpec {
+            parties,
+            window_secs: 60,
+            grace_secs: 60,
+            dir: temp.path().to_path_buf(),
+        },
+        ClusterOptions {
+            robust,
+            ..ClusterOptions::default()
+        },
+    )
     .await?;
     let query = Query {
         from: 0,
@@ -58,8 +73,9 @@ async fn measure(parties: u16, readings: &[Reading], args: &BenchArgs) -> Result
     }
     let rate = readings.len() as f64 / run.elapsed.as_secs_f64().max(1e-9);
     eprintln!(
-        "{} cloud(s): {} readings in {:.2} s, {} batches committed, check OK",
+        "{} cloud(s){}: {} readings in {:.2} s, {} batches committed, check OK",
         parties,
+        if robust { ", robust" } else { "" },
         readings.len(),
         run.elapsed.as_secs_f64(),
         run.report.committed_batches
@@ -84,10 +100,37 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         args.pipeline.batch_size,
         args.pipeline.in_flight
     );
-    let private = measure(args.clouds, &readings, &args).await?;
-    let plaintext = measure(1, &readings, &args).await?;
+    if args.robust {
+        return robust(args, &readings).await;
+    }
+    let private = measure(args.clouds, &readings, &args, false).await?;
+    let plaintext = measure(1, &readings, &args, false).await?;
     println!("private_records_per_s={private:.0}");
     println!("plaintext_records_per_s={plaintext:.0}");
     println!("ratio={:.3}", private / plaintext);
+    Ok(())
+}
+
+/// `bench --robust`: plain mode, then robust mode, on the same records and histograms.
+async fn robust(mut args: BenchArgs, readings: &[Reading]) -> Result<()> {
+    if args.clouds < 2 {
+        bail!("--robust needs at least 2 clouds to verify among");
+    }
+    args.pipeline.histograms = true;
+    // One report per record, and one per plug and 30 s window of load readings.
+    let histograms = readings
+        .iter()
+        .filter(|r| r.metric == mcloud_core::Metric::Load)
+        .map(|r| (r.group, r.ts / mcloud_core::wire::HISTOGRAM_WINDOW_SECS))
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let reports = (readings.len() + histograms) as f64;
+    let plain = measure(args.clouds, readings, &args, false).await?;
+    let robust = measure(args.clouds, readings, &args, true).await?;
+    println!("robust_reports={reports:.0} ({} records, {histograms} histograms)", readings.len());
+    println!("robust_reports_per_s={:.0}", robust * reports / readings.len().max(1) as f64);
+    println!("robust_readings_per_s={robust:.0}");
+    println!("plain_readings_per_s={plain:.0}");
+    println!("ratio={:.3}", robust / plain);
     Ok(())
 }

@@ -628,9 +628,10 @@ impl LocalCluster {
         };
         let others: Vec<String> = (1..catalog.len()).map(endpoint).collect();
         let mut text = format!(
-            "catalog = {}\ncatalog_nodes = [{}]\n\n[credentials]\nsensor = \"trust/sensor.toml\"\napp = \"trust/owner.token\"\nadmin = \"trust/admin\"\n\n",
+            "catalog = {}\ncatalog_nodes = [{}]\nrobust = {}\n\n[credentials]\nsensor = \"trust/sensor.toml\"\napp = \"trust/owner.token\"\nadmin = \"trust/admin\"\n\n",
             endpoint(0),
-            others.join(", ")
+            others.join(", "),
+            self.is_robust()
         );
         for (party, url) in self.cloud_urls().iter().enumerate() {
             text += &format!("[[clouds]]\nurl = \"{url}\"\nca = \"trust/party{party}.pem\"\n");

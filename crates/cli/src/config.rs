@@ -96,6 +96,40 @@ pub struct CloudRole {
     /// How long sealed windows and their batches are kept (seconds; at least three hours).
     #[serde(default = "default_retention")]
     pub retention_secs: u64,
+    /// Robust mode (`[cloud.robust]`): the clouds verify every report's proof together.
+    #[serde(default)]
+    pub robust: Option<RobustSection>,
+}
+
+/// `[cloud.robust]`: what a cloud of a robust deployment verifies with.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RobustSection {
+    /// A file holding the verification key, 64 hex digits (`openssl rand -hex 32`): the same
+    /// at every cloud, never given to a sensor.
+    pub verify_key: PathBuf,
+    /// Every cloud in party order (this one's own entry included), for the verification
+    /// calls between clouds.
+    pub clouds: Vec<Endpoint>,
+}
+
+impl RobustSection {
+    /// The cloud's robust configuration, calling the other clouds as `identity`.
+    pub fn to_config(
+        &self,
+        identity: &mcloud_core::tls::NodeIdentity,
+    ) -> Result<mcloud_cloud::robust::RobustConfig> {
+        let text = std::fs::read_to_string(&self.verify_key)
+            .with_context(|| format!("reading {}", self.verify_key.display()))?;
+        let verify_key = mcloud_core::robust::VerifyKey::from_hex(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.verify_key.display()))?;
+        let clouds = self
+            .clouds
+            .iter()
+            .map(|e| e.endpoint(Some(identity)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(mcloud_cloud::robust::RobustConfig { verify_key, clouds })
+    }
 }
 
 fn default_retention() -> u64 {
@@ -275,6 +309,9 @@ pub struct Deployment {
     /// administrator's certificate; each command reads the one it needs.
     #[serde(default)]
     pub credentials: Credentials,
+    /// The clouds run robust mode: sensors send proven reports.
+    #[serde(default)]
+    pub robust: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -344,6 +381,12 @@ impl NodeConfig {
             if let Some(policy) = &mut cloud.disclosure {
                 resolve(&base, policy);
             }
+            if let Some(robust) = &mut cloud.robust {
+                resolve(&base, &mut robust.verify_key);
+                for e in &mut robust.clouds {
+                    resolve(&base, &mut e.ca);
+                }
+            }
             for e in &mut cloud.catalog_nodes {
                 resolve(&base, &mut e.ca);
             }
@@ -385,13 +428,18 @@ impl Deployment {
     /// The sensor side of this deployment: its clouds, catalog and sensor keys, with flags
     /// that expire after `ttl` (what `mcloud sensor` and `mcloud bridge` upload through).
     pub fn uploader(&self, ttl: std::time::Duration) -> Result<mcloud_client::Uploader> {
-        Ok(mcloud_client::Uploader::new(
+        let uploader = mcloud_client::Uploader::new(
             self.cloud_endpoints()?,
             mcloud_catalog::CatalogClient::with_nodes(self.catalog_endpoints()?),
             self.catalog_parties()?,
             self.sensor_credentials()?,
             ttl,
-        ))
+        );
+        Ok(if self.robust {
+            uploader.robust(None)?
+        } else {
+            uploader
+        })
     }
 
     pub fn load(path: &Path) -> Result<Deployment> {

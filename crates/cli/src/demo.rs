@@ -44,6 +44,14 @@ pub struct DemoArgs {
     /// Fraction of batches whose sensor dies after some clouds acknowledged and before SET.
     #[arg(long, default_value_t = 0.0)]
     pub crash_fraction: f64,
+    /// Robust mode: every record and histogram goes as a Prio3 report whose validity the
+    /// clouds verify together before it counts.
+    #[arg(long)]
+    pub robust: bool,
+    /// With --robust: this fraction of the houses' sensors send forged reports (each kind of
+    /// forgery in turn); the demo shows every one of their batches refused at every cloud.
+    #[arg(long, default_value_t = 0.0, requires = "robust")]
+    pub malicious_fraction: f64,
     #[arg(long, value_enum, default_value = "table")]
     pub output: OutputFormat,
     /// Run the DEBS 2014 queries (Q1 load prediction, Q2 outliers) on the private aggregates;
@@ -274,6 +282,9 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         pipeline.histograms = kind.q2();
     }
     if args.processes {
+        if args.robust {
+            bail!("--robust runs in one process; drop --processes");
+        }
         if args.query.is_some() {
             bail!("--processes runs the aggregate pipeline; run the queries against a deployment of processes with `mcloud analytics`");
         }
@@ -298,19 +309,30 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
                 ..CatalogSpec::default()
             },
             disclosure: demo_policy(args.dp)?,
+            robust: args.robust,
             ..ClusterOptions::default()
         },
     )
     .await?;
     eprintln!(
-        "mcloud demo: {} clouds, catalog at {}, window {} s, grouped by {}, min count {}",
+        "mcloud demo: {} clouds{}, catalog at {}, window {} s, grouped by {}, min count {}",
         args.clouds,
+        if args.robust { " in robust mode" } else { "" },
         cluster.catalog_url(),
         window,
         args.group.name(),
         args.min_count
     );
     eprintln!("input: {description}: {} readings", readings.len());
+    let (readings, malicious) = if args.malicious_fraction > 0.0 {
+        let (honest, forged) =
+            crate::malicious::split(&readings, args.malicious_fraction)?;
+        let refused = crate::malicious::send(&cluster, &forged, &pipeline).await?;
+        eprintln!("{refused}");
+        (honest, Some(refused))
+    } else {
+        (readings, None)
+    };
     let query = Query {
         from: 0,
         to: u64::MAX,
@@ -327,6 +349,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         true,
     )
     .await?;
+    let malicious_ok = malicious.as_ref().is_none_or(|m| m.all_refused());
     let Some(kind) = args.query else {
         let other = as_another_user(&cluster, &readings, args.group, false).await?;
         hold_for_console(&cluster, args.console).await;
@@ -334,7 +357,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         write_output(args.output, &run.revealed)?;
         print_summary(&run, readings.len());
         eprintln!("{other}");
-        return Ok(run.check.ok());
+        return Ok(run.check.ok() && malicious_ok);
     };
     let crashed: HashSet<u64> = run
         .report
@@ -357,7 +380,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     print_summary(&run, readings.len());
     crate::queries::print_summary(&queries, kind);
     eprintln!("{other}");
-    Ok(run.check.ok() && queries.q1_problems.is_empty())
+    Ok(run.check.ok() && queries.q1_problems.is_empty() && malicious_ok)
 }
 
 /// The largest reading the demo's noise is calibrated to: 10 kW, in fixed-point units.

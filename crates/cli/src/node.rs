@@ -101,6 +101,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
             Some(path) => mcloud_core::disclosure::DisclosurePolicy::load(path)?,
             None => Default::default(),
         };
+        let robust = match &cloud.robust {
+            Some(section) => Some(section.to_config(&credentials.identity)?),
+            None => None,
+        };
         let node = CloudNode::open(
             &config.data_dir.join("cloud"),
             CloudConfig {
@@ -111,6 +115,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 elastic,
                 disclosure,
                 retention_secs: cloud.retention_secs,
+                robust,
                 ..CloudConfig::default()
             },
             catalog.clone(),
