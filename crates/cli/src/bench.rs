@@ -127,8 +127,14 @@ async fn robust(mut args: BenchArgs, readings: &[Reading]) -> Result<()> {
     let reports = (readings.len() + histograms) as f64;
     let plain = measure(args.clouds, readings, &args, false).await?;
     let robust = measure(args.clouds, readings, &args, true).await?;
-    println!("robust_reports={reports:.0} ({} records, {histograms} histograms)", readings.len());
-    println!("robust_reports_per_s={:.0}", robust * reports / readings.len().max(1) as f64);
+    println!(
+        "robust_reports={reports:.0} ({} records, {histograms} histograms)",
+        readings.len()
+    );
+    println!(
+        "robust_reports_per_s={:.0}",
+        robust * reports / readings.len().max(1) as f64
+    );
     println!("robust_readings_per_s={robust:.0}");
     println!("plain_readings_per_s={plain:.0}");
     println!("ratio={:.3}", robust / plain);

@@ -325,8 +325,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     );
     eprintln!("input: {description}: {} readings", readings.len());
     let (readings, malicious) = if args.malicious_fraction > 0.0 {
-        let (honest, forged) =
-            crate::malicious::split(&readings, args.malicious_fraction)?;
+        let (honest, forged) = crate::malicious::split(&readings, args.malicious_fraction)?;
         let refused = crate::malicious::send(&cluster, &forged, &pipeline).await?;
         eprintln!("{refused}");
         (honest, Some(refused))

@@ -19,7 +19,10 @@ const FORGED_BATCH: usize = 500;
 
 /// The honest readings, and the readings of the houses whose sensors forge: the first
 /// `fraction` of the houses (at least one), never all of them.
-pub fn split(readings: &[Reading], fraction: f64) -> Result<(Vec<Reading>, Vec<(u32, Vec<Reading>)>)> {
+pub fn split(
+    readings: &[Reading],
+    fraction: f64,
+) -> Result<(Vec<Reading>, Vec<(u32, Vec<Reading>)>)> {
     if !(fraction > 0.0 && fraction < 1.0) {
         bail!("--malicious-fraction must lie in (0, 1), got {fraction}");
     }
@@ -64,9 +67,9 @@ pub struct Refused(pub Vec<Forger>);
 impl Refused {
     /// True when every forged batch was refused and every cloud counted each refusal.
     pub fn all_refused(&self) -> bool {
-        self.0.iter().all(|f| {
-            f.refused == f.batches && f.counted.iter().all(|&c| c == f.batches as u64)
-        })
+        self.0
+            .iter()
+            .all(|f| f.refused == f.batches && f.counted.iter().all(|&c| c == f.batches as u64))
     }
 }
 

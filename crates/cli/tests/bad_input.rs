@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{expect, post_raw, sensor};
+
 use mcloud::cluster::{ClusterSpec, LocalCluster, GATEWAY};
 use mcloud_catalog::FlagTable;
 use mcloud_client::PlainBatch;
@@ -42,52 +44,6 @@ fn readings(minutes: u64) -> Vec<Reading> {
     .collect()
 }
 
-/// A client and the gateway sensor's session for every node (each node's party's).
-struct Sensor {
-    http: reqwest::Client,
-    sessions: Vec<(String, String)>,
-}
-
-async fn sensor(cluster: &LocalCluster) -> Sensor {
-    let sessions = mcloud_client::SensorSessions::new(
-        cluster.sensor_credentials(GATEWAY),
-        cluster.cloud_endpoints().unwrap(),
-    );
-    let mut by_node = Vec::new();
-    let clouds = cluster.cloud_urls().into_iter().enumerate();
-    let voters = cluster
-        .catalog_urls()
-        .into_iter()
-        .zip(cluster.catalog_parties())
-        .map(|(url, party)| (party as usize, url));
-    for (party, url) in clouds.chain(voters) {
-        by_node.push((url, sessions.header(party as u16).await.unwrap()));
-    }
-    Sensor {
-        http: cluster.http(),
-        sessions: by_node,
-    }
-}
-
-/// POSTs raw bytes as the sensor; returns status and body text.
-async fn post_raw(sensor: &Sensor, url: &str, body: Vec<u8>) -> (u16, String) {
-    let session = sensor
-        .sessions
-        .iter()
-        .find(|(node, _)| url.starts_with(node.as_str()))
-        .map(|(_, session)| session.clone())
-        .unwrap_or_default();
-    let r = sensor
-        .http
-        .post(url)
-        .header("authorization", session)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
 /// A postcard call to party `party`'s cloud with the sensor's session for that party.
 async fn sensor_post<R: serde::de::DeserializeOwned>(
     sessions: &mcloud_client::SensorSessions,
@@ -99,17 +55,6 @@ async fn sensor_post<R: serde::de::DeserializeOwned>(
     let session = sessions.header(party as u16).await?;
     let request = http.post(&url).header("authorization", session).body(body);
     mcloud_core::http::send(&url, request).await
-}
-
-fn expect(answer: (u16, String), status: u16, words: &str) {
-    assert_eq!(
-        answer.0, status,
-        "expected {status} naming {words:?}, got {answer:?}"
-    );
-    assert!(
-        answer.1.contains(words),
-        "answer {answer:?} does not name the problem ({words:?})"
-    );
 }
 
 /// Runs `batch`'s transaction as far as `fate` allows; it must end as `outcome`.

@@ -159,3 +159,160 @@ async fn a_robust_deployment_refuses_plain_uploads() {
     }
     cluster.shutdown().await;
 }
+
+/// Hand-made robust requests that no honest sensor sends: each refused by name, and none
+/// leaves anything behind at any cloud.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_robust_requests_are_refused_by_name_and_change_nothing() {
+    use common::{expect, post_raw};
+    use mcloud_core::paths::{
+        CREATE_PATH, PEER_FINISH_PATH, ROBUST_SETTLE_PATH, ROBUST_UPLOAD_PATH, SET_PATH,
+    };
+    use mcloud_core::robust::{party_of, Finish, FinishRequest, Robust, SettleRequest};
+    use mcloud_core::wire::{CreateFlag, CreateFlagsRequest, FlagIds};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = robust_cluster(dir.path()).await;
+    let sensor = common::sensor(&cluster).await;
+    let clouds = cluster.cloud_urls();
+    let catalog = cluster.catalog_url();
+    let robust = Robust::new(CLOUDS).unwrap();
+    let create = |id, robust| {
+        postcard::to_stdvec(&CreateFlagsRequest {
+            flags: vec![CreateFlag {
+                id,
+                ttl_ms: 30_000,
+                robust,
+            }],
+        })
+        .unwrap()
+    };
+    let readings = readings()[..5].to_vec();
+    let batch = PlainBatch::new(GATEWAY.sensor, readings.clone());
+    let id = batch.id;
+    expect(
+        post_raw(
+            &sensor,
+            &format!("{catalog}{CREATE_PATH}"),
+            create(id, true),
+        )
+        .await,
+        200,
+        "",
+    );
+    // The sensor cannot decide its robust flag itself.
+    let set = postcard::to_stdvec(&FlagIds { ids: vec![id] }).unwrap();
+    expect(
+        post_raw(&sensor, &format!("{catalog}{SET_PATH}"), set).await,
+        403,
+        "its clouds set it once they verified its reports",
+    );
+    let bodies = robust.shard_batch(id, &readings, &[], None).unwrap();
+    let leader = party_of(id, 0, CLOUDS) as usize;
+    let upload = |party: usize| format!("{}{ROBUST_UPLOAD_PATH}", clouds[party]);
+    // A report cut short, and reports missing.
+    let mut cut = bodies[leader].clone();
+    cut.record_reports[2].input_share.pop();
+    expect(
+        post_raw(&sensor, &upload(leader), postcard::to_stdvec(&cut).unwrap()).await,
+        400,
+        "record report 2 is malformed",
+    );
+    let mut short = bodies[leader].clone();
+    short.record_reports.pop();
+    expect(
+        post_raw(
+            &sensor,
+            &upload(leader),
+            postcard::to_stdvec(&short).unwrap(),
+        )
+        .await,
+        400,
+        "5 records but 4 record reports",
+    );
+    // Robust reports under a plain batch's flag.
+    let plain = PlainBatch::new(GATEWAY.sensor, readings.clone());
+    expect(
+        post_raw(
+            &sensor,
+            &format!("{catalog}{CREATE_PATH}"),
+            create(plain.id, false),
+        )
+        .await,
+        200,
+        "",
+    );
+    let plain_bodies = robust.shard_batch(plain.id, &readings, &[], None).unwrap();
+    expect(
+        post_raw(
+            &sensor,
+            &upload(0),
+            postcard::to_stdvec(&plain_bodies[0]).unwrap(),
+        )
+        .await,
+        400,
+        "plain batch's",
+    );
+    // Settling anywhere but at the batch's leader, and finishing as if a cloud.
+    let settle = postcard::to_stdvec(&SettleRequest { batch_id: id }).unwrap();
+    let other = (leader + 1) % CLOUDS as usize;
+    expect(
+        post_raw(
+            &sensor,
+            &format!("{}{ROBUST_SETTLE_PATH}", clouds[other]),
+            settle.clone(),
+        )
+        .await,
+        421,
+        "not_the_leader",
+    );
+    let finish = postcard::to_stdvec(&FinishRequest {
+        batch_id: id,
+        finish: Finish::Reject("a sensor posing as the leader".into()),
+    })
+    .unwrap();
+    let (status, _) = post_raw(
+        &sensor,
+        &format!("{}{PEER_FINISH_PATH}", clouds[other]),
+        finish,
+    )
+    .await;
+    assert!(
+        status == 401 || status == 403,
+        "a sensor reached a cloud-only endpoint: {status}"
+    );
+    for party in 0..CLOUDS {
+        let status = cluster.cloud(party).unwrap().status();
+        assert_eq!(status["batches"], 0, "cloud {party}: {status}");
+        assert_eq!(
+            status["robust"]["pending_batches"], 0,
+            "cloud {party}: {status}"
+        );
+    }
+    // The same batch, sent whole, verifies and commits.
+    for (party, body) in bodies.iter().enumerate() {
+        expect(
+            post_raw(&sensor, &upload(party), postcard::to_stdvec(body).unwrap()).await,
+            200,
+            "",
+        );
+    }
+    expect(
+        post_raw(
+            &sensor,
+            &format!("{}{ROBUST_SETTLE_PATH}", clouds[leader]),
+            settle,
+        )
+        .await,
+        200,
+        "",
+    );
+    let flag = cluster
+        .cloud_catalog_client(0)
+        .unwrap()
+        .get(vec![id])
+        .await
+        .unwrap()[0]
+        .unwrap();
+    assert_eq!(flag.state, FlagState::True);
+    cluster.shutdown().await;
+}

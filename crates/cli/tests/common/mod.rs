@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: in-process clusters and real `mcloud` processes.
 #![allow(dead_code)]
 
-use mcloud::cluster::{ClusterOptions, ClusterSpec, LocalCluster};
+use mcloud::cluster::{ClusterOptions, ClusterSpec, LocalCluster, GATEWAY};
 use mcloud_collector::Reference;
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
@@ -266,4 +266,63 @@ pub fn start_sensor(cluster: &mcloud::processes::ProcessCluster, extra: &[&str])
             .spawn()
             .unwrap(),
     )
+}
+
+/// A client and the gateway sensor's session for every node (each node's party's): for
+/// sending hand-made requests as the sensor.
+pub struct Sensor {
+    pub http: reqwest::Client,
+    pub sessions: Vec<(String, String)>,
+}
+
+pub async fn sensor(cluster: &LocalCluster) -> Sensor {
+    let sessions = mcloud_client::SensorSessions::new(
+        cluster.sensor_credentials(GATEWAY),
+        cluster.cloud_endpoints().unwrap(),
+    );
+    let mut by_node = Vec::new();
+    let clouds = cluster.cloud_urls().into_iter().enumerate();
+    let voters = cluster
+        .catalog_urls()
+        .into_iter()
+        .zip(cluster.catalog_parties())
+        .map(|(url, party)| (party as usize, url));
+    for (party, url) in clouds.chain(voters) {
+        by_node.push((url, sessions.header(party as u16).await.unwrap()));
+    }
+    Sensor {
+        http: cluster.http(),
+        sessions: by_node,
+    }
+}
+
+/// POSTs raw bytes as the sensor; returns status and body text.
+pub async fn post_raw(sensor: &Sensor, url: &str, body: Vec<u8>) -> (u16, String) {
+    let session = sensor
+        .sessions
+        .iter()
+        .find(|(node, _)| url.starts_with(node.as_str()))
+        .map(|(_, session)| session.clone())
+        .unwrap_or_default();
+    let r = sensor
+        .http
+        .post(url)
+        .header("authorization", session)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Asserts an answer's status and that its text names the problem.
+pub fn expect(answer: (u16, String), status: u16, words: &str) {
+    assert_eq!(
+        answer.0, status,
+        "expected {status} naming {words:?}, got {answer:?}"
+    );
+    assert!(
+        answer.1.contains(words),
+        "answer {answer:?} does not name the problem ({words:?})"
+    );
 }
