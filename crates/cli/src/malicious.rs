@@ -37,7 +37,7 @@ pub fn split(
             houses.len()
         );
     }
-    let forged: Vec<(u32, Vec<Reading>)> = houses.into_iter().take(forging).collect();
+    let forged: Vec<ForgedHouse> = houses.into_iter().take(forging).collect();
     let forging: std::collections::HashSet<u32> = forged.iter().map(|(h, _)| *h).collect();
     // In input order: a sensor's progress follows its readings' time.
     let honest = readings
@@ -113,7 +113,7 @@ fn histogram_of(readings: &[Reading]) -> Vec<PlainHistogram> {
 /// forgery in turn, and reads what every cloud counted.
 pub async fn send(
     cluster: &LocalCluster,
-    forged: &[(u32, Vec<Reading>)],
+    forged: &[ForgedHouse],
     pipeline: &PipelineArgs,
 ) -> Result<Refused> {
     let ttl = Duration::from_millis(pipeline.ttl_ms);
