@@ -17,12 +17,12 @@ const FORGER_SENSOR_BASE: u32 = 1_000_000;
 /// Readings per forged batch.
 const FORGED_BATCH: usize = 500;
 
+/// A forging house and its readings.
+pub type ForgedHouse = (u32, Vec<Reading>);
+
 /// The honest readings, and the readings of the houses whose sensors forge: the first
 /// `fraction` of the houses (at least one), never all of them.
-pub fn split(
-    readings: &[Reading],
-    fraction: f64,
-) -> Result<(Vec<Reading>, Vec<(u32, Vec<Reading>)>)> {
+pub fn split(readings: &[Reading], fraction: f64) -> Result<(Vec<Reading>, Vec<ForgedHouse>)> {
     if !(fraction > 0.0 && fraction < 1.0) {
         bail!("--malicious-fraction must lie in (0, 1), got {fraction}");
     }
