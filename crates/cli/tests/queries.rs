@@ -1,7 +1,7 @@
 //! The DEBS 2014 queries on the private pipeline: the clouds' RANGE sums equal the plaintext
 //! windows' sums, Q1 equals the plaintext reference, and Q2 agrees with the exact query.
 
-use mcloud::cluster::{ClusterSpec, LocalCluster};
+use mcloud::cluster::{ClusterOptions, ClusterSpec, LocalCluster};
 use mcloud::demo::{run_pipeline, PipelineArgs};
 use mcloud::queries::{run_queries, EmitArg, QueryKind};
 use mcloud_analytics::{windows_from_readings, AggregateSource, MemorySource};
@@ -28,12 +28,24 @@ async fn uploaded(
     dir: &std::path::Path,
     pipeline: &PipelineArgs,
 ) -> LocalCluster {
-    let cluster = LocalCluster::start(ClusterSpec {
-        parties: 3,
-        window_secs: 30,
-        grace_secs: 60,
-        dir: dir.to_path_buf(),
-    })
+    uploaded_with(readings, dir, pipeline, ClusterOptions::default()).await
+}
+
+async fn uploaded_with(
+    readings: &[Reading],
+    dir: &std::path::Path,
+    pipeline: &PipelineArgs,
+    options: ClusterOptions,
+) -> LocalCluster {
+    let cluster = LocalCluster::start_with(
+        ClusterSpec {
+            parties: 3,
+            window_secs: 30,
+            grace_secs: 60,
+            dir: dir.to_path_buf(),
+        },
+        options,
+    )
     .await
     .unwrap();
     let query = Query {
@@ -187,6 +199,22 @@ async fn a_house_of_many_slow_plugs_is_uploaded_whole_and_queried_right() {
         histograms: true,
     };
     let cluster = uploaded(&readings, dir.path(), &pipeline).await;
+    q1_exact_and_q2_agreeing(&cluster, &readings).await;
+    cluster.shutdown().await;
+}
+
+/// Robust mode feeds the queries what plain mode does: every record and every load histogram
+/// proven by its sensor and verified by the clouds, Q1 exact and Q2 agreeing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q1_is_exact_and_q2_agrees_on_robust_reports() {
+    let readings = house_of(2, 5, 2, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let options = ClusterOptions {
+        robust: true,
+        ..ClusterOptions::default()
+    };
+    let cluster = uploaded_with(&readings, dir.path(), &small_batches(), options).await;
+    assert!(cluster.is_robust());
     q1_exact_and_q2_agreeing(&cluster, &readings).await;
     cluster.shutdown().await;
 }
