@@ -45,6 +45,9 @@ use mcloud_core::disclosure::{
     MAX_STRIDE_WINDOWS,
 };
 use mcloud_core::http::decode;
+use mcloud_core::robust::{
+    Finish, FinishRequest, Robust, RobustUploadRequest, VerifierShares, VerifyKey,
+};
 use mcloud_core::upload::{expand, explicit_party, split_batch, PlainHistogram};
 use mcloud_core::wire::{
     upload_wire_bytes_max, CreateFlag, CreateFlagsRequest, FlagIds, FlagState, RangeSpec, Shares,
@@ -1290,6 +1293,139 @@ fn assert_reading(reading: &Reading) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// robust_reports: what a robust deployment's sensors and clouds send a cloud about reports.
+
+pub fn robust_reports(data: &[u8]) {
+    let Some((selector, rest)) = split(data) else {
+        return;
+    };
+    match selector % 3 {
+        0 => robust_upload(rest),
+        1 => robust_verifier_shares(rest),
+        _ => robust_finish(rest),
+    }
+}
+
+/// The clouds of a fuzzed robust deployment, their key, and one honest batch of it (its
+/// bodies, one per cloud): the same for every input of a run.
+struct RobustFixture {
+    robust: Robust,
+    key: VerifyKey,
+    bodies: Vec<RobustUploadRequest>,
+}
+
+const ROBUST_CLOUDS: u16 = 3;
+
+fn robust_fixture() -> &'static RobustFixture {
+    static FIXTURE: std::sync::OnceLock<RobustFixture> = std::sync::OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let robust = Robust::new(ROBUST_CLOUDS).unwrap();
+        let readings: Vec<Reading> = (0..2u64)
+            .map(|k| Reading {
+                id: k,
+                ts: NOW - 600 + 15 * k,
+                value: 1_000 * k,
+                metric: Metric::Load,
+                group: group(1, 2),
+            })
+            .collect();
+        let mut counts = vec![0; mcloud_core::histogram::BUCKETS];
+        counts[3] = 2;
+        let histograms = vec![PlainHistogram {
+            plug: group(1, 2),
+            window_start: NOW - 600,
+            counts,
+        }];
+        let bodies = robust
+            .shard_batch(BatchId::of_sensor(5), &readings, &histograms, None)
+            .unwrap();
+        RobustFixture {
+            robust,
+            key: VerifyKey([7; 32]),
+            bodies,
+        }
+    })
+}
+
+/// A robust UPLOAD body, in the node's order (`CloudNode::robust_upload`): decode, metadata,
+/// this cloud's half of verification.
+fn robust_upload(data: &[u8]) {
+    let Some((b, body)) = split(data) else {
+        return;
+    };
+    let party = u16::from(b) % ROBUST_CLOUDS;
+    let config = CloudConfig {
+        parties: ROBUST_CLOUDS,
+        party,
+        ..CloudConfig::default()
+    };
+    let Ok(request) = decode::<RobustUploadRequest>(body) else {
+        return;
+    };
+    assert_roundtrip(&request);
+    if validate_upload(&config, &request.metadata(), NOW).is_err() {
+        return;
+    }
+    let fixture = robust_fixture();
+    let Ok(prepared) = fixture.robust.prepare(&fixture.key, party, &request) else {
+        return;
+    };
+    assert_eq!(
+        prepared.reports(),
+        request.records.len() + request.histograms.len()
+    );
+    let shares = prepared.shares().unwrap();
+    assert_eq!(shares.readings.len(), request.records.len());
+    assert_eq!(shares.histograms.len(), request.histograms.len());
+}
+
+/// The leader combining the other clouds' verifier shares (what a peer answers it) with its
+/// own half of the honest batch.
+fn robust_verifier_shares(data: &[u8]) {
+    let Ok(others) = decode::<Vec<VerifierShares>>(data) else {
+        return;
+    };
+    let fixture = robust_fixture();
+    let leader = mcloud_core::robust::party_of(fixture.bodies[0].batch_id, 0, ROBUST_CLOUDS);
+    let own = fixture
+        .robust
+        .prepare(&fixture.key, leader, &fixture.bodies[usize::from(leader)])
+        .unwrap();
+    let mut all = vec![own.shares().unwrap()];
+    all.extend(others);
+    if let Ok(messages) = fixture.robust.combine(&own, &all) {
+        assert_eq!(messages.readings.len(), fixture.bodies[0].records.len());
+        assert_eq!(
+            messages.histograms.len(),
+            fixture.bodies[0].histograms.len()
+        );
+    }
+}
+
+/// A cloud finishing its half of the honest batch with the leader's word (what a leader sends).
+fn robust_finish(data: &[u8]) {
+    let Ok(request) = decode::<FinishRequest>(data) else {
+        return;
+    };
+    assert_roundtrip(&request);
+    let Finish::Accept(messages) = request.finish else {
+        return;
+    };
+    let fixture = robust_fixture();
+    let own = fixture
+        .robust
+        .prepare(&fixture.key, 1, &fixture.bodies[1])
+        .unwrap();
+    if let Ok((records, counts)) = fixture.robust.finish(own, &messages) {
+        assert_eq!(records.len(), fixture.bodies[1].records.len());
+        assert_eq!(
+            counts.len(),
+            fixture.bodies[1].histograms.len() * mcloud_core::histogram::BUCKETS
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Seeds.
 
 /// A target's body.
@@ -1304,6 +1440,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("credentials", credentials),
     ("config_files", config_files),
     ("csv_input", csv_input),
+    ("robust_reports", robust_reports),
 ];
 
 fn with(selector: u8, body: &[u8]) -> Vec<u8> {
@@ -1750,6 +1887,46 @@ pub fn seeds(repo: &Path, csv: &str) -> Vec<(&'static str, String, Vec<u8>)> {
         "sensor.toml",
         with(3, &std::fs::read(&copy).unwrap()),
     );
+
+    // robust_reports
+    let fixture = robust_fixture();
+    let id = fixture.bodies[0].batch_id;
+    let mut prepared = Vec::new();
+    for (party, body) in fixture.bodies.iter().enumerate() {
+        let mut bytes = vec![0, party as u8];
+        bytes.extend(enc(body));
+        add("robust_reports", &format!("upload-party{party}"), bytes);
+        prepared.push(
+            fixture
+                .robust
+                .prepare(&fixture.key, party as u16, body)
+                .unwrap(),
+        );
+    }
+    let shares: Vec<VerifierShares> = (0..usize::from(ROBUST_CLOUDS))
+        .map(|agg| {
+            prepared[usize::from(mcloud_core::robust::party_of(id, agg, ROBUST_CLOUDS))]
+                .shares()
+                .unwrap()
+        })
+        .collect();
+    add(
+        "robust_reports",
+        "verifier-shares",
+        with(1, &enc(&shares[1..].to_vec())),
+    );
+    let leader = usize::from(mcloud_core::robust::party_of(id, 0, ROBUST_CLOUDS));
+    let messages = fixture.robust.combine(&prepared[leader], &shares).unwrap();
+    for (name, finish) in [
+        ("finish-accept", Finish::Accept(messages)),
+        ("finish-reject", Finish::Reject("a report failed".into())),
+    ] {
+        let request = FinishRequest {
+            batch_id: id,
+            finish,
+        };
+        add("robust_reports", name, with(2, &enc(&request)));
+    }
 
     // csv_input
     let mut lines = csv.lines().filter(|l| !l.trim().is_empty());

@@ -69,6 +69,7 @@ corpus_tests!(
     credentials,
     config_files,
     csv_input,
+    robust_reports,
 );
 
 /// A few lines of real DEBS 2014 data, where the machine has them.
