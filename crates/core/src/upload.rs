@@ -138,22 +138,7 @@ pub fn split_batch(
             count_shares.push(share);
         }
     }
-    let records: Vec<RecordMeta> = readings
-        .iter()
-        .map(|r| RecordMeta {
-            key: r.id,
-            ts: r.ts,
-            metric: r.metric,
-            group: r.group,
-        })
-        .collect();
-    let histogram_meta: Vec<HistogramMeta> = histograms
-        .iter()
-        .map(|h| HistogramMeta {
-            plug: h.plug,
-            window_start: h.window_start,
-        })
-        .collect();
+    let (records, histogram_meta) = metadata(readings, histograms);
     let mut explicit_shares = Some(Shares::Explicit {
         records: record_shares,
         histograms: count_shares,
@@ -171,6 +156,31 @@ pub fn split_batch(
             },
         })
         .collect())
+}
+
+/// What travels in the clear about a batch's readings and histograms: the same in every
+/// cloud's body, plain or robust.
+pub fn metadata(
+    readings: &[Reading],
+    histograms: &[PlainHistogram],
+) -> (Vec<RecordMeta>, Vec<HistogramMeta>) {
+    let records = readings
+        .iter()
+        .map(|r| RecordMeta {
+            key: r.id,
+            ts: r.ts,
+            metric: r.metric,
+            group: r.group,
+        })
+        .collect();
+    let histograms = histograms
+        .iter()
+        .map(|h| HistogramMeta {
+            plug: h.plug,
+            window_start: h.window_start,
+        })
+        .collect();
+    (records, histograms)
 }
 
 /// Turns an upload body into the batch of explicit shares the cloud aggregates: a seed is

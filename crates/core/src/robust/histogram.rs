@@ -17,7 +17,7 @@
 //! output is a plain histogram share. Field64 is small for a single FLP proof, so the VDAF runs
 //! [`HISTOGRAM_PROOFS`] independent proofs, as Prio3's Field64 multiproof types do.
 
-use super::{gate_sum, GateShape};
+use super::{gate_shape_lens, gate_sum, GateShape};
 use crate::CountField;
 use prio::field::FieldElement;
 use prio::flp::{Flp, FlpError, Gadget, Type};
@@ -73,13 +73,7 @@ impl HistogramCircuit {
 impl Flp for HistogramCircuit {
     type Field = CountField;
 
-    fn gadget(&self) -> Vec<Box<dyn Gadget<CountField>>> {
-        vec![self.shape.gadget()]
-    }
-
-    fn num_gadgets(&self) -> usize {
-        1
-    }
+    gate_shape_lens!(CountField);
 
     fn valid(
         &self,
@@ -106,24 +100,8 @@ impl Flp for HistogramCircuit {
         (self.buckets + 1) * HISTOGRAM_COUNT_BITS
     }
 
-    fn proof_len(&self) -> usize {
-        self.shape.proof_len()
-    }
-
-    fn verifier_len(&self) -> usize {
-        self.shape.verifier_len()
-    }
-
-    fn joint_rand_len(&self) -> usize {
-        self.shape.calls()
-    }
-
     fn eval_output_len(&self) -> usize {
         2
-    }
-
-    fn prove_rand_len(&self) -> usize {
-        self.shape.prove_rand_len()
     }
 }
 

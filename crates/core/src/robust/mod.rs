@@ -180,6 +180,37 @@ pub fn nonce(batch: BatchId, kind: ReportKind, index: usize) -> [u8; 16] {
     out
 }
 
+/// The `Flp` methods that follow from a circuit's `shape: GateShape` alone: its one gadget
+/// and the lengths of the proof, the verifier and the randomness.
+macro_rules! gate_shape_lens {
+    ($field:ty) => {
+        fn gadget(&self) -> Vec<Box<dyn Gadget<$field>>> {
+            vec![self.shape.gadget()]
+        }
+
+        fn num_gadgets(&self) -> usize {
+            1
+        }
+
+        fn proof_len(&self) -> usize {
+            self.shape.proof_len()
+        }
+
+        fn verifier_len(&self) -> usize {
+            self.shape.verifier_len()
+        }
+
+        fn joint_rand_len(&self) -> usize {
+            self.shape.calls()
+        }
+
+        fn prove_rand_len(&self) -> usize {
+            self.shape.prove_rand_len()
+        }
+    };
+}
+use gate_shape_lens;
+
 /// How a circuit's multiplication gates are grouped into calls of its one gadget.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct GateShape {

@@ -9,7 +9,7 @@
 //! Its output, `[c, x, s]`, is exactly a record's three shares in plain mode, so a verified
 //! report joins the same window sums as a plain record.
 
-use super::{gate_sum, GateShape};
+use super::{gate_shape_lens, gate_sum, GateShape};
 use prio::field::{Field128, FieldElement};
 use prio::flp::{Flp, FlpError, Gadget, Type};
 
@@ -90,13 +90,7 @@ impl ReadingCircuit {
 impl Flp for ReadingCircuit {
     type Field = Field128;
 
-    fn gadget(&self) -> Vec<Box<dyn Gadget<Field128>>> {
-        vec![self.shape.gadget()]
-    }
-
-    fn num_gadgets(&self) -> usize {
-        1
-    }
+    gate_shape_lens!(Field128);
 
     fn valid(
         &self,
@@ -128,24 +122,8 @@ impl Flp for ReadingCircuit {
         1 + self.bits + 1
     }
 
-    fn proof_len(&self) -> usize {
-        self.shape.proof_len()
-    }
-
-    fn verifier_len(&self) -> usize {
-        self.shape.verifier_len()
-    }
-
-    fn joint_rand_len(&self) -> usize {
-        self.shape.calls()
-    }
-
     fn eval_output_len(&self) -> usize {
         2
-    }
-
-    fn prove_rand_len(&self) -> usize {
-        self.shape.prove_rand_len()
     }
 }
 

@@ -259,22 +259,7 @@ impl Robust {
                 }
             }
         }
-        let records: Vec<RecordMeta> = readings
-            .iter()
-            .map(|r| RecordMeta {
-                key: r.id,
-                ts: r.ts,
-                metric: r.metric,
-                group: r.group,
-            })
-            .collect();
-        let histogram_meta: Vec<HistogramMeta> = histograms
-            .iter()
-            .map(|h| HistogramMeta {
-                plug: h.plug,
-                window_start: h.window_start,
-            })
-            .collect();
+        let (records, histogram_meta) = crate::upload::metadata(readings, histograms);
         Ok(record_reports
             .into_iter()
             .zip(histogram_reports)
