@@ -1,6 +1,7 @@
 //! Robust mode end to end, over real TLS between real cloud nodes: valid reports reveal exactly
-//! the plaintext reference, and every kind of invalid report is refused at every cloud, its
-//! flag ends ERROR, the refusal is counted against its sensor, and nothing of it counts.
+//! the plaintext reference (also after a cloud restarts), and every kind of invalid report is
+//! refused at every cloud, its flag ends ERROR, the refusal is counted against its sensor, and
+//! nothing of it counts.
 
 mod common;
 
@@ -52,7 +53,7 @@ fn readings() -> Vec<Reading> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_reports_reveal_the_reference_and_every_forgery_is_refused_everywhere() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = robust_cluster(dir.path()).await;
+    let mut cluster = robust_cluster(dir.path()).await;
     let ttl = Duration::from_secs(10);
     let readings = readings();
     let mut reference = Reference::new(WINDOW, GroupLevel::Plug);
@@ -128,6 +129,8 @@ async fn valid_reports_reveal_the_reference_and_every_forgery_is_refused_everywh
     }
     assert_eq!(cluster.cloud(0).unwrap().refused_batches(GATEWAY.sensor), 0);
 
+    // A cloud restarted from disk reads its verified batches back as any stored batch.
+    cluster.restart_cloud(1).await.unwrap();
     let last = readings.iter().map(|r| r.ts).max().unwrap();
     honest.advance_watermark(last, true).await.unwrap();
     common::assert_reveals(&cluster, &reference, GroupLevel::Plug).await;
