@@ -36,6 +36,8 @@ pub const HISTOGRAM_PROOFS: u8 = 2;
 pub struct HistogramCircuit {
     buckets: usize,
     shape: GateShape,
+    /// `1/n` at `n − 1` for every number of shares the circuit runs in (see `one_over`).
+    one_over: Vec<CountField>,
 }
 
 impl HistogramCircuit {
@@ -48,6 +50,9 @@ impl HistogramCircuit {
         Ok(HistogramCircuit {
             buckets,
             shape: GateShape::new((buckets + 1) * HISTOGRAM_COUNT_BITS),
+            one_over: (1..=super::MAX_SHARES as u64)
+                .map(|n| CountField::one() / CountField::from(n))
+                .collect(),
         })
     }
 
@@ -83,17 +88,14 @@ impl Flp for HistogramCircuit {
         num_shares: usize,
     ) -> Result<Vec<CountField>, FlpError> {
         self.valid_call_check(input, joint_rand)?;
-        let num_shares = u64::try_from(num_shares)
-            .map_err(|_| FlpError::InvalidParameter("too many shares".into()))?;
-        let share_of = |c: u64| CountField::from(c) / CountField::from(num_shares);
-        let one = share_of(1);
+        let one = super::one_over(&self.one_over, num_shares)?;
         let gates: Vec<(CountField, CountField)> = input.iter().map(|b| (*b, *b - one)).collect();
         let (sum, _) = gate_sum(&mut g[0], &gates, &self.shape, joint_rand)?;
         // The counts and the slack, all linear in the bits, add up to the bound.
         let total = input
             .chunks_exact(HISTOGRAM_COUNT_BITS)
             .fold(CountField::zero(), |a, bits| a + Self::count(bits));
-        Ok(vec![sum, total - share_of(MAX_HISTOGRAM_READINGS)])
+        Ok(vec![sum, total - CountField::from(MAX_HISTOGRAM_READINGS) * one])
     }
 
     fn input_len(&self) -> usize {

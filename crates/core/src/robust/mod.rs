@@ -211,6 +211,24 @@ macro_rules! gate_shape_lens {
 }
 use gate_shape_lens;
 
+/// The most shares a circuit runs in: Prio3's most aggregators.
+const MAX_SHARES: usize = 255;
+
+/// `1/num_shares` from a circuit's table of them. A circuit computes it at every evaluation
+/// (the prover's, and every cloud's query), and an inversion is an exponentiation: one of the
+/// costliest steps of verifying a small report, so the table is made once with the circuit.
+fn one_over<F: Copy>(table: &[F], num_shares: usize) -> Result<F, FlpError> {
+    num_shares
+        .checked_sub(1)
+        .and_then(|i| table.get(i))
+        .copied()
+        .ok_or_else(|| {
+            FlpError::InvalidParameter(format!(
+                "{num_shares} shares; a circuit runs in 1 to {MAX_SHARES}"
+            ))
+        })
+}
+
 /// How a circuit's multiplication gates are grouped into calls of its one gadget.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct GateShape {

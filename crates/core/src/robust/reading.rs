@@ -22,6 +22,8 @@ pub struct ReadingCircuit {
     /// Weight of the last bit: `max − (2^(B−1) − 1)`, so the largest encodable value is `max`.
     last_weight: u64,
     shape: GateShape,
+    /// `1/n` at `n − 1` for every number of shares the circuit runs in (see `one_over`).
+    one_over: Vec<Field128>,
 }
 
 impl ReadingCircuit {
@@ -41,6 +43,9 @@ impl ReadingCircuit {
             last_weight,
             // One gate per bit, and the square.
             shape: GateShape::new(bits + 1),
+            one_over: (1..=super::MAX_SHARES as u128)
+                .map(|n| Field128::one() / Field128::from(n))
+                .collect(),
         })
     }
 
@@ -100,10 +105,8 @@ impl Flp for ReadingCircuit {
         num_shares: usize,
     ) -> Result<Vec<Field128>, FlpError> {
         self.valid_call_check(input, joint_rand)?;
-        let num_shares = u128::try_from(num_shares)
-            .map_err(|_| FlpError::InvalidParameter("too many shares".into()))?;
         // Each share's part of the constant 1.
-        let one = Field128::one() / Field128::from(num_shares);
+        let one = super::one_over(&self.one_over, num_shares)?;
         let (count, rest) = (input[0], &input[1..]);
         let (bits, square) = (&rest[..self.bits], rest[self.bits]);
         let x = self.reading(bits);
