@@ -282,8 +282,8 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         pipeline.histograms = kind.q2();
     }
     if args.processes {
-        if args.robust {
-            bail!("--robust runs in one process; drop --processes");
+        if args.malicious_fraction > 0.0 {
+            bail!("--malicious-fraction runs in one process; drop --processes");
         }
         if args.query.is_some() {
             bail!("--processes runs the aggregate pipeline; run the queries against a deployment of processes with `mcloud analytics`");

@@ -150,6 +150,7 @@ pub async fn run(args: &DemoArgs, readings: &[Reading], window: u64, dir: &Path)
         retention_secs: None,
         keep_decided_secs: None,
         namespaces: false,
+        robust: args.robust,
     })?;
     cluster.start_all()?;
     let http = cluster.wait_ready(Duration::from_secs(60)).await?;

@@ -60,6 +60,9 @@ pub struct ProcessSpec {
     /// Each role in a network namespace of its own ([`Network`]), so the links between
     /// roles can be cut; needs root. Otherwise every role listens on loopback.
     pub namespaces: bool,
+    /// Robust mode: every cloud gets a `[cloud.robust]` section (one verification key, written
+    /// to `trust/verify.key`) and `deployment.toml` says `robust = true`.
+    pub robust: bool,
 }
 
 pub struct ProcessCluster {
@@ -184,20 +187,39 @@ impl ProcessCluster {
                 cluster.catalog_endpoint(first),
                 others.join(", ")
             );
-            let text = match cluster.spec.retention_secs {
+            let mut text = match cluster.spec.retention_secs {
                 Some(secs) => format!("{text}retention_secs = {secs}\n"),
                 None => text,
             };
+            if cluster.spec.robust {
+                let clouds: Vec<String> = (0..cluster.spec.parties)
+                    .map(|p| {
+                        format!(
+                            "{{ url = \"{}\", ca = \"trust/party{p}.pem\" }}",
+                            cluster.cloud_url(p)
+                        )
+                    })
+                    .collect();
+                text += &format!(
+                    "[cloud.robust]\nverify_key = \"trust/verify.key\"\nclouds = [{}]\n",
+                    clouds.join(", ")
+                );
+            }
             cluster.write_file(&format!("cloud{party}.toml"), &text)?;
+        }
+        if cluster.spec.robust {
+            let key = mcloud_core::robust::VerifyKey::random();
+            crate::config::write_secret(&cluster.spec.dir.join("trust/verify.key"), &key.to_hex())?;
         }
         let others: Vec<String> = (1..cluster.spec.voters)
             .map(|v| cluster.catalog_endpoint(v))
             .collect();
         let mut text = format!(
-            "catalog = {}\ncatalog_nodes = [{}]\n\n[credentials]\nsensor = \"trust/sensor.toml\"\n\
+            "catalog = {}\ncatalog_nodes = [{}]\nrobust = {}\n\n[credentials]\nsensor = \"trust/sensor.toml\"\n\
              app = \"trust/owner.token\"\nadmin = \"trust/admin\"\n\n",
             cluster.catalog_endpoint(0),
-            others.join(", ")
+            others.join(", "),
+            cluster.spec.robust
         );
         for party in 0..cluster.spec.parties {
             text += &format!(

@@ -91,6 +91,7 @@ pub async fn run(args: SoakArgs) -> Result<bool> {
         retention_secs: Some(mcloud_cloud::MIN_RETENTION_SECS),
         keep_decided_secs: Some(KEEP_DECIDED.as_secs()),
         namespaces: false,
+        robust: false,
     })?;
     cluster.start_all()?;
     let http = cluster.wait_ready(Duration::from_secs(60)).await?;

@@ -52,6 +52,31 @@ fn chaos_demo_verifies_and_reports_what_it_killed() {
     }
 }
 
+/// Robust mode across real processes: every cloud reads its `[cloud.robust]` section, the
+/// clouds verify among themselves over the network, and the sensor process sends robust
+/// reports because `deployment.toml` says so.
+#[test]
+fn robust_demo_across_processes_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["demo", "--processes", "--robust"])
+        .args(["--houses", "2", "--households", "1", "--plugs", "3"])
+        .args(["--hours", "0.25"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("check: OK"), "{stderr}");
+    let cloud = std::fs::read_to_string(dir.path().join("cloud0.toml")).unwrap();
+    assert!(cloud.contains("[cloud.robust]"), "{cloud}");
+    let deployment = std::fs::read_to_string(dir.path().join("deployment.toml")).unwrap();
+    assert!(deployment.contains("robust = true"), "{deployment}");
+    // A robust cloud refuses plain uploads, so the check passing means every batch went as
+    // verified reports.
+}
+
 #[test]
 fn chaos_needs_processes() {
     let out = Command::new(BIN)

@@ -51,6 +51,7 @@ async fn partitions_heal_without_losing_or_double_counting_a_reading() {
         parties: PARTIES,
         voters: VOTERS,
         namespaces: true,
+        robust: false,
         ..common::process_spec(dir.path())
     })
     .unwrap();

@@ -244,6 +244,7 @@ pub fn process_spec(dir: &Path) -> mcloud::processes::ProcessSpec {
         retention_secs: None,
         keep_decided_secs: None,
         namespaces: false,
+        robust: false,
     }
 }
 

@@ -95,7 +95,10 @@ impl Flp for HistogramCircuit {
         let total = input
             .chunks_exact(HISTOGRAM_COUNT_BITS)
             .fold(CountField::zero(), |a, bits| a + Self::count(bits));
-        Ok(vec![sum, total - CountField::from(MAX_HISTOGRAM_READINGS) * one])
+        Ok(vec![
+            sum,
+            total - CountField::from(MAX_HISTOGRAM_READINGS) * one,
+        ])
     }
 
     fn input_len(&self) -> usize {
