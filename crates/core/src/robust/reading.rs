@@ -24,6 +24,8 @@ pub struct ReadingCircuit {
     shape: GateShape,
     /// `1/n` at `n − 1` for every number of shares the circuit runs in (see `one_over`).
     one_over: Vec<Field128>,
+    /// Every bit's weight as a field element, made once: every evaluation sums them.
+    weights: Vec<Field128>,
 }
 
 impl ReadingCircuit {
@@ -37,10 +39,20 @@ impl ReadingCircuit {
         }
         let bits = max.ilog2() as usize + 1;
         let last_weight = max - ((1u64 << (bits - 1)) - 1);
+        let weights = (0..bits)
+            .map(|i| {
+                if i + 1 == bits {
+                    Field128::from(u128::from(last_weight))
+                } else {
+                    Field128::from(1u128 << i)
+                }
+            })
+            .collect();
         Ok(ReadingCircuit {
             max,
             bits,
             last_weight,
+            weights,
             // One gate per bit, and the square.
             shape: GateShape::new(bits + 1),
             one_over: (1..=super::MAX_SHARES as u128)
@@ -49,20 +61,11 @@ impl ReadingCircuit {
         })
     }
 
-    /// The weight of bit `i`.
-    fn weight(&self, i: usize) -> Field128 {
-        if i + 1 == self.bits {
-            Field128::from(u128::from(self.last_weight))
-        } else {
-            Field128::from(1u128 << i)
-        }
-    }
-
     /// `x = Σ b_i w_i`, linear, so it holds on shares as on the whole.
     fn reading(&self, bits: &[Field128]) -> Field128 {
         bits.iter()
-            .enumerate()
-            .fold(Field128::zero(), |x, (i, b)| x + *b * self.weight(i))
+            .zip(&self.weights)
+            .fold(Field128::zero(), |x, (b, w)| x + *b * *w)
     }
 
     /// The encoding of `value`, proven or not: a forging sensor (`super::forge`) changes it
