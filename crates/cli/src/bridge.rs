@@ -155,6 +155,7 @@ pub async fn run(args: BridgeArgs) -> Result<bool> {
             sensor.uploader().sensor(),
             args.batch_size.max(1),
             args.histograms,
+            sensor.uploader().is_robust(),
             before,
         )?;
         let round = sensor.resume(|_| {}).await?;

@@ -356,3 +356,41 @@ async fn the_bridge_speaks_tls_to_its_broker_and_refuses_one_it_does_not_trust()
         "revealed histograms differ from the readings'"
     );
 }
+
+/// A robust deployment: the bridge sends what it takes from the broker as robust reports
+/// (its `deployment.toml` says so; the clouds would refuse plain shares), and the revealed
+/// sums equal the reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_sends_robust_reports_to_a_robust_deployment() {
+    let Some(broker) = mosquitto() else {
+        eprintln!("SKIPPED mqtt: mosquitto is not installed (Debian: mosquitto mosquitto-clients)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let _broker = start_broker(broker, dir.path(), port, None);
+    let spec = mcloud::processes::ProcessSpec {
+        robust: true,
+        ..common::process_spec(dir.path())
+    };
+    let mut cluster = ProcessCluster::write(spec).unwrap();
+    cluster.start_all().unwrap();
+    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let lines: Vec<String> = common::synthetic_readings()
+        .iter()
+        .map(mcloud_core::csv::format_line)
+        .collect();
+    let log = dir.path().join("logs/bridge.log");
+    let mut running = bridge(&cluster, port, &log);
+    wait_in_log(&log, "subscribed", 1);
+    publish(port, &lines);
+    let status = running.0.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "the bridge failed:\n{text}");
+    let csv = common::query_plugs(&cluster.deployment_path(), 60);
+    let differences = common::row_differences(&rows_of(&csv), &expected_rows());
+    assert!(
+        differences.is_empty(),
+        "revealed sums differ from the reference:\n{differences}bridge log:\n{text}"
+    );
+}

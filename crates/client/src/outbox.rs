@@ -196,14 +196,16 @@ impl Outbox {
     /// Moves the readings in the inbox stamped before `before` (all of them if `None`) into
     /// batches of sensor `sensor`, in one transaction, and returns how many batches it made.
     /// They are cut in timestamp order as [`Batcher`] cuts a sensor's stream: at most
-    /// `batch_size` readings and a bounded body each, with the load histograms of their
-    /// 30 s windows if `histograms`. The clouds add up histograms of the same plug and
-    /// window, so a reading of a window already cut may still follow in a later cut.
+    /// `batch_size` readings and a bounded body each (bounded as robust reports if `robust`),
+    /// with the load histograms of their 30 s windows if `histograms`. The clouds add up
+    /// histograms of the same plug and window, so a reading of a window already cut may still
+    /// follow in a later cut.
     pub fn cut_inbox(
         &self,
         sensor: u32,
         batch_size: usize,
         histograms: bool,
+        robust: bool,
         before: Option<u64>,
     ) -> Result<usize, SensorError> {
         let before = before.unwrap_or(u64::MAX);
@@ -221,7 +223,9 @@ impl Outbox {
             }
             readings.sort_by_key(|r| (r.ts, r.id));
             let mut outbox = txn.open_table(OUTBOX)?;
-            for cut in Batcher::new(sensor, readings.into_iter(), batch_size, histograms) {
+            let cuts =
+                Batcher::new(sensor, readings.into_iter(), batch_size, histograms).robust(robust);
+            for cut in cuts {
                 let batch = cut.batch;
                 outbox.insert(batch.id.0, postcard::to_stdvec(&batch)?.as_slice())?;
                 batches += 1;
@@ -537,7 +541,7 @@ mod tests {
         assert_eq!(outbox.inbox_oldest().unwrap(), Some(1000));
         // Only what is older than 1006 first: two batches of three, and the histogram of
         // their window in a third (a batch was full when the input ended).
-        assert_eq!(outbox.cut_inbox(9, 3, true, Some(1006)).unwrap(), 3);
+        assert_eq!(outbox.cut_inbox(9, 3, true, false, Some(1006)).unwrap(), 3);
         assert_eq!(outbox.inbox_oldest().unwrap(), Some(1006));
         let histogram_count = |outbox: &Outbox| -> u64 {
             outbox
@@ -549,7 +553,7 @@ mod tests {
                 .sum()
         };
         assert_eq!(histogram_count(&outbox), 6);
-        assert_eq!(outbox.cut_inbox(9, 3, true, None).unwrap(), 1);
+        assert_eq!(outbox.cut_inbox(9, 3, true, false, None).unwrap(), 1);
         assert_eq!(
             histogram_count(&outbox),
             8,
