@@ -127,6 +127,21 @@ async fn valid_reports_reveal_the_reference_and_every_forgery_is_refused_everywh
             );
         }
     }
+    // Every cloud's metrics count the refusals.
+    let metrics = cluster
+        .http()
+        .get(format!("{}/metrics", cluster.cloud_urls()[2]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused = format!(
+        "mcloud_cloud_batches_total{{outcome=\"refused\"}} {}",
+        Forgery::ALL.len()
+    );
+    assert!(metrics.contains(&refused), "{refused} not in:\n{metrics}");
     assert_eq!(cluster.cloud(0).unwrap().refused_batches(GATEWAY.sensor), 0);
 
     // A cloud restarted from disk reads its verified batches back as any stored batch.

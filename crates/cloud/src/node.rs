@@ -334,6 +334,11 @@ impl CloudNode {
         self.robust.as_ref()
     }
 
+    /// Counts a batch event in `mcloud_cloud_batches_total`.
+    pub(crate) fn record_batch(&self, outcome: &'static str) {
+        self.recorded.batch(outcome);
+    }
+
     pub(crate) fn catalog(&self) -> &CatalogClient {
         &self.catalog
     }

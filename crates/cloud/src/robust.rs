@@ -154,6 +154,12 @@ fn call_failed(what: &str, e: CallError) -> String {
 }
 
 impl CloudNode {
+    /// Counts a refused batch against its sensor, and in the batch metrics (`refused`).
+    fn refuse(&self, verifier: &Verifier, id: BatchId) {
+        verifier.count_refusal(id.sensor());
+        self.record_batch("refused");
+    }
+
     fn verifier(&self) -> Result<&Verifier, ApiError> {
         self.robust().ok_or_else(|| {
             ApiError::coded(
@@ -361,7 +367,7 @@ impl CloudNode {
             .map(|&p| self.tell(p, id, Finish::Reject(failure.reason().to_string())));
         futures::future::join_all(rejects).await;
         if matches!(failure, Failure::Invalid(_)) {
-            verifier.count_refusal(id.sensor());
+            self.refuse(verifier, id);
         }
         tracing::info!(
             party = self.party(),
@@ -511,7 +517,7 @@ impl CloudNode {
                 .await
                 .map_err(|failure| match failure {
                     Failure::Invalid(r) => {
-                        verifier.count_refusal(id.sensor());
+                        self.refuse(verifier, id);
                         unprocessable("report_invalid", r)
                     }
                     Failure::Unfinished(r) => ApiError::unavailable(r),
@@ -524,7 +530,7 @@ impl CloudNode {
                 } else if !self.is_known(&id) {
                     return Ok(());
                 }
-                verifier.count_refusal(id.sensor());
+                self.refuse(verifier, id);
                 tracing::info!(party = self.party(), batch = %id, "robust batch refused by its leader: {reason}");
                 Ok(())
             }
