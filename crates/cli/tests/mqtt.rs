@@ -181,6 +181,22 @@ fn bridge_with(cluster: &ProcessCluster, port: u16, log: &Path, extra: &[String]
     )
 }
 
+/// A process deployment written from `spec` and started, ready to take uploads.
+async fn deployment(spec: mcloud::processes::ProcessSpec) -> ProcessCluster {
+    let mut cluster = ProcessCluster::write(spec).unwrap();
+    cluster.start_all().unwrap();
+    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+    cluster
+}
+
+/// The synthetic input `expected_rows` describes, one CSV line per reading.
+fn synthetic_lines() -> Vec<String> {
+    common::synthetic_readings()
+        .iter()
+        .map(mcloud_core::csv::format_line)
+        .collect()
+}
+
 /// Waits until the bridge's log has said `what` `times` times.
 fn wait_in_log(log: &Path, what: &str, times: usize) {
     let until = Instant::now() + Duration::from_secs(30);
@@ -206,15 +222,8 @@ async fn an_mqtt_stream_is_counted_once_across_a_bridge_crash_and_redeliveries()
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let _broker = start_broker(broker, dir.path(), port, None);
-    let mut cluster = ProcessCluster::write(common::process_spec(dir.path())).unwrap();
-    cluster.start_all().unwrap();
-    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
-
-    // The synthetic input `expected_rows` describes, one CSV line per reading.
-    let lines: Vec<String> = common::synthetic_readings()
-        .iter()
-        .map(mcloud_core::csv::format_line)
-        .collect();
+    let cluster = deployment(common::process_spec(dir.path())).await;
+    let lines = synthetic_lines();
     let (first, second) = lines.split_at(lines.len() / 2);
 
     let log = dir.path().join("logs/bridge.log");
@@ -274,9 +283,7 @@ async fn the_bridge_speaks_tls_to_its_broker_and_refuses_one_it_does_not_trust()
     let pki = Pki::new(dir.path());
     let port = common::free_port();
     let _broker = start_broker(broker, dir.path(), port, Some(&pki));
-    let mut cluster = ProcessCluster::write(common::process_spec(dir.path())).unwrap();
-    cluster.start_all().unwrap();
-    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let cluster = deployment(common::process_spec(dir.path())).await;
 
     let untrusting_log = dir.path().join("logs/untrusting.log");
     let untrusting = bridge_with(
@@ -369,17 +376,12 @@ async fn the_bridge_sends_robust_reports_to_a_robust_deployment() {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let _broker = start_broker(broker, dir.path(), port, None);
-    let spec = mcloud::processes::ProcessSpec {
+    let cluster = deployment(mcloud::processes::ProcessSpec {
         robust: true,
         ..common::process_spec(dir.path())
-    };
-    let mut cluster = ProcessCluster::write(spec).unwrap();
-    cluster.start_all().unwrap();
-    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
-    let lines: Vec<String> = common::synthetic_readings()
-        .iter()
-        .map(mcloud_core::csv::format_line)
-        .collect();
+    })
+    .await;
+    let lines = synthetic_lines();
     let log = dir.path().join("logs/bridge.log");
     let mut running = bridge(&cluster, port, &log);
     wait_in_log(&log, "subscribed", 1);
