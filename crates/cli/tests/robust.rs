@@ -298,6 +298,22 @@ async fn bad_robust_requests_are_refused_by_name_and_change_nothing() {
         status == 401 || status == 403,
         "a sensor reached a cloud-only endpoint: {status}"
     );
+    // Nor may a sensor give the catalog the verdict on its own robust flag.
+    let verdict = postcard::to_stdvec(&mcloud_core::wire::VerdictRequest {
+        ids: vec![id],
+        valid: true,
+    })
+    .unwrap();
+    let (status, text) = post_raw(
+        &sensor,
+        &format!("{catalog}{}", mcloud_core::paths::VERDICT_PATH),
+        verdict,
+    )
+    .await;
+    assert!(
+        status == 401 || status == 403,
+        "a sensor gave a verdict: {status} {text}"
+    );
     for party in 0..CLOUDS {
         let status = cluster.cloud(party).unwrap().status();
         assert_eq!(status["batches"], 0, "cloud {party}: {status}");
