@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use mcloud_cloud::elastic::{
     bucket_of, percentile, ElasticConfig, InProcess, Pool, Thresholds, WorkerId,
 };
-use mcloud_cloud::values::ValuesTable;
+use mcloud_cloud::store::Store;
 use mcloud_core::reading::{GroupKey, Metric};
 use mcloud_core::share::record_values;
 use mcloud_core::wire::{ShareRecord, UploadBatch};
@@ -148,7 +148,7 @@ async fn migration_pauses(
     }
     let pauses = pool.pauses_ms().split_off(first);
     let dir = tempfile::tempdir()?;
-    let (values, _) = ValuesTable::open(dir.path())?;
+    let (values, _) = Store::open(dir.path())?;
     let mut taken = Vec::with_capacity(checkpoints);
     for _ in 0..checkpoints {
         let info = pool

@@ -13,8 +13,8 @@ pub mod node;
 mod reopen;
 pub mod robust;
 pub mod service;
+pub mod store;
 pub mod sums;
-pub mod values;
 pub mod windows;
 
 pub use error::CloudError;

@@ -6,7 +6,7 @@ use crate::elastic::{
     ReplaySource,
 };
 use crate::metrics::{CloudCollector, CloudMetrics};
-use crate::values::ValuesTable;
+use crate::store::{EncodedWindows, Store, StoredBatch};
 use crate::windows::{touched, RangeError, Registered, View, Windows};
 use crate::CloudError;
 use axum::http::StatusCode;
@@ -95,7 +95,7 @@ const POLL_CHUNK: usize = 10_000;
 
 pub struct CloudNode {
     config: CloudConfig,
-    values: ValuesTable,
+    store: Store,
     state: Mutex<Windows>,
     catalog: CatalogClient,
     pool: Arc<Pool>,
@@ -131,7 +131,7 @@ impl CloudNode {
         config: CloudConfig,
         catalog: CatalogClient,
     ) -> Result<Arc<CloudNode>, CloudError> {
-        let (values, recovered) = ValuesTable::open(dir)?;
+        let (store, recovered) = Store::open(dir)?;
         let provisioner: Arc<dyn crate::elastic::Provisioner> = match &config.elastic.worker_program
         {
             Some(program) => Arc::new(crate::elastic::remote::OsProcess {
@@ -167,9 +167,7 @@ impl CloudNode {
             .newest_sealed
             .map_or(0, |newest| newest.saturating_sub(crate::windows::HOT_SECS));
         let mut sealed = Vec::new();
-        values.each_sealed(|start, bytes| {
-            let window = postcard::from_bytes(bytes)
-                .map_err(|e| CloudError::Storage(format!("stored window {start}: {e}")))?;
+        store.each_sealed(|start, window| {
             state.restore_sealed(start, window, start < hot_from);
             sealed.push(start);
             Ok(())
@@ -184,12 +182,11 @@ impl CloudNode {
         pool.restore(recovered.checkpoint).await?;
         let mut restored = 0;
         let mut uncovered = Vec::new();
-        values.each_batch(|id, bytes| {
+        store.each_batch(|id, request| {
             restored += 1;
             if state.is_known(&id) {
                 return Ok(());
             }
-            let request = decode_stored(id, bytes)?;
             let horizon = state.retained_from();
             let mut windows = windows_of(&request, config.window_secs);
             windows.retain(|&start| start >= horizon);
@@ -212,9 +209,7 @@ impl CloudNode {
         let gathered: HashSet<u64> = sealed.iter().copied().collect();
         let keep = |start: u64| start >= horizon && !gathered.contains(&start);
         for group in uncovered.chunks(REPLAY_GROUP) {
-            for (id, bytes) in values.read(group)? {
-                let request = decode_stored(id, &bytes)?;
-                let batch = expand_kept(id, request, config.window_secs, keep)?;
+            for batch in store.replay(group, config.window_secs, || keep)? {
                 pool.dispatch(Arc::new(batch));
             }
             pool.settle().await;
@@ -233,7 +228,7 @@ impl CloudNode {
         // with the process for its lifetime.
         mcloud_core::memory::release_free_heap();
         // Every sealed window is in the values table: all but the recent ones leave memory.
-        state.keep_cold_in(Box::new(values.clone()));
+        state.keep_cold_in(Box::new(store.clone()));
         let sealed_count = sealed.len();
         if sealed_count > 0 {
             pool.forget(sealed);
@@ -263,7 +258,7 @@ impl CloudNode {
             policy_nanos: Default::default(),
             audit,
             config,
-            values,
+            store,
             state: Mutex::new(state),
             catalog,
             pool,
@@ -427,7 +422,7 @@ impl CloudNode {
                 duplicate: true,
             });
         }
-        self.store(id, body, batch).await?;
+        self.store(id, StoredBatch::received(body), batch).await?;
         Ok(UploadAck {
             batch_id: id,
             duplicate: false,
@@ -486,7 +481,7 @@ impl CloudNode {
     pub(crate) async fn store(
         self: &Arc<Self>,
         id: BatchId,
-        body: Bytes,
+        stored: StoredBatch,
         batch: UploadBatch,
     ) -> Result<(), ApiError> {
         // From the claim on, storing runs to its end in a task of its own. Cut short with the
@@ -495,7 +490,7 @@ impl CloudNode {
         // polled, and every window it touches would wait for it forever.
         let node = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = node.values.append(id, body).await {
+            if let Err(e) = node.store.put_batch(id, stored).await {
                 node.state().abort(id);
                 return Err(e);
             }
@@ -519,7 +514,7 @@ impl CloudNode {
         let started = std::time::Instant::now();
         let info = self
             .pool
-            .checkpoint(|cp| self.values.save_checkpoint(cp))
+            .checkpoint(|cp| self.store.save_checkpoint(cp))
             .await?;
         if let Some(info) = &info {
             self.recorded
@@ -556,7 +551,7 @@ impl CloudNode {
         if slowest <= self.state().watermark() {
             return Ok(self.state().watermark());
         }
-        self.values.set_watermark(slowest).await?;
+        self.store.set_watermark(slowest).await?;
         let now = {
             let mut state = self.state();
             state.advance(slowest);
@@ -633,19 +628,17 @@ impl CloudNode {
         }
         let stored = {
             let state = self.state();
-            let mut stored = Vec::with_capacity(windows.len());
+            let mut stored = EncodedWindows::default();
             for start in &windows {
                 if let Some(window) = state.sealed_window(*start) {
-                    let bytes = postcard::to_stdvec(&window)
-                        .map_err(|e| CloudError::Storage(format!("window {start}: {e}")))?;
-                    stored.push((*start, bytes));
+                    stored.add(*start, &window)?;
                 }
             }
             stored
         };
         // Stored before the workers drop them: checkpoints taken from now on lack these
         // windows, and a restart must still find their sums.
-        if let Err(e) = self.values.save_sealed(stored).await {
+        if let Err(e) = self.store.save_sealed(stored).await {
             *self.unstored.lock().unwrap_or_else(|p| p.into_inner()) = windows;
             return Err(e);
         }
@@ -678,7 +671,7 @@ impl CloudNode {
             batches = batches.len(),
             "dropping what passed the retention horizon"
         );
-        self.values.prune(horizon, batches).await?;
+        self.store.prune(horizon, batches).await?;
         // The audit log keeps disclosures for as long as the data they were about, by the
         // wall clock (when they were made); reveal counts go with their windows.
         let at = mcloud_core::auth::now_secs().saturating_sub(self.config.retention_secs);
@@ -832,7 +825,7 @@ impl CloudNode {
         status["window_secs"] = self.config.window_secs.into();
         status["elastic"] = self.pool.status();
         let (windows, batches) = self.state().remembered();
-        let (stored_batches, stored_windows) = self.values.stored().unwrap_or((0, 0));
+        let (stored_batches, stored_windows) = self.store.stored().unwrap_or((0, 0));
         status["retention"] = serde_json::json!({
             "retention_secs": self.config.retention_secs,
             "retained_from": self.state().retained_from(),
@@ -972,30 +965,8 @@ pub fn check_range_specs(specs: &[RangeSpec], window_secs: u64) -> Result<(), Ap
     Ok(())
 }
 
-/// A stored batch's shares as workers take them: only those of windows `keep` keeps. Every
-/// caller drops the windows before the retention horizon: a batch that straddles it stays
-/// stored for its later windows; its earlier ones are gone from the state, and replaying
-/// their shares would bring them back, held by this cloud alone.
-fn expand_kept(
-    id: BatchId,
-    request: UploadRequest,
-    window_secs: u64,
-    keep: impl Fn(u64) -> bool,
-) -> Result<UploadBatch, CloudError> {
-    let mut batch =
-        expand(request).map_err(|e| CloudError::Storage(format!("stored batch {id}: {e}")))?;
-    let kept = |ts: u64| keep(Window::containing(ts, window_secs).start);
-    batch.records.retain(|r| kept(r.ts));
-    batch.histograms.retain(|h| kept(h.window_start));
-    Ok(batch)
-}
-
 /// Batches replayed at a restart before waiting for the workers to aggregate them.
 const REPLAY_GROUP: usize = 4;
-
-fn decode_stored(id: BatchId, bytes: &[u8]) -> Result<UploadRequest, CloudError> {
-    decode(bytes).map_err(|e| CloudError::Storage(format!("stored batch {id}: {}", e.message)))
-}
 
 /// The windows a batch touches, from its metadata.
 pub fn windows_of(request: &UploadRequest, window_secs: u64) -> Vec<u64> {
@@ -1011,18 +982,11 @@ pub fn windows_of(request: &UploadRequest, window_secs: u64) -> Vec<u64> {
 
 impl ReplaySource for CloudNode {
     fn batches(&self, ids: &[BatchId]) -> Result<Vec<UploadBatch>, CloudError> {
-        self.values
-            .read(ids)?
-            .into_iter()
-            .map(|(id, bytes)| {
-                let horizon = self.state().retained_from();
-                let request = decode_stored(id, &bytes)?;
-                // Sealed windows are left to the `Forget` that follows a rebuild's replay.
-                expand_kept(id, request, self.config.window_secs, |start| {
-                    start >= horizon
-                })
-            })
-            .collect()
+        // Sealed windows are left to the `Forget` that follows a rebuild's replay.
+        self.store.replay(ids, self.config.window_secs, || {
+            let horizon = self.state().retained_from();
+            move |start| start >= horizon
+        })
     }
 
     fn outcome(&self, id: &BatchId) -> Option<bool> {
@@ -1034,7 +998,7 @@ impl ReplaySource for CloudNode {
     }
 
     fn checkpointed(&self, buckets: &[usize]) -> Result<Vec<(usize, BucketState)>, CloudError> {
-        self.values.read_checkpoint(buckets)
+        self.store.read_checkpoint(buckets)
     }
 }
 

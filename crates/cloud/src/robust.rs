@@ -22,6 +22,7 @@
 //! the batch, the leader's verdict is ERROR, and the sensor still holds the readings.
 
 use crate::node::CloudNode;
+use crate::store::StoredBatch;
 use crate::windows::Registered;
 use crate::CloudError;
 use axum::http::StatusCode;
@@ -480,7 +481,7 @@ impl CloudNode {
             ..metadata
         };
         let stored = async {
-            let body = Bytes::from(postcard::to_stdvec(&request).map_err(|e| e.to_string())?);
+            let body = StoredBatch::encode(&request).map_err(|e| e.to_string())?;
             let batch = expand(request).map_err(|e| e.to_string())?;
             self.store(id, body, batch).await.map_err(|e| e.to_string())
         }

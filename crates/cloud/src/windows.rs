@@ -894,7 +894,7 @@ mod tests {
     #[tokio::test]
     async fn cold_windows_answer_like_hot_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let (values, _) = crate::values::ValuesTable::open(dir.path()).unwrap();
+        let (store, _) = crate::store::Store::open(dir.path()).unwrap();
         let windows = 4 * HOT_SECS / 30;
         let mut cold = Windows::new(30, 0, 0);
         let mut hot = Windows::new(30, 0, 0);
@@ -916,10 +916,13 @@ mod tests {
                 w.advance(start + 30);
                 w.seal(start, sums.clone());
             }
-            let stored = postcard::to_stdvec(&cold.sealed_window(start).unwrap()).unwrap();
-            values.save_sealed(vec![(start, stored)]).await.unwrap();
+            let mut stored = crate::store::EncodedWindows::default();
+            stored
+                .add(start, &cold.sealed_window(start).unwrap())
+                .unwrap();
+            store.save_sealed(stored).await.unwrap();
         }
-        cold.keep_cold_in(Box::new(values.clone()));
+        cold.keep_cold_in(Box::new(store.clone()));
         let in_store = cold.summary()["windows_in_cold_store"].as_u64().unwrap();
         // Windows starting more than HOT_SECS before the newest one left memory.
         assert_eq!(in_store, windows - 1 - HOT_SECS / 30);
