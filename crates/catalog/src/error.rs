@@ -51,6 +51,9 @@ pub enum CatalogError {
     /// A cloud's settled time the catalog cannot take (in the future).
     #[error("settled time: {0}")]
     BadSettled(String),
+    /// The masters refused a storage or mailbox operation.
+    #[error("storage: {0}")]
+    Store(#[from] mcloud_store::master::MasterError),
     #[error(transparent)]
     Call(#[from] CallError),
 }
@@ -68,6 +71,10 @@ impl CatalogError {
 
 impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> ApiError {
+        if let CatalogError::Store(m) = &e {
+            let status = StatusCode::from_u16(m.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            return ApiError::coded(status, m.code(), m.to_string());
+        }
         let status = match &e {
             CatalogError::Unknown(_) => StatusCode::NOT_FOUND,
             CatalogError::AlreadyFinal { .. } | CatalogError::DeadlineMissed { .. } => {
@@ -86,6 +93,7 @@ impl From<CatalogError> for ApiError {
             | CatalogError::BadRevocation(_)
             | CatalogError::BadAccess(_)
             | CatalogError::BadSettled(_) => StatusCode::BAD_REQUEST,
+            CatalogError::Store(_) => StatusCode::BAD_REQUEST,
             CatalogError::Call(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             CatalogError::Call(_) => StatusCode::BAD_GATEWAY,
         };

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod error;
+pub mod masters;
 pub mod raft;
 pub mod rules;
 pub mod service;

@@ -44,6 +44,9 @@ pub struct ClusterOptions {
     pub retention_secs: Option<u64>,
     /// Robust mode: the clouds verify every report's proof together before it counts.
     pub robust: bool,
+    /// The encrypted storage's sources: the voters free packets there, and
+    /// [`LocalCluster::store_client`] writes there.
+    pub storage: Vec<mcloud_store::source::SourceConfig>,
 }
 
 /// The replicated catalog of a local cluster.
@@ -73,7 +76,13 @@ impl Default for CatalogSpec {
 struct CatalogVoter {
     server: RunningServer,
     node: Arc<CatalogNode>,
+    /// Expires files and frees their packets while this voter leads the masters.
+    upkeep: tokio::task::JoinHandle<()>,
 }
+
+/// How often a local cluster's voters expire files and free packets: often, so a test
+/// sees an expiry within a second or two of the date.
+const LOCAL_UPKEEP_PERIOD: Duration = Duration::from_millis(500);
 
 pub struct LocalCluster {
     pub spec: ClusterSpec,
@@ -92,6 +101,7 @@ pub struct LocalCluster {
     retention_secs: Option<u64>,
     /// The clouds' shared verification key, in robust mode.
     verify_key: Option<mcloud_core::robust::VerifyKey>,
+    storage: Vec<mcloud_store::source::SourceConfig>,
 }
 
 /// Until when the cluster's own app token is good: a day is longer than any run.
@@ -131,6 +141,7 @@ impl LocalCluster {
             disclosure,
             retention_secs,
             robust,
+            storage,
         } = options;
         let names = tls::default_names();
         // The deployment's authority, in memory: every member is enrolled here at start.
@@ -177,6 +188,7 @@ impl LocalCluster {
             disclosure,
             retention_secs,
             verify_key: robust.then(mcloud_core::robust::VerifyKey::random),
+            storage,
         };
         for (voter, listener) in listeners.into_iter().enumerate() {
             let started = cluster.start_catalog_voter(voter as u16, listener).await?;
@@ -251,7 +263,19 @@ impl LocalCluster {
             credentials.roots()?,
         )
         .await?;
-        Ok(CatalogVoter { server, node })
+        let freer = if self.storage.is_empty() {
+            None
+        } else {
+            let sources = mcloud_store::source::Sources::open(&self.storage)?;
+            Some(mcloud_catalog::masters::freer(Arc::new(sources)))
+        };
+        let upkeep =
+            mcloud_catalog::masters::spawn_upkeep(node.clone(), freer, LOCAL_UPKEEP_PERIOD);
+        Ok(CatalogVoter {
+            server,
+            node,
+            upkeep,
+        })
     }
 
     /// Waits until every partition has a leader that the running voters agree on.
@@ -296,6 +320,7 @@ impl LocalCluster {
     /// Stops catalog voter `voter` (its server and Raft groups; its log and state stay).
     pub async fn stop_catalog(&mut self, voter: u16) {
         if let Some(v) = self.catalog[voter as usize].take() {
+            v.upkeep.abort();
             v.server.shutdown().await;
             v.node.shutdown().await;
         }
@@ -543,6 +568,44 @@ impl LocalCluster {
             .authority
             .tokens
             .issue_owner(OWNER, &houses, token_expiry())?)
+    }
+
+    /// A token of `user` (who owns no house) used by app `app`, for a day: what another
+    /// user's app shows the storage.
+    pub fn user_token(&self, user: &str, app: Option<&str>) -> Result<AppToken> {
+        let token = self
+            .authority
+            .tokens
+            .issue_owner(user, &[], token_expiry())?;
+        Ok(match app {
+            Some(app) => token.attenuate(
+                &self.authority.tokens.root(),
+                &mcloud_core::auth::app::Attenuation {
+                    app: Some(app.into()),
+                    ..Default::default()
+                },
+            )?,
+            None => token,
+        })
+    }
+
+    /// The storage as the holder of `token` sees it: the voters as masters, the cluster's
+    /// sources for data.
+    pub fn store_client(&self, token: &AppToken) -> Result<mcloud_store::client::StoreClient> {
+        let masters = self
+            .catalog_urls()
+            .into_iter()
+            .zip(self.catalog_parties())
+            .map(|(url, party)| {
+                let ca = [self.authority.parties[party as usize].ca.ca_pem()];
+                Ok(Endpoint::new(url, tls::app_client(&ca, &token.0)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sources = mcloud_store::source::Sources::open(&self.storage)?;
+        Ok(mcloud_store::client::StoreClient::new(
+            masters,
+            Arc::new(sources),
+        ))
     }
 
     /// A client that shows `token` to the clouds.

@@ -45,6 +45,9 @@ pub struct CatalogRole {
     /// (seconds, at least a minute), for sensors that ask about their batches late.
     #[serde(default = "default_keep_decided")]
     pub keep_decided_secs: u64,
+    /// The storage's sources (a file of `[[sources]]`), so this node's masters can free
+    /// the packets of expired and deleted files; without it they only expire metadata.
+    pub storage: Option<PathBuf>,
 }
 
 /// Least `keep_decided_secs`: below it a sensor still retrying a batch could find its flag
@@ -312,6 +315,31 @@ pub struct Deployment {
     /// The clouds run robust mode: sensors send proven reports.
     #[serde(default)]
     pub robust: bool,
+    /// The encrypted storage's sources (a file of `[[sources]]`), for `mcloud store` and
+    /// `mcloud mailbox`.
+    pub storage: Option<PathBuf>,
+}
+
+/// A storage file: the sources packets go to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageFile {
+    sources: Vec<mcloud_store::source::SourceConfig>,
+}
+
+/// The sources a storage file lists, local directories taken from the file's directory.
+pub fn load_storage(path: &Path) -> Result<Vec<mcloud_store::source::SourceConfig>> {
+    let mut file: StorageFile = read_toml(path)?;
+    let base = base_of(path);
+    for source in &mut file.sources {
+        if let Some(dir) = &mut source.path {
+            resolve(&base, dir);
+        }
+    }
+    if file.sources.is_empty() {
+        bail!("{}: no [[sources]] listed", path.display());
+    }
+    Ok(file.sources)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -363,6 +391,9 @@ impl NodeConfig {
             resolve(&base, &mut catalog.credentials);
             for peer in &mut catalog.peers {
                 resolve(&base, &mut peer.ca);
+            }
+            if let Some(storage) = &mut catalog.storage {
+                resolve(&base, storage);
             }
             if catalog.partitions == 0 {
                 bail!("{}: catalog partitions must be at least 1", path.display());
@@ -456,10 +487,21 @@ impl Deployment {
         {
             resolve(&base, path);
         }
+        if let Some(storage) = &mut d.storage {
+            resolve(&base, storage);
+        }
         if d.clouds.is_empty() {
             bail!("{}: no clouds listed", path.display());
         }
         Ok(d)
+    }
+
+    /// The storage's sources, from the file `storage` names.
+    pub fn storage_sources(&self) -> Result<Vec<mcloud_store::source::SourceConfig>> {
+        let path = self.storage.as_ref().context(
+            "this deployment names no storage: add `storage = \"FILE\"` listing its [[sources]]",
+        )?;
+        load_storage(path)
     }
 
     /// An HTTPS client pinning every CA of the deployment, showing no credential.

@@ -872,7 +872,7 @@ fn forwarded(data: &[u8]) {
                 assert!(table.effective(id, now_ms).is_none());
             }
         }
-        Forwarded::ReadAssignment(_) => {}
+        Forwarded::ReadAssignment(_) | Forwarded::ReadStore(_) => {}
     }
 }
 

@@ -18,6 +18,7 @@ pub mod demo;
 /// (`tests/fuzz_corpus.rs`) share them, so what fuzzing found stays tested on stable.
 pub mod fuzzing;
 pub mod input;
+pub mod mailbox;
 pub mod malicious;
 pub mod netns;
 pub mod node;
@@ -29,3 +30,4 @@ pub mod query;
 pub mod ramp;
 pub mod sensor;
 pub mod soak;
+pub mod store;

@@ -1,8 +1,8 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use mcloud::{
-    access, analytics, audit, authority, bench, bridge, catalog_admin, console, demo, node, query,
-    sensor, soak,
+    access, analytics, audit, authority, bench, bridge, catalog_admin, console, demo, mailbox,
+    node, query, sensor, soak, store,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +44,10 @@ enum Command {
     /// Serve a web console of the whole deployment: every node's health and the latest
     /// revealed windows.
     Console(console::ConsoleArgs),
+    /// Files on the deployment's encrypted storage: put, get, ls, rm, refresh.
+    Store(store::StoreArgs),
+    /// Messages for offline apps, sealed to their recipient: keygen, send, list, read.
+    Mailbox(mailbox::MailboxArgs),
     /// Measure private against plaintext throughput.
     Bench(bench::BenchArgs),
     /// Run the deployment as processes under steady load for minutes, killing one node a
@@ -88,6 +92,8 @@ async fn main() -> Result<ExitCode> {
         Command::Query(args) => query::run(args).await.map(|_| true)?,
         Command::Analytics(args) => analytics::run_command(args).await.map(|_| true)?,
         Command::Console(args) => console::run(args).await.map(|_| true)?,
+        Command::Store(args) => store::run(args).await.map(|_| true)?,
+        Command::Mailbox(args) => mailbox::run(args).await.map(|_| true)?,
         Command::Bench(args) => bench::run(args).await.map(|_| true)?,
         Command::Soak(args) => soak::run(args).await?,
         Command::Worker {

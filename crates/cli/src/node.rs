@@ -8,6 +8,7 @@ use mcloud_core::auth::authority::NodeCredentials;
 use mcloud_core::server::{bind, serve, serve_on};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 pub async fn run(config_path: &Path) -> Result<()> {
     let config = NodeConfig::load(config_path)?;
@@ -78,6 +79,20 @@ pub async fn run(config_path: &Path) -> Result<()> {
             server.url(),
         );
         servers.push(server);
+        let freer = match &catalog.storage {
+            Some(path) => {
+                let sources = crate::config::load_storage(path)?;
+                let sources = mcloud_store::source::Sources::open(&sources)
+                    .with_context(|| format!("opening the sources of {}", path.display()))?;
+                Some(mcloud_catalog::masters::freer(Arc::new(sources)))
+            }
+            None => None,
+        };
+        mcloud_catalog::masters::spawn_upkeep(
+            node.clone(),
+            freer,
+            mcloud_catalog::masters::UPKEEP_PERIOD,
+        );
         catalog_node = Some(node);
     }
     if let Some(cloud) = &config.cloud {

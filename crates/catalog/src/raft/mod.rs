@@ -474,6 +474,7 @@ pub fn router(node: Arc<CatalogNode>, auth: NodeAuth) -> Router {
     let metrics = metrics::register(&node);
     let status_node = node.clone();
     let access = access_router(node.clone(), auth.clone());
+    let auth_for_masters = auth.clone();
     watch_local_revocations(node.clone(), &auth);
     let router = crate::service::router_with_status(node.clone(), auth, move || {
         serde_json::json!({
@@ -485,6 +486,7 @@ pub fn router(node: Arc<CatalogNode>, auth: NodeAuth) -> Router {
     .merge(assignments_router(node.clone()))
     .merge(revocations_router(node.clone()))
     .merge(access)
+    .merge(crate::masters::router(node.clone(), auth_for_masters))
     .merge(internal_router(node));
     metrics.instrument(mcloud_core::console::with_console(router))
 }

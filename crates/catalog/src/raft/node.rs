@@ -125,6 +125,7 @@ pub enum Forwarded {
     Op(Op),
     Read(Vec<BatchId>),
     ReadAssignment(u16),
+    ReadStore(mcloud_store::master::StoreRead),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -132,6 +133,7 @@ pub enum ForwardedAnswer {
     Flags(Vec<Flag>),
     Read(Vec<Option<Flag>>),
     Assignment(Option<Assignment>),
+    Store(mcloud_store::master::StoreAnswer),
 }
 
 /// The partition that keeps every cloud's bucket → worker map: one fixed group, so a map's
@@ -430,7 +432,41 @@ impl CatalogNode {
                 .local_assignment(partition, party)
                 .await
                 .map(ForwardedAnswer::Assignment),
+            Forwarded::ReadStore(read) => {
+                let p = self.partition(partition)?;
+                let (reply, rx) = oneshot::channel();
+                Self::ask(partition, &p.reads, ReadRequest::Store { read, reply }, rx)
+                    .await
+                    .map(ForwardedAnswer::Store)
+            }
         }
+    }
+
+    /// Applies a storage or mailbox operation of the masters, through partition 0's leader.
+    pub async fn store_write(&self, op: mcloud_store::master::StoreOp) -> Result<(), CatalogError> {
+        self.write_register(Op::Store(op)).await
+    }
+
+    /// Reads the masters' state on partition 0's leader, after everything it committed.
+    pub async fn store_read(
+        &self,
+        read: mcloud_store::master::StoreRead,
+    ) -> Result<mcloud_store::master::StoreAnswer, CatalogError> {
+        match self
+            .on_leader(ASSIGNMENT_PARTITION, Forwarded::ReadStore(read))
+            .await?
+        {
+            ForwardedAnswer::Store(a) => Ok(a),
+            _ => Err(CatalogError::Storage(
+                "catalog answered a storage read with something else".into(),
+            )),
+        }
+    }
+
+    /// Whether this node leads partition 0 (the masters' metadata) now.
+    pub fn leads_masters(&self) -> bool {
+        self.leader_of(ASSIGNMENT_PARTITION)
+            .is_some_and(|(id, _)| id == self.id)
     }
 
     /// Stores cloud `party`'s bucket → worker map unless the catalog holds one with an equal
@@ -662,7 +698,9 @@ impl CatalogNode {
                         out[i] = Some(f);
                     }
                 }
-                ForwardedAnswer::Read(_) | ForwardedAnswer::Assignment(_) => {
+                ForwardedAnswer::Read(_)
+                | ForwardedAnswer::Assignment(_)
+                | ForwardedAnswer::Store(_) => {
                     return Err(CatalogError::Storage(
                         "catalog answered a read to a write".into(),
                     ))
@@ -897,7 +935,9 @@ impl FlagTable for Arc<CatalogNode> {
                         out[i] = f;
                     }
                 }
-                ForwardedAnswer::Flags(_) | ForwardedAnswer::Assignment(_) => {
+                ForwardedAnswer::Flags(_)
+                | ForwardedAnswer::Assignment(_)
+                | ForwardedAnswer::Store(_) => {
                     return Err(CatalogError::Storage(
                         "catalog answered a write to a read".into(),
                     ))

@@ -6,6 +6,7 @@ use super::types::{Assignment, Batch, NodeId, Op, Peer, Raft, WireError};
 use crate::now_ms;
 use mcloud_core::wire::{Flag, FlagState};
 use mcloud_core::BatchId;
+use mcloud_store::master::{StoreAnswer, StoreRead};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ pub enum LocalError {
 pub type OpAnswer = Result<Vec<Flag>, LocalError>;
 pub type ReadAnswer = Result<Vec<Option<Flag>>, LocalError>;
 pub type AssignmentAnswer = Result<Option<Assignment>, LocalError>;
+pub type StoreReadAnswer = Result<StoreAnswer, LocalError>;
 
 /// `None` proposes an entry with no operation: the deadline sweep.
 pub struct Proposal {
@@ -43,6 +45,10 @@ pub enum ReadRequest {
         party: u16,
         reply: oneshot::Sender<AssignmentAnswer>,
     },
+    Store {
+        read: StoreRead,
+        reply: oneshot::Sender<StoreReadAnswer>,
+    },
 }
 
 impl ReadRequest {
@@ -52,6 +58,9 @@ impl ReadRequest {
                 let _ = reply.send(Err(copy(e)));
             }
             ReadRequest::Assignment { reply, .. } => {
+                let _ = reply.send(Err(copy(e)));
+            }
+            ReadRequest::Store { reply, .. } => {
                 let _ = reply.send(Err(copy(e)));
             }
         }
@@ -236,7 +245,7 @@ pub async fn run_reader(
             let state = read(&sm);
             let ids = pending.iter().flat_map(|r| match r {
                 ReadRequest::Flags { ids, .. } => ids.as_slice(),
-                ReadRequest::Assignment { .. } => &[],
+                ReadRequest::Assignment { .. } | ReadRequest::Store { .. } => &[],
             });
             ids.into_iter().any(|id| {
                 state
@@ -279,6 +288,10 @@ pub async fn run_reader(
                 }
                 ReadRequest::Assignment { party, reply } => {
                     let _ = reply.send(Ok(state.registers.assignments.get(&party).cloned()));
+                }
+                ReadRequest::Store { read, reply } => {
+                    let answer = state.registers.store.read(&read);
+                    let _ = reply.send(answer.map_err(|e| LocalError::Failed(WireError::Store(e))));
                 }
             }
         }

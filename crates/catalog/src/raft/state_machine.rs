@@ -58,6 +58,8 @@ pub struct Registers {
     pub access: BTreeMap<String, AccessRules>,
     /// Each cloud's settled time (see `Op::Settled`), by party.
     pub settled: BTreeMap<u16, u64>,
+    /// The masters' storage and mailbox metadata.
+    pub store: mcloud_store::master::Masters,
 }
 
 impl Registers {
@@ -90,6 +92,19 @@ fn write(shared: &Shared) -> std::sync::RwLockWriteGuard<'_, SmState> {
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotData {
+    clock: u64,
+    flags: Vec<(u128, u8, u64)>,
+    assignments: Vec<(u16, Assignment)>,
+    revoked: Vec<String>,
+    access: Vec<AccessRules>,
+    revoked_sensors: Vec<u32>,
+    settled: Vec<(u16, u64)>,
+    store: mcloud_store::master::Masters,
+}
+
+/// A snapshot written before the catalog kept storage metadata.
+#[derive(Deserialize)]
+struct WithoutStore {
     clock: u64,
     flags: Vec<(u128, u8, u64)>,
     assignments: Vec<(u16, Assignment)>,
@@ -251,6 +266,11 @@ impl StateMachine {
                     table.prune(*before_ms);
                     Ok((Vec::new(), Vec::new()))
                 }
+                Op::Store(op) => registers
+                    .store
+                    .apply(op, now)
+                    .map(|_| (Vec::new(), Vec::new()))
+                    .map_err(crate::CatalogError::Store),
             };
             answers.push(match result {
                 Ok((flags, c)) => {
@@ -358,6 +378,7 @@ impl StateMachine {
                     .map(|r| (r.user.clone(), r))
                     .collect(),
                 settled: decoded.settled.into_iter().collect(),
+                store: decoded.store,
             },
             clock: decoded.clock,
         })
@@ -414,6 +435,7 @@ impl StateMachine {
         for (party, t) in &decoded.settled {
             ahead("settled time", *t).map_err(|e| format!("party {party}: {e}"))?;
         }
+        decoded.store.check().map_err(|e| e.to_string())?;
         Ok(())
     }
 
@@ -423,7 +445,18 @@ impl StateMachine {
         let decoded: SnapshotData = match dec(SNAPSHOT, data) {
             Ok(d) => d,
             Err(e) => {
-                if let Ok(old) = postcard::from_bytes::<WithoutSettled>(data) {
+                if let Ok(old) = postcard::from_bytes::<WithoutStore>(data) {
+                    SnapshotData {
+                        clock: old.clock,
+                        flags: old.flags,
+                        assignments: old.assignments,
+                        revoked: old.revoked,
+                        access: old.access,
+                        revoked_sensors: old.revoked_sensors,
+                        settled: old.settled,
+                        store: Default::default(),
+                    }
+                } else if let Ok(old) = postcard::from_bytes::<WithoutSettled>(data) {
                     SnapshotData {
                         clock: old.clock,
                         flags: old.flags,
@@ -432,6 +465,7 @@ impl StateMachine {
                         access: old.access,
                         revoked_sensors: old.revoked_sensors,
                         settled: Vec::new(),
+                        store: Default::default(),
                     }
                 } else if let Ok(old) = postcard::from_bytes::<WithoutAccess>(data) {
                     SnapshotData {
@@ -442,6 +476,7 @@ impl StateMachine {
                         access: Vec::new(),
                         revoked_sensors: Vec::new(),
                         settled: Vec::new(),
+                        store: Default::default(),
                     }
                 } else if let Ok(old) = postcard::from_bytes::<WithoutRevocations>(data) {
                     SnapshotData {
@@ -452,6 +487,7 @@ impl StateMachine {
                         access: Vec::new(),
                         revoked_sensors: Vec::new(),
                         settled: Vec::new(),
+                        store: Default::default(),
                     }
                 } else if let Ok(old) = postcard::from_bytes::<FlagsOnlySnapshot>(data) {
                     SnapshotData {
@@ -462,6 +498,7 @@ impl StateMachine {
                         access: Vec::new(),
                         revoked_sensors: Vec::new(),
                         settled: Vec::new(),
+                        store: Default::default(),
                     }
                 } else {
                     return Err(e);
@@ -498,6 +535,7 @@ impl StateMachine {
                     .iter()
                     .map(|(p, t)| (*p, *t))
                     .collect(),
+                store: state.registers.store.clone(),
             },
         )
     }

@@ -58,6 +58,8 @@ pub enum Op {
     ForgetCloud {
         party: u16,
     },
+    /// A storage or mailbox operation of the masters (partition 0).
+    Store(mcloud_store::master::StoreOp),
 }
 
 pub use mcloud_core::auth::access::AccessRules;
@@ -149,7 +151,11 @@ impl Op {
             Op::Assign { .. } => 1,
             Op::Revoke(v) => v.len(),
             Op::RevokeSensors(v) => v.len(),
-            Op::SetAccess(_) | Op::Settled { .. } | Op::Prune { .. } | Op::ForgetCloud { .. } => 1,
+            Op::SetAccess(_)
+            | Op::Settled { .. }
+            | Op::Prune { .. }
+            | Op::ForgetCloud { .. }
+            | Op::Store(_) => 1,
         }
     }
 
@@ -192,6 +198,7 @@ pub enum WireError {
     BadRevocation(String),
     BadAccess(String),
     BadSettled(String),
+    Store(mcloud_store::master::MasterError),
 }
 
 impl From<CatalogError> for WireError {
@@ -224,6 +231,7 @@ impl From<CatalogError> for WireError {
             CatalogError::BadRevocation(m) => WireError::BadRevocation(m),
             CatalogError::BadAccess(m) => WireError::BadAccess(m),
             CatalogError::BadSettled(m) => WireError::BadSettled(m),
+            CatalogError::Store(m) => WireError::Store(m),
             CatalogError::Call(e) if e.is_retryable() => WireError::Unavailable(e.to_string()),
             CatalogError::Call(e) => WireError::Storage(e.to_string()),
         }
@@ -260,6 +268,7 @@ impl From<WireError> for CatalogError {
             WireError::BadRevocation(m) => CatalogError::BadRevocation(m),
             WireError::BadAccess(m) => CatalogError::BadAccess(m),
             WireError::BadSettled(m) => CatalogError::BadSettled(m),
+            WireError::Store(m) => CatalogError::Store(m),
         }
     }
 }

@@ -1,0 +1,303 @@
+//! The masters of encrypted storage and the mailbox: every catalog node serves apps' storage
+//! requests and runs them on partition 0's leader, so each write is a Raft entry a majority
+//! of voters holds. The node draws whatever a write needs at random (version ids, key
+//! secrets, write orders, message ids) before proposing it; the rules are
+//! `mcloud_store::master`'s.
+//!
+//! The leader also keeps the storage tidy ([`spawn_upkeep`]): it expires what is due and, when
+//! the node can reach the sources, deletes freed packets from them.
+
+use crate::{CatalogError, CatalogNode};
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Extension, Router};
+use mcloud_core::auth::app::{AppRequest, QueryKind};
+use mcloud_core::auth::{AppBearer, NodeAuth};
+use mcloud_core::http::{ApiError, Postcard};
+use mcloud_store::master::{
+    Begin, Commit, Kind, ObjectKey, Reader, RefreshBegin, RefreshCommit, StoreAnswer, StoreOp,
+    StoreRead,
+};
+use mcloud_store::wire::{StoreRequest, StoreResponse, Target, STORE_PATH};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone)]
+struct Masters {
+    node: Arc<CatalogNode>,
+    auth: NodeAuth,
+}
+
+/// The masters' routes, for apps with a token.
+pub fn router(node: Arc<CatalogNode>, auth: NodeAuth) -> Router {
+    Router::new()
+        .route(STORE_PATH, post(store))
+        .layer(axum::middleware::from_fn(mcloud_core::auth::require_app))
+        .with_state(Masters { node, auth })
+}
+
+fn unexpected() -> ApiError {
+    ApiError::internal("the masters answered a storage read with something else")
+}
+
+async fn store(
+    State(m): State<Masters>,
+    Extension(bearer): Extension<AppBearer>,
+    Postcard(req): Postcard<StoreRequest>,
+) -> Result<Postcard<StoreResponse>, ApiError> {
+    // Any valid token names a user (and an app when it was handed to one); what that user
+    // may do with each object is the masters' access rules.
+    let grant = m.auth.authorize_app(
+        &bearer,
+        &AppRequest {
+            now: mcloud_core::auth::now_secs(),
+            query: QueryKind::Compute,
+            level: mcloud_core::reading::GroupLevel::House,
+        },
+    )?;
+    let caller = Reader {
+        user: grant.user,
+        app: grant.app,
+    };
+    let node = &m.node;
+    // A message is only ever its recipient's to read or consume, and a file named without
+    // an owner is the caller's own: the caller's user fills both in.
+    let own = |mut key: ObjectKey| {
+        if key.kind == Kind::Message || key.owner.is_empty() {
+            key.owner = caller.user.clone();
+        }
+        key
+    };
+    let req = match req {
+        StoreRequest::Commit { key, id, records } => StoreRequest::Commit {
+            key: own(key),
+            id,
+            records,
+        },
+        StoreRequest::RefreshBegin { key, version } => StoreRequest::RefreshBegin {
+            key: own(key),
+            version,
+        },
+        StoreRequest::RefreshCommit { key, id, records } => StoreRequest::RefreshCommit {
+            key: own(key),
+            id,
+            records,
+        },
+        StoreRequest::Get { key, version } => StoreRequest::Get {
+            key: own(key),
+            version,
+        },
+        StoreRequest::Delete { key } => StoreRequest::Delete { key: own(key) },
+        other => other,
+    };
+    let answer = match req {
+        StoreRequest::Begin {
+            target,
+            len,
+            packet_bytes,
+            replicas,
+            sources,
+            lifetime_secs,
+            access,
+        } => {
+            let key = match target {
+                Target::File { name } => ObjectKey::file(&caller.user, &name),
+                Target::Message { recipient } => {
+                    ObjectKey::message(&recipient, rand::random::<u64>())
+                }
+            };
+            let begin = Begin::draw(
+                key,
+                caller,
+                len,
+                packet_bytes,
+                replicas,
+                sources,
+                lifetime_secs,
+                access,
+                &mut rand::rngs::OsRng,
+            )
+            .map_err(CatalogError::Store)?;
+            node.store_write(StoreOp::Begin(begin.clone())).await?;
+            StoreResponse::Plan(Box::new(begin))
+        }
+        StoreRequest::Commit { key, id, records } => {
+            node.store_write(StoreOp::Commit(Commit {
+                key,
+                writer: caller,
+                id,
+                records,
+            }))
+            .await?;
+            StoreResponse::Done
+        }
+        StoreRequest::RefreshBegin { key, version } => {
+            let StoreAnswer::Version(v) = node
+                .store_read(StoreRead::Version {
+                    key: key.clone(),
+                    reader: caller.clone(),
+                    version: Some(version),
+                })
+                .await?
+            else {
+                return Err(unexpected());
+            };
+            let StoreAnswer::RefreshChoice {
+                id,
+                packets,
+                key_id,
+            } = node
+                .store_read(StoreRead::RefreshChoice {
+                    key: key.clone(),
+                    version,
+                })
+                .await?
+            else {
+                return Err(unexpected());
+            };
+            let plan = RefreshBegin::draw(key, caller, id, packets, key_id, &mut rand::rngs::OsRng);
+            node.store_write(StoreOp::RefreshBegin(plan.clone()))
+                .await?;
+            StoreResponse::Refresh {
+                plan: Box::new(plan),
+                version: v,
+            }
+        }
+        StoreRequest::RefreshCommit { key, id, records } => {
+            node.store_write(StoreOp::RefreshCommit(RefreshCommit {
+                key,
+                writer: caller,
+                id,
+                records,
+            }))
+            .await?;
+            StoreResponse::Done
+        }
+        StoreRequest::Get { key, version } => match node
+            .store_read(StoreRead::Version {
+                key,
+                reader: caller,
+                version,
+            })
+            .await?
+        {
+            StoreAnswer::Version(v) => StoreResponse::Version(v),
+            _ => return Err(unexpected()),
+        },
+        StoreRequest::List { kind, owner } => {
+            let owner = match kind {
+                Kind::Message => Some(caller.user.clone()),
+                Kind::File => owner,
+            };
+            match node
+                .store_read(StoreRead::List {
+                    kind,
+                    owner,
+                    reader: caller,
+                })
+                .await?
+            {
+                StoreAnswer::List(l) => StoreResponse::List(l),
+                _ => return Err(unexpected()),
+            }
+        }
+        StoreRequest::Delete { key } => {
+            node.store_write(StoreOp::Delete { key, by: caller })
+                .await?;
+            StoreResponse::Done
+        }
+        StoreRequest::SetMailboxKey { public_key } => {
+            if caller.app.is_some() {
+                return Err(ApiError::forbidden(
+                    "not_an_owner",
+                    "only a user's own token (not one handed to an app) sets its mailbox key",
+                ));
+            }
+            node.store_write(StoreOp::SetMailboxKey {
+                user: caller.user,
+                public_key,
+            })
+            .await?;
+            StoreResponse::Done
+        }
+        StoreRequest::MailboxKey { user } => {
+            match node.store_read(StoreRead::MailboxKey(user)).await? {
+                StoreAnswer::MailboxKey(k) => StoreResponse::MailboxKey(k),
+                _ => return Err(unexpected()),
+            }
+        }
+    };
+    Ok(Postcard(answer))
+}
+
+/// Deletes blobs from the sources; returns whether every one is gone.
+pub type Freer =
+    Arc<dyn Fn(Vec<(u8, String)>) -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
+
+/// How often a node that leads the masters looks for expired files and garbage.
+pub const UPKEEP_PERIOD: Duration = Duration::from_secs(10);
+
+/// A [`Freer`] that deletes from `sources` (a blob already gone counts as freed).
+pub fn freer(sources: Arc<mcloud_store::source::Sources>) -> Freer {
+    Arc::new(move |blobs| {
+        let sources = sources.clone();
+        Box::pin(async move {
+            match mcloud_store::data::free(&sources, &blobs).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "freeing packets at the sources failed");
+                    false
+                }
+            }
+        })
+    })
+}
+
+/// While this node leads the masters: every `period`, expires what is due and, with a
+/// `freer` (the node can reach the sources), frees garbage at the sources and records it.
+pub fn spawn_upkeep(
+    node: Arc<CatalogNode>,
+    freer: Option<Freer>,
+    period: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !node.leads_masters() {
+                continue;
+            }
+            if let Err(e) = upkeep(&node, freer.as_ref()).await {
+                tracing::warn!(error = %e, "storage upkeep failed; retrying next period");
+            }
+        }
+    })
+}
+
+async fn upkeep(node: &CatalogNode, freer: Option<&Freer>) -> Result<(), CatalogError> {
+    let now = crate::now_ms();
+    if let StoreAnswer::Due(true) = node.store_read(StoreRead::Due(now)).await? {
+        node.store_write(StoreOp::Expire).await?;
+    }
+    let Some(freer) = freer else {
+        return Ok(());
+    };
+    let StoreAnswer::Garbage(sets) = node
+        .store_read(StoreRead::Garbage(mcloud_store::master::MAX_GARBAGE_READ))
+        .await?
+    else {
+        return Ok(());
+    };
+    let mut freed = Vec::new();
+    for set in sets {
+        if freer(set.blobs()).await {
+            freed.push(set.seq);
+        }
+    }
+    if !freed.is_empty() {
+        tracing::debug!(sets = freed.len(), "freed packets at the sources");
+        node.store_write(StoreOp::Freed(freed)).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! `mcloud store`: files on the deployment's encrypted storage. Data goes straight to the
+//! sources named in the deployment's storage file; the catalog nodes (the masters) hand out
+//! plans, keys and access decisions.
+
+use crate::config::{wait_for_ca, Deployment};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use mcloud_store::client::StoreClient;
+use mcloud_store::master::FileAccess;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Args, Debug)]
+pub struct StoreArgs {
+    #[arg(long)]
+    pub deployment: PathBuf,
+    /// The app token to act with (default: the deployment's `[credentials] app`).
+    #[arg(long)]
+    pub token: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: StoreCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Store FILE as a new version of NAME (one of the caller's files).
+    Put {
+        name: String,
+        file: PathBuf,
+        /// A user whose apps may read it (repeat for more).
+        #[arg(long = "friend")]
+        friends: Vec<String>,
+        /// Every other user's apps may read it.
+        #[arg(long)]
+        others: bool,
+        /// An app that may not read it, whoever's it is (repeat for more).
+        #[arg(long = "deny-app")]
+        denied_apps: Vec<String>,
+        /// Days until it expires unless refreshed.
+        #[arg(long, default_value_t = 30.0)]
+        lifetime_days: f64,
+    },
+    /// Write a version of NAME to `--out` (or stdout).
+    Get {
+        name: String,
+        /// Whose file (default: the caller's).
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List the files the caller may read.
+    Ls {
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Delete one of the caller's files, every version.
+    Rm { name: String },
+    /// Rewrite a tenth of each version's packets under new keys, extending its expiry.
+    Refresh { name: String },
+}
+
+/// The client of a deployment's storage, acting with `token` (or the deployment's app token).
+pub fn client(deployment: &Path, token: Option<&Path>) -> Result<StoreClient> {
+    let d = Deployment::load(deployment)?;
+    let token_path =
+        match token {
+            Some(t) => t.to_path_buf(),
+            None => d.credentials.app.clone().context(
+                "no token: pass --token FILE or add `app = \"FILE\"` under [credentials]",
+            )?,
+        };
+    let token = std::fs::read_to_string(&token_path)
+        .with_context(|| format!("reading {}", token_path.display()))?;
+    let storage = d.storage_sources()?;
+    let sources = Arc::new(mcloud_store::source::Sources::open(&storage)?);
+    let masters = std::iter::once(&d.catalog)
+        .chain(&d.catalog_nodes)
+        .map(|node| {
+            let http = mcloud_core::tls::app_client(&[wait_for_ca(&node.ca)?], token.trim())?;
+            Ok(mcloud_core::http::Endpoint::new(node.url.clone(), http))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(StoreClient::new(masters, sources))
+}
+
+pub async fn run(args: StoreArgs) -> Result<()> {
+    let mut store = client(&args.deployment, args.token.as_deref())?;
+    match args.command {
+        StoreCommand::Put {
+            name,
+            file,
+            friends,
+            others,
+            denied_apps,
+            lifetime_days,
+        } => {
+            if !(lifetime_days.is_finite() && lifetime_days > 0.0) {
+                bail!("--lifetime-days must be a positive number of days");
+            }
+            store.options.lifetime_secs = (lifetime_days * 86_400.0).round() as u64;
+            let data =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let access = FileAccess {
+                friends,
+                others,
+                denied_apps,
+            };
+            store.put(&name, &data, access).await?;
+            eprintln!("stored {name}: {} bytes", data.len());
+        }
+        StoreCommand::Get {
+            name,
+            owner,
+            version,
+            out,
+        } => {
+            let data = store
+                .get(owner.as_deref().unwrap_or(""), &name, version)
+                .await?;
+            match out {
+                Some(path) => std::fs::write(&path, &data)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&data)?;
+                }
+            }
+        }
+        StoreCommand::Ls { owner } => {
+            println!("owner\tname\tversion\tbytes\texpires");
+            for info in store.list(owner.as_deref()).await? {
+                for (number, len, _created, expires) in &info.versions {
+                    println!(
+                        "{}\t{}\t{number}\t{len}\t{}",
+                        info.key.owner,
+                        info.key.name,
+                        crate::store::format_ms(*expires)
+                    );
+                }
+            }
+        }
+        StoreCommand::Rm { name } => {
+            store.delete(&name).await?;
+            eprintln!("deleted {name}");
+        }
+        StoreCommand::Refresh { name } => {
+            for (version, packets) in store.refresh(&name).await? {
+                eprintln!("refreshed {name} version {version}: {packets} packets under a new key");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How far away a time in ms since the epoch is, for people: "in 29.9 d", "2.0 h ago".
+pub fn format_ms(ms: u64) -> String {
+    let now = mcloud_core::auth::now_secs() as f64 * 1000.0;
+    let delta = (ms as f64 - now) / 1000.0;
+    let (value, unit) = match delta.abs() {
+        d if d >= 86_400.0 => (d / 86_400.0, "d"),
+        d if d >= 3600.0 => (d / 3600.0, "h"),
+        d if d >= 60.0 => (d / 60.0, "min"),
+        d => (d, "s"),
+    };
+    if delta >= 0.0 {
+        format!("in {value:.1} {unit}")
+    } else {
+        format!("{value:.1} {unit} ago")
+    }
+}

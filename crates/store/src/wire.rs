@@ -1,0 +1,79 @@
+//! What apps send the masters, and what they answer. One route takes every request: the
+//! masters' whole API is called by one group (apps with a token), and each request names the
+//! object it is about.
+
+use crate::master::{Begin, FileAccess, Kind, ObjectInfo, ObjectKey, RefreshBegin, Version};
+use crate::packet::PacketRecord;
+use serde::{Deserialize, Serialize};
+
+/// Where apps reach the masters (every catalog node serves it and forwards to the leader).
+pub const STORE_PATH: &str = "/v1/store";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum StoreRequest {
+    /// Reserves a new version of one of the caller's files, or a message to `recipient`.
+    Begin {
+        target: Target,
+        len: u64,
+        packet_bytes: u32,
+        replicas: u8,
+        sources: Vec<u8>,
+        lifetime_secs: u64,
+        access: FileAccess,
+    },
+    Commit {
+        key: ObjectKey,
+        id: u64,
+        records: Vec<PacketRecord>,
+    },
+    /// Starts a refresh of a version of one of the caller's files.
+    RefreshBegin {
+        key: ObjectKey,
+        version: u32,
+    },
+    RefreshCommit {
+        key: ObjectKey,
+        id: u64,
+        records: Vec<PacketRecord>,
+    },
+    /// A version the caller may read, with its records and keys (newest when None).
+    Get {
+        key: ObjectKey,
+        version: Option<u32>,
+    },
+    /// Files the caller may read (of one owner, or all), or the caller's messages.
+    List {
+        kind: Kind,
+        owner: Option<String>,
+    },
+    /// Deletes a file of the caller's, or consumes a message to the caller (`readmessage`).
+    Delete {
+        key: ObjectKey,
+    },
+    /// The caller's mailbox public key (X25519).
+    SetMailboxKey {
+        public_key: [u8; 32],
+    },
+    MailboxKey {
+        user: String,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Target {
+    File { name: String },
+    Message { recipient: String },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum StoreResponse {
+    Done,
+    Plan(Box<Begin>),
+    Refresh {
+        plan: Box<RefreshBegin>,
+        version: Box<Version>,
+    },
+    Version(Box<Version>),
+    List(Vec<ObjectInfo>),
+    MailboxKey(Option<[u8; 32]>),
+}
