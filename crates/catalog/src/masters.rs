@@ -69,11 +69,18 @@ async fn store(
         key
     };
     let req = match req {
-        StoreRequest::Commit { key, id, records } => StoreRequest::Commit {
-            key: own(key),
+        // A message's writer commits into the recipient's mailbox; the masters check the
+        // committer began the write.
+        StoreRequest::Commit {
+            mut key,
             id,
             records,
-        },
+        } => {
+            if key.owner.is_empty() {
+                key.owner = caller.user.clone();
+            }
+            StoreRequest::Commit { key, id, records }
+        }
         StoreRequest::RefreshBegin { key, version } => StoreRequest::RefreshBegin {
             key: own(key),
             version,

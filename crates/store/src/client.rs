@@ -171,6 +171,18 @@ impl StoreClient {
         }
     }
 
+    /// What the masters hold about a version of `owner`'s file `name` that the caller may
+    /// read (the newest when `version` is None; an empty owner is the caller): its
+    /// packet records, keys and dates.
+    pub async fn describe(
+        &self,
+        owner: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Version, ClientError> {
+        self.version(ObjectKey::file(owner, name), version).await
+    }
+
     /// A version of `owner`'s file `name` (the newest when `version` is None; an empty
     /// owner is the caller).
     pub async fn get(

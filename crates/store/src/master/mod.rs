@@ -96,12 +96,15 @@ pub fn check_name(what: &str, name: &str) -> Result<(), MasterError> {
         && name.chars().count() <= MAX_NAME_CHARS
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-/@".contains(c));
+            .all(|c| c.is_ascii_alphanumeric() || "._-/@".contains(c))
+        // Names read like paths to people, so they must not play path tricks even though
+        // no name ever reaches a file system (blobs are named by HMAC).
+        && name.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..");
     if ok {
         Ok(())
     } else {
         Err(MasterError::BadName(format!(
-            "{what} {:?} is not 1 to {MAX_NAME_CHARS} letters, digits or ._-/@",
+            "{what} {:?} is not 1 to {MAX_NAME_CHARS} letters, digits or ._-/@ in non-empty segments other than . and ..",
             name.chars().take(40).collect::<String>()
         )))
     }

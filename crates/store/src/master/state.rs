@@ -312,6 +312,15 @@ impl Masters {
             return Err(MasterError::Expired("the write's deadline passed".into()));
         }
         let b = &pending.begin;
+        // A message's recipient is not its writer: only who began a write may finish it.
+        if b.writer != c.writer {
+            return Err(MasterError::Forbidden(format!(
+                "write {:016x} was begun by {}, not {}",
+                c.id,
+                describe(&b.writer),
+                describe(&c.writer)
+            )));
+        }
         let all: Vec<u32> = (0..b.ciphers.len() as u32).collect();
         check_records(
             &c.records,
