@@ -426,6 +426,7 @@ pub fn voter_party(voter: u16, parties: u16) -> u16 {
 /// sensor.toml           the gateway sensor (id 1, any house)
 /// owner.token           the token of the user who owns houses 0 to 63 (30 days)
 /// collector.token       the deployment collector's token (30 days; other-users scope)
+/// friend.token          the token of a user who owns no house (30 days): storage, mailbox
 /// ```
 pub fn write_local(dir: &Path, parties: u16, voters: u16) -> Result<()> {
     write_local_with_names(dir, parties, voters, &[])
@@ -494,5 +495,10 @@ pub fn write_local_with_names(
         .tokens
         .issue_owner(crate::cluster::OWNER, &houses, until(30.0)?)?;
     write_secret(&dir.join("owner.token"), &owner.0)?;
+    // A second user with no house: someone the owner shares files and sends messages to.
+    let friend = authority
+        .tokens
+        .issue_owner(crate::cluster::FRIEND, &[], until(30.0)?)?;
+    write_secret(&dir.join("friend.token"), &friend.0)?;
     Ok(())
 }

@@ -112,6 +112,9 @@ fn token_expiry() -> u64 {
 /// The user who owns every house of a local deployment.
 pub const OWNER: &str = "owner";
 
+/// A second user of a local deployment, owning no house: whom the owner shares with.
+pub const FRIEND: &str = "friend";
+
 /// Houses the owner's default collector names (the DEBS 2014 data has 40).
 pub const LOCAL_HOUSES: u32 = 64;
 

@@ -39,6 +39,9 @@ impl Role {
     }
 }
 
+/// Local-directory sources of a process deployment's storage (`sources/0`, ...).
+pub const STORAGE_SOURCES: u8 = 3;
+
 #[derive(Clone, Debug)]
 pub struct ProcessSpec {
     /// The `mcloud` binary every process runs.
@@ -156,7 +159,8 @@ impl ProcessCluster {
             };
             let text = format!(
                 "data_dir = \"catalog{i}\"\n[catalog]\nlisten = \"{}:{}\"\nnode_id = {}\n\
-                 credentials = \"trust/voter{i}\"\npartitions = {}\njoin = {join}\n{}{peers}",
+                 credentials = \"trust/voter{i}\"\npartitions = {}\njoin = {join}\n\
+                 storage = \"storage.toml\"\n{}{peers}",
                 cluster.host_of(Role::Catalog(i)),
                 cluster.catalog_ports[i],
                 i + 1,
@@ -215,7 +219,7 @@ impl ProcessCluster {
             .map(|v| cluster.catalog_endpoint(v))
             .collect();
         let mut text = format!(
-            "catalog = {}\ncatalog_nodes = [{}]\nrobust = {}\n\n[credentials]\nsensor = \"trust/sensor.toml\"\n\
+            "catalog = {}\ncatalog_nodes = [{}]\nrobust = {}\nstorage = \"storage.toml\"\n\n[credentials]\nsensor = \"trust/sensor.toml\"\n\
              app = \"trust/owner.token\"\nadmin = \"trust/admin\"\n\n",
             cluster.catalog_endpoint(0),
             others.join(", "),
@@ -228,6 +232,13 @@ impl ProcessCluster {
             );
         }
         cluster.write_file("deployment.toml", &text)?;
+        // The encrypted storage's sources: local directories every role of this machine
+        // reaches (the voters free packets there, `mcloud store` writes there).
+        let mut storage = String::new();
+        for id in 0..STORAGE_SOURCES {
+            storage += &format!("[[sources]]\nid = {id}\npath = \"sources/{id}\"\n");
+        }
+        cluster.write_file("storage.toml", &storage)?;
         Ok(cluster)
     }
 

@@ -2,6 +2,8 @@
 //! local-directory sources, used through the same client `mcloud store` and `mcloud mailbox`
 //! use. Each test holds one of the storage's guarantees.
 
+mod common;
+
 use mcloud::cluster::{ClusterOptions, ClusterSpec, LocalCluster, OWNER};
 use mcloud_core::http::{post, CallError, Endpoint};
 use mcloud_store::client::{ClientError, StoreClient};
@@ -83,14 +85,6 @@ fn blobs(dir: &Path) -> Vec<PathBuf> {
         walk(&source_dir(dir, id), &mut out);
     }
     out
-}
-
-async fn eventually(what: &str, give_up: Duration, mut check: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !check() {
-        assert!(started.elapsed() < give_up, "{what} within {give_up:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> String {
@@ -202,11 +196,9 @@ async fn files_survive_a_lost_master_minority_and_a_lost_source_and_sources_see_
         assert_eq!(code(store.get("", name, None).await), "not_found");
     }
     let root = dir.path().to_path_buf();
-    eventually(
-        "every deleted packet freed",
-        Duration::from_secs(30),
-        || blobs(&root).is_empty(),
-    )
+    common::wait_for(30, "every deleted packet freed", async || {
+        (blobs(&root).is_empty()).then_some(())
+    })
     .await;
 }
 
@@ -357,12 +349,11 @@ async fn a_refresh_keeps_a_file_and_a_missed_one_deletes_it_everywhere() {
     // `dropped` is never refreshed: after its date it is gone from the masters and from
     // every source; `kept`, refreshed since, still reads and only its packets remain.
     let root = dir.path().to_path_buf();
-    let wait = Duration::from_secs(mcloud_store::master::MIN_LIFETIME_SECS + 30);
+    let wait = Duration::from_secs(mcloud_store::master::MIN_LIFETIME_SECS + 20);
     let mut gone = false;
-    let started = Instant::now();
     while !gone {
         assert!(
-            started.elapsed() < wait,
+            written.elapsed() < wait,
             "the unrefreshed file expired in time"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -372,10 +363,10 @@ async fn a_refresh_keeps_a_file_and_a_missed_one_deletes_it_everywhere() {
         );
     }
     assert_eq!(store.get("", "kept", None).await.unwrap(), kept);
-    eventually(
+    common::wait_for(
+        30,
         "the expired file's and the replaced packets' blobs freed",
-        Duration::from_secs(30),
-        || blobs(&root).len() == after.records.len(),
+        async || (blobs(&root).len() == after.records.len()).then_some(()),
     )
     .await;
 }
@@ -417,11 +408,9 @@ async fn mailbox_messages_reach_only_their_recipient_and_go_once_read() {
     assert!(bob.messages().await.unwrap().is_empty());
     assert_eq!(code(bob.message(&id, &bob_keys).await), "not_found");
     let root = dir.path().to_path_buf();
-    eventually(
-        "a read message's packets freed",
-        Duration::from_secs(30),
-        || blobs(&root).is_empty(),
-    )
+    common::wait_for(30, "a read message's packets freed", async || {
+        (blobs(&root).is_empty()).then_some(())
+    })
     .await;
 }
 
@@ -490,4 +479,134 @@ async fn bad_storage_requests_are_refused_with_codes_and_change_nothing() {
     // Nothing of it was kept.
     let store = owner(&cluster);
     assert!(store.list(None).await.unwrap().is_empty());
+}
+
+/// Runs `mcloud ARGS` in `dir`, returning stdout; panics with stderr on failure.
+fn mcloud(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(common::BIN)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mcloud {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_stores_shares_and_mails_through_mcloud_node_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        mcloud::processes::ProcessCluster::write(common::process_spec(dir.path())).unwrap();
+    for voter in 0..3 {
+        cluster
+            .start(mcloud::processes::Role::Catalog(voter))
+            .unwrap();
+    }
+    let d = dir.path();
+    let store = ["store", "--deployment", "deployment.toml"];
+    let as_friend = [
+        "store",
+        "--deployment",
+        "deployment.toml",
+        "--token",
+        "trust/friend.token",
+    ];
+    let with = |base: &[&str], more: &[&str]| -> Vec<String> {
+        base.iter().chain(more).map(|s| s.to_string()).collect()
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        mcloud(d, &args)
+    };
+    let body = data(100_000, b"the owner's notes");
+    std::fs::write(d.join("notes.bin"), &body).unwrap();
+    // The voters elect their leaders while the first write retries.
+    common::wait_for(60, "the masters to take a write", async || {
+        let args = with(&store, &["put", "notes", "notes.bin", "--friend", "friend"]);
+        let out = std::process::Command::new(common::BIN)
+            .current_dir(d)
+            .args(&args)
+            .output()
+            .unwrap();
+        out.status.success().then_some(())
+    })
+    .await;
+    let listed = run(with(&store, &["ls"]));
+    assert!(
+        listed.contains("owner\tnotes\t0\t100000\tin 30.0 d"),
+        "{listed}"
+    );
+    run(with(
+        &as_friend,
+        &["get", "notes", "--owner", "owner", "--out", "copy.bin"],
+    ));
+    assert_eq!(std::fs::read(d.join("copy.bin")).unwrap(), body);
+    let refreshed = std::process::Command::new(common::BIN)
+        .current_dir(d)
+        .args(with(&store, &["refresh", "notes"]))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&refreshed.stderr).contains("version 0: 1 packets"),
+        "{}",
+        String::from_utf8_lossy(&refreshed.stderr)
+    );
+    // The friend may read but neither write nor delete the owner's file.
+    let refused = std::process::Command::new(common::BIN)
+        .current_dir(d)
+        .args(with(&as_friend, &["rm", "notes"]))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not_found"));
+
+    let mailbox = ["mailbox", "--deployment", "deployment.toml"];
+    let friend_mailbox = [
+        "mailbox",
+        "--deployment",
+        "deployment.toml",
+        "--token",
+        "trust/friend.token",
+    ];
+    run(with(
+        &friend_mailbox,
+        &["keygen", "--key", "friend.mailbox"],
+    ));
+    let id = run(with(
+        &mailbox,
+        &["send", "--to", "friend", "--text", "plug 7 is an outlier"],
+    ));
+    let id = id.trim();
+    let listed = run(with(&friend_mailbox, &["list"]));
+    assert!(listed.contains(&format!("{id}\towner\t")), "{listed}");
+    let text = run(with(
+        &friend_mailbox,
+        &["read", id, "--key", "friend.mailbox"],
+    ));
+    assert_eq!(text, "plug 7 is an outlier");
+    let listed = run(with(&friend_mailbox, &["list"]));
+    assert_eq!(
+        listed.lines().count(),
+        1,
+        "only the header is left: {listed}"
+    );
+
+    run(with(&store, &["rm", "notes"]));
+    assert!(run(with(&store, &["ls"])).lines().count() == 1);
+    // Every packet freed at the sources by the leading voter's upkeep.
+    common::wait_for(60, "the sources to be emptied", async || {
+        let left = (0..mcloud::processes::STORAGE_SOURCES)
+            .map(|id| {
+                std::fs::read_dir(d.join(format!("sources/{id}")))
+                    .map(|e| e.count())
+                    .unwrap_or(0)
+            })
+            .sum::<usize>();
+        (left == 0).then_some(())
+    })
+    .await;
 }

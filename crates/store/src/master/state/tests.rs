@@ -366,6 +366,16 @@ fn a_message_reads_only_for_its_recipient_and_is_gone_once_read() {
     .unwrap();
     m.apply(&StoreOp::Begin(b.clone()), 0).unwrap();
     let records = records_for(&[0], |p| b.ciphers[p as usize], 0, 2, &b.sources);
+    // The recipient (or anyone else) cannot finish the sender's write.
+    let hijack = StoreOp::Commit(Commit {
+        key: key.clone(),
+        writer: as_user("bob", None),
+        id: b.id,
+        records: records.clone(),
+    });
+    let before = m.clone();
+    assert_eq!(m.apply(&hijack, 1).unwrap_err().code(), "store_forbidden");
+    assert_eq!(m, before);
     m.apply(
         &StoreOp::Commit(Commit {
             key: key.clone(),
