@@ -31,6 +31,12 @@ pub struct BenchArgs {
     /// reaction to a load step.
     #[arg(long)]
     pub elastic: bool,
+    /// Benchmark the encrypted storage: write and read throughput of user data (two copies,
+    /// local-directory sources) and the raw AEAD throughput, in one run.
+    #[arg(long)]
+    pub store: bool,
+    #[command(flatten)]
+    pub store_args: crate::bench_store::StoreBenchArgs,
     /// Robust mode against plain mode on the same input (records and load histograms), both
     /// among the same number of clouds: reports and readings per second.
     #[arg(long)]
@@ -92,6 +98,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     if args.catalog {
         return crate::catalog_bench::run(args.catalog_args).await;
+    }
+    if args.store {
+        return crate::bench_store::run(args.store_args).await;
     }
     let (readings, description) = args.input.load()?;
     eprintln!(

@@ -753,6 +753,24 @@ provisioner = "os-process"
     }
 
     #[test]
+    fn the_example_storage_loads_for_the_deployment_and_every_node() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/local");
+        let d = Deployment::load(&dir.join("deployment.toml")).unwrap();
+        let sources = d.storage_sources().unwrap();
+        assert_eq!(sources.iter().map(|s| s.id).collect::<Vec<_>>(), [0, 1, 2]);
+        for s in &sources {
+            s.validate().unwrap();
+            // Relative to the file, not to wherever the command runs.
+            assert!(s.path.as_ref().unwrap().starts_with(&dir));
+        }
+        for n in 0..4 {
+            let config = NodeConfig::load(&dir.join(format!("node{n}.toml"))).unwrap();
+            let storage = config.catalog.unwrap().storage.unwrap();
+            assert_eq!(load_storage(&storage).unwrap(), sources);
+        }
+    }
+
+    #[test]
     fn an_elastic_section_needs_a_cloud() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");

@@ -7,6 +7,7 @@ pub mod authority;
 pub mod bench;
 pub mod bench_debs;
 pub mod bench_elastic;
+pub mod bench_store;
 pub mod bridge;
 pub mod catalog_admin;
 pub mod catalog_bench;
