@@ -30,6 +30,16 @@ pub struct AnalyticsArgs {
     /// Write DIR/q1.csv and DIR/q2.csv; without it the rows go to stdout.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
+    /// Also store the tables as NAME/q1.csv and NAME/q2.csv in the storage.
+    #[command(flatten)]
+    pub archive: crate::store::ArchiveArgs,
+    /// Send this user (the houses' owner) a mailbox message for each house with Q2 outliers.
+    #[arg(long)]
+    pub alert_to: Option<String>,
+    /// A Q2 row is an outlier when at least this percentage of the house's plugs is above the
+    /// global median.
+    #[arg(long, default_value_t = 50.0, requires = "alert_to")]
+    pub alert_percent: f64,
 }
 
 pub async fn run_command(args: AnalyticsArgs) -> Result<()> {
@@ -45,26 +55,80 @@ pub async fn run_command(args: AnalyticsArgs) -> Result<()> {
         },
     };
     let (from, to) = (args.from, args.to);
-    let (q1_out, q2_out) = outputs(&args)?;
+    let archive = args.archive.open(&args.deployment)?;
+    let alerts = match &args.alert_to {
+        Some(user) => {
+            mcloud_store::master::check_name("--alert-to user", user)?;
+            if !(0.0..=100.0).contains(&args.alert_percent) {
+                anyhow::bail!("--alert-percent must be between 0 and 100");
+            }
+            Some((user.clone(), crate::store::client(&args.deployment, None)?))
+        }
+        None => None,
+    };
+    let (mut q1_out, mut q2_out) = outputs(&args)?;
+    if archive.is_some() {
+        q1_out.archived = Some(Vec::new());
+        q2_out.archived = Some(Vec::new());
+    }
+    let mut outliers = crate::alerts::Outliers::new(args.alert_percent);
     let counter = collector.clone();
     let started = Instant::now();
-    let (q1_rows, q2_rows, requests, q2_buffered) = tokio::task::spawn_blocking(move || {
+    let (q1_rows, q2_rows, requests, finished, outliers) = tokio::task::spawn_blocking(move || {
         let mut source = CloudSource::new(collector, runtime);
         let mut sink = CsvSink::new(q1_out, q2_out)?;
-        match run_into(&mut source, from, to, options, &mut sink) {
+        let mut noting = crate::alerts::Noting {
+            inner: &mut sink,
+            outliers: &mut outliers,
+        };
+        match run_into(&mut source, from, to, options, &mut noting) {
             // A reader that stopped early (`| head`) is not an error of ours.
             Err(AnalyticsError::Sink(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                return anyhow::Ok((sink.q1_rows, sink.q2_rows, source.requests, None));
+                let counts = (sink.q1_rows, sink.q2_rows, source.requests);
+                return anyhow::Ok((counts.0, counts.1, counts.2, None, outliers));
             }
             other => other?,
         }
         let (q1_rows, q2_rows) = (sink.q1_rows, sink.q2_rows);
-        let (_, q2_out) = sink.finish()?;
-        anyhow::Ok((q1_rows, q2_rows, source.requests, q2_out.buffered))
+        let outputs = sink.finish()?;
+        anyhow::Ok((q1_rows, q2_rows, source.requests, Some(outputs), outliers))
     })
     .await
     .context("analytics task")??;
     let elapsed = started.elapsed();
+    let (q1_archived, q2_archived, q2_buffered) = match finished {
+        Some((q1, q2)) => (q1.archived, q2.archived, q2.buffered),
+        None => (None, None, None),
+    };
+    if let Some(archive) = &archive {
+        match (q1_archived, q2_archived) {
+            (Some(q1), Some(q2)) => {
+                if args.query.q1() {
+                    archive.put(Some("q1.csv"), &q1).await?;
+                }
+                if args.query.q2() {
+                    archive.put(Some("q2.csv"), &q2).await?;
+                }
+            }
+            _ => eprintln!("analytics: output cut short; nothing archived"),
+        }
+    }
+    if let Some((user, store)) = &alerts {
+        let messages = outliers.messages();
+        for (house, text) in &messages {
+            let id = store
+                .send(user, text.as_bytes())
+                .await
+                .with_context(|| format!("alerting {user} about house {house}"))?;
+            eprintln!("analytics: alert {id} about house {house} sent to {user}");
+        }
+        if messages.is_empty() {
+            eprintln!(
+                "analytics: no Q2 outliers at {}%; no alert sent",
+                args.alert_percent
+            );
+        }
+    }
     if let Some(q2) = q2_buffered {
         let written = std::io::stdout().lock().write_all(&q2);
         match written {
@@ -100,14 +164,20 @@ pub async fn run_command(args: AnalyticsArgs) -> Result<()> {
 struct Output {
     to: Box<dyn Write + Send>,
     buffered: Option<Vec<u8>>,
+    /// A copy of everything written, for `--archive`.
+    archived: Option<Vec<u8>>,
 }
 
 impl Write for Output {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        match &mut self.buffered {
-            Some(buffer) => buffer.write(bytes),
-            None => self.to.write(bytes),
+        let n = match &mut self.buffered {
+            Some(buffer) => buffer.write(bytes)?,
+            None => self.to.write(bytes)?,
+        };
+        if let Some(copy) = &mut self.archived {
+            copy.extend_from_slice(&bytes[..n]);
         }
+        Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.to.flush()
@@ -118,6 +188,7 @@ fn outputs(args: &AnalyticsArgs) -> Result<(Output, Output)> {
     let nowhere = || Output {
         to: Box::new(std::io::sink()),
         buffered: None,
+        archived: None,
     };
     let file = |dir: &std::path::Path, name: &str| -> Result<Output> {
         let path = dir.join(name);
@@ -126,6 +197,7 @@ fn outputs(args: &AnalyticsArgs) -> Result<(Output, Output)> {
         Ok(Output {
             to: Box::new(std::io::BufWriter::new(file)),
             buffered: None,
+            archived: None,
         })
     };
     let (q1, q2) = (args.query.q1(), args.query.q2());
@@ -141,6 +213,7 @@ fn outputs(args: &AnalyticsArgs) -> Result<(Output, Output)> {
             let stdout = || Output {
                 to: Box::new(std::io::BufWriter::new(std::io::stdout())),
                 buffered: None,
+                archived: None,
             };
             (
                 if q1 { stdout() } else { nowhere() },
@@ -148,6 +221,7 @@ fn outputs(args: &AnalyticsArgs) -> Result<(Output, Output)> {
                     (true, true) => Output {
                         to: Box::new(std::io::sink()),
                         buffered: Some(Vec::new()),
+                        archived: None,
                     },
                     (false, true) => stdout(),
                     _ => nowhere(),

@@ -164,16 +164,24 @@ pub fn write_output(
     revealed: &mcloud_collector::RevealedResult,
 ) -> Result<()> {
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let written = match format {
-        OutputFormat::Table => mcloud_collector::output::write_table(&mut out, revealed),
-        OutputFormat::Csv => mcloud_collector::output::write_csv(&mut out, revealed),
-        OutputFormat::Json => mcloud_collector::output::write_json(&mut out, revealed),
-    };
+    let written = render_output(format, revealed, &mut stdout.lock());
     match written {
         // A reader that stopped early (`| head`) is not an error of ours.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
+    }
+}
+
+/// Writes `revealed` in `format` to `out`.
+pub fn render_output(
+    format: OutputFormat,
+    revealed: &mcloud_collector::RevealedResult,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    match format {
+        OutputFormat::Table => mcloud_collector::output::write_table(out, revealed),
+        OutputFormat::Csv => mcloud_collector::output::write_csv(out, revealed),
+        OutputFormat::Json => mcloud_collector::output::write_json(out, revealed),
     }
 }
 

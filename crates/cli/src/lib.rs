@@ -1,6 +1,7 @@
 //! The `mcloud` command: every role of the system in one binary.
 
 pub mod access;
+pub mod alerts;
 pub mod analytics;
 pub mod audit;
 pub mod authority;

@@ -31,10 +31,13 @@ pub struct QueryArgs {
     pub wait_secs: u64,
     #[arg(long, value_enum, default_value = "table")]
     pub output: OutputFormat,
+    #[command(flatten)]
+    pub archive: crate::store::ArchiveArgs,
 }
 
 pub async fn run(args: QueryArgs) -> Result<()> {
     let deployment = Deployment::load(&args.deployment)?;
+    let archive = args.archive.open(&args.deployment)?;
     let collector = Collector::new(deployment.app_cloud_endpoints()?);
     let query = Query {
         from: args.from,
@@ -46,6 +49,11 @@ pub async fn run(args: QueryArgs) -> Result<()> {
         .collect_when_ready(&query, Duration::from_secs(args.wait_secs))
         .await?;
     write_output(args.output, &revealed)?;
+    if let Some(archive) = &archive {
+        let mut rendered = Vec::new();
+        crate::input::render_output(args.output, &revealed, &mut rendered)?;
+        archive.put(None, &rendered).await?;
+    }
     let groups: usize = revealed.windows.iter().map(|w| w.groups.len()).sum();
     eprintln!(
         "query: {} windows revealed, {} groups, {} withheld below the minimum count, {} withheld as implausible, {} windows not ready",

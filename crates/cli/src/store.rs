@@ -155,6 +155,65 @@ pub async fn run(args: StoreArgs) -> Result<()> {
     Ok(())
 }
 
+/// Where a command keeps what it revealed in the storage, and who may read it there.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ArchiveArgs {
+    /// Also store the results as this file of the caller's (a new version when it exists),
+    /// through the deployment's storage and app token.
+    #[arg(long)]
+    pub archive: Option<String>,
+    /// A user whose apps may read the archived results (repeat for more).
+    #[arg(long = "archive-friend", requires = "archive")]
+    pub archive_friends: Vec<String>,
+    /// Every other user's apps may read the archived results.
+    #[arg(long, requires = "archive")]
+    pub archive_others: bool,
+}
+
+/// An archive to write once the results are in: its client is made (and its name and rules
+/// checked) before the work, so a bad option costs nothing.
+pub struct Archive {
+    store: StoreClient,
+    name: String,
+    access: FileAccess,
+}
+
+impl ArchiveArgs {
+    pub fn open(&self, deployment: &Path) -> Result<Option<Archive>> {
+        let Some(name) = &self.archive else {
+            return Ok(None);
+        };
+        mcloud_store::master::check_name("archive name", name)?;
+        let access = FileAccess {
+            friends: self.archive_friends.clone(),
+            others: self.archive_others,
+            denied_apps: Vec::new(),
+        };
+        access.check()?;
+        Ok(Some(Archive {
+            store: client(deployment, None)?,
+            name: name.clone(),
+            access,
+        }))
+    }
+}
+
+impl Archive {
+    /// Stores `data` as the archive's file, or as `NAME/part` when `part` is given.
+    pub async fn put(&self, part: Option<&str>, data: &[u8]) -> Result<()> {
+        let name = match part {
+            Some(part) => format!("{}/{part}", self.name),
+            None => self.name.clone(),
+        };
+        self.store
+            .put(&name, data, self.access.clone())
+            .await
+            .with_context(|| format!("archiving {name}"))?;
+        eprintln!("archived {name}: {} bytes", data.len());
+        Ok(())
+    }
+}
+
 /// How far away a time in ms since the epoch is, for people: "in 29.9 d", "2.0 h ago".
 pub fn format_ms(ms: u64) -> String {
     let now = mcloud_core::auth::now_secs() as f64 * 1000.0;

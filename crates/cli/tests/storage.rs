@@ -610,3 +610,120 @@ async fn the_cli_stores_shares_and_mails_through_mcloud_node_processes() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_and_analytics_results_are_archived_for_a_friend_and_outliers_alerted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = common::process_spec(dir.path());
+    spec.window_secs = 30;
+    let mut cluster = mcloud::processes::ProcessCluster::write(spec).unwrap();
+    cluster.start_all().unwrap();
+    let d = dir.path();
+    let friend = [
+        "--deployment",
+        "deployment.toml",
+        "--token",
+        "trust/friend.token",
+    ];
+    common::wait_for(60, "the friend's mailbox key published", async || {
+        std::process::Command::new(common::BIN)
+            .current_dir(d)
+            .args(["mailbox"])
+            .args(friend)
+            .args(["keygen", "--key", "friend.mailbox"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    let mut sensor = common::start_sensor(&cluster, &["--histograms", "--wait-secs", "60"]);
+    assert!(sensor.0.wait().unwrap().success(), "the sensor failed");
+
+    let revealed = mcloud(
+        d,
+        &[
+            "query",
+            "--deployment",
+            "deployment.toml",
+            "--output",
+            "csv",
+            "--wait-secs",
+            "30",
+            "--archive",
+            "results/houses",
+            "--archive-friend",
+            "friend",
+        ],
+    );
+    let archived = mcloud(
+        d,
+        &[
+            &["store"][..],
+            &friend,
+            &["get", "results/houses", "--owner", "owner"],
+        ]
+        .concat(),
+    );
+    assert_eq!(archived, revealed);
+    assert!(revealed.lines().count() > 10, "{revealed}");
+
+    let start = mcloud_core::synthetic::SyntheticConfig::default().start_ts;
+    let (from, to) = (start.to_string(), (start + 899).to_string());
+    let tables = mcloud(
+        d,
+        &[
+            "analytics",
+            "--deployment",
+            "deployment.toml",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--archive",
+            "debs",
+            "--archive-others",
+            "--alert-to",
+            "friend",
+            "--alert-percent",
+            "0",
+        ],
+    );
+    let get = |name: &str| {
+        mcloud(
+            d,
+            &[&["store"][..], &friend, &["get", name, "--owner", "owner"]].concat(),
+        )
+    };
+    let (q1, q2) = (get("debs/q1.csv"), get("debs/q2.csv"));
+    assert!(q1.starts_with(mcloud_analytics::Q1_HEADER), "{q1}");
+    assert!(q2.starts_with(mcloud_analytics::Q2_HEADER), "{q2}");
+    assert_eq!(
+        tables,
+        format!("{q1}{q2}"),
+        "the archive holds what was printed"
+    );
+
+    // At 0 % every house with a Q2 row is an outlier: one alert per house, to the friend.
+    let listed = mcloud(d, &[&["mailbox"][..], &friend, &["list"]].concat());
+    let ids: Vec<&str> = listed
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split('\t').next())
+        .collect();
+    assert_eq!(ids.len(), 2, "{listed}");
+    for id in ids {
+        let text = mcloud(
+            d,
+            &[
+                &["mailbox"][..],
+                &friend,
+                &["read", id, "--key", "friend.mailbox"],
+            ]
+            .concat(),
+        );
+        assert!(text.starts_with("mcloud alert: house "), "{text}");
+        assert!(text.contains(mcloud_analytics::Q2_HEADER), "{text}");
+    }
+}

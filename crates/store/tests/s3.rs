@@ -78,19 +78,28 @@ fn s3_source(id: u8, server: &Server) -> SourceConfig {
     SourceConfig::s3(id, &server.endpoint, BUCKET, ACCESS_KEY, SECRET_KEY)
 }
 
-#[tokio::test]
-async fn a_file_spans_a_local_and_an_s3_source() {
+/// A temporary directory and s3s-fs serving its `s3` folder (with the bucket made), or None
+/// (and a note that the test skipped) when s3s-fs is not installed.
+fn s3_in_temp_dir() -> Option<(tempfile::TempDir, PathBuf, Server)> {
     let Some(binary) = s3s_fs() else {
         eprintln!(
             "SKIPPED s3: s3s-fs not found (cargo install --locked s3s-fs@0.14.1 --features binary)"
         );
-        return;
+        return None;
     };
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("s3");
     // s3s-fs keeps a bucket as a directory of its root: making it makes the bucket.
     std::fs::create_dir_all(root.join(BUCKET)).unwrap();
     let server = start(&binary, &root);
+    Some((dir, root, server))
+}
+
+#[tokio::test]
+async fn a_file_spans_a_local_and_an_s3_source() {
+    let Some((dir, root, server)) = s3_in_temp_dir() else {
+        return;
+    };
     let configs = vec![
         SourceConfig::local(1, dir.path().join("local")),
         s3_source(2, &server),
@@ -161,16 +170,9 @@ async fn a_file_spans_a_local_and_an_s3_source() {
 
 #[tokio::test]
 async fn a_stopped_s3_server_is_read_around_and_refused_clearly() {
-    let Some(binary) = s3s_fs() else {
-        eprintln!(
-            "SKIPPED s3: s3s-fs not found (cargo install --locked s3s-fs@0.14.1 --features binary)"
-        );
+    let Some((dir, root, server)) = s3_in_temp_dir() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("s3");
-    std::fs::create_dir_all(root.join(BUCKET)).unwrap();
-    let server = start(&binary, &root);
     let mut prefixed = s3_source(2, &server);
     prefixed.prefix = Some("mcloud/packets".into());
     let configs = vec![SourceConfig::local(1, dir.path().join("local")), prefixed];
