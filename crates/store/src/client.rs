@@ -119,6 +119,7 @@ impl StoreClient {
         data: &[u8],
         access: FileAccess,
     ) -> Result<ObjectKey, ClientError> {
+        let started = std::time::Instant::now();
         let StoreResponse::Plan(begin) = self
             .call(&StoreRequest::Begin {
                 target,
@@ -142,13 +143,22 @@ impl StoreClient {
             key: begin.secret.clone(),
             replicas: begin.replicas,
         };
+        let planned = started.elapsed();
         let records = write_file(&self.sources, &plan, data).await?;
+        let written = started.elapsed();
         self.call(&StoreRequest::Commit {
             key: begin.key.clone(),
             id: begin.id,
             records,
         })
         .await?;
+        tracing::debug!(
+            bytes = data.len(),
+            plan_ms = planned.as_millis() as u64,
+            data_ms = (written - planned).as_millis() as u64,
+            commit_ms = (started.elapsed() - written).as_millis() as u64,
+            "stored a version"
+        );
         Ok(begin.key)
     }
 
