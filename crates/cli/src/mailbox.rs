@@ -92,8 +92,7 @@ pub async fn run(args: MailboxArgs) -> Result<()> {
                 .with_context(|| format!("reading {}", key.display()))?;
             let keys = MailboxKeys::from_private_hex(&text)?;
             let body = store.message(&id, &keys).await?;
-            use std::io::Write;
-            std::io::stdout().write_all(&body)?;
+            crate::store::print_bytes(&body)?;
             if !keep {
                 store.read_message(&id).await?;
             }

@@ -123,10 +123,7 @@ pub async fn run(args: StoreArgs) -> Result<()> {
             match out {
                 Some(path) => std::fs::write(&path, &data)
                     .with_context(|| format!("writing {}", path.display()))?,
-                None => {
-                    use std::io::Write;
-                    std::io::stdout().write_all(&data)?;
-                }
+                None => print_bytes(&data)?,
             }
         }
         StoreCommand::Ls { owner } => {
@@ -212,6 +209,18 @@ impl Archive {
         eprintln!("archived {name}: {} bytes", data.len());
         Ok(())
     }
+}
+
+/// Writes `data` to stdout as it is, ending the line on a terminal so the prompt does not
+/// run into it.
+pub fn print_bytes(data: &[u8]) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+    let mut out = std::io::stdout().lock();
+    out.write_all(data)?;
+    if out.is_terminal() && !data.ends_with(b"\n") {
+        out.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 /// How far away a time in ms since the epoch is, for people: "in 29.9 d", "2.0 h ago".
