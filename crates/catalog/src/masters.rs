@@ -15,8 +15,8 @@ use mcloud_core::auth::app::{AppRequest, QueryKind};
 use mcloud_core::auth::{AppBearer, NodeAuth};
 use mcloud_core::http::{ApiError, Postcard};
 use mcloud_store::master::{
-    Begin, Commit, Kind, ObjectKey, Reader, RefreshBegin, RefreshCommit, StoreAnswer, StoreOp,
-    StoreRead,
+    Begin, Commit, Kind, ObjectKey, Reader, RefreshBegin, RefreshCommit, Repair, StoreAnswer,
+    StoreOp, StoreRead,
 };
 use mcloud_store::wire::{StoreRequest, StoreResponse, Target, STORE_PATH};
 use std::sync::Arc;
@@ -95,6 +95,11 @@ async fn store(
             version,
         },
         StoreRequest::Delete { key } => StoreRequest::Delete { key: own(key) },
+        StoreRequest::Repair { key, id, records } => StoreRequest::Repair {
+            key: own(key),
+            id,
+            records,
+        },
         other => other,
     };
     let answer = match req {
@@ -169,6 +174,16 @@ async fn store(
                 plan: Box::new(plan),
                 version: v,
             }
+        }
+        StoreRequest::Repair { key, id, records } => {
+            node.store_write(StoreOp::Repair(Repair {
+                key,
+                writer: caller,
+                id,
+                records,
+            }))
+            .await?;
+            StoreResponse::Done
         }
         StoreRequest::RefreshCommit { key, id, records } => {
             node.store_write(StoreOp::RefreshCommit(RefreshCommit {

@@ -44,7 +44,7 @@ enum Command {
     /// Serve a web console of the whole deployment: every node's health and the latest
     /// revealed windows.
     Console(console::ConsoleArgs),
-    /// Files on the deployment's encrypted storage: put, get, ls, rm, refresh.
+    /// Files on the deployment's encrypted storage: put, get, ls, rm, refresh, repair.
     Store(store::StoreArgs),
     /// Messages for offline apps, sealed to their recipient: keygen, send, list, read.
     Mailbox(mailbox::MailboxArgs),

@@ -60,6 +60,8 @@ pub enum StoreCommand {
     Rm { name: String },
     /// Rewrite a tenth of each version's packets under new keys, extending its expiry.
     Refresh { name: String },
+    /// Replace every copy that cannot be read (a lost or spoilt source) from a good one.
+    Repair { name: String },
 }
 
 /// The client of a deployment's storage, acting with `token` (or the deployment's app token).
@@ -142,6 +144,17 @@ pub async fn run(args: StoreArgs) -> Result<()> {
         StoreCommand::Rm { name } => {
             store.delete(&name).await?;
             eprintln!("deleted {name}");
+        }
+        StoreCommand::Repair { name } => {
+            let repaired = store.repair(&name).await?;
+            for (version, added, dropped) in &repaired {
+                eprintln!(
+                    "repaired {name} version {version}: {added} copies added, {dropped} dropped"
+                );
+            }
+            if repaired.is_empty() {
+                eprintln!("{name}: every copy reads; nothing to repair");
+            }
         }
         StoreCommand::Refresh { name } => {
             for (version, packets) in store.refresh(&name).await? {

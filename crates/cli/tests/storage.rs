@@ -95,7 +95,7 @@ fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn files_survive_a_lost_master_minority_and_a_lost_source_and_sources_see_only_noise() {
+async fn files_survive_a_lost_master_minority_and_lost_sources_and_sources_see_only_noise() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster(dir.path()).await;
     let store = owner(&cluster);
@@ -188,6 +188,29 @@ async fn files_survive_a_lost_master_minority_and_a_lost_source_and_sources_see_
         store.get("", "after", None).await.unwrap(),
         b"written with two of three masters"
     );
+
+    // A repair moves the lost copies to the sources left and the masters record them: then
+    // a second source can go too and every file still reads, from the last one.
+    for name in ["history/2026", "note", "after"] {
+        let repaired = store.repair(name).await.unwrap();
+        if name == "history/2026" {
+            // Both versions have packets enough that some had a copy on the lost source.
+            assert_eq!(repaired.len(), 2, "{repaired:?}");
+        }
+        for (number, added, dropped) in repaired {
+            assert_eq!(added, dropped, "{name} v{number}");
+            let v = store.describe("", name, Some(number)).await.unwrap();
+            assert!(v.records.iter().all(|r| r.source != 0), "{name} v{number}");
+        }
+        assert!(
+            store.repair(name).await.unwrap().is_empty(),
+            "nothing left to repair"
+        );
+    }
+    std::fs::remove_dir_all(source_dir(dir.path(), 1)).unwrap();
+    assert_eq!(store.get("", "history/2026", None).await.unwrap(), second);
+    assert_eq!(store.get("", "history/2026", Some(0)).await.unwrap(), first);
+    assert_eq!(store.get("", "note", None).await.unwrap(), small);
 
     // The voter comes back and catches up; deleting frees every packet at the sources.
     cluster.restart_catalog(2).await.unwrap();
@@ -554,6 +577,16 @@ async fn the_cli_stores_shares_and_mails_through_mcloud_node_processes() {
         String::from_utf8_lossy(&refreshed.stderr).contains("version 0: 1 packets"),
         "{}",
         String::from_utf8_lossy(&refreshed.stderr)
+    );
+    let repair = std::process::Command::new(common::BIN)
+        .current_dir(d)
+        .args(with(&store, &["repair", "notes"]))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&repair.stderr).contains("nothing to repair"),
+        "{}",
+        String::from_utf8_lossy(&repair.stderr)
     );
     // The friend may read but neither write nor delete the owner's file.
     let refused = std::process::Command::new(common::BIN)

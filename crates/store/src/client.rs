@@ -1,7 +1,7 @@
 //! An app's view of the storage: files and mailbox messages, written to and read from the
 //! sources directly, with the masters (any catalog node) deciding plans, keys and access.
 
-use crate::data::{read_file, rewrite_packets, write_file, ReadGrant, WritePlan};
+use crate::data::{read_file, repair, rewrite_packets, write_file, ReadGrant, WritePlan};
 use crate::error::StoreError;
 use crate::mailbox::{MailboxError, MailboxKeys};
 use crate::master::{FileAccess, Kind, ObjectInfo, ObjectKey, Version};
@@ -267,6 +267,39 @@ impl StoreClient {
             })
             .await?;
             done.push((number, plan.packets.len()));
+        }
+        Ok(done)
+    }
+
+    /// Repairs every version of the caller's file `name`: each copy that cannot be read is
+    /// replaced from a good one on another source, and the masters record the new copies
+    /// (the lost ones are freed if their source comes back). Returns (version, copies added,
+    /// copies dropped) of each version that needed it.
+    pub async fn repair(&self, name: &str) -> Result<Vec<(u32, usize, usize)>, ClientError> {
+        let newest = self.describe("", name, None).await?.number;
+        let oldest = newest.saturating_sub(crate::master::MAX_VERSIONS as u32 - 1);
+        let mut done = Vec::new();
+        for number in oldest..=newest {
+            let version = match self.describe("", name, Some(number)).await {
+                Ok(v) => v,
+                Err(e) if e.code() == "not_found" && number != newest => continue,
+                Err(e) => return Err(e),
+            };
+            let records = repair(&self.sources, &grant_of(&version), version.replicas).await?;
+            if records == version.records {
+                continue;
+            }
+            let before: std::collections::BTreeSet<_> = version.records.iter().collect();
+            let after: std::collections::BTreeSet<_> = records.iter().collect();
+            let added = after.difference(&before).count();
+            let dropped = before.difference(&after).count();
+            self.call(&StoreRequest::Repair {
+                key: ObjectKey::file("", name),
+                id: version.id,
+                records,
+            })
+            .await?;
+            done.push((number, added, dropped));
         }
         Ok(done)
     }

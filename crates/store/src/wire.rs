@@ -57,6 +57,13 @@ pub enum StoreRequest {
     MailboxKey {
         user: String,
     },
+    /// A version of one of the caller's files with its copies repaired: its full new
+    /// record list.
+    Repair {
+        key: ObjectKey,
+        id: u64,
+        records: Vec<PacketRecord>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -20,7 +20,9 @@ mod read;
 mod state;
 
 pub use access::{FileAccess, Reader};
-pub use ops::{check_shape, packets_for, Begin, Commit, RefreshBegin, RefreshCommit, StoreOp};
+pub use ops::{
+    check_shape, packets_for, Begin, Commit, RefreshBegin, RefreshCommit, Repair, StoreOp,
+};
 pub use read::{StoreAnswer, StoreRead, MAX_GARBAGE_READ};
 pub use state::{Garbage, Masters, ObjectInfo, Pending, Version};
 

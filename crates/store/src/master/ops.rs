@@ -59,12 +59,23 @@ pub struct RefreshCommit {
     pub records: Vec<PacketRecord>,
 }
 
+/// A version's full record list after a repair: copies that could not be read are left out,
+/// new copies (of the same packets, under the same keys and AEADs) put in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repair {
+    pub key: ObjectKey,
+    pub writer: Reader,
+    pub id: u64,
+    pub records: Vec<PacketRecord>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreOp {
     Begin(Begin),
     Commit(Commit),
     RefreshBegin(RefreshBegin),
     RefreshCommit(RefreshCommit),
+    Repair(Repair),
     /// Deletes a file (by its owner) or consumes a message (by its recipient: `readmessage`).
     Delete {
         key: ObjectKey,

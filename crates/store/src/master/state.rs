@@ -1,7 +1,9 @@
 //! The masters' state and how each operation changes it.
 
 use super::access::{FileAccess, Reader};
-use super::ops::{check_shape, packets_for, Begin, Commit, RefreshBegin, RefreshCommit, StoreOp};
+use super::ops::{
+    check_shape, packets_for, Begin, Commit, RefreshBegin, RefreshCommit, Repair, StoreOp,
+};
 use super::{
     check_name, Kind, MasterError, ObjectKey, MAX_GARBAGE, MAX_LIFETIME_SECS,
     MAX_MESSAGES_PER_RECIPIENT, MAX_OBJECTS, MAX_RECORDS, MAX_VERSIONS, MIN_LIFETIME_SECS,
@@ -105,6 +107,7 @@ impl Masters {
             StoreOp::Commit(c) => self.commit(c, now_ms),
             StoreOp::RefreshBegin(r) => self.refresh_begin(r, now_ms),
             StoreOp::RefreshCommit(r) => self.refresh_commit(r, now_ms),
+            StoreOp::Repair(r) => self.repair(r, now_ms),
             StoreOp::Delete { key, by } => self.delete(key, by),
             StoreOp::SetMailboxKey { user, public_key } => {
                 check_name("user", user)?;
@@ -322,11 +325,11 @@ impl Masters {
             )));
         }
         let all: Vec<u32> = (0..b.ciphers.len() as u32).collect();
+        let key = b.secret.id;
         check_records(
             &c.records,
             &all,
-            &b.ciphers,
-            b.secret.id,
+            |p| b.ciphers.get(p as usize).map(|c| (*c, key)),
             b.replicas,
             &b.sources,
         )?;
@@ -457,11 +460,11 @@ impl Masters {
         for (p, c) in r.packets.iter().zip(&r.ciphers) {
             ciphers[*p as usize] = *c;
         }
+        let key = r.secret.id;
         check_records(
             &c.records,
             &r.packets,
-            &ciphers,
-            r.secret.id,
+            |p| ciphers.get(p as usize).map(|c| (*c, key)),
             v.replicas,
             &v.sources,
         )?;
@@ -484,6 +487,61 @@ impl Masters {
         let all_keys: Vec<KeySecret> = v.keys.iter().chain(&retired).cloned().collect();
         for secret in all_keys {
             let records: Vec<PacketRecord> = old
+                .iter()
+                .filter(|rec| rec.key == secret.id)
+                .copied()
+                .collect();
+            self.throw_away(id, &secret, records);
+        }
+        Ok(())
+    }
+
+    /// Replaces a version's records after a repair. The new copies may be on any source (a
+    /// repair goes where there is room); the copies left out go to the garbage, so a source
+    /// that comes back frees them.
+    fn repair(&mut self, r: &Repair, now: u64) -> Result<(), MasterError> {
+        self.check_writer(&r.key, &r.writer)?;
+        let v = self.version_mut(&r.key, r.id)?;
+        if v.refresh
+            .as_ref()
+            .is_some_and(|(_, deadline)| *deadline > now)
+        {
+            return Err(MasterError::Conflict(
+                "a refresh of this version is under way".into(),
+            ));
+        }
+        let expected: BTreeMap<u32, (u8, u8)> = v
+            .records
+            .iter()
+            .map(|rec| (rec.packet, (rec.cipher, rec.key)))
+            .collect();
+        let all: Vec<u32> = (0..packets_for(v.len, v.packet_bytes) as u32).collect();
+        let any_source: Vec<u8> = (0..=u8::MAX).collect();
+        check_records(
+            &r.records,
+            &all,
+            |p| expected.get(&p).copied(),
+            v.replicas,
+            &any_source,
+        )?;
+        let mut records = r.records.clone();
+        records.sort_unstable();
+        let kept: BTreeSet<PacketRecord> = records.iter().copied().collect();
+        let dropped: Vec<PacketRecord> = v
+            .records
+            .iter()
+            .filter(|rec| !kept.contains(rec))
+            .copied()
+            .collect();
+        for rec in &records {
+            if !v.sources.contains(&rec.source) {
+                v.sources.push(rec.source);
+            }
+        }
+        v.records = records;
+        let (id, keys) = (v.id, v.keys.clone());
+        for secret in keys {
+            let records: Vec<PacketRecord> = dropped
                 .iter()
                 .filter(|rec| rec.key == secret.id)
                 .copied()
@@ -700,13 +758,12 @@ fn ciphers_in_order(b: &Begin) -> Vec<u8> {
 }
 
 /// Checks that `records` place exactly `packets`, each on `replicas` distinct sources among
-/// `sources`, every copy with all its sub-packets (0..k), under key `key` with the packet's
-/// AEAD.
+/// `sources`, every copy with all its sub-packets (0..k), under the (AEAD, key id) that
+/// `expected` gives for its packet.
 fn check_records(
     records: &[PacketRecord],
     packets: &[u32],
-    ciphers: &[u8],
-    key: u8,
+    expected: impl Fn(u32) -> Option<(u8, u8)>,
     replicas: u8,
     sources: &[u8],
 ) -> Result<(), MasterError> {
@@ -720,7 +777,7 @@ fn check_records(
         if !wanted.contains(&r.packet) {
             return bad(format!("packet {} is not part of this write", r.packet));
         }
-        if r.key != key || ciphers.get(r.packet as usize) != Some(&r.cipher) {
+        if expected(r.packet) != Some((r.cipher, r.key)) {
             return bad(format!(
                 "packet {} is not under the key and AEAD the plan gave",
                 r.packet

@@ -264,6 +264,64 @@ fn a_missed_refresh_deletes_the_file_and_frees_every_copy() {
 }
 
 #[test]
+fn a_repair_replaces_lost_copies_and_frees_them_and_keeps_keys_and_aeads() {
+    let mut m = Masters::default();
+    let b = put(&mut m, "f", 4 * 1024, FileAccess::default(), 0);
+    let before = m.version(&b.key, None).unwrap().clone();
+    // Source 0 is lost: its copies move to source 3 (a source outside the write's list is
+    // fine for a repair).
+    let repaired: Vec<PacketRecord> = before
+        .records
+        .iter()
+        .map(|r| PacketRecord {
+            source: if r.source == 0 { 3 } else { r.source },
+            ..*r
+        })
+        .collect();
+    let repair = |records: Vec<PacketRecord>, writer: Reader| {
+        StoreOp::Repair(Repair {
+            key: b.key.clone(),
+            writer,
+            id: b.id,
+            records,
+        })
+    };
+    // Refused, changing nothing: another user; a copy under another AEAD or key; a packet
+    // left with one copy.
+    let untouched = m.clone();
+    let err = m.apply(&repair(repaired.clone(), as_user("bob", None)), 2);
+    assert_eq!(err.unwrap_err().code(), "store_forbidden");
+    let mut wrong_cipher = repaired.clone();
+    wrong_cipher[0].cipher = if wrong_cipher[0].cipher == 1 { 2 } else { 1 };
+    let err = m.apply(&repair(wrong_cipher, owner()), 2);
+    assert_eq!(err.unwrap_err().code(), "bad_records");
+    let mut wrong_key = repaired.clone();
+    wrong_key[0].key = 9;
+    let err = m.apply(&repair(wrong_key, owner()), 2);
+    assert_eq!(err.unwrap_err().code(), "bad_records");
+    let err = m.apply(&repair(repaired[1..].to_vec(), owner()), 2);
+    assert_eq!(err.unwrap_err().code(), "bad_records");
+    assert_eq!(m, untouched);
+
+    m.apply(&repair(repaired.clone(), owner()), 2).unwrap();
+    let after = m.version(&b.key, None).unwrap();
+    assert!(after.records.iter().all(|r| r.source != 0));
+    assert_eq!(after.records.len(), before.records.len());
+    assert_eq!(after.keys, before.keys);
+    let lost: Vec<PacketRecord> = m.garbage(10).into_iter().flat_map(|g| g.records).collect();
+    assert_eq!(
+        lost.len(),
+        4,
+        "the 4 copies on the lost source go to the garbage"
+    );
+    assert!(lost.iter().all(|r| r.source == 0));
+    assert_eq!(
+        m.readable(&b.key, &owner(), None).unwrap().records,
+        after.records
+    );
+}
+
+#[test]
 fn an_abandoned_write_is_dropped_and_whatever_it_wrote_is_freed() {
     let mut m = Masters::default();
     let b = begin("f", 2048, FileAccess::default());
