@@ -134,14 +134,17 @@ async fn store(
             StoreResponse::Plan(Box::new(begin))
         }
         StoreRequest::Commit { key, id, records } => {
-            node.store_write(StoreOp::Commit(Commit {
-                key,
-                writer: caller,
-                id,
-                records,
-            }))
-            .await?;
-            StoreResponse::Done
+            let writer = caller;
+            done(
+                node,
+                StoreOp::Commit(Commit {
+                    key,
+                    writer,
+                    id,
+                    records,
+                }),
+            )
+            .await?
         }
         StoreRequest::RefreshBegin { key, version } => {
             let StoreAnswer::Version(v) = node
@@ -176,24 +179,30 @@ async fn store(
             }
         }
         StoreRequest::Repair { key, id, records } => {
-            node.store_write(StoreOp::Repair(Repair {
-                key,
-                writer: caller,
-                id,
-                records,
-            }))
-            .await?;
-            StoreResponse::Done
+            let writer = caller;
+            done(
+                node,
+                StoreOp::Repair(Repair {
+                    key,
+                    writer,
+                    id,
+                    records,
+                }),
+            )
+            .await?
         }
         StoreRequest::RefreshCommit { key, id, records } => {
-            node.store_write(StoreOp::RefreshCommit(RefreshCommit {
-                key,
-                writer: caller,
-                id,
-                records,
-            }))
-            .await?;
-            StoreResponse::Done
+            let writer = caller;
+            done(
+                node,
+                StoreOp::RefreshCommit(RefreshCommit {
+                    key,
+                    writer,
+                    id,
+                    records,
+                }),
+            )
+            .await?
         }
         StoreRequest::Get { key, version } => match node
             .store_read(StoreRead::Version {
@@ -250,6 +259,12 @@ async fn store(
         }
     };
     Ok(Postcard(answer))
+}
+
+/// Replicates `op`; its answer is only that it was applied.
+async fn done(node: &CatalogNode, op: StoreOp) -> Result<StoreResponse, CatalogError> {
+    node.store_write(op).await?;
+    Ok(StoreResponse::Done)
 }
 
 /// Deletes blobs from the sources; returns whether every one is gone.
