@@ -857,6 +857,12 @@ fn assert_kept_in_bounds(machine: &StateMachine) {
     for rules in s.registers.access.values() {
         assert!(rules.check().is_ok(), "refused access rules were kept");
     }
+    // Whatever storage operations the input held, the masters' state stays one a peer's
+    // snapshot check accepts.
+    assert!(
+        s.registers.store.check().is_ok(),
+        "the storage metadata left its bounds"
+    );
 }
 
 fn forwarded(data: &[u8]) {
