@@ -11,7 +11,6 @@ use crate::{CatalogError, CatalogNode};
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Extension, Router};
-use mcloud_core::auth::app::{AppRequest, QueryKind};
 use mcloud_core::auth::{AppBearer, NodeAuth};
 use mcloud_core::http::{ApiError, Postcard};
 use mcloud_store::master::{
@@ -47,61 +46,12 @@ async fn store(
 ) -> Result<Postcard<StoreResponse>, ApiError> {
     // Any valid token names a user (and an app when it was handed to one); what that user
     // may do with each object is the masters' access rules.
-    let grant = m.auth.authorize_app(
-        &bearer,
-        &AppRequest {
-            now: mcloud_core::auth::now_secs(),
-            query: QueryKind::Compute,
-            level: mcloud_core::reading::GroupLevel::House,
-        },
-    )?;
+    let grant = m.auth.token_holder(&bearer)?;
     let caller = Reader {
         user: grant.user,
         app: grant.app,
     };
     let node = &m.node;
-    // A message is only ever its recipient's to read or consume, and a file named without
-    // an owner is the caller's own: the caller's user fills both in.
-    let own = |mut key: ObjectKey| {
-        if key.kind == Kind::Message || key.owner.is_empty() {
-            key.owner = caller.user.clone();
-        }
-        key
-    };
-    let req = match req {
-        // A message's writer commits into the recipient's mailbox; the masters check the
-        // committer began the write.
-        StoreRequest::Commit {
-            mut key,
-            id,
-            records,
-        } => {
-            if key.owner.is_empty() {
-                key.owner = caller.user.clone();
-            }
-            StoreRequest::Commit { key, id, records }
-        }
-        StoreRequest::RefreshBegin { key, version } => StoreRequest::RefreshBegin {
-            key: own(key),
-            version,
-        },
-        StoreRequest::RefreshCommit { key, id, records } => StoreRequest::RefreshCommit {
-            key: own(key),
-            id,
-            records,
-        },
-        StoreRequest::Get { key, version } => StoreRequest::Get {
-            key: own(key),
-            version,
-        },
-        StoreRequest::Delete { key } => StoreRequest::Delete { key: own(key) },
-        StoreRequest::Repair { key, id, records } => StoreRequest::Repair {
-            key: own(key),
-            id,
-            records,
-        },
-        other => other,
-    };
     let answer = match req {
         StoreRequest::Begin {
             target,
@@ -134,19 +84,19 @@ async fn store(
             StoreResponse::Plan(Box::new(begin))
         }
         StoreRequest::Commit { key, id, records } => {
-            let writer = caller;
-            done(
-                node,
-                StoreOp::Commit(Commit {
-                    key,
-                    writer,
-                    id,
-                    records,
-                }),
-            )
-            .await?
+            // A message's writer commits into the recipient's mailbox; the masters check the
+            // committer began the write.
+            let key = owner_or(key, &caller.user);
+            let op = StoreOp::Commit(Commit {
+                key,
+                writer: caller,
+                id,
+                records,
+            });
+            done(node, op).await?
         }
         StoreRequest::RefreshBegin { key, version } => {
+            let key = own(key, &caller.user);
             let StoreAnswer::Version(v) = node
                 .store_read(StoreRead::Version {
                     key: key.clone(),
@@ -178,35 +128,29 @@ async fn store(
                 version: v,
             }
         }
-        StoreRequest::Repair { key, id, records } => {
-            let writer = caller;
-            done(
-                node,
-                StoreOp::Repair(Repair {
-                    key,
-                    writer,
-                    id,
-                    records,
-                }),
-            )
-            .await?
-        }
         StoreRequest::RefreshCommit { key, id, records } => {
-            let writer = caller;
-            done(
-                node,
-                StoreOp::RefreshCommit(RefreshCommit {
-                    key,
-                    writer,
-                    id,
-                    records,
-                }),
-            )
-            .await?
+            let key = own(key, &caller.user);
+            let op = StoreOp::RefreshCommit(RefreshCommit {
+                key,
+                writer: caller,
+                id,
+                records,
+            });
+            done(node, op).await?
+        }
+        StoreRequest::Repair { key, id, records } => {
+            let key = own(key, &caller.user);
+            let op = StoreOp::Repair(Repair {
+                key,
+                writer: caller,
+                id,
+                records,
+            });
+            done(node, op).await?
         }
         StoreRequest::Get { key, version } => match node
             .store_read(StoreRead::Version {
-                key,
+                key: own(key, &caller.user),
                 reader: caller,
                 version,
             })
@@ -233,9 +177,8 @@ async fn store(
             }
         }
         StoreRequest::Delete { key } => {
-            node.store_write(StoreOp::Delete { key, by: caller })
-                .await?;
-            StoreResponse::Done
+            let key = own(key, &caller.user);
+            done(node, StoreOp::Delete { key, by: caller }).await?
         }
         StoreRequest::SetMailboxKey { public_key } => {
             if caller.app.is_some() {
@@ -259,6 +202,26 @@ async fn store(
         }
     };
     Ok(Postcard(answer))
+}
+
+/// A file named without an owner is the caller's own.
+fn owner_or(mut key: ObjectKey, user: &str) -> ObjectKey {
+    if key.owner.is_empty() {
+        key.owner = user.to_string();
+    }
+    key
+}
+
+/// The object the caller means: a message is only ever its recipient's to read, refresh or
+/// consume, so the caller fills in a message's owner whatever the request says.
+fn own(key: ObjectKey, user: &str) -> ObjectKey {
+    match key.kind {
+        Kind::Message => ObjectKey {
+            owner: user.to_string(),
+            ..key
+        },
+        Kind::File => owner_or(key, user),
+    }
 }
 
 /// Replicates `op`; its answer is only that it was applied.

@@ -400,15 +400,8 @@ async fn post_access(
     Extension(bearer): Extension<mcloud_core::auth::AppBearer>,
     Postcard(req): Postcard<AccessRequest>,
 ) -> Result<Postcard<()>, ApiError> {
-    use mcloud_core::auth::app::{AppRequest, HouseScope, QueryKind};
-    let grant = access.auth.authorize_app(
-        &bearer,
-        &AppRequest {
-            now: mcloud_core::auth::now_secs(),
-            query: QueryKind::Compute,
-            level: mcloud_core::reading::GroupLevel::House,
-        },
-    )?;
+    use mcloud_core::auth::app::HouseScope;
+    let grant = access.auth.token_holder(&bearer)?;
     let HouseScope::Only(houses) = grant.houses else {
         return Err(ApiError::forbidden(
             "not_an_owner",

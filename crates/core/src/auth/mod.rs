@@ -66,6 +66,20 @@ impl NodeAuth {
         }
     }
 
+    /// Who holds the request's app token (a user, and an app when it was handed to one),
+    /// for endpoints whose own rules decide what the holder may do (a house's access rules,
+    /// stored files): any valid token passes, whatever it may query.
+    pub fn token_holder(&self, bearer: &AppBearer) -> Result<app::Grant, ApiError> {
+        self.authorize_app(
+            bearer,
+            &app::AppRequest {
+                now: now_secs(),
+                query: app::QueryKind::Compute,
+                level: crate::reading::GroupLevel::House,
+            },
+        )
+    }
+
     /// What the app token of a request grants for `request`; 401 or 403 naming why not. A
     /// token is verified once per query kind and level; the grant is reused while it has not
     /// expired and none of its revocation ids is revoked.
