@@ -11,13 +11,14 @@ use crate::{CatalogError, CatalogNode};
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Extension, Router};
+use mcloud_core::auth::peer::{PeerIdentity, Role};
 use mcloud_core::auth::{AppBearer, NodeAuth};
 use mcloud_core::http::{ApiError, Postcard};
 use mcloud_store::master::{
     Begin, Commit, Kind, ObjectKey, Reader, RefreshBegin, RefreshCommit, Repair, StoreAnswer,
     StoreOp, StoreRead,
 };
-use mcloud_store::wire::{StoreRequest, StoreResponse, Target, STORE_PATH};
+use mcloud_store::wire::{StoreRequest, StoreResponse, Target, STORE_CLOUD_PATH, STORE_PATH};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,19 +28,31 @@ struct Masters {
     auth: NodeAuth,
 }
 
-/// The masters' routes, for apps with a token.
+/// The masters' routes: apps with a token, and clouds (their archives) with their peer
+/// certificate.
 pub fn router(node: Arc<CatalogNode>, auth: NodeAuth) -> Router {
-    Router::new()
-        .route(STORE_PATH, post(store))
+    let apps = Router::new()
+        .route(STORE_PATH, post(app_store))
         .layer(axum::middleware::from_fn(mcloud_core::auth::require_app))
-        .with_state(Masters { node, auth })
+        .with_state(Masters {
+            node: node.clone(),
+            auth,
+        });
+    let clouds = Router::new()
+        .route(STORE_CLOUD_PATH, post(cloud_store))
+        .layer(axum::middleware::from_fn_with_state(
+            &[Role::Cloud][..],
+            mcloud_core::auth::require_peer,
+        ))
+        .with_state(node);
+    apps.merge(clouds)
 }
 
 fn unexpected() -> ApiError {
     ApiError::internal("the masters answered a storage read with something else")
 }
 
-async fn store(
+async fn app_store(
     State(m): State<Masters>,
     Extension(bearer): Extension<AppBearer>,
     Postcard(req): Postcard<StoreRequest>,
@@ -51,7 +64,27 @@ async fn store(
         user: grant.user,
         app: grant.app,
     };
-    let node = &m.node;
+    store(&m.node, caller, req).await
+}
+
+/// A cloud is the user no token can name, of its own party: its archive is its own.
+async fn cloud_store(
+    State(node): State<Arc<CatalogNode>>,
+    Extension(who): Extension<PeerIdentity>,
+    Postcard(req): Postcard<StoreRequest>,
+) -> Result<Postcard<StoreResponse>, ApiError> {
+    let caller = Reader {
+        user: mcloud_store::master::cloud_user(who.party),
+        app: Some(mcloud_store::master::CLOUD_APP.into()),
+    };
+    store(&node, caller, req).await
+}
+
+async fn store(
+    node: &CatalogNode,
+    caller: Reader,
+    req: StoreRequest,
+) -> Result<Postcard<StoreResponse>, ApiError> {
     let answer = match req {
         StoreRequest::Begin {
             target,

@@ -362,6 +362,19 @@ impl LocalCluster {
             }),
             None => None,
         };
+        let catalog_endpoints = self.catalog_endpoints(Some(&credentials.identity))?;
+        let archive = if self.storage.is_empty() {
+            None
+        } else {
+            let sources = mcloud_store::source::Sources::open(&self.storage)?;
+            Some(mcloud_cloud::store::Archive::new(
+                mcloud_store::client::StoreClient::for_cloud(
+                    catalog_endpoints.clone(),
+                    Arc::new(sources),
+                ),
+                party,
+            ))
+        };
         let config = CloudConfig {
             party,
             parties: self.spec.parties,
@@ -373,10 +386,10 @@ impl LocalCluster {
                 .retention_secs
                 .unwrap_or(mcloud_cloud::DEFAULT_RETENTION_SECS),
             robust,
+            archive,
             ..CloudConfig::default()
         };
-        let catalog =
-            CatalogClient::with_nodes(self.catalog_endpoints(Some(&credentials.identity))?);
+        let catalog = CatalogClient::with_nodes(catalog_endpoints);
         let node = CloudNode::open(&self.cloud_dir(party), config, catalog.clone())
             .await
             .with_context(|| format!("opening cloud {party}"))?;

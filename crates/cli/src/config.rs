@@ -102,6 +102,11 @@ pub struct CloudRole {
     /// Robust mode (`[cloud.robust]`): the clouds verify every report's proof together.
     #[serde(default)]
     pub robust: Option<RobustSection>,
+    /// The encrypted storage's sources (a file of `[[sources]]`): with it, windows that pass
+    /// the retention horizon go to the cloud's archive there, and ranges and COMPUTEs that
+    /// reach back read them again; without it they are dropped.
+    #[serde(default)]
+    pub storage: Option<PathBuf>,
 }
 
 /// `[cloud.robust]`: what a cloud of a robust deployment verifies with.

@@ -104,6 +104,20 @@ pub async fn run(config_path: &Path) -> Result<()> {
             .chain(&cloud.catalog_nodes)
             .map(|e| e.endpoint(Some(&credentials.identity)))
             .collect::<Result<Vec<_>>>()?;
+        let archive = match &cloud.storage {
+            Some(path) => {
+                let sources =
+                    mcloud_store::source::Sources::open(&crate::config::load_storage(path)?)?;
+                Some(mcloud_cloud::store::Archive::new(
+                    mcloud_store::client::StoreClient::for_cloud(
+                        catalog_nodes.clone(),
+                        Arc::new(sources),
+                    ),
+                    cloud.party,
+                ))
+            }
+            None => None,
+        };
         let catalog = CatalogClient::with_nodes(catalog_nodes);
         let section = config.elastic.unwrap_or_default();
         let program = if section.provisioner == ProvisionerKind::OsProcess {
@@ -131,6 +145,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 disclosure,
                 retention_secs: cloud.retention_secs,
                 robust,
+                archive,
                 ..CloudConfig::default()
             },
             catalog.clone(),

@@ -182,7 +182,8 @@ impl ProcessCluster {
             let text = format!(
                 "data_dir = \"cloud{party}\"\n[cloud]\nlisten = \"{}:{}\"\nparty = {party}\n\
                  credentials = \"trust/cloud{party}\"\n\
-                 parties = {}\nwindow_secs = {}\ngrace_secs = {}\ncatalog = {}\ncatalog_nodes = [{}]\n",
+                 parties = {}\nwindow_secs = {}\ngrace_secs = {}\ncatalog = {}\ncatalog_nodes = [{}]\n\
+                 storage = \"storage.toml\"\n",
                 cluster.host_of(Role::Cloud(party)),
                 cluster.cloud_ports[party],
                 cluster.spec.parties,

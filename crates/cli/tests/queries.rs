@@ -218,3 +218,91 @@ async fn q1_is_exact_and_q2_agrees_on_robust_reports() {
     q1_exact_and_q2_agreeing(&cluster, &readings).await;
     cluster.shutdown().await;
 }
+
+/// Windows that pass the retention horizon go to each cloud's archive in encrypted storage
+/// and leave its values table; the DEBS queries, which reach back over the whole history,
+/// stay exact, before and after a cloud restarts. No app can read a cloud's archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q1_is_exact_and_q2_agrees_across_the_archive_horizon() {
+    let readings = synthetic(26, 60);
+    let dir = tempfile::tempdir().unwrap();
+    let storage = (0..3)
+        .map(|id| {
+            mcloud_store::source::SourceConfig::local(id, dir.path().join(format!("source{id}")))
+        })
+        .collect();
+    let options = ClusterOptions {
+        retention_secs: Some(mcloud_cloud::MIN_RETENTION_SECS),
+        storage,
+        ..Default::default()
+    };
+    // The upload's own check reveals every window of the history, archived ones included.
+    let mut cluster = uploaded_with(&readings, dir.path(), &small_batches(), options).await;
+    let windows = (readings.iter().map(|r| r.ts / 30))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u64;
+    for party in 0..3 {
+        let r = cluster.cloud(party).unwrap().status()["retention"].clone();
+        let hours = r["archive"]["hours"].as_u64().unwrap();
+        assert!(hours >= 20, "party {party}: {r}");
+        // Three hours kept, and at most one more while the horizon waits for a whole hour.
+        let kept = r["stored_windows"].as_u64().unwrap();
+        assert!(kept <= 4 * 120, "party {party}: {r}");
+        assert!(
+            kept < windows / 4,
+            "party {party}: {r} of {windows} windows"
+        );
+    }
+    q1_exact_and_q2_agreeing(&cluster, &readings).await;
+
+    // A restart reads only the values table; the archive answers the rest as before.
+    cluster.restart_cloud(0).await.unwrap();
+    let r = cluster.cloud(0).unwrap().status()["retention"].clone();
+    assert!(r["archive"]["hours"].as_u64().unwrap() >= 20, "{r}");
+    assert_eq!(r["archive"]["hours_read_back"], 0, "{r}");
+    q1_exact_and_q2_agreeing(&cluster, &readings).await;
+
+    // A year on, every file is near its expiry: the cloud refreshes each (a tenth of its
+    // packets under new keys), and what it reads back after another restart is the same.
+    let hours = r["archive"]["hours"].as_u64().unwrap() as usize;
+    let later = mcloud_catalog::now_ms() + 340 * 86_400 * 1000;
+    let archive = cluster.cloud(0).unwrap().archive().unwrap().clone();
+    assert_eq!(archive.refresh_due(later).await.unwrap(), hours);
+    assert_eq!(
+        archive.refresh_due(mcloud_catalog::now_ms()).await.unwrap(),
+        0
+    );
+    cluster.restart_cloud(0).await.unwrap();
+    q1_exact_and_q2_agreeing(&cluster, &readings).await;
+
+    // The archive is the cloud's own: the owner of every house can neither list nor read it.
+    let owner = cluster
+        .store_client(&cluster.owner_token(0..4).unwrap())
+        .unwrap();
+    let cloud = mcloud_store::master::cloud_user(0);
+    assert!(owner.list(Some(&cloud)).await.unwrap().is_empty());
+    let hour = r["archive"]["archived_from"].as_u64().unwrap();
+    let hour = hour - hour % 3600 + 3600;
+    let e = owner
+        .get(&cloud, &format!("windows/{hour}"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        ["not_found", "store_forbidden"].contains(&e.code().as_str()),
+        "{e}"
+    );
+    // Nor can an app call the clouds' route to the masters: it takes peer certificates.
+    let app = cluster
+        .app_client(&cluster.owner_token(0..4).unwrap())
+        .unwrap();
+    let url = format!(
+        "{}{}",
+        cluster.catalog_urls()[0],
+        mcloud_store::wire::STORE_CLOUD_PATH
+    );
+    let answer = app.post(url).body(Vec::new()).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 401);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["code"], "peer_certificate_missing", "{body}");
+    cluster.shutdown().await;
+}

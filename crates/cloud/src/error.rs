@@ -67,6 +67,8 @@ pub enum CloudError {
     Catalog(String),
     #[error("values table: {0}")]
     Storage(String),
+    #[error("archive: {0}")]
+    Archive(String),
     #[error("elastic workers: {0}")]
     Workers(String),
     #[error("configuration: {0}")]
@@ -90,6 +92,12 @@ impl From<CloudError> for ApiError {
             CloudError::Storage(_) => ApiError::coded(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "storage_unavailable",
+                message,
+            ),
+            // The encrypted storage may be down for a while; what the archive holds stays.
+            CloudError::Archive(_) => ApiError::coded(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "archive_unavailable",
                 message,
             ),
             CloudError::Workers(_) | CloudError::Config(_) => ApiError::internal(message),

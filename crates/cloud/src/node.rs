@@ -6,7 +6,7 @@ use crate::elastic::{
     ReplaySource,
 };
 use crate::metrics::{CloudCollector, CloudMetrics};
-use crate::store::{EncodedWindows, Store, StoredBatch};
+use crate::store::{Archive, EncodedWindows, Store, StoredBatch, ARCHIVE_SECS};
 use crate::windows::{touched, RangeError, Registered, View, Windows};
 use crate::CloudError;
 use axum::http::StatusCode;
@@ -54,6 +54,9 @@ pub struct CloudConfig {
     /// Robust mode: every batch arrives as reports whose validity the clouds verify together
     /// before it counts (`crate::robust`); plain uploads are refused. None for plain mode.
     pub robust: Option<crate::robust::RobustConfig>,
+    /// Where windows go when they pass the retention horizon, to be read back by ranges and
+    /// COMPUTEs that reach that far. None: they are dropped.
+    pub archive: Option<crate::store::Archive>,
 }
 
 /// Default retention: a week of windows, enough for load prediction over past days.
@@ -76,6 +79,7 @@ impl Default for CloudConfig {
             sensor_silence: Duration::from_secs(60),
             retention_secs: DEFAULT_RETENTION_SECS,
             robust: None,
+            archive: None,
         }
     }
 }
@@ -85,6 +89,9 @@ const STORED_MAP_WAIT: Duration = Duration::from_secs(5);
 
 /// How often a cloud tells the catalog which flags it no longer needs.
 const SETTLED_EVERY: Duration = Duration::from_secs(5);
+
+/// How often a cloud looks for archive files close to their expiry (they live a year).
+const ARCHIVE_REFRESH_EVERY: Duration = Duration::from_secs(6 * 3600);
 
 /// How often a cloud hands its freed heap back (`mcloud_core::memory`): rarely enough that
 /// the walk costs nothing measurable, often enough that a burst's memory does not stay.
@@ -161,6 +168,9 @@ impl CloudNode {
         }
         let mut state = Windows::new(config.window_secs, config.grace_secs, recovered.watermark);
         state.restore_retained_from(recovered.retained_from);
+        if let (Some(_), Some(from)) = (&config.archive, recovered.archived_from) {
+            state.note_archived(from, recovered.archived);
+        }
         // Only the recent windows' sums come back into memory (as `Windows::cool` leaves
         // them), one window at a time.
         let hot_from = recovered
@@ -322,7 +332,31 @@ impl CloudNode {
                 }
             }
         });
+        if let Some(archive) = node.config.archive.clone() {
+            let weak = Arc::downgrade(&node);
+            let party = node.config.party;
+            tokio::spawn(async move {
+                let first = tokio::time::Instant::now() + ARCHIVE_REFRESH_EVERY;
+                let mut tick = tokio::time::interval_at(first, ARCHIVE_REFRESH_EVERY);
+                loop {
+                    tick.tick().await;
+                    if weak.strong_count() == 0 {
+                        break;
+                    }
+                    match archive.refresh_due(mcloud_catalog::now_ms()).await {
+                        Ok(0) => {}
+                        Ok(files) => tracing::info!(party, files, "archive files refreshed"),
+                        Err(e) => tracing::warn!(party, "refreshing the archive: {e}"),
+                    }
+                }
+            });
+        }
         Ok(node)
+    }
+
+    /// Where windows past the retention horizon go, if anywhere.
+    pub fn archive(&self) -> Option<&Archive> {
+        self.config.archive.as_ref()
     }
 
     pub(crate) fn robust(&self) -> Option<&crate::robust::Verifier> {
@@ -650,18 +684,34 @@ impl CloudNode {
     /// Drops the windows and batches that passed the retention horizon, from memory and then
     /// from the values table. The horizon is aligned to every scope's block, so a block is
     /// either whole or gone: a COMPUTE never answers a block with its first windows missing.
+    /// With an archive, the sealed windows go there first, an hour a file; nothing is dropped
+    /// until the files are committed.
     async fn retain(&self) -> Result<(), CloudError> {
-        let (windows, batches, horizon) = {
-            let mut state = self.state();
+        let (horizon, from) = {
+            let state = self.state();
             let raw = state
                 .closed_before()
                 .saturating_sub(self.config.retention_secs);
             let align = self.retention_alignment();
-            let horizon = raw - raw % align;
-            let (windows, batches) = state.forget_before(horizon);
-            (windows, batches, horizon)
+            let unsealed = state.first_unsealed().unwrap_or(u64::MAX);
+            let horizon = raw.min(unsealed);
+            (horizon - horizon % align, state.retained_from())
         };
-        if windows.is_empty() && batches.is_empty() {
+        if horizon <= from {
+            return Ok(());
+        }
+        let archived = match &self.config.archive {
+            Some(archive) => Some(self.archive_between(archive, from, horizon).await?),
+            None => None,
+        };
+        let (windows, batches) = {
+            let mut state = self.state();
+            if let Some(hours) = &archived {
+                state.note_archived(from, hours.iter().map(|(hour, _)| *hour));
+            }
+            state.forget_before(horizon)
+        };
+        if windows.is_empty() && batches.is_empty() && archived.as_ref().is_none_or(Vec::is_empty) {
             return Ok(());
         }
         tracing::debug!(
@@ -671,14 +721,74 @@ impl CloudNode {
             batches = batches.len(),
             "dropping what passed the retention horizon"
         );
-        self.store.prune(horizon, batches).await?;
+        self.store.prune(horizon, batches, archived).await?;
         // The audit log keeps disclosures for as long as the data they were about, by the
         // wall clock (when they were made); reveal counts go with their windows.
         let at = mcloud_core::auth::now_secs().saturating_sub(self.config.retention_secs);
         self.audit.forget_before(horizon, at).await.map(|_| ())
     }
 
-    /// The least common multiple of the window and every scope's block, in seconds.
+    /// Writes the sealed windows starting in [from, to) to the archive, one file per hour
+    /// that has any, one hour in memory at a time; returns each file's (hour, windows).
+    async fn archive_between(
+        &self,
+        archive: &Archive,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, u64)>, CloudError> {
+        let mut written = Vec::new();
+        let mut cursor = from;
+        while let Some(first) = self.store.first_sealed_from(cursor)?.filter(|s| *s < to) {
+            let hour = Archive::hour_of(first);
+            let end = hour.saturating_add(ARCHIVE_SECS).min(to);
+            let windows = self.store.sealed_between(first, end)?;
+            let count = windows.len() as u64;
+            archive.put(hour, windows).await?;
+            tracing::debug!(party = self.config.party, hour, windows = count, "archived");
+            written.push((hour, count));
+            cursor = end;
+        }
+        Ok(written)
+    }
+
+    /// Locks the windows with every archived hour that `reads` names read back.
+    async fn with_archived(
+        &self,
+        reads: impl Fn(&Windows) -> Result<Vec<u64>, RangeError>,
+    ) -> Result<MutexGuard<'_, Windows>, ApiError> {
+        // Another request may move the horizon meanwhile and need more: asked again.
+        for _ in 0..3 {
+            let (hours, missing) = {
+                let state = self.state();
+                let hours = reads(&state).map_err(range_error)?;
+                let missing = state.not_loaded(&hours);
+                if missing.is_empty() {
+                    return Ok(state);
+                }
+                (hours, missing)
+            };
+            let Some(archive) = &self.config.archive else {
+                return Err(ApiError::internal("archived hours without an archive"));
+            };
+            let read = futures::future::try_join_all(
+                missing
+                    .iter()
+                    .map(|&hour| async move { archive.get(hour).await.map(|w| (hour, w)) }),
+            )
+            .await?;
+            let mut state = self.state();
+            state.load_archived(read, &hours);
+            if state.not_loaded(&hours).is_empty() {
+                return Ok(state);
+            }
+        }
+        Err(ApiError::unavailable(
+            "the archive's hours kept changing while being read back; retry",
+        ))
+    }
+
+    /// The least common multiple of the window, every scope's block and (when archiving)
+    /// the archive's hour, in seconds.
     fn retention_alignment(&self) -> u64 {
         fn gcd(a: u64, b: u64) -> u64 {
             if b == 0 {
@@ -689,9 +799,11 @@ impl CloudNode {
         }
         let policy = &self.config.disclosure;
         let window = self.config.window_secs.max(1);
+        let archive = self.config.archive.as_ref().map(|_| ARCHIVE_SECS);
         [&policy.owner, &policy.friend, &policy.other]
             .iter()
             .map(|rules| rules.block_secs(window))
+            .chain(archive)
             .fold(window, |l, b| {
                 let b = b.max(1);
                 (l / gcd(l, b)).saturating_mul(b)
@@ -737,7 +849,10 @@ impl CloudNode {
         view: &View<'_>,
     ) -> Result<(ComputeResponse, u64), ApiError> {
         self.seal().await?;
-        let (answer, fewest, policy) = self.state().compute(
+        let state = self
+            .with_archived(|w| Ok(w.archive_hours_within(from, to)))
+            .await?;
+        let (answer, fewest, policy) = state.compute(
             self.config.party,
             self.config.parties,
             from,
@@ -745,6 +860,7 @@ impl CloudNode {
             level,
             view,
         )?;
+        drop(state);
         let bytes = postcard::experimental::serialized_size(&answer).unwrap_or(usize::MAX);
         if bytes > MAX_ANSWER_BYTES {
             return Err(ApiError::too_large(format!(
@@ -780,7 +896,17 @@ impl CloudNode {
     ) -> Result<Vec<RangeResponse>, ApiError> {
         check_range_specs(specs, self.config.window_secs)?;
         self.seal().await?;
-        let mut state = self.state();
+        let mut state = self
+            .with_archived(|w| {
+                let mut hours = Vec::new();
+                for s in specs {
+                    hours.extend(w.archive_hours(s.from, s.to)?);
+                }
+                hours.sort_unstable();
+                hours.dedup();
+                Ok(hours)
+            })
+            .await?;
         let mut bytes = 0usize;
         specs
             .iter()
@@ -794,15 +920,7 @@ impl CloudNode {
                         s.histograms,
                         view,
                     )
-                    .map_err(|e| match e {
-                        RangeError::NotReady(e) => ApiError::conflict(e.to_string()),
-                        e @ RangeError::PastRetention { .. } => ApiError::coded(
-                            axum::http::StatusCode::GONE,
-                            "past_retention",
-                            e.to_string(),
-                        ),
-                        RangeError::Storage(e) => ApiError::from(e),
-                    })?;
+                    .map_err(range_error)?;
                 bytes = bytes.saturating_add(
                     postcard::experimental::serialized_size(&answer).unwrap_or(usize::MAX),
                 );
@@ -833,6 +951,7 @@ impl CloudNode {
             "batches_in_memory": batches,
             "stored_batches": stored_batches,
             "stored_windows": stored_windows,
+            "archive": self.state().archive_summary(self.config.archive.is_some()),
         });
         if let Some(robust) = &self.robust {
             status["robust"] = robust.status();
@@ -999,6 +1118,20 @@ impl ReplaySource for CloudNode {
 
     fn checkpointed(&self, buckets: &[usize]) -> Result<Vec<(usize, BucketState)>, CloudError> {
         self.store.read_checkpoint(buckets)
+    }
+}
+
+fn range_error(e: RangeError) -> ApiError {
+    match e {
+        RangeError::NotReady(e) => ApiError::conflict(e.to_string()),
+        e @ RangeError::PastRetention { .. } => ApiError::coded(
+            axum::http::StatusCode::GONE,
+            "past_retention",
+            e.to_string(),
+        ),
+        // The node reads archived hours back before it asks.
+        e @ RangeError::NotLoaded(_) => ApiError::internal(e.to_string()),
+        RangeError::Storage(e) => ApiError::from(e),
     }
 }
 

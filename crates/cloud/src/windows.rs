@@ -43,6 +43,10 @@ pub enum RangeError {
     NotReady(#[from] NotReady),
     #[error("the range starts at {from}, before the retention horizon {horizon}: windows before it are no longer kept")]
     PastRetention { from: u64, horizon: u64 },
+    /// The archive hours a request needs must be read back first (the node does, then asks
+    /// again).
+    #[error("archived hours {0:?} are not read back")]
+    NotLoaded(Vec<u64>),
     #[error(transparent)]
     Storage(CloudError),
 }
@@ -89,6 +93,24 @@ pub trait ColdStore: Send {
 /// are read back from the values table when a range leaves them or a query reaches back, so
 /// a cloud's memory does not grow with the length of its history.
 pub const HOT_SECS: u64 = 2 * 3600;
+
+/// Archived hours kept read back for the next requests (Q1 asks for the same slices of past
+/// days at every boundary); a request that needs more keeps all of its own meanwhile.
+const MAX_LOADED_HOURS: usize = 48;
+
+/// What the archive holds of the windows before the retention horizon, and what of it has
+/// been read back.
+#[derive(Default)]
+struct Archived {
+    /// Windows dropped from here on were archived first (None: this cloud does not archive,
+    /// or never dropped anything yet).
+    from: Option<u64>,
+    /// The hours that have an archive file.
+    hours: BTreeSet<u64>,
+    /// Hours read back → their windows' starts.
+    loaded: BTreeMap<u64, Vec<u64>>,
+    windows: BTreeMap<u64, WindowState>,
+}
 
 /// A sealed window as stored, so a restarted node answers it without its batches.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -138,6 +160,7 @@ pub struct Windows {
     unsealed: BTreeSet<u64>,
     /// Windows starting before this were dropped by the retention policy.
     retained_from: u64,
+    archived: Archived,
     /// When each batch not settled yet arrived (wall clock, ms; a restored one: when it was
     /// restored). A batch is settled once its flag is final here or its windows are sealed:
     /// the catalog may forget the flags of batches settled at every cloud.
@@ -163,6 +186,7 @@ impl Windows {
             cold_store: None,
             unsealed: BTreeSet::new(),
             retained_from: 0,
+            archived: Archived::default(),
             received: HashMap::new(),
         }
     }
@@ -171,6 +195,13 @@ impl Windows {
     /// is waiting.
     pub fn settled_before(&self) -> u64 {
         self.received.values().copied().min().unwrap_or_else(now_ms)
+    }
+
+    /// The earliest window not sealed yet: retention stops before it, or a window whose
+    /// batches are still in flight (a fast replay moves event time far ahead of them) would
+    /// be dropped before its sums exist.
+    pub fn first_unsealed(&self) -> Option<u64> {
+        self.unsealed.first().copied()
     }
 
     /// Windows starting before this were dropped (0: none ever was).
@@ -218,6 +249,122 @@ impl Windows {
     /// After a restart: what the values table says was dropped before.
     pub fn restore_retained_from(&mut self, horizon: u64) {
         self.retained_from = self.retained_from.max(horizon);
+    }
+
+    /// The archive holds `hours` and, from `from` on, every window dropped (after a restart,
+    /// or once hours were archived).
+    pub fn note_archived(&mut self, from: u64, hours: impl IntoIterator<Item = u64>) {
+        let earliest = self.archived.from.map_or(from, |f| f.min(from));
+        self.archived.from = Some(earliest);
+        self.archived.hours.extend(hours);
+    }
+
+    /// The archived hours a request over [from, to) reads; refuses one that reaches before
+    /// what the archive holds.
+    pub fn archive_hours(&self, from: u64, to: u64) -> Result<Vec<u64>, RangeError> {
+        if from >= self.retained_from {
+            return Ok(Vec::new());
+        }
+        match self.archived.from {
+            Some(archived_from) if from >= archived_from => {}
+            archived_from => {
+                return Err(RangeError::PastRetention {
+                    from,
+                    horizon: archived_from.unwrap_or(self.retained_from),
+                })
+            }
+        }
+        let first = crate::store::Archive::hour_of(from);
+        let end = to.min(self.retained_from).max(first);
+        Ok(self.archived.hours.range(first..end).copied().collect())
+    }
+
+    /// The archived hours a COMPUTE over [from, to) reads: as far back as the archive
+    /// reaches (a COMPUTE answers the blocks there are; the horizon moves by whole blocks).
+    pub fn archive_hours_within(&self, from: u64, to: u64) -> Vec<u64> {
+        match self.archived.from {
+            Some(archived_from) => self
+                .archive_hours(from.max(archived_from), to)
+                .unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The archive's part of the status page.
+    pub fn archive_summary(&self, on: bool) -> serde_json::Value {
+        serde_json::json!({
+            "on": on,
+            "archived_from": self.archived.from,
+            "hours": self.archived.hours.len(),
+            "hours_read_back": self.archived.loaded.len(),
+        })
+    }
+
+    /// Of `hours`, those not read back.
+    pub fn not_loaded(&self, hours: &[u64]) -> Vec<u64> {
+        hours
+            .iter()
+            .filter(|h| !self.archived.loaded.contains_key(h))
+            .copied()
+            .collect()
+    }
+
+    /// Archived hours read back, for a request that reads `needed`: kept, and hours read
+    /// for earlier requests are let go past [`MAX_LOADED_HOURS`] (never one of `needed`).
+    pub fn load_archived(&mut self, read: Vec<(u64, Vec<(u64, SealedWindow)>)>, needed: &[u64]) {
+        for (hour, windows) in read {
+            let starts = windows.iter().map(|(start, _)| *start).collect();
+            for (start, w) in windows {
+                self.archived.windows.insert(
+                    start,
+                    WindowState {
+                        undecided: 0,
+                        sums: w.sums,
+                        batches: w.batches,
+                        digest: w.digest,
+                        sealed: true,
+                        cold: false,
+                    },
+                );
+            }
+            self.archived.loaded.insert(hour, starts);
+        }
+        while self.archived.loaded.len() > MAX_LOADED_HOURS {
+            let Some(&hour) = self.archived.loaded.keys().find(|h| !needed.contains(h)) else {
+                break;
+            };
+            for start in self.archived.loaded.remove(&hour).unwrap_or_default() {
+                self.archived.windows.remove(&start);
+            }
+            // A kept range could no longer slide out of this hour's windows.
+            let end = hour.saturating_add(crate::store::ARCHIVE_SECS);
+            self.ranges.retain(|r| r.to <= hour || r.from >= end);
+        }
+    }
+
+    /// Every archived hour [from, to) reads is read back.
+    fn check_loaded(&self, from: u64, to: u64) -> Result<(), RangeError> {
+        let missing = self.not_loaded(&self.archive_hours(from, to)?);
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(RangeError::NotLoaded(missing))
+        }
+    }
+
+    /// The windows starting in [from, to): archived ones read back, then those held here.
+    fn windows_in(&self, from: u64, to: u64) -> impl Iterator<Item = (&u64, &WindowState)> {
+        let to = to.max(from);
+        self.archived
+            .windows
+            .range(from..to)
+            .chain(self.windows.range(from..to))
+    }
+
+    fn window(&self, start: u64) -> Option<&WindowState> {
+        self.windows
+            .get(&start)
+            .or_else(|| self.archived.windows.get(&start))
     }
 
     /// How many windows and batches are remembered (the status page shows they stay flat).
@@ -508,10 +655,7 @@ impl Windows {
         view: &View<'_>,
     ) -> Result<RangeResponse, RangeError> {
         if from < self.retained_from {
-            return Err(RangeError::PastRetention {
-                from,
-                horizon: self.retained_from,
-            });
+            self.check_loaded(from, to)?;
         }
         let closed_before = self.closed_before();
         if to > closed_before {
@@ -595,14 +739,12 @@ impl Windows {
         // Windows only in the old range leave, windows only in the new one enter.
         let (old_from, old_to) = (sums.from, sums.to);
         let leave: Vec<u64> = self
-            .windows
-            .range(old_from..old_to)
+            .windows_in(old_from, old_to)
             .map(|(s, _)| *s)
             .filter(|s| !(from..to).contains(s))
             .collect();
         let enter: Vec<u64> = self
-            .windows
-            .range(from..to)
+            .windows_in(from, to)
             .map(|(s, _)| *s)
             .filter(|s| !(old_from..old_to).contains(s))
             .collect();
@@ -618,7 +760,7 @@ impl Windows {
     }
 
     fn apply_window(&self, sums: &mut RangeSums, start: u64, add: bool) -> Result<(), CloudError> {
-        let Some(w) = self.windows.get(&start) else {
+        let Some(w) = self.window(start) else {
             return Ok(());
         };
         let window_sums = self.sums_of(start, w)?;
@@ -683,7 +825,13 @@ impl Windows {
         let mut policy = std::time::Duration::ZERO;
         let block_secs = view.rules.block_secs(self.window_secs);
         let mut blocks: BTreeMap<u64, Vec<(u64, &WindowState)>> = BTreeMap::new();
-        for (&start, w) in self.windows.range(from..to.max(from)) {
+        let missing = self.not_loaded(&self.archive_hours_within(from, to));
+        if !missing.is_empty() {
+            return Err(CloudError::Archive(format!(
+                "archived hours {missing:?} are not read back"
+            )));
+        }
+        for (&start, w) in self.windows_in(from, to) {
             blocks
                 .entry(block_start(start, block_secs))
                 .or_default()
@@ -948,6 +1096,125 @@ mod tests {
                 .unwrap()
                 .0,
             hot.compute(0, 1, 0, span, GroupLevel::House, &everything())
+                .unwrap()
+                .0
+        );
+    }
+
+    /// Windows that went to the archive answer exactly what an all-in-memory node answers
+    /// once their hours are read back: ranges sliding over the horizon, ranges of past days
+    /// that make the node let hours go (and with them the ranges it kept over them), and
+    /// COMPUTE. Before the archive begins, a range is refused by name; unread hours are
+    /// never summed as if empty.
+    #[test]
+    fn archived_windows_answer_like_hot_ones() {
+        const HOURS: u64 = 60;
+        let mut hot = Windows::new(30, 0, 0);
+        let mut archived = Windows::new(30, 0, 0);
+        let mut files: BTreeMap<u64, Vec<(u64, SealedWindow)>> = BTreeMap::new();
+        for n in 0..HOURS * 120 {
+            let start = n * 30;
+            let records: Vec<ShareRecord> = (0..3)
+                .map(|plug| record(n * 3 + plug + 1, start + plug, plug as u32, n * 7 + plug))
+                .collect();
+            let mut sums = sums_of(&records);
+            sums.histograms.insert(
+                (start, records[0].group),
+                vec![CountField::from(n % 5); mcloud_core::histogram::BUCKETS],
+            );
+            for w in [&mut hot, &mut archived] {
+                let id = BatchId(u128::from(n) + 1);
+                assert!(matches!(w.register(id, vec![start]), Ok(Registered::New)));
+                w.stored(id);
+                w.decide(id, true);
+                w.advance(start + 30);
+                w.seal(start, sums.clone());
+            }
+            files
+                .entry(start - start % 3600)
+                .or_default()
+                .push((start, archived.sealed_window(start).unwrap()));
+        }
+        // Hour 0 was dropped before the cloud archived; hours 1 to 54 went to the archive.
+        let horizon = 55 * 3600;
+        archived.note_archived(3600, (1..55).map(|h| h * 3600));
+        archived.forget_before(horizon);
+        let ask = |w: &mut Windows, from: u64, to: u64, histograms: bool| {
+            let hours = w.archive_hours(from, to)?;
+            let read = w
+                .not_loaded(&hours)
+                .into_iter()
+                .map(|h| {
+                    let windows = files[&h]
+                        .iter()
+                        .map(|(start, s)| {
+                            let copy: SealedWindow =
+                                postcard::from_bytes(&postcard::to_stdvec(s).unwrap()).unwrap();
+                            (*start, copy)
+                        })
+                        .collect();
+                    (h, windows)
+                })
+                .collect();
+            w.load_archived(read, &hours);
+            w.range(0, 1, from, to, histograms, &everything())
+        };
+        let unread = archived.range(0, 1, 7200, 10_800, false, &everything());
+        assert!(
+            matches!(&unread, Err(RangeError::NotLoaded(hours)) if hours == &vec![7200]),
+            "{:?}",
+            unread.map(|r| r.plugs.len())
+        );
+        assert!(matches!(
+            ask(&mut archived, 1800, 7200, false),
+            Err(RangeError::PastRetention { horizon: 3600, .. })
+        ));
+        // A day from hour 1 is kept for sliding; thirty later hours make room by letting the
+        // first hours go, and the kept day with them: sliding it would subtract windows that
+        // are no longer here.
+        let day = |from: u64| (from, from + 86_400);
+        for (from, to) in [day(3600), (25 * 3600, horizon), day(3600 + 1800)] {
+            assert_eq!(
+                ask(&mut archived, from, to, true).unwrap(),
+                hot.range(0, 1, from, to, true, &everything()).unwrap(),
+                "range [{from}, {to})"
+            );
+        }
+        for step in 0..((HOURS - 25) * 3) {
+            let to = 25 * 3600 + step * 1200;
+            for (from, histograms) in [
+                (to - 24 * 3600, true),
+                (to - 86_400 + 600, false),
+                (to.saturating_sub(2 * 86_400).max(3600), false),
+                ((to - 3600) / 2 / 30 * 30 + 3600, true),
+            ] {
+                let to = if histograms { to } else { from + 300 };
+                assert_eq!(
+                    ask(&mut archived, from, to, histograms).unwrap(),
+                    hot.range(0, 1, from, to, histograms, &everything())
+                        .unwrap(),
+                    "range [{from}, {to})"
+                );
+            }
+        }
+        assert!(archived.archived.loaded.len() <= MAX_LOADED_HOURS);
+        let span = HOURS * 3600;
+        let hours = archived.archive_hours_within(0, span);
+        assert_eq!(hours, (1..55).map(|h| h * 3600).collect::<Vec<_>>());
+        assert!(archived
+            .compute(0, 1, 3600, span, GroupLevel::House, &everything())
+            .is_err());
+        let read = hours
+            .iter()
+            .map(|&h| (h, files.remove(&h).unwrap()))
+            .collect();
+        archived.load_archived(read, &hours);
+        assert_eq!(
+            archived
+                .compute(0, 1, 3600, span, GroupLevel::House, &everything())
+                .unwrap()
+                .0,
+            hot.compute(0, 1, 3600, span, GroupLevel::House, &everything())
                 .unwrap()
                 .0
         );

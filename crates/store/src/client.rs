@@ -7,7 +7,7 @@ use crate::mailbox::{MailboxError, MailboxKeys};
 use crate::master::{FileAccess, Kind, ObjectInfo, ObjectKey, Version};
 use crate::packet::DEFAULT_PACKET_BYTES;
 use crate::source::Sources;
-use crate::wire::{StoreRequest, StoreResponse, Target, STORE_PATH};
+use crate::wire::{StoreRequest, StoreResponse, Target, STORE_CLOUD_PATH, STORE_PATH};
 use mcloud_core::http::{post, CallError, Endpoint};
 use std::sync::Arc;
 use thiserror::Error;
@@ -68,6 +68,8 @@ impl Default for WriteOptions {
 #[derive(Clone)]
 pub struct StoreClient {
     masters: Vec<Endpoint>,
+    /// The masters' route for this kind of caller.
+    path: &'static str,
     sources: Arc<Sources>,
     pub options: WriteOptions,
 }
@@ -83,11 +85,22 @@ fn grant_of(v: &Version) -> ReadGrant {
 }
 
 impl StoreClient {
+    /// An app's client: each endpoint's HTTP client carries the app's token.
     pub fn new(masters: Vec<Endpoint>, sources: Arc<Sources>) -> StoreClient {
         StoreClient {
             masters,
+            path: STORE_PATH,
             sources,
             options: WriteOptions::default(),
+        }
+    }
+
+    /// A cloud's client: each endpoint's HTTP client presents the cloud's peer certificate,
+    /// and the masters know it as [`crate::master::cloud_user`] of its party.
+    pub fn for_cloud(masters: Vec<Endpoint>, sources: Arc<Sources>) -> StoreClient {
+        StoreClient {
+            path: STORE_CLOUD_PATH,
+            ..StoreClient::new(masters, sources)
         }
     }
 
@@ -100,7 +113,7 @@ impl StoreClient {
     async fn call(&self, req: &StoreRequest) -> Result<StoreResponse, ClientError> {
         let mut last = None;
         for node in &self.masters {
-            let url = format!("{}{STORE_PATH}", node.url);
+            let url = format!("{}{}", node.url, self.path);
             match post::<_, StoreResponse>(&node.http, &url, req).await {
                 Ok(answer) => return Ok(answer),
                 Err(e) if e.is_retryable() => last = Some(e),

@@ -219,9 +219,13 @@ pub async fn write_file(
     let started = Instant::now();
     let n = plan.check(data.len(), sources)?;
     let replicas = usize::from(plan.replicas);
+    // Batches by index rather than `chunks()`: a closure over borrowed slices is generic
+    // over their lifetime, and a caller's spawned task then fails rustc's `Send` check.
+    let per_batch = batch_packets(plan.packet_bytes);
     let mut records: Vec<PacketRecord> =
-        futures::stream::iter(plan.order.chunks(batch_packets(plan.packet_bytes)))
-            .map(|batch| async move {
+        futures::stream::iter((0..plan.order.len()).step_by(per_batch))
+            .map(|at| async move {
+                let batch = &plan.order[at..plan.order.len().min(at + per_batch)];
                 let packets = batch
                     .iter()
                     .map(|&p| {
@@ -288,9 +292,14 @@ pub async fn read_file(sources: &Sources, grant: &ReadGrant) -> Result<Vec<u8>, 
         .map_err(|_| StoreError::BadGrant(format!("{} bytes do not fit here", grant.len)))?;
     let mut out = output_buffer(len);
     let layout = &layout;
-    let ids: Vec<u32> = (0..layout.copies.len() as u32).collect();
-    let mut batches = futures::stream::iter(ids.chunks(batch_packets(grant.packet_bytes)))
-        .map(|batch| read::read_packets(sources, layout, batch))
+    // Owned batches of ids, for the same reason as in `write_file`.
+    let count = layout.copies.len() as u32;
+    let per_batch = batch_packets(grant.packet_bytes) as u32;
+    let mut batches = futures::stream::iter((0..count).step_by(per_batch.max(1) as usize))
+        .map(|at| async move {
+            let batch: Vec<u32> = (at..count.min(at.saturating_add(per_batch))).collect();
+            read::read_packets(sources, layout, &batch).await
+        })
         .buffer_unordered(in_flight(sources));
     while let Some(packets) = batches.try_next().await? {
         for (p, plaintext) in packets {

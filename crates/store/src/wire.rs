@@ -1,6 +1,6 @@
-//! What apps send the masters, and what they answer. One route takes every request: the
-//! masters' whole API is called by one group (apps with a token), and each request names the
-//! object it is about.
+//! What apps send the masters, and what they answer. One route per kind of caller takes
+//! every request: apps show a token, clouds (keeping their archives) a peer certificate; each
+//! request names the object it is about.
 
 use crate::master::{Begin, FileAccess, Kind, ObjectInfo, ObjectKey, RefreshBegin, Version};
 use crate::packet::PacketRecord;
@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 /// Where apps reach the masters (every catalog node serves it and forwards to the leader).
 pub const STORE_PATH: &str = "/v1/store";
+/// Where clouds reach the masters with their peer certificate, as user
+/// [`crate::master::cloud_user`] of their party.
+pub const STORE_CLOUD_PATH: &str = "/v1/store/cloud";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum StoreRequest {

@@ -6,10 +6,12 @@
 //! the group commit (`writer`) stay in here, so where and how the data lies can change in
 //! this one place.
 
+mod archive;
 mod encoding;
 mod tables;
 mod writer;
 
+pub use archive::{Archive, ARCHIVE_SECS};
 pub use encoding::{EncodedWindows, StoredBatch};
 
 use crate::elastic::{BucketState, Checkpoint};
@@ -19,7 +21,7 @@ use crate::CloudError;
 use encoding::{decode_batch, decode_state, decode_window, encode_state, expand_kept};
 use mcloud_core::wire::{UploadBatch, UploadRequest};
 use mcloud_core::BatchId;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use writer::{Write, Writer};
@@ -35,6 +37,10 @@ pub struct Recovered {
     pub newest_sealed: Option<u64>,
     /// Windows starting before this were dropped (0: none was).
     pub retained_from: u64,
+    /// Windows dropped from here on went to the archive first (None: nothing did).
+    pub archived_from: Option<u64>,
+    /// The hours that have an archive file.
+    pub archived: BTreeSet<u64>,
 }
 
 /// A cloud's values table. Every write returns once it is durable (or failed, storing
@@ -64,6 +70,8 @@ impl Store {
             covered: meta.covered,
             newest_sealed: meta.newest_sealed,
             retained_from: meta.retained_from,
+            archived_from: meta.archived_from,
+            archived: meta.archived,
         };
         let db = Arc::new(Reopening::new(path, db));
         let writer = Writer::start(db.clone())?;
@@ -168,10 +176,33 @@ impl Store {
         self.writer.submit(Write::Watermark(ts)).await
     }
 
+    /// The start of the first sealed window stored at or after `from`.
+    pub fn first_sealed_from(&self, from: u64) -> Result<Option<u64>, CloudError> {
+        tables::first_sealed_from(&*self.db.get()?, from)
+    }
+
+    /// The sealed windows starting in [from, to), encoded as stored: what an archive file
+    /// holds, so archiving decodes nothing.
+    pub fn sealed_between(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, CloudError> {
+        tables::read_sealed_between(&*self.db.get()?, from, to)
+    }
+
     /// Drops the sealed windows starting before `horizon` and `batches` (whose windows all
-    /// start before it), and remembers the horizon for a restart.
-    pub async fn prune(&self, horizon: u64, batches: Vec<BatchId>) -> Result<(), CloudError> {
-        self.writer.submit(Write::Prune { horizon, batches }).await
+    /// start before it), and remembers the horizon for a restart. With `archived`, those
+    /// windows are in the archive files of these (hour, windows), remembered too.
+    pub async fn prune(
+        &self,
+        horizon: u64,
+        batches: Vec<BatchId>,
+        archived: Option<Vec<(u64, u64)>>,
+    ) -> Result<(), CloudError> {
+        self.writer
+            .submit(Write::Prune {
+                horizon,
+                batches,
+                archived,
+            })
+            .await
     }
 
     /// How many batches and sealed windows are stored (the status page shows they stay flat).

@@ -5,7 +5,7 @@
 use crate::CloudError;
 use mcloud_core::BatchId;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 /// Batch id → the batch as the store keeps it.
 pub(super) const BATCHES: TableDefinition<u128, &[u8]> = TableDefinition::new("batches");
@@ -16,10 +16,16 @@ pub(super) const CHECKPOINT: TableDefinition<u32, &[u8]> = TableDefinition::new(
 pub(super) const COVERED: TableDefinition<u128, u8> = TableDefinition::new("covered");
 /// Window start → its sealed sums.
 pub(super) const SEALED: TableDefinition<u64, &[u8]> = TableDefinition::new("sealed");
+/// Hour start → how many sealed windows its archive file holds: the hours whose windows
+/// went to encrypted storage when they passed the retention horizon.
+pub(super) const ARCHIVED: TableDefinition<u64, u64> = TableDefinition::new("archived");
 /// Key in `META`: the explicit watermark.
 pub(super) const WATERMARK: &str = "watermark";
 /// Key in `META`: windows starting before this were dropped by the retention policy.
 pub(super) const RETAINED_FROM: &str = "retained_from";
+/// Key in `META`: windows dropped from here on went to the archive first; those before it
+/// (dropped before the cloud archived) are gone.
+pub(super) const ARCHIVED_FROM: &str = "archived_from";
 
 /// Creates the tables a new file lacks, so every read finds them.
 pub(super) fn create(db: &Database) -> Result<(), CloudError> {
@@ -29,6 +35,7 @@ pub(super) fn create(db: &Database) -> Result<(), CloudError> {
     txn.open_table(CHECKPOINT)?;
     txn.open_table(COVERED)?;
     txn.open_table(SEALED)?;
+    txn.open_table(ARCHIVED)?;
     txn.commit()?;
     Ok(())
 }
@@ -39,6 +46,8 @@ pub(super) struct Meta {
     pub retained_from: u64,
     pub covered: HashSet<BatchId>,
     pub newest_sealed: Option<u64>,
+    pub archived_from: Option<u64>,
+    pub archived: BTreeSet<u64>,
 }
 
 /// Reads [`Meta`] in one read transaction, calling `state` with each checkpointed bucket's
@@ -61,11 +70,17 @@ pub(super) fn read_meta(
         .open_table(SEALED)?
         .last()?
         .map(|(start, _)| start.value());
+    let mut archived = BTreeSet::new();
+    for entry in txn.open_table(ARCHIVED)?.iter()? {
+        archived.insert(entry?.0.value());
+    }
     Ok(Meta {
         watermark: meta.get(WATERMARK)?.map(|v| v.value()).unwrap_or(0),
         retained_from: meta.get(RETAINED_FROM)?.map(|v| v.value()).unwrap_or(0),
         covered,
         newest_sealed,
+        archived_from: meta.get(ARCHIVED_FROM)?.map(|v| v.value()),
+        archived,
     })
 }
 
@@ -115,6 +130,29 @@ pub(super) fn read_sealed(db: &Database, start: u64) -> Result<Option<Vec<u8>>, 
     let txn = db.begin_read()?;
     let sealed = txn.open_table(SEALED)?;
     Ok(sealed.get(start)?.map(|bytes| bytes.value().to_vec()))
+}
+
+pub(super) fn first_sealed_from(db: &Database, from: u64) -> Result<Option<u64>, CloudError> {
+    let txn = db.begin_read()?;
+    let sealed = txn.open_table(SEALED)?;
+    let first = sealed.range(from..)?.next().transpose()?;
+    Ok(first.map(|(start, _)| start.value()))
+}
+
+/// The stored sums of the sealed windows starting in [from, to), in start order.
+pub(super) fn read_sealed_between(
+    db: &Database,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, CloudError> {
+    let txn = db.begin_read()?;
+    let sealed = txn.open_table(SEALED)?;
+    let mut out = Vec::new();
+    for entry in sealed.range(from..to.max(from))? {
+        let (start, bytes) = entry?;
+        out.push((start.value(), bytes.value().to_vec()));
+    }
+    Ok(out)
 }
 
 /// Calls `f` with the stored state of each of `buckets` the latest checkpoint holds.

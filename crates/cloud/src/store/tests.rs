@@ -82,7 +82,7 @@ async fn what_was_stored_comes_back_after_a_reopen() {
         windows.add(start, &sealed_window(start)).unwrap();
     }
     store.save_sealed(windows).await.unwrap();
-    store.prune(60, vec![early.batch_id]).await.unwrap();
+    store.prune(60, vec![early.batch_id], None).await.unwrap();
     assert_eq!(store.stored().unwrap(), (1, 2));
     drop(store);
 
@@ -206,4 +206,50 @@ fn reads_a_values_table_laid_out_by_name() {
     assert_eq!(batches, vec![(BatchId(9), request)]);
     let read = store.read_sealed(60).unwrap().unwrap();
     assert_eq!(bytes_of(&read), bytes_of(&window));
+}
+
+/// Archiving: the windows of an hour are read out as stored; a prune that archived them
+/// remembers the hours, and from where on every dropped window was archived (the horizon
+/// before the first archiving prune), across a reopen.
+#[tokio::test]
+async fn archived_hours_are_remembered_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, recovered) = Store::open(dir.path()).unwrap();
+    assert_eq!(recovered.archived_from, None);
+    let mut windows = EncodedWindows::default();
+    for start in [30, 3600, 3630, 7200] {
+        windows.add(start, &sealed_window(start)).unwrap();
+    }
+    store.save_sealed(windows).await.unwrap();
+    // Dropped without archiving first: nothing before 60 is in any archive.
+    store.prune(60, Vec::new(), None).await.unwrap();
+    assert_eq!(store.first_sealed_from(0).unwrap(), Some(3600));
+    assert_eq!(store.first_sealed_from(3601).unwrap(), Some(3630));
+    assert_eq!(store.first_sealed_from(7201).unwrap(), None);
+    let hour = store.sealed_between(3600, 7200).unwrap();
+    assert_eq!(
+        hour,
+        vec![
+            (3600, bytes_of(&sealed_window(3600))),
+            (3630, bytes_of(&sealed_window(3630)))
+        ]
+    );
+    store
+        .prune(7200, Vec::new(), Some(vec![(3600, 2)]))
+        .await
+        .unwrap();
+    store
+        .prune(7230, Vec::new(), Some(vec![(7200, 1)]))
+        .await
+        .unwrap();
+    assert_eq!(store.stored().unwrap(), (0, 0));
+    drop(store);
+
+    let (_, recovered) = reopen(dir.path());
+    assert_eq!(recovered.retained_from, 7230);
+    assert_eq!(recovered.archived_from, Some(60));
+    assert_eq!(
+        recovered.archived.into_iter().collect::<Vec<_>>(),
+        vec![3600, 7200]
+    );
 }

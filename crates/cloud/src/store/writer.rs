@@ -3,7 +3,9 @@
 //! commits whatever writes are waiting in one transaction (group commit): concurrent uploads
 //! share the fsync instead of queueing for one each.
 
-use super::tables::{BATCHES, CHECKPOINT, COVERED, META, RETAINED_FROM, SEALED, WATERMARK};
+use super::tables::{
+    ARCHIVED, ARCHIVED_FROM, BATCHES, CHECKPOINT, COVERED, META, RETAINED_FROM, SEALED, WATERMARK,
+};
 use crate::reopen::Reopening;
 use crate::CloudError;
 use bytes::Bytes;
@@ -30,10 +32,12 @@ pub(super) enum Write {
         covered: Vec<BatchId>,
     },
     Sealed(Vec<(u64, Vec<u8>)>),
-    /// Drops sealed windows starting before `horizon` and these batches.
+    /// Drops sealed windows starting before `horizon` and these batches. With `archived`,
+    /// the windows went to these hours' archive files first.
     Prune {
         horizon: u64,
         batches: Vec<BatchId>,
+        archived: Option<Vec<(u64, u64)>>,
     },
 }
 
@@ -110,6 +114,7 @@ fn commit(db: &Database, group: &[Job]) -> Result<(), CloudError> {
         let mut checkpoint = txn.open_table(CHECKPOINT)?;
         let mut covered_table = txn.open_table(COVERED)?;
         let mut sealed = txn.open_table(SEALED)?;
+        let mut archive = txn.open_table(ARCHIVED)?;
         let mut watermark = meta.get(WATERMARK)?.map(|v| v.value()).unwrap_or(0);
         let mut retained_from = meta.get(RETAINED_FROM)?.map(|v| v.value()).unwrap_or(0);
         for job in group {
@@ -135,7 +140,16 @@ fn commit(db: &Database, group: &[Job]) -> Result<(), CloudError> {
                 Write::Prune {
                     horizon,
                     batches: ids,
+                    archived,
                 } => {
+                    if let Some(hours) = archived {
+                        if meta.get(ARCHIVED_FROM)?.is_none() {
+                            meta.insert(ARCHIVED_FROM, retained_from)?;
+                        }
+                        for (hour, windows) in hours {
+                            archive.insert(*hour, *windows)?;
+                        }
+                    }
                     sealed.retain_in(..*horizon, |_, _| false)?;
                     for id in ids {
                         batches.remove(id.0)?;

@@ -92,6 +92,11 @@ impl TokenAuthority {
     }
 
     fn issue(&self, user: &str, houses: Vec<Fact>, at: u64) -> Result<AppToken, AppTokenError> {
+        if user.starts_with(ROLE_USER_PREFIX) {
+            return Err(AppTokenError::Issue(format!(
+                "user name {user:?} starts with {ROLE_USER_PREFIX:?}, which names the deployment's own roles"
+            )));
+        }
         // Names go in as terms of built facts, never through Datalog source, so no name can
         // inject facts or checks.
         let user = dl::fact("user", &[dl::string(user)]);
@@ -101,6 +106,11 @@ impl TokenAuthority {
         Ok(AppToken(token.to_base64()?))
     }
 }
+
+/// Names starting with this belong to the deployment's own roles (a cloud keeping its archive
+/// in encrypted storage is user `@cloud-1`): no token names such a user, so no app can pass
+/// for one.
+pub const ROLE_USER_PREFIX: char = '@';
 
 /// The root public key every cloud holds to verify tokens offline.
 #[derive(Clone)]
@@ -526,6 +536,15 @@ mod tests {
         let mut attenuation = Attenuation::default();
         f(&mut attenuation);
         token.attenuate(root, &attenuation).unwrap()
+    }
+
+    #[test]
+    fn no_token_names_a_role_of_the_deployment() {
+        let (authority, _, _) = owner();
+        let e = authority.issue_owner("@cloud-0", &[1], 1_000).unwrap_err();
+        assert_eq!(e.code(), "token_issue", "{e}");
+        assert!(e.to_string().contains("deployment's own roles"), "{e}");
+        assert!(authority.issue_collector("@collector", 1_000).is_err());
     }
 
     #[test]

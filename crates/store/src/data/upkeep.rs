@@ -53,29 +53,31 @@ pub async fn rewrite_packets(
         .copied()
         .zip(ciphers.iter().copied())
         .collect();
-    let mut records: Vec<PacketRecord> =
-        futures::stream::iter(work.chunks(batch_packets(grant.packet_bytes)))
-            .map(|batch| async move {
-                let ids: Vec<u32> = batch.iter().map(|w| w.0).collect();
-                let plaintexts = read_packets(sources, layout, &ids).await?;
-                let packets = batch
-                    .iter()
-                    .zip(&plaintexts)
-                    .map(|(&(p, cipher), (_, plaintext))| {
-                        let packet = Packet {
-                            file: grant.file,
-                            packet: p,
-                            cipher: Cipher::from_id(cipher)?,
-                            key,
-                        };
-                        Ok((packet, plaintext.as_slice()))
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()?;
-                write_packets(sources, &packets, replicas).await
-            })
-            .buffer_unordered(in_flight(sources))
-            .try_concat()
-            .await?;
+    // By index and with loops rather than `chunks()` and closures over borrowed items: those
+    // are generic over the borrows' lifetimes, and a caller's spawned task then fails rustc's
+    // `Send` check.
+    let per_batch = batch_packets(grant.packet_bytes);
+    let work = &work;
+    let mut records: Vec<PacketRecord> = futures::stream::iter((0..work.len()).step_by(per_batch))
+        .map(|at| async move {
+            let batch = &work[at..work.len().min(at + per_batch)];
+            let ids: Vec<u32> = batch.iter().map(|w| w.0).collect();
+            let plaintexts = read_packets(sources, layout, &ids).await?;
+            let mut packets = Vec::with_capacity(batch.len());
+            for (&(p, cipher), (_, plaintext)) in batch.iter().zip(&plaintexts) {
+                let packet = Packet {
+                    file: grant.file,
+                    packet: p,
+                    cipher: Cipher::from_id(cipher)?,
+                    key,
+                };
+                packets.push((packet, plaintext.as_slice()));
+            }
+            write_packets(sources, &packets, replicas).await
+        })
+        .buffer_unordered(in_flight(sources))
+        .try_concat()
+        .await?;
     records.sort_unstable();
     tracing::info!(
         file = grant.file,

@@ -91,6 +91,15 @@ impl ObjectKey {
     }
 }
 
+/// The user a cloud of `party` is to the masters: a name no token can carry
+/// (`mcloud_core::auth::app::ROLE_USER_PREFIX`), so its files are its own.
+pub fn cloud_user(party: u16) -> String {
+    format!("{}cloud-{party}", mcloud_core::auth::app::ROLE_USER_PREFIX)
+}
+
+/// The app name a cloud's archive writes and reads as.
+pub const CLOUD_APP: &str = "archive";
+
 /// Checks a user, app or object name: 1 to [`MAX_NAME_CHARS`] characters of letters, digits
 /// and `._-/@`, so names print safely and cannot smuggle control characters into logs.
 pub fn check_name(what: &str, name: &str) -> Result<(), MasterError> {
