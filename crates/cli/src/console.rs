@@ -219,9 +219,16 @@ fn analytics_range(clouds: &[Value], secs: u64) -> Result<(u64, u64, u64), Strin
     if to == 0 {
         return Err("no window closed yet".into());
     }
+    // A cloud that archives answers from where its archive begins; one that does not, from
+    // its retention horizon.
     let kept_from = clouds
         .iter()
-        .filter_map(|c| c["figures"]["retained_from"].as_u64())
+        .filter_map(|c| {
+            let figures = &c["figures"];
+            figures["archived_from"]
+                .as_u64()
+                .or_else(|| figures["retained_from"].as_u64())
+        })
         .max()
         .unwrap_or(0);
     let kept_from = kept_from.div_ceil(WINDOW_SECS) * WINDOW_SECS;
@@ -283,6 +290,7 @@ fn figures(role: &str, status: &Value) -> Value {
             "closed_before": status["closed_before"],
             "window_secs": status["window_secs"],
             "retained_from": status["retention"]["retained_from"],
+            "archived_from": status["retention"]["archive"]["archived_from"],
             "batches": status["batches"],
             "undecided_batches": status["undecided_batches"],
             // Worker id → buckets it owns.

@@ -151,6 +151,7 @@ pub async fn run(args: &DemoArgs, readings: &[Reading], window: u64, dir: &Path)
         keep_decided_secs: None,
         namespaces: false,
         robust: args.robust,
+        archive: true,
     })?;
     cluster.start_all()?;
     let http = cluster.wait_ready(Duration::from_secs(60)).await?;

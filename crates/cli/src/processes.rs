@@ -66,6 +66,9 @@ pub struct ProcessSpec {
     /// Robust mode: every cloud gets a `[cloud.robust]` section (one verification key, written
     /// to `trust/verify.key`) and `deployment.toml` says `robust = true`.
     pub robust: bool,
+    /// The clouds archive windows past their retention in the encrypted storage (`storage =`
+    /// in `[cloud]`), as `examples/local` does; otherwise they drop them.
+    pub archive: bool,
 }
 
 pub struct ProcessCluster {
@@ -182,8 +185,7 @@ impl ProcessCluster {
             let text = format!(
                 "data_dir = \"cloud{party}\"\n[cloud]\nlisten = \"{}:{}\"\nparty = {party}\n\
                  credentials = \"trust/cloud{party}\"\n\
-                 parties = {}\nwindow_secs = {}\ngrace_secs = {}\ncatalog = {}\ncatalog_nodes = [{}]\n\
-                 storage = \"storage.toml\"\n",
+                 parties = {}\nwindow_secs = {}\ngrace_secs = {}\ncatalog = {}\ncatalog_nodes = [{}]\n",
                 cluster.host_of(Role::Cloud(party)),
                 cluster.cloud_ports[party],
                 cluster.spec.parties,
@@ -196,6 +198,9 @@ impl ProcessCluster {
                 Some(secs) => format!("{text}retention_secs = {secs}\n"),
                 None => text,
             };
+            if cluster.spec.archive {
+                text += "storage = \"storage.toml\"\n";
+            }
             if cluster.spec.robust {
                 let clouds: Vec<String> = (0..cluster.spec.parties)
                     .map(|p| {

@@ -92,6 +92,8 @@ pub async fn run(args: SoakArgs) -> Result<bool> {
         keep_decided_secs: Some(KEEP_DECIDED.as_secs()),
         namespaces: false,
         robust: false,
+        // The soak's figures (docs/reliability.md) are of retention that drops old windows.
+        archive: false,
     })?;
     cluster.start_all()?;
     let http = cluster.wait_ready(Duration::from_secs(60)).await?;

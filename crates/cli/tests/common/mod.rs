@@ -245,6 +245,7 @@ pub fn process_spec(dir: &Path) -> mcloud::processes::ProcessSpec {
         keep_decided_secs: None,
         namespaces: false,
         robust: false,
+        archive: true,
     }
 }
 
