@@ -417,6 +417,9 @@ impl NodeConfig {
             if let Some(policy) = &mut cloud.disclosure {
                 resolve(&base, policy);
             }
+            if let Some(storage) = &mut cloud.storage {
+                resolve(&base, storage);
+            }
             if let Some(robust) = &mut cloud.robust {
                 resolve(&base, &mut robust.verify_key);
                 for e in &mut robust.clouds {
@@ -772,6 +775,10 @@ provisioner = "os-process"
             let config = NodeConfig::load(&dir.join(format!("node{n}.toml"))).unwrap();
             let storage = config.catalog.unwrap().storage.unwrap();
             assert_eq!(load_storage(&storage).unwrap(), sources);
+            // Every cloud archives there.
+            if let Some(cloud) = config.cloud {
+                assert_eq!(load_storage(&cloud.storage.unwrap()).unwrap(), sources);
+            }
         }
     }
 
