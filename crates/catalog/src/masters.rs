@@ -11,12 +11,13 @@ use crate::{CatalogError, CatalogNode};
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Extension, Router};
+use mcloud_core::auth::app::HouseScope;
 use mcloud_core::auth::peer::{PeerIdentity, Role};
 use mcloud_core::auth::{AppBearer, NodeAuth};
 use mcloud_core::http::{ApiError, Postcard};
 use mcloud_store::master::{
     Begin, Commit, Kind, ObjectKey, Reader, RefreshBegin, RefreshCommit, Repair, StoreAnswer,
-    StoreOp, StoreRead,
+    StoreOp, StoreRead, MAX_HOUSES_PER_MAILBOX,
 };
 use mcloud_store::wire::{StoreRequest, StoreResponse, Target, STORE_CLOUD_PATH, STORE_PATH};
 use std::sync::Arc;
@@ -64,7 +65,7 @@ async fn app_store(
         user: grant.user,
         app: grant.app,
     };
-    store(&m.node, caller, req).await
+    store(&m.node, caller, &grant.houses, req).await
 }
 
 /// A cloud is the user no token can name, of its own party: its archive is its own.
@@ -77,12 +78,15 @@ async fn cloud_store(
         user: mcloud_store::master::cloud_user(who.party),
         app: Some(mcloud_store::master::CLOUD_APP.into()),
     };
-    store(&node, caller, req).await
+    let no_houses = HouseScope::Only(Default::default());
+    store(&node, caller, &no_houses, req).await
 }
 
+/// `houses`: those the caller's token covers.
 async fn store(
     node: &CatalogNode,
     caller: Reader,
+    houses: &HouseScope,
     req: StoreRequest,
 ) -> Result<Postcard<StoreResponse>, ApiError> {
     let answer = match req {
@@ -220,12 +224,32 @@ async fn store(
                     "only a user's own token (not one handed to an app) sets its mailbox key",
                 ));
             }
+            // Alerts about the houses the user's token owns go to this mailbox.
+            let houses = match houses {
+                HouseScope::Only(houses) => houses.iter().copied().collect(),
+                HouseScope::All => Vec::new(),
+            };
             node.store_write(StoreOp::SetMailboxKey {
                 user: caller.user,
                 public_key,
+                houses,
             })
             .await?;
             StoreResponse::Done
+        }
+        StoreRequest::HouseOwners { houses: asked } => {
+            if asked.len() > MAX_HOUSES_PER_MAILBOX {
+                return Err(ApiError::bad_request(format!(
+                    "{} houses asked about; at most {MAX_HOUSES_PER_MAILBOX} at once",
+                    asked.len()
+                )));
+            }
+            // Only the owners of houses the caller may see.
+            let asked = asked.into_iter().filter(|h| houses.allows(*h)).collect();
+            match node.store_read(StoreRead::HouseOwners(asked)).await? {
+                StoreAnswer::HouseOwners(owners) => StoreResponse::HouseOwners(owners),
+                _ => return Err(unexpected()),
+            }
         }
         StoreRequest::MailboxKey { user } => {
             match node.store_read(StoreRead::MailboxKey(user)).await? {
@@ -263,18 +287,22 @@ async fn done(node: &CatalogNode, op: StoreOp) -> Result<StoreResponse, CatalogE
     Ok(StoreResponse::Done)
 }
 
-/// Deletes blobs from the sources; returns whether every one is gone.
-pub type Freer =
-    Arc<dyn Fn(Vec<(u8, String)>) -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
+/// Deletes a garbage set's blobs from the sources; returns whether every one is gone.
+pub type Freer = Arc<
+    dyn Fn(mcloud_store::master::Garbage) -> futures::future::BoxFuture<'static, bool>
+        + Send
+        + Sync,
+>;
 
 /// How often a node that leads the masters looks for expired files and garbage.
 pub const UPKEEP_PERIOD: Duration = Duration::from_secs(10);
 
 /// A [`Freer`] that deletes from `sources` (a blob already gone counts as freed).
 pub fn freer(sources: Arc<mcloud_store::source::Sources>) -> Freer {
-    Arc::new(move |blobs| {
+    Arc::new(move |set| {
         let sources = sources.clone();
         Box::pin(async move {
+            let blobs = set.blobs(|bytes| mcloud_store::data::max_subs(&sources, bytes));
             match mcloud_store::data::free(&sources, &blobs).await {
                 Ok(_) => true,
                 Err(e) => {
@@ -324,8 +352,9 @@ async fn upkeep(node: &CatalogNode, freer: Option<&Freer>) -> Result<(), Catalog
     };
     let mut freed = Vec::new();
     for set in sets {
-        if freer(set.blobs()).await {
-            freed.push(set.seq);
+        let seq = set.seq;
+        if freer(set).await {
+            freed.push(seq);
         }
     }
     if !freed.is_empty() {

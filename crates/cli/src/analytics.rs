@@ -33,12 +33,17 @@ pub struct AnalyticsArgs {
     /// Also store the tables as NAME/q1.csv and NAME/q2.csv in the storage.
     #[command(flatten)]
     pub archive: crate::store::ArchiveArgs,
-    /// Send this user (the houses' owner) a mailbox message for each house with Q2 outliers.
+    /// Send each house with Q2 outliers a mailbox message to its owner: the user whose
+    /// mailbox key (`mcloud mailbox keygen` with the owner's token) names the house.
+    #[arg(long)]
+    pub alert_owners: bool,
+    /// Send this user the alert of each house with Q2 outliers (with `--alert-owners`: of
+    /// each house that has no owner with a mailbox).
     #[arg(long)]
     pub alert_to: Option<String>,
     /// A Q2 row is an outlier when at least this percentage of the house's plugs is above the
     /// global median.
-    #[arg(long, default_value_t = 50.0, requires = "alert_to")]
+    #[arg(long, default_value_t = 50.0)]
     pub alert_percent: f64,
 }
 
@@ -56,15 +61,16 @@ pub async fn run_command(args: AnalyticsArgs) -> Result<()> {
     };
     let (from, to) = (args.from, args.to);
     let archive = args.archive.open(&args.deployment)?;
-    let alerts = match &args.alert_to {
-        Some(user) => {
-            mcloud_store::master::check_name("--alert-to user", user)?;
-            if !(0.0..=100.0).contains(&args.alert_percent) {
-                anyhow::bail!("--alert-percent must be between 0 and 100");
-            }
-            Some((user.clone(), crate::store::client(&args.deployment, None)?))
-        }
-        None => None,
+    if !(0.0..=100.0).contains(&args.alert_percent) {
+        anyhow::bail!("--alert-percent must be between 0 and 100");
+    }
+    if let Some(user) = &args.alert_to {
+        mcloud_store::master::check_name("--alert-to user", user)?;
+    }
+    let alerts = if args.alert_owners || args.alert_to.is_some() {
+        Some(crate::store::client(&args.deployment, None)?)
+    } else {
+        None
     };
     let (mut q1_out, mut q2_out) = outputs(&args)?;
     if archive.is_some() {
@@ -113,9 +119,23 @@ pub async fn run_command(args: AnalyticsArgs) -> Result<()> {
             _ => eprintln!("analytics: output cut short; nothing archived"),
         }
     }
-    if let Some((user, store)) = &alerts {
+    if let Some(store) = &alerts {
         let messages = outliers.messages();
+        let owners: std::collections::BTreeMap<u32, String> = if args.alert_owners {
+            let houses: Vec<u32> = messages.iter().map(|(house, _)| *house).collect();
+            let found = store.house_owners(&houses).await;
+            found
+                .context("looking up the houses' owners")?
+                .into_iter()
+                .collect()
+        } else {
+            Default::default()
+        };
         for (house, text) in &messages {
+            let Some(user) = owners.get(house).or(args.alert_to.as_ref()) else {
+                eprintln!("analytics: house {house} has no owner with a mailbox; no alert sent");
+                continue;
+            };
             let id = store
                 .send(user, text.as_bytes())
                 .await

@@ -759,4 +759,51 @@ async fn query_and_analytics_results_are_archived_for_a_friend_and_outliers_aler
         assert!(text.starts_with("mcloud alert: house "), "{text}");
         assert!(text.contains(mcloud_analytics::Q2_HEADER), "{text}");
     }
+
+    // `--alert-owners`: each house's alert goes to the user whose mailbox key names it. None
+    // is sent while the houses' owner has published no key; once it has (with its token,
+    // which owns every house here), one per house, and no one else gets any.
+    let alert_owners = || {
+        let args = [
+            "analytics",
+            "--deployment",
+            "deployment.toml",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--alert-owners",
+            "--alert-percent",
+            "0",
+        ];
+        mcloud(d, &args)
+    };
+    let owner = ["--deployment", "deployment.toml"];
+    let mailbox = |args: &[&str]| mcloud(d, &[&["mailbox"][..], &owner, args].concat());
+    alert_owners();
+    mailbox(&["keygen", "--key", "owner.mailbox"]);
+    assert_eq!(
+        mailbox(&["list"]).lines().count(),
+        1,
+        "a header, no message"
+    );
+    alert_owners();
+    let listed = mailbox(&["list"]);
+    let ids: Vec<&str> = listed
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split('\t').next())
+        .collect();
+    assert_eq!(ids.len(), 2, "{listed}");
+    let mut houses = Vec::new();
+    for id in ids {
+        let text = mailbox(&["read", id, "--key", "owner.mailbox"]);
+        assert!(text.starts_with("mcloud alert: house "), "{text}");
+        houses.push(text.split_whitespace().nth(3).unwrap().to_string());
+    }
+    houses.sort();
+    houses.dedup();
+    assert_eq!(houses.len(), 2, "one alert per house: {houses:?}");
+    let listed = mcloud(d, &[&["mailbox"][..], &friend, &["list"]].concat());
+    assert_eq!(listed.lines().count(), 1, "{listed}");
 }

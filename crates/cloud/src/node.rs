@@ -678,7 +678,15 @@ impl CloudNode {
         }
         self.state().cool();
         self.pool.forget(windows);
-        self.retain().await
+        match self.retain().await {
+            // The windows stay in the values table until the archive takes them: queries go
+            // on meanwhile.
+            Err(CloudError::Archive(e)) => {
+                tracing::warn!(party = self.config.party, "archiving: {e}; retrying later");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Drops the windows and batches that passed the retention horizon, from memory and then

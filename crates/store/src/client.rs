@@ -318,6 +318,24 @@ impl StoreClient {
     }
 
     /// Publishes the caller's mailbox public key; messages to the caller are sealed to it.
+    /// The owners whose mailboxes take alerts about `houses`, of those the caller's token
+    /// covers (an owner names its houses when it publishes its mailbox key).
+    pub async fn house_owners(&self, houses: &[u32]) -> Result<Vec<(u32, String)>, ClientError> {
+        let mut owners = Vec::new();
+        for asked in houses.chunks(crate::master::MAX_HOUSES_PER_MAILBOX) {
+            match self
+                .call(&StoreRequest::HouseOwners {
+                    houses: asked.to_vec(),
+                })
+                .await?
+            {
+                StoreResponse::HouseOwners(found) => owners.extend(found),
+                _ => return Err(ClientError::Unexpected("a house owners' lookup")),
+            }
+        }
+        Ok(owners)
+    }
+
     pub async fn set_mailbox_key(&self, keys: &MailboxKeys) -> Result<(), ClientError> {
         self.call(&StoreRequest::SetMailboxKey {
             public_key: keys.public(),

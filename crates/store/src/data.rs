@@ -15,6 +15,7 @@ mod write;
 
 pub use speed::{aead_throughput, aead_throughput_of};
 pub use upkeep::{free, repair, rewrite_packets};
+pub use write::max_subs;
 
 use crate::error::StoreError;
 use crate::packet::{Cipher, KeySecret, PacketRecord, MAX_PACKET_BYTES, MIN_PACKET_BYTES};

@@ -67,6 +67,11 @@ pub enum StoreRequest {
         id: u64,
         records: Vec<PacketRecord>,
     },
+    /// The owners whose mailboxes take alerts about these houses, of those the caller's token
+    /// covers (at most `MAX_HOUSES_PER_MAILBOX`).
+    HouseOwners {
+        houses: Vec<u32>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -86,4 +91,5 @@ pub enum StoreResponse {
     Version(Box<Version>),
     List(Vec<ObjectInfo>),
     MailboxKey(Option<[u8; 32]>),
+    HouseOwners(Vec<(u32, String)>),
 }

@@ -375,6 +375,59 @@ async fn a_source_that_takes_small_blobs_gets_sub_packets() {
     assert!(paths[1].join(name_of(&g, lost)).is_file());
 }
 
+/// A write abandoned before its commit leaves every blob it wrote freed, the sub-packets a
+/// small-blob source got included, though the masters never learned how they were split.
+#[tokio::test]
+async fn an_abandoned_write_is_freed_whole_on_a_small_blob_source() {
+    use mcloud_store::data::WritePlan;
+    use mcloud_store::master::{Begin, FileAccess, Masters, ObjectKey, Reader, StoreOp};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut configs, paths) = local(dir.path(), &[1, 2]);
+    configs[1].max_blob_bytes = Some(4096);
+    let sources = Sources::open(&configs).unwrap();
+    let data = readings(3 * 16 * 1024 + 100);
+    let writer = Reader {
+        user: "alice".into(),
+        app: None,
+    };
+    let begin = Begin::draw(
+        ObjectKey::file("alice", "left"),
+        writer,
+        data.len() as u64,
+        16 * 1024,
+        2,
+        sources.ids(),
+        86_400,
+        FileAccess::default(),
+        &mut rand::thread_rng(),
+    )
+    .unwrap();
+    let mut masters = Masters::default();
+    masters.apply(&StoreOp::Begin(begin.clone()), 0).unwrap();
+    let plan = WritePlan {
+        file: begin.id,
+        len: begin.len,
+        packet_bytes: begin.packet_bytes,
+        order: begin.order.clone(),
+        ciphers: begin.ciphers.clone(),
+        key: begin.secret.clone(),
+        replicas: begin.replicas,
+    };
+    write_file(&sources, &plan, &data).await.unwrap();
+    // Three full packets in five sub-packets each on source 2, and the last (100 bytes) whole.
+    assert_eq!(blobs_in(&paths[1]).len(), 16);
+    // No commit: past the write's deadline the masters drop it and list its blobs.
+    masters.apply(&StoreOp::Expire, u64::MAX / 2).unwrap();
+    let garbage = masters.garbage(10);
+    assert_eq!(garbage.len(), 1);
+    let subs = |bytes| mcloud_store::data::max_subs(&sources, bytes);
+    assert_eq!(subs(16 * 1024), 5);
+    free(&sources, &garbage[0].blobs(subs)).await.unwrap();
+    for path in &paths {
+        assert!(blobs_in(path).is_empty(), "{} keeps blobs", path.display());
+    }
+}
+
 #[tokio::test]
 async fn a_packet_too_big_for_a_small_blob_source_goes_elsewhere() {
     let dir = tempfile::tempdir().unwrap();

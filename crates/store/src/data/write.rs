@@ -39,6 +39,23 @@ impl Packet<'_> {
 /// Sub-packets a packet may be split into: the sub id is one byte.
 const MAX_SUBS: usize = 256;
 
+/// The most sub-packets a packet of `packet_bytes` may be split into on `sources` (the
+/// smallest blob any of them takes decides): what to free of a write never recorded.
+pub fn max_subs(sources: &Sources, packet_bytes: u32) -> usize {
+    let limit = sources
+        .ids()
+        .into_iter()
+        .filter_map(|s| sources.max_blob_bytes(s))
+        .min();
+    match limit {
+        Some(limit) if packet_bytes as usize + TAG_BYTES > limit as usize => (packet_bytes
+            as usize)
+            .div_ceil(piece_bytes(limit))
+            .min(MAX_SUBS),
+        _ => 1,
+    }
+}
+
 /// Plaintext bytes of a sub-packet for a source taking blobs of at most `limit` bytes.
 fn piece_bytes(limit: u32) -> usize {
     // Sources take at least MIN_BLOB_BYTES, well above a tag.

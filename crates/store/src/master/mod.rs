@@ -44,6 +44,8 @@ pub const MAX_RECORDS: usize = 1 << 18;
 pub const MAX_OBJECTS: usize = 100_000;
 /// Most messages waiting for one recipient.
 pub const MAX_MESSAGES_PER_RECIPIENT: usize = 10_000;
+/// Most houses one mailbox takes alerts about, and most asked about at once.
+pub const MAX_HOUSES_PER_MAILBOX: usize = 4096;
 /// Longest user, app or object name.
 pub const MAX_NAME_CHARS: usize = 128;
 /// Shortest and longest lifetime of a version: refreshes extend it by this much again.

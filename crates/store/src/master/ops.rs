@@ -82,9 +82,12 @@ pub enum StoreOp {
         by: Reader,
     },
     /// A user's mailbox public key (X25519, for HPKE): messages to it are sealed to this key.
+    /// `houses` (those the user's token owns) replace the user's earlier ones: alerts about
+    /// them go to this mailbox.
     SetMailboxKey {
         user: String,
         public_key: [u8; 32],
+        houses: Vec<u32>,
     },
     /// Deletes what expired by the entry's time and drops abandoned writes.
     Expire,

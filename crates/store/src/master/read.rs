@@ -26,6 +26,8 @@ pub enum StoreRead {
         version: u32,
     },
     MailboxKey(String),
+    /// The owners whose mailboxes take alerts about these houses.
+    HouseOwners(Vec<u32>),
     Garbage(usize),
     /// Whether anything expired by this time.
     Due(u64),
@@ -41,6 +43,7 @@ pub enum StoreAnswer {
         key_id: u8,
     },
     MailboxKey(Option<[u8; 32]>),
+    HouseOwners(Vec<(u32, String)>),
     Garbage(Vec<Garbage>),
     Due(bool),
 }
@@ -70,6 +73,10 @@ impl Masters {
                 }
             }
             StoreRead::MailboxKey(user) => StoreAnswer::MailboxKey(self.mailbox_key(user)),
+            StoreRead::HouseOwners(houses) => {
+                let asked = &houses[..houses.len().min(super::MAX_HOUSES_PER_MAILBOX)];
+                StoreAnswer::HouseOwners(self.house_owners(asked))
+            }
             StoreRead::Garbage(limit) => {
                 StoreAnswer::Garbage(self.garbage((*limit).min(MAX_GARBAGE_READ)))
             }

@@ -5,9 +5,9 @@ use super::ops::{
     check_shape, packets_for, Begin, Commit, RefreshBegin, RefreshCommit, Repair, StoreOp,
 };
 use super::{
-    check_name, Kind, MasterError, ObjectKey, MAX_GARBAGE, MAX_LIFETIME_SECS,
-    MAX_MESSAGES_PER_RECIPIENT, MAX_OBJECTS, MAX_RECORDS, MAX_VERSIONS, MIN_LIFETIME_SECS,
-    REFRESH_DIVISOR, WRITE_DEADLINE_MS,
+    check_name, Kind, MasterError, ObjectKey, MAX_GARBAGE, MAX_HOUSES_PER_MAILBOX,
+    MAX_LIFETIME_SECS, MAX_MESSAGES_PER_RECIPIENT, MAX_OBJECTS, MAX_RECORDS, MAX_VERSIONS,
+    MIN_LIFETIME_SECS, REFRESH_DIVISOR, WRITE_DEADLINE_MS,
 };
 use crate::packet::{Cipher, KeySecret, PacketRecord};
 use serde::{Deserialize, Serialize};
@@ -56,18 +56,36 @@ pub struct Garbage {
     pub file: u64,
     pub secret: KeySecret,
     pub records: Vec<PacketRecord>,
+    /// The packet size of a write that was never recorded (abandoned before its commit):
+    /// its records name sub-packet 0 only, and a source that takes only small blobs may hold
+    /// more sub-packets of each packet.
+    pub unrecorded_packet_bytes: Option<u32>,
 }
 
 impl Garbage {
-    /// Each copy's (source, blob name).
-    pub fn blobs(&self) -> Vec<(u8, String)> {
+    /// Each copy's (source, blob name). `subs` gives the most sub-packets a packet of that
+    /// many bytes may have been split into (it names the rest of an unrecorded write's).
+    pub fn blobs(&self, subs: impl Fn(u32) -> usize) -> Vec<(u8, String)> {
+        let subs = self.unrecorded_packet_bytes.map_or(1, subs).clamp(1, 256);
         self.records
             .iter()
-            .map(|r| {
-                (
-                    r.source,
-                    r.place(self.file).blob_name(&self.secret, r.source),
-                )
+            .flat_map(|r| {
+                let first = usize::from(r.sub);
+                let last = if self.unrecorded_packet_bytes.is_some() {
+                    subs
+                } else {
+                    first + 1
+                };
+                (first..last).map(move |sub| {
+                    let record = PacketRecord {
+                        sub: sub as u8,
+                        ..*r
+                    };
+                    (
+                        r.source,
+                        record.place(self.file).blob_name(&self.secret, r.source),
+                    )
+                })
             })
             .collect()
     }
@@ -88,6 +106,8 @@ pub struct ObjectInfo {
 pub struct Masters {
     objects: BTreeMap<ObjectKey, Object>,
     mailbox_keys: BTreeMap<String, [u8; 32]>,
+    /// House → the owner whose mailbox takes alerts about it.
+    house_owners: BTreeMap<u32, String>,
     garbage: BTreeMap<u64, Garbage>,
     next_garbage: u64,
 }
@@ -109,12 +129,33 @@ impl Masters {
             StoreOp::RefreshCommit(r) => self.refresh_commit(r, now_ms),
             StoreOp::Repair(r) => self.repair(r, now_ms),
             StoreOp::Delete { key, by } => self.delete(key, by),
-            StoreOp::SetMailboxKey { user, public_key } => {
+            StoreOp::SetMailboxKey {
+                user,
+                public_key,
+                houses,
+            } => {
                 check_name("user", user)?;
                 if !self.mailbox_keys.contains_key(user) && self.mailbox_keys.len() >= MAX_OBJECTS {
                     return Err(MasterError::Full("too many mailboxes".into()));
                 }
+                if houses.len() > MAX_HOUSES_PER_MAILBOX {
+                    return Err(MasterError::BadPlan(format!(
+                        "{} houses; a mailbox takes alerts about at most {MAX_HOUSES_PER_MAILBOX}",
+                        houses.len()
+                    )));
+                }
+                let new = houses
+                    .iter()
+                    .filter(|h| self.house_owners.get(h) != Some(user))
+                    .count();
+                if self.house_owners.len() + new > MAX_OBJECTS {
+                    return Err(MasterError::Full("too many houses with an owner".into()));
+                }
                 self.mailbox_keys.insert(user.clone(), *public_key);
+                self.house_owners.retain(|_, owner| owner != user);
+                for house in houses {
+                    self.house_owners.insert(*house, user.clone());
+                }
                 Ok(())
             }
             StoreOp::Expire => {
@@ -157,6 +198,16 @@ impl Masters {
     }
 
     fn throw_away(&mut self, file: u64, secret: &KeySecret, records: Vec<PacketRecord>) {
+        self.throw(file, secret, records, None);
+    }
+
+    fn throw(
+        &mut self,
+        file: u64,
+        secret: &KeySecret,
+        records: Vec<PacketRecord>,
+        unrecorded_packet_bytes: Option<u32>,
+    ) {
         if records.is_empty() {
             return;
         }
@@ -169,6 +220,7 @@ impl Masters {
                 file,
                 secret: secret.clone(),
                 records,
+                unrecorded_packet_bytes,
             },
         );
     }
@@ -187,6 +239,7 @@ impl Masters {
         if let Some((refresh, _)) = &v.refresh {
             self.throw_unrecorded(
                 v.id,
+                v.packet_bytes,
                 &refresh.secret,
                 &refresh.packets,
                 &refresh.ciphers,
@@ -196,10 +249,11 @@ impl Masters {
     }
 
     /// Frees copies a writer may have written but never recorded: every packet on every
-    /// source it could use (sub-packet 0; a source that split packets keeps the rest).
+    /// source it could use, every sub-packet it may have been split into there.
     fn throw_unrecorded(
         &mut self,
         file: u64,
+        packet_bytes: u32,
         secret: &KeySecret,
         packets: &[u32],
         ciphers: &[u8],
@@ -218,7 +272,7 @@ impl Masters {
                 })
             })
             .collect();
-        self.throw_away(file, secret, records);
+        self.throw(file, secret, records, Some(packet_bytes));
     }
 
     fn begin(&mut self, b: &Begin, now: u64) -> Result<(), MasterError> {
@@ -298,7 +352,14 @@ impl Masters {
 
     fn throw_pending(&mut self, p: &Pending) {
         let b = &p.begin;
-        self.throw_unrecorded(b.id, &b.secret, &b.order, &ciphers_in_order(b), &b.sources);
+        self.throw_unrecorded(
+            b.id,
+            b.packet_bytes,
+            &b.secret,
+            &b.order,
+            &ciphers_in_order(b),
+            &b.sources,
+        );
     }
 
     fn commit(&mut self, c: &Commit, now: u64) -> Result<(), MasterError> {
@@ -437,10 +498,10 @@ impl Masters {
             )));
         }
         let stale = v.refresh.take();
-        let (id, sources) = (v.id, v.sources.clone());
+        let (id, bytes, sources) = (v.id, v.packet_bytes, v.sources.clone());
         v.refresh = Some((r.clone(), now.saturating_add(WRITE_DEADLINE_MS)));
         if let Some((old, _)) = stale {
-            self.throw_unrecorded(id, &old.secret, &old.packets, &old.ciphers, &sources);
+            self.throw_unrecorded(id, bytes, &old.secret, &old.packets, &old.ciphers, &sources);
         }
         Ok(())
     }
@@ -604,8 +665,10 @@ impl Masters {
             for v in &mut object.versions {
                 if v.refresh.as_ref().is_some_and(|(_, d)| *d <= now) {
                     if let Some((r, _)) = v.refresh.take() {
-                        let (id, sources) = (v.id, v.sources.clone());
-                        self.throw_unrecorded(id, &r.secret, &r.packets, &r.ciphers, &sources);
+                        let (id, bytes, sources) = (v.id, v.packet_bytes, v.sources.clone());
+                        self.throw_unrecorded(
+                            id, bytes, &r.secret, &r.packets, &r.ciphers, &sources,
+                        );
                     }
                 }
             }
@@ -689,6 +752,14 @@ impl Masters {
         self.mailbox_keys.get(user).copied()
     }
 
+    /// The owners whose mailboxes take alerts about these houses (those that have one).
+    pub fn house_owners(&self, houses: &[u32]) -> Vec<(u32, String)> {
+        houses
+            .iter()
+            .filter_map(|h| self.house_owners.get(h).map(|u| (*h, u.clone())))
+            .collect()
+    }
+
     /// Garbage sets waiting to be freed, oldest first.
     pub fn garbage(&self, limit: usize) -> Vec<Garbage> {
         self.garbage.values().take(limit).cloned().collect()
@@ -707,6 +778,7 @@ impl Masters {
     pub fn check(&self) -> Result<(), MasterError> {
         if self.objects.len() > MAX_OBJECTS
             || self.mailbox_keys.len() > MAX_OBJECTS
+            || self.house_owners.len() > MAX_OBJECTS
             || self.garbage.len() > MAX_GARBAGE + MAX_OBJECTS
         {
             return Err(MasterError::Full(
@@ -737,6 +809,15 @@ impl Masters {
         }
         for user in self.mailbox_keys.keys() {
             check_name("user", user)?;
+        }
+        if let Some(user) = self
+            .house_owners
+            .values()
+            .find(|u| !self.mailbox_keys.contains_key(*u))
+        {
+            return Err(MasterError::Full(format!(
+                "houses owned by {user}, who has no mailbox"
+            )));
         }
         Ok(())
     }

@@ -116,7 +116,7 @@ fn a_committed_file_reads_and_old_versions_are_freed() {
     assert_eq!(garbage.len(), 1);
     assert_eq!(garbage[0].file, first.id);
     assert_eq!(garbage[0].records.len(), 10);
-    assert_eq!(garbage[0].blobs()[0].1.len(), 32);
+    assert_eq!(garbage[0].blobs(|_| 1)[0].1.len(), 32);
     m.apply(&StoreOp::Freed(vec![garbage[0].seq]), 20).unwrap();
     assert_eq!(m.garbage_len(), 0);
 }
@@ -492,6 +492,36 @@ fn a_message_reads_only_for_its_recipient_and_is_gone_once_read() {
         "not_found"
     );
     assert_eq!(m.garbage(10)[0].records.len(), 2);
+}
+
+#[test]
+fn a_mailbox_key_names_the_houses_whose_alerts_it_takes() {
+    let mut m = Masters::default();
+    let key = |user: &str, houses: &[u32]| StoreOp::SetMailboxKey {
+        user: user.into(),
+        public_key: [1; 32],
+        houses: houses.to_vec(),
+    };
+    m.apply(&key("alice", &[1, 2, 3]), 0).unwrap();
+    m.apply(&key("bob", &[3, 4]), 0).unwrap();
+    let owners = |m: &Masters| m.house_owners(&[1, 2, 3, 4, 5]);
+    let named = |pairs: &[(u32, &str)]| -> Vec<(u32, String)> {
+        pairs.iter().map(|(h, u)| (*h, u.to_string())).collect()
+    };
+    // The latest key to name a house takes its alerts.
+    assert_eq!(
+        owners(&m),
+        named(&[(1, "alice"), (2, "alice"), (3, "bob"), (4, "bob")])
+    );
+    // A new key replaces its user's houses.
+    m.apply(&key("alice", &[2]), 0).unwrap();
+    assert_eq!(owners(&m), named(&[(2, "alice"), (3, "bob"), (4, "bob")]));
+    m.check().unwrap();
+    let too_many: Vec<u32> = (0..=crate::master::MAX_HOUSES_PER_MAILBOX as u32).collect();
+    let before = m.clone();
+    let e = m.apply(&key("carol", &too_many), 0).unwrap_err();
+    assert_eq!(e.code(), "bad_plan", "{e}");
+    assert_eq!(m, before);
 }
 
 #[test]
