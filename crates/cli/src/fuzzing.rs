@@ -647,12 +647,14 @@ fn key_material(data: &[u8]) {
 
 /// The catalog's endpoints: 0 CREATE, 1 SET, 2 GET, 3 a bucket map, 4 token revocations,
 /// 5 sensor revocations, 6 an owner's access request, 7 access rules, 8 a forwarded request,
-/// 9 a membership change. Bodies that carry a time take it (ms) from the 8 bytes before them.
+/// 9 a membership change, 10 a storage request. Bodies that carry a time take it (ms) from
+/// the 8 bytes before them.
 pub fn catalog_requests(data: &[u8]) {
     let Some((selector, rest)) = split(data) else {
         return;
     };
-    match selector % 10 {
+    match selector % 11 {
+        10 => store_request(rest),
         0 => create_flags(rest),
         1 => set_flags(rest),
         2 => get_flags(rest),
@@ -878,8 +880,181 @@ fn forwarded(data: &[u8]) {
                 assert!(table.effective(id, now_ms).is_none());
             }
         }
-        Forwarded::ReadAssignment(_) | Forwarded::ReadStore(_) => {}
+        Forwarded::ReadStore(read) => read_store(&store_with_a_write(now_ms).0, &read),
+        Forwarded::ReadAssignment(_) => {}
     }
+}
+
+/// A storage read answered from `masters`: whatever it asks, the answer stays bounded.
+fn read_store(masters: &mcloud_store::master::Masters, read: &mcloud_store::master::StoreRead) {
+    use mcloud_store::master::{StoreAnswer, StoreRead, MAX_GARBAGE_READ, MAX_HOUSES_PER_MAILBOX};
+    match (read, masters.read(read)) {
+        (StoreRead::Garbage(_), Ok(StoreAnswer::Garbage(sets))) => {
+            assert!(sets.len() <= MAX_GARBAGE_READ)
+        }
+        (StoreRead::HouseOwners(_), Ok(StoreAnswer::HouseOwners(owners))) => {
+            assert!(owners.len() <= MAX_HOUSES_PER_MAILBOX)
+        }
+        _ => {}
+    }
+}
+
+/// The masters holding one write of alice's file `f` in progress, begun at `now_ms` with a
+/// fixed seed (so inputs can name its id), and its plan.
+fn store_with_a_write(now_ms: u64) -> (mcloud_store::master::Masters, mcloud_store::master::Begin) {
+    use mcloud_store::master::{Begin, FileAccess, Masters, ObjectKey, Reader, StoreOp};
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let alice = Reader {
+        user: "alice".into(),
+        app: None,
+    };
+    let begin = Begin::draw(
+        ObjectKey::file("alice", "f"),
+        alice,
+        40_000,
+        16_384,
+        2,
+        vec![0, 1, 2],
+        86_400,
+        FileAccess::default(),
+        &mut rng,
+    )
+    .unwrap();
+    let mut masters = Masters::default();
+    masters
+        .apply(&StoreOp::Begin(begin.clone()), now_ms)
+        .unwrap();
+    (masters, begin)
+}
+
+/// An app's storage request as the masters' endpoint (`mcloud_catalog::masters`) turns it
+/// into an operation or a read for user alice, applied to masters holding one write of hers
+/// in progress: a refused operation changes nothing, and whatever is applied leaves a state
+/// a peer's snapshot check accepts.
+fn store_request(data: &[u8]) {
+    use mcloud_store::master::{
+        Begin, Commit, ObjectKey, Reader, RefreshCommit, Repair, StoreOp, StoreRead,
+        MAX_HOUSES_PER_MAILBOX,
+    };
+    use mcloud_store::wire::{StoreRequest, Target};
+    use rand::SeedableRng;
+    let (now_ms, body) = take_u64(data);
+    let Ok(request) = decode::<StoreRequest>(body) else {
+        return;
+    };
+    let (mut masters, _) = store_with_a_write(now_ms.saturating_sub(1));
+    let alice = Reader {
+        user: "alice".into(),
+        app: None,
+    };
+    let mine = |mut key: ObjectKey| {
+        if key.owner.is_empty() {
+            key.owner = "alice".into();
+        }
+        key
+    };
+    let op = match request {
+        StoreRequest::Begin {
+            target,
+            len,
+            packet_bytes,
+            replicas,
+            sources,
+            lifetime_secs,
+            access,
+        } => {
+            let key = match target {
+                Target::File { name } => ObjectKey::file("alice", &name),
+                Target::Message { recipient } => ObjectKey::message(&recipient, 7),
+            };
+            let mut rng = rand::rngs::StdRng::seed_from_u64(now_ms);
+            match Begin::draw(
+                key,
+                alice.clone(),
+                len,
+                packet_bytes,
+                replicas,
+                sources,
+                lifetime_secs,
+                access,
+                &mut rng,
+            ) {
+                Ok(begin) => StoreOp::Begin(begin),
+                Err(_) => return,
+            }
+        }
+        StoreRequest::Commit { key, id, records } => StoreOp::Commit(Commit {
+            key: mine(key),
+            writer: alice,
+            id,
+            records,
+        }),
+        StoreRequest::RefreshCommit { key, id, records } => StoreOp::RefreshCommit(RefreshCommit {
+            key: mine(key),
+            writer: alice,
+            id,
+            records,
+        }),
+        StoreRequest::Repair { key, id, records } => StoreOp::Repair(Repair {
+            key: mine(key),
+            writer: alice,
+            id,
+            records,
+        }),
+        StoreRequest::Delete { key } => StoreOp::Delete {
+            key: mine(key),
+            by: alice,
+        },
+        StoreRequest::SetMailboxKey { public_key } => StoreOp::SetMailboxKey {
+            user: "alice".into(),
+            public_key,
+            houses: vec![1, 2],
+        },
+        StoreRequest::RefreshBegin { key, version } => {
+            let read = StoreRead::RefreshChoice {
+                key: mine(key),
+                version,
+            };
+            return read_store(&masters, &read);
+        }
+        StoreRequest::Get { key, version } => {
+            let read = StoreRead::Version {
+                key: mine(key),
+                reader: alice,
+                version,
+            };
+            return read_store(&masters, &read);
+        }
+        StoreRequest::List { kind, owner } => {
+            let read = StoreRead::List {
+                kind,
+                owner,
+                reader: alice,
+            };
+            return read_store(&masters, &read);
+        }
+        StoreRequest::MailboxKey { user } => {
+            return read_store(&masters, &StoreRead::MailboxKey(user));
+        }
+        StoreRequest::HouseOwners { houses } => {
+            if houses.len() > MAX_HOUSES_PER_MAILBOX {
+                return;
+            }
+            return read_store(&masters, &StoreRead::HouseOwners(houses));
+        }
+    };
+    let before = masters.clone();
+    if masters.apply(&op, now_ms).is_err() {
+        assert_eq!(
+            masters, before,
+            "a refused storage operation changed the state"
+        );
+    }
+    assert!(
+        masters.check().is_ok(),
+        "the storage metadata left its bounds"
+    );
 }
 
 fn membership(data: &[u8]) {
@@ -1711,6 +1886,59 @@ pub fn seeds(repo: &Path, csv: &str) -> Vec<(&'static str, String, Vec<u8>)> {
         denied_apps: vec![],
     };
     add("catalog_requests", "access-rules", with(7, &enc(&rules)));
+    {
+        use mcloud_store::master::{FileAccess, ObjectKey};
+        use mcloud_store::packet::PacketRecord;
+        use mcloud_store::wire::{StoreRequest, Target};
+        let (_, begin) = store_with_a_write(now_ms);
+        let records = (0..begin.ciphers.len() as u32)
+            .flat_map(|packet| {
+                let (cipher, key) = (begin.ciphers[packet as usize], begin.secret.id);
+                [0, 1].map(|source| PacketRecord {
+                    packet,
+                    sub: 0,
+                    source,
+                    cipher,
+                    key,
+                })
+            })
+            .collect();
+        let requests = [
+            (
+                "store-begin",
+                StoreRequest::Begin {
+                    target: Target::File { name: "g".into() },
+                    len: 100_000,
+                    packet_bytes: 16_384,
+                    replicas: 2,
+                    sources: vec![0, 1, 2],
+                    lifetime_secs: 3600,
+                    access: FileAccess::default(),
+                },
+            ),
+            (
+                "store-commit",
+                StoreRequest::Commit {
+                    key: ObjectKey::file("", "f"),
+                    id: begin.id,
+                    records,
+                },
+            ),
+            (
+                "store-house-owners",
+                StoreRequest::HouseOwners {
+                    houses: vec![1, 2, 3],
+                },
+            ),
+        ];
+        for (name, request) in requests {
+            add(
+                "catalog_requests",
+                name,
+                with(10, &at(now_ms, enc(&request))),
+            );
+        }
+    }
     let ops = [
         ("create", Op::Create(create.flags.clone())),
         ("set", Op::Set(ids.clone())),
