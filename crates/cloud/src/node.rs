@@ -7,7 +7,7 @@ use crate::elastic::{
 };
 use crate::metrics::{CloudCollector, CloudMetrics};
 use crate::store::{Archive, EncodedWindows, Store, StoredBatch, ARCHIVE_SECS};
-use crate::windows::{touched, RangeError, Registered, View, Windows};
+use crate::windows::{touched, Needed, RangeError, Registered, View, Windows};
 use crate::CloudError;
 use axum::http::StatusCode;
 use bytes::Bytes;
@@ -759,40 +759,20 @@ impl CloudNode {
         Ok(written)
     }
 
-    /// Locks the windows with every archived hour that `reads` names read back.
-    async fn with_archived(
-        &self,
-        reads: impl Fn(&Windows) -> Result<Vec<u64>, RangeError>,
-    ) -> Result<MutexGuard<'_, Windows>, ApiError> {
-        // Another request may move the horizon meanwhile and need more: asked again.
-        for _ in 0..3 {
-            let (hours, missing) = {
-                let state = self.state();
-                let hours = reads(&state).map_err(range_error)?;
-                let missing = state.not_loaded(&hours);
-                if missing.is_empty() {
-                    return Ok(state);
-                }
-                (hours, missing)
-            };
-            let Some(archive) = &self.config.archive else {
-                return Err(ApiError::internal("archived hours without an archive"));
-            };
-            let read = futures::future::try_join_all(
-                missing
-                    .iter()
-                    .map(|&hour| async move { archive.get(hour).await.map(|w| (hour, w)) }),
-            )
-            .await?;
-            let mut state = self.state();
-            state.load_archived(read, &hours);
-            if state.not_loaded(&hours).is_empty() {
-                return Ok(state);
-            }
-        }
-        Err(ApiError::unavailable(
-            "the archive's hours kept changing while being read back; retry",
-        ))
+    /// Reads back the archived hours a request needs.
+    async fn read_back(&self, needed: &Needed) -> Result<(), ApiError> {
+        let Some(archive) = &self.config.archive else {
+            return Err(ApiError::internal("archived hours without an archive"));
+        };
+        let read = futures::future::try_join_all(
+            needed
+                .hours
+                .iter()
+                .map(|&hour| async move { archive.get(hour).await.map(|w| (hour, w)) }),
+        )
+        .await?;
+        self.state().load_archived(read, needed);
+        Ok(())
     }
 
     /// The least common multiple of the window, every scope's block and (when archiving)
@@ -857,18 +837,30 @@ impl CloudNode {
         view: &View<'_>,
     ) -> Result<(ComputeResponse, u64), ApiError> {
         self.seal().await?;
-        let state = self
-            .with_archived(|w| Ok(w.archive_hours_within(from, to)))
-            .await?;
-        let (answer, fewest, policy) = state.compute(
-            self.config.party,
-            self.config.parties,
-            from,
-            to,
-            level,
-            view,
-        )?;
-        drop(state);
+        let mut tries = 0;
+        let (answer, fewest, policy) = loop {
+            let needed = {
+                let state = self.state();
+                match state.compute_needs(from, to).map_err(range_error)? {
+                    None => {
+                        break state.compute(
+                            self.config.party,
+                            self.config.parties,
+                            from,
+                            to,
+                            level,
+                            view,
+                        )?
+                    }
+                    Some(needed) => needed,
+                }
+            };
+            tries += 1;
+            if tries > READ_BACK_TRIES {
+                return Err(read_back_gave_up());
+            }
+            self.read_back(&needed).await?;
+        };
         let bytes = postcard::experimental::serialized_size(&answer).unwrap_or(usize::MAX);
         if bytes > MAX_ANSWER_BYTES {
             return Err(ApiError::too_large(format!(
@@ -904,43 +896,48 @@ impl CloudNode {
     ) -> Result<Vec<RangeResponse>, ApiError> {
         check_range_specs(specs, self.config.window_secs)?;
         self.seal().await?;
-        let mut state = self
-            .with_archived(|w| {
-                let mut hours = Vec::new();
-                for s in specs {
-                    hours.extend(w.archive_hours(s.from, s.to)?);
-                }
-                hours.sort_unstable();
-                hours.dedup();
-                Ok(hours)
-            })
-            .await?;
+        // Each try answers the ranges in order until one needs archived hours read back;
+        // those answered stay kept for sliding, so a try after a read-back starts cheaply.
+        for _ in 0..specs.len() + READ_BACK_TRIES {
+            let needed = match self.try_ranges(&mut self.state(), specs, view)? {
+                Ok(answers) => return Ok(answers),
+                Err(needed) => needed,
+            };
+            self.read_back(&needed).await?;
+        }
+        Err(read_back_gave_up())
+    }
+
+    /// The answers to `specs`, or the archived hours the first that cannot be answered yet
+    /// needs.
+    fn try_ranges(
+        &self,
+        state: &mut Windows,
+        specs: &[RangeSpec],
+        view: &View<'_>,
+    ) -> Result<Result<Vec<RangeResponse>, Needed>, ApiError> {
         let mut bytes = 0usize;
-        specs
-            .iter()
-            .map(|s| {
-                let answer = state
-                    .range(
-                        self.config.party,
-                        self.config.parties,
-                        s.from,
-                        s.to,
-                        s.histograms,
-                        view,
-                    )
-                    .map_err(range_error)?;
-                bytes = bytes.saturating_add(
-                    postcard::experimental::serialized_size(&answer).unwrap_or(usize::MAX),
-                );
-                if bytes > MAX_ANSWER_BYTES {
-                    return Err(ApiError::too_large(format!(
-                        "the answer to {} ranges would pass {MAX_ANSWER_BYTES} bytes; ask for fewer ranges at once",
-                        specs.len()
-                    )));
-                }
-                Ok(answer)
-            })
-            .collect()
+        let mut answers = Vec::with_capacity(specs.len());
+        for s in specs {
+            let party = self.config.party;
+            let answer =
+                match state.range(party, self.config.parties, s.from, s.to, s.histograms, view) {
+                    Ok(answer) => answer,
+                    Err(RangeError::NotLoaded(needed)) => return Ok(Err(needed)),
+                    Err(e) => return Err(range_error(e)),
+                };
+            bytes = bytes.saturating_add(
+                postcard::experimental::serialized_size(&answer).unwrap_or(usize::MAX),
+            );
+            if bytes > MAX_ANSWER_BYTES {
+                return Err(ApiError::too_large(format!(
+                    "the answer to {} ranges would pass {MAX_ANSWER_BYTES} bytes; ask for fewer ranges at once",
+                    specs.len()
+                )));
+            }
+            answers.push(answer);
+        }
+        Ok(Ok(answers))
     }
 
     pub fn status(&self) -> serde_json::Value {
@@ -1129,6 +1126,13 @@ impl ReplaySource for CloudNode {
     }
 }
 
+/// Read-backs one request may take: more means other requests keep letting its hours go.
+const READ_BACK_TRIES: usize = 4;
+
+fn read_back_gave_up() -> ApiError {
+    ApiError::unavailable("archived hours kept being let go while being read back; retry")
+}
+
 fn range_error(e: RangeError) -> ApiError {
     match e {
         RangeError::NotReady(e) => ApiError::conflict(e.to_string()),
@@ -1139,6 +1143,7 @@ fn range_error(e: RangeError) -> ApiError {
         ),
         // The node reads archived hours back before it asks.
         e @ RangeError::NotLoaded(_) => ApiError::internal(e.to_string()),
+        e @ RangeError::TooManyArchivedHours { .. } => ApiError::too_large(e.to_string()),
         RangeError::Storage(e) => ApiError::from(e),
     }
 }

@@ -14,6 +14,9 @@ use mcloud_core::wire::{
 use mcloud_core::{BatchId, CountField, Partial, Window};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+mod archived;
+pub use archived::{Needed, MAX_HOURS_WITHOUT, MAX_HOURS_WITH_HISTOGRAMS};
+
 /// Ranges kept for sliding.
 const RANGE_CACHE: usize = 16;
 
@@ -45,8 +48,10 @@ pub enum RangeError {
     PastRetention { from: u64, horizon: u64 },
     /// The archive hours a request needs must be read back first (the node does, then asks
     /// again).
-    #[error("archived hours {0:?} are not read back")]
-    NotLoaded(Vec<u64>),
+    #[error("archived hours {:?} are not read back", .0.hours)]
+    NotLoaded(Needed),
+    #[error("the range reaches {hours} archived hours; ask for at most {limit} at once")]
+    TooManyArchivedHours { hours: usize, limit: usize },
     #[error(transparent)]
     Storage(CloudError),
 }
@@ -93,24 +98,6 @@ pub trait ColdStore: Send {
 /// are read back from the values table when a range leaves them or a query reaches back, so
 /// a cloud's memory does not grow with the length of its history.
 pub const HOT_SECS: u64 = 2 * 3600;
-
-/// Archived hours kept read back for the next requests (Q1 asks for the same slices of past
-/// days at every boundary); a request that needs more keeps all of its own meanwhile.
-const MAX_LOADED_HOURS: usize = 48;
-
-/// What the archive holds of the windows before the retention horizon, and what of it has
-/// been read back.
-#[derive(Default)]
-struct Archived {
-    /// Windows dropped from here on were archived first (None: this cloud does not archive,
-    /// or never dropped anything yet).
-    from: Option<u64>,
-    /// The hours that have an archive file.
-    hours: BTreeSet<u64>,
-    /// Hours read back → their windows' starts.
-    loaded: BTreeMap<u64, Vec<u64>>,
-    windows: BTreeMap<u64, WindowState>,
-}
 
 /// A sealed window as stored, so a restarted node answers it without its batches.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -160,7 +147,7 @@ pub struct Windows {
     unsealed: BTreeSet<u64>,
     /// Windows starting before this were dropped by the retention policy.
     retained_from: u64,
-    archived: Archived,
+    archived: archived::Archived,
     /// When each batch not settled yet arrived (wall clock, ms; a restored one: when it was
     /// restored). A batch is settled once its flag is final here or its windows are sealed:
     /// the catalog may forget the flags of batches settled at every cloud.
@@ -186,7 +173,7 @@ impl Windows {
             cold_store: None,
             unsealed: BTreeSet::new(),
             retained_from: 0,
-            archived: Archived::default(),
+            archived: archived::Archived::default(),
             received: HashMap::new(),
         }
     }
@@ -241,8 +228,11 @@ impl Windows {
         for id in &batches {
             self.received.remove(id);
         }
-        // Sliding a cached range would subtract windows that are gone.
-        self.ranges.retain(|r| r.from >= horizon);
+        // Sliding a cached range would subtract windows that are gone, unless the archive
+        // has them.
+        if self.archived.from.is_none() {
+            self.ranges.retain(|r| r.from >= horizon);
+        }
         (windows, batches)
     }
 
@@ -259,97 +249,28 @@ impl Windows {
         self.archived.hours.extend(hours);
     }
 
-    /// The archived hours a request over [from, to) reads; refuses one that reaches before
-    /// what the archive holds.
-    pub fn archive_hours(&self, from: u64, to: u64) -> Result<Vec<u64>, RangeError> {
+    /// The archived hours a COMPUTE over [from, to) reads that are not read back, as far
+    /// back as the archive reaches (a COMPUTE answers the blocks there are; the horizon
+    /// moves by whole blocks). COMPUTE sums no histograms.
+    pub fn compute_needs(&self, from: u64, to: u64) -> Result<Option<Needed>, RangeError> {
+        let Some(archived_from) = self.archived.from else {
+            return Ok(None);
+        };
+        let from = from.max(archived_from);
         if from >= self.retained_from {
-            return Ok(Vec::new());
+            return Ok(None);
         }
-        match self.archived.from {
-            Some(archived_from) if from >= archived_from => {}
-            archived_from => {
-                return Err(RangeError::PastRetention {
-                    from,
-                    horizon: archived_from.unwrap_or(self.retained_from),
-                })
-            }
-        }
-        let first = crate::store::Archive::hour_of(from);
-        let end = to.min(self.retained_from).max(first);
-        Ok(self.archived.hours.range(first..end).copied().collect())
+        archived::needed(&self.archived, &[(from, to)], self.retained_from, false)
     }
 
-    /// The archived hours a COMPUTE over [from, to) reads: as far back as the archive
-    /// reaches (a COMPUTE answers the blocks there are; the horizon moves by whole blocks).
-    pub fn archive_hours_within(&self, from: u64, to: u64) -> Vec<u64> {
-        match self.archived.from {
-            Some(archived_from) => self
-                .archive_hours(from.max(archived_from), to)
-                .unwrap_or_default(),
-            None => Vec::new(),
-        }
+    /// Archived hours read back for a request that needs `needed`.
+    pub fn load_archived(&mut self, read: Vec<(u64, Vec<(u64, SealedWindow)>)>, needed: &Needed) {
+        self.archived.load(read, needed.histograms, &needed.all);
     }
 
     /// The archive's part of the status page.
     pub fn archive_summary(&self, on: bool) -> serde_json::Value {
-        serde_json::json!({
-            "on": on,
-            "archived_from": self.archived.from,
-            "hours": self.archived.hours.len(),
-            "hours_read_back": self.archived.loaded.len(),
-        })
-    }
-
-    /// Of `hours`, those not read back.
-    pub fn not_loaded(&self, hours: &[u64]) -> Vec<u64> {
-        hours
-            .iter()
-            .filter(|h| !self.archived.loaded.contains_key(h))
-            .copied()
-            .collect()
-    }
-
-    /// Archived hours read back, for a request that reads `needed`: kept, and hours read
-    /// for earlier requests are let go past [`MAX_LOADED_HOURS`] (never one of `needed`).
-    pub fn load_archived(&mut self, read: Vec<(u64, Vec<(u64, SealedWindow)>)>, needed: &[u64]) {
-        for (hour, windows) in read {
-            let starts = windows.iter().map(|(start, _)| *start).collect();
-            for (start, w) in windows {
-                self.archived.windows.insert(
-                    start,
-                    WindowState {
-                        undecided: 0,
-                        sums: w.sums,
-                        batches: w.batches,
-                        digest: w.digest,
-                        sealed: true,
-                        cold: false,
-                    },
-                );
-            }
-            self.archived.loaded.insert(hour, starts);
-        }
-        while self.archived.loaded.len() > MAX_LOADED_HOURS {
-            let Some(&hour) = self.archived.loaded.keys().find(|h| !needed.contains(h)) else {
-                break;
-            };
-            for start in self.archived.loaded.remove(&hour).unwrap_or_default() {
-                self.archived.windows.remove(&start);
-            }
-            // A kept range could no longer slide out of this hour's windows.
-            let end = hour.saturating_add(crate::store::ARCHIVE_SECS);
-            self.ranges.retain(|r| r.to <= hour || r.from >= end);
-        }
-    }
-
-    /// Every archived hour [from, to) reads is read back.
-    fn check_loaded(&self, from: u64, to: u64) -> Result<(), RangeError> {
-        let missing = self.not_loaded(&self.archive_hours(from, to)?);
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(RangeError::NotLoaded(missing))
-        }
+        self.archived.summary(on)
     }
 
     /// The windows starting in [from, to): archived ones read back, then those held here.
@@ -654,9 +575,7 @@ impl Windows {
         with_histograms: bool,
         view: &View<'_>,
     ) -> Result<RangeResponse, RangeError> {
-        if from < self.retained_from {
-            self.check_loaded(from, to)?;
-        }
+        self.archived.check_reach(from, self.retained_from)?;
         let closed_before = self.closed_before();
         if to > closed_before {
             return Err(RangeError::NotReady(NotReady {
@@ -694,9 +613,25 @@ impl Windows {
             .filter(|(_, r)| r.with_histograms == with_histograms)
             .map(|(i, r)| (windows_between(r.from, from) + windows_between(r.to, to), i))
             .min();
+        let nearest = nearest
+            .filter(|(cost, _)| *cost < fresh_cost)
+            .map(|(_, i)| i);
+        let old = nearest.map(|i| (self.ranges[i].from, self.ranges[i].to));
+        if from.min(old.map_or(from, |(f, _)| f)) < self.retained_from {
+            let touched = archived::slid(old, (from, to));
+            let needed = archived::needed(
+                &self.archived,
+                &touched,
+                self.retained_from,
+                with_histograms,
+            )?;
+            if let Some(needed) = needed {
+                return Err(RangeError::NotLoaded(needed));
+            }
+        }
         let mut sums = match nearest {
-            Some((cost, i)) if cost < fresh_cost => self.ranges.remove(i),
-            _ => RangeSums {
+            Some(i) => self.ranges.remove(i),
+            None => RangeSums {
                 from,
                 to: from,
                 with_histograms,
@@ -825,11 +760,16 @@ impl Windows {
         let mut policy = std::time::Duration::ZERO;
         let block_secs = view.rules.block_secs(self.window_secs);
         let mut blocks: BTreeMap<u64, Vec<(u64, &WindowState)>> = BTreeMap::new();
-        let missing = self.not_loaded(&self.archive_hours_within(from, to));
-        if !missing.is_empty() {
-            return Err(CloudError::Archive(format!(
-                "archived hours {missing:?} are not read back"
-            )));
+        // The node reads them back first; summing without them would leave them out.
+        match self.compute_needs(from, to) {
+            Ok(None) => {}
+            Ok(Some(needed)) => {
+                return Err(CloudError::Archive(format!(
+                    "archived hours {:?} are not read back",
+                    needed.hours
+                )))
+            }
+            Err(e) => return Err(CloudError::Archive(e.to_string())),
         }
         for (&start, w) in self.windows_in(from, to) {
             blocks
@@ -1139,13 +1079,12 @@ mod tests {
         let horizon = 55 * 3600;
         archived.note_archived(3600, (1..55).map(|h| h * 3600));
         archived.forget_before(horizon);
-        let ask = |w: &mut Windows, from: u64, to: u64, histograms: bool| {
-            let hours = w.archive_hours(from, to)?;
-            let read = w
-                .not_loaded(&hours)
-                .into_iter()
+        let read_back = |w: &mut Windows, needed: &Needed| {
+            let read = needed
+                .hours
+                .iter()
                 .map(|h| {
-                    let windows = files[&h]
+                    let windows = files[h]
                         .iter()
                         .map(|(start, s)| {
                             let copy: SealedWindow =
@@ -1153,15 +1092,24 @@ mod tests {
                             (*start, copy)
                         })
                         .collect();
-                    (h, windows)
+                    (*h, windows)
                 })
                 .collect();
-            w.load_archived(read, &hours);
-            w.range(0, 1, from, to, histograms, &everything())
+            w.load_archived(read, needed);
+        };
+        // As the node asks: read back what a range needs, then ask again.
+        let ask = |w: &mut Windows, from: u64, to: u64, histograms: bool| {
+            for _ in 0..3 {
+                match w.range(0, 1, from, to, histograms, &everything()) {
+                    Err(RangeError::NotLoaded(needed)) => read_back(w, &needed),
+                    other => return other,
+                }
+            }
+            panic!("range [{from}, {to}) still needs hours after reading them back");
         };
         let unread = archived.range(0, 1, 7200, 10_800, false, &everything());
         assert!(
-            matches!(&unread, Err(RangeError::NotLoaded(hours)) if hours == &vec![7200]),
+            matches!(&unread, Err(RangeError::NotLoaded(n)) if n.hours == vec![7200]),
             "{:?}",
             unread.map(|r| r.plugs.len())
         );
@@ -1169,11 +1117,18 @@ mod tests {
             ask(&mut archived, 1800, 7200, false),
             Err(RangeError::PastRetention { horizon: 3600, .. })
         ));
-        // A day from hour 1 is kept for sliding; thirty later hours make room by letting the
-        // first hours go, and the kept day with them: sliding it would subtract windows that
-        // are no longer here.
+        assert!(matches!(
+            ask(&mut archived, 25 * 3600, horizon, true),
+            Err(RangeError::TooManyArchivedHours {
+                hours: 30,
+                limit: MAX_HOURS_WITH_HISTOGRAMS
+            })
+        ));
+        // A day from hour 1 is kept for sliding; a day of later hours takes the memory
+        // budget, so the first hours are let go; sliding the kept day reads back only the
+        // hour it leaves.
         let day = |from: u64| (from, from + 86_400);
-        for (from, to) in [day(3600), (25 * 3600, horizon), day(3600 + 1800)] {
+        for (from, to) in [day(3600), day(28 * 3600), day(3600 + 1800)] {
             assert_eq!(
                 ask(&mut archived, from, to, true).unwrap(),
                 hot.range(0, 1, from, to, true, &everything()).unwrap(),
@@ -1197,18 +1152,15 @@ mod tests {
                 );
             }
         }
-        assert!(archived.archived.loaded.len() <= MAX_LOADED_HOURS);
         let span = HOURS * 3600;
-        let hours = archived.archive_hours_within(0, span);
-        assert_eq!(hours, (1..55).map(|h| h * 3600).collect::<Vec<_>>());
+        let needed = archived.compute_needs(0, span).unwrap().unwrap();
+        assert!(!needed.histograms);
+        assert_eq!(needed.all, (1..55).map(|h| h * 3600).collect::<Vec<_>>());
         assert!(archived
             .compute(0, 1, 3600, span, GroupLevel::House, &everything())
             .is_err());
-        let read = hours
-            .iter()
-            .map(|&h| (h, files.remove(&h).unwrap()))
-            .collect();
-        archived.load_archived(read, &hours);
+        read_back(&mut archived, &needed);
+        assert_eq!(archived.compute_needs(0, span).unwrap(), None);
         assert_eq!(
             archived
                 .compute(0, 1, 3600, span, GroupLevel::House, &everything())
