@@ -16,10 +16,10 @@ use mcloud_core::auth::peer::{PeerIdentity, Role};
 use mcloud_core::auth::{AppBearer, NodeAuth};
 use mcloud_core::http::{ApiError, Postcard};
 use mcloud_store::master::{
-    Begin, Commit, Kind, ObjectKey, Reader, RefreshBegin, RefreshCommit, Repair, StoreAnswer,
-    StoreOp, StoreRead, MAX_HOUSES_PER_MAILBOX,
+    Commit, Kind, ObjectKey, Reader, RefreshBegin, RefreshCommit, Repair, StoreAnswer, StoreOp,
+    StoreRead, MAX_HOUSES_PER_MAILBOX,
 };
-use mcloud_store::wire::{StoreRequest, StoreResponse, Target, STORE_CLOUD_PATH, STORE_PATH};
+use mcloud_store::wire::{StoreRequest, StoreResponse, STORE_CLOUD_PATH, STORE_PATH};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,40 +90,17 @@ async fn store(
     req: StoreRequest,
 ) -> Result<Postcard<StoreResponse>, ApiError> {
     let answer = match req {
-        StoreRequest::Begin {
-            target,
-            len,
-            packet_bytes,
-            replicas,
-            sources,
-            lifetime_secs,
-            access,
-        } => {
-            let key = match target {
-                Target::File { name } => ObjectKey::file(&caller.user, &name),
-                Target::Message { recipient } => {
-                    ObjectKey::message(&recipient, rand::random::<u64>())
-                }
-            };
-            let begin = Begin::draw(
-                key,
-                caller,
-                len,
-                packet_bytes,
-                replicas,
-                sources,
-                lifetime_secs,
-                access,
-                &mut rand::rngs::OsRng,
-            )
-            .map_err(CatalogError::Store)?;
+        StoreRequest::Begin(request) => {
+            let begin = request
+                .draw(caller, &mut rand::rngs::OsRng)
+                .map_err(CatalogError::Store)?;
             node.store_write(StoreOp::Begin(begin.clone())).await?;
             StoreResponse::Plan(Box::new(begin))
         }
         StoreRequest::Commit { key, id, records } => {
             // A message's writer commits into the recipient's mailbox; the masters check the
             // committer began the write.
-            let key = owner_or(key, &caller.user);
+            let key = key.or_owner(&caller.user);
             let op = StoreOp::Commit(Commit {
                 key,
                 writer: caller,
@@ -261,14 +238,6 @@ async fn store(
     Ok(Postcard(answer))
 }
 
-/// A file named without an owner is the caller's own.
-fn owner_or(mut key: ObjectKey, user: &str) -> ObjectKey {
-    if key.owner.is_empty() {
-        key.owner = user.to_string();
-    }
-    key
-}
-
 /// The object the caller means: a message is only ever its recipient's to read, refresh or
 /// consume, so the caller fills in a message's owner whatever the request says.
 fn own(key: ObjectKey, user: &str) -> ObjectKey {
@@ -277,7 +246,7 @@ fn own(key: ObjectKey, user: &str) -> ObjectKey {
             owner: user.to_string(),
             ..key
         },
-        Kind::File => owner_or(key, user),
+        Kind::File => key.or_owner(user),
     }
 }
 

@@ -934,10 +934,10 @@ fn store_with_a_write(now_ms: u64) -> (mcloud_store::master::Masters, mcloud_sto
 /// a peer's snapshot check accepts.
 fn store_request(data: &[u8]) {
     use mcloud_store::master::{
-        Begin, Commit, ObjectKey, Reader, RefreshCommit, Repair, StoreOp, StoreRead,
+        Commit, ObjectKey, Reader, RefreshCommit, Repair, StoreOp, StoreRead,
         MAX_HOUSES_PER_MAILBOX,
     };
-    use mcloud_store::wire::{StoreRequest, Target};
+    use mcloud_store::wire::StoreRequest;
     use rand::SeedableRng;
     let (now_ms, body) = take_u64(data);
     let Ok(request) = decode::<StoreRequest>(body) else {
@@ -948,38 +948,11 @@ fn store_request(data: &[u8]) {
         user: "alice".into(),
         app: None,
     };
-    let mine = |mut key: ObjectKey| {
-        if key.owner.is_empty() {
-            key.owner = "alice".into();
-        }
-        key
-    };
+    let mine = |key: ObjectKey| key.or_owner("alice");
     let op = match request {
-        StoreRequest::Begin {
-            target,
-            len,
-            packet_bytes,
-            replicas,
-            sources,
-            lifetime_secs,
-            access,
-        } => {
-            let key = match target {
-                Target::File { name } => ObjectKey::file("alice", &name),
-                Target::Message { recipient } => ObjectKey::message(&recipient, 7),
-            };
+        StoreRequest::Begin(begin) => {
             let mut rng = rand::rngs::StdRng::seed_from_u64(now_ms);
-            match Begin::draw(
-                key,
-                alice.clone(),
-                len,
-                packet_bytes,
-                replicas,
-                sources,
-                lifetime_secs,
-                access,
-                &mut rng,
-            ) {
+            match begin.draw(alice.clone(), &mut rng) {
                 Ok(begin) => StoreOp::Begin(begin),
                 Err(_) => return,
             }
@@ -1889,7 +1862,7 @@ pub fn seeds(repo: &Path, csv: &str) -> Vec<(&'static str, String, Vec<u8>)> {
     {
         use mcloud_store::master::{FileAccess, ObjectKey};
         use mcloud_store::packet::PacketRecord;
-        use mcloud_store::wire::{StoreRequest, Target};
+        use mcloud_store::wire::{BeginRequest, StoreRequest, Target};
         let (_, begin) = store_with_a_write(now_ms);
         let records = (0..begin.ciphers.len() as u32)
             .flat_map(|packet| {
@@ -1906,7 +1879,7 @@ pub fn seeds(repo: &Path, csv: &str) -> Vec<(&'static str, String, Vec<u8>)> {
         let requests = [
             (
                 "store-begin",
-                StoreRequest::Begin {
+                StoreRequest::Begin(BeginRequest {
                     target: Target::File { name: "g".into() },
                     len: 100_000,
                     packet_bytes: 16_384,
@@ -1914,7 +1887,7 @@ pub fn seeds(repo: &Path, csv: &str) -> Vec<(&'static str, String, Vec<u8>)> {
                     sources: vec![0, 1, 2],
                     lifetime_secs: 3600,
                     access: FileAccess::default(),
-                },
+                }),
             ),
             (
                 "store-commit",

@@ -10,7 +10,7 @@ use mcloud_store::client::{ClientError, StoreClient};
 use mcloud_store::mailbox::MailboxKeys;
 use mcloud_store::master::{FileAccess, ObjectKey};
 use mcloud_store::source::SourceConfig;
-use mcloud_store::wire::{StoreRequest, StoreResponse, Target, STORE_PATH};
+use mcloud_store::wire::{BeginRequest, StoreRequest, StoreResponse, Target, STORE_PATH};
 use rand::RngCore;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -445,7 +445,7 @@ async fn bad_storage_requests_are_refused_with_codes_and_change_nothing() {
     let node = Endpoint::new(cluster.catalog_url(), cluster.app_client(&token).unwrap());
     let url = format!("{}{STORE_PATH}", node.url);
     let begin = |name: &str, len: u64, packet_bytes: u32, replicas: u8, lifetime_secs: u64| {
-        StoreRequest::Begin {
+        StoreRequest::Begin(BeginRequest {
             target: Target::File { name: name.into() },
             len,
             packet_bytes,
@@ -453,7 +453,7 @@ async fn bad_storage_requests_are_refused_with_codes_and_change_nothing() {
             sources: vec![0, 1, 2],
             lifetime_secs,
             access: FileAccess::default(),
-        }
+        })
     };
     let refused = |r: Result<StoreResponse, CallError>| match r {
         Err(CallError::Rejected { status, code, .. }) => (status, code),

@@ -7,7 +7,9 @@ use crate::mailbox::{MailboxError, MailboxKeys};
 use crate::master::{FileAccess, Kind, ObjectInfo, ObjectKey, Version};
 use crate::packet::DEFAULT_PACKET_BYTES;
 use crate::source::Sources;
-use crate::wire::{StoreRequest, StoreResponse, Target, STORE_CLOUD_PATH, STORE_PATH};
+use crate::wire::{
+    BeginRequest, StoreRequest, StoreResponse, Target, STORE_CLOUD_PATH, STORE_PATH,
+};
 use mcloud_core::http::{post, CallError, Endpoint};
 use std::sync::Arc;
 use thiserror::Error;
@@ -134,7 +136,7 @@ impl StoreClient {
     ) -> Result<ObjectKey, ClientError> {
         let started = std::time::Instant::now();
         let StoreResponse::Plan(begin) = self
-            .call(&StoreRequest::Begin {
+            .call(&StoreRequest::Begin(BeginRequest {
                 target,
                 len: data.len() as u64,
                 packet_bytes: self.options.packet_bytes,
@@ -142,20 +144,12 @@ impl StoreClient {
                 sources: self.sources.ids(),
                 lifetime_secs: self.options.lifetime_secs,
                 access,
-            })
+            }))
             .await?
         else {
             return Err(ClientError::Unexpected("a write"));
         };
-        let plan = WritePlan {
-            file: begin.id,
-            len: begin.len,
-            packet_bytes: begin.packet_bytes,
-            order: begin.order.clone(),
-            ciphers: begin.ciphers.clone(),
-            key: begin.secret.clone(),
-            replicas: begin.replicas,
-        };
+        let plan = WritePlan::of(&begin);
         let planned = started.elapsed();
         let records = write_file(&self.sources, &plan, data).await?;
         let written = started.elapsed();

@@ -54,6 +54,21 @@ pub struct WritePlan {
     pub replicas: u8,
 }
 
+impl WritePlan {
+    /// The write the masters planned in `begin`.
+    pub fn of(begin: &crate::master::Begin) -> WritePlan {
+        WritePlan {
+            file: begin.id,
+            len: begin.len,
+            packet_bytes: begin.packet_bytes,
+            order: begin.order.clone(),
+            ciphers: begin.ciphers.clone(),
+            key: begin.secret.clone(),
+            replicas: begin.replicas,
+        }
+    }
+}
+
 /// What a reader may read of a file version: where its copies are and the key secrets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadGrant {

@@ -2,7 +2,9 @@
 //! every request: apps show a token, clouds (keeping their archives) a peer certificate; each
 //! request names the object it is about.
 
-use crate::master::{Begin, FileAccess, Kind, ObjectInfo, ObjectKey, RefreshBegin, Version};
+use crate::master::{
+    Begin, FileAccess, Kind, MasterError, ObjectInfo, ObjectKey, Reader, RefreshBegin, Version,
+};
 use crate::packet::PacketRecord;
 use serde::{Deserialize, Serialize};
 
@@ -15,15 +17,7 @@ pub const STORE_CLOUD_PATH: &str = "/v1/store/cloud";
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum StoreRequest {
     /// Reserves a new version of one of the caller's files, or a message to `recipient`.
-    Begin {
-        target: Target,
-        len: u64,
-        packet_bytes: u32,
-        replicas: u8,
-        sources: Vec<u8>,
-        lifetime_secs: u64,
-        access: FileAccess,
-    },
+    Begin(BeginRequest),
     Commit {
         key: ObjectKey,
         id: u64,
@@ -72,6 +66,39 @@ pub enum StoreRequest {
     HouseOwners {
         houses: Vec<u32>,
     },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BeginRequest {
+    pub target: Target,
+    pub len: u64,
+    pub packet_bytes: u32,
+    pub replicas: u8,
+    pub sources: Vec<u8>,
+    pub lifetime_secs: u64,
+    pub access: FileAccess,
+}
+
+impl BeginRequest {
+    /// The plan the request asks for, drawn for `caller`: a new version of the caller's
+    /// file, or a message to the recipient under a random id.
+    pub fn draw(self, caller: Reader, rng: &mut impl rand::Rng) -> Result<Begin, MasterError> {
+        let key = match self.target {
+            Target::File { name } => ObjectKey::file(&caller.user, &name),
+            Target::Message { recipient } => ObjectKey::message(&recipient, rng.gen()),
+        };
+        Begin::draw(
+            key,
+            caller,
+            self.len,
+            self.packet_bytes,
+            self.replicas,
+            self.sources,
+            self.lifetime_secs,
+            self.access,
+            rng,
+        )
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

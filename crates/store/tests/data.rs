@@ -404,16 +404,9 @@ async fn an_abandoned_write_is_freed_whole_on_a_small_blob_source() {
     .unwrap();
     let mut masters = Masters::default();
     masters.apply(&StoreOp::Begin(begin.clone()), 0).unwrap();
-    let plan = WritePlan {
-        file: begin.id,
-        len: begin.len,
-        packet_bytes: begin.packet_bytes,
-        order: begin.order.clone(),
-        ciphers: begin.ciphers.clone(),
-        key: begin.secret.clone(),
-        replicas: begin.replicas,
-    };
-    write_file(&sources, &plan, &data).await.unwrap();
+    write_file(&sources, &WritePlan::of(&begin), &data)
+        .await
+        .unwrap();
     // Three full packets in five sub-packets each on source 2, and the last (100 bytes) whole.
     assert_eq!(blobs_in(&paths[1]).len(), 16);
     // No commit: past the write's deadline the masters drop it and list its blobs.

@@ -84,6 +84,14 @@ impl ObjectKey {
         }
     }
 
+    /// A file named without an owner is `user`'s own.
+    pub fn or_owner(mut self, user: &str) -> ObjectKey {
+        if self.owner.is_empty() {
+            self.owner = user.to_string();
+        }
+        self
+    }
+
     pub fn message(recipient: &str, id: u64) -> ObjectKey {
         ObjectKey {
             kind: Kind::Message,
