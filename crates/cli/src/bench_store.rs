@@ -4,7 +4,7 @@
 //! same machine measured in the same run.
 
 use crate::cluster::{ClusterOptions, ClusterSpec, LocalCluster};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use mcloud_store::master::FileAccess;
 use mcloud_store::source::SourceConfig;
@@ -37,7 +37,8 @@ pub async fn run(args: StoreBenchArgs) -> Result<()> {
         bail!("--store-file-mib must be 1 to 1024 and --store-files at least 1");
     }
     let temp = match &args.store_dir {
-        Some(dir) => tempfile::tempdir_in(dir)?,
+        Some(dir) => tempfile::tempdir_in(dir)
+            .with_context(|| format!("--store-dir {}: a directory to write in", dir.display()))?,
         None => tempfile::tempdir()?,
     };
     let storage: Vec<SourceConfig> = (0..SOURCES)
