@@ -703,7 +703,16 @@ fn create_flags(data: &[u8]) {
     let (again, more) = table.create(&flags, now).unwrap();
     assert_eq!(again, created);
     assert!(more.is_empty());
-    // SET at the same time commits every one of them.
+    // SET at the same time commits every one of them, unless one is robust: the clouds
+    // decide those, and SET changes nothing.
+    if let Some(robust) = flags.iter().find(|f| f.robust) {
+        let e = table.set(&ids, now).unwrap_err();
+        assert!(
+            matches!(e, mcloud_catalog::CatalogError::DecidedByClouds(id) if id == robust.id),
+            "{e}"
+        );
+        return;
+    }
     let (set, changes) = table.set(&ids, now).unwrap();
     assert!(set.iter().all(|f| f.state == FlagState::True));
     table.apply(&changes);
