@@ -644,6 +644,15 @@ async fn the_cli_stores_shares_and_mails_through_mcloud_node_processes() {
     .await;
 }
 
+/// The message ids `mcloud mailbox list` printed (its first column, after the header).
+fn message_ids(listed: &str) -> Vec<&str> {
+    listed
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split('\t').next())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_and_analytics_results_are_archived_for_a_friend_and_outliers_alerted() {
     let dir = tempfile::tempdir().unwrap();
@@ -704,9 +713,8 @@ async fn query_and_analytics_results_are_archived_for_a_friend_and_outliers_aler
 
     let start = mcloud_core::synthetic::SyntheticConfig::default().start_ts;
     let (from, to) = (start.to_string(), (start + 899).to_string());
-    let tables = mcloud(
-        d,
-        &[
+    let analytics = |more: &[&str]| {
+        let args = [
             "analytics",
             "--deployment",
             "deployment.toml",
@@ -714,15 +722,18 @@ async fn query_and_analytics_results_are_archived_for_a_friend_and_outliers_aler
             &from,
             "--to",
             &to,
-            "--archive",
-            "debs",
-            "--archive-others",
-            "--alert-to",
-            "friend",
-            "--alert-percent",
-            "0",
-        ],
-    );
+        ];
+        mcloud(d, &[&args[..], more].concat())
+    };
+    let tables = analytics(&[
+        "--archive",
+        "debs",
+        "--archive-others",
+        "--alert-to",
+        "friend",
+        "--alert-percent",
+        "0",
+    ]);
     let get = |name: &str| {
         mcloud(
             d,
@@ -740,11 +751,7 @@ async fn query_and_analytics_results_are_archived_for_a_friend_and_outliers_aler
 
     // At 0 % every house with a Q2 row is an outlier: one alert per house, to the friend.
     let listed = mcloud(d, &[&["mailbox"][..], &friend, &["list"]].concat());
-    let ids: Vec<&str> = listed
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split('\t').next())
-        .collect();
+    let ids = message_ids(&listed);
     assert_eq!(ids.len(), 2, "{listed}");
     for id in ids {
         let text = mcloud(
@@ -763,21 +770,7 @@ async fn query_and_analytics_results_are_archived_for_a_friend_and_outliers_aler
     // `--alert-owners`: each house's alert goes to the user whose mailbox key names it. None
     // is sent while the houses' owner has published no key; once it has (with its token,
     // which owns every house here), one per house, and no one else gets any.
-    let alert_owners = || {
-        let args = [
-            "analytics",
-            "--deployment",
-            "deployment.toml",
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--alert-owners",
-            "--alert-percent",
-            "0",
-        ];
-        mcloud(d, &args)
-    };
+    let alert_owners = || analytics(&["--alert-owners", "--alert-percent", "0"]);
     let owner = ["--deployment", "deployment.toml"];
     let mailbox = |args: &[&str]| mcloud(d, &[&["mailbox"][..], &owner, args].concat());
     alert_owners();
@@ -789,11 +782,7 @@ async fn query_and_analytics_results_are_archived_for_a_friend_and_outliers_aler
     );
     alert_owners();
     let listed = mailbox(&["list"]);
-    let ids: Vec<&str> = listed
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split('\t').next())
-        .collect();
+    let ids = message_ids(&listed);
     assert_eq!(ids.len(), 2, "{listed}");
     let mut houses = Vec::new();
     for id in ids {

@@ -907,6 +907,29 @@ mod tests {
         }
     }
 
+    /// Window `n` (of 30 s): three plugs reading `value`, `value + 1` and `value + 2`, the
+    /// first plug's histogram at `count` in every bucket, committed and sealed in each of
+    /// `into`.
+    fn seal_window_of_three(into: &mut [&mut Windows], n: u64, value: u64, count: u64) {
+        let start = n * 30;
+        let records: Vec<ShareRecord> = (0..3)
+            .map(|plug| record(n * 3 + plug + 1, start + plug, plug as u32, value + plug))
+            .collect();
+        let mut sums = sums_of(&records);
+        sums.histograms.insert(
+            (start, records[0].group),
+            vec![CountField::from(count); mcloud_core::histogram::BUCKETS],
+        );
+        for w in into.iter_mut() {
+            let id = BatchId(u128::from(n) + 1);
+            assert!(matches!(w.register(id, vec![start]), Ok(Registered::New)));
+            w.stored(id);
+            w.decide(id, true);
+            w.advance(start + 30);
+            w.seal(start, sums.clone());
+        }
+    }
+
     /// What the workers would gather for a window: the committed records summed.
     fn sums_of(records: &[ShareRecord]) -> WindowSums {
         let mut sums = WindowSums::default();
@@ -988,22 +1011,7 @@ mod tests {
         let mut hot = Windows::new(30, 0, 0);
         for n in 0..windows {
             let start = n * 30;
-            let records: Vec<ShareRecord> = (0..3)
-                .map(|plug| record(n * 3 + plug + 1, start + plug, plug as u32, n * 11 + plug))
-                .collect();
-            let mut sums = sums_of(&records);
-            sums.histograms.insert(
-                (start, records[0].group),
-                vec![CountField::from(n); mcloud_core::histogram::BUCKETS],
-            );
-            for w in [&mut cold, &mut hot] {
-                let id = BatchId(u128::from(n) + 1);
-                assert!(matches!(w.register(id, vec![start]), Ok(Registered::New)));
-                w.stored(id);
-                w.decide(id, true);
-                w.advance(start + 30);
-                w.seal(start, sums.clone());
-            }
+            seal_window_of_three(&mut [&mut cold, &mut hot], n, n * 11, n);
             let mut stored = crate::store::EncodedWindows::default();
             stored
                 .add(start, &cold.sealed_window(start).unwrap())
@@ -1054,22 +1062,7 @@ mod tests {
         let mut files: BTreeMap<u64, Vec<(u64, SealedWindow)>> = BTreeMap::new();
         for n in 0..HOURS * 120 {
             let start = n * 30;
-            let records: Vec<ShareRecord> = (0..3)
-                .map(|plug| record(n * 3 + plug + 1, start + plug, plug as u32, n * 7 + plug))
-                .collect();
-            let mut sums = sums_of(&records);
-            sums.histograms.insert(
-                (start, records[0].group),
-                vec![CountField::from(n % 5); mcloud_core::histogram::BUCKETS],
-            );
-            for w in [&mut hot, &mut archived] {
-                let id = BatchId(u128::from(n) + 1);
-                assert!(matches!(w.register(id, vec![start]), Ok(Registered::New)));
-                w.stored(id);
-                w.decide(id, true);
-                w.advance(start + 30);
-                w.seal(start, sums.clone());
-            }
+            seal_window_of_three(&mut [&mut hot, &mut archived], n, n * 7, n % 5);
             files
                 .entry(start - start % 3600)
                 .or_default()
