@@ -143,6 +143,127 @@ async fn windows_past_the_horizon_leave_memory_and_disk_and_are_refused_by_name(
     cluster.shutdown().await;
 }
 
+/// With an archive, windows leave the values table only once the archive holds them: while
+/// the storage cannot take them nothing is dropped and every window still answers; once it
+/// can, the next sealing archives them and they answer from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_stay_until_the_archive_takes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources: Vec<std::path::PathBuf> = (0..3)
+        .map(|id| dir.path().join(format!("source{id}")))
+        .collect();
+    let storage = (0..3)
+        .map(|id| mcloud_store::source::SourceConfig::local(id, sources[id as usize].clone()))
+        .collect();
+    let cluster = common::cluster(
+        dir.path(),
+        2,
+        ClusterOptions {
+            retention_secs: Some(RETENTION),
+            storage,
+            ..Default::default()
+        },
+    )
+    .await;
+    // Every source is a file where its directory should be: no blob can be written.
+    for source in &sources {
+        let _ = std::fs::remove_dir_all(source);
+        std::fs::write(source, b"not a directory").unwrap();
+    }
+    let readings: Vec<Reading> = Synthetic::new(SyntheticConfig {
+        houses: 1,
+        households_per_house: 1,
+        plugs_per_household: 2,
+        duration_secs: 8 * 3600,
+        interval_secs: 60,
+        ..Default::default()
+    })
+    .collect();
+    let uploader = cluster.uploader(Duration::from_secs(30)).unwrap();
+    let upload = async |part: &[Reading]| {
+        let batch = PlainBatch::new(GATEWAY.sensor, part.to_vec());
+        let outcome = uploader.transact(&batch, Fate::Complete).await.unwrap();
+        assert_eq!(outcome, Outcome::Committed);
+    };
+    let close = async |readings: &[Reading]| {
+        let last = readings.iter().map(|r| r.ts).max().unwrap();
+        uploader.advance_watermark(last, true).await.unwrap();
+    };
+    for part in readings.chunks(50) {
+        upload(part).await;
+    }
+    close(&readings).await;
+    let window = |ts: u64| ts - ts % WINDOW;
+    let all_windows = |readings: &[Reading]| {
+        let last = readings.iter().map(|r| r.ts).max().unwrap();
+        (readings.iter().map(|r| window(r.ts)))
+            .filter(|&w| w + WINDOW <= window(last) + WINDOW)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as u64
+    };
+    let closed = all_windows(&readings);
+    for party in 0..2 {
+        common::wait_for(60, "every window sealed and stored", async || {
+            let r = retention(&cluster, party);
+            (r["stored_windows"] == closed).then_some(())
+        })
+        .await;
+        let r = retention(&cluster, party);
+        assert_eq!(r["retained_from"], 0, "party {party}: {r}");
+        assert_eq!(r["archive"]["hours"], 0, "party {party}: {r}");
+    }
+    let mut reference = Reference::new(WINDOW, GroupLevel::Plug);
+    for r in &readings {
+        reference.add(r);
+    }
+    common::assert_reveals(&cluster, &reference, GroupLevel::Plug).await;
+
+    // The storage is back: the next window sealed archives what passed the horizon.
+    for source in &sources {
+        std::fs::remove_file(source).unwrap();
+        std::fs::create_dir_all(source).unwrap();
+    }
+    let last = readings.iter().map(|r| r.ts).max().unwrap();
+    let more: Vec<Reading> = readings[readings.len() - 2..]
+        .iter()
+        .map(|r| Reading {
+            ts: last + WINDOW,
+            id: r.id + 1_000_000,
+            ..*r
+        })
+        .collect();
+    upload(&more).await;
+    close(&more).await;
+    let closed_before = window(last + WINDOW) + WINDOW;
+    let raw = closed_before - RETENTION;
+    let horizon = raw - raw % 3600;
+    for party in 0..2 {
+        common::wait_for(
+            60,
+            "the archive to take what passed the horizon",
+            async || {
+                let r = retention(&cluster, party);
+                let done = r["retained_from"] == horizon;
+                if !done {
+                    eprintln!("party {party}: {r}, waiting for {horizon}");
+                }
+                done.then_some(())
+            },
+        )
+        .await;
+        let r = retention(&cluster, party);
+        assert!(
+            r["archive"]["hours"].as_u64().unwrap() >= 4,
+            "party {party}: {r}"
+        );
+    }
+    for r in &more {
+        reference.add(r);
+    }
+    common::assert_reveals(&cluster, &reference, GroupLevel::Plug).await;
+    cluster.shutdown().await;
+}
+
 /// Decided flags in every catalog partition, as voter 0 has applied them.
 async fn decided_flags(cluster: &LocalCluster) -> u64 {
     let status = common::json(

@@ -90,6 +90,10 @@ const STORED_MAP_WAIT: Duration = Duration::from_secs(5);
 /// How often a cloud tells the catalog which flags it no longer needs.
 const SETTLED_EVERY: Duration = Duration::from_secs(5);
 
+/// How long a cloud waits to archive again after the storage failed: past the placement's
+/// ten seconds of taking a failing source for down.
+const ARCHIVE_RETRY: Duration = Duration::from_secs(15);
+
 /// How often a cloud looks for archive files close to their expiry (they live a year).
 const ARCHIVE_REFRESH_EVERY: Duration = Duration::from_secs(6 * 3600);
 
@@ -121,6 +125,8 @@ pub struct CloudNode {
     recorded: CloudMetrics,
     /// Robust mode's verifier, when on.
     robust: Option<crate::robust::Verifier>,
+    /// After the archive failed: not tried again before this.
+    archive_retry_at: Mutex<Option<std::time::Instant>>,
 }
 
 pub(crate) fn now_secs() -> u64 {
@@ -278,6 +284,7 @@ impl CloudNode {
             metrics,
             recorded,
             robust,
+            archive_retry_at: Mutex::new(None),
         });
         node.metrics
             .register_collector(Box::new(CloudCollector(Arc::downgrade(&node))));
@@ -319,6 +326,13 @@ impl CloudNode {
                 node.forget_expired(mcloud_catalog::now_ms());
                 if let Err(e) = node.poll_flags().await {
                     tracing::warn!(party = node.config.party, "reading flags: {e}");
+                }
+                // Retention that waits for a failed archive is tried again even when no
+                // new window seals.
+                if node.archive_retry_due() {
+                    if let Err(e) = node.seal().await {
+                        tracing::warn!(party = node.config.party, "sealing: {e}");
+                    }
                 }
                 if last_release.elapsed() >= RELEASE_HEAP_EVERY {
                     last_release = std::time::Instant::now();
@@ -658,6 +672,9 @@ impl CloudNode {
             // Else a worker's buckets are being rebuilt: the windows stay unanswered until then.
         }
         if windows.is_empty() {
+            if self.archive_retry_due() {
+                return self.retain_or_wait().await;
+            }
             return Ok(());
         }
         let stored = {
@@ -678,15 +695,40 @@ impl CloudNode {
         }
         self.state().cool();
         self.pool.forget(windows);
+        self.retain_or_wait().await
+    }
+
+    /// Retention, which waits for the archive when it fails rather than failing the sealing:
+    /// the windows stay in the values table and queries go on, and the archive is tried again
+    /// [`ARCHIVE_RETRY`] later.
+    async fn retain_or_wait(&self) -> Result<(), CloudError> {
+        let retry_at = || {
+            self.archive_retry_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        };
+        if retry_at().is_some_and(|at| std::time::Instant::now() < at) {
+            return Ok(());
+        }
         match self.retain().await {
-            // The windows stay in the values table until the archive takes them: queries go
-            // on meanwhile.
             Err(CloudError::Archive(e)) => {
                 tracing::warn!(party = self.config.party, "archiving: {e}; retrying later");
+                *retry_at() = Some(std::time::Instant::now() + ARCHIVE_RETRY);
                 Ok(())
             }
-            other => other,
+            other => {
+                *retry_at() = None;
+                other
+            }
         }
+    }
+
+    fn archive_retry_due(&self) -> bool {
+        let retry_at = *self
+            .archive_retry_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        retry_at.is_some_and(|at| std::time::Instant::now() >= at)
     }
 
     /// Drops the windows and batches that passed the retention horizon, from memory and then

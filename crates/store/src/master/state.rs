@@ -302,7 +302,12 @@ impl Masters {
         }
         match self.objects.get(&b.key) {
             Some(o) => {
-                if o.pending.as_ref().is_some_and(|p| p.deadline_ms > now) {
+                // A writer that gave up on its write may begin again at once (what it wrote
+                // is freed below); anyone else waits for that write to end.
+                if o.pending
+                    .as_ref()
+                    .is_some_and(|p| p.deadline_ms > now && p.begin.writer != b.writer)
+                {
                     return Err(MasterError::Conflict(format!(
                         "{} is being written; retry after that write ends",
                         b.key.name
