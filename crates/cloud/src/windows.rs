@@ -90,7 +90,8 @@ struct WindowState {
 
 /// Where sealed windows' sums are read back once they left memory (the values table).
 pub trait ColdStore: Send {
-    fn load(&self, start: u64) -> Result<Option<SealedWindow>, CloudError>;
+    /// The window starting at `start`; without its histograms unless `histograms`.
+    fn load(&self, start: u64, histograms: bool) -> Result<Option<SealedWindow>, CloudError>;
 }
 
 /// How long a sealed window's sums stay in memory, counted back from the newest sealed
@@ -105,6 +106,22 @@ pub struct SealedWindow {
     sums: WindowSums,
     batches: u64,
     digest: u128,
+}
+
+impl SealedWindow {
+    /// A window as read back from its parts (the store's decoding without histograms).
+    pub(crate) fn from_parts(sums: WindowSums, batches: u64, digest: u128) -> SealedWindow {
+        SealedWindow {
+            sums,
+            batches,
+            digest,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn parts(&self) -> (&WindowSums, u64, u128) {
+        (&self.sums, self.batches, self.digest)
+    }
 }
 
 /// The window starts a batch touches, given its records' timestamps and its histograms'
@@ -326,17 +343,21 @@ impl Windows {
         }
     }
 
-    /// A sealed window's sums: from memory, or read back from the cold store.
+    /// A sealed window's sums: from memory, or read back from the cold store. A window read
+    /// back comes without its histograms unless `histograms`: most reads of cold windows
+    /// (Q1's earlier days' slices, COMPUTE) need only the record sums, and turning a
+    /// window's histograms into field elements is most of a read's cost.
     fn sums_of<'a>(
         &self,
         start: u64,
         w: &'a WindowState,
+        histograms: bool,
     ) -> Result<std::borrow::Cow<'a, WindowSums>, CloudError> {
         if !w.cold {
             return Ok(std::borrow::Cow::Borrowed(&w.sums));
         }
         let stored = match &self.cold_store {
-            Some(store) => store.load(start)?,
+            Some(store) => store.load(start, histograms)?,
             None => None,
         };
         stored
@@ -698,7 +719,7 @@ impl Windows {
         let Some(w) = self.window(start) else {
             return Ok(());
         };
-        let window_sums = self.sums_of(start, w)?;
+        let window_sums = self.sums_of(start, w, sums.with_histograms)?;
         if add {
             sums.batches += w.batches as i64;
         } else {
@@ -802,7 +823,7 @@ impl Windows {
                 batches += w.batches;
                 batch_digest ^= w.digest;
                 kept.clear();
-                for ((metric, key), p) in &self.sums_of(start, w)?.groups {
+                for ((metric, key), p) in &self.sums_of(start, w, false)?.groups {
                     if !(view.keep)(*metric, *key) {
                         continue;
                     }

@@ -2,12 +2,17 @@
 //! the on-disk format: existing data directories hold these encodings.
 
 use crate::elastic::BucketState;
+use crate::sums::{HistogramCell, WindowSums};
 use crate::windows::SealedWindow;
 use crate::CloudError;
 use bytes::Bytes;
+use mcloud_core::reading::{GroupKey, Metric};
 use mcloud_core::upload::expand;
 use mcloud_core::wire::{UploadBatch, UploadRequest};
-use mcloud_core::{BatchId, Window};
+use mcloud_core::{BatchId, Partial, Window};
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use std::collections::HashMap;
 
 /// A batch as the values table keeps it: an encoded `UploadRequest`, whose shares stay as
 /// they came (a seed party's stays a seed, expanded again whenever it is replayed).
@@ -85,4 +90,110 @@ impl EncodedWindows {
 pub(super) fn decode_window(start: u64, bytes: &[u8]) -> Result<SealedWindow, CloudError> {
     postcard::from_bytes(bytes)
         .map_err(|e| CloudError::Storage(format!("stored window {start}: {e}")))
+}
+
+/// A stored window's record sums, batches and digest, its histograms stepped over: each
+/// count's bytes are borrowed and dropped, never turned into a field element or allocated.
+/// The layout is [`SealedWindow`]'s, field for field; the whole encoding must be consumed,
+/// so a field added to `SealedWindow` fails here rather than being read wrong.
+pub(super) fn decode_window_sums_only(
+    start: u64,
+    bytes: &[u8],
+) -> Result<SealedWindow, CloudError> {
+    let (window, rest) = postcard::take_from_bytes::<SumsOnlyWindow>(bytes)
+        .map_err(|e| CloudError::Storage(format!("stored window {start}: {e}")))?;
+    if !rest.is_empty() {
+        return Err(CloudError::Storage(format!(
+            "stored window {start}: {} bytes past its sums",
+            rest.len()
+        )));
+    }
+    let sums = WindowSums {
+        groups: window.sums.groups,
+        histograms: Default::default(),
+    };
+    Ok(SealedWindow::from_parts(
+        sums,
+        window.batches,
+        window.digest,
+    ))
+}
+
+#[derive(Deserialize)]
+struct SumsOnlyWindow {
+    sums: SumsOnly,
+    batches: u64,
+    digest: u128,
+}
+
+#[derive(Deserialize)]
+struct SumsOnly {
+    groups: HashMap<(Metric, GroupKey), Partial>,
+    #[allow(dead_code)] // read only to step over it
+    histograms: SkippedHistograms,
+}
+
+/// A `HashMap<HistogramCell, Vec<CountField>>` read and dropped.
+struct SkippedHistograms;
+
+impl<'de> Deserialize<'de> for SkippedHistograms {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Cells;
+        impl<'de> Visitor<'de> for Cells {
+            type Value = SkippedHistograms;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("histograms by cell")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<HistogramCell, SkippedCounts>()?.is_some() {}
+                Ok(SkippedHistograms)
+            }
+        }
+        deserializer.deserialize_map(Cells)
+    }
+}
+
+/// A `Vec<CountField>` read and dropped.
+struct SkippedCounts;
+
+impl<'de> Deserialize<'de> for SkippedCounts {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Counts;
+        impl<'de> Visitor<'de> for Counts {
+            type Value = SkippedCounts;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a histogram's counts")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<SkippedCount>()?.is_some() {}
+                Ok(SkippedCounts)
+            }
+        }
+        deserializer.deserialize_seq(Counts)
+    }
+}
+
+/// One `CountField` (serialized as its bytes) read and dropped.
+struct SkippedCount;
+
+impl<'de> Deserialize<'de> for SkippedCount {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Count;
+        impl<'de> Visitor<'de> for Count {
+            type Value = SkippedCount;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a count's bytes")
+            }
+            fn visit_borrowed_bytes<E: serde::de::Error>(
+                self,
+                _: &'de [u8],
+            ) -> Result<Self::Value, E> {
+                Ok(SkippedCount)
+            }
+            fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<Self::Value, E> {
+                Ok(SkippedCount)
+            }
+        }
+        deserializer.deserialize_bytes(Count)
+    }
 }

@@ -18,7 +18,9 @@ use crate::elastic::{BucketState, Checkpoint};
 use crate::reopen::Reopening;
 use crate::windows::{ColdStore, SealedWindow};
 use crate::CloudError;
-use encoding::{decode_batch, decode_state, decode_window, encode_state, expand_kept};
+use encoding::{
+    decode_batch, decode_state, decode_window, decode_window_sums_only, encode_state, expand_kept,
+};
 use mcloud_core::wire::{UploadBatch, UploadRequest};
 use mcloud_core::BatchId;
 use std::collections::{BTreeSet, HashSet};
@@ -154,10 +156,19 @@ impl Store {
         self.writer.submit(Write::Sealed(windows.0)).await
     }
 
-    /// A sealed window as stored, if it is.
-    pub fn read_sealed(&self, start: u64) -> Result<Option<SealedWindow>, CloudError> {
-        let stored = tables::read_sealed(&*self.db.get()?, start)?;
-        stored.map(|bytes| decode_window(start, &bytes)).transpose()
+    /// A sealed window as stored, if it is; without its histograms unless `histograms`.
+    pub fn read_sealed(
+        &self,
+        start: u64,
+        histograms: bool,
+    ) -> Result<Option<SealedWindow>, CloudError> {
+        tables::read_sealed(&*self.db.get()?, start, |bytes| {
+            if histograms {
+                decode_window(start, bytes)
+            } else {
+                decode_window_sums_only(start, bytes)
+            }
+        })
     }
 
     /// Calls `f` with every sealed window in start order, one at a time: a restart keeps only
@@ -214,8 +225,8 @@ impl Store {
 /// Sealed windows read back once they left memory: every sealed window is stored here
 /// before its sums leave memory.
 impl ColdStore for Store {
-    fn load(&self, start: u64) -> Result<Option<SealedWindow>, CloudError> {
-        self.read_sealed(start)
+    fn load(&self, start: u64, histograms: bool) -> Result<Option<SealedWindow>, CloudError> {
+        self.read_sealed(start, histograms)
     }
 }
 

@@ -126,10 +126,17 @@ pub(super) fn each_sealed(
     Ok(())
 }
 
-pub(super) fn read_sealed(db: &Database, start: u64) -> Result<Option<Vec<u8>>, CloudError> {
+/// The stored window starting at `start`, decoded by `decode` straight from the table's
+/// page.
+pub(super) fn read_sealed<T>(
+    db: &Database,
+    start: u64,
+    decode: impl FnOnce(&[u8]) -> Result<T, CloudError>,
+) -> Result<Option<T>, CloudError> {
     let txn = db.begin_read()?;
     let sealed = txn.open_table(SEALED)?;
-    Ok(sealed.get(start)?.map(|bytes| bytes.value().to_vec()))
+    let stored = sealed.get(start)?;
+    stored.map(|bytes| decode(bytes.value())).transpose()
 }
 
 pub(super) fn first_sealed_from(db: &Database, from: u64) -> Result<Option<u64>, CloudError> {

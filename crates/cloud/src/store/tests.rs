@@ -121,8 +121,8 @@ async fn what_was_stored_comes_back_after_a_reopen() {
         })
         .unwrap();
     assert_eq!(starts, vec![60, 90]);
-    assert!(store.read_sealed(30).unwrap().is_none());
-    assert!(store.read_sealed(60).unwrap().is_some());
+    assert!(store.read_sealed(30, true).unwrap().is_none());
+    assert!(store.read_sealed(60, true).unwrap().is_some());
 }
 
 #[tokio::test]
@@ -204,7 +204,7 @@ fn reads_a_values_table_laid_out_by_name() {
         })
         .unwrap();
     assert_eq!(batches, vec![(BatchId(9), request)]);
-    let read = store.read_sealed(60).unwrap().unwrap();
+    let read = store.read_sealed(60, true).unwrap().unwrap();
     assert_eq!(bytes_of(&read), bytes_of(&window));
 }
 
@@ -251,5 +251,71 @@ async fn archived_hours_are_remembered_across_a_reopen() {
     assert_eq!(
         recovered.archived.into_iter().collect::<Vec<_>>(),
         vec![3600, 7200]
+    );
+}
+
+/// A window read back without its histograms has every record sum, its batches and digest,
+/// and no histogram; with them it is the window as stored. Bytes past the sums are refused.
+#[tokio::test]
+async fn a_window_reads_back_with_or_without_its_histograms() {
+    use mcloud_core::{CountField, Field, Partial};
+    use prio::field::FieldElement;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let plug = |n| GroupKey {
+        house: 1,
+        household: 0,
+        plug: n,
+    };
+    let mut sums = WindowSums::default();
+    for n in 0..3u32 {
+        let x = Field::from(u128::from(n) * 1_000 + 7);
+        let partial = Partial {
+            sum: x,
+            sumsq: x * x,
+            count: Field::one(),
+        };
+        sums.groups.insert((Metric::Load, plug(n)), partial);
+        sums.groups.insert((Metric::Work, plug(n)), partial);
+        let counts = (0..195u64)
+            .map(|b| CountField::from(b * u64::from(n + 1)))
+            .collect();
+        sums.histograms.insert((60, plug(n)), counts);
+    }
+    let window = SealedWindow::from_parts(sums.clone(), 4, 0xfeed);
+    let mut windows = EncodedWindows::default();
+    windows.add(60, &window).unwrap();
+    store.save_sealed(windows).await.unwrap();
+
+    // Sorted, as two maps' encodings need not list their entries in one order.
+    type Sorted = (Vec<String>, Vec<String>, u64, u128);
+    let sorted = |w: &SealedWindow| -> Sorted {
+        let (sums, batches, digest) = w.parts();
+        let mut groups: Vec<String> = sums.groups.iter().map(|e| format!("{e:?}")).collect();
+        let mut histograms: Vec<String> =
+            sums.histograms.iter().map(|e| format!("{e:?}")).collect();
+        groups.sort();
+        histograms.sort();
+        (groups, histograms, batches, digest)
+    };
+    let full = store.read_sealed(60, true).unwrap().unwrap();
+    assert!(sorted(&full) == sorted(&window), "the window as stored");
+    let light = store.read_sealed(60, false).unwrap().unwrap();
+    let (groups, histograms, batches, digest) = sorted(&window);
+    assert_eq!(groups.len(), 6);
+    assert_eq!(histograms.len(), 3);
+    assert!(
+        sorted(&light) == (groups, Vec::new(), batches, digest),
+        "sums only"
+    );
+
+    let mut longer = bytes_of(&window);
+    longer.push(0);
+    let refused = encoding::decode_window_sums_only(60, &longer)
+        .err()
+        .unwrap();
+    assert!(
+        refused.to_string().contains("1 bytes past its sums"),
+        "{refused}"
     );
 }
