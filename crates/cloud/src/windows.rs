@@ -15,6 +15,7 @@ use mcloud_core::{BatchId, CountField, Partial, Window};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 mod archived;
+mod cold;
 pub use archived::{Needed, MAX_HOURS_WITHOUT, MAX_HOURS_WITH_HISTOGRAMS};
 
 /// Ranges kept for sliding.
@@ -101,7 +102,7 @@ pub trait ColdStore: Send {
 pub const HOT_SECS: u64 = 2 * 3600;
 
 /// A sealed window as stored, so a restarted node answers it without its batches.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct SealedWindow {
     sums: WindowSums,
     batches: u64,
@@ -118,7 +119,6 @@ impl SealedWindow {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn parts(&self) -> (&WindowSums, u64, u128) {
         (&self.sums, self.batches, self.digest)
     }
@@ -313,7 +313,10 @@ impl Windows {
     /// From now on, sealed windows older than [`HOT_SECS`] leave memory and are read back
     /// from `store`, which holds every sealed window.
     pub fn keep_cold_in(&mut self, store: Box<dyn ColdStore>) {
-        self.cold_store = Some(store);
+        self.cold_store = Some(Box::new(cold::CachedSums::new(
+            store,
+            cold::SUMS_CACHE_BYTES,
+        )));
         self.cool();
     }
 
