@@ -27,6 +27,10 @@ pub struct AnalyticsArgs {
     pub to: u64,
     #[arg(long, value_enum, default_value = "changes")]
     pub emit: EmitArg,
+    /// Wait up to this many seconds for each boundary's windows to close instead of failing
+    /// on one still open: the queries then follow sensors that are still uploading.
+    #[arg(long, default_value_t = 0)]
+    pub wait_secs: u64,
     /// Write DIR/q1.csv and DIR/q2.csv; without it the rows go to stdout.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
@@ -60,6 +64,7 @@ pub async fn run_command(args: AnalyticsArgs) -> Result<()> {
         },
     };
     let (from, to) = (args.from, args.to);
+    let wait = std::time::Duration::from_secs(args.wait_secs);
     let archive = args.archive.open(&args.deployment)?;
     if !(0.0..=100.0).contains(&args.alert_percent) {
         anyhow::bail!("--alert-percent must be between 0 and 100");
@@ -81,7 +86,7 @@ pub async fn run_command(args: AnalyticsArgs) -> Result<()> {
     let counter = collector.clone();
     let started = Instant::now();
     let (q1_rows, q2_rows, requests, finished, outliers) = tokio::task::spawn_blocking(move || {
-        let mut source = CloudSource::new(collector, runtime);
+        let mut source = CloudSource::new(collector, runtime).waiting(wait);
         let mut sink = CsvSink::new(q1_out, q2_out)?;
         let mut noting = crate::alerts::Noting {
             inner: &mut sink,
@@ -253,7 +258,16 @@ fn outputs(args: &AnalyticsArgs) -> Result<(Output, Output)> {
 
 /// This process's peak resident memory, from the kernel.
 pub fn peak_rss_kb() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    peak_rss_kb_at("/proc/self/status")
+}
+
+/// Peak resident memory of the running process `pid` (none once it has exited).
+pub fn peak_rss_kb_of(pid: u32) -> Option<u64> {
+    peak_rss_kb_at(&format!("/proc/{pid}/status"))
+}
+
+fn peak_rss_kb_at(path: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(path).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))

@@ -725,15 +725,6 @@ impl LocalCluster {
         &self.disclosure
     }
 
-    /// Time the running clouds spent deciding disclosure, per cloud.
-    pub fn policy_times(&self) -> Vec<Duration> {
-        self.clouds
-            .iter()
-            .flatten()
-            .map(|(_, node)| node.policy_time())
-            .collect()
-    }
-
     pub fn dir(&self) -> &Path {
         &self.spec.dir
     }

@@ -5,6 +5,7 @@ use clap::{Args, ValueEnum};
 use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
 use mcloud_core::Reading;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 /// Synthetic duration when the command line names none.
 const DEFAULT_HOURS: f64 = 1.0;
@@ -99,25 +100,56 @@ impl InputArgs {
     }
 }
 
-/// An input as a stream: a synthetic one is generated as it is sent, so a long run holds no
-/// more of it in memory than the batches in flight.
+/// An input as a stream: a synthetic one is generated as it is sent and a CSV file read as it
+/// is sent, so a long run holds no more of it in memory than the batches in flight.
 pub struct Stream {
     pub readings: Box<dyn Iterator<Item = Reading> + Send>,
     pub len: u64,
     /// The newest timestamp in the input.
     pub end: Option<u64>,
     pub description: String,
+    /// Why a CSV file stopped parsing while it was streamed (it had parsed whole before).
+    failed: Arc<OnceLock<String>>,
+}
+
+impl Stream {
+    /// What tells, once the readings are consumed, whether they all were.
+    pub fn completion(&self) -> Completion {
+        Completion(self.failed.clone())
+    }
+}
+
+pub struct Completion(Arc<OnceLock<String>>);
+
+impl Completion {
+    /// Fails if the stream ended early because its file no longer parsed (it changed after
+    /// the first pass): the readings before that point were sent.
+    pub fn check(&self) -> Result<()> {
+        match self.0.get() {
+            Some(e) => anyhow::bail!("the input changed while it was sent: {e}"),
+            None => Ok(()),
+        }
+    }
 }
 
 impl InputArgs {
     pub fn stream(&self) -> Result<Stream> {
-        if self.input.is_some() {
-            let (readings, description) = self.load()?;
+        let failed = Arc::new(OnceLock::new());
+        if let Some(path) = &self.input {
+            // Two passes: every line is checked before the first reading leaves, so a bad
+            // line stops the run with nothing sent; the second pass streams.
+            let scanned = mcloud_core::csv::scan_file(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let slot = failed.clone();
+            let readings = mcloud_core::csv::stream_file(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .map_while(move |r| r.map_err(|e| slot.set(e.to_string())).ok());
             return Ok(Stream {
-                len: readings.len() as u64,
-                end: readings.iter().map(|r| r.ts).max(),
-                readings: Box::new(readings.into_iter()),
-                description,
+                len: scanned.readings,
+                end: scanned.newest,
+                readings: Box::new(readings),
+                description: format!("{}", path.display()),
+                failed,
             });
         }
         let config = self.synthetic_config();
@@ -128,6 +160,7 @@ impl InputArgs {
                 .then(|| config.start_ts + (steps - 1) * config.interval_secs.max(1)),
             description: self.synthetic_description(&config),
             readings: Box::new(Synthetic::new(config)),
+            failed,
         })
     }
 

@@ -86,6 +86,7 @@ pub async fn run(args: SensorArgs) -> Result<bool> {
     eprintln!("input: {}: {} readings", input.description, input.len);
     let bar = progress(input.len, "uploading");
     let end = input.end;
+    let completion = input.completion();
     let report = sensor
         .send(
             input.readings,
@@ -97,6 +98,7 @@ pub async fn run(args: SensorArgs) -> Result<bool> {
         )
         .await?;
     bar.finish_and_clear();
+    completion.check()?;
     if report.skipped_batches > 0 {
         eprintln!(
             "input: the first {} batches were taken by an earlier run with this outbox; continued after them",

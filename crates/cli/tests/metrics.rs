@@ -106,6 +106,13 @@ async fn every_node_serves_metrics_that_parse_and_add_up() {
         assert!(value(&m, "mcloud_http_request_body_bytes_total", &[]) > 0.0);
         assert!(value(&m, "mcloud_cloud_workers", &[]) >= 1.0);
         assert!(value(&m, "mcloud_cloud_records_total", &[]) > 0.0);
+        // What `bench --debs` reads from every cloud process.
+        assert!(
+            m.samples
+                .iter()
+                .any(|s| s.metric == "mcloud_cloud_policy_seconds_total"),
+            "cloud {party}: no policy time"
+        );
         assert!(value(&m, "process_resident_memory_bytes", &[]) > 1e6);
         assert!(value(&m, "process_open_fds", &[]) > 0.0);
     }

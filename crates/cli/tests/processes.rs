@@ -2,10 +2,11 @@
 //! each party, `mcloud sensor` and `mcloud query`. A cloud killed with SIGKILL in the middle
 //! of an upload and restarted loses no acknowledged share; a sensor killed the same way and
 //! restarted continues its input where it stopped, sending no reading twice; a sensor started
-//! before any cloud exists keeps its batches and delivers them when the clouds come up.
+//! before any cloud exists keeps its batches and delivers them when the clouds come up; a CSV
+//! input is checked whole before anything is sent, then streamed.
 
 mod common;
-use common::{expected_rows, free_port, rows_of, Proc, BIN, SYNTHETIC_ARGS};
+use common::{expected_rows, free_port, rows_of, synthetic_readings, Proc, BIN, SYNTHETIC_ARGS};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -187,6 +188,65 @@ async fn a_sensor_started_before_the_clouds_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let _nodes: Vec<Proc> = (0..3).map(|p| d.start_node(p)).collect();
     wait_success(sensor, Duration::from_secs(120));
+    assert_eq!(rows_of(&d.query_csv()), expected_rows());
+}
+
+/// A CSV input is streamed, not loaded: the sensor parses every line first (a bad line stops
+/// it before anything is sent, naming the line), then reads the file again as it sends it; the
+/// revealed sums equal the reference exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_input_is_checked_whole_then_streamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Deployment::write(dir.path());
+    let _nodes: Vec<Proc> = (0..3).map(|p| d.start_node(p)).collect();
+    let readings = synthetic_readings();
+    let csv: String = readings
+        .iter()
+        .map(|r| mcloud_core::csv::format_line(r) + "\n")
+        .collect();
+    let sensor = |input: &Path| {
+        let mut command = Command::new(BIN);
+        command
+            .arg("sensor")
+            .arg("--deployment")
+            .arg(dir.path().join("deployment.toml"))
+            .arg("--outbox")
+            .arg(dir.path().join("sensor/outbox.redb"))
+            .arg("--input")
+            .arg(input);
+        command
+    };
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, format!("{csv}1,2,3\n")).unwrap();
+    let out = sensor(&bad).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let line = readings.len() + 1;
+    assert!(
+        stderr.contains(&format!("line {line}")) && stderr.contains("7 comma-separated"),
+        "{stderr}"
+    );
+    for party in 0..3 {
+        let status = loop {
+            if let Some(s) = d.cloud_status(party).await {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            status["batches"].as_u64(),
+            Some(0),
+            "cloud {party}: {status}"
+        );
+    }
+    let good = dir.path().join("good.csv");
+    std::fs::write(&good, csv).unwrap();
+    let child = sensor(&good)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_success(Proc(child), Duration::from_secs(120));
     assert_eq!(rows_of(&d.query_csv()), expected_rows());
 }
 

@@ -2,15 +2,20 @@
 //! windows' sums, Q1 equals the plaintext reference, and Q2 agrees with the exact query.
 
 use mcloud::cluster::{ClusterOptions, ClusterSpec, LocalCluster};
+use mcloud::demo::houses_of;
 use mcloud::demo::{run_pipeline, PipelineArgs};
 use mcloud::queries::{run_queries, EmitArg, QueryKind};
-use mcloud_analytics::{windows_from_readings, AggregateSource, MemorySource};
+use mcloud_analytics::{
+    q1_mismatches, q2_agreement, run_reference, windows_from_readings, AggregateSource, Emit,
+    MemorySource, RunOptions,
+};
 use mcloud_collector::{CloudSource, Query};
 use mcloud_core::reading::GroupLevel;
 use mcloud_core::synthetic::{Synthetic, SyntheticConfig};
 use mcloud_core::wire::RangeSpec;
-use mcloud_core::Reading;
+use mcloud_core::{Metric, Reading};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Small batches, so that a short input still spreads over many batches.
 fn small_batches() -> PipelineArgs {
@@ -180,6 +185,81 @@ async fn q1_is_exact_and_q2_agrees_on_multi_day_data() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = uploaded(&readings, dir.path(), &small_batches()).await;
     q1_exact_and_q2_agreeing(&cluster, &readings).await;
+    cluster.shutdown().await;
+}
+
+/// The collector runs beside the sensor, as `mcloud analytics --wait-secs` does: a range that
+/// reaches a window not closed yet is refused with the stable code `window_not_ready`, and a
+/// source that waits asks again until it closes. What it computes while the upload runs equals
+/// the plaintext reference and what the queries give after the upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queries_follow_a_stream_while_it_is_uploaded() {
+    let readings = synthetic(3, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(ClusterSpec {
+        parties: 3,
+        window_secs: 30,
+        grace_secs: 60,
+        dir: dir.path().to_path_buf(),
+    })
+    .await
+    .unwrap();
+    let owner = cluster.owner_token(houses_of(&readings)).unwrap();
+    let collector = Arc::new(cluster.collector_as(&owner).unwrap());
+    let loads = readings.iter().filter(|r| r.metric == Metric::Load);
+    let first = loads.clone().map(|r| r.ts).min().unwrap();
+    let last = loads.map(|r| r.ts).max().unwrap();
+    let start = first - first % 30;
+    let refused = collector
+        .range(RangeSpec {
+            from: start,
+            to: start + 60,
+            histograms: false,
+        })
+        .await
+        .unwrap_err();
+    assert!(refused.is_not_ready(), "{refused}");
+
+    let options = RunOptions {
+        q1: true,
+        q2: true,
+        emit: Emit::Every,
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let following = tokio::task::spawn_blocking(move || {
+        let mut source = CloudSource::new(collector, runtime).waiting(Duration::from_secs(120));
+        mcloud_analytics::run(&mut source, first, last, options)
+    });
+    let query = Query {
+        from: 0,
+        to: u64::MAX,
+        level: GroupLevel::House,
+        min_count: 1,
+    };
+    let run = run_pipeline(&cluster, &readings, &small_batches(), &query, 0.0, 1, false)
+        .await
+        .unwrap();
+    assert!(run.check.ok(), "{:?}", run.check.problems);
+    let followed = following.await.unwrap().unwrap();
+    assert!(!followed.q1.is_empty() && !followed.q2.is_empty());
+    let reference = run_reference(&readings, options);
+    let q1_problems = q1_mismatches(&followed.q1, &reference.q1, 1);
+    assert!(
+        q1_problems.is_empty(),
+        "{:?}",
+        &q1_problems[..q1_problems.len().min(5)]
+    );
+    let agreement = q2_agreement(&followed.q2, &reference.q2);
+    assert!(
+        agreement.ratio() >= 0.99,
+        "Q2 agreement {}",
+        agreement.ratio()
+    );
+    let after = run_queries(&cluster, &readings, QueryKind::All, EmitArg::Every)
+        .await
+        .unwrap();
+    assert_eq!(after.private.q1, followed.q1);
+    assert_eq!(after.private.q2, followed.q2);
     cluster.shutdown().await;
 }
 

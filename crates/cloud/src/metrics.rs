@@ -4,8 +4,8 @@
 use crate::node::CloudNode;
 use mcloud_core::metrics::{counter, gauge, gauge_family, Labels, Metrics};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Unit;
@@ -117,6 +117,15 @@ impl Collector for CloudCollector {
             "Records the workers aggregated",
             pool.records(),
         )?;
+        // Seconds as a float counter: what `bench --debs` subtracts to show the policy's cost.
+        let policy = ConstCounter::new(node.policy_time().as_secs_f64());
+        let m = e.encode_descriptor(
+            "mcloud_cloud_policy",
+            "Time spent deciding disclosure on the request path (checks, contributors, cells, audit hand-off)",
+            Some(&Unit::Seconds),
+            policy.metric_type(),
+        )?;
+        policy.encode(m)?;
         let (windows, batches) = node.remembered();
         gauge(
             &mut e,

@@ -1177,7 +1177,12 @@ fn read_back_gave_up() -> ApiError {
 
 fn range_error(e: RangeError) -> ApiError {
     match e {
-        RangeError::NotReady(e) => ApiError::conflict(e.to_string()),
+        // A stable code: a collector following a live stream waits on exactly this one.
+        RangeError::NotReady(e) => ApiError::coded(
+            axum::http::StatusCode::CONFLICT,
+            mcloud_core::http::WINDOW_NOT_READY,
+            e.to_string(),
+        ),
         e @ RangeError::PastRetention { .. } => ApiError::coded(
             axum::http::StatusCode::GONE,
             "past_retention",

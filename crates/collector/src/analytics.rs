@@ -14,6 +14,7 @@ use mcloud_core::wire::RangeSpec;
 use mcloud_core::GroupKey;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::task::JoinHandle;
 
 /// Boundaries whose ranges are requested ahead of the one being computed.
@@ -38,6 +39,8 @@ pub struct CloudSource {
     prefetches: u64,
     /// Round trips so far (each goes to every cloud).
     pub requests: u64,
+    /// How long a range may wait for the clouds to close its windows (see `waiting`).
+    wait: Duration,
 }
 
 impl Drop for CloudSource {
@@ -59,7 +62,15 @@ impl CloudSource {
             fetched: HashMap::new(),
             prefetches: 0,
             requests: 0,
+            wait: Duration::ZERO,
         }
+    }
+
+    /// Waits up to `wait` for the windows of each boundary to close instead of failing on
+    /// one still open: the operators then follow a stream while the sensors upload it.
+    pub fn waiting(mut self, wait: Duration) -> CloudSource {
+        self.wait = wait;
+        self
     }
 
     /// Waits for the oldest prefetch and keeps its answers; false when none is under way.
@@ -96,7 +107,8 @@ impl CloudSource {
         }
         self.requests += 1;
         self.runtime
-            .block_on(self.collector.range(spec))
+            .block_on(self.collector.ranges_when_ready(&[spec], self.wait))
+            .map(|mut answers| answers.pop().unwrap_or_default())
             .map_err(|e| SourceError::Backend(Box::new(e)))
     }
 }
@@ -123,9 +135,10 @@ impl AggregateSource for CloudSource {
         self.prefetches += 1;
         let collector = self.collector.clone();
         let asked = specs.clone();
+        let wait = self.wait;
         let answers = self
             .runtime
-            .spawn(async move { collector.ranges(&asked).await });
+            .spawn(async move { collector.ranges_when_ready(&asked, wait).await });
         self.in_flight.push_back(InFlight {
             seq: self.prefetches,
             specs,

@@ -35,6 +35,17 @@ pub enum CollectError {
     Disagreement { window: Window, detail: String },
 }
 
+impl CollectError {
+    /// Some cloud has not closed a window the request reaches: asking again later succeeds.
+    pub fn is_not_ready(&self) -> bool {
+        matches!(self, CollectError::Call(CallError::Rejected { status: 409, code, .. })
+            if code == mcloud_core::http::WINDOW_NOT_READY)
+    }
+}
+
+/// How often a collector waiting for windows to close asks again.
+const READY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A group withheld because its combined totals are implausible (see [`RevealError`]): a
 /// batch in it carried shares that do not add up to readings. Only this group (and the
 /// coarser groups that contain it) is withheld; every other group is revealed, so one bad
@@ -229,6 +240,24 @@ impl Collector {
                 Ok(answers)
             }
             other => other,
+        }
+    }
+
+    /// `ranges`, asked again while some cloud has not closed a window they reach, for up to
+    /// `wait`: what a collector following a stream that is still being uploaded does.
+    pub async fn ranges_when_ready(
+        &self,
+        specs: &[RangeSpec],
+        wait: std::time::Duration,
+    ) -> Result<Vec<PlugTotals>, CollectError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.ranges(specs).await {
+                Err(e) if e.is_not_ready() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(READY_POLL).await
+                }
+                other => return other,
+            }
         }
     }
 

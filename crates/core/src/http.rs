@@ -21,6 +21,10 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// 409 to a RANGE or COMPUTE that reaches a window not closed yet at some cloud: asking
+/// again once the sensors' watermark has passed it succeeds.
+pub const WINDOW_NOT_READY: &str = "window_not_ready";
+
 /// The code of an error whose constructor names none: one per status.
 fn default_code(status: StatusCode) -> &'static str {
     match status.as_u16() {
