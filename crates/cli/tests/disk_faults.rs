@@ -495,10 +495,17 @@ async fn cloud_disk_fault(test: &str, fault: Fault) {
         return;
     };
     let mut cluster = common::cluster(dir.path(), 3, ClusterOptions::default()).await;
-    let all = readings(30);
-    let batches: Vec<Vec<Reading>> = all.chunks(300).map(<[Reading]>::to_vec).collect();
-    let (first, rest) = batches.split_at(batches.len() / 3);
-    let (during, after) = rest.split_at(8);
+    let all = readings(60);
+    let batches = |r: &[Reading], size| -> Vec<Vec<Reading>> {
+        r.chunks(size).map(<[Reading]>::to_vec).collect()
+    };
+    // The batches that meet the failed disk are large: the shares of the first ones, folded
+    // into their sealed windows before the fault, leave free pages in the values table that a
+    // small batch would fit in without needing the disk.
+    let (head, tail) = all.split_at(all.len() / 6);
+    let (mid, rest) = tail.split_at(24_000);
+    let (first, during, after) = (batches(head, 300), batches(mid, 3000), batches(rest, 300));
+    let (first, during, after) = (&first[..], &during[..], &after[..]);
     let uploader = Arc::new(cluster.uploader(TTL).unwrap());
     let mut ledger = Ledger::default();
 

@@ -239,6 +239,13 @@ impl CloudNode {
                 pool.decide(id, false);
             }
         }
+        // Folded batches: their windows are sealed and their shares gone; only a retry of
+        // one must still be recognised.
+        store.each_folded(|id, last| {
+            restored += 1;
+            state.restore_folded(id, last);
+            Ok(())
+        })?;
         let replayed = uncovered.len();
         // The burst of decoding and replay above is over; without this its freed memory stays
         // with the process for its lifetime.
@@ -695,7 +702,24 @@ impl CloudNode {
         }
         self.state().cool();
         self.pool.forget(windows);
+        self.fold_sealed_batches().await;
         self.retain_or_wait().await
+    }
+
+    /// Drops from the values table the shares of batches whose windows are now all sealed and
+    /// stored, keeping their ids. A failure only leaves them for the next sealing.
+    async fn fold_sealed_batches(&self) {
+        let batches = self.state().take_foldable();
+        if batches.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.fold(batches.clone()).await {
+            tracing::warn!(
+                party = self.config.party,
+                "folding batches into their windows: {e}"
+            );
+            self.state().untake(batches);
+        }
     }
 
     /// Retention, which waits for the archive when it fails rather than failing the sealing:
@@ -990,13 +1014,15 @@ impl CloudNode {
         status["window_secs"] = self.config.window_secs.into();
         status["elastic"] = self.pool.status();
         let (windows, batches) = self.state().remembered();
-        let (stored_batches, stored_windows) = self.store.stored().unwrap_or((0, 0));
+        let (stored_batches, folded_batches, stored_windows) =
+            self.store.stored().unwrap_or((0, 0, 0));
         status["retention"] = serde_json::json!({
             "retention_secs": self.config.retention_secs,
             "retained_from": self.state().retained_from(),
             "windows_in_memory": windows,
             "batches_in_memory": batches,
-            "stored_batches": stored_batches,
+            "stored_batches": stored_batches + folded_batches,
+            "folded_batches": folded_batches,
             "stored_windows": stored_windows,
             "archive": self.state().archive_summary(self.config.archive.is_some()),
         });

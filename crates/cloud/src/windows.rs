@@ -169,6 +169,9 @@ pub struct Windows {
     /// restored). A batch is settled once its flag is final here or its windows are sealed:
     /// the catalog may forget the flags of batches settled at every cloud.
     received: HashMap<BatchId, u64>,
+    /// Final batches whose shares the values table still holds, by their last window: once
+    /// every window up to it is sealed and stored, the shares can go (`take_foldable`).
+    unfolded: BTreeSet<(u64, BatchId)>,
 }
 
 fn now_ms() -> u64 {
@@ -192,7 +195,33 @@ impl Windows {
             retained_from: 0,
             archived: archived::Archived::default(),
             received: HashMap::new(),
+            unfolded: BTreeSet::new(),
         }
+    }
+
+    /// Final batches every window of which is sealed (all windows before the first unsealed
+    /// one are), with their last window's start: their shares are in the sealed sums. Taken
+    /// out; `untake` puts them back if the values table could not drop them.
+    pub fn take_foldable(&mut self) -> Vec<(BatchId, u64)> {
+        let bound = (self.first_unsealed().unwrap_or(u64::MAX), BatchId(0));
+        let later = self.unfolded.split_off(&bound);
+        std::mem::replace(&mut self.unfolded, later)
+            .into_iter()
+            .map(|(last, id)| (id, last))
+            .collect()
+    }
+
+    pub fn untake(&mut self, batches: Vec<(BatchId, u64)>) {
+        self.unfolded
+            .extend(batches.into_iter().map(|(id, last)| (last, id)));
+    }
+
+    /// After a restart: a batch the values table holds folded (its windows were sealed and stored).
+    pub fn restore_folded(&mut self, id: BatchId, last: u64) {
+        self.batches.entry(id).or_insert(Stage::Done {
+            committed: false,
+            last,
+        });
     }
 
     /// Every batch that arrived before this (wall clock, ms) is settled here; now when none
@@ -245,6 +274,7 @@ impl Windows {
         for id in &batches {
             self.received.remove(id);
         }
+        self.unfolded = self.unfolded.split_off(&(horizon, BatchId(0)));
         // Sliding a cached range would subtract windows that are gone, unless the archive
         // has them.
         if self.archived.from.is_none() {
@@ -529,6 +559,7 @@ impl Windows {
                     last,
                 },
             );
+            self.unfolded.insert((last, id));
             return;
         }
         self.received.insert(id, now_ms());
@@ -568,10 +599,9 @@ impl Windows {
         };
         let windows = std::mem::take(windows);
         self.received.remove(&id);
-        *stage = Stage::Done {
-            committed,
-            last: windows.last().copied().unwrap_or(0),
-        };
+        let last = windows.last().copied().unwrap_or(0);
+        *stage = Stage::Done { committed, last };
+        self.unfolded.insert((last, id));
         for &start in &windows {
             // Only a window restored sealed can be sealed with a batch still pending in it:
             // its stored sums already hold the batch.
@@ -964,6 +994,37 @@ mod tests {
                 .add_shares(&r.share);
         }
         sums
+    }
+
+    /// A batch is foldable once it is final and every window up to its last is sealed, not
+    /// before; taken once; and one past the retention horizon is no longer offered.
+    #[test]
+    fn batches_fold_once_every_window_up_to_their_last_is_sealed() {
+        let mut w = Windows::new(30, 0, 0);
+        let (a, b, c) = (BatchId(1), BatchId(2), BatchId(3));
+        for (id, windows) in [(a, vec![0, 30]), (b, vec![30, 60]), (c, vec![90])] {
+            assert!(matches!(w.register(id, windows), Ok(Registered::New)));
+            w.stored(id);
+        }
+        w.decide(a, true);
+        w.decide(c, false);
+        w.advance(120);
+        // Window 30 waits for b: only a's first window seals, and a is not foldable yet.
+        w.seal(0, WindowSums::default());
+        w.seal(30, WindowSums::default());
+        assert!(w.take_foldable().is_empty());
+        w.decide(b, true);
+        for start in [30, 60] {
+            w.seal(start, WindowSums::default());
+        }
+        assert_eq!(w.take_foldable(), vec![(a, 30), (b, 60)]);
+        assert!(w.take_foldable().is_empty());
+        w.seal(90, WindowSums::default());
+        let folded = w.take_foldable();
+        assert_eq!(folded, vec![(c, 90)]);
+        w.untake(folded);
+        w.forget_before(120);
+        assert!(w.take_foldable().is_empty());
     }
 
     /// With one party the shares are the values, so sliding sums can be checked exactly

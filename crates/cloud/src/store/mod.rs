@@ -151,6 +151,21 @@ impl Store {
         Ok(out)
     }
 
+    /// Drops the shares of batches whose windows are all sealed and stored, keeping their
+    /// ids (with their last window's start) to recognise retries: the shares are the bulk of
+    /// the values table and nothing reads them once their windows' sums are stored.
+    pub async fn fold(&self, batches: Vec<(BatchId, u64)>) -> Result<(), CloudError> {
+        self.writer.submit(Write::Fold(batches)).await
+    }
+
+    /// Calls `f` with every folded batch and its last window's start.
+    pub fn each_folded(
+        &self,
+        f: impl FnMut(BatchId, u64) -> Result<(), CloudError>,
+    ) -> Result<(), CloudError> {
+        tables::each_folded(&*self.db.get()?, f)
+    }
+
     /// Stores sealed windows' sums durably.
     pub async fn save_sealed(&self, windows: EncodedWindows) -> Result<(), CloudError> {
         self.writer.submit(Write::Sealed(windows.0)).await
@@ -216,8 +231,9 @@ impl Store {
             .await
     }
 
-    /// How many batches and sealed windows are stored (the status page shows they stay flat).
-    pub fn stored(&self) -> Result<(u64, u64), CloudError> {
+    /// How many batches are stored with their shares, how many folded (id only), and how
+    /// many sealed windows (the status page shows they stay flat).
+    pub fn stored(&self) -> Result<(u64, u64, u64), CloudError> {
         tables::counts(&*self.db.get()?)
     }
 }

@@ -19,6 +19,10 @@ pub(super) const SEALED: TableDefinition<u64, &[u8]> = TableDefinition::new("sea
 /// Hour start → how many sealed windows its archive file holds: the hours whose windows
 /// went to encrypted storage when they passed the retention horizon.
 pub(super) const ARCHIVED: TableDefinition<u64, u64> = TableDefinition::new("archived");
+/// Batch id → the start of its last window: a batch folded into its windows: all of them sealed
+/// and stored, so it is kept without its shares (their sums are in the sealed windows) so that a retry
+/// of it is still recognised until retention drops it.
+pub(super) const FOLDED: TableDefinition<u128, u64> = TableDefinition::new("folded");
 /// Key in `META`: the explicit watermark.
 pub(super) const WATERMARK: &str = "watermark";
 /// Key in `META`: windows starting before this were dropped by the retention policy.
@@ -31,6 +35,7 @@ pub(super) const ARCHIVED_FROM: &str = "archived_from";
 pub(super) fn create(db: &Database) -> Result<(), CloudError> {
     let txn = db.begin_write()?;
     txn.open_table(BATCHES)?;
+    txn.open_table(FOLDED)?;
     txn.open_table(META)?;
     txn.open_table(CHECKPOINT)?;
     txn.open_table(COVERED)?;
@@ -93,6 +98,19 @@ pub(super) fn each_batch(
     for entry in txn.open_table(BATCHES)?.iter()? {
         let (id, bytes) = entry?;
         f(BatchId(id.value()), bytes.value())?;
+    }
+    Ok(())
+}
+
+/// Calls `f` with every folded batch and its last window's start, in id order.
+pub(super) fn each_folded(
+    db: &Database,
+    mut f: impl FnMut(BatchId, u64) -> Result<(), CloudError>,
+) -> Result<(), CloudError> {
+    let txn = db.begin_read()?;
+    for entry in txn.open_table(FOLDED)?.iter()? {
+        let (id, last) = entry?;
+        f(BatchId(id.value()), last.value())?;
     }
     Ok(())
 }
@@ -178,10 +196,12 @@ pub(super) fn read_checkpoint(
     Ok(())
 }
 
-/// How many batches and sealed windows are stored.
-pub(super) fn counts(db: &Database) -> Result<(u64, u64), CloudError> {
+/// How many batches are stored with their shares, how many folded, and how many sealed
+/// windows.
+pub(super) fn counts(db: &Database) -> Result<(u64, u64, u64), CloudError> {
     let txn = db.begin_read()?;
     let batches = txn.open_table(BATCHES)?.len()?;
+    let folded = txn.open_table(FOLDED)?.len()?;
     let sealed = txn.open_table(SEALED)?.len()?;
-    Ok((batches, sealed))
+    Ok((batches, folded, sealed))
 }

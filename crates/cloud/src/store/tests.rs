@@ -83,7 +83,7 @@ async fn what_was_stored_comes_back_after_a_reopen() {
     }
     store.save_sealed(windows).await.unwrap();
     store.prune(60, vec![early.batch_id], None).await.unwrap();
-    assert_eq!(store.stored().unwrap(), (1, 2));
+    assert_eq!(store.stored().unwrap(), (1, 0, 2));
     drop(store);
 
     let (store, recovered) = reopen(dir.path());
@@ -123,6 +123,42 @@ async fn what_was_stored_comes_back_after_a_reopen() {
     assert_eq!(starts, vec![60, 90]);
     assert!(store.read_sealed(30, true).unwrap().is_none());
     assert!(store.read_sealed(60, true).unwrap().is_some());
+}
+
+/// A batch folded into its sealed windows loses its shares but not its id, which a reopen
+/// finds; folding a batch not stored (or pruned meanwhile) stores nothing; retention drops a
+/// folded batch like any other.
+#[tokio::test]
+async fn a_folded_batch_keeps_only_its_id_until_it_is_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let (early, late) = (batch(1, 30), batch(2, 90));
+    for b in [&early, &late] {
+        let stored = StoredBatch::encode(b).unwrap();
+        store.put_batch(b.batch_id, stored).await.unwrap();
+    }
+    store
+        .fold(vec![(early.batch_id, 30), (BatchId(99), 30)])
+        .await
+        .unwrap();
+    assert_eq!(store.stored().unwrap(), (1, 1, 0));
+    assert!(store
+        .replay(&[early.batch_id], 30, || |_| true)
+        .unwrap()
+        .is_empty());
+    drop(store);
+
+    let (store, _) = reopen(dir.path());
+    let mut ids = Vec::new();
+    store.each_batch(|id, _| Ok(ids.push(id))).unwrap();
+    assert_eq!(ids, vec![late.batch_id]);
+    let mut folded = Vec::new();
+    store
+        .each_folded(|id, last| Ok(folded.push((id, last))))
+        .unwrap();
+    assert_eq!(folded, vec![(early.batch_id, 30)]);
+    store.prune(60, vec![early.batch_id], None).await.unwrap();
+    assert_eq!(store.stored().unwrap(), (1, 0, 0));
 }
 
 #[tokio::test]
@@ -242,7 +278,7 @@ async fn archived_hours_are_remembered_across_a_reopen() {
         .prune(7230, Vec::new(), Some(vec![(7200, 1)]))
         .await
         .unwrap();
-    assert_eq!(store.stored().unwrap(), (0, 0));
+    assert_eq!(store.stored().unwrap(), (0, 0, 0));
     drop(store);
 
     let (_, recovered) = reopen(dir.path());

@@ -4,7 +4,8 @@
 //! share the fsync instead of queueing for one each.
 
 use super::tables::{
-    ARCHIVED, ARCHIVED_FROM, BATCHES, CHECKPOINT, COVERED, META, RETAINED_FROM, SEALED, WATERMARK,
+    ARCHIVED, ARCHIVED_FROM, BATCHES, CHECKPOINT, COVERED, FOLDED, META, RETAINED_FROM, SEALED,
+    WATERMARK,
 };
 use crate::reopen::Reopening;
 use crate::CloudError;
@@ -32,6 +33,9 @@ pub(super) enum Write {
         covered: Vec<BatchId>,
     },
     Sealed(Vec<(u64, Vec<u8>)>),
+    /// Drops these batches' shares, keeping each id with its last window's start (a batch
+    /// not stored, or pruned meanwhile, stays as it is).
+    Fold(Vec<(BatchId, u64)>),
     /// Drops sealed windows starting before `horizon` and these batches. With `archived`,
     /// the windows went to these hours' archive files first.
     Prune {
@@ -110,6 +114,7 @@ fn commit(db: &Database, group: &[Job]) -> Result<(), CloudError> {
     let txn = db.begin_write()?;
     {
         let mut batches = txn.open_table(BATCHES)?;
+        let mut folded = txn.open_table(FOLDED)?;
         let mut meta = txn.open_table(META)?;
         let mut checkpoint = txn.open_table(CHECKPOINT)?;
         let mut covered_table = txn.open_table(COVERED)?;
@@ -137,6 +142,13 @@ fn commit(db: &Database, group: &[Job]) -> Result<(), CloudError> {
                         sealed.insert(*start, bytes.as_slice())?;
                     }
                 }
+                Write::Fold(ids) => {
+                    for (id, last) in ids {
+                        if batches.remove(id.0)?.is_some() {
+                            folded.insert(id.0, *last)?;
+                        }
+                    }
+                }
                 Write::Prune {
                     horizon,
                     batches: ids,
@@ -153,6 +165,7 @@ fn commit(db: &Database, group: &[Job]) -> Result<(), CloudError> {
                     sealed.retain_in(..*horizon, |_, _| false)?;
                     for id in ids {
                         batches.remove(id.0)?;
+                        folded.remove(id.0)?;
                         covered_table.remove(id.0)?;
                     }
                     retained_from = retained_from.max(*horizon);
