@@ -150,11 +150,19 @@ async fn a_folded_batch_keeps_only_its_id_until_it_is_pruned() {
 
     let (store, _) = reopen(dir.path());
     let mut ids = Vec::new();
-    store.each_batch(|id, _| Ok(ids.push(id))).unwrap();
+    store
+        .each_batch(|id, _| {
+            ids.push(id);
+            Ok(())
+        })
+        .unwrap();
     assert_eq!(ids, vec![late.batch_id]);
     let mut folded = Vec::new();
     store
-        .each_folded(|id, last| Ok(folded.push((id, last))))
+        .each_folded(|id, last| {
+            folded.push((id, last));
+            Ok(())
+        })
         .unwrap();
     assert_eq!(folded, vec![(early.batch_id, 30)]);
     store.prune(60, vec![early.batch_id], None).await.unwrap();
