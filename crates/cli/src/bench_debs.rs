@@ -155,6 +155,48 @@ pub async fn run(mut args: BenchArgs) -> Result<()> {
     let disk = disk_per_role(dir);
     drop(cluster);
 
+    let events = events as f64;
+    let private = events / elapsed.as_secs_f64();
+    let check_secs = elapsed.as_secs_f64() - upload_secs.max(queries_secs);
+    eprintln!(
+        "private: upload and commit {upload_secs:.2} s, Q1 and Q2 done {queries_secs:.2} s after the start, {matched} house windows checked in {check_secs:.2} s"
+    );
+    eprintln!("peak memory per process: {}", peaks.describe());
+    println!("private_events_per_s={private:.0}");
+    println!(
+        "private_events_per_s_without_policy={:.0}",
+        events / (elapsed.as_secs_f64() - policy_secs)
+    );
+    println!("upload_s={upload_secs:.2}");
+    println!("queries_s={queries_secs:.2}");
+    println!("check_s={check_secs:.2}");
+    println!("policy_s={policy_secs:.3}");
+    println!(
+        "policy_share_of_run={:.4}",
+        policy_secs / elapsed.as_secs_f64()
+    );
+    for (role, prefix) in [
+        ("catalog_voter", "catalog"),
+        ("cloud", "cloud"),
+        ("sensor", "sensor"),
+        ("collector", "collector"),
+    ] {
+        println!("peak_rss_mb_{role}={:.1}", mb(peaks.largest(prefix)));
+    }
+    println!("peak_rss_mb_all_roles={:.1}", mb(peaks.sum()));
+    for role in ["catalog", "cloud", "sensor", "collector"] {
+        println!("cpu_s_{role}={:.1}", peaks.cpu(role));
+    }
+    println!("upload_bytes_per_event={:.1}", upload_bytes / events);
+    println!("query_bytes_per_event={:.1}", range_bytes as f64 / events);
+    for (role, bytes) in disk {
+        println!("disk_{role}_mb={:.1}", bytes as f64 / (1 << 20) as f64);
+    }
+    if args.no_reference {
+        eprintln!("plaintext reference: skipped (--no-reference)");
+        return Ok(());
+    }
+
     let reference_started = Instant::now();
     let (readings, _) = args.input.load()?;
     let reference = run_reference(
@@ -177,51 +219,17 @@ pub async fn run(mut args: BenchArgs) -> Result<()> {
             reference.q1.len()
         );
     }
-    let events = events as f64;
-    let private = events / elapsed.as_secs_f64();
     let plaintext = events / reference_elapsed.as_secs_f64();
-    let check_secs = elapsed.as_secs_f64() - upload_secs.max(queries_secs);
     eprintln!(
-        "private: upload and commit {upload_secs:.2} s, Q1 and Q2 done {queries_secs:.2} s after the start, {matched} house windows checked in {check_secs:.2} s; plaintext reference {:.2} s",
+        "plaintext reference {:.2} s, {private_q1} Q1 rows as the private run",
         reference_elapsed.as_secs_f64()
-    );
-    eprintln!("peak memory per process: {}", peaks.describe());
-    println!("private_events_per_s={private:.0}");
-    println!(
-        "private_events_per_s_without_policy={:.0}",
-        events / (elapsed.as_secs_f64() - policy_secs)
-    );
-    println!("upload_s={upload_secs:.2}");
-    println!("queries_s={queries_secs:.2}");
-    println!("check_s={check_secs:.2}");
-    println!("policy_s={policy_secs:.3}");
-    println!(
-        "policy_share_of_run={:.4}",
-        policy_secs / elapsed.as_secs_f64()
     );
     println!("plaintext_events_per_s={plaintext:.0}");
     println!("ratio={:.3}", private / plaintext);
-    for (role, prefix) in [
-        ("catalog_voter", "catalog"),
-        ("cloud", "cloud"),
-        ("sensor", "sensor"),
-        ("collector", "collector"),
-    ] {
-        println!("peak_rss_mb_{role}={:.1}", mb(peaks.largest(prefix)));
-    }
-    println!("peak_rss_mb_all_roles={:.1}", mb(peaks.sum()));
-    for role in ["catalog", "cloud", "sensor", "collector"] {
-        println!("cpu_s_{role}={:.1}", peaks.cpu(role));
-    }
     println!(
         "peak_rss_mb_plaintext_reference={:.1}",
         mb(peak_rss_kb().unwrap_or(0))
     );
-    println!("upload_bytes_per_event={:.1}", upload_bytes / events);
-    println!("query_bytes_per_event={:.1}", range_bytes as f64 / events);
-    for (role, bytes) in disk {
-        println!("disk_{role}_mb={:.1}", bytes as f64 / (1 << 20) as f64);
-    }
     Ok(())
 }
 
