@@ -59,19 +59,10 @@ pub async fn run(mut args: BenchArgs) -> Result<()> {
     let dir = temp.path();
     let bin = std::env::current_exe().context("locating the mcloud binary")?;
     let mut cluster = ProcessCluster::write(ProcessSpec {
-        bin: bin.clone(),
-        dir: dir.to_path_buf(),
         parties: usize::from(args.clouds),
-        voters: 3,
-        spare_catalogs: 0,
-        partitions: 1,
         window_secs: HISTOGRAM_WINDOW_SECS,
-        grace_secs: 60,
-        retention_secs: None,
-        keep_decided_secs: None,
-        namespaces: false,
-        robust: false,
         archive: false,
+        ..ProcessSpec::new(bin.clone(), dir.to_path_buf())
     })?;
     cluster.start_all()?;
     let http = cluster.wait_ready(Duration::from_secs(60)).await?;

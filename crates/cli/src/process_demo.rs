@@ -139,19 +139,12 @@ pub async fn run(args: &DemoArgs, readings: &[Reading], window: u64, dir: &Path)
     let bin = std::env::current_exe().context("locating the mcloud binary")?;
     let parties = args.clouds as usize;
     let mut cluster = ProcessCluster::write(ProcessSpec {
-        bin: bin.clone(),
-        dir: dir.to_path_buf(),
         parties,
-        voters: 3,
-        spare_catalogs: 0,
         partitions: args.partitions,
         window_secs: window,
         grace_secs: args.grace,
-        retention_secs: None,
-        keep_decided_secs: None,
-        namespaces: false,
         robust: args.robust,
-        archive: true,
+        ..ProcessSpec::new(bin.clone(), dir.to_path_buf())
     })?;
     cluster.start_all()?;
     let http = cluster.wait_ready(Duration::from_secs(60)).await?;

@@ -71,6 +71,29 @@ pub struct ProcessSpec {
     pub archive: bool,
 }
 
+impl ProcessSpec {
+    /// Three clouds and three catalog voters on loopback, one partition, 60 s windows with a
+    /// 60 s grace, the clouds' default retention and archive on (as `examples/local`): what a
+    /// caller changes is then all it states.
+    pub fn new(bin: PathBuf, dir: PathBuf) -> ProcessSpec {
+        ProcessSpec {
+            bin,
+            dir,
+            parties: 3,
+            voters: 3,
+            spare_catalogs: 0,
+            partitions: 1,
+            window_secs: 60,
+            grace_secs: 60,
+            retention_secs: None,
+            keep_decided_secs: None,
+            namespaces: false,
+            robust: false,
+            archive: true,
+        }
+    }
+}
+
 pub struct ProcessCluster {
     spec: ProcessSpec,
     network: Option<Network>,

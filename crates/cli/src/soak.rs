@@ -80,20 +80,15 @@ pub async fn run(args: SoakArgs) -> Result<bool> {
     };
     let bin = std::env::current_exe().context("locating the mcloud binary")?;
     let mut cluster = ProcessCluster::write(ProcessSpec {
-        bin: bin.clone(),
-        dir: dir.clone(),
         parties: PARTIES,
         voters: VOTERS,
-        spare_catalogs: 0,
-        partitions: 1,
         window_secs: WINDOW,
         grace_secs: WINDOW,
         retention_secs: Some(mcloud_cloud::MIN_RETENTION_SECS),
         keep_decided_secs: Some(KEEP_DECIDED.as_secs()),
-        namespaces: false,
-        robust: false,
         // The soak's figures (docs/reliability.md) are of retention that drops old windows.
         archive: false,
+        ..ProcessSpec::new(bin.clone(), dir.clone())
     })?;
     cluster.start_all()?;
     let http = cluster.wait_ready(Duration::from_secs(60)).await?;

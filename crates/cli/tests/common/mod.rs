@@ -232,21 +232,7 @@ pub fn query_plugs(deployment: &Path, wait_secs: u64) -> String {
 /// Three parties of `mcloud node` processes in `dir`, three voters, one partition, 60 s
 /// windows: what most process tests start from (they change the fields they need).
 pub fn process_spec(dir: &Path) -> mcloud::processes::ProcessSpec {
-    mcloud::processes::ProcessSpec {
-        bin: BIN.into(),
-        dir: dir.to_path_buf(),
-        parties: 3,
-        voters: 3,
-        spare_catalogs: 0,
-        partitions: 1,
-        window_secs: 60,
-        grace_secs: 60,
-        retention_secs: None,
-        keep_decided_secs: None,
-        namespaces: false,
-        robust: false,
-        archive: true,
-    }
+    mcloud::processes::ProcessSpec::new(BIN.into(), dir.to_path_buf())
 }
 
 /// `mcloud sensor` on the synthetic input against `cluster`, with its outbox and log in the
