@@ -28,8 +28,9 @@ pub struct AnalyticsArgs {
     #[arg(long, value_enum, default_value = "changes")]
     pub emit: EmitArg,
     /// Wait up to this many seconds for each boundary's windows to close instead of failing
-    /// on one still open: the queries then follow sensors that are still uploading.
-    #[arg(long, default_value_t = 0)]
+    /// on one still open: the queries then follow sensors that are still uploading. At most a
+    /// day.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub wait_secs: u64,
     /// Write DIR/q1.csv and DIR/q2.csv; without it the rows go to stdout.
     #[arg(long)]

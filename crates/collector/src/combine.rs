@@ -250,10 +250,14 @@ impl Collector {
         specs: &[RangeSpec],
         wait: std::time::Duration,
     ) -> Result<Vec<PlugTotals>, CollectError> {
-        let deadline = tokio::time::Instant::now() + wait;
+        // No deadline past what the clock can hold: a wait that long is a wait without end.
+        let deadline = tokio::time::Instant::now().checked_add(wait);
         loop {
             match self.ranges(specs).await {
-                Err(e) if e.is_not_ready() && tokio::time::Instant::now() < deadline => {
+                Err(e)
+                    if e.is_not_ready()
+                        && deadline.is_none_or(|d| tokio::time::Instant::now() < d) =>
+                {
                     tokio::time::sleep(READY_POLL).await
                 }
                 other => return other,

@@ -10,7 +10,7 @@ use mcloud_core::reading::{GroupKey, Metric};
 use mcloud_core::upload::expand;
 use mcloud_core::wire::{UploadBatch, UploadRequest};
 use mcloud_core::{BatchId, Partial, Window};
-use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::collections::HashMap;
 
@@ -145,31 +145,15 @@ impl<'de> Deserialize<'de> for SkippedHistograms {
                 f.write_str("histograms by cell")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<HistogramCell, SkippedCounts>()?.is_some() {}
+                // A vector of zero-sized values never allocates.
+                while map
+                    .next_entry::<HistogramCell, Vec<SkippedCount>>()?
+                    .is_some()
+                {}
                 Ok(SkippedHistograms)
             }
         }
         deserializer.deserialize_map(Cells)
-    }
-}
-
-/// A `Vec<CountField>` read and dropped.
-struct SkippedCounts;
-
-impl<'de> Deserialize<'de> for SkippedCounts {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Counts;
-        impl<'de> Visitor<'de> for Counts {
-            type Value = SkippedCounts;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a histogram's counts")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<SkippedCount>()?.is_some() {}
-                Ok(SkippedCounts)
-            }
-        }
-        deserializer.deserialize_seq(Counts)
     }
 }
 
