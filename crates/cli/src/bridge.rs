@@ -52,8 +52,8 @@ pub struct BridgeArgs {
     /// The durable outbox (and inbox).
     #[arg(long, default_value = "mcloud-bridge/outbox.redb")]
     pub outbox: PathBuf,
-    /// Readings per upload batch (one flag each).
-    #[arg(long, default_value_t = 4096)]
+    /// Readings per upload batch (one flag each); a batch is also cut at 1 MiB of body.
+    #[arg(long, default_value_t = mcloud_client::sensor::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
     /// Upload transactions running at once.
     #[arg(long, default_value_t = 8)]

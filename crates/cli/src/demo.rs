@@ -91,8 +91,8 @@ pub struct DemoArgs {
 
 #[derive(Args, Clone, Debug)]
 pub struct PipelineArgs {
-    /// Readings per upload batch (one flag each).
-    #[arg(long, default_value_t = 4096)]
+    /// Readings per upload batch (one flag each); a batch is also cut at 1 MiB of body.
+    #[arg(long, default_value_t = mcloud_client::sensor::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
     /// Upload transactions running at once.
     #[arg(long, default_value_t = 8)]

@@ -18,8 +18,8 @@ pub struct SensorArgs {
     /// The durable outbox; batches left in it by an earlier run are sent first.
     #[arg(long, default_value = "mcloud-sensor/outbox.redb")]
     pub outbox: PathBuf,
-    /// Readings per upload batch (one flag each).
-    #[arg(long, default_value_t = 4096)]
+    /// Readings per upload batch (one flag each); a batch is also cut at 1 MiB of body.
+    #[arg(long, default_value_t = mcloud_client::sensor::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
     /// Upload transactions running at once.
     #[arg(long, default_value_t = 8)]

@@ -215,7 +215,7 @@ impl Uploader {
             &batch.histograms,
         )?
         .iter()
-        .map(|request| Ok(postcard::to_stdvec(request)?))
+        .map(|request| Ok(request.encode()?))
         .collect()
     }
 

@@ -961,27 +961,35 @@ impl CloudNode {
         view: &View<'_>,
     ) -> Result<Vec<RangeResponse>, ApiError> {
         check_range_specs(specs, self.config.window_secs)?;
-        self.seal().await?;
+        // Windows seal as the watermark moves and flags are decided, so a collector that
+        // follows the stream mostly asks for sealed ones: those are answered at once, and
+        // only a range reaching a window not sealed yet seals first (whose commits would
+        // otherwise hold every answer up behind the uploads' own).
+        let mut sealed = false;
         // Each try answers the ranges in order until one needs archived hours read back;
         // those answered stay kept for sliding, so a try after a read-back starts cheaply.
-        for _ in 0..specs.len() + READ_BACK_TRIES {
-            let needed = match self.try_ranges(&mut self.state(), specs, view)? {
+        for _ in 0..specs.len() + READ_BACK_TRIES + 1 {
+            let tried = self.try_ranges(&mut self.state(), specs, view)?;
+            match tried {
                 Ok(answers) => return Ok(answers),
-                Err(needed) => needed,
-            };
-            self.read_back(&needed).await?;
+                Err(Blocked::ReadBack(needed)) => self.read_back(&needed).await?,
+                Err(Blocked::NotSealed(e)) if sealed => return Err(range_error(e)),
+                Err(Blocked::NotSealed(_)) => {
+                    self.seal().await?;
+                    sealed = true;
+                }
+            }
         }
         Err(read_back_gave_up())
     }
 
-    /// The answers to `specs`, or the archived hours the first that cannot be answered yet
-    /// needs.
+    /// The answers to `specs`, or what the first that cannot be answered yet waits for.
     fn try_ranges(
         &self,
         state: &mut Windows,
         specs: &[RangeSpec],
         view: &View<'_>,
-    ) -> Result<Result<Vec<RangeResponse>, Needed>, ApiError> {
+    ) -> Result<Result<Vec<RangeResponse>, Blocked>, ApiError> {
         let mut bytes = 0usize;
         let mut answers = Vec::with_capacity(specs.len());
         for s in specs {
@@ -989,12 +997,13 @@ impl CloudNode {
             let answer =
                 match state.range(party, self.config.parties, s.from, s.to, s.histograms, view) {
                     Ok(answer) => answer,
-                    Err(RangeError::NotLoaded(needed)) => return Ok(Err(needed)),
+                    Err(RangeError::NotLoaded(needed)) => {
+                        return Ok(Err(Blocked::ReadBack(needed)))
+                    }
+                    Err(e @ RangeError::NotReady(_)) => return Ok(Err(Blocked::NotSealed(e))),
                     Err(e) => return Err(range_error(e)),
                 };
-            bytes = bytes.saturating_add(
-                postcard::experimental::serialized_size(&answer).unwrap_or(usize::MAX),
-            );
+            bytes = bytes.saturating_add(answer.wire_bytes_max());
             if bytes > MAX_ANSWER_BYTES {
                 return Err(ApiError::too_large(format!(
                     "the answer to {} ranges would pass {MAX_ANSWER_BYTES} bytes; ask for fewer ranges at once",
@@ -1199,6 +1208,14 @@ const READ_BACK_TRIES: usize = 4;
 
 fn read_back_gave_up() -> ApiError {
     ApiError::unavailable("archived hours kept being let go while being read back; retry")
+}
+
+/// Why a RANGE cannot be answered from what this cloud holds right now.
+enum Blocked {
+    /// Archived hours must be read back first.
+    ReadBack(Needed),
+    /// A window it reaches is not sealed (maybe only not yet: a sealing may seal it).
+    NotSealed(RangeError),
 }
 
 fn range_error(e: RangeError) -> ApiError {

@@ -38,9 +38,13 @@ pub enum CollectError {
 impl CollectError {
     /// Some cloud has not closed a window the request reaches: asking again later succeeds.
     pub fn is_not_ready(&self) -> bool {
-        matches!(self, CollectError::Call(CallError::Rejected { status: 409, code, .. })
-            if code == mcloud_core::http::WINDOW_NOT_READY)
+        matches!(self, CollectError::Call(e) if is_not_ready(e))
     }
+}
+
+fn is_not_ready(e: &CallError) -> bool {
+    matches!(e, CallError::Rejected { status: 409, code, .. }
+        if code == mcloud_core::http::WINDOW_NOT_READY)
 }
 
 /// How often a collector waiting for windows to close asks again.
@@ -230,21 +234,16 @@ impl Collector {
 
     /// Several ranges in one round trip to every cloud, each combined as `range` does. A
     /// request a cloud refuses as too large (too many ranges, or an answer past its size
-    /// limit) is asked again in two halves.
+    /// limit) is asked again of that cloud in two halves.
     pub async fn ranges(&self, specs: &[RangeSpec]) -> Result<Vec<PlugTotals>, CollectError> {
-        match self.ranges_at_once(specs).await {
-            Err(CollectError::Call(CallError::Rejected { status: 413, .. })) if specs.len() > 1 => {
-                let (first, second) = specs.split_at(specs.len() / 2);
-                let mut answers = Box::pin(self.ranges(first)).await?;
-                answers.extend(Box::pin(self.ranges(second)).await?);
-                Ok(answers)
-            }
-            other => other,
-        }
+        self.ranges_when_ready(specs, std::time::Duration::ZERO)
+            .await
     }
 
-    /// `ranges`, asked again while some cloud has not closed a window they reach, for up to
-    /// `wait`: what a collector following a stream that is still being uploaded does.
+    /// `ranges`, asking a cloud again while it has not closed a window they reach, for up to
+    /// `wait`: what a collector following a stream that is still being uploaded does. A
+    /// cloud's answer is kept once it came (sealed windows never change), so only the clouds
+    /// that were not ready are asked again.
     pub async fn ranges_when_ready(
         &self,
         specs: &[RangeSpec],
@@ -252,37 +251,11 @@ impl Collector {
     ) -> Result<Vec<PlugTotals>, CollectError> {
         // No deadline past what the clock can hold: a wait that long is a wait without end.
         let deadline = tokio::time::Instant::now().checked_add(wait);
-        loop {
-            match self.ranges(specs).await {
-                Err(e)
-                    if e.is_not_ready()
-                        && deadline.is_none_or(|d| tokio::time::Instant::now() < d) =>
-                {
-                    tokio::time::sleep(READY_POLL).await
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn ranges_at_once(&self, specs: &[RangeSpec]) -> Result<Vec<PlugTotals>, CollectError> {
         let body = postcard::to_stdvec(specs).map_err(CallError::from)?;
-        let calls = self.clouds.iter().zip(&self.http).map(|(c, http)| {
-            let url = format!("{c}{RANGE_PATH}");
-            let body = body.clone();
-            async move {
-                let answer =
-                    mcloud_core::http::post_bytes_sized::<Vec<RangeResponse>>(http, &url, body)
-                        .await
-                        .map(|(answer, bytes)| {
-                            self.range_bytes
-                                .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
-                            answer
-                        });
-                (url, answer)
-            }
-        });
-        let answers = join_all(calls).await;
+        let answers = join_all(
+            (0..self.clouds.len()).map(|party| self.cloud_ranges(party, specs, &body, deadline)),
+        )
+        .await;
         let mut parties = BTreeSet::new();
         let mut per_cloud = Vec::with_capacity(answers.len());
         for (url, answer) in answers {
@@ -306,6 +279,61 @@ impl Collector {
         (0..specs.len())
             .map(|i| self.combine_range(per_cloud.iter().map(|answers| &answers[i])))
             .collect()
+    }
+
+    /// One cloud's answers to `specs` (encoded as `body`), asked again while it is not ready
+    /// and before `deadline`, split in halves while it refuses them as too large.
+    async fn cloud_ranges(
+        &self,
+        party: usize,
+        specs: &[RangeSpec],
+        body: &[u8],
+        deadline: Option<tokio::time::Instant>,
+    ) -> (String, Result<Vec<RangeResponse>, CallError>) {
+        let url = format!("{}{RANGE_PATH}", self.clouds[party]);
+        loop {
+            let answer = mcloud_core::http::post_bytes_sized::<Vec<RangeResponse>>(
+                &self.http[party],
+                &url,
+                body.to_vec(),
+            )
+            .await;
+            match answer {
+                Ok((answer, bytes)) => {
+                    self.range_bytes
+                        .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+                    return (url, Ok(answer));
+                }
+                Err(CallError::Rejected { status: 413, .. }) if specs.len() > 1 => {
+                    return (url, self.cloud_ranges_halved(party, specs, deadline).await);
+                }
+                Err(e)
+                    if is_not_ready(&e)
+                        && deadline.is_none_or(|d| tokio::time::Instant::now() < d) =>
+                {
+                    tokio::time::sleep(READY_POLL).await
+                }
+                Err(e) => return (url, Err(e)),
+            }
+        }
+    }
+
+    async fn cloud_ranges_halved(
+        &self,
+        party: usize,
+        specs: &[RangeSpec],
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Vec<RangeResponse>, CallError> {
+        let mut answers = Vec::with_capacity(specs.len());
+        for half in specs.chunks(specs.len().div_ceil(2)) {
+            let body = postcard::to_stdvec(half)?;
+            answers.extend(
+                Box::pin(self.cloud_ranges(party, half, &body, deadline))
+                    .await
+                    .1?,
+            );
+        }
+        Ok(answers)
     }
 
     fn combine_range<'a>(

@@ -183,6 +183,31 @@ impl UploadRequest {
             + varint_len(elements as u64)
             + elements.saturating_mul(COUNT_SHARE_BYTES)
     }
+
+    /// This body encoded, in a buffer sized for it up front: a body takes up to a megabyte,
+    /// and a buffer grown by doubling would copy it over and over on the way.
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        let capacity = self.wire_bytes_max().min(MAX_BODY_BYTES);
+        postcard::to_extend(self, Vec::with_capacity(capacity))
+    }
+
+    /// The most bytes this body takes encoded, from its lengths and kind of shares alone.
+    pub fn wire_bytes_max(&self) -> usize {
+        let shares = match &self.shares {
+            Shares::Seed(_) => 32,
+            Shares::Explicit { .. } | Shares::Verified { .. } => self.explicit_share_bytes(),
+        };
+        let metadata =
+            self.records
+                .len()
+                .saturating_mul(RECORD_WIRE_BYTES_MAX - RECORD_SHARE_BYTES)
+                .saturating_add(self.histograms.len().saturating_mul(
+                    HISTOGRAM_WIRE_BYTES_MAX - histogram::BUCKETS * COUNT_SHARE_BYTES,
+                ));
+        UPLOAD_WIRE_BYTES_BASE_MAX
+            .saturating_add(metadata)
+            .saturating_add(shares)
+    }
 }
 
 /// postcard writes a field element as a byte string: its length (one byte), then the bytes.
@@ -406,6 +431,22 @@ pub struct RangeResponse {
     pub plugs: Vec<PlugRange>,
 }
 
+impl RangeResponse {
+    /// The most bytes this answer takes encoded, from its lengths alone: a cloud checks an
+    /// answer against [`MAX_ANSWER_BYTES`] without encoding it twice (each count share's
+    /// encoding converts it out of prio's internal form, most of an encoding's cost).
+    pub fn wire_bytes_max(&self) -> usize {
+        // party, parties, policy, from, to, batches, batch_digest, the plugs' length.
+        let head = 2 * varint_max(16) + 32 + 3 * varint_max(64) + varint_max(128) + varint_max(64);
+        self.plugs.iter().fold(head, |bytes, p| {
+            bytes
+                .saturating_add(GROUP_KEY_BYTES_MAX + SHARES_PER_RECORD * FIELD_BYTES)
+                .saturating_add(varint_len(p.histogram.len() as u64))
+                .saturating_add(p.histogram.len().saturating_mul(COUNT_SHARE_BYTES))
+        })
+    }
+}
+
 // `HISTOGRAM_WIRE_BYTES_MAX` counts one byte of growth for the flattened count list.
 const _: () = assert!(histogram::BUCKETS < (1 << 14) - (1 << 7));
 
@@ -460,6 +501,16 @@ mod tests {
             postcard::to_stdvec(&request).unwrap().len() + 33,
             postcard::to_stdvec(&seed).unwrap().len() + request.explicit_share_bytes()
         );
+        // `encode` writes the same bytes into a buffer it never has to grow.
+        for body in [&request, &seed] {
+            let encoded = body.encode().unwrap();
+            assert_eq!(encoded, postcard::to_stdvec(body).unwrap());
+            assert!(encoded.len() <= body.wire_bytes_max());
+            assert_eq!(
+                encoded.capacity(),
+                body.wire_bytes_max().min(MAX_BODY_BYTES)
+            );
+        }
         postcard::to_stdvec(&request).unwrap().len()
     }
 
@@ -504,5 +555,45 @@ mod tests {
             one_histogram + 2 >= HISTOGRAM_WIRE_BYTES_MAX,
             "{one_histogram}"
         );
+    }
+
+    /// A RANGE answer's bound from its lengths holds for the widest answers, across the plug
+    /// counts where a length gains a byte, and is only the plugs' length's slack above it.
+    #[test]
+    fn a_range_answer_takes_at_most_its_bound() {
+        use prio::field::FieldElementWithInteger;
+        let top = CountField::from(CountField::modulus() - 1);
+        let widest = Field::from(Field::modulus() - 1);
+        for plugs in [0, 1, 127, 128, 129] {
+            for buckets in [0, histogram::BUCKETS] {
+                let answer = RangeResponse {
+                    party: u16::MAX,
+                    parties: u16::MAX,
+                    policy: [0xff; 32],
+                    from: u64::MAX,
+                    to: u64::MAX,
+                    batches: u64::MAX,
+                    batch_digest: u128::MAX,
+                    plugs: (0..plugs)
+                        .map(|_| PlugRange {
+                            plug: widest_group(),
+                            load: crate::Partial {
+                                sum: widest,
+                                sumsq: widest,
+                                count: widest,
+                            },
+                            histogram: vec![top; buckets],
+                        })
+                        .collect(),
+                };
+                let bytes = postcard::to_stdvec(&answer).unwrap().len();
+                let bound = answer.wire_bytes_max();
+                assert!(
+                    bytes <= bound,
+                    "{plugs} plugs of {buckets}: {bytes} > {bound}"
+                );
+                assert!(bound - bytes < 10, "{plugs} plugs: {bytes} of {bound}");
+            }
+        }
     }
 }

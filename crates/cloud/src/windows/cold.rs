@@ -4,6 +4,10 @@
 //! histograms, so a window's record sums are read once and then served from here. A sealed
 //! window's sums never change, so nothing here goes stale; a window dropped by retention is
 //! never asked for again and leaves by age.
+//!
+//! The last few windows read with their histograms are kept too: a collector behind the
+//! stream slides Q2's hour and day ranges over the same entering window, one right after
+//! the other, and decoding a window's histograms is most of a cold read's cost.
 
 use super::{ColdStore, SealedWindow};
 use crate::CloudError;
@@ -15,6 +19,9 @@ use std::sync::Mutex;
 /// Bytes of record sums kept per cloud: at 100 plugs about 2,000 windows (17 hours), at the
 /// full DEBS size (2,120 plugs) about 100 (50 minutes).
 pub const SUMS_CACHE_BYTES: usize = 32 << 20;
+
+/// Windows kept with their histograms (at the full DEBS size about 3.4 MB each).
+const FULL_WINDOWS: usize = 4;
 
 /// A cold store whose reads without histograms are cached.
 pub struct CachedSums {
@@ -30,6 +37,9 @@ struct Cache {
     order: VecDeque<u64>,
     bytes: usize,
     reads: u64,
+    /// The last windows read with their histograms, the newest last.
+    full: VecDeque<(u64, SealedWindow)>,
+    full_reads: u64,
 }
 
 impl CachedSums {
@@ -47,6 +57,31 @@ impl CachedSums {
     pub fn store_reads(&self) -> u64 {
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).reads
     }
+
+    /// Reads that went to the store for histograms (for the tests).
+    #[cfg(test)]
+    pub fn full_store_reads(&self) -> u64 {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .full_reads
+    }
+
+    fn load_full(&self, start: u64) -> Result<Option<SealedWindow>, CloudError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, window)) = cache.full.iter().find(|(s, _)| *s == start) {
+            return Ok(Some(window.clone()));
+        }
+        cache.full_reads += 1;
+        let Some(window) = self.inner.load(start, true)? else {
+            return Ok(None);
+        };
+        if cache.full.len() == FULL_WINDOWS {
+            cache.full.pop_front();
+        }
+        cache.full.push_back((start, window.clone()));
+        Ok(Some(window))
+    }
 }
 
 /// What a window's record sums take in memory, roughly: each entry's key and sums, and the
@@ -60,7 +95,7 @@ fn weight(window: &SealedWindow) -> usize {
 impl ColdStore for CachedSums {
     fn load(&self, start: u64, histograms: bool) -> Result<Option<SealedWindow>, CloudError> {
         if histograms {
-            return self.inner.load(start, true);
+            return self.load_full(start);
         }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((window, _)) = cache.windows.get(&start) {
@@ -143,6 +178,7 @@ mod tests {
         assert_eq!(cached.store_reads(), 1);
         let full = cached.load(30, true).unwrap().unwrap();
         assert_eq!(full.parts().0.histograms.len(), 10);
+        assert_eq!(cached.full_store_reads(), 1);
         assert!(cached.load(120, false).unwrap().is_none(), "not stored");
 
         for start in [0, 60, 90] {
@@ -154,5 +190,35 @@ mod tests {
         assert_eq!(cached.store_reads(), before);
         cached.load(30, false).unwrap().unwrap();
         assert_eq!(cached.store_reads(), before + 1);
+    }
+
+    /// The last windows read with histograms are served again from memory, the oldest of
+    /// them leaving first, and equal what the store holds.
+    #[tokio::test]
+    async fn the_last_windows_read_with_histograms_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let mut encoded = EncodedWindows::default();
+        let starts: Vec<u64> = (0..=FULL_WINDOWS as u64).map(|n| n * 30).collect();
+        for &start in &starts {
+            encoded.add(start, &window(3 + start as u32 / 30)).unwrap();
+        }
+        store.save_sealed(encoded).await.unwrap();
+        let direct = store.read_sealed(60, true).unwrap().unwrap();
+        let cached = CachedSums::new(Box::new(store), SUMS_CACHE_BYTES);
+
+        for &start in &starts[..FULL_WINDOWS] {
+            cached.load(start, true).unwrap().unwrap();
+        }
+        let again = cached.load(60, true).unwrap().unwrap();
+        assert_eq!(cached.full_store_reads(), FULL_WINDOWS as u64);
+        assert_eq!(again.parts().0.histograms, direct.parts().0.histograms);
+        assert_eq!(again.parts().0.histograms.len(), 5);
+        // One more window: the first read leaves.
+        cached.load(starts[FULL_WINDOWS], true).unwrap().unwrap();
+        cached.load(30, true).unwrap().unwrap();
+        assert_eq!(cached.full_store_reads(), FULL_WINDOWS as u64 + 1);
+        cached.load(0, true).unwrap().unwrap();
+        assert_eq!(cached.full_store_reads(), FULL_WINDOWS as u64 + 2);
     }
 }
