@@ -1,6 +1,8 @@
 //! The DEBS 2014 queries on the private pipeline: the clouds' RANGE sums equal the plaintext
 //! windows' sums, Q1 equals the plaintext reference, and Q2 agrees with the exact query.
 
+mod common;
+
 use mcloud::cluster::{ClusterOptions, ClusterSpec, LocalCluster};
 use mcloud::demo::houses_of;
 use mcloud::demo::{run_pipeline, PipelineArgs};
@@ -384,5 +386,82 @@ async fn q1_is_exact_and_q2_agrees_across_the_archive_horizon() {
     assert_eq!(answer.status().as_u16(), 401);
     let body: serde_json::Value = answer.json().await.unwrap();
     assert_eq!(body["code"], "peer_certificate_missing", "{body}");
+    cluster.shutdown().await;
+}
+
+/// A collector waiting for a cloud that lags the others asks again only that cloud: the
+/// answers of the clouds that were ready are kept, not thrown away and asked for again. Two
+/// clouds hear that the stream ended, the third a second later; the bytes the waiting
+/// collector received are those of one answer from each cloud.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_collector_asks_again_only_the_clouds_not_ready() {
+    use mcloud_core::paths::WATERMARK_PATH;
+    use mcloud_core::wire::WatermarkRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = common::cluster(dir.path(), 3, ClusterOptions::default()).await;
+    let t0 = 1_377_986_400;
+    let readings: Vec<Reading> = (0..40)
+        .map(|i| Reading {
+            id: i,
+            ts: t0 + i * 3,
+            value: 100 + i,
+            metric: Metric::Load,
+            group: mcloud_core::GroupKey {
+                house: 1,
+                household: 0,
+                plug: (i % 4) as u32,
+            },
+        })
+        .collect();
+    let uploader = cluster.uploader(Duration::from_secs(30)).unwrap();
+    let batch = mcloud_client::PlainBatch::new(mcloud::cluster::GATEWAY.sensor, readings);
+    assert_eq!(
+        uploader
+            .transact(&batch, mcloud_client::Fate::Complete)
+            .await
+            .unwrap(),
+        mcloud_client::Outcome::Committed
+    );
+    let end = t0 + 120;
+    let sensor = common::sensor(&cluster).await;
+    let body = postcard::to_stdvec(&WatermarkRequest {
+        ts: end,
+        end_of_stream: true,
+    })
+    .unwrap();
+    for cloud in &cluster.cloud_urls()[..2] {
+        let url = format!("{cloud}{WATERMARK_PATH}");
+        common::expect(common::post_raw(&sensor, &url, body.clone()).await, 200, "");
+    }
+    let specs = [RangeSpec {
+        from: t0,
+        to: end,
+        histograms: false,
+    }];
+    let waiting = cluster.collector().unwrap();
+    let lagging = waiting
+        .range(specs[0])
+        .await
+        .expect_err("the third cloud has not closed the windows");
+    assert!(lagging.is_not_ready(), "{lagging}");
+    let before = waiting.range_bytes();
+    let waited = {
+        let asked = waiting.ranges_when_ready(&specs, Duration::from_secs(30));
+        let late = async {
+            // Ten or so polls of the lagging cloud pass first.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            uploader.advance_watermark(end, true).await.unwrap();
+        };
+        tokio::join!(asked, late).0.unwrap()
+    };
+    let once = cluster.collector().unwrap();
+    let answers = once.ranges(&specs).await.unwrap();
+    assert_eq!(waited, answers);
+    assert_eq!(answers[0].len(), 4, "four plugs");
+    assert_eq!(
+        waiting.range_bytes() - before,
+        once.range_bytes(),
+        "the waiting collector received more than one answer from each cloud"
+    );
     cluster.shutdown().await;
 }
