@@ -413,15 +413,7 @@ async fn a_waiting_collector_asks_again_only_the_clouds_not_ready() {
             },
         })
         .collect();
-    let uploader = cluster.uploader(Duration::from_secs(30)).unwrap();
-    let batch = mcloud_client::PlainBatch::new(mcloud::cluster::GATEWAY.sensor, readings);
-    assert_eq!(
-        uploader
-            .transact(&batch, mcloud_client::Fate::Complete)
-            .await
-            .unwrap(),
-        mcloud_client::Outcome::Committed
-    );
+    let uploader = common::commit(&cluster, readings).await;
     let end = t0 + 120;
     let sensor = common::sensor(&cluster).await;
     let body = postcard::to_stdvec(&WatermarkRequest {

@@ -142,6 +142,16 @@ pub async fn commit_and_close(
     readings: Vec<mcloud_core::Reading>,
     end: u64,
 ) {
+    let uploader = commit(cluster, readings).await;
+    uploader.advance_watermark(end, true).await.unwrap();
+}
+
+/// Uploads `readings` as the gateway sensor in one transaction, which must commit; the
+/// sensor's stream stays open. Returns the sensor's uploader.
+pub async fn commit(
+    cluster: &LocalCluster,
+    readings: Vec<mcloud_core::Reading>,
+) -> mcloud_client::Uploader {
     let uploader = cluster
         .uploader(std::time::Duration::from_secs(30))
         .unwrap();
@@ -153,7 +163,7 @@ pub async fn commit_and_close(
             .unwrap(),
         mcloud_client::Outcome::Committed
     );
-    uploader.advance_watermark(end, true).await.unwrap();
+    uploader
 }
 
 /// The JSON `http` gets from `url` (status pages).
