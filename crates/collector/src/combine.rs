@@ -38,13 +38,8 @@ pub enum CollectError {
 impl CollectError {
     /// Some cloud has not closed a window the request reaches: asking again later succeeds.
     pub fn is_not_ready(&self) -> bool {
-        matches!(self, CollectError::Call(e) if is_not_ready(e))
+        matches!(self, CollectError::Call(e) if e.is_not_ready())
     }
-}
-
-fn is_not_ready(e: &CallError) -> bool {
-    matches!(e, CallError::Rejected { status: 409, code, .. }
-        if code == mcloud_core::http::WINDOW_NOT_READY)
 }
 
 /// How often a collector waiting for windows to close asks again.
@@ -308,7 +303,7 @@ impl Collector {
                     return (url, self.cloud_ranges_halved(party, specs, deadline).await);
                 }
                 Err(e)
-                    if is_not_ready(&e)
+                    if e.is_not_ready()
                         && deadline.is_none_or(|d| tokio::time::Instant::now() < d) =>
                 {
                     tokio::time::sleep(READY_POLL).await

@@ -232,6 +232,12 @@ impl CallError {
             _ => false,
         }
     }
+
+    /// The peer has not closed a window the request reaches ([`WINDOW_NOT_READY`]): asking
+    /// again later succeeds.
+    pub fn is_not_ready(&self) -> bool {
+        matches!(self, CallError::Rejected { status: 409, code, .. } if code == WINDOW_NOT_READY)
+    }
 }
 
 /// POSTs an already encoded body and decodes a postcard answer.

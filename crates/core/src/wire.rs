@@ -191,22 +191,17 @@ impl UploadRequest {
         postcard::to_extend(self, Vec::with_capacity(capacity))
     }
 
-    /// The most bytes this body takes encoded, from its lengths and kind of shares alone.
+    /// The most bytes this body takes encoded, from its lengths and kind of shares alone: the
+    /// bound of an explicit body, less the explicit shares a seed party's body does not carry.
     pub fn wire_bytes_max(&self) -> usize {
-        let shares = match &self.shares {
-            Shares::Seed(_) => 32,
-            Shares::Explicit { .. } | Shares::Verified { .. } => self.explicit_share_bytes(),
-        };
-        let metadata =
-            self.records
-                .len()
-                .saturating_mul(RECORD_WIRE_BYTES_MAX - RECORD_SHARE_BYTES)
-                .saturating_add(self.histograms.len().saturating_mul(
-                    HISTOGRAM_WIRE_BYTES_MAX - histogram::BUCKETS * COUNT_SHARE_BYTES,
-                ));
-        UPLOAD_WIRE_BYTES_BASE_MAX
-            .saturating_add(metadata)
-            .saturating_add(shares)
+        let explicit = upload_wire_bytes_max(self.records.len(), self.histograms.len());
+        match &self.shares {
+            // The seed and its variant byte.
+            Shares::Seed(_) => explicit
+                .saturating_sub(self.explicit_share_bytes())
+                .saturating_add(33),
+            Shares::Explicit { .. } | Shares::Verified { .. } => explicit,
+        }
     }
 }
 
